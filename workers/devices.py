@@ -1,0 +1,559 @@
+"""Device catalogue: what one chip can do, what it draws and what it costs.
+
+A device is a roofline (dense FLOP/s, memory capacity and bandwidth,
+chip-to-chip bandwidth) plus the efficiency factors, fixed overheads and
+energy coefficients that turn the roofline into predicted step times and
+joules (see workers/perf.py for how each is used). All figures are per chip;
+an instance of several chips is built by InstancePerf.
+
+The H100 efficiency, overhead and energy constants are fitted to measurements
+(`python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv`).
+Other GPUs reuse them: same software stack, same kernel families. Devices with
+a different execution model (wafer, LPU, edge) say in `sources` which figures
+come from a datasheet, which from a vendor throughput claim and which are
+assumptions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["DeviceSpec", "DEVICES", "UnknownDeviceError", "get_device", "DEVICE_KINDS"]
+
+DEVICE_KINDS: tuple[str, ...] = ("gpu", "wafer", "lpu", "edge")
+
+# Hours in an average year, to turn a purchase price into an hourly amortized cost.
+_HOURS_PER_YEAR = 8766.0
+# Owned hardware is amortized over three years of round-the-clock service, a common
+# depreciation schedule for accelerators in cloud providers' annual reports.
+_AMORTIZATION_YEARS = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """One chip (GPU, wafer, LPU, or edge SoC) and the constants of its performance model.
+
+    Memory is HBM for GPUs, on-chip SRAM for wafer/LPU and the share of unified
+    DRAM a model may use on edge devices. `fp8_flops` is the dense 8-bit peak
+    (fp8, or int8 where the chip has no fp8); None where there is none.
+    `interconnect_bw_bytes_s` is one direction of the chip-to-chip link inside
+    an instance. Prices are per chip-hour; None for owned devices whose cost
+    is not billed per hour.
+    """
+
+    name: str
+    kind: str
+    bf16_flops: float
+    fp8_flops: float | None
+    memory_bytes: float
+    memory_bw_bytes_s: float
+    interconnect_bw_bytes_s: float
+    idle_power_w: float
+    peak_power_w: float
+    price_usd_per_hour: float | None
+    # Largest instance: one NVLink domain for GPUs, one deployment for wafer/LPU, one device at the edge.
+    max_chips_per_instance: int
+    # Fraction of peak FLOP/s reached by large matmuls and attention.
+    compute_efficiency: float
+    # Fraction of peak bandwidth reached when streaming weights.
+    weight_bw_efficiency: float
+    # Fraction of peak bandwidth reached reading the KV cache when enough (sequence, KV head) pairs run at once.
+    kv_bw_efficiency: float
+    # (sequence, KV head) pairs needed to saturate memory in decode attention; fewer leave units idle.
+    attn_parallel_units: float
+    # Share of the shorter of compute and memory time that does not overlap with the longer one in decode.
+    decode_serial_fraction: float
+    # Fixed time per layer per iteration (kernel launches, synchronization, pipeline latency).
+    prefill_overhead_per_layer_s: float
+    decode_overhead_per_layer_s: float
+    # Latency of one hop of an all-reduce between chips; an all-reduce over n chips takes log2(n) hops.
+    collective_latency_s: float
+    # Dynamic energy, on top of idle power: per FLOP executed and per byte read from or written to memory.
+    energy_per_flop_j: float
+    energy_per_byte_j: float
+    # Fixed cost of starting a KV-cache transfer off this device (handshake, registration, first byte).
+    kv_transfer_setup_s: float
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEVICE_KINDS:
+            raise ValueError(f"device {self.name!r}: kind must be one of {DEVICE_KINDS}, got {self.kind!r}")
+        positive = ("bf16_flops", "memory_bytes", "memory_bw_bytes_s", "peak_power_w", "compute_efficiency",
+                    "weight_bw_efficiency", "kv_bw_efficiency", "attn_parallel_units")
+        for key in positive:
+            value = getattr(self, key)
+            if not (value > 0) or not math.isfinite(value):
+                raise ValueError(f"device {self.name!r}: {key} must be positive, got {value!r}")
+        if self.max_chips_per_instance < 1:
+            raise ValueError(f"device {self.name!r}: max_chips_per_instance must be >= 1")
+        if not 0.0 <= self.idle_power_w <= self.peak_power_w:
+            raise ValueError(f"device {self.name!r}: need 0 <= idle_power_w <= peak_power_w")
+        if not 0.0 <= self.decode_serial_fraction <= 1.0:
+            raise ValueError(f"device {self.name!r}: decode_serial_fraction must be in [0, 1]")
+
+
+class UnknownDeviceError(KeyError):
+    """A device name not in the catalogue; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+# --- H100 constants fitted to ../shared/calibration/h100_llama-3.1-8b.csv -------------
+# Reproduce with: python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv
+_FIT_SOURCE = "fit to H100 measurements: python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv"
+_H100_COMPUTE_EFFICIENCY = 0.5971
+_H100_WEIGHT_BW_EFFICIENCY = 0.6561
+_H100_KV_BW_EFFICIENCY = 0.9256
+_H100_ATTN_PARALLEL_UNITS = 73.38
+_H100_DECODE_SERIAL_FRACTION = 0.3421
+_H100_PREFILL_OVERHEAD_PER_LAYER_S = 69.6e-6
+# The fit drives this to zero: with the step in a CUDA graph, fixed per-layer time is
+# indistinguishable from weight streaming in these measurements.
+_H100_DECODE_OVERHEAD_PER_LAYER_S = 0.0
+_H100_ENERGY_PER_FLOP_J = 0.9096e-12
+_H100_ENERGY_PER_BYTE_J = 152.1e-12
+
+# Datasheet figures of the fitted reference, used to carry the fitted energy to other chips.
+_H100_BF16_FLOPS = 989e12
+_H100_MEMORY_BW = 3.35e12
+_H100_IDLE_W = 147.5
+_H100_PEAK_W = 700.0
+_H100_SMS = 132
+
+
+def _scaled_energy(bf16_flops: float, memory_bw_bytes_s: float, idle_w: float, peak_w: float) -> tuple[float, float]:
+    """Energy per FLOP and per byte for a chip without its own energy measurements.
+
+    Assumes the chip spends the same share of its dynamic power range
+    (peak - idle) at full compute, and at full bandwidth, as the fitted H100:
+    e.g. SRAM devices move a byte for far less energy than HBM because their
+    power range is spread over far more bandwidth.
+    """
+    h100_range_w = _H100_PEAK_W - _H100_IDLE_W
+    flop_j = _H100_ENERGY_PER_FLOP_J * (peak_w - idle_w) / h100_range_w * _H100_BF16_FLOPS / bf16_flops
+    byte_j = _H100_ENERGY_PER_BYTE_J * (peak_w - idle_w) / h100_range_w * _H100_MEMORY_BW / memory_bw_bytes_s
+    return flop_j, byte_j
+
+
+def _amortized_usd_per_hour(purchase_usd: float) -> float:
+    return purchase_usd / (_AMORTIZATION_YEARS * _HOURS_PER_YEAR)
+
+
+_SCALED_ENERGY_NOTE = ("derived: H100 fitted energy scaled by this chip's (peak - idle) power "
+                       "per FLOP/s (per byte/s for bytes); no measurements of its own")
+_GPU_REUSE_NOTE = "reused from the H100 fit (same CUDA kernels and engine); no measurements of its own"
+
+
+def _h100() -> DeviceSpec:
+    return DeviceSpec(
+        name="h100-sxm",
+        kind="gpu",
+        bf16_flops=_H100_BF16_FLOPS,
+        fp8_flops=1979e12,
+        memory_bytes=80e9,
+        memory_bw_bytes_s=_H100_MEMORY_BW,
+        interconnect_bw_bytes_s=450e9,
+        idle_power_w=_H100_IDLE_W,
+        peak_power_w=_H100_PEAK_W,
+        price_usd_per_hour=2.99,
+        max_chips_per_instance=8,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
+        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
+        collective_latency_s=3e-6,
+        energy_per_flop_j=_H100_ENERGY_PER_FLOP_J,
+        energy_per_byte_j=_H100_ENERGY_PER_BYTE_J,
+        kv_transfer_setup_s=0.5e-3,
+        sources={
+            "bf16_flops": "NVIDIA H100 Tensor Core GPU datasheet: 989 TFLOP/s dense BF16 (SXM)",
+            "fp8_flops": "NVIDIA H100 Tensor Core GPU datasheet: 1,979 TFLOP/s dense FP8 (SXM)",
+            "memory_bytes": "NVIDIA H100 datasheet: 80 GB HBM3 (SXM)",
+            "memory_bw_bytes_s": "NVIDIA H100 datasheet: 3.35 TB/s HBM3 (SXM)",
+            "interconnect_bw_bytes_s": "NVIDIA H100 datasheet: NVLink 900 GB/s bidirectional, 450 GB/s per direction",
+            "idle_power_w": "measured 145-150 W idle board power (../shared/calibration/README.md)",
+            "peak_power_w": "NVIDIA H100 datasheet: up to 700 W TDP (SXM); calibration board power limit 700 W",
+            "price_usd_per_hour": "Lambda Cloud on-demand 8x H100 SXM, about US$2.99 per GPU-hour (2025 list price)",
+            "max_chips_per_instance": "HGX H100: 8 GPUs in one NVLink domain",
+            "compute_efficiency": _FIT_SOURCE,
+            "weight_bw_efficiency": _FIT_SOURCE,
+            "kv_bw_efficiency": _FIT_SOURCE,
+            "attn_parallel_units": _FIT_SOURCE + " (H100 SXM has 132 SMs)",
+            "decode_serial_fraction": _FIT_SOURCE,
+            "prefill_overhead_per_layer_s": _FIT_SOURCE + " (eager PyTorch, no CUDA graph)",
+            "decode_overhead_per_layer_s": _FIT_SOURCE + " (fit gives 0: with the step in a CUDA graph, "
+                                           "fixed time is indistinguishable from weight streaming)",
+            "collective_latency_s": "NCCL small-message all-reduce over NVLink: about 10 us for 8 GPUs "
+                                    "(nccl-tests), i.e. about 3 us per log2 step",
+            "energy_per_flop_j": _FIT_SOURCE,
+            "energy_per_byte_j": _FIT_SOURCE + " (includes clocks-up baseline while streaming HBM)",
+            "kv_transfer_setup_s": "assumption: one RDMA registration + handshake per transfer, "
+                                   "sub-millisecond in Mooncake/NIXL reports",
+        },
+    )
+
+
+def _h200() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 147.5, 700.0, 989e12, 4.8e12
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    return DeviceSpec(
+        name="h200",
+        kind="gpu",
+        bf16_flops=flops,
+        fp8_flops=1979e12,
+        memory_bytes=141e9,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=450e9,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=3.50,
+        max_chips_per_instance=8,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
+        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
+        collective_latency_s=3e-6,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=0.5e-3,
+        sources={
+            "bf16_flops": "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 (same GH100 compute as H100 SXM)",
+            "fp8_flops": "NVIDIA H200 datasheet: 1,979 TFLOP/s dense FP8",
+            "memory_bytes": "NVIDIA H200 datasheet: 141 GB HBM3e",
+            "memory_bw_bytes_s": "NVIDIA H200 datasheet: 4.8 TB/s HBM3e",
+            "interconnect_bw_bytes_s": "NVIDIA H200 datasheet: NVLink 900 GB/s bidirectional, 450 GB/s per direction",
+            "idle_power_w": "assumption: same GH100 die and board class as the measured H100 (145-150 W)",
+            "peak_power_w": "NVIDIA H200 datasheet: up to 700 W TDP (SXM)",
+            "price_usd_per_hour": "typical 2025 on-demand list price, about US$3.50 per H200 GPU-hour "
+                                  "(e.g. Nebius AI Cloud)",
+            "max_chips_per_instance": "HGX H200: 8 GPUs in one NVLink domain",
+            "compute_efficiency": _GPU_REUSE_NOTE,
+            "weight_bw_efficiency": _GPU_REUSE_NOTE,
+            "kv_bw_efficiency": _GPU_REUSE_NOTE,
+            "attn_parallel_units": _GPU_REUSE_NOTE + " (H200 has the same 132 SMs)",
+            "decode_serial_fraction": _GPU_REUSE_NOTE,
+            "prefill_overhead_per_layer_s": _GPU_REUSE_NOTE,
+            "decode_overhead_per_layer_s": _GPU_REUSE_NOTE,
+            "collective_latency_s": "same NVLink 4 fabric as H100 (nccl-tests, about 3 us per log2 step)",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: as for h100-sxm",
+        },
+    )
+
+
+def _b200() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 210.0, 1000.0, 2.25e15, 8.0e12
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    sms = 148
+    return DeviceSpec(
+        name="b200",
+        kind="gpu",
+        bf16_flops=flops,
+        fp8_flops=4.5e15,
+        memory_bytes=180e9,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=900e9,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=4.99,
+        max_chips_per_instance=8,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS * sms / _H100_SMS,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
+        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
+        collective_latency_s=3e-6,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=0.5e-3,
+        sources={
+            "bf16_flops": "NVIDIA HGX B200 datasheet: 2.25 PFLOP/s dense FP16/BF16 per GPU",
+            "fp8_flops": "NVIDIA HGX B200 datasheet: 4.5 PFLOP/s dense FP8 per GPU",
+            "memory_bytes": "NVIDIA HGX B200 datasheet: 1.44 TB HBM3e per 8 GPUs, 180 GB per GPU",
+            "memory_bw_bytes_s": "NVIDIA DGX B200 datasheet: 64 TB/s HBM3e per 8 GPUs, 8 TB/s per GPU",
+            "interconnect_bw_bytes_s": "NVIDIA Blackwell datasheet: NVLink 5 1.8 TB/s bidirectional, "
+                                       "900 GB/s per direction",
+            "idle_power_w": "assumption: measured H100 idle share of TDP (147.5/700) applied to 1,000 W",
+            "peak_power_w": "NVIDIA HGX B200 datasheet: 1,000 W per GPU",
+            "price_usd_per_hour": "Lambda Cloud on-demand 8x B200, about US$4.99 per GPU-hour (2025 list price)",
+            "max_chips_per_instance": "HGX B200: 8 GPUs in one NVLink domain",
+            "compute_efficiency": _GPU_REUSE_NOTE,
+            "weight_bw_efficiency": _GPU_REUSE_NOTE,
+            "kv_bw_efficiency": _GPU_REUSE_NOTE,
+            "attn_parallel_units": "H100 fit scaled by SM count, 148 (B200) / 132 (H100)",
+            "decode_serial_fraction": _GPU_REUSE_NOTE,
+            "prefill_overhead_per_layer_s": _GPU_REUSE_NOTE,
+            "decode_overhead_per_layer_s": _GPU_REUSE_NOTE,
+            "collective_latency_s": "assumption: as NVLink 4 on H100 (about 3 us per log2 step)",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: as for h100-sxm",
+        },
+    )
+
+
+# Cerebras throughput claims used to set the wafer's fixed latencies: at launch
+# (Cerebras Inference announcement, 27 Aug 2024) Llama 3.1 8B ran at 1,800 output
+# tokens/s per user and Llama 3.1 70B at 450 tokens/s on CS-3 systems.
+_WSE3_8B_TOKENS_S = 1800.0
+_WSE3_70B_TOKENS_S = 450.0
+
+
+def _wse3() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 7000.0, 23000.0, 125e15, 21e15
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    # Batch-1 decode on the wafer is latency-bound, not bandwidth-bound: streaming 16 GB of
+    # weights at 21 PB/s takes ~1 us, so nearly all of the 1/1800 s per token is fixed
+    # per-layer latency (32 layers in 8B).
+    decode_per_layer_s = (1.0 / _WSE3_8B_TOKENS_S) / 32
+    # 70B spans 4 wafers (141 GB bf16 over 44 GB each): 80 layers of the same latency plus
+    # 2 all-reduces per layer of log2(4) = 2 hops must add up to 1/450 s.
+    hop_s = ((1.0 / _WSE3_70B_TOKENS_S) - 80 * decode_per_layer_s) / (2 * 80 * 2)
+    return DeviceSpec(
+        name="wse-3",
+        kind="wafer",
+        bf16_flops=flops,
+        fp8_flops=None,
+        memory_bytes=44e9,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=150e9,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=_amortized_usd_per_hour(2.5e6),
+        max_chips_per_instance=64,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=1.0,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=decode_per_layer_s,
+        decode_overhead_per_layer_s=decode_per_layer_s,
+        collective_latency_s=hop_s,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=1e-3,
+        sources={
+            "bf16_flops": "Cerebras WSE-3 announcement (Mar 2024): 125 PFLOP/s peak AI compute; "
+                          "vendor peak, no separate dense figure published",
+            "fp8_flops": "no fp8 peak published for WSE-3",
+            "memory_bytes": "Cerebras WSE-3 announcement: 44 GB on-chip SRAM (weights stay on the wafer)",
+            "memory_bw_bytes_s": "Cerebras WSE-3 announcement: 21 PB/s on-chip memory bandwidth",
+            "interconnect_bw_bytes_s": "assumption: 12 x 100 GbE system I/O per CS-3 (as CS-2), 150 GB/s",
+            "idle_power_w": "assumption: about 30% of peak; no idle figure published",
+            "peak_power_w": "Cerebras CS-3 system specification: about 23 kW",
+            "price_usd_per_hour": "assumption: CS-3 at about US$2.5M (press estimates) amortized over 3 years 24x7",
+            "max_chips_per_instance": "assumption: a few dozen CS-3 systems per model deployment",
+            "compute_efficiency": "reused from the H100 fit (no wafer measurements)",
+            "weight_bw_efficiency": "reused from the H100 fit (no wafer measurements)",
+            "kv_bw_efficiency": "reused from the H100 fit (no wafer measurements)",
+            "attn_parallel_units": "assumption: dataflow cores hold the KV cache in place, "
+                                   "no launch-occupancy penalty at small batch",
+            "decode_serial_fraction": "reused from the H100 fit (no wafer measurements)",
+            "prefill_overhead_per_layer_s": "assumption: same per-layer latency as decode",
+            "decode_overhead_per_layer_s": "set so Llama 3.1 8B batch-1 decode gives 1,800 tokens/s "
+                                           "(Cerebras Inference launch, Aug 2024)",
+            "collective_latency_s": "set so Llama 3.1 70B on 4 wafers gives 450 tokens/s "
+                                    "(Cerebras Inference launch, Aug 2024)",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
+        },
+    )
+
+
+# Groq throughput claims used for the LPU's fixed latencies: Artificial Analysis
+# benchmarks (Apr 2024) measured Groq at 877 output tokens/s on Llama 3 8B and
+# 284 tokens/s on Llama 3 70B.
+_GROQ_8B_TOKENS_S = 877.0
+_GROQ_70B_TOKENS_S = 284.0
+
+
+def _groq() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 95.0, 375.0, 188e12, 80e12
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    # The LPU is latency-bound at batch 1 like the wafer. Two vendor points pin the two
+    # latencies: 8B in bf16 needs 78 chips (log2 = 6.3 hops per all-reduce), 70B needs
+    # 682 chips (9.4 hops). Solving 32a + 64*6.29*h = 1/877 and 80a + 160*9.41*h = 1/284:
+    hops_8b = math.log2(78)
+    hops_70b = math.log2(682)
+    t8, t70 = 1.0 / _GROQ_8B_TOKENS_S, 1.0 / _GROQ_70B_TOKENS_S
+    hop_s = (t70 - 2.5 * t8) / (160 * hops_70b - 2.5 * 64 * hops_8b)
+    per_layer_s = (t8 - 64 * hops_8b * hop_s) / 32
+    return DeviceSpec(
+        name="groq-lpu",
+        kind="lpu",
+        bf16_flops=flops,
+        fp8_flops=750e12,
+        memory_bytes=230e6,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=240e9,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=_amortized_usd_per_hour(20625.0),
+        max_chips_per_instance=4096,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=1.0,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=per_layer_s,
+        decode_overhead_per_layer_s=per_layer_s,
+        collective_latency_s=hop_s,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=1e-3,
+        sources={
+            "bf16_flops": "Groq GroqChip product brief: 188 TFLOP/s FP16",
+            "fp8_flops": "Groq GroqChip product brief: 750 TOPS INT8 (no fp8; int8 used for 8-bit weights)",
+            "memory_bytes": "Groq GroqChip product brief: 230 MB on-chip SRAM per chip",
+            "memory_bw_bytes_s": "Groq GroqChip product brief: up to 80 TB/s on-die memory bandwidth",
+            "interconnect_bw_bytes_s": "approximate: 16 RealScale chip-to-chip links of about 120 Gb/s each "
+                                       "(GroqChip product brief)",
+            "idle_power_w": "assumption: about 25% of the card's maximum; no idle figure published",
+            "peak_power_w": "GroqCard accelerator product brief: 375 W maximum per card (one chip)",
+            "price_usd_per_hour": "GroqCard list price about US$20,625 (Mouser listing, 2024) "
+                                  "amortized over 3 years 24x7",
+            "max_chips_per_instance": "assumption: several 576-chip GroqRack deployments per model",
+            "compute_efficiency": "reused from the H100 fit (no LPU measurements)",
+            "weight_bw_efficiency": "reused from the H100 fit (no LPU measurements)",
+            "kv_bw_efficiency": "reused from the H100 fit (no LPU measurements)",
+            "attn_parallel_units": "assumption: statically scheduled streaming, no occupancy penalty at small batch",
+            "decode_serial_fraction": "reused from the H100 fit (no LPU measurements)",
+            "prefill_overhead_per_layer_s": "assumption: same per-layer latency as decode",
+            "decode_overhead_per_layer_s": "solved with collective_latency_s from Artificial Analysis "
+                                           "(Apr 2024): 877 tokens/s Llama 3 8B, 284 tokens/s Llama 3 70B",
+            "collective_latency_s": "solved with decode_overhead_per_layer_s from the same two benchmarks",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
+        },
+    )
+
+
+def _m4_max() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 7.0, 90.0, 18.4e12, 546e9
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    gpu_cores = 40
+    return DeviceSpec(
+        name="m4-max",
+        kind="edge",
+        bf16_flops=flops,
+        fp8_flops=None,
+        memory_bytes=96e9,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=0.0,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=None,
+        max_chips_per_instance=1,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS * gpu_cores / _H100_SMS,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
+        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
+        collective_latency_s=0.0,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=5e-3,
+        sources={
+            "bf16_flops": "M4 Max 40-core GPU: about 18.4 TFLOP/s FP32 (40 cores x 128 ALUs x 2 x 1.8 GHz); "
+                          "FP16 runs at the same rate",
+            "fp8_flops": "Apple GPUs have no fp8 matrix units",
+            "memory_bytes": "Apple M4 Max: up to 128 GB unified memory; macOS lets the GPU wire about 75% "
+                            "of it by default, 96 GB",
+            "memory_bw_bytes_s": "Apple M4 Max press release (Oct 2024): 546 GB/s memory bandwidth",
+            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
+            "idle_power_w": "approximate: MacBook Pro M4 Max package idle with a model resident, a few watts",
+            "peak_power_w": "approximate: M4 Max package power under full GPU load (Notebookcheck review)",
+            "price_usd_per_hour": "owned device, not billed per hour",
+            "max_chips_per_instance": "one laptop",
+            "compute_efficiency": "reused from the H100 fit (no Apple measurements)",
+            "weight_bw_efficiency": "reused from the H100 fit; llama.cpp reaches a similar share of the "
+                                    "546 GB/s in batch-1 decode",
+            "kv_bw_efficiency": "reused from the H100 fit (no Apple measurements)",
+            "attn_parallel_units": "H100 fit scaled by parallel cores, 40 GPU cores / 132 SMs",
+            "decode_serial_fraction": "reused from the H100 fit (no Apple measurements)",
+            "prefill_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
+            "decode_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
+            "collective_latency_s": "single device; no collectives",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: a LAN/Wi-Fi round trip and connection setup, about 5 ms",
+        },
+    )
+
+
+def _phone() -> DeviceSpec:
+    idle_w, peak_w, flops, bw = 1.0, 8.0, 22e12, 76.8e9
+    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
+    return DeviceSpec(
+        name="phone",
+        kind="edge",
+        bf16_flops=flops,
+        fp8_flops=45e12,
+        memory_bytes=8e9,
+        memory_bw_bytes_s=bw,
+        interconnect_bw_bytes_s=0.0,
+        idle_power_w=idle_w,
+        peak_power_w=peak_w,
+        price_usd_per_hour=None,
+        max_chips_per_instance=1,
+        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
+        attn_parallel_units=8.0,
+        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
+        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
+        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
+        collective_latency_s=0.0,
+        energy_per_flop_j=e_flop,
+        energy_per_byte_j=e_byte,
+        kv_transfer_setup_s=30e-3,
+        sources={
+            "bf16_flops": "assumption: half the INT8 rate for FP16 on the Hexagon NPU",
+            "fp8_flops": "Snapdragon 8 Gen 3 Hexagon NPU: about 45 TOPS INT8 (widely reported vendor-class figure)",
+            "memory_bytes": "flagship phone with 16 GB LPDDR5X; assumption: about half is available "
+                            "to one foreground model, 8 GB",
+            "memory_bw_bytes_s": "Snapdragon 8 Gen 3 product brief: LPDDR5X at 4,800 MHz on a 64-bit bus, 76.8 GB/s",
+            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
+            "idle_power_w": "approximate: SoC + DRAM with screen on and a model resident, about 1 W",
+            "peak_power_w": "approximate: sustained flagship SoC power before thermal throttling, about 8 W",
+            "price_usd_per_hour": "owned device, not billed per hour",
+            "max_chips_per_instance": "one phone",
+            "compute_efficiency": "reused from the H100 fit (no NPU measurements)",
+            "weight_bw_efficiency": "reused from the H100 fit; Qualcomm's demos of 7B int4 at ~20 tokens/s "
+                                    "imply a similar share of bandwidth",
+            "kv_bw_efficiency": "reused from the H100 fit (no NPU measurements)",
+            "attn_parallel_units": "assumption: one sequence's 8 KV heads fill the NPU's vector units",
+            "decode_serial_fraction": "reused from the H100 fit (no NPU measurements)",
+            "prefill_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
+            "decode_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
+            "collective_latency_s": "single device; no collectives",
+            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
+            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
+            "kv_transfer_setup_s": "assumption: mobile network round trip and connection setup, about 30 ms",
+        },
+    )
+
+
+DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(), _wse3(), _groq(), _m4_max(), _phone())}
+
+
+def get_device(name: str) -> DeviceSpec:
+    """A catalogue device by name; unknown names raise UnknownDeviceError listing the known ones."""
+    try:
+        return DEVICES[name]
+    except KeyError:
+        raise UnknownDeviceError(f"unknown device {name!r}; known devices: {', '.join(sorted(DEVICES))}") from None
