@@ -1,0 +1,257 @@
+"""Continuous batching on one instance, advanced in time by its caller.
+
+The engine is clock-free: the simulator drives it with virtual time, a live
+worker with a scaled real clock. The caller submits work, calls `poke(now)`
+after submitting, and calls `wake(now)` when `now` reaches `next_wake_s`.
+
+Scheduling is prefill-first, as in vLLM without chunked prefill: when prompts
+wait and memory allows, one prefill iteration runs and the decode batch
+stalls for its duration (the interference disaggregation removes). Otherwise
+the decode batch runs.
+
+Cost grows with requests, not tokens: while decode membership is unchanged
+the batch advances many steps in one closed-form segment
+(`InstancePerf.decode`). A decode member is stored as an offset against the
+instance's global step counter, so the batch's total context at step s is
+`ctx_offset_sum + batch * s` and each join or finish is O(log batch).
+
+KV memory is reserved for prompt + output when a request is admitted, so a
+running request is never preempted and a waiting one simply waits.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.perf import InstancePerf
+
+# Activity of an instance.
+IDLE = 0
+PREFILL = 1
+DECODE = 2
+
+# Event kinds returned by `wake` (tuples: kind, request_id, energy_j, cost_usd).
+FIRST_TOKEN = 0  # prefill done, first token out; energy/cost are the prefill share
+FINISHED = 1  # last token out; energy/cost are the decode share
+JOINED = 2  # a handed-over request joined the decode batch (its prefill-side KV can be freed)
+
+# Roles, matching scheduler.types.Role (workers does not import the scheduler).
+ROLE_PREFILL = 0
+ROLE_DECODE = 1
+ROLE_BOTH = 2
+
+INF = math.inf
+
+
+class BatchEngine:
+    __slots__ = (
+        "perf", "role", "max_batch", "max_batch_tokens", "kv_capacity", "kv_reserved",
+        "waiting", "waiting_tokens", "joining", "step", "batch", "ctx_offset_sum", "finish_heap",
+        "members", "held", "activity", "act_start_s", "next_wake_s", "act_steps", "act_ctx0",
+        "act_energy_j", "prefill_batch", "prefill_tokens_now", "energy_acc_j", "cost_acc_usd",
+        "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
+        "decode_segments", "last_start_s", "last_kind", "_idle_w", "_price_s",
+    )
+
+    def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384):
+        self.perf = perf
+        self.role = int(role)
+        self.max_batch = int(max_batch)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.kv_capacity = int(perf.kv_capacity_tokens)
+        self.kv_reserved = 0
+        self.waiting: deque = deque()  # (rid, input_tokens, output_tokens) awaiting prefill
+        self.waiting_tokens = 0
+        self.joining: deque = deque()  # (rid, context_tokens, decode_steps, kv_tokens) awaiting a decode slot
+        self.step = 0  # decode steps this instance has run
+        self.batch = 0
+        self.ctx_offset_sum = 0.0  # sum over members of (context at join - step at join)
+        self.finish_heap: list = []  # (finish_step, rid)
+        self.members: dict = {}  # rid -> (ctx_offset, kv_tokens, energy_acc at join, cost_acc at join)
+        self.held: dict = {}  # prefill-only: rid -> KV tokens held until the hand-over completes
+        self.activity = IDLE
+        self.act_start_s = 0.0
+        self.next_wake_s = INF
+        self.act_steps = 0
+        self.act_ctx0 = 0.0
+        self.act_energy_j = 0.0
+        self.prefill_batch: list = []
+        self.prefill_tokens_now = 0
+        # Per-member running shares of decode energy and cost: a member's share is
+        # the difference between its leave and join values (O(1) per event).
+        self.energy_acc_j = 0.0
+        self.cost_acc_usd = 0.0
+        # Totals.
+        self.busy_s = 0.0
+        self.dynamic_energy_j = 0.0
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.prefill_iterations = 0
+        self.decode_segments = 0
+        self.last_start_s = 0.0  # start of the activity `wake` just completed
+        self.last_kind = IDLE
+        self._idle_w = perf.idle_power_w
+        self._price_s = perf.price_usd_per_s
+
+    # ---- submitting work -------------------------------------------------
+    def submit_prefill(self, rid: int, input_tokens: int, output_tokens: int) -> None:
+        self.waiting.append((rid, input_tokens, output_tokens))
+        self.waiting_tokens += input_tokens
+
+    def submit_decode(self, rid: int, input_tokens: int, output_tokens: int) -> None:
+        """A request whose KV was handed over (first token already produced)."""
+        self.joining.append((rid, input_tokens + 1, output_tokens - 1, input_tokens + output_tokens))
+
+    def release(self, rid: int) -> None:
+        """Free the KV a prefill-only instance held for a handed-over request."""
+        self.kv_reserved -= self.held.pop(rid)
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self.waiting) + len(self.joining)
+
+    @property
+    def kv_free(self) -> int:
+        return self.kv_capacity - self.kv_reserved
+
+    # ---- advancing in time ---------------------------------------------
+    def poke(self, now_s: float, events: list) -> bool:
+        """New work or freed memory: start an idle instance (appending JOINED
+        events to `events`), or cut the running decode segment at the end of its
+        current step so the new work is taken at the next iteration boundary.
+        Returns True when next_wake_s changed."""
+        if self.activity == IDLE:
+            self._start_next(now_s, events)
+            return self.activity != IDLE
+        if self.activity == DECODE and self.act_steps > 1:
+            done = self.perf.decode_steps_within(self.batch, self.act_ctx0, now_s - self.act_start_s)
+            steps = done + 1
+            if steps < self.act_steps:
+                t, e = self.perf.decode(self.batch, self.act_ctx0, steps)
+                self.act_steps = steps
+                self.act_energy_j = e
+                self.next_wake_s = self.act_start_s + t
+                return True
+        return False
+
+    def wake(self, now_s: float, events: list) -> None:
+        """Complete the activity that ends at `now_s` (== next_wake_s), append its
+        events to `events`, and start the next activity."""
+        self.last_start_s = self.act_start_s
+        self.last_kind = self.activity
+        duration = now_s - self.act_start_s
+        self.busy_s += duration
+        self.dynamic_energy_j += self.act_energy_j
+        energy = self.act_energy_j + self._idle_w * duration
+        cost = self._price_s * duration
+        if self.activity == PREFILL:
+            self._finish_prefill(energy, cost, events)
+        elif self.activity == DECODE:
+            self._finish_decode(energy, cost, events)
+        self._start_next(now_s, events)
+
+    def _finish_prefill(self, energy: float, cost: float, events: list) -> None:
+        tokens = self.prefill_tokens_now
+        role = self.role
+        for rid, inp, out in self.prefill_batch:
+            share = inp / tokens
+            events.append((FIRST_TOKEN, rid, energy * share, cost * share))
+            if role == ROLE_PREFILL:
+                self.held[rid] = inp
+            elif out > 1:
+                self._join(rid, inp + 1, out - 1, inp + out)
+            else:
+                self.kv_reserved -= inp + out
+                events.append((FINISHED, rid, 0.0, 0.0))
+        self.prefill_batch = []
+
+    def _finish_decode(self, energy: float, cost: float, events: list) -> None:
+        batch = self.batch
+        self.energy_acc_j += energy / batch
+        self.cost_acc_usd += cost / batch
+        self.step += self.act_steps
+        self.decode_tokens += batch * self.act_steps
+        step = self.step
+        heap = self.finish_heap
+        members = self.members
+        e_acc = self.energy_acc_j
+        c_acc = self.cost_acc_usd
+        while heap and heap[0][0] <= step:
+            rid = heapq.heappop(heap)[1]
+            offset, kv, e0, c0 = members.pop(rid)
+            self.ctx_offset_sum -= offset
+            self.kv_reserved -= kv
+            self.batch -= 1
+            events.append((FINISHED, rid, e_acc - e0, c_acc - c0))
+
+    def _join(self, rid: int, context_tokens: int, steps: int, kv_tokens: int) -> None:
+        offset = context_tokens - self.step
+        self.ctx_offset_sum += offset
+        self.batch += 1
+        heapq.heappush(self.finish_heap, (self.step + steps, rid))
+        self.members[rid] = (offset, kv_tokens, self.energy_acc_j, self.cost_acc_usd)
+
+    def _start_next(self, now_s: float, events: list) -> None:
+        self.act_start_s = now_s
+        # 1. Handed-over requests join the decode batch when a slot and memory allow.
+        joining = self.joining
+        while joining and self.batch < self.max_batch:
+            rid, ctx, steps, kv = joining[0]
+            if self.kv_reserved + kv > self.kv_capacity:
+                break
+            joining.popleft()
+            self.kv_reserved += kv
+            self._join(rid, ctx, steps, kv)
+            events.append((JOINED, rid, 0.0, 0.0))
+        # 2. Prefill-first.
+        waiting = self.waiting
+        if waiting and self.role != ROLE_DECODE:
+            role_both = self.role == ROLE_BOTH
+            tokens = 0
+            pairs = 0.0
+            batch: list = []
+            slots = self.max_batch - self.batch
+            while waiting:
+                rid, inp, out = waiting[0]
+                need = inp + out if role_both else inp
+                if batch and tokens + inp > self.max_batch_tokens:
+                    break
+                if self.kv_reserved + need > self.kv_capacity:
+                    break
+                if role_both and len(batch) >= slots:
+                    break
+                waiting.popleft()
+                self.kv_reserved += need
+                tokens += inp
+                pairs += inp * (inp + 1) * 0.5
+                batch.append((rid, inp, out))
+            if batch:
+                self.waiting_tokens -= tokens
+                t, e = self.perf.prefill(tokens, pairs, len(batch))
+                self.activity = PREFILL
+                self.prefill_batch = batch
+                self.prefill_tokens_now = tokens
+                self.prefill_tokens += tokens
+                self.prefill_iterations += 1
+                self.act_energy_j = e
+                self.act_steps = 0
+                self.next_wake_s = now_s + t
+                return
+        # 3. Decode until the first member finishes (or a poke cuts the segment).
+        if self.batch:
+            steps = self.finish_heap[0][0] - self.step
+            ctx0 = self.ctx_offset_sum + self.batch * self.step
+            t, e = self.perf.decode(self.batch, ctx0, steps)
+            self.activity = DECODE
+            self.act_steps = steps
+            self.act_ctx0 = ctx0
+            self.act_energy_j = e
+            self.decode_segments += 1
+            self.next_wake_s = now_s + t
+            return
+        self.activity = IDLE
+        self.act_energy_j = 0.0
+        self.next_wake_s = INF
