@@ -1,0 +1,193 @@
+"""A cluster built from its config: pools of instances with their performance models,
+and the snapshot arrays the policy core reads.
+
+Both runtimes (simulator and live control plane) build a `Cluster` and keep its
+`ClusterSnapshot` current; the policy reads only the snapshot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scheduler.config import QUANTIZATION_BYTES, ClusterConfig, ConfigError, PoolConfig
+from scheduler.types import Role, Stage
+from workers.devices import get_device
+from workers.models import load_model, with_dtype
+from workers.perf import InstancePerf, chips_needed
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One pool: identical instances of a device serving one model in one role."""
+
+    index: int
+    config: PoolConfig
+    perf: InstancePerf
+    first_instance: int  # global index of its first instance in the snapshot
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def role(self) -> Role:
+        return self.config.role
+
+    @property
+    def instances(self) -> range:
+        return range(self.first_instance, self.first_instance + self.config.instances)
+
+
+def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf:
+    where = f"{source}: pool '{pool.name}'"
+    try:
+        device = get_device(pool.device)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: key 'device': {exc.args[0] if exc.args else exc}") from None
+    try:
+        model = load_model(pool.model)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{where}: key 'model': {exc.args[0] if exc.args else exc}") from None
+    if pool.quantization is not None:
+        model = with_dtype(model, QUANTIZATION_BYTES[pool.quantization])
+
+    def make(chips: int) -> InstancePerf:
+        return InstancePerf(device, model, chips=chips, price_usd_per_hour=pool.price_usd_per_hour,
+                            memory_utilization=pool.memory_utilization)
+
+    if pool.chips_per_instance is None:
+        # The fewest chips that hold the weights plus one full prefill batch of KV.
+        chips = chips_needed(device, model, min_kv_tokens=pool.max_batch_tokens,
+                             memory_utilization=pool.memory_utilization)
+        if chips is None:
+            raise ConfigError(f"{where}: {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) with "
+                              f"{pool.max_batch_tokens} tokens of KV does not fit in any {device.name} instance "
+                              f"(at most {device.max_chips_per_instance} chips)")
+        return make(chips)
+    try:
+        perf = make(pool.chips_per_instance)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: key 'chips_per_instance': {exc}") from None
+    if not perf.fits:
+        raise ConfigError(
+            f"{where}: {model.name} ({perf.weight_bytes / 1e9:.1f} GB of weights) does not fit in "
+            f"{pool.chips_per_instance} x {device.name} "
+            f"({pool.chips_per_instance * device.memory_bytes / 1e9:.1f} GB); raise chips_per_instance "
+            "or set it to auto")
+    return perf
+
+
+class ClusterSnapshot:
+    """Per-instance state as numpy arrays, indexed by global instance id.
+
+    Static columns describe the hardware; dynamic columns are written by the
+    runtime after every change to an instance (O(1) per change), so a policy
+    decision reads arrays and never walks engines.
+    """
+
+    def __init__(self, pools: list[Pool]):
+        n = sum(p.config.instances for p in pools)
+        self.n_instances = n
+        self.n_pools = len(pools)
+        self.pool = np.empty(n, dtype=np.int64)
+        self.role = np.empty(n, dtype=np.int64)
+        for p in pools:
+            self.pool[p.instances.start:p.instances.stop] = p.index
+            self.role[p.instances.start:p.instances.stop] = int(p.role)
+        # Static, per pool (policies gather with `pool_x[snap.pool[cands]]`).
+        self.pool_kv_capacity = np.array([p.perf.kv_capacity_tokens for p in pools], dtype=np.float64)
+        self.pool_max_batch = np.array([p.config.max_batch for p in pools], dtype=np.float64)
+        self.pool_price_usd_per_s = np.array([p.perf.price_usd_per_s for p in pools], dtype=np.float64)
+        self.pool_idle_power_w = np.array([p.perf.idle_power_w for p in pools], dtype=np.float64)
+        self.pool_capability = np.array(
+            [p.perf.model.capability if p.perf.model.capability is not None else 1.0 for p in pools])
+        self.pool_model = [p.perf.model.name for p in pools]
+        # Same id <=> same model, so KV from one pool is usable in the other.
+        self.pool_model_id = np.array([self.pool_model.index(m) for m in self.pool_model], dtype=np.int64)
+        self.pool_link_bytes_per_s = np.array([p.config.link_bytes_per_s for p in pools])
+        # Linearised latency predictors fitted from the performance model, so a
+        # policy can predict every candidate with a few array operations:
+        #   prefill_s(n) ~ a + b*n + c*n^2,   decode step_s ~ d + e*batch + f*context_tokens
+        self.pool_prefill_coef = np.array([_prefill_coefficients(p.perf) for p in pools])
+        self.pool_decode_coef = np.array([_decode_coefficients(p.perf) for p in pools])
+        self.pool_kv_bytes_per_token = np.array([p.perf.kv_bytes_per_token for p in pools])
+        self.kv_capacity = self.pool_kv_capacity[self.pool].copy()
+        self.max_batch = self.pool_max_batch[self.pool].copy()
+        # Dynamic columns.
+        self.queued_requests = np.zeros(n, dtype=np.float64)  # waiting for prefill or a decode slot
+        self.queued_tokens = np.zeros(n, dtype=np.float64)  # prompt tokens waiting for prefill
+        self.running = np.zeros(n, dtype=np.float64)  # sequences in the decode batch
+        self.kv_free = self.kv_capacity.copy()  # tokens of KV not reserved
+        self.busy_until_s = np.zeros(n, dtype=np.float64)  # end of the current iteration (0 when idle)
+        # Candidate sets per stage, fixed by role.
+        self.candidates = {
+            Stage.PREFILL: np.flatnonzero(self.role != int(Role.DECODE)),
+            Stage.DECODE: np.flatnonzero(self.role == int(Role.DECODE)),
+        }
+
+    def predicted_prefill_s(self, cands: np.ndarray, tokens: int) -> np.ndarray:
+        coef = self.pool_prefill_coef[self.pool[cands]]
+        return coef[:, 0] + tokens * (coef[:, 1] + tokens * coef[:, 2])
+
+    def predicted_wait_s(self, cands: np.ndarray, now_s: float) -> np.ndarray:
+        """Time before a new prompt on each candidate starts prefill: the current
+        iteration's remainder plus the prompts already queued ahead of it."""
+        coef = self.pool_prefill_coef[self.pool[cands]]
+        busy = np.maximum(self.busy_until_s[cands] - now_s, 0.0)
+        queued = self.queued_tokens[cands]
+        return busy + queued * coef[:, 1] + np.minimum(self.queued_requests[cands], 1.0) * coef[:, 0]
+
+    def predicted_tpot_s(self, cands: np.ndarray, context_tokens: int) -> np.ndarray:
+        coef = self.pool_decode_coef[self.pool[cands]]
+        used = self.kv_capacity[cands] - self.kv_free[cands]
+        return coef[:, 0] + (self.running[cands] + 1.0) * coef[:, 1] + (used + context_tokens) * coef[:, 2]
+
+
+def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:
+    """Least-squares fit of single-sequence prefill time to a + b*n + c*n^2 over 128..32k tokens."""
+    n = np.array([128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768], dtype=np.float64)
+    t = np.array([perf.prefill(int(x), x * (x + 1) / 2, 1)[0] for x in n])
+    design = np.stack([np.ones_like(n), n, n * n], axis=1)
+    # Weight by 1/t so short prompts (the common case) are predicted in relative terms.
+    coef, *_ = np.linalg.lstsq(design / t[:, None], np.ones_like(t), rcond=None)
+    return float(max(coef[0], 0.0)), float(max(coef[1], 1e-12)), float(max(coef[2], 0.0))
+
+
+def _decode_coefficients(perf: InstancePerf) -> tuple[float, float, float]:
+    """step_s ~ d + e*batch + f*context from two probes: the weight read and the KV read."""
+    base = perf.decode_step_s(1, 1.0)
+    per_seq = max((perf.decode_step_s(64, 64.0) - base) / 63.0, 0.0)
+    per_ctx = max((perf.decode_step_s(64, 64.0 * 4096) - perf.decode_step_s(64, 64.0)) / (64.0 * 4095), 0.0)
+    return base, per_seq, per_ctx
+
+
+class Cluster:
+    """Pools and their instances; the static half of what a runtime needs."""
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        pools: list[Pool] = []
+        first = 0
+        for i, pc in enumerate(config.pools):
+            perf = build_pool_perf(pc, config.source)
+            pools.append(Pool(index=i, config=pc, perf=perf, first_instance=first))
+            first += pc.instances
+        self.pools = pools
+        self.n_instances = first
+        self.instance_pool = [p for p in pools for _ in p.instances]
+        # A decode pool must be able to take KV from some prefill pool: same model.
+        prefill_models = {p.perf.model.name for p in pools if p.role == Role.PREFILL}
+        for p in pools:
+            if p.role == Role.DECODE and p.perf.model.name not in prefill_models:
+                raise ConfigError(f"{config.source}: pool '{p.name}': decode pool serves {p.perf.model.name} "
+                                  "but no prefill pool serves that model to hand KV over from")
+            if p.role == Role.PREFILL and not any(q.role == Role.DECODE and q.perf.model.name == p.perf.model.name
+                                                  for q in pools):
+                raise ConfigError(f"{config.source}: pool '{p.name}': prefill pool has no decode pool "
+                                  f"serving {p.perf.model.name}")
+
+    def snapshot(self) -> ClusterSnapshot:
+        return ClusterSnapshot(self.pools)
+
+    def pool_of(self, instance: int) -> Pool:
+        return self.instance_pool[instance]

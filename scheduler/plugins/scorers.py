@@ -1,0 +1,60 @@
+"""Scorers rank the remaining candidates; each returns values in [0, 1]."""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.cluster import ClusterSnapshot
+from scheduler.types import Request, Stage
+
+
+class LeastLoaded:
+    """Fewer queued and running sequences per batch slot is better: 1 / (1 + load)."""
+
+    name = "least-loaded"
+
+    def __init__(self, params: dict):
+        pass
+
+    def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
+              prefill_instance: int) -> np.ndarray:
+        load = (snap.queued_requests[cands] + snap.running[cands]) / snap.max_batch[cands]
+        return 1.0 / (1.0 + load)
+
+
+class PredictedLatency:
+    """Predicted TTFT (prefill stage) or TPOT (decode stage) against the SLO:
+    1 / (1 + predicted / slo), so meeting the SLO with room scores above 0.5.
+
+    TTFT = wait for the instance + own prefill (+ KV hand-over for disaggregated
+    prefill); TPOT = one decode step with this request added to the batch.
+    """
+
+    name = "predicted-latency"
+
+    def __init__(self, params: dict):
+        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0))
+        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1))
+
+    def predict_ttft_s(self, req, snap, cands, now_s):
+        ttft = snap.predicted_wait_s(cands, now_s) + snap.predicted_prefill_s(cands, req.input_tokens)
+        return ttft
+
+    def score(self, req, snap, stage, cands, now_s, prefill_instance):
+        if stage == Stage.DECODE:
+            tpot = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
+            # A queue for decode slots delays the first decode step; charge it as extra TPOT.
+            tpot = tpot + snap.queued_requests[cands] * tpot / snap.max_batch[cands]
+            return 1.0 / (1.0 + tpot / self.tpot_slo_s)
+        return 1.0 / (1.0 + self.predict_ttft_s(req, snap, cands, now_s) / self.ttft_slo_s)
+
+
+class KvHeadroom:
+    """Share of the instance's KV memory still free."""
+
+    name = "kv-headroom"
+
+    def __init__(self, params: dict):
+        pass
+
+    def score(self, req, snap, stage, cands, now_s, prefill_instance):
+        return snap.kv_free[cands] / snap.kv_capacity[cands]

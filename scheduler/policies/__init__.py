@@ -1,0 +1,1 @@
+"""Built-in policy presets: one file each, listed in scheduler/registry.py."""

@@ -1,0 +1,76 @@
+"""Plain values that cross the policy boundary: requests in, decisions out.
+
+The policy core never sees protobuf types, Ray handles or simulator objects;
+the simulator and the live control plane both convert to these.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Role(enum.IntEnum):
+    """What an instance does. Stored as a small int in snapshot arrays."""
+
+    PREFILL = 0
+    DECODE = 1
+    BOTH = 2  # colocated: prefill and decode on the same instance
+
+    @classmethod
+    def parse(cls, text: str) -> "Role":
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown role {text!r}; expected one of prefill, decode, both") from None
+
+
+class Stage(enum.IntEnum):
+    """Which stage a policy is placing: prefill (or colocated) first, then decode."""
+
+    PREFILL = 0
+    DECODE = 1
+
+
+class RequestStatus(enum.IntEnum):
+    """Terminal (and in-flight) states; every request ends in one of the last three."""
+
+    PENDING = 0
+    COMPLETED = 1
+    REJECTED = 2
+    FAILED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One inference request as the policy sees it."""
+
+    request_id: int
+    input_tokens: int
+    output_tokens: int  # known in replay; max_tokens when live
+    arrival_s: float
+    # Minimum model capability the request needs (0 = any model); used by tier filters.
+    min_capability: float = 0.0
+    # Prefix-cache block hashes of the prompt (Mooncake style), empty when unknown.
+    block_hashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request runs. Instances are global indices into the cluster snapshot.
+
+    Colocated: prefill_instance == decode_instance. Rejected: both are -1 and
+    `reject_reason` says why.
+    """
+
+    request_id: int
+    prefill_instance: int
+    decode_instance: int
+    reject_reason: str = ""
+
+    @property
+    def rejected(self) -> bool:
+        return self.prefill_instance < 0
+
+    @property
+    def colocated(self) -> bool:
+        return self.prefill_instance >= 0 and self.prefill_instance == self.decode_instance
