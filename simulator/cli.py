@@ -1,0 +1,159 @@
+"""The `infersched` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scheduler.config import ConfigError
+
+DEFAULT_CLUSTER = "hybrid"
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser(
+        "simulate", help="replay a trace through a simulated cluster and report latency, cost and energy",
+        description="Replay a trace (the built-in Azure 2023 conversation trace by default) through a "
+                    "cluster (deploy/clusters/hybrid.yaml by default) and print the summary.")
+    p.add_argument("--trace", help="trace file (Azure, Vidur/Splitwise, length-only CSV, BurstGPT, Mooncake "
+                                   "JSONL; .gz ok). Default: built-in Azure 2023 conversation trace")
+    p.add_argument("--format", choices=["azure", "vidur", "lengths", "burstgpt", "mooncake"],
+                   help="trace format (default: detected from the content)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip malformed trace rows (counted and reported) instead of failing")
+    p.add_argument("--requests", type=int, help="number of requests (beyond the trace's rows, lengths are "
+                                                "resampled and arrivals synthesized)")
+    p.add_argument("--rate", type=float, help="arrival rate in requests/s (synthesized arrivals)")
+    p.add_argument("--arrival", choices=["trace", "poisson", "gamma", "diurnal"],
+                   help="arrival process for synthesized arrivals (default poisson)")
+    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
+    p.add_argument("--policy", help="routing policy (overrides the cluster file's); see `infersched policies`")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    p.add_argument("--out", metavar="DIR", help="write summary.json, requests.npz and PNG plots to DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_model(sub) -> None:
+    p = sub.add_parser("model", help="performance model tools")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    c = msub.add_parser("check", help="compare the performance and energy model against measurements")
+    c.add_argument("--device", default="h100-sxm")
+    c.add_argument("--model", default="llama-3.1-8b", help="built-in model name or a JSON/YAML model spec file")
+    c.add_argument("--chips", type=int, default=1)
+    c.add_argument("--measurements", required=True, help="CSV as in ../shared/calibration/")
+    c.add_argument("--json", metavar="PATH", help="write the result JSON to PATH ('-' for stdout)")
+    lst = msub.add_parser("list", help="list built-in devices and models")
+    lst.add_argument("--json", metavar="PATH")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infersched", description=__doc__.strip() + " "
+                                     "Scheduling and simulation of LLM inference on heterogeneous hardware.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(sub)
+    _add_model(sub)
+    sub.add_parser("policies", help="list the built-in routing policies and plugins")
+    return parser
+
+
+def _load_workload(args):
+    from simulator.traces import builtin_trace_path, read_trace
+    from simulator.workload import make_workload
+
+    path = args.trace or str(builtin_trace_path())
+    trace = read_trace(path, args.format, skip_bad_rows=args.skip_bad_rows)
+    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
+                             seed=args.seed)
+    return trace, workload
+
+
+def cmd_simulate(args) -> int:
+    from scheduler.cluster import Cluster
+    from scheduler.config import builtin_cluster_path, load_cluster
+    from scheduler.registry import build_policy
+    from simulator.metrics import summarize
+    from simulator.report import format_summary, write_json, write_outputs
+    from simulator.sim import Simulation
+
+    config = load_cluster(args.cluster or builtin_cluster_path(DEFAULT_CLUSTER))
+    cluster = Cluster(config)
+    policy = build_policy(args.policy or config.policy, config)
+    trace, workload = _load_workload(args)
+    progress = not args.no_progress and args.json != "-"
+    result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress).run()
+    summary = summarize(result)
+    summary["trace"] = {"path": trace.path, "format": trace.format, "rows": trace.rows,
+                        "bad_rows": trace.bad_rows, "filtered_rows": trace.filtered_rows}
+    if args.json:
+        write_json(summary, args.json)
+    if args.out:
+        for path in write_outputs(result, summary, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json != "-":
+        if trace.bad_rows:
+            print(f"skipped {trace.bad_rows:,} malformed trace rows", file=sys.stderr)
+        print(format_summary(summary))
+    return 0
+
+
+def cmd_model(args) -> int:
+    from simulator.report import write_json
+
+    if args.model_command == "list":
+        from workers.devices import DEVICES
+        from workers.models import BUILTIN_MODELS
+
+        listing = {
+            "devices": {name: {"kind": d.kind, "memory_gb": d.memory_bytes / 1e9,
+                               "memory_bw_tb_s": d.memory_bw_bytes_s / 1e12, "bf16_tflops": d.bf16_flops / 1e12,
+                               "price_usd_per_hour": d.price_usd_per_hour} for name, d in DEVICES.items()},
+            "models": {name: {"params_b": m.params / 1e9, "layers": m.layers, "hidden": m.hidden}
+                       for name, m in BUILTIN_MODELS.items()},
+        }
+        if args.json:
+            write_json(listing, args.json)
+        else:
+            for name, d in listing["devices"].items():
+                print(f"device {name:<10} {d['kind']:<6} {d['memory_gb']:>8.1f} GB {d['memory_bw_tb_s']:>8.2f} TB/s "
+                      f"{d['bf16_tflops']:>9.1f} TFLOP/s  ${d['price_usd_per_hour'] or 0:.2f}/h")
+            for name, m in listing["models"].items():
+                print(f"model  {name:<16} {m['params_b']:>7.2f} B params, {m['layers']} layers")
+        return 0
+    from workers.calibration import format_model_check, run_model_check
+
+    result = run_model_check(args.device, args.model, args.measurements, chips=args.chips)
+    if args.json:
+        write_json(result, args.json)
+    if args.json != "-":
+        print(format_model_check(result))
+    return 0
+
+
+def cmd_policies(args) -> int:
+    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS
+
+    for name, spec in POLICIES.items():
+        scorers = ", ".join(f"{n} x{w:g}" for n, w in spec.scorers) or "-"
+        print(f"{name:<14} {spec.description}\n{'':14} filters: {', '.join(spec.filters)}; scorers: {scorers}; "
+              f"picker: {spec.picker}")
+    print(f"\nfilters: {', '.join(FILTERS)}\nscorers: {', '.join(SCORERS)}\npickers: {', '.join(PICKERS)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from simulator.traces import TraceFormatError
+
+    handlers = {"simulate": cmd_simulate, "model": cmd_model, "policies": cmd_policies}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"infersched: error: {message}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

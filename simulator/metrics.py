@@ -1,0 +1,225 @@
+"""Per-request records (columnar), per-pool usage, and the summary everyone reads.
+
+The summary dict is the JSON schema of `infersched simulate --json` and, for
+the live cluster, of `infersched replay --json`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scheduler.types import RequestStatus
+
+PERCENTILES = (50, 90, 99)
+
+
+class RequestRecords:
+    """One row per request, stored as columns (NaN where a stage did not happen)."""
+
+    TIME_COLUMNS = ("arrival_s", "prefill_start_s", "first_token_s", "kv_ready_s", "decode_start_s", "finish_s")
+
+    def __init__(self, n: int):
+        self.n = n
+        for name in self.TIME_COLUMNS:
+            setattr(self, name, np.full(n, np.nan))
+        self.input_tokens = np.zeros(n, dtype=np.int64)
+        self.output_tokens = np.zeros(n, dtype=np.int64)
+        self.prefill_instance = np.full(n, -1, dtype=np.int32)
+        self.decode_instance = np.full(n, -1, dtype=np.int32)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.energy_j = np.zeros(n)
+        self.cost_usd = np.zeros(n)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        names = (*self.TIME_COLUMNS, "input_tokens", "output_tokens", "prefill_instance", "decode_instance",
+                 "status", "energy_j", "cost_usd")
+        return {name: getattr(self, name) for name in names}
+
+    def ttft_s(self) -> np.ndarray:
+        return self.first_token_s - self.arrival_s
+
+    def e2e_s(self) -> np.ndarray:
+        return self.finish_s - self.arrival_s
+
+    def tpot_s(self) -> np.ndarray:
+        """Mean time per output token after the first; NaN for one-token outputs."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tpot = (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+        tpot[self.output_tokens <= 1] = np.nan
+        return tpot
+
+    def decision_log(self) -> np.ndarray:
+        """(prefill instance, decode instance) per request: what the policy decided."""
+        return np.stack([self.prefill_instance, self.decode_instance], axis=1)
+
+    def save(self, path: Path, instance_pool_names: list[str]) -> None:
+        """Compressed columnar file (numpy .npz); load with numpy.load."""
+        np.savez_compressed(path, **self.columns(), instance_pool=np.array(instance_pool_names))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    name: str
+    device: str
+    model: str
+    role: str
+    instances: int
+    chips_per_instance: int
+    busy_s: float
+    dynamic_energy_j: float
+    idle_energy_j: float
+    cost_usd: float
+    prefill_tokens: int
+    decode_tokens: int
+    utilization: float
+
+    @classmethod
+    def from_engines(cls, pool, engines, makespan_s: float) -> "PoolUsage":
+        busy = sum(e.busy_s for e in engines)
+        perf = pool.perf
+        n = len(engines)
+        return cls(
+            name=pool.name, device=perf.device.name, model=perf.model.name, role=pool.role.name.lower(),
+            instances=n, chips_per_instance=perf.chips, busy_s=busy,
+            dynamic_energy_j=sum(e.dynamic_energy_j for e in engines),
+            idle_energy_j=perf.idle_power_w * makespan_s * n,
+            # Provisioned instances are paid for by the hour, busy or not.
+            cost_usd=perf.price_usd_per_s * makespan_s * n,
+            prefill_tokens=sum(e.prefill_tokens for e in engines),
+            decode_tokens=sum(e.decode_tokens for e in engines),
+            utilization=busy / (n * makespan_s) if makespan_s > 0 else 0.0,
+        )
+
+    @property
+    def energy_j(self) -> float:
+        return self.dynamic_energy_j + self.idle_energy_j
+
+
+class UtilizationTimeline:
+    """Busy seconds per pool per time bucket, for the utilization-over-time plot.
+
+    Memory is bounded: when time runs past the last bucket, neighbouring
+    buckets are merged and the width doubles.
+    """
+
+    BUCKETS = 256
+
+    def __init__(self, n_pools: int, instances_per_pool: list[int], width_s: float = 1.0):
+        self.width_s = width_s
+        self.busy_s = np.zeros((n_pools, self.BUCKETS))
+        self.instances = np.array(instances_per_pool, dtype=np.float64)
+
+    def add(self, pool: int, start_s: float, end_s: float) -> None:
+        if end_s <= start_s:
+            return
+        while end_s >= self.width_s * self.BUCKETS:
+            merged = self.busy_s.reshape(len(self.busy_s), self.BUCKETS // 2, 2).sum(axis=2)
+            self.busy_s = np.concatenate([merged, np.zeros_like(merged)], axis=1)
+            self.width_s *= 2.0
+        w = self.width_s
+        b0 = int(start_s / w)
+        b1 = int(end_s / w)
+        row = self.busy_s[pool]
+        if b0 == b1:
+            row[b0] += end_s - start_s
+            return
+        row[b0] += (b0 + 1) * w - start_s
+        row[b0 + 1:b1] += w
+        row[b1] += end_s - b1 * w
+
+    def series(self, makespan_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(bucket start times, utilization [pools x buckets]) up to the makespan."""
+        used = max(1, min(self.BUCKETS, int(np.ceil(makespan_s / self.width_s))))
+        times = np.arange(used) * self.width_s
+        util = self.busy_s[:, :used] / (self.instances[:, None] * self.width_s)
+        return times, np.clip(util, 0.0, 1.0)
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float | None]:
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
+    pcts = np.percentile(values, PERCENTILES)
+    out = {f"p{p}": float(v) for p, v in zip(PERCENTILES, pcts)}
+    out["mean"] = float(values.mean())
+    return out
+
+
+def summarize(result) -> dict:
+    """The summary JSON of one simulation (see README for the schema)."""
+    rec: RequestRecords = result.records
+    cluster = result.cluster
+    slo = cluster.config.slo
+    completed = rec.status == RequestStatus.COMPLETED
+    ttft = np.where(completed, rec.ttft_s(), np.nan)
+    tpot = np.where(completed, rec.tpot_s(), np.nan)
+    e2e = np.where(completed, rec.e2e_s(), np.nan)
+    # One-token outputs have no TPOT; they meet the TPOT SLO trivially.
+    meets = completed & (ttft <= slo.ttft_s) & ~(tpot > slo.tpot_s)
+    makespan = result.makespan_s
+    n = rec.n
+    energy = sum(p.energy_j for p in result.pools)
+    cost = sum(p.cost_usd for p in result.pools)
+    out_tokens = int(rec.output_tokens[completed].sum())
+    pool_of_instance = np.array([p.index for p in cluster.pools for _ in p.instances])
+    placed = rec.prefill_instance >= 0
+    prefill_pool = pool_of_instance[rec.prefill_instance[placed]]
+    decode_pool = pool_of_instance[rec.decode_instance[placed]]
+    n_pools = len(cluster.pools)
+    prefill_counts = np.bincount(prefill_pool, minlength=n_pools)
+    decode_counts = np.bincount(decode_pool, minlength=n_pools)
+    served_counts = np.bincount(np.concatenate([prefill_pool, decode_pool[decode_pool != prefill_pool]]),
+                                minlength=n_pools)
+    placed_total = max(int(placed.sum()), 1)
+    pools = {}
+    for p, usage in zip(cluster.pools, result.pools):
+        pools[p.name] = {
+            "device": usage.device,
+            "model": usage.model,
+            "role": usage.role,
+            "instances": usage.instances,
+            "chips_per_instance": usage.chips_per_instance,
+            "requests": int(served_counts[p.index]),
+            "prefill_requests": int(prefill_counts[p.index]),
+            "decode_requests": int(decode_counts[p.index]),
+            "share": float(served_counts[p.index] / placed_total),
+            "prefill_tokens": usage.prefill_tokens,
+            "decode_tokens": usage.decode_tokens,
+            "utilization": usage.utilization,
+            "energy_j": usage.energy_j,
+            "idle_energy_j": usage.idle_energy_j,
+            "cost_usd": usage.cost_usd,
+        }
+    return {
+        "cluster": cluster.config.name,
+        "policy": result.policy_name,
+        "workload": result.workload_description,
+        "seed": result.seed,
+        "requests": n,
+        "completed": int(completed.sum()),
+        "rejected": int((rec.status == RequestStatus.REJECTED).sum()),
+        "failed": int((rec.status == RequestStatus.FAILED).sum()),
+        "reject_reasons": result.reject_reasons,
+        "input_tokens": int(rec.input_tokens.sum()),
+        "output_tokens": out_tokens,
+        "ttft_s": _percentiles(ttft),
+        "tpot_s": _percentiles(tpot),
+        "e2e_s": _percentiles(e2e),
+        "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
+        "slo_attainment": float(meets.sum() / n) if n else 0.0,
+        "goodput_rps": float(meets.sum() / makespan) if makespan > 0 else 0.0,
+        "throughput_rps": float(completed.sum() / makespan) if makespan > 0 else 0.0,
+        "output_tokens_per_s": float(out_tokens / makespan) if makespan > 0 else 0.0,
+        "makespan_s": makespan,
+        "cost_usd": cost,
+        "energy_j": energy,
+        "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
+        "cost_per_million_output_tokens_usd": cost / out_tokens * 1e6 if out_tokens else None,
+        "sim_wall_s": result.wall_s,
+        "events": result.events,
+        "events_per_request": result.events / n if n else 0.0,
+        "sim_requests_per_s": n / result.wall_s if result.wall_s > 0 else None,
+        "pools": pools,
+    }
