@@ -1,0 +1,138 @@
+from infersched.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PrefillRequest(_message.Message):
+    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "prefix_block_hashes", "decode_address")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
+    prompt_length: int
+    max_output_tokens: int
+    prefix_block_hashes: _containers.RepeatedScalarFieldContainer[int]
+    decode_address: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., decode_address: _Optional[str] = ...) -> None: ...
+
+class PrefillResponse(_message.Message):
+    __slots__ = ("request_id", "first_token_id", "queue_s", "prefill_s", "kv_transfer_s", "prefill_tokens", "cached_prefix_tokens", "kv_blocks", "kv_bytes", "energy_j", "cost_usd")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_S_FIELD_NUMBER: _ClassVar[int]
+    KV_TRANSFER_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PREFIX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    first_token_id: int
+    queue_s: float
+    prefill_s: float
+    kv_transfer_s: float
+    prefill_tokens: int
+    cached_prefix_tokens: int
+    kv_blocks: int
+    kv_bytes: int
+    energy_j: float
+    cost_usd: float
+    def __init__(self, request_id: _Optional[str] = ..., first_token_id: _Optional[int] = ..., queue_s: _Optional[float] = ..., prefill_s: _Optional[float] = ..., kv_transfer_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., cached_prefix_tokens: _Optional[int] = ..., kv_blocks: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class KvBlock(_message.Message):
+    __slots__ = ("meta", "payload")
+    META_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    meta: bytes
+    payload: bytes
+    def __init__(self, meta: _Optional[bytes] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class KvTransferAck(_message.Message):
+    __slots__ = ("request_id", "blocks_received", "tokens_received", "bytes_received", "kv_free_tokens")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    KV_FREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    blocks_received: int
+    tokens_received: int
+    bytes_received: int
+    kv_free_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., blocks_received: _Optional[int] = ..., tokens_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ...) -> None: ...
+
+class DecodeRequest(_message.Message):
+    __slots__ = ("request_id", "max_output_tokens", "first_token_id", "chunk_tokens")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    max_output_tokens: int
+    first_token_id: int
+    chunk_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., first_token_id: _Optional[int] = ..., chunk_tokens: _Optional[int] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("wait", "timeout_s")
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    wait: bool
+    timeout_s: float
+    def __init__(self, wait: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("state", "in_flight")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.WorkerState
+    in_flight: int
+    def __init__(self, state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., in_flight: _Optional[int] = ...) -> None: ...
+
+class WorkerStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStats(_message.Message):
+    __slots__ = ("worker_id", "pool", "state", "now_s", "queue_depth", "queued_tokens", "running", "kv_free_tokens", "kv_capacity_tokens", "busy_until_s", "prefill_tokens", "decode_tokens", "completed", "energy_j", "cost_usd")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NOW_S_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KV_FREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_CAPACITY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_UNTIL_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    pool: str
+    state: _common_pb2.WorkerState
+    now_s: float
+    queue_depth: int
+    queued_tokens: int
+    running: int
+    kv_free_tokens: int
+    kv_capacity_tokens: int
+    busy_until_s: float
+    prefill_tokens: int
+    decode_tokens: int
+    completed: int
+    energy_j: float
+    cost_usd: float
+    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., now_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., busy_until_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., completed: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
