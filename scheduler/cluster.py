@@ -81,9 +81,24 @@ class ClusterSnapshot:
     """Per-instance state as numpy arrays, indexed by global instance id.
 
     Static columns describe the hardware; dynamic columns are written by the
-    runtime after every change to an instance (O(1) per change), so a policy
-    decision reads arrays and never walks engines.
+    runtime through `update` after every change to an instance (O(1) per
+    change), so a policy decision reads arrays and never walks engines.
+    Derived columns (`load`, `backlog_s`) are kept here too, so each scorer is
+    a handful of array operations: on this class of machine a numpy call on a
+    small array costs about a microsecond, and the simulator's whole budget
+    is ~30 us per request.
     """
+
+    DYNAMIC_COLUMNS = (
+        "queued_requests",  # waiting for prefill or for a decode slot
+        "queued_tokens",  # prompt tokens waiting for prefill
+        "running",  # sequences in the decode batch
+        "kv_free",  # tokens of KV not reserved
+        "busy_until_s",  # end of the current iteration (0 when idle)
+        # Derived:
+        "load",  # (queued + running) / max_batch
+        "ready_s",  # when a new prompt could start prefill: iteration end + queued prompts' prefill
+    )
 
     def __init__(self, pools: list[Pool]):
         n = sum(p.config.instances for p in pools)
@@ -94,7 +109,7 @@ class ClusterSnapshot:
         for p in pools:
             self.pool[p.instances.start:p.instances.stop] = p.index
             self.role[p.instances.start:p.instances.stop] = int(p.role)
-        # Static, per pool (policies gather with `pool_x[snap.pool[cands]]`).
+        # Static, per pool.
         self.pool_kv_capacity = np.array([p.perf.kv_capacity_tokens for p in pools], dtype=np.float64)
         self.pool_max_batch = np.array([p.config.max_batch for p in pools], dtype=np.float64)
         self.pool_price_usd_per_s = np.array([p.perf.price_usd_per_s for p in pools], dtype=np.float64)
@@ -105,42 +120,65 @@ class ClusterSnapshot:
         # Same id <=> same model, so KV from one pool is usable in the other.
         self.pool_model_id = np.array([self.pool_model.index(m) for m in self.pool_model], dtype=np.int64)
         self.pool_link_bytes_per_s = np.array([p.config.link_bytes_per_s for p in pools])
-        # Linearised latency predictors fitted from the performance model, so a
-        # policy can predict every candidate with a few array operations:
+        self.pool_kv_bytes_per_token = np.array([p.perf.kv_bytes_per_token for p in pools])
+        # Latency predictors fitted to the performance model, per pool:
         #   prefill_s(n) ~ a + b*n + c*n^2,   decode step_s ~ d + e*batch + f*context_tokens
         self.pool_prefill_coef = np.array([_prefill_coefficients(p.perf) for p in pools])
         self.pool_decode_coef = np.array([_decode_coefficients(p.perf) for p in pools])
-        self.pool_kv_bytes_per_token = np.array([p.perf.kv_bytes_per_token for p in pools])
+        # The same, spread per instance (policies index them by candidate id directly).
         self.kv_capacity = self.pool_kv_capacity[self.pool].copy()
         self.max_batch = self.pool_max_batch[self.pool].copy()
-        # Dynamic columns.
-        self.queued_requests = np.zeros(n, dtype=np.float64)  # waiting for prefill or a decode slot
-        self.queued_tokens = np.zeros(n, dtype=np.float64)  # prompt tokens waiting for prefill
-        self.running = np.zeros(n, dtype=np.float64)  # sequences in the decode batch
-        self.kv_free = self.kv_capacity.copy()  # tokens of KV not reserved
-        self.busy_until_s = np.zeros(n, dtype=np.float64)  # end of the current iteration (0 when idle)
+        self.decode_d_s, self.decode_e_s, self.decode_f_s = (self.pool_decode_coef[self.pool].T.copy())
+        self._inv_max_batch = (1.0 / self.max_batch).tolist()
+        self._prefill_a = self.pool_prefill_coef[self.pool, 0].tolist()
+        self._prefill_b = self.pool_prefill_coef[self.pool, 1].tolist()
+        # Dynamic columns: separate contiguous arrays (a gather from a strided view
+        # costs twice as much, and writing a strided column from a tuple more than
+        # seven scalar stores).
+        for name in self.DYNAMIC_COLUMNS:
+            setattr(self, name, np.zeros(n))
+        self.kv_free[:] = self.kv_capacity
         # Candidate sets per stage, fixed by role.
         self.candidates = {
             Stage.PREFILL: np.flatnonzero(self.role != int(Role.DECODE)),
             Stage.DECODE: np.flatnonzero(self.role == int(Role.DECODE)),
         }
+        # Per stage, what every candidate can hold / serve, so filters can prove
+        # "all pass" with one scalar comparison instead of an array mask.
+        self.min_capacity = {st: (float(self.kv_capacity[c].min()) if len(c) else 0.0)
+                             for st, c in self.candidates.items()}
+        self.min_capability = {st: (float(self.pool_capability[self.pool[c]].min()) if len(c) else 0.0)
+                               for st, c in self.candidates.items()}
+        self.single_model = len(set(self.pool_model)) == 1
+
+    def update(self, i: int, queued_requests: int, queued_tokens: int, running: int, kv_free: int,
+               busy_until_s: float) -> None:
+        """Write one instance's state (called by the runtime after every change to it)."""
+        ready = busy_until_s + (queued_tokens * self._prefill_b[i] + self._prefill_a[i] if queued_tokens else 0.0)
+        self.queued_requests[i] = queued_requests
+        self.queued_tokens[i] = queued_tokens
+        self.running[i] = running
+        self.kv_free[i] = kv_free
+        self.busy_until_s[i] = busy_until_s
+        self.load[i] = (queued_requests + running) * self._inv_max_batch[i]
+        self.ready_s[i] = ready
 
     def predicted_prefill_s(self, cands: np.ndarray, tokens: int) -> np.ndarray:
-        coef = self.pool_prefill_coef[self.pool[cands]]
-        return coef[:, 0] + tokens * (coef[:, 1] + tokens * coef[:, 2])
+        """Prefill time of a `tokens`-long prompt alone on each candidate (computed per pool, then spread)."""
+        coef = self.pool_prefill_coef
+        per_pool = coef[:, 0] + tokens * (coef[:, 1] + tokens * coef[:, 2])
+        return per_pool[self.pool[cands]]
 
     def predicted_wait_s(self, cands: np.ndarray, now_s: float) -> np.ndarray:
         """Time before a new prompt on each candidate starts prefill: the current
         iteration's remainder plus the prompts already queued ahead of it."""
-        coef = self.pool_prefill_coef[self.pool[cands]]
-        busy = np.maximum(self.busy_until_s[cands] - now_s, 0.0)
-        queued = self.queued_tokens[cands]
-        return busy + queued * coef[:, 1] + np.minimum(self.queued_requests[cands], 1.0) * coef[:, 0]
+        wait = self.ready_s[cands] - now_s
+        return np.maximum(wait, 0.0, out=wait)
 
     def predicted_tpot_s(self, cands: np.ndarray, context_tokens: int) -> np.ndarray:
-        coef = self.pool_decode_coef[self.pool[cands]]
-        used = self.kv_capacity[cands] - self.kv_free[cands]
-        return coef[:, 0] + (self.running[cands] + 1.0) * coef[:, 1] + (used + context_tokens) * coef[:, 2]
+        used = self.kv_capacity[cands] - self.kv_free[cands] + context_tokens
+        return self.decode_d_s[cands] + (self.running[cands] + 1.0) * self.decode_e_s[cands] \
+            + used * self.decode_f_s[cands]
 
 
 def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:

@@ -43,7 +43,7 @@ class Policy:
             if len(cands) == 0:
                 break
             keep = f.mask(req, snap, stage, cands, now_s, prefill_instance)
-            if not keep.all():
+            if keep is not None:
                 cands = cands[keep]
                 if len(cands) == 0:
                     return -1, f.reason
@@ -51,13 +51,16 @@ class Policy:
             return -1, f"no {stage.name.lower()} instances"
         if len(cands) == 1:
             return int(cands[0]), ""
-        if self._scorers:
-            it = iter(self._scorers)
-            scorer, weight = next(it)
-            total = weight * scorer.score(req, snap, stage, cands, now_s, prefill_instance)
-            for scorer, weight in it:
-                total = total + weight * scorer.score(req, snap, stage, cands, now_s, prefill_instance)
-        else:
+        total = None
+        for scorer, weight in self._scorers:
+            score = scorer.score(req, snap, stage, cands, now_s, prefill_instance)
+            if weight != 1.0:
+                score *= weight  # scorers return fresh arrays, so in place is safe
+            if total is None:
+                total = score
+            else:
+                total += score
+        if total is None:
             total = np.zeros(len(cands))
         return self._picker.pick(req, cands, total, rng), ""
 

@@ -98,43 +98,39 @@ class PoolUsage:
 
 
 class UtilizationTimeline:
-    """Busy seconds per pool per time bucket, for the utilization-over-time plot.
+    """Per-pool busy time sampled as the run goes, for the utilization-over-time plot.
 
-    Memory is bounded: when time runs past the last bucket, neighbouring
-    buckets are merged and the width doubles.
+    The runtime calls `sample` every few thousand arrivals with each pool's
+    cumulative busy seconds; utilization between two samples is the busy time
+    gained over the instance-seconds elapsed. Sampling costs nothing per
+    event, and memory stays bounded: past MAX_SAMPLES every other sample is
+    dropped.
     """
 
-    BUCKETS = 256
+    MAX_SAMPLES = 2048
 
-    def __init__(self, n_pools: int, instances_per_pool: list[int], width_s: float = 1.0):
-        self.width_s = width_s
-        self.busy_s = np.zeros((n_pools, self.BUCKETS))
+    def __init__(self, instances_per_pool: list[int]):
         self.instances = np.array(instances_per_pool, dtype=np.float64)
+        self.times_s: list[float] = [0.0]
+        self.busy_s: list[list[float]] = [[0.0] * len(instances_per_pool)]
 
-    def add(self, pool: int, start_s: float, end_s: float) -> None:
-        if end_s <= start_s:
+    def sample(self, now_s: float, busy_per_pool_s: list[float]) -> None:
+        if now_s <= self.times_s[-1]:
             return
-        while end_s >= self.width_s * self.BUCKETS:
-            merged = self.busy_s.reshape(len(self.busy_s), self.BUCKETS // 2, 2).sum(axis=2)
-            self.busy_s = np.concatenate([merged, np.zeros_like(merged)], axis=1)
-            self.width_s *= 2.0
-        w = self.width_s
-        b0 = int(start_s / w)
-        b1 = int(end_s / w)
-        row = self.busy_s[pool]
-        if b0 == b1:
-            row[b0] += end_s - start_s
-            return
-        row[b0] += (b0 + 1) * w - start_s
-        row[b0 + 1:b1] += w
-        row[b1] += end_s - b1 * w
+        self.times_s.append(now_s)
+        self.busy_s.append(busy_per_pool_s)
+        if len(self.times_s) > self.MAX_SAMPLES:
+            self.times_s = self.times_s[::2]
+            self.busy_s = self.busy_s[::2]
 
-    def series(self, makespan_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """(bucket start times, utilization [pools x buckets]) up to the makespan."""
-        used = max(1, min(self.BUCKETS, int(np.ceil(makespan_s / self.width_s))))
-        times = np.arange(used) * self.width_s
-        util = self.busy_s[:, :used] / (self.instances[:, None] * self.width_s)
-        return times, np.clip(util, 0.0, 1.0)
+    def series(self) -> tuple[np.ndarray, np.ndarray]:
+        """(interval start times, utilization [pools x intervals])."""
+        t = np.asarray(self.times_s)
+        busy = np.asarray(self.busy_s).T
+        if len(t) < 2:
+            return t[:0], busy[:, :0]
+        util = np.diff(busy, axis=1) / (self.instances[:, None] * np.diff(t)[None, :])
+        return t[:-1], np.clip(util, 0.0, 1.0)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float | None]:

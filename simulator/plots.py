@@ -44,16 +44,16 @@ def plot_latency_cdfs(result, path: Path) -> Path:
 
 
 def plot_utilization(result, path: Path) -> Path:
-    times, util = result.utilization.series(result.makespan_s)
+    times, util = result.utilization.series()
     fig, ax = plt.subplots(figsize=(10, 4))
     for pool, row in zip(result.cluster.pools, util):
-        ax.plot(times, row * 100, lw=1.2, label=f"{pool.name} ({pool.perf.device.name}, {pool.role.name.lower()})")
+        ax.step(times, row * 100, where="post", lw=1.2, label=f"{pool.name} ({pool.perf.device.name}, {pool.role.name.lower()})")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("busy instances (%)")
     ax.set_ylim(0, 105)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(f"Pool utilization over time ({result.utilization.width_s:g} s buckets)")
+    ax.set_title("Pool utilization over time")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

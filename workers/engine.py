@@ -33,9 +33,10 @@ IDLE = 0
 PREFILL = 1
 DECODE = 2
 
-# Event kinds returned by `wake` (tuples: kind, request_id, energy_j, cost_usd).
-FIRST_TOKEN = 0  # prefill done, first token out; energy/cost are the prefill share
-FINISHED = 1  # last token out; energy/cost are the decode share
+# Event kinds reported by `wake` and `poke`, as tuples
+# (kind, request_id, time_s, energy_j, cost_usd, activity_start_s):
+FIRST_TOKEN = 0  # prefill done, first token out; energy/cost: the prefill share; start: prefill start
+FINISHED = 1  # last token out; energy/cost: the decode share
 JOINED = 2  # a handed-over request joined the decode batch (its prefill-side KV can be freed)
 
 # Roles, matching scheduler.types.Role (workers does not import the scheduler).
@@ -148,27 +149,28 @@ class BatchEngine:
         energy = self.act_energy_j + self._idle_w * duration
         cost = self._price_s * duration
         if self.activity == PREFILL:
-            self._finish_prefill(energy, cost, events)
+            self._finish_prefill(now_s, energy, cost, events)
         elif self.activity == DECODE:
-            self._finish_decode(energy, cost, events)
+            self._finish_decode(now_s, energy, cost, events)
         self._start_next(now_s, events)
 
-    def _finish_prefill(self, energy: float, cost: float, events: list) -> None:
-        tokens = self.prefill_tokens_now
+    def _finish_prefill(self, now_s: float, energy: float, cost: float, events: list) -> None:
+        per_token_e = energy / self.prefill_tokens_now
+        per_token_c = cost / self.prefill_tokens_now
+        start = self.act_start_s
         role = self.role
         for rid, inp, out in self.prefill_batch:
-            share = inp / tokens
-            events.append((FIRST_TOKEN, rid, energy * share, cost * share))
+            events.append((FIRST_TOKEN, rid, now_s, per_token_e * inp, per_token_c * inp, start))
             if role == ROLE_PREFILL:
                 self.held[rid] = inp
             elif out > 1:
                 self._join(rid, inp + 1, out - 1, inp + out)
             else:
                 self.kv_reserved -= inp + out
-                events.append((FINISHED, rid, 0.0, 0.0))
+                events.append((FINISHED, rid, now_s, 0.0, 0.0, start))
         self.prefill_batch = []
 
-    def _finish_decode(self, energy: float, cost: float, events: list) -> None:
+    def _finish_decode(self, now_s: float, energy: float, cost: float, events: list) -> None:
         batch = self.batch
         self.energy_acc_j += energy / batch
         self.cost_acc_usd += cost / batch
@@ -179,13 +181,14 @@ class BatchEngine:
         members = self.members
         e_acc = self.energy_acc_j
         c_acc = self.cost_acc_usd
+        start = self.act_start_s
         while heap and heap[0][0] <= step:
             rid = heapq.heappop(heap)[1]
             offset, kv, e0, c0 = members.pop(rid)
             self.ctx_offset_sum -= offset
             self.kv_reserved -= kv
             self.batch -= 1
-            events.append((FINISHED, rid, e_acc - e0, c_acc - c0))
+            events.append((FINISHED, rid, now_s, e_acc - e0, c_acc - c0, start))
 
     def _join(self, rid: int, context_tokens: int, steps: int, kv_tokens: int) -> None:
         offset = context_tokens - self.step
@@ -205,7 +208,7 @@ class BatchEngine:
             joining.popleft()
             self.kv_reserved += kv
             self._join(rid, ctx, steps, kv)
-            events.append((JOINED, rid, 0.0, 0.0))
+            events.append((JOINED, rid, now_s, 0.0, 0.0, now_s))
         # 2. Prefill-first.
         waiting = self.waiting
         if waiting and self.role != ROLE_DECODE:

@@ -19,8 +19,10 @@ class FitsMemory:
         pass
 
     def mask(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
-             prefill_instance: int) -> np.ndarray:
+             prefill_instance: int) -> np.ndarray | None:
         need_full = float(req.input_tokens + req.output_tokens)
+        if need_full <= snap.min_capacity[stage]:
+            return None
         if stage == Stage.DECODE:
             return snap.kv_capacity[cands] >= need_full
         # Role 0 (prefill-only) holds the prompt; colocated holds everything.
@@ -38,8 +40,8 @@ class ModelTier:
         pass
 
     def mask(self, req, snap, stage, cands, now_s, prefill_instance):
-        if req.min_capability <= 0.0:
-            return np.ones(len(cands), dtype=bool)
+        if req.min_capability <= snap.min_capability[stage]:
+            return None
         return snap.pool_capability[snap.pool[cands]] >= req.min_capability
 
 
@@ -53,7 +55,7 @@ class SameModel:
         pass
 
     def mask(self, req, snap, stage, cands, now_s, prefill_instance):
-        if stage != Stage.DECODE:
-            return np.ones(len(cands), dtype=bool)
+        if stage != Stage.DECODE or snap.single_model:
+            return None
         model_id = snap.pool_model_id[snap.pool[prefill_instance]]
         return snap.pool_model_id[snap.pool[cands]] == model_id

@@ -17,8 +17,8 @@ class LeastLoaded:
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:
-        load = (snap.queued_requests[cands] + snap.running[cands]) / snap.max_batch[cands]
-        return 1.0 / (1.0 + load)
+        score = snap.load[cands] + 1.0  # a fresh array: the snapshot column is never written
+        return np.reciprocal(score, out=score)
 
 
 class PredictedLatency:
@@ -35,17 +35,18 @@ class PredictedLatency:
         self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0))
         self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1))
 
-    def predict_ttft_s(self, req, snap, cands, now_s):
-        ttft = snap.predicted_wait_s(cands, now_s) + snap.predicted_prefill_s(cands, req.input_tokens)
-        return ttft
-
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         if stage == Stage.DECODE:
-            tpot = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
+            latency = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
             # A queue for decode slots delays the first decode step; charge it as extra TPOT.
-            tpot = tpot + snap.queued_requests[cands] * tpot / snap.max_batch[cands]
-            return 1.0 / (1.0 + tpot / self.tpot_slo_s)
-        return 1.0 / (1.0 + self.predict_ttft_s(req, snap, cands, now_s) / self.ttft_slo_s)
+            latency *= 1.0 + snap.queued_requests[cands] / snap.max_batch[cands]
+            latency *= 1.0 / self.tpot_slo_s
+        else:
+            latency = snap.predicted_wait_s(cands, now_s)
+            latency += snap.predicted_prefill_s(cands, req.input_tokens)
+            latency *= 1.0 / self.ttft_slo_s
+        latency += 1.0
+        return np.reciprocal(latency, out=latency)
 
 
 class KvHeadroom:

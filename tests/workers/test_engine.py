@@ -170,7 +170,7 @@ def test_energy_and_cost_shares_add_up():
         now = eng.next_wake_s
         events = []
         eng.wake(now, events)
-        for kind, rid, e, c in events:
+        for kind, rid, t, e, c, start in events:
             se, sc = shares.get(rid, (0.0, 0.0))
             shares[rid] = (se + e, sc + c)
     total_energy = eng.dynamic_energy_j + perf.idle_power_w * eng.busy_s

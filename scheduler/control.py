@@ -1,0 +1,1433 @@
+"""The live control plane: the simulator's policy core placing requests on worker actors over gRPC.
+
+Three layers, innermost first:
+
+- `SchedulerCore` (asyncio) runs the SAME policy as the simulator
+  (`registry.build_policy` over a `ClusterSnapshot`) and applies each decision
+  by calling workers' `infersched.v1.Worker` service: Prefill (with the decode
+  worker's address when the stages run apart; the prefill worker hands the KV
+  over itself), then Decode, streaming tokens back. It keeps the snapshot
+  current from worker reports, counts every request, re-dispatches on worker
+  failure (bounded), and rejects beyond a queue bound.
+- `SchedulerServicer` is the client-facing `infersched.v1.Scheduler` service;
+  it converts proto <-> core types in one place. Proto types never reach the
+  policy core.
+- `SchedulerActor` is an async Ray actor: it hosts the gRPC server (with
+  health and reflection), owns and supervises one `WorkerActor` per pool
+  instance, and serves Prometheus metrics.
+
+Clock. The scheduler clock reads modelled seconds since the scheduler started
+(wall seconds / time_scale), the same origin and unit as a simulation's
+virtual clock, so live records compare with simulated ones field by field.
+
+Record times. A request's arrival is when Generate reached the scheduler.
+The scheduler's own work before a stage is dispatched (validation, the
+policy, retries and their back-off) is charged at its real wall duration,
+unscaled: the scheduler is real code, not emulated hardware, and at
+time_scale 0.05 a 0.2 ms decision would otherwise read as 4 ms of "GPU" time.
+From the dispatch on, times are the spans the workers report (queue, prefill,
+KV hand-over, wait for a decode slot, decode), all modelled device time;
+workers admit work at the modelled time it was sent (see workers.live), so
+loopback transit is not scaled either. What the emulation itself costs is
+measured separately: `control_overhead_s` (wall seconds per completed
+request: elapsed wall time minus modelled time x time_scale) and
+`scheduling_overhead_s` (wall seconds inside the policy per decision).
+
+Snapshot freshness. Each instance's row is rewritten from the worker's load
+report (`workers.live.LoadReport`), which arrives in the initial and trailing
+metadata of every worker RPC (so a dispatch's effect is visible about one
+loopback round trip later) and from a poll of GetWorkerStats every
+`stats_interval_s`. Between a dispatch and the report that includes it the
+row carries the dispatch optimistically; a report's `received` count tells
+which dispatches it already includes, so none is counted twice or lost.
+
+Queue bound. `max_queue` bounds the requests accepted but not yet past
+prefill; beyond it Generate answers RESOURCE_EXHAUSTED (counted as rejected,
+reason "queue full"), so memory stays bounded under overload.
+
+Failures. A worker RPC that fails with a transport-level status marks that
+instance FAILED (the policy stops seeing it) and hands it to the supervisor,
+which probes it, waits for Ray to restart the actor (which re-registers), or
+replaces an actor out of restarts. The request is re-placed by the policy, up
+to `max_retries` times, then ends FAILED with the reason. Tokens the client
+already received are not sent again.
+
+Prometheus metrics (prometheus_client, text format at
+http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
+
+    infersched_requests_total{status}             counter: completed, rejected, failed
+    infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT
+    infersched_requests_in_flight                 gauge
+    infersched_decisions_total                    counter: policy decisions (retries included)
+    infersched_ttft_seconds                       histogram, modelled seconds
+    infersched_tpot_seconds                       histogram, modelled seconds
+    infersched_e2e_seconds                        histogram, modelled seconds
+    infersched_scheduling_overhead_seconds        histogram, wall seconds in the policy per decision
+    infersched_control_overhead_seconds           histogram, wall seconds per completed request
+    infersched_energy_joules                      gauge, all pools since start (idle included)
+    infersched_cost_usd                           gauge, all pools since start
+    infersched_pool_queue_depth{pool}             gauge
+    infersched_pool_running{pool}                 gauge
+    infersched_pool_utilization_ratio{pool}       gauge
+    infersched_pool_kv_free_tokens{pool}          gauge
+    infersched_pool_completed_total{pool}         counter
+    infersched_workers{state}                     gauge: worker actors by state
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
+from scheduler.cluster import Cluster, ClusterSnapshot
+from scheduler.config import ClusterConfig, PolicyConfig
+from scheduler.policy import Policy
+from scheduler.types import Request, RequestStatus, Role
+from workers.live import (
+    DECODE_KEY,
+    FAILED_PEER_KEY,
+    HANDOVER_KEY,
+    LINK_KEY,
+    LOAD_KEY,
+    SENT_KEY,
+    DecodeSummary,
+    LoadReport,
+    WorkerSpec,
+    resolve_host,
+    start_grpc_server,
+    worker_actor_class,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+SCHEDULER_ACTOR_NAME = "infersched-scheduler"
+RAY_NAMESPACE = "infersched"
+
+# Worker statuses that mean "this attempt failed, another worker may succeed".
+_RETRYABLE = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+})
+
+
+# ---------------------------------------------------------------------------
+# Core values (plain data; the servicer converts them to and from protos).
+
+
+class InvalidRequest(ValueError):
+    """A malformed request: answered INVALID_ARGUMENT and counted in requests_invalid."""
+
+
+class Overloaded(Exception):
+    """The queue bound is reached: answered RESOURCE_EXHAUSTED and counted as rejected."""
+
+
+class DuplicateRequest(Exception):
+    """A request id already in flight: answered ALREADY_EXISTS."""
+
+
+class WorkerState(enum.IntEnum):
+    """Mirrors infersched.v1.WorkerState (same numbers)."""
+
+    STARTING = 1
+    READY = 2
+    DRAINING = 3
+    DRAINED = 4
+    FAILED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class LiveOptions:
+    time_scale: float = 0.01  # modelled seconds * time_scale = wall seconds
+    max_queue: int = 4096  # requests accepted but not yet past prefill
+    max_retries: int = 2  # re-dispatches after worker failures before FAILED
+    retry_backoff_s: float = 0.05  # wall seconds between attempts
+    rpc_timeout_s: float = 120.0  # wall seconds, per worker call
+    stats_interval_s: float = 0.05  # wall seconds between worker stats polls
+    chunk_tokens: int = 16  # tokens per streamed chunk from decode workers
+    seed: int = 0  # the policy's RNG, as in the simulator
+    latency_window: int = 10_000  # most recent samples behind the percentiles
+
+    def __post_init__(self):
+        for name in ("time_scale", "retry_backoff_s", "rpc_timeout_s", "stats_interval_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name in ("max_queue", "chunk_tokens", "latency_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {self.max_retries!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateInput:
+    request_id: str  # "" = the scheduler assigns one
+    prompt_tokens: int
+    max_output_tokens: int
+    model_tier: str = ""
+    min_capability: float = 0.0
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    prefix_block_hashes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    request_id: str
+    first_token_index: int
+    token_count: int
+    emit_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """The final record of one request (times on the scheduler clock; None = did not happen)."""
+
+    request_id: str
+    status: RequestStatus
+    reason: str
+    retries: int
+    arrival_s: float
+    prefill_start_s: float | None
+    prefill_end_s: float | None
+    kv_transfer_end_s: float | None
+    first_token_s: float | None
+    finish_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+    prefill_pool: str
+    decode_pool: str
+    prefill_instance: int
+    decode_instance: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+    energy_j: float
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    samples: int = 0
+    p50_s: float = 0.0
+    p90_s: float = 0.0
+    p99_s: float = 0.0
+    mean_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatsView:
+    name: str
+    device: str
+    model: str
+    role: Role
+    instances: int
+    chips_per_instance: int
+    queue_depth: int
+    running: int
+    completed: int
+    prefill_tokens: int
+    decode_tokens: int
+    utilization: float
+    energy_j: float
+    cost_usd: float
+    kv_free_tokens: int
+    kv_capacity_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatsView:
+    policy: str
+    cluster: str
+    uptime_s: float
+    started_unix_s: float
+    requests_total: int
+    requests_completed: int
+    requests_rejected: int
+    requests_failed: int
+    requests_invalid: int
+    in_flight: int
+    reasons: dict[str, int]
+    decisions_total: int
+    scheduling_overhead_s: Percentiles
+    ttft_s: Percentiles
+    tpot_s: Percentiles
+    e2e_s: Percentiles
+    slo_attainment: float
+    input_tokens: int
+    output_tokens: int
+    energy_j: float
+    cost_usd: float
+    pools: list[PoolStatsView]
+    control_overhead_s: Percentiles = Percentiles()
+    time_scale: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    worker_id: str
+    instance: int
+    pool: str
+    device: str
+    model: str
+    role: Role
+    address: str
+    state: WorkerState
+    queue_depth: int
+    running: int
+    kv_free_tokens: int
+    kv_capacity_tokens: int
+
+
+class _Window:
+    """The last `size` samples of a latency, for percentiles (bounded memory)."""
+
+    __slots__ = ("values", "n")
+
+    def __init__(self, size: int):
+        self.values = np.empty(size)
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        self.values[self.n % len(self.values)] = value
+        self.n += 1
+
+    def summary(self) -> Percentiles:
+        k = min(self.n, len(self.values))
+        if k == 0:
+            return Percentiles()
+        v = self.values[:k]
+        p50, p90, p99 = np.percentile(v, (50, 90, 99))
+        return Percentiles(samples=self.n, p50_s=float(p50), p90_s=float(p90), p99_s=float(p99),
+                           mean_s=float(v.mean()))
+
+
+@dataclass(slots=True)
+class _Usage:
+    """A worker incarnation's usage counters (from GetWorkerStats + its load report)."""
+
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    energy_j: float = 0.0
+    cost_usd: float = 0.0
+    busy_s: float = 0.0
+    uptime_s: float = 0.0
+
+    def add(self, other: "_Usage") -> None:
+        self.prefill_tokens += other.prefill_tokens
+        self.decode_tokens += other.decode_tokens
+        self.energy_j += other.energy_j
+        self.cost_usd += other.cost_usd
+        self.busy_s += other.busy_s
+        self.uptime_s += other.uptime_s
+
+
+class _Slot:
+    """The scheduler's view of one instance's worker."""
+
+    __slots__ = ("instance", "pool", "worker_id", "address", "state", "channel", "stub", "sent", "pending",
+                 "activity", "usage", "retired", "registered", "poll_failures", "restarts")
+
+    def __init__(self, instance: int, pool):
+        self.instance = instance
+        self.pool = pool
+        self.worker_id = ""
+        self.address = ""
+        self.state = WorkerState.STARTING
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self.sent = 0  # prefills dispatched to this incarnation
+        self.pending: deque = deque()  # (dispatch number, prompt tokens) not yet in a report
+        self.activity = 0
+        self.usage = _Usage()
+        self.retired = _Usage()  # earlier incarnations of this instance
+        self.registered = asyncio.Event()
+        self.poll_failures = 0
+        self.restarts = 0
+
+
+class _WorkerFailure(Exception):
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class _Flight:
+    """One accepted request while it is in flight."""
+
+    __slots__ = ("key", "seq", "inp", "out", "min_cap", "hashes", "ttft_slo_s", "tpot_slo_s", "arrival_s",
+                 "wall0", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
+                 "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
+                 "finish_s", "energy_j", "cost_usd")
+
+    def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float):
+        self.key = key
+        self.seq = seq
+        self.inp = inp.prompt_tokens
+        self.out = inp.max_output_tokens
+        self.min_cap = min_cap
+        self.hashes = inp.prefix_block_hashes
+        self.ttft_slo_s = inp.ttft_slo_s
+        self.tpot_slo_s = inp.tpot_slo_s
+        self.arrival_s = arrival_s
+        self.wall0 = time.perf_counter()
+        self.status = RequestStatus.PENDING
+        self.reason = ""
+        self.retries = 0
+        self.attempt = 0
+        self.awaiting = True  # counts against the queue bound until its first token
+        self.sent = 0  # output tokens already streamed to the client
+        self.prefill_instance = -1
+        self.decode_instance = -1
+        self.prefill_start_s: float | None = None
+        self.prefill_end_s: float | None = None
+        self.kv_transfer_end_s: float | None = None
+        self.first_token_s: float | None = None
+        self.finish_s = math.nan
+        self.energy_j = 0.0
+        self.cost_usd = 0.0
+
+
+def _md(metadata, key: str) -> str | None:
+    for k, v in metadata or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The core.
+
+
+class SchedulerCore:
+    """Policy decisions applied to live workers; every request counted."""
+
+    def __init__(self, cluster: Cluster, policy: Policy, options: LiveOptions = LiveOptions()):
+        self.cluster = cluster
+        self.policy = policy
+        self.options = options
+        self.snap: ClusterSnapshot = cluster.snapshot()
+        self._base_candidates = {stage: cands.copy() for stage, cands in self.snap.candidates.items()}
+        self._rng = np.random.default_rng(options.seed)
+        self._t0 = time.monotonic()
+        self.started_unix_s = time.time()
+        self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
+        self._active: dict[str, _Flight] = {}
+        self._seq = 0
+        self._awaiting_first = 0
+        self.requests_total = 0
+        self.requests_completed = 0
+        self.requests_rejected = 0
+        self.requests_failed = 0
+        self.requests_invalid = 0
+        self.decisions_total = 0
+        self.slo_met = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.reasons: Counter = Counter()
+        self.pool_completed = [0] * len(cluster.pools)
+        w = options.latency_window
+        self._ttft, self._tpot, self._e2e = _Window(w), _Window(w), _Window(w)
+        self._decision_s, self._control_s = _Window(w), _Window(w)
+        self.on_worker_failed: Callable[[int], None] | None = None
+        self.on_outcome: Callable[[RequestOutcome, float], None] | None = None
+        self.on_decision: Callable[[float], None] | None = None
+        self._poll_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        # For validation: model name -> capability, and per pool what it can hold.
+        self._tiers = {p.perf.model.name: (p.perf.model.capability if p.perf.model.capability is not None else 1.0)
+                       for p in cluster.pools}
+
+    # ---- clock ------------------------------------------------------------
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) / self.options.time_scale
+
+    @property
+    def in_flight(self) -> int:
+        return self.requests_total - self.requests_completed - self.requests_rejected - self.requests_failed
+
+    # ---- workers ----------------------------------------------------------
+    def register(self, instance: int, worker_id: str, address: str) -> bool:
+        """A worker (re)started at `address`. Idempotent per (worker_id, address)."""
+        if not 0 <= instance < len(self.slots):
+            raise ValueError(f"instance {instance} out of range (cluster has {len(self.slots)})")
+        slot = self.slots[instance]
+        if slot.worker_id == worker_id and slot.address == address:
+            if slot.state == WorkerState.FAILED:
+                self._set_state(slot, WorkerState.READY)
+            slot.registered.set()
+            return False
+        if slot.channel is not None:
+            self._spawn(slot.channel.close())
+        if slot.worker_id:
+            slot.retired.add(slot.usage)
+            slot.restarts += 1
+        slot.usage = _Usage()
+        slot.worker_id = worker_id
+        slot.address = address
+        slot.channel = grpc.aio.insecure_channel(address)
+        slot.stub = worker_pb2_grpc.WorkerStub(slot.channel)
+        slot.sent = 0
+        slot.pending.clear()
+        slot.activity = 0
+        slot.poll_failures = 0
+        self._write_row(instance, 0, 0, 0, int(self.snap.kv_capacity[instance]), 0.0)
+        self._set_state(slot, WorkerState.READY)
+        slot.registered.set()
+        log.info("worker %s registered for instance %d (%s) at %s", worker_id, instance, slot.pool.name, address)
+        return True
+
+    def _set_state(self, slot: _Slot, state: WorkerState) -> None:
+        if slot.state == state:
+            return
+        slot.state = state
+        alive = np.array([s.state == WorkerState.READY for s in self.slots])
+        # The policy sees only live instances: a failed one leaves the candidate sets
+        # (filters' precomputed minima stay valid, since a subset only raises them).
+        for stage, base in self._base_candidates.items():
+            self.snap.candidates[stage] = base[alive[base]]
+
+    def mark_failed(self, instance: int, reason: str) -> None:
+        slot = self.slots[instance]
+        if slot.state != WorkerState.READY:
+            return
+        log.warning("instance %d (%s, %s) failed: %s", instance, slot.pool.name, slot.address, reason)
+        self._set_state(slot, WorkerState.FAILED)
+        if self.on_worker_failed is not None:
+            self.on_worker_failed(instance)
+
+    def mark_ready(self, instance: int) -> None:
+        slot = self.slots[instance]
+        if slot.stub is not None:
+            self._set_state(slot, WorkerState.READY)
+
+    async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
+        """Does the registered worker of `instance` answer GetWorkerStats?"""
+        slot = self.slots[instance]
+        if slot.stub is None:
+            return False
+        try:
+            call = slot.stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(), timeout=timeout_s)
+            stats = await call
+            self._apply_stats(slot, stats, await call.trailing_metadata())
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    def down_instances(self) -> int:
+        return sum(1 for s in self.slots if s.state != WorkerState.READY)
+
+    def workers(self, pool: str = "") -> list[WorkerView]:
+        if pool and pool not in {p.name for p in self.cluster.pools}:
+            raise InvalidRequest(f"field 'pool': unknown pool {pool!r}; pools: "
+                                 f"{', '.join(p.name for p in self.cluster.pools)}")
+        snap = self.snap
+        out = []
+        for s in self.slots:
+            if pool and s.pool.name != pool:
+                continue
+            i = s.instance
+            out.append(WorkerView(
+                worker_id=s.worker_id, instance=i, pool=s.pool.name, device=s.pool.config.device,
+                model=s.pool.perf.model.name, role=s.pool.role, address=s.address, state=s.state,
+                queue_depth=int(snap.queued_requests[i]), running=int(snap.running[i]),
+                kv_free_tokens=int(snap.kv_free[i]), kv_capacity_tokens=int(snap.kv_capacity[i])))
+        return out
+
+    # ---- snapshot rows ------------------------------------------------------
+    def _write_row(self, i: int, queued: float, queued_tokens: float, running: float, kv_free: float,
+                   busy_until_s: float) -> None:
+        snap = self.snap
+        update = getattr(snap, "update", None)
+        if update is not None:
+            update(i, queued, queued_tokens, running, kv_free, busy_until_s)
+            return
+        snap.queued_requests[i] = queued
+        snap.queued_tokens[i] = queued_tokens
+        snap.running[i] = running
+        snap.kv_free[i] = kv_free
+        snap.busy_until_s[i] = busy_until_s
+
+    def _note_dispatch(self, slot: _Slot, tokens: int) -> None:
+        slot.sent += 1
+        slot.pending.append((slot.sent, tokens))
+        i = slot.instance
+        snap = self.snap
+        self._write_row(i, snap.queued_requests[i] + 1, snap.queued_tokens[i] + tokens, snap.running[i],
+                        snap.kv_free[i], snap.busy_until_s[i])
+
+    def _apply_load(self, slot: _Slot, text: str | None) -> None:
+        if text is None or slot.state == WorkerState.FAILED:
+            return
+        try:
+            r = LoadReport.decode(text)
+        except ValueError:
+            log.warning("instance %d sent a malformed load report %r", slot.instance, text)
+            return
+        pending = slot.pending
+        while pending and pending[0][0] <= r.received:
+            pending.popleft()
+        extra_tokens = sum(t for _, t in pending)
+        busy_until = self.now() + r.busy_remaining_s if r.activity else 0.0
+        slot.activity = r.activity
+        slot.usage.busy_s = r.busy_s
+        self._write_row(slot.instance, r.queued + len(pending), r.queued_tokens + extra_tokens, r.running,
+                        r.kv_free, busy_until)
+
+    def _apply_md(self, slot: _Slot, metadata) -> None:
+        self._apply_load(slot, _md(metadata, LOAD_KEY))
+
+    def _apply_stats(self, slot: _Slot, stats: worker_pb2.WorkerStats, trailing) -> None:
+        u = slot.usage
+        u.prefill_tokens = stats.prefill_tokens
+        u.decode_tokens = stats.decode_tokens
+        u.energy_j = stats.energy_j
+        u.cost_usd = stats.cost_usd
+        u.uptime_s = stats.now_s
+        self._apply_md(slot, trailing)
+
+    # ---- polling ------------------------------------------------------------
+    def start(self) -> None:
+        if self._poll_task is None:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        interval = self.options.stats_interval_s
+        while not self._closed:
+            ready = [s for s in self.slots if s.state == WorkerState.READY]
+            if ready:
+                await asyncio.gather(*(self._poll(s) for s in ready))
+            await asyncio.sleep(interval)
+
+    async def _poll(self, slot: _Slot) -> None:
+        stub = slot.stub
+        try:
+            call = stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(),
+                                       timeout=max(1.0, 10 * self.options.stats_interval_s))
+            stats = await call
+            if stub is slot.stub:
+                self._apply_stats(slot, stats, await call.trailing_metadata())
+                slot.poll_failures = 0
+        except grpc.aio.AioRpcError as exc:
+            if stub is not slot.stub:
+                return
+            slot.poll_failures += 1
+            if exc.code() == grpc.StatusCode.UNAVAILABLE or slot.poll_failures >= 3:
+                self.mark_failed(slot.instance, f"stats poll: {exc.code().name}: {exc.details()}")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+        for slot in self.slots:
+            if slot.channel is not None:
+                await slot.channel.close()
+                slot.channel = None
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- requests -----------------------------------------------------------
+    def note_invalid(self, reason: str) -> None:
+        self.requests_invalid += 1
+        log.debug("invalid request: %s", reason)
+
+    def _validate(self, inp: GenerateInput) -> float:
+        """Check a request against the cluster; returns its minimum capability."""
+        if inp.prompt_tokens <= 0:
+            raise InvalidRequest(f"field 'prompt_length': must be > 0, got {inp.prompt_tokens}")
+        if inp.max_output_tokens <= 0:
+            raise InvalidRequest(f"field 'max_output_tokens': must be > 0, got {inp.max_output_tokens}")
+        min_cap = inp.min_capability
+        if not (math.isfinite(min_cap) and 0.0 <= min_cap <= 1.0):
+            raise InvalidRequest(f"field 'min_capability': must be in [0, 1], got {min_cap}")
+        if inp.model_tier:
+            if inp.model_tier not in self._tiers:
+                raise InvalidRequest(f"field 'model_tier': unknown tier {inp.model_tier!r}; this cluster serves "
+                                     f"{', '.join(sorted(self._tiers))}")
+            # A tier is a capability floor: a more capable model serves it too.
+            min_cap = max(min_cap, self._tiers[inp.model_tier])
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            value = getattr(inp, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InvalidRequest(f"field '{name}': must be > 0, got {value}")
+        need = inp.prompt_tokens + inp.max_output_tokens
+        if not self._fits(inp.prompt_tokens, need, min_cap):
+            largest = max(p.perf.kv_capacity_tokens for p in self.cluster.pools if p.role != Role.PREFILL)
+            raise InvalidRequest(
+                f"fields 'prompt_length' + 'max_output_tokens': {inp.prompt_tokens} + {inp.max_output_tokens} = "
+                f"{need} tokens of KV; no pool can hold that (largest decode or colocated pool: {largest})")
+        return min_cap
+
+    def _fits(self, prompt: int, need: int, min_cap: float) -> bool:
+        pools = [p for p in self.cluster.pools
+                 if (p.perf.model.capability if p.perf.model.capability is not None else 1.0) >= min_cap]
+        for p in pools:
+            if p.role == Role.BOTH and p.perf.kv_capacity_tokens >= need:
+                return True
+            if p.role == Role.PREFILL and p.perf.kv_capacity_tokens >= prompt and any(
+                    q.role == Role.DECODE and q.perf.model.name == p.perf.model.name
+                    and q.perf.kv_capacity_tokens >= need for q in self.cluster.pools):
+                return True
+        return False
+
+    async def generate(self, inp: GenerateInput) -> AsyncIterator[TokenEvent | RequestOutcome]:
+        """Run one request: token events, then exactly one RequestOutcome. Raises
+        InvalidRequest, DuplicateRequest or Overloaded before anything is yielded.
+        Closing the generator early cancels the request (counted FAILED, "cancelled")."""
+        arrival = self.now()
+        try:
+            min_cap = self._validate(inp)
+        except InvalidRequest as exc:
+            self.note_invalid(str(exc))
+            raise
+        self._seq += 1
+        key = inp.request_id or f"req-{self._seq}"
+        if key in self._active:
+            raise DuplicateRequest(f"request {key!r} is already in flight")
+        self.requests_total += 1
+        self.input_tokens += inp.prompt_tokens
+        if self._awaiting_first >= self.options.max_queue:
+            self.requests_rejected += 1
+            self.reasons["queue full"] += 1
+            raise Overloaded(f"{self._awaiting_first} requests are queued for prefill (bound "
+                             f"{self.options.max_queue}); retry later")
+        fl = _Flight(key, self._seq - 1, inp, min_cap, arrival)
+        self._active[key] = fl
+        self._awaiting_first += 1
+        try:
+            async for item in self._serve(fl):
+                yield item
+        finally:
+            if fl.status == RequestStatus.PENDING:
+                self._finish(fl, RequestStatus.FAILED, "cancelled")
+            self._active.pop(key, None)
+
+    async def _serve(self, fl: _Flight) -> AsyncIterator[TokenEvent | RequestOutcome]:
+        opts = self.options
+        snap = self.snap
+        while True:
+            now = self.now()
+            req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes)
+            t = time.perf_counter()
+            decision = self.policy.decide(req, snap, now, self._rng)
+            dt = time.perf_counter() - t
+            self.decisions_total += 1
+            self._decision_s.add(dt)
+            if self.on_decision is not None:
+                self.on_decision(dt)
+            if decision.rejected:
+                if self.down_instances() and fl.retries < opts.max_retries:
+                    # Possibly only because instances are down: wait for the supervisor.
+                    fl.retries += 1
+                    await asyncio.sleep(opts.retry_backoff_s * fl.retries)
+                    continue
+                self._finish(fl, RequestStatus.REJECTED, decision.reject_reason)
+                yield self._outcome(fl)
+                return
+            p, d = decision.prefill_instance, decision.decode_instance
+            fl.prefill_instance, fl.decode_instance = p, d
+            try:
+                attempt_key = await self._prefill(fl, p, d)
+                if fl.awaiting:
+                    fl.awaiting = False
+                    self._awaiting_first -= 1
+                if fl.sent == 0:
+                    fl.first_token_s = fl.prefill_end_s
+                    fl.sent = 1
+                    yield TokenEvent(fl.key, 0, 1, fl.first_token_s)
+                if fl.out > 1:
+                    async for event in self._decode(fl, d, attempt_key):
+                        yield event
+                else:
+                    fl.finish_s = fl.prefill_end_s
+                self._finish(fl, RequestStatus.COMPLETED, "")
+                yield self._outcome(fl)
+                return
+            except _WorkerFailure as exc:
+                if not exc.retryable or fl.retries >= opts.max_retries:
+                    tail = f" (after {fl.retries} retries)" if exc.retryable else ""
+                    self._finish(fl, RequestStatus.FAILED, f"{exc}{tail}")
+                    yield self._outcome(fl)
+                    return
+                fl.retries += 1
+                await asyncio.sleep(opts.retry_backoff_s * fl.retries)
+
+    def _failure(self, exc: grpc.aio.AioRpcError, stage: str, slot: _Slot, peer: _Slot | None,
+                 trailing=None) -> _WorkerFailure:
+        code = exc.code()
+        failed_peer = _md(trailing, FAILED_PEER_KEY) if trailing is not None else None
+        blamed = peer if (peer is not None and failed_peer and failed_peer == peer.address) else slot
+        message = (f"{stage} on instance {blamed.instance} ({blamed.pool.name}) failed: "
+                   f"{code.name}: {exc.details()}")
+        if code not in _RETRYABLE:
+            return _WorkerFailure(message, retryable=False)
+        if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.mark_failed(blamed.instance, message)
+        return _WorkerFailure(message)
+
+    async def _prefill(self, fl: _Flight, p: int, d: int) -> str:
+        slot = self.slots[p]
+        peer = self.slots[d] if d != p else None
+        for s in (slot, peer):
+            if s is not None and (s.state != WorkerState.READY or s.stub is None):
+                raise _WorkerFailure(f"instance {s.instance} ({s.pool.name}) is not ready")
+        fl.attempt += 1
+        key = f"{fl.key}#{fl.attempt}"
+        request = worker_pb2.PrefillRequest(
+            request_id=key, prompt_length=fl.inp, max_output_tokens=fl.out,
+            prefix_block_hashes=fl.hashes, decode_address=peer.address if peer is not None else "")
+        metadata = ((SENT_KEY, repr(time.time())),)
+        if peer is not None:
+            metadata += ((LINK_KEY, repr(peer.pool.config.link_bytes_per_s)),)
+        self._note_dispatch(slot, fl.inp)
+        t_dispatch = fl.arrival_s + (time.perf_counter() - fl.wall0)
+        call = slot.stub.Prefill(request, metadata=metadata, timeout=self.options.rpc_timeout_s)
+        try:
+            self._apply_md(slot, await call.initial_metadata())
+            resp = await call
+            trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as exc:
+            raise self._failure(exc, "prefill", slot, peer, exc.trailing_metadata()) from None
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        self._apply_md(slot, trailing)
+        fl.prefill_start_s = t_dispatch + resp.queue_s
+        fl.prefill_end_s = fl.prefill_start_s + resp.prefill_s
+        if peer is not None:
+            sent = _md(trailing, HANDOVER_KEY)
+            fl.kv_transfer_end_s = fl.prefill_end_s + (float(sent) if sent else resp.kv_transfer_s)
+        else:
+            fl.kv_transfer_end_s = None
+        fl.energy_j += resp.energy_j
+        fl.cost_usd += resp.cost_usd
+        return key
+
+    async def _decode(self, fl: _Flight, d: int, key: str) -> AsyncIterator[TokenEvent]:
+        slot = self.slots[d]
+        call = slot.stub.Decode(worker_pb2.DecodeRequest(request_id=key, max_output_tokens=fl.out,
+                                                         chunk_tokens=self.options.chunk_tokens),
+                                timeout=self.options.rpc_timeout_s)
+        done = False
+        try:
+            self._apply_md(slot, await call.initial_metadata())
+            async for chunk in call:
+                end = chunk.first_token_index + chunk.token_count
+                if end > fl.sent:
+                    first = max(chunk.first_token_index, fl.sent)
+                    fl.sent = end
+                    yield TokenEvent(fl.key, first, end - first, self.now())
+            trailing = await call.trailing_metadata()
+            done = True
+        except grpc.aio.AioRpcError as exc:
+            raise self._failure(exc, "decode", slot, None) from None
+        finally:
+            if not done:
+                call.cancel()
+        self._apply_md(slot, trailing)
+        text = _md(trailing, DECODE_KEY)
+        if text is None:
+            raise _WorkerFailure(f"decode on instance {d} ({slot.pool.name}) sent no summary", retryable=False)
+        summary = DecodeSummary.decode(text)
+        if fl.kv_transfer_end_s is not None:  # disaggregated: decode starts when the KV joins the batch
+            start = fl.kv_transfer_end_s + summary.wait_s
+        else:
+            start = fl.prefill_end_s
+        fl.finish_s = start + summary.decode_s
+        fl.energy_j += summary.energy_j
+        fl.cost_usd += summary.cost_usd
+
+    def _finish(self, fl: _Flight, status: RequestStatus, reason: str) -> None:
+        fl.status = status
+        fl.reason = reason
+        if fl.awaiting:
+            fl.awaiting = False
+            self._awaiting_first -= 1
+        if status == RequestStatus.COMPLETED:
+            self.requests_completed += 1
+            self.output_tokens += fl.out
+            ttft = fl.first_token_s - fl.arrival_s
+            e2e = fl.finish_s - fl.arrival_s
+            self._ttft.add(ttft)
+            self._e2e.add(e2e)
+            tpot = None
+            if fl.out > 1:
+                tpot = (fl.finish_s - fl.first_token_s) / (fl.out - 1)
+                self._tpot.add(tpot)
+            slo = self.cluster.config.slo
+            if ttft <= (fl.ttft_slo_s or slo.ttft_s) and (tpot is None or tpot <= (fl.tpot_slo_s or slo.tpot_s)):
+                self.slo_met += 1
+            pools = {self.cluster.pool_of(fl.prefill_instance).index, self.cluster.pool_of(fl.decode_instance).index}
+            for p in pools:
+                self.pool_completed[p] += 1
+            control = (time.perf_counter() - fl.wall0) - e2e * self.options.time_scale
+            self._control_s.add(control)
+        else:
+            fl.finish_s = self.now()
+            if status == RequestStatus.REJECTED:
+                self.requests_rejected += 1
+            else:
+                self.requests_failed += 1
+            self.reasons[reason] += 1
+            control = 0.0
+        if self.on_outcome is not None:
+            self.on_outcome(self._outcome(fl), control)
+
+    def _outcome(self, fl: _Flight) -> RequestOutcome:
+        placed = fl.prefill_instance >= 0
+        completed = fl.status == RequestStatus.COMPLETED
+        ttft = fl.first_token_s - fl.arrival_s if fl.first_token_s is not None else None
+        tpot = ((fl.finish_s - fl.first_token_s) / (fl.out - 1)
+                if completed and fl.out > 1 else None)
+        pre_pool = self.cluster.pool_of(fl.prefill_instance) if placed else None
+        dec_pool = self.cluster.pool_of(fl.decode_instance) if placed else None
+        return RequestOutcome(
+            request_id=fl.key, status=fl.status, reason=fl.reason, retries=fl.retries, arrival_s=fl.arrival_s,
+            prefill_start_s=fl.prefill_start_s, prefill_end_s=fl.prefill_end_s,
+            kv_transfer_end_s=fl.kv_transfer_end_s if completed else None, first_token_s=fl.first_token_s,
+            finish_s=fl.finish_s, ttft_s=ttft, tpot_s=tpot,
+            prefill_pool=pre_pool.name if pre_pool else "", decode_pool=dec_pool.name if dec_pool else "",
+            prefill_instance=fl.prefill_instance, decode_instance=fl.decode_instance,
+            model=pre_pool.perf.model.name if pre_pool else "", input_tokens=fl.inp,
+            output_tokens=fl.sent if not completed else fl.out, energy_j=fl.energy_j, cost_usd=fl.cost_usd)
+
+    # ---- stats ----------------------------------------------------------------
+    def _usage(self, slot: _Slot) -> _Usage:
+        total = _Usage()
+        total.add(slot.retired)
+        total.add(slot.usage)
+        return total
+
+    def pool_stats(self) -> list[PoolStatsView]:
+        snap = self.snap
+        out = []
+        for pool in self.cluster.pools:
+            r = pool.instances
+            usages = [self._usage(self.slots[i]) for i in r]
+            uptime = sum(u.uptime_s for u in usages)
+            out.append(PoolStatsView(
+                name=pool.name, device=pool.config.device, model=pool.perf.model.name, role=pool.role,
+                instances=pool.config.instances, chips_per_instance=pool.perf.chips,
+                queue_depth=int(snap.queued_requests[r.start:r.stop].sum()),
+                running=int(snap.running[r.start:r.stop].sum()), completed=self.pool_completed[pool.index],
+                prefill_tokens=sum(u.prefill_tokens for u in usages),
+                decode_tokens=sum(u.decode_tokens for u in usages),
+                utilization=min(1.0, sum(u.busy_s for u in usages) / uptime) if uptime > 0 else 0.0,
+                energy_j=sum(u.energy_j for u in usages), cost_usd=sum(u.cost_usd for u in usages),
+                kv_free_tokens=int(snap.kv_free[r.start:r.stop].sum()),
+                kv_capacity_tokens=int(snap.kv_capacity[r.start:r.stop].sum())))
+        return out
+
+    def stats(self) -> SchedulerStatsView:
+        pools = self.pool_stats()
+        finished = self.requests_completed + self.requests_rejected + self.requests_failed
+        return SchedulerStatsView(
+            policy=self.policy.name, cluster=self.cluster.config.name, uptime_s=self.now(),
+            started_unix_s=self.started_unix_s, requests_total=self.requests_total,
+            requests_completed=self.requests_completed, requests_rejected=self.requests_rejected,
+            requests_failed=self.requests_failed, requests_invalid=self.requests_invalid,
+            in_flight=self.in_flight, reasons=dict(self.reasons), decisions_total=self.decisions_total,
+            scheduling_overhead_s=self._decision_s.summary(), ttft_s=self._ttft.summary(),
+            tpot_s=self._tpot.summary(), e2e_s=self._e2e.summary(),
+            slo_attainment=self.slo_met / finished if finished else 0.0, input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens, energy_j=sum(p.energy_j for p in pools),
+            cost_usd=sum(p.cost_usd for p in pools), pools=pools, control_overhead_s=self._control_s.summary(),
+            time_scale=self.options.time_scale)
+
+
+# ---------------------------------------------------------------------------
+# gRPC servicer: the only place Scheduler protos meet the core.
+
+_ROLE_TO_PROTO = {Role.PREFILL: common_pb2.ROLE_PREFILL, Role.DECODE: common_pb2.ROLE_DECODE,
+                  Role.BOTH: common_pb2.ROLE_BOTH}
+_STATUS_TO_PROTO = {
+    RequestStatus.COMPLETED: common_pb2.REQUEST_STATUS_COMPLETED,
+    RequestStatus.REJECTED: common_pb2.REQUEST_STATUS_REJECTED,
+    RequestStatus.FAILED: common_pb2.REQUEST_STATUS_FAILED,
+    RequestStatus.PENDING: common_pb2.REQUEST_STATUS_UNSPECIFIED,
+}
+
+
+def generate_input(request: scheduler_pb2.GenerateRequest) -> GenerateInput:
+    """GenerateRequest -> core input; raises InvalidRequest naming the field."""
+    length = request.prompt_length
+    n = len(request.prompt_tokens)
+    if length < 0:
+        raise InvalidRequest(f"field 'prompt_length': must be > 0, got {length}")
+    if n and length and n != length:
+        raise InvalidRequest(f"field 'prompt_length': {length} disagrees with the {n} prompt_tokens sent")
+    prompt = n or length
+    if prompt <= 0:
+        raise InvalidRequest("field 'prompt_length': must be > 0 when prompt_tokens is empty, got 0")
+    if request.max_output_tokens <= 0:
+        raise InvalidRequest(f"field 'max_output_tokens': must be > 0, got {request.max_output_tokens}")
+    return GenerateInput(
+        request_id=request.request_id, prompt_tokens=prompt, max_output_tokens=request.max_output_tokens,
+        model_tier=request.model_tier,
+        min_capability=request.min_capability if request.HasField("min_capability") else 0.0,
+        ttft_slo_s=request.ttft_slo_s if request.HasField("ttft_slo_s") else None,
+        tpot_slo_s=request.tpot_slo_s if request.HasField("tpot_slo_s") else None,
+        prefix_block_hashes=tuple(request.prefix_block_hashes))
+
+
+def token_chunk_proto(event: TokenEvent) -> scheduler_pb2.GenerateResponse:
+    return scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
+        request_id=event.request_id, token_count=event.token_count, first_token_index=event.first_token_index,
+        emit_s=event.emit_s))
+
+
+def record_proto(o: RequestOutcome) -> scheduler_pb2.GenerateResponse:
+    record = scheduler_pb2.RequestRecord(
+        request_id=o.request_id, status=_STATUS_TO_PROTO[o.status], reason=o.reason, retries=o.retries,
+        arrival_s=o.arrival_s, finish_s=o.finish_s, prefill_pool=o.prefill_pool, decode_pool=o.decode_pool,
+        prefill_instance=o.prefill_instance, decode_instance=o.decode_instance, model=o.model,
+        input_tokens=o.input_tokens, output_tokens=o.output_tokens, energy_j=o.energy_j, cost_usd=o.cost_usd)
+    for name in ("prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s", "ttft_s", "tpot_s"):
+        value = getattr(o, name)
+        if value is not None:
+            setattr(record, name, value)
+    return scheduler_pb2.GenerateResponse(record=record)
+
+
+def _percentiles_proto(p: Percentiles) -> common_pb2.LatencyPercentiles:
+    return common_pb2.LatencyPercentiles(samples=p.samples, p50_s=p.p50_s, p90_s=p.p90_s, p99_s=p.p99_s,
+                                         mean_s=p.mean_s)
+
+
+def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
+    return scheduler_pb2.SchedulerStats(
+        policy=s.policy, cluster=s.cluster, uptime_s=s.uptime_s, started_unix_s=s.started_unix_s,
+        requests_total=s.requests_total, requests_completed=s.requests_completed,
+        requests_rejected=s.requests_rejected, requests_failed=s.requests_failed,
+        requests_invalid=s.requests_invalid, in_flight=s.in_flight, reasons=s.reasons,
+        decisions_total=s.decisions_total, scheduling_overhead_s=_percentiles_proto(s.scheduling_overhead_s),
+        ttft_s=_percentiles_proto(s.ttft_s), tpot_s=_percentiles_proto(s.tpot_s), e2e_s=_percentiles_proto(s.e2e_s),
+        slo_attainment=s.slo_attainment, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
+        energy_j=s.energy_j, cost_usd=s.cost_usd,
+        pools=[scheduler_pb2.PoolStats(
+            name=p.name, device=p.device, model=p.model, role=_ROLE_TO_PROTO[p.role], instances=p.instances,
+            chips_per_instance=p.chips_per_instance, queue_depth=p.queue_depth, running=p.running,
+            completed=p.completed, prefill_tokens=p.prefill_tokens, decode_tokens=p.decode_tokens,
+            utilization=p.utilization, energy_j=p.energy_j, cost_usd=p.cost_usd, kv_free_tokens=p.kv_free_tokens,
+            kv_capacity_tokens=p.kv_capacity_tokens) for p in s.pools])
+
+
+def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:
+    return scheduler_pb2.WorkerInfo(
+        worker_id=w.worker_id, instance=w.instance, pool=w.pool, device=w.device, model=w.model,
+        role=_ROLE_TO_PROTO[w.role], address=w.address, state=int(w.state), queue_depth=w.queue_depth,
+        running=w.running, kv_free_tokens=w.kv_free_tokens, kv_capacity_tokens=w.kv_capacity_tokens)
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
+    def __init__(self, core: SchedulerCore):
+        self.core = core
+
+    async def Generate(self, request, context):
+        core = self.core
+        try:
+            inp = generate_input(request)
+        except InvalidRequest as exc:
+            core.note_invalid(str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            async with contextlib.aclosing(core.generate(inp)) as items:
+                async for item in items:
+                    if isinstance(item, TokenEvent):
+                        yield token_chunk_proto(item)
+                    else:
+                        yield record_proto(item)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except DuplicateRequest as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+
+    async def GetStats(self, request, context):
+        return stats_proto(self.core.stats())
+
+    async def WatchStats(self, request, context):
+        interval = request.interval_s
+        if not (math.isfinite(interval) and interval > 0):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"field 'interval_s': must be > 0, got {interval}")
+        while True:
+            yield stats_proto(self.core.stats())
+            await asyncio.sleep(interval)
+
+    async def ListWorkers(self, request, context):
+        try:
+            workers = self.core.workers(request.pool)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return scheduler_pb2.ListWorkersResponse(workers=[worker_info_proto(w) for w in workers])
+
+
+# ---------------------------------------------------------------------------
+# Prometheus.
+
+
+class _Metrics:
+    """prometheus_client metrics for one SchedulerCore, on their own registry and HTTP server."""
+
+    LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+    OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
+
+    def __init__(self, core: SchedulerCore):
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.core = core
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.ttft = Histogram("infersched_ttft_seconds", "Time to first token (modelled seconds)",
+                              buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.tpot = Histogram("infersched_tpot_seconds", "Time per output token after the first (modelled seconds)",
+                              buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.e2e = Histogram("infersched_e2e_seconds", "Arrival to last token (modelled seconds)",
+                             buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        self.decision = Histogram("infersched_scheduling_overhead_seconds",
+                                  "Wall time inside the policy per decision", buckets=self.OVERHEAD_BUCKETS,
+                                  registry=self.registry)
+        self.control = Histogram("infersched_control_overhead_seconds",
+                                 "Wall time per completed request beyond its modelled device time",
+                                 buckets=self.OVERHEAD_BUCKETS, registry=self.registry)
+        self.registry.register(self)
+        core.on_outcome = self._outcome
+        core.on_decision = self.decision.observe
+        self.server = None
+        self.thread = None
+
+    def _outcome(self, outcome: RequestOutcome, control_s: float) -> None:
+        if outcome.status != RequestStatus.COMPLETED:
+            return
+        self.ttft.observe(outcome.ttft_s)
+        self.e2e.observe(outcome.finish_s - outcome.arrival_s)
+        if outcome.tpot_s is not None:
+            self.tpot.observe(outcome.tpot_s)
+        self.control.observe(max(control_s, 0.0))
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        core = self.core
+        requests = CounterMetricFamily("infersched_requests", "Requests by final status", labels=["status"])
+        requests.add_metric(["completed"], core.requests_completed)
+        requests.add_metric(["rejected"], core.requests_rejected)
+        requests.add_metric(["failed"], core.requests_failed)
+        yield requests
+        yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT",
+                                  value=core.requests_invalid)
+        yield GaugeMetricFamily("infersched_requests_in_flight", "Accepted requests not yet finished",
+                                value=core.in_flight)
+        yield CounterMetricFamily("infersched_decisions", "Policy decisions (retries included)",
+                                  value=core.decisions_total)
+        pools = core.pool_stats()
+        yield GaugeMetricFamily("infersched_energy_joules", "Energy of all pools since start (idle included)",
+                                value=sum(p.energy_j for p in pools))
+        yield GaugeMetricFamily("infersched_cost_usd", "Cost of all pools since start", value=sum(p.cost_usd for p in pools))
+        families = {
+            "queue_depth": GaugeMetricFamily("infersched_pool_queue_depth", "Requests waiting for prefill or a "
+                                             "decode slot", labels=["pool"]),
+            "running": GaugeMetricFamily("infersched_pool_running", "Sequences in decode batches", labels=["pool"]),
+            "utilization": GaugeMetricFamily("infersched_pool_utilization_ratio",
+                                             "Busy share of instance time since start", labels=["pool"]),
+            "kv_free_tokens": GaugeMetricFamily("infersched_pool_kv_free_tokens", "KV cache tokens not reserved",
+                                                labels=["pool"]),
+            "completed": CounterMetricFamily("infersched_pool_completed", "Completed requests that ran a stage here",
+                                             labels=["pool"]),
+        }
+        for p in pools:
+            for attr, family in families.items():
+                family.add_metric([p.name], getattr(p, attr))
+        yield from families.values()
+        states = Counter(s.state.name.lower() for s in core.slots)
+        workers = GaugeMetricFamily("infersched_workers", "Worker actors by state", labels=["state"])
+        for state in WorkerState:
+            workers.add_metric([state.name.lower()], states.get(state.name.lower(), 0))
+        yield workers
+
+    def serve(self, host: str, port: int) -> int:
+        from prometheus_client import start_http_server
+
+        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        return self.server.server_port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+# ---------------------------------------------------------------------------
+# Ray actor.
+
+
+def device_resource(device: str) -> str:
+    """The custom Ray resource a pool's instances need: one unit per chip."""
+    return f"device_{device}"
+
+
+def pool_resources(cluster: Cluster) -> dict[str, float]:
+    """Custom resources a cluster's worker actors need, e.g. {"device_h100-sxm": 2.0}."""
+    need: dict[str, float] = {}
+    for pool in cluster.pools:
+        key = device_resource(pool.config.device)
+        need[key] = need.get(key, 0.0) + float(pool.config.instances * pool.perf.chips)
+    return need
+
+
+class SchedulerActor:
+    """Async Ray actor: the client-facing gRPC server, the policy core, and the
+    supervisor of one WorkerActor per pool instance. Use `scheduler_actor_class()`."""
+
+    def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
+                 options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
+                 worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
+                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0):
+        self.config = config
+        self.policy_config = policy
+        self.options = options
+        self.host = host
+        self.port = port
+        self.worker_host = worker_host
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
+        self.worker_max_restarts = worker_max_restarts
+        self.start_timeout_s = start_timeout_s
+        self.core: SchedulerCore | None = None
+        self.cluster: Cluster | None = None
+        self._server = None
+        self._metrics: _Metrics | None = None
+        self._handles: list = []
+        self._reviving: set[int] = set()
+        self._replaced = 0
+        self._started: asyncio.Future | None = None
+        self._stopped = False
+        self.address = ""
+        self.metrics_address = ""
+
+    async def start(self) -> dict:
+        """Start serving and create the workers; returns where it listens. Idempotent."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        return await asyncio.shield(self._started)
+
+    async def _start(self) -> dict:
+        import ray
+
+        from scheduler.registry import build_policy
+
+        self.cluster = Cluster(self.config)
+        policy = build_policy(self.policy_config or self.config.policy, self.config)
+        core = self.core = SchedulerCore(self.cluster, policy, self.options)
+        core.on_worker_failed = self._on_worker_failed
+        servicer = SchedulerServicer(core)
+
+        def add(server):
+            scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+            return [SCHEDULER_SERVICE]
+
+        bind, advertise = resolve_host(self.host)
+        self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+        self.address = f"{advertise}:{port}"
+        if self.metrics_port is not None:
+            self._metrics = _Metrics(core)
+            mport = self._metrics.serve(self.metrics_host, self.metrics_port)
+            self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
+        me = ray.get_runtime_context().current_actor
+        self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.registered.wait() for s in core.slots)), self.start_timeout_s)
+        except TimeoutError:
+            missing = [s.instance for s in core.slots if not s.registered.is_set()]
+            available = ray.cluster_resources()
+            lacking = {k: v for k, v in pool_resources(self.cluster).items() if available.get(k, 0.0) < v}
+            hint = (f"; the Ray cluster lacks resources {lacking} (start nodes with --resources)" if lacking else "")
+            raise RuntimeError(f"workers for instances {missing} did not start within "
+                               f"{self.start_timeout_s:.0f} s{hint}") from None
+        core.start()
+        return self.describe()
+
+    def _create_worker(self, instance: int, me=None):
+        import ray
+
+        me = me or ray.get_runtime_context().current_actor
+        pool = self.cluster.pool_of(instance)
+        spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
+                          max_batch_tokens=pool.config.max_batch_tokens,
+                          link_bytes_per_s=pool.config.link_bytes_per_s)
+        return worker_actor_class().options(
+            num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
+            resources={device_resource(pool.config.device): float(pool.perf.chips)},
+        ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
+                 rpc_timeout_s=self.options.rpc_timeout_s)
+
+    def describe(self) -> dict:
+        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
+                "workers": [{"instance": w.instance, "pool": w.pool, "address": w.address, "state": w.state.name}
+                            for w in self.core.workers()] if self.core else []}
+
+    async def register_worker(self, instance: int, worker_id: str, address: str) -> bool:
+        """Called by each worker actor when it starts (and again after a restart)."""
+        while self.core is None:  # a worker can be faster than _start's bookkeeping
+            await asyncio.sleep(0.01)
+        if self._stopped:
+            return False
+        return self.core.register(instance, worker_id, address)
+
+    def _on_worker_failed(self, instance: int) -> None:
+        if instance not in self._reviving and not self._stopped:
+            self._reviving.add(instance)
+            asyncio.get_running_loop().create_task(self._revive(instance))
+
+    async def _revive(self, instance: int) -> None:
+        """Bring a failed instance back: a false alarm answers a probe; a crashed actor
+        is restarted by Ray and registers itself (or its new address is pulled here);
+        an actor out of restarts is replaced."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        core = self.core
+        slot = core.slots[instance]
+        failed_id = slot.worker_id
+        try:
+            if await core.probe(instance):
+                core.mark_ready(instance)
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.start_timeout_s
+            while not self._stopped and slot.state != WorkerState.READY and loop.time() < deadline:
+                handle = self._handles[instance]
+                try:
+                    info = await asyncio.wait_for(handle.info.remote(), 10.0)
+                    if info["worker_id"] == failed_id:
+                        if await core.probe(instance):
+                            core.mark_ready(instance)
+                        else:
+                            await asyncio.sleep(0.2)
+                    else:
+                        core.register(instance, info["worker_id"], info["address"])
+                except ActorDiedError:
+                    log.warning("worker actor for instance %d is out of restarts; replacing it", instance)
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
+                    self._handles[instance] = self._create_worker(instance)
+                    self._replaced += 1
+                except (ActorUnavailableError, RayActorError, TimeoutError):
+                    await asyncio.sleep(0.2)
+        finally:
+            self._reviving.discard(instance)
+            if slot.state != WorkerState.READY and not self._stopped:
+                log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
+
+    async def worker_handles(self) -> list:
+        return list(self._handles)
+
+    async def stats(self) -> SchedulerStatsView:
+        return self.core.stats()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        """Stop serving, stop and kill every worker actor, free the ports (idempotent)."""
+        import ray
+
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            await self._server.stop(1.0)
+            self._server = None
+        if self._metrics is not None:
+            self._metrics.close()
+        if self.core is not None:
+            await self.core.close()
+        stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in self._handles]
+        await asyncio.gather(*stops, return_exceptions=True)
+        for handle in self._handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+
+
+_SCHEDULER_ACTOR_CLASS = None
+
+
+def scheduler_actor_class():
+    """SchedulerActor as a Ray actor class (Ray imported on first use)."""
+    global _SCHEDULER_ACTOR_CLASS
+    if _SCHEDULER_ACTOR_CLASS is None:
+        import ray
+
+        _SCHEDULER_ACTOR_CLASS = ray.remote(SchedulerActor)
+    return _SCHEDULER_ACTOR_CLASS
+
+
+def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s: float = 180.0,
+                    **kwargs: Any) -> tuple[Any, dict]:
+    """From a Ray driver: create the scheduler actor on this node and start it.
+    Returns (actor handle, describe() dict). Blocking; not for use inside actors."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {
+        "num_cpus": 0, "max_restarts": 0,
+        # On this node, so a scheduler bound to 127.0.0.1 is reachable by local clients.
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+    }
+    if name:
+        options["name"] = name
+    actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
+    try:
+        info = ray.get(actor.start.remote(), timeout=timeout_s)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ray.get(actor.stop.remote(), timeout=10)
+        ray.kill(actor, no_restart=True)
+        raise
+    return actor, info
+
+
+def stop_scheduler(actor, timeout_s: float = 30.0) -> None:
+    """From a Ray driver: stop the scheduler (and its workers) and kill its actor."""
+    import ray
+
+    try:
+        ray.get(actor.stop.remote(), timeout=timeout_s)
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+
+
+__all__ = [
+    "DuplicateRequest", "GenerateInput", "InvalidRequest", "LiveOptions", "Overloaded", "RequestOutcome",
+    "SchedulerActor", "SchedulerCore", "SchedulerServicer", "SchedulerStatsView", "TokenEvent", "WorkerState",
+    "device_resource", "pool_resources", "scheduler_actor_class", "start_scheduler", "stop_scheduler",
+]

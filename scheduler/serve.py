@@ -1,0 +1,96 @@
+"""`infersched serve`: the live cluster on Ray until Ctrl-C or SIGTERM.
+
+Starts a local Ray cluster that declares one custom resource per device class
+(``device_<name>``, one unit per chip; see scheduler.control.pool_resources),
+or joins an existing one with ``--address auto|HOST:PORT`` whose nodes must
+offer those resources. Then it starts the scheduler actor on this node, which
+creates one worker actor per pool instance, and prints where it listens. On
+Ctrl-C or SIGTERM it stops the scheduler, kills every actor it created (their
+ports close with their processes) and shuts Ray down if it started it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from scheduler.cluster import Cluster
+from scheduler.config import load_cluster
+from scheduler.control import (
+    RAY_NAMESPACE,
+    SCHEDULER_ACTOR_NAME,
+    LiveOptions,
+    pool_resources,
+    start_scheduler,
+    stop_scheduler,
+)
+from scheduler.registry import build_policy
+
+HEALTH_CHECK_S = 5.0
+
+
+def _say(message: str) -> None:
+    print(f"infersched: {message}", flush=True)
+
+
+def run_serve(args) -> int:
+    import ray
+
+    config = load_cluster(args.cluster)
+    cluster = Cluster(config)  # device, model and fit errors surface before Ray starts
+    build_policy(args.policy or config.policy, config)
+    options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
+                          max_retries=args.max_retries)
+    need = pool_resources(cluster)
+    started_ray = args.address is None
+    if started_ray:
+        ray.init(resources=need, include_dashboard=False, namespace=RAY_NAMESPACE, logging_level=logging.WARNING)
+    else:
+        ray.init(address=args.address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING)
+    stop = threading.Event()
+    actor = None
+    try:
+        if not started_ray:
+            have = ray.cluster_resources()
+            lacking = {k: v for k, v in need.items() if have.get(k, 0.0) < v}
+            if lacking:
+                _say(f"error: the Ray cluster at {args.address} lacks resources {lacking}; start its nodes with "
+                     f"`ray start ... --resources '{{\"device_<name>\": <chips>}}'`")
+                return 2
+        alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        # Workers on other nodes must be reachable by the scheduler and by each other.
+        worker_host = "node" if alive_nodes > 1 else "127.0.0.1"
+        metrics_port = None if args.metrics_port is not None and args.metrics_port < 0 else args.metrics_port
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        try:
+            actor, info = start_scheduler(
+                config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
+                port=args.port, worker_host=worker_host, metrics_host="127.0.0.1", metrics_port=metrics_port)
+        except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
+            _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
+            return 1
+        _say(f"scheduler listening on {info['address']} (cluster {info['cluster']}, policy {info['policy']}, "
+             f"{len(info['workers'])} workers, time_scale {info['time_scale']:g})")
+        if info["metrics"]:
+            _say(f"metrics on {info['metrics']}")
+        _say("Ctrl-C or SIGTERM stops it")
+        while not stop.wait(HEALTH_CHECK_S):
+            try:
+                ray.get(actor.ping.remote(), timeout=HEALTH_CHECK_S * 2)
+            except Exception as exc:
+                _say(f"error: the scheduler actor stopped answering: {exc}")
+                return 1
+        _say("stopping")
+        return 0
+    finally:
+        if actor is not None:
+            try:
+                stop_scheduler(actor)
+            except Exception as exc:
+                print(f"infersched: warning: scheduler did not stop cleanly: {exc}", file=sys.stderr)
+        if started_ray:
+            ray.shutdown()
+        if actor is not None:
+            _say("stopped")
