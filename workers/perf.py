@@ -20,6 +20,19 @@ Everything callers use on the simulator's hot path is O(1) float arithmetic:
 per-instance constants are folded in __init__, and `decode` sums a batch's
 steps in closed form (the step time is piecewise linear in the step index, so
 its sum is a pair of arithmetic series split at the compute/memory crossover).
+
+Speed matters here: a simulation of a million requests calls prefill, decode
+and decode_steps_within a few times per request, with a budget of a few
+microseconds each in CPython. So those methods unpack their constants from
+tuples built once (per instance, and per batch size: the same sizes recur),
+turn integer arguments into floats once (CPython's fast path for arithmetic
+is float op float), and handle the common case inline: one of compute/memory
+is the larger over the whole segment, and the power cap binds on all of it or
+on none of it. Anything else -- compute and memory swapping within the segment,
+or the cap starting or stopping to bind -- goes to the general path
+(`_decode_general`, `_decode_steps_within_general`), which walks the stretches
+with the helpers below and evaluates the same expressions, so both paths give
+the same bits.
 """
 from __future__ import annotations
 
@@ -34,13 +47,20 @@ __all__ = ["InstancePerf", "chips_needed", "ACTIVATION_BYTES"]
 # fp8/int4 weights (weight-only and fp8 GEMM recipes both keep bf16 residuals).
 ACTIVATION_BYTES = 2.0
 
+_INF = math.inf
+_sqrt = math.sqrt  # module globals: one dictionary lookup each on the hot path
+_isfinite = math.isfinite
+
 
 def _lin_sum(a: float, s: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} (a + s*k)."""
+    """sum_{k=k0}^{k1-1} (a + s*k).
+
+    Evaluated in the order decode() and decode_steps_within() use inline for k0 = 0,
+    `n * a + s * ((n - 1.0) * n * 0.5)` with n a float, so they agree to the last bit."""
     n = k1 - k0
     if n <= 0:
         return 0.0
-    return n * a + s * (k0 + k1 - 1) * n * 0.5
+    return n * a + s * ((k0 + k1 - 1.0) * n * 0.5)
 
 
 def _crossover(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> int:
@@ -114,6 +134,7 @@ class InstancePerf:
         "_stream_bytes", "_weight_s", "_kv_s_per_token", "_occupancy_per_seq",
         "_prefill_overhead_s", "_decode_overhead_s", "_coll_fixed_s", "_coll_s_per_token",
         "_serial", "_e_flop", "_e_byte", "_dyn_cap_w",
+        "_prefill_consts", "_decode_consts", "_batch_terms",
     )
 
     def __init__(self, device: DeviceSpec, model: ModelSpec, chips: int = 1,
@@ -180,6 +201,24 @@ class InstancePerf:
         self._e_byte = device.energy_per_byte_j
         self._dyn_cap_w = self.peak_power_w - self.idle_power_w
 
+        # The hot methods unpack their constants from one tuple: a slot read and an unpack cost
+        # less than a dozen slot reads. (Nothing mutates an instance after construction.)
+        # Prefill energy is e_flop per FLOP plus e_byte per byte: the streamed weights, the KV tokens.
+        self._prefill_consts = (
+            self._flops_per_token, self._flops_per_pair, self._flops_per_seq, self._s_per_flop,
+            self._weight_s, self._kv_s_per_token, self._prefill_overhead_s + self._coll_fixed_s,
+            self._coll_s_per_token, self._e_flop, self._e_byte * self._stream_bytes,
+            self._e_byte * self.kv_bytes_per_token, self._dyn_cap_w)
+        # (c_per_kv, weight_s, e_per_kv, serial, cap_w): each token of context a decode step attends
+        # to costs c_per_kv seconds of compute and e_per_kv joules (its FLOPs and KV bytes); the time
+        # to read it depends on the batch size (kv_s in _add_batch_terms).
+        self._decode_consts = (
+            self._flops_per_pair * self._s_per_flop, self._weight_s,
+            self._e_flop * self._flops_per_pair + self._e_byte * self.kv_bytes_per_token,
+            self._serial, self._dyn_cap_w)
+        # batch size -> the decode terms that depend on it alone (see _add_batch_terms).
+        self._batch_terms: dict[int, tuple] = {}
+
     # --- prefill ---------------------------------------------------------------
     def prefill(self, tokens: int, attn_pairs: float, seqs: int) -> tuple[float, float]:
         """(time_s, dynamic_energy_j) of one prefill iteration computing `tokens` new tokens over `seqs` sequences.
@@ -191,74 +230,178 @@ class InstancePerf:
             return 0.0, 0.0
         if seqs < 1:
             raise ValueError(f"prefill needs seqs >= 1, got {seqs}")
-        flops = self._flops_per_token * tokens + self._flops_per_pair * attn_pairs + self._flops_per_seq * seqs
+        (flops_per_token, flops_per_pair, flops_per_seq, s_per_flop, weight_s, kv_s_per_token, fixed_s,
+         coll_s_per_token, e_flop, e_weights, e_per_kv_token, cap_w) = self._prefill_consts
+        t = tokens + 0.0  # exact; float-only arithmetic below
+        s = seqs + 0.0
+        flops = flops_per_token * t + flops_per_pair * attn_pairs + flops_per_seq * s
         # Cached prefix tokens are read once by attention. Only their pair count is known, so
-        # estimate them as if the new tokens were split evenly over the sequences.
-        mean_new = tokens / seqs
-        cached_tokens = attn_pairs - tokens * (mean_new + 1.0) * 0.5
-        cached_tokens = cached_tokens / mean_new if cached_tokens > 0.0 else 0.0
-        kv_tokens = cached_tokens + tokens  # read the prefix, write the new tokens
-        compute_s = flops * self._s_per_flop
-        memory_s = self._weight_s + kv_tokens * self._kv_s_per_token
-        time_s = (self._prefill_overhead_s + self._coll_fixed_s + self._coll_s_per_token * tokens
-                  + (compute_s if compute_s > memory_s else memory_s))
-        energy_j = self._e_flop * flops + self._e_byte * (self._stream_bytes + kv_tokens * self.kv_bytes_per_token)
-        cap_j = self._dyn_cap_w * time_s
+        # estimate them as if the new tokens were split evenly over the sequences, t/s each:
+        # (attn_pairs - t*(t/s + 1)/2) / (t/s) = attn_pairs*s/t - (t + s)/2 prefix tokens.
+        cached_tokens = attn_pairs * s / t - (t + s) * 0.5
+        kv_tokens = t + cached_tokens if cached_tokens > 0.0 else t  # write the new, read the prefix
+        compute_s = flops * s_per_flop
+        memory_s = weight_s + kv_tokens * kv_s_per_token
+        time_s = fixed_s + coll_s_per_token * t + (compute_s if compute_s > memory_s else memory_s)
+        energy_j = e_flop * flops + e_weights + kv_tokens * e_per_kv_token
+        cap_j = cap_w * time_s
         return time_s, (energy_j if energy_j < cap_j else cap_j)
 
     # --- decode ----------------------------------------------------------------
-    def _decode_lines(self, batch: int, ctx_sum0: float) -> tuple[float, float, float, float, float]:
-        """Per-step terms as lines in the step index k: (fixed_s, compute0, compute_slope, memory0, memory_slope)."""
+    #
+    # Step k of a decode segment attends over kv0 + batch*k positions (kv0 = ctx_sum0 + batch:
+    # the cache plus each sequence's new token), so its compute time, memory time and uncapped
+    # energy are lines in k. On a stretch of steps where one of compute/memory is the larger,
+    # the step time fixed + max + serial*min is a line p + q*k too, its cap (peak - idle) * time
+    # is another, and sums over steps are arithmetic series.
+
+    def _add_batch_terms(self, batch: int) -> tuple:
+        """Decode terms that depend on the batch size alone, cached because a simulation reuses the
+        same sizes millions of times. With kv0 = ctx_sum0 + batch, step k has
+
+            compute c0 + cs*k,  c0 = c_b + c_per_kv * kv0   (c_b: the weights' matmuls and lm_head)
+            memory  m0 + ms*k,  m0 = weight_s + kv_s * kv0
+            energy  e0 + es*k,  e0 = e_b + e_per_kv * kv0   (e_b: those FLOPs, streaming the weights)
+
+        with c_per_kv, weight_s, e_per_kv from _decode_consts. Returns
+        (float(batch), fixed_s, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes) where
+        c_slopes = (q, wq, es - wq) holds the slopes of the step time (q = cs + serial*ms) and of
+        its energy cap (wq = (peak - idle) * q) on compute-bound stretches, m_slopes the same on
+        memory-bound ones (q = ms + serial*cs).
+        """
         if batch < 1:
             raise ValueError(f"decode needs batch >= 1, got {batch}")
-        # Step k attends over ctx_sum0 + batch*k cached tokens plus the batch's new tokens.
-        kv0 = ctx_sum0 + batch
+        # Fewer (sequence, KV head) pairs than parallel units leave bandwidth unused.
         occupancy = batch * self._occupancy_per_seq
         kv_s = self._kv_s_per_token / occupancy if occupancy < 1.0 else self._kv_s_per_token
-        spf = self._s_per_flop
-        c0 = ((self._flops_per_token + self._flops_per_seq) * batch + self._flops_per_pair * kv0) * spf
-        cs = self._flops_per_pair * batch * spf
-        m0 = self._weight_s + kv0 * kv_s
+        cs = self._flops_per_pair * batch * self._s_per_flop
         ms = batch * kv_s
-        fixed = self._decode_overhead_s + self._coll_fixed_s + self._coll_s_per_token * batch
-        return fixed, c0, cs, m0, ms
+        es = self._e_flop * self._flops_per_pair * batch + self._e_byte * batch * self.kv_bytes_per_token
+        serial, cap_w = self._serial, self._dyn_cap_w
+        q_c = cs + serial * ms
+        q_m = ms + serial * cs
+        flops_b = (self._flops_per_token + self._flops_per_seq) * batch
+        terms = (batch + 0.0,
+                 self._decode_overhead_s + self._coll_fixed_s + self._coll_s_per_token * batch,
+                 flops_b * self._s_per_flop,
+                 kv_s,
+                 self._e_flop * flops_b + self._e_byte * self._stream_bytes,
+                 cs, ms, es,
+                 (q_c, cap_w * q_c, es - cap_w * q_c),
+                 (q_m, cap_w * q_m, es - cap_w * q_m))
+        self._batch_terms[batch] = terms
+        return terms
+
+    def _decode_lines(self, batch: int, ctx_sum0: float) -> tuple[float, float, float, float, float]:
+        """Per-step terms as lines in the step index k: (fixed_s, compute0, compute_slope, memory0, memory_slope)."""
+        batch_f, fixed, c_b, kv_s, _, cs, ms, _, _, _ = self._batch_terms.get(batch) or self._add_batch_terms(batch)
+        c_per_kv, weight_s, _, _, _ = self._decode_consts
+        kv0 = ctx_sum0 + batch_f
+        return fixed, c_b + c_per_kv * kv0, cs, weight_s + kv_s * kv0, ms
 
     def decode_step_s(self, batch: int, ctx_sum: float) -> float:
         """Time of one decode step for `batch` sequences holding `ctx_sum` cached tokens in total.
 
         Attention reads ctx_sum + batch positions: the cache plus each sequence's new token."""
-        fixed, c, _, m, _ = self._decode_lines(batch, ctx_sum)
+        try:
+            batch_f, fixed, c_b, kv_s, _, _, _, _, _, _ = self._batch_terms[batch]
+        except KeyError:
+            batch_f, fixed, c_b, kv_s, _, _, _, _, _, _ = self._add_batch_terms(batch)
+        c_per_kv, weight_s, _, serial, _ = self._decode_consts
+        kv0 = ctx_sum + batch_f
+        c = c_b + c_per_kv * kv0
+        m = weight_s + kv_s * kv0
         if c > m:
-            return fixed + c + self._serial * m
-        return fixed + m + self._serial * c
-
-    def _decode_time(self, fixed: float, c0: float, cs: float, m0: float, ms: float, steps: int) -> float:
-        # max + serial*min == serial*(c + m) + (1 - serial)*max, so only the max needs a split.
-        serial = self._serial
-        return (steps * fixed + serial * (_lin_sum(c0, cs, 0, steps) + _lin_sum(m0, ms, 0, steps))
-                + (1.0 - serial) * _sum_max_lin(c0, cs, m0, ms, 0, steps))
+            return fixed + c + serial * m
+        return fixed + m + serial * c
 
     def decode(self, batch: int, ctx_sum0: float, steps: int) -> tuple[float, float]:
         """(time_s, dynamic_energy_j) of `steps` consecutive decode steps of a fixed batch whose total
         cached context is ctx_sum0 at the first step and grows by `batch` per step. Closed form."""
         if steps <= 0:
             return 0.0, 0.0
-        fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
-        time_s = self._decode_time(fixed, c0, cs, m0, ms, steps)
+        try:
+            batch_f, fixed, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes = self._batch_terms[batch]
+        except KeyError:
+            batch_f, fixed, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes = self._add_batch_terms(batch)
+        c_per_kv, weight_s, e_per_kv, serial, cap_w = self._decode_consts
+        n = steps + 0.0  # exact; float-only arithmetic below
+        kv0 = ctx_sum0 + batch_f
+        c0 = c_b + c_per_kv * kv0
+        m0 = weight_s + kv_s * kv0
 
-        # Uncapped dynamic energy per step is a line in k as well.
-        kvpt = self.kv_bytes_per_token
-        flops0 = (self._flops_per_token + self._flops_per_seq) * batch + self._flops_per_pair * (ctx_sum0 + batch)
-        e0 = self._e_flop * flops0 + self._e_byte * (self._stream_bytes + (ctx_sum0 + batch) * kvpt)
-        es = self._e_flop * self._flops_per_pair * batch + self._e_byte * batch * kvpt
-        # Cap each step at (peak - idle) * step time. The step time has one kink (where compute
-        # overtakes memory or the reverse), so split there and take min(line, line) on each side.
+        # Which of compute/memory is the larger on every step? Usually memory: it is ahead at step 0
+        # and grows faster (each step adds more KV bytes to read than attention FLOPs to do).
+        # Otherwise they cross at k = r (the same test as _pieces): for r <= 0 the faster-growing
+        # one is the larger on every step, for r >= steps the other one is; in between they swap
+        # inside the segment and the general path splits it.
+        if c0 <= m0 and cs < ms:
+            c_is_max = False
+        elif cs != ms:
+            r = (m0 - c0) / (cs - ms)
+            if r <= 0.0:
+                c_is_max = cs > ms
+            elif r >= n:
+                c_is_max = cs < ms
+            else:
+                return self._decode_general(batch, ctx_sum0, steps)
+        else:
+            c_is_max = c0 >= m0
+        if c_is_max:
+            p = fixed + c0 + serial * m0
+            q, wq, es_wq = c_slopes
+        else:
+            p = fixed + m0 + serial * c0
+            q, wq, es_wq = m_slopes
+        half = (n - 1.0) * n * 0.5  # sum of k over the segment, as _lin_sum computes it
+        time_s = n * p + q * half
+
+        # Each step's energy is min(e0 + es*k, wp + wq*k). Usually the cap is above at step 0 and
+        # grows faster, so it never binds. Otherwise the lines cross at k = r, and the min is a
+        # single line unless r falls inside the segment (the cap starts or stops binding).
+        e0 = e_b + e_per_kv * kv0
+        wp = cap_w * p
+        if e0 <= wp and es_wq < 0.0:
+            return time_s, n * e0 + es * half
+        if es_wq != 0.0:
+            r = (wp - e0) / es_wq
+            if r <= 0.0:
+                capped = es_wq > 0.0
+            elif r >= n:
+                capped = es_wq < 0.0
+            else:
+                return time_s, _sum_min_lin(e0, es, wp, wq, 0, steps)
+        else:
+            capped = wp < e0
+        if capped:
+            return time_s, n * wp + wq * half
+        return time_s, n * e0 + es * half
+
+    def _decode_general(self, batch: int, ctx_sum0: float, steps: int) -> tuple[float, float]:
+        """decode() for any segment: sums each stretch between compute/memory swaps separately.
+        decode() itself comes here only when the swap falls inside the segment."""
+        if steps <= 0:
+            return 0.0, 0.0
+        fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
+        batch_f, _, _, _, e_b, _, _, es, _, _ = self._batch_terms[batch]
+        _, _, e_per_kv, _, _ = self._decode_consts
+        e0 = e_b + e_per_kv * (ctx_sum0 + batch_f)
+        # Cap each step at (peak - idle) * step time: min(line, line) on each stretch.
         w = self._dyn_cap_w
-        energy_j = 0.0
+        time_s = energy_j = 0.0
         for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
             p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
+            time_s += _lin_sum(p, q, k0, k1)
             energy_j += _sum_min_lin(e0, es, w * p, w * q, k0, k1)
         return time_s, energy_j
+
+    def _decode_time(self, fixed: float, c0: float, cs: float, m0: float, ms: float, steps: int) -> float:
+        """decode()'s time for `steps` steps from the lines (general path)."""
+        time_s = 0.0
+        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
+            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
+            time_s += _lin_sum(p, q, k0, k1)
+        return time_s
 
     def _step_line(self, fixed: float, c0: float, cs: float, m0: float, ms: float,
                    c_is_max: bool) -> tuple[float, float]:
@@ -270,8 +413,64 @@ class InstancePerf:
 
     def decode_steps_within(self, batch: int, ctx_sum0: float, time_s: float) -> int:
         """Largest k >= 0 with decode(batch, ctx_sum0, k)[0] <= time_s (closed form, exact at boundaries)."""
-        if not math.isfinite(time_s):
+        if not _isfinite(time_s):
             raise ValueError(f"decode_steps_within needs a finite time, got {time_s!r}")
+        try:
+            batch_f, fixed, c_b, kv_s, _, cs, ms, _, c_slopes, m_slopes = self._batch_terms[batch]
+        except KeyError:
+            batch_f, fixed, c_b, kv_s, _, cs, ms, _, c_slopes, m_slopes = self._add_batch_terms(batch)
+        if time_s <= 0.0:
+            return 0
+        c_per_kv, weight_s, _, serial, _ = self._decode_consts
+        kv0 = ctx_sum0 + batch_f
+        c0 = c_b + c_per_kv * kv0
+        m0 = weight_s + kv_s * kv0
+
+        # The larger of compute/memory at step 0 stays the larger up to their crossover r (for ever
+        # when the other never catches up), so decode() sums any segment of at most `until` steps
+        # as one stretch on which the step time is p + q*k.
+        until = _INF
+        if c0 <= m0 and cs < ms:  # the usual case, as in decode()
+            c_is_max = False
+        elif cs != ms:
+            r = (m0 - c0) / (cs - ms)
+            if r <= 0.0:
+                c_is_max = cs > ms
+            else:
+                c_is_max = cs < ms
+                until = r
+        else:
+            c_is_max = c0 >= m0
+        if c_is_max:
+            p = fixed + c0 + serial * m0
+            q = c_slopes[0]
+        else:
+            p = fixed + m0 + serial * c0
+            q = m_slopes[0]
+        # Elapsed time x*p + q*x*(x-1)/2 = time_s is a quadratic in x (q > 0 since batch >= 1);
+        # the root in this form avoids cancellation when q*x is small next to p.
+        b = p - 0.5 * q
+        root = _sqrt(b * b + 2.0 * q * time_s)
+        x = 2.0 * time_s / (b + root) if b >= 0.0 else (root - b) / q
+        # Check k = floor(x) against decode()'s time for k and k + 1 steps, n*p + q*((n - 1)*n/2)
+        # written exactly as decode() writes it (one stretch for up to `until` steps). A budget
+        # within rounding of a step boundary can leave k a step off: then k + 2 or k - 1 settles
+        # it. Anything else (the budget reaches past the crossover) takes the general path.
+        k = int(x)
+        n = k + 0.0
+        if n + 2.0 <= until:
+            if (n + 1.0) * p + q * (n * (n + 1.0) * 0.5) > time_s:  # k + 1 steps do not fit
+                if n * p + q * ((n - 1.0) * n * 0.5) <= time_s:
+                    return k
+                if k > 0 and (n - 1.0) * p + q * ((n - 2.0) * (n - 1.0) * 0.5) <= time_s:
+                    return k - 1
+            elif (n + 2.0) * p + q * ((n + 1.0) * (n + 2.0) * 0.5) > time_s:
+                return k + 1
+        return self._decode_steps_within_general(batch, ctx_sum0, time_s)
+
+    def _decode_steps_within_general(self, batch: int, ctx_sum0: float, time_s: float) -> int:
+        """decode_steps_within() for any budget: solves on each stretch, then corrects the integer by
+        galloping. decode_steps_within() comes here only when its one-stretch answer does not check out."""
         fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
         if time_s <= 0.0:
             return 0

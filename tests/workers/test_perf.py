@@ -317,3 +317,120 @@ def test_decode_steps_within_random_budgets():
         budget = rng.uniform(0, 5)
         k = perf.decode_steps_within(batch, ctx, budget)
         assert perf.decode(batch, ctx, k)[0] <= budget < perf.decode(batch, ctx, k + 1)[0]
+
+
+# --- fast paths against the general path ------------------------------------------
+# decode() and decode_steps_within() handle the common case inline (one of compute/memory is the
+# larger over the whole segment, the power cap binds on all of it or none of it) and hand the rest
+# to _decode_general / _decode_steps_within_general. Both paths must give the same bits.
+
+FAST_PATH_INSTANCES = [
+    (H100, M8, 1),
+    (CAPPED_H100, M8, 1),                                   # cap binds on compute-heavy steps
+    (dataclasses.replace(H100, peak_power_w=300.0), M8, 1),  # cap binds nearly everywhere
+    (H100, M70, 4),                                          # collectives; the cap releases mid-segment
+    (get_device("groq-lpu"), M8, 78),
+]
+
+
+def random_decode_args(rng):
+    batch = rng.choice([rng.randint(1, 64), rng.randint(1, 2048)])
+    ctx = batch * rng.choice([rng.uniform(0, 300), rng.uniform(0, 8000)])
+    if rng.random() < 0.5:
+        ctx = int(ctx)  # the engine passes integer context sums
+    steps = rng.choice([rng.randint(1, 50), rng.randint(1, 3000), rng.randint(1, 10**6)])
+    return batch, ctx, steps
+
+
+def test_decode_fast_path_matches_general_path(monkeypatch):
+    import collections
+    import random
+
+    import workers.perf as perf_module
+
+    # Spy on the general path and on the split where the cap starts or stops binding, to check
+    # that the random cases exercise every branch.
+    calls = collections.Counter()
+    general = InstancePerf._decode_general
+    sum_min_lin = perf_module._sum_min_lin
+
+    def spy_general(self, *args):
+        calls["crossover"] += 1
+        return general(self, *args)
+
+    def spy_sum_min_lin(*args):
+        calls["cap_changes"] += 1
+        return sum_min_lin(*args)
+
+    monkeypatch.setattr(InstancePerf, "_decode_general", spy_general)
+    monkeypatch.setattr(perf_module, "_sum_min_lin", spy_sum_min_lin)
+    rng = random.Random(11)
+    seen = collections.Counter()
+    for device, model, chips in FAST_PATH_INSTANCES:
+        perf = InstancePerf(device, model, chips)
+        for _ in range(1500):
+            batch, ctx, steps = random_decode_args(rng)
+            before = calls.copy()
+            t, e = perf.decode(batch, ctx, steps)
+            if calls["crossover"] > before["crossover"]:
+                seen["crossover"] += 1
+            elif calls["cap_changes"] > before["cap_changes"]:
+                seen["cap_changes"] += 1
+            elif e == pytest.approx(perf._dyn_cap_w * t, rel=1e-12):
+                seen["fast, capped"] += 1
+            else:
+                seen["fast, uncapped"] += 1
+            assert (t, e) == general(perf, batch, ctx, steps), (device.name, batch, ctx, steps)
+    assert min(seen[k] for k in ("crossover", "cap_changes", "fast, capped", "fast, uncapped")) >= 20, seen
+
+
+def test_decode_random_segments_equal_step_loop():
+    import random
+
+    rng = random.Random(12)
+    for device, model, chips in FAST_PATH_INSTANCES:
+        perf = InstancePerf(device, model, chips)
+        for _ in range(40):
+            batch, ctx, _ = random_decode_args(rng)
+            steps = rng.randint(1, 300)
+            t, e = perf.decode(batch, ctx, steps)
+            lt, le = loop_decode(perf, batch, ctx, steps)
+            assert t == pytest.approx(lt, rel=1e-9)
+            assert e == pytest.approx(le, rel=1e-9)
+
+
+def test_decode_steps_within_fast_path_matches_general_path(monkeypatch):
+    import random
+
+    calls = []
+    general = InstancePerf._decode_steps_within_general
+
+    def spy_general(self, *args):
+        calls.append(args)
+        return general(self, *args)
+
+    monkeypatch.setattr(InstancePerf, "_decode_steps_within_general", spy_general)
+    rng = random.Random(13)
+    fast = 0
+    for device, model, chips in FAST_PATH_INSTANCES:
+        perf = InstancePerf(device, model, chips)
+        for _ in range(500):
+            batch, ctx, steps = random_decode_args(rng)
+            t, _ = perf.decode(batch, ctx, steps)
+            # Exactly at a segment's end, just short of it, and anywhere (past the crossover too).
+            for budget in (t, math.nextafter(t, 0.0), t * rng.uniform(0.0, 3.0)):
+                n = len(calls)
+                k = perf.decode_steps_within(batch, ctx, budget)
+                fast += len(calls) == n
+                assert k == general(perf, batch, ctx, budget)
+                assert perf.decode(batch, ctx, k)[0] <= budget < perf.decode(batch, ctx, k + 1)[0]
+    assert fast >= 1000 and len(calls) >= 20
+
+
+def test_bad_batch_is_rejected_by_every_decode_method():
+    perf = h100_8b()
+    for call in (lambda: perf.decode(0, 0.0, 5), lambda: perf.decode_steps_within(-1, 0.0, 1.0),
+                 lambda: perf.decode_step_s(0, 0.0)):
+        with pytest.raises(ValueError, match="batch"):
+            call()
+    assert perf.decode(1, 0.0, 1)[0] == pytest.approx(perf.decode_step_s(1, 0.0), rel=1e-12)
