@@ -97,7 +97,12 @@ class ClusterSnapshot:
         "busy_until_s",  # end of the current iteration (0 when idle)
         # Derived:
         "load",  # (queued + running) / max_batch
+        "load_score",  # 1 / (1 + load): the least-loaded score, kept here to save three array ops a decision
         "ready_s",  # when a new prompt could start prefill: iteration end + queued prompts' prefill
+        # Predicted decode step time with one more sequence of X context tokens is
+        # tpot_base_s + X * tpot_per_token_s (queueing for a slot included).
+        "tpot_base_s",
+        "tpot_per_token_s",
     )
 
     def __init__(self, pools: list[Pool]):
@@ -128,16 +133,19 @@ class ClusterSnapshot:
         # The same, spread per instance (policies index them by candidate id directly).
         self.kv_capacity = self.pool_kv_capacity[self.pool].copy()
         self.max_batch = self.pool_max_batch[self.pool].copy()
-        self.decode_d_s, self.decode_e_s, self.decode_f_s = (self.pool_decode_coef[self.pool].T.copy())
         self._inv_max_batch = (1.0 / self.max_batch).tolist()
         self._prefill_a = self.pool_prefill_coef[self.pool, 0].tolist()
         self._prefill_b = self.pool_prefill_coef[self.pool, 1].tolist()
+        self.pool_prefill_a_s, self.pool_prefill_b_s, self.pool_prefill_c_s = self.pool_prefill_coef.T.copy()
+        self._decode_coef = [tuple(row) for row in self.pool_decode_coef[self.pool].tolist()]
+        self._kv_capacity = self.kv_capacity.tolist()
         # Dynamic columns: separate contiguous arrays (a gather from a strided view
         # costs twice as much, and writing a strided column from a tuple more than
         # seven scalar stores).
         for name in self.DYNAMIC_COLUMNS:
             setattr(self, name, np.zeros(n))
-        self.kv_free[:] = self.kv_capacity
+        for i in range(n):
+            self.update(i, 0, 0, 0, self._kv_capacity[i], 0.0)
         # Candidate sets per stage, fixed by role.
         self.candidates = {
             Stage.PREFILL: np.flatnonzero(self.role != int(Role.DECODE)),
@@ -160,13 +168,22 @@ class ClusterSnapshot:
         self.running[i] = running
         self.kv_free[i] = kv_free
         self.busy_until_s[i] = busy_until_s
-        self.load[i] = (queued_requests + running) * self._inv_max_batch[i]
+        load = (queued_requests + running) * self._inv_max_batch[i]
+        self.load[i] = load
+        self.load_score[i] = 1.0 / (1.0 + load)
         self.ready_s[i] = ready
+        d, e, f = self._decode_coef[i]
+        # A queue for decode slots delays the first decode step; charge it as extra TPOT.
+        queue_factor = 1.0 + queued_requests * self._inv_max_batch[i]
+        self.tpot_base_s[i] = (d + (running + 1.0) * e + (self._kv_capacity[i] - kv_free) * f) * queue_factor
+        self.tpot_per_token_s[i] = f * queue_factor
 
     def predicted_prefill_s(self, cands: np.ndarray, tokens: int) -> np.ndarray:
         """Prefill time of a `tokens`-long prompt alone on each candidate (computed per pool, then spread)."""
-        coef = self.pool_prefill_coef
-        per_pool = coef[:, 0] + tokens * (coef[:, 1] + tokens * coef[:, 2])
+        per_pool = self.pool_prefill_c_s * tokens
+        per_pool += self.pool_prefill_b_s
+        per_pool *= tokens
+        per_pool += self.pool_prefill_a_s
         return per_pool[self.pool[cands]]
 
     def predicted_wait_s(self, cands: np.ndarray, now_s: float) -> np.ndarray:
@@ -176,9 +193,11 @@ class ClusterSnapshot:
         return np.maximum(wait, 0.0, out=wait)
 
     def predicted_tpot_s(self, cands: np.ndarray, context_tokens: int) -> np.ndarray:
-        used = self.kv_capacity[cands] - self.kv_free[cands] + context_tokens
-        return self.decode_d_s[cands] + (self.running[cands] + 1.0) * self.decode_e_s[cands] \
-            + used * self.decode_f_s[cands]
+        """Decode step time on each candidate with one more sequence holding `context_tokens` of KV,
+        stretched by the queue for decode slots."""
+        tpot = self.tpot_per_token_s[cands] * float(context_tokens)
+        tpot += self.tpot_base_s[cands]
+        return tpot
 
 
 def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:

@@ -341,7 +341,7 @@ class _Slot:
     """The scheduler's view of one instance's worker."""
 
     __slots__ = ("instance", "pool", "worker_id", "address", "state", "channel", "stub", "sent", "pending",
-                 "activity", "usage", "retired", "registered", "poll_failures", "restarts")
+                 "timeline", "tidx", "next_boundary", "usage", "retired", "registered", "poll_failures", "restarts")
 
     def __init__(self, instance: int, pool):
         self.instance = instance
@@ -352,8 +352,13 @@ class _Slot:
         self.channel: grpc.aio.Channel | None = None
         self.stub: worker_pb2_grpc.WorkerStub | None = None
         self.sent = 0  # prefills dispatched to this incarnation
-        self.pending: deque = deque()  # (dispatch number, prompt tokens) not yet in a report
-        self.activity = 0
+        # Dispatches no report includes yet: (dispatch number, prompt tokens, KV tokens, sent at).
+        self.pending: deque = deque()
+        # The last report's rows on the scheduler clock: (from, queued, queued tokens, running,
+        # kv free, busy until, activity); rows[tidx] is in force until next_boundary.
+        self.timeline: list = []
+        self.tidx = 0
+        self.next_boundary = math.inf
         self.usage = _Usage()
         self.retired = _Usage()  # earlier incarnations of this instance
         self.registered = asyncio.Event()
@@ -426,6 +431,7 @@ class SchedulerCore:
         self._rng = np.random.default_rng(options.seed)
         self._t0 = time.monotonic()
         self.started_unix_s = time.time()
+        self._min_boundary = math.inf
         self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
         self._seq = 0
@@ -458,6 +464,10 @@ class SchedulerCore:
     def now(self) -> float:
         return (time.monotonic() - self._t0) / self.options.time_scale
 
+    def at_unix(self, unix_s: float) -> float:
+        """The scheduler clock at a Unix time (workers stamp their reports in Unix time)."""
+        return (unix_s - self.started_unix_s) / self.options.time_scale
+
     @property
     def in_flight(self) -> int:
         return self.requests_total - self.requests_completed - self.requests_rejected - self.requests_failed
@@ -485,9 +495,10 @@ class SchedulerCore:
         slot.stub = worker_pb2_grpc.WorkerStub(slot.channel)
         slot.sent = 0
         slot.pending.clear()
-        slot.activity = 0
+        slot.timeline = [(-math.inf, 0, 0, 0, int(self.snap.kv_capacity[instance]), 0.0, 0)]
+        slot.tidx = 0
         slot.poll_failures = 0
-        self._write_row(instance, 0, 0, 0, int(self.snap.kv_capacity[instance]), 0.0)
+        self._sync_row(slot, self.now())
         self._set_state(slot, WorkerState.READY)
         slot.registered.set()
         log.info("worker %s registered for instance %d (%s) at %s", worker_id, instance, slot.pool.name, address)
@@ -564,13 +575,11 @@ class SchedulerCore:
         snap.kv_free[i] = kv_free
         snap.busy_until_s[i] = busy_until_s
 
-    def _note_dispatch(self, slot: _Slot, tokens: int) -> None:
+    def _note_dispatch(self, slot: _Slot, prompt: int, output: int) -> None:
         slot.sent += 1
-        slot.pending.append((slot.sent, tokens))
-        i = slot.instance
-        snap = self.snap
-        self._write_row(i, snap.queued_requests[i] + 1, snap.queued_tokens[i] + tokens, snap.running[i],
-                        snap.kv_free[i], snap.busy_until_s[i])
+        need = prompt if slot.pool.role == Role.PREFILL else prompt + output
+        slot.pending.append((slot.sent, prompt, need, self.now()))
+        self._sync_row(slot, self.now())
 
     def _apply_load(self, slot: _Slot, text: str | None) -> None:
         if text is None or slot.state == WorkerState.FAILED:
@@ -583,12 +592,50 @@ class SchedulerCore:
         pending = slot.pending
         while pending and pending[0][0] <= r.received:
             pending.popleft()
-        extra_tokens = sum(t for _, t in pending)
-        busy_until = self.now() + r.busy_remaining_s if r.activity else 0.0
-        slot.activity = r.activity
+        base = self.at_unix(r.unix_s)
+        slot.timeline = [(base + row.at_s if k else -math.inf, row.queued, row.queued_tokens, row.running,
+                          row.kv_free, base + row.busy_remaining_s if row.activity else 0.0, row.activity)
+                         for k, row in enumerate(r.rows)]
+        slot.tidx = 0
         slot.usage.busy_s = r.busy_s
-        self._write_row(slot.instance, r.queued + len(pending), r.queued_tokens + extra_tokens, r.running,
-                        r.kv_free, busy_until)
+        self._sync_row(slot, self.now())
+
+    def _sync_row(self, slot: _Slot, now: float) -> None:
+        """Write the row in force at `now`: the report's forecast row for this moment,
+        plus the dispatches the report does not include yet, applied the way the engine
+        takes them (an idle instance starts the prompt at once; a decoding one cuts its
+        segment at the next step boundary; a busy one queues it)."""
+        timeline = slot.timeline
+        k = slot.tidx
+        while k + 1 < len(timeline) and timeline[k + 1][0] <= now:
+            k += 1
+        slot.tidx = k
+        slot.next_boundary = timeline[k + 1][0] if k + 1 < len(timeline) else math.inf
+        if slot.next_boundary < self._min_boundary:
+            self._min_boundary = slot.next_boundary
+        _, queued, tokens, running, kv_free, busy, activity = timeline[k]
+        i = slot.instance
+        for _, prompt, need, sent in slot.pending:
+            if queued == 0 and activity == 2 and busy > sent:
+                busy = min(busy, sent + float(self.snap.predicted_tpot_s(np.array([i]), 0)[0]))
+                queued, tokens = 1, prompt
+            elif queued == 0 and (activity == 0 or busy <= sent):
+                busy = sent + float(self.snap.predicted_prefill_s(np.array([i]), prompt)[0])
+                kv_free -= need
+                activity = 1
+            else:
+                queued += 1
+                tokens += prompt
+        self._write_row(i, queued, tokens, running, kv_free, busy)
+
+    def _refresh_rows(self, now: float) -> None:
+        """Move every row whose forecast passed a boundary to the row in force now."""
+        if now < self._min_boundary:
+            return
+        self._min_boundary = math.inf
+        for slot in self.slots:
+            if slot.timeline:
+                self._sync_row(slot, now)
 
     def _apply_md(self, slot: _Slot, metadata) -> None:
         self._apply_load(slot, _md(metadata, LOAD_KEY))
@@ -730,6 +777,7 @@ class SchedulerCore:
         snap = self.snap
         while True:
             now = self.now()
+            self._refresh_rows(now)
             req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes)
             t = time.perf_counter()
             decision = self.policy.decide(req, snap, now, self._rng)
@@ -802,7 +850,7 @@ class SchedulerCore:
         metadata = ((SENT_KEY, repr(time.time())),)
         if peer is not None:
             metadata += ((LINK_KEY, repr(peer.pool.config.link_bytes_per_s)),)
-        self._note_dispatch(slot, fl.inp)
+        self._note_dispatch(slot, fl.inp, fl.out)
         t_dispatch = fl.arrival_s + (time.perf_counter() - fl.wall0)
         call = slot.stub.Prefill(request, metadata=metadata, timeout=self.options.rpc_timeout_s)
         try:

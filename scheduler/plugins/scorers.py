@@ -17,8 +17,7 @@ class LeastLoaded:
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:
-        score = snap.load[cands] + 1.0  # a fresh array: the snapshot column is never written
-        return np.reciprocal(score, out=score)
+        return snap.load_score[cands]  # 1 / (1 + load); a gather returns a fresh array
 
 
 class PredictedLatency:
@@ -37,16 +36,15 @@ class PredictedLatency:
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         if stage == Stage.DECODE:
+            slo = self.tpot_slo_s
             latency = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
-            # A queue for decode slots delays the first decode step; charge it as extra TPOT.
-            latency *= 1.0 + snap.queued_requests[cands] / snap.max_batch[cands]
-            latency *= 1.0 / self.tpot_slo_s
         else:
+            slo = self.ttft_slo_s
             latency = snap.predicted_wait_s(cands, now_s)
             latency += snap.predicted_prefill_s(cands, req.input_tokens)
-            latency *= 1.0 / self.ttft_slo_s
-        latency += 1.0
-        return np.reciprocal(latency, out=latency)
+        # 1 / (1 + latency / slo) == slo / (slo + latency)
+        latency += slo
+        return np.divide(slo, latency, out=latency)
 
 
 class KvHeadroom:
