@@ -158,6 +158,68 @@ class ClusterSnapshot:
         self.min_capability = {st: (float(self.pool_capability[self.pool[c]].min()) if len(c) else 0.0)
                                for st, c in self.candidates.items()}
         self.single_model = len(set(self.pool_model)) == 1
+        self._init_economics(pools)
+
+    def _init_economics(self, pools: list[Pool]) -> None:
+        """Static columns the tier, cost and energy plugins read (computed once per cluster).
+
+        A request's predicted dollars (joules) on an instance are the seconds it
+        occupies that instance times its price (its average power while busy):
+        prefill seconds, plus its share of each decode step (step / batch) times its
+        output tokens. A prefill-only instance adds the decode part at the cheapest
+        same-model decode pool at a reference batch, so the prefill stage compares
+        colocated and disaggregated placements on the whole request.
+        """
+        n_pools = len(pools)
+        self.pool_is_edge = np.array([p.perf.device.kind == "edge" for p in pools])
+        # Average power while prefilling a 1,024-token prompt and while decoding a batch
+        # of 32 sequences at 1,024 tokens of context: idle plus the dynamic part.
+        prefill_w, decode_w, ref_step_s, ref_batch = [], [], [], []
+        for p in pools:
+            t, e = p.perf.prefill(1024, 1024 * 1025 / 2, 1)
+            prefill_w.append(p.perf.idle_power_w + e / t)
+            b = max(1, min(32, p.config.max_batch))
+            t, e = p.perf.decode(b, b * 1024.0, 1)
+            decode_w.append(p.perf.idle_power_w + e / t)
+            ref_step_s.append(t)
+            ref_batch.append(b)
+        self.pool_prefill_power_w = np.array(prefill_w)
+        self.pool_decode_power_w = np.array(decode_w)
+        # Per output token at the reference batch, per pool.
+        usd_tok = np.array([self.pool_price_usd_per_s[k] * ref_step_s[k] / ref_batch[k] for k in range(n_pools)])
+        j_tok = np.array([decode_w[k] * ref_step_s[k] / ref_batch[k] for k in range(n_pools)])
+        partner_usd = np.zeros(n_pools)
+        partner_j = np.zeros(n_pools)
+        for k, p in enumerate(pools):
+            if p.role == Role.PREFILL:
+                mates = [q.index for q in pools if q.role == Role.DECODE and self.pool_model[q.index] == self.pool_model[k]]
+                if mates:
+                    partner_usd[k] = min(usd_tok[m] for m in mates)
+                    partner_j[k] = min(j_tok[m] for m in mates)
+        pool = self.pool
+        self.is_edge = self.pool_is_edge[pool]
+        self.capability = self.pool_capability[pool]
+        self.price_usd_per_s = self.pool_price_usd_per_s[pool]
+        self.prefill_power_w = self.pool_prefill_power_w[pool]
+        self.decode_power_w = self.pool_decode_power_w[pool]
+        # 1.0 where the instance decodes its own prefills (colocated), 0.0 for prefill-only.
+        self.colocated = (self.role == int(Role.BOTH)).astype(np.float64)
+        # The batch a request's decode steps are assumed to be shared with, at least: an idle
+        # instance's solo batch is transient under load, and the partner figures above use it.
+        self.ref_batch = np.array(ref_batch, dtype=np.float64)[pool]
+        self.partner_decode_usd_per_token = partner_usd[pool]
+        self.partner_decode_j_per_token = partner_j[pool]
+        # Model tiers, ascending: the distinct capabilities served.
+        self.tiers = sorted(set(self.pool_capability.tolist()))
+        self.top_capability = self.tiers[-1]
+        self.any_edge = bool(self.pool_is_edge.any())
+
+    def next_tier_above(self, capability: float) -> float | None:
+        """The lowest served capability strictly above `capability`, or None at the top."""
+        for tier in self.tiers:
+            if tier > capability:
+                return tier
+        return None
 
     def update(self, i: int, queued_requests: int, queued_tokens: int, running: int, kv_free: int,
                busy_until_s: float) -> None:

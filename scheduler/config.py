@@ -40,6 +40,7 @@ class PolicyConfig:
     scorers: tuple[tuple[str, float], ...] | None = None
     picker: str | None = None
     params: tuple[tuple[str, Any], ...] = ()
+    staging: str | None = None  # None: the preset's; "none": one pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ _POOL_KEYS = {
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
 }
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description"}
-_POLICY_KEYS = {"name", "filters", "scorers", "picker", "params"}
+_POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
 _SLO_KEYS = {"ttft_s", "tpot_s"}
 
 
@@ -171,12 +172,13 @@ def _parse_policy(source: str, raw: Any) -> PolicyConfig:
             for k, v in raw["scorers"].items()
         )
     picker = _string(source, "policy.picker", raw["picker"]) if "picker" in raw else None
+    staging = _string(source, "policy.staging", raw["staging"]) if raw.get("staging") is not None else None
     params: tuple[tuple[str, Any], ...] = ()
     if "params" in raw:
         if not isinstance(raw["params"], dict):
             raise _fail(source, "policy.params", "expected a mapping")
         params = tuple(sorted(raw["params"].items()))
-    return PolicyConfig(name=name, filters=filters, scorers=scorers, picker=picker, params=params)
+    return PolicyConfig(name=name, filters=filters, scorers=scorers, picker=picker, params=params, staging=staging)
 
 
 def _parse_slo(source: str, raw: Any) -> SloConfig:

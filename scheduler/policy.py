@@ -26,12 +26,16 @@ class PolicySpec:
     picker: str
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    # Optional staging plugin (scheduler/plugins/staging.py): requests served in
+    # more than one pass (cascade escalation, advisor). None: one pass.
+    staging: str | None = None
 
 
 class Policy:
-    def __init__(self, spec: PolicySpec, filters: list, scorers: list[tuple[Any, float]], picker):
+    def __init__(self, spec: PolicySpec, filters: list, scorers: list[tuple[Any, float]], picker, staging=None):
         self.spec = spec
         self.name = spec.name
+        self.staging = staging
         self._filters = filters
         self._scorers = [(s, w) for s, w in scorers if w != 0.0]
         self._picker = picker

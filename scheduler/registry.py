@@ -10,13 +10,18 @@ from dataclasses import replace
 from typing import Any
 
 from scheduler.config import ClusterConfig, ConfigError, PolicyConfig
-from scheduler.plugins import filters, pickers, scorers
-from scheduler.policies import least_loaded, round_robin, slo_aware
+from scheduler.plugins import disagg, economics, filters, pickers, scorers, staging, tiers
+from scheduler.policies import (advisor, cascade, conditional_disagg, cost_aware, energy_aware, least_loaded,
+                                local_first, round_robin, slo_aware)
 from scheduler.policy import Policy, PolicySpec
 
-FILTERS = {p.name: p for p in (filters.FitsMemory, filters.ModelTier, filters.SameModel)}
-SCORERS = {p.name: p for p in (scorers.LeastLoaded, scorers.PredictedLatency, scorers.KvHeadroom)}
+FILTERS = {p.name: p for p in (filters.FitsMemory, filters.ModelTier, filters.SameModel, tiers.LowestTier)}
+SCORERS = {p.name: p for p in (scorers.LeastLoaded, scorers.PredictedLatency, scorers.KvHeadroom,
+                               economics.PredictedCost, economics.PredictedEnergy, tiers.LocalFirst,
+                               disagg.ConditionalDisagg)}
 PICKERS = {p.name: p for p in (pickers.Argmax, pickers.RandomTieBreak, pickers.RoundRobin)}
+# Staging plugins: requests served in more than one pass ("none": one pass).
+STAGINGS = {p.name: p for p in (staging.Escalate, staging.Advisor)}
 
 POLICIES: dict[str, PolicySpec] = {
     spec.name: spec
@@ -24,6 +29,12 @@ POLICIES: dict[str, PolicySpec] = {
         round_robin.POLICY,
         least_loaded.POLICY,
         slo_aware.POLICY,
+        cost_aware.POLICY,
+        energy_aware.POLICY,
+        local_first.POLICY,
+        cascade.POLICY,
+        advisor.POLICY,
+        conditional_disagg.POLICY,
     )
 }
 
@@ -51,6 +62,8 @@ def resolve_spec(config: PolicyConfig | str) -> PolicySpec:
         spec = replace(spec, picker=config.picker)
     if config.params:
         spec = replace(spec, params={**spec.params, **dict(config.params)})
+    if config.staging is not None:
+        spec = replace(spec, staging=None if config.staging == "none" else config.staging)
     return spec
 
 
@@ -65,4 +78,5 @@ def build_policy(config: PolicyConfig | str, cluster_config: ClusterConfig | Non
     fs = [_lookup(FILTERS, "filter", n)(params) for n in spec.filters]
     ss = [(_lookup(SCORERS, "scorer", n)(params), float(w)) for n, w in spec.scorers]
     pk = _lookup(PICKERS, "picker", spec.picker)(params)
-    return Policy(spec, fs, ss, pk)
+    st = _lookup(STAGINGS, "staging", spec.staging)(params) if spec.staging else None
+    return Policy(spec, fs, ss, pk, st)

@@ -57,6 +57,11 @@ class Request(NamedTuple):
     min_capability: float = 0.0
     # Prefix-cache block hashes of the prompt (Mooncake style), empty when unknown.
     block_hashes: tuple[int, ...] = ()
+    # The router's difficulty signal in [0, 1]: a model of capability c answers the
+    # request correctly when c >= difficulty. Unlike min_capability it is not a hard
+    # floor (no filter rejects on it); tier-routing scorers and staging plugins read it,
+    # and may misjudge it on purpose (router accuracy). 0 = unknown / trivially easy.
+    difficulty: float = 0.0
 
 
 class Decision(NamedTuple):

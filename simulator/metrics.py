@@ -31,10 +31,17 @@ class RequestRecords:
         self.status = np.zeros(n, dtype=np.int8)
         self.energy_j = np.zeros(n)
         self.cost_usd = np.zeros(n)
+        # Quality (simulator/quality.py): the request's difficulty, and the effective capability
+        # of the answer delivered when a staging plugin set it (NaN: the capability of the model
+        # of the final prefill instance). Passes beyond the first, by kind.
+        self.difficulty = np.zeros(n)
+        self.capability = np.full(n, np.nan)
+        self.escalations = np.zeros(n, dtype=np.int8)
+        self.advised = np.zeros(n, dtype=np.int8)
 
     def columns(self) -> dict[str, np.ndarray]:
         names = (*self.TIME_COLUMNS, "input_tokens", "output_tokens", "prefill_instance", "decode_instance",
-                 "status", "energy_j", "cost_usd")
+                 "status", "energy_j", "cost_usd", "difficulty", "capability", "escalations", "advised")
         return {name: getattr(self, name) for name in names}
 
     def ttft_s(self) -> np.ndarray:
@@ -169,6 +176,18 @@ def summarize(result) -> dict:
     served_counts = np.bincount(np.concatenate([prefill_pool, decode_pool[decode_pool != prefill_pool]]),
                                 minlength=n_pools)
     placed_total = max(int(placed.sum()), 1)
+    # Quality: a completed request is answered correctly when the capability that answered
+    # it reaches its difficulty; rejected and failed requests are not answered at all.
+    pool_capability = np.array([p.perf.model.capability if p.perf.model.capability is not None else 1.0
+                                for p in cluster.pools])
+    capability = np.full(n, np.nan)
+    capability[placed] = pool_capability[prefill_pool]
+    staged = ~np.isnan(rec.capability)
+    capability[staged] = rec.capability[staged]
+    correct = completed & (capability >= rec.difficulty)
+    n_correct = int(correct.sum())
+    attributed_energy = float(rec.energy_j.sum())
+    passes = getattr(result, "pool_passes", None)
     pools = {}
     for p, usage in zip(cluster.pools, result.pools):
         pools[p.name] = {
@@ -187,6 +206,9 @@ def summarize(result) -> dict:
             "energy_j": usage.energy_j,
             "idle_energy_j": usage.idle_energy_j,
             "cost_usd": usage.cost_usd,
+            "capability": float(pool_capability[p.index]),
+            # Passes served (escalations and advice included); equals requests for one-pass policies.
+            "passes": int(passes[p.index]) if passes is not None else int(served_counts[p.index]),
         }
     return {
         "cluster": cluster.config.name,
@@ -212,6 +234,20 @@ def summarize(result) -> dict:
         "cost_usd": cost,
         "energy_j": energy,
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
+        # Energy attributed to requests (busy time only: idle power of provisioned but
+        # unused instances is in energy_j, not here).
+        "served_energy_j": attributed_energy,
+        # Likewise dollars: each instance's price over the time it was busy, split over the
+        # requests it served (what per-use billing or a right-sized fleet would pay).
+        "served_cost_usd": float(rec.cost_usd.sum()),
+        "quality": n_correct / n if n else 0.0,
+        "correct": n_correct,
+        "escalations": int(rec.escalations.sum()),
+        "escalated_requests": int(np.count_nonzero(rec.escalations)),
+        "advised_requests": int(np.count_nonzero(rec.advised)),
+        "queries_per_kwh": float(completed.sum() / (energy / 3.6e6)) if energy > 0 else None,
+        "correct_per_kwh": float(n_correct / (energy / 3.6e6)) if energy > 0 else None,
+        "cost_per_correct_usd": cost / n_correct if n_correct else None,
         "cost_per_million_output_tokens_usd": cost / out_tokens * 1e6 if out_tokens else None,
         "sim_wall_s": result.wall_s,
         "events": result.events,

@@ -46,6 +46,16 @@ def format_summary(s: dict) -> str:
         f"cost ${s['cost_usd']:,.2f}   energy {_fmt_energy(s['energy_j'])}"
         + (f" ({per_tok:.3f} J per output token)" if per_tok is not None else "")
         + f"   tokens in {s['input_tokens']:,} / out {s['output_tokens']:,}")
+    if "quality" in s:
+        qkwh = s.get("queries_per_kwh")
+        extra = ""
+        if s.get("escalations"):
+            extra += f"   escalations {s['escalations']:,} ({s['escalated_requests']:,} requests)"
+        if s.get("advised_requests"):
+            extra += f"   advised {s['advised_requests']:,}"
+        lines.append(
+            f"quality {s['quality'] * 100:.1f}% answered correctly ({s['correct']:,})"
+            + (f"   {qkwh:,.0f} queries per kWh" if qkwh else "") + extra)
     header = (f"{'pool':<16}{'device':<10}{'role':<8}{'inst':>5}{'requests':>10}{'share':>7}"
               f"{'prefill tok':>13}{'decode tok':>12}{'util':>6}{'energy':>11}{'cost $':>10}")
     lines += ["", header]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
+from scheduler.plugins.staging import ADVICE
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
@@ -29,6 +30,11 @@ from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: request id
 _SAMPLE_EVERY_MASK = 1023  # sample pool utilization every 1,024 arrivals
+# The arrival loop builds Request tuples positionally (tuple.__new__, a third of the cost of
+# Request(...)); a new Request field must be added there too.
+if Request._fields != ("request_id", "input_tokens", "output_tokens", "arrival_s", "min_capability",
+                       "block_hashes", "difficulty"):
+    raise ImportError("simulator.sim builds Request positionally; update Simulation.run for its new fields")
 
 
 
@@ -45,6 +51,9 @@ class SimResult:
     events: int
     wall_s: float
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    # Multi-pass policies: passes placed per pool (an escalated or advised request counts
+    # once per pass on each pool it used); None when every request was one pass.
+    pool_passes: list[int] | None = None
 
 
 class Simulation:
@@ -71,6 +80,12 @@ class Simulation:
         # scatter per column per flush instead of several scalar writes per event.
         self._log: list = []
         self.reject_reasons: dict[str, int] = {}
+        # Multi-pass policies (cascade escalation, advisor): the request as it arrived and
+        # the stage tag of its pass in flight, per request id still in flight.
+        self.staging = getattr(policy, "staging", None)
+        self._passes: dict[int, tuple[Request, int]] = {}
+        self._capability = self.snap.capability.tolist()
+        self._pool_passes = [0] * len(cluster.pools)
 
     # ---- helpers ---------------------------------------------------------
     def _sync(self, i: int) -> None:
@@ -127,6 +142,68 @@ class Simulation:
             self._route(dst, now, first)
         self._sync(dst)
 
+    def _place(self, req: Request, now: float, rng: np.random.Generator) -> str:
+        """Decide and submit one pass; returns the reject reason ('' when placed)."""
+        decision = self.policy.decide(req, self.snap, now, rng)
+        p = decision.prefill_instance
+        if p < 0:
+            return decision.reject_reason or "rejected"
+        rid = req.request_id
+        rec = self.records
+        rec.prefill_instance[rid] = p
+        rec.decode_instance[rid] = decision.decode_instance
+        self._pool_passes[self.instance_pool[p]] += 1
+        if decision.decode_instance != p:
+            self._pool_passes[self.instance_pool[decision.decode_instance]] += 1
+        rec.input_tokens[rid] = req.input_tokens
+        rec.output_tokens[rid] = req.output_tokens
+        eng = self.engines[p]
+        eng.submit_prefill(rid, req.input_tokens, req.output_tokens)
+        if eng.poke(now, self._log):
+            self._schedule_wake(p)
+        self._sync(p)
+        return ""
+
+    def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
+        first_pass, tag = self.staging.first(req, self.snap)
+        reason = self._place(first_pass, now, rng)
+        if reason:
+            self.records.status[req.request_id] = RequestStatus.REJECTED
+            self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
+            return
+        self._passes[req.request_id] = (req, tag)
+
+    def _after_passes(self, first: int, now: float, rng: np.random.Generator) -> None:
+        """For each pass that finished (log[first:]), start the request's next pass or settle it."""
+        log = self._log
+        end = len(log)
+        rec = self.records
+        staging = self.staging
+        for i in range(first, end):
+            ev = log[i]
+            if ev[0] != FINISHED:
+                continue
+            rid = ev[1]
+            state = self._passes.get(rid)
+            if state is None:
+                continue
+            orig, tag = state
+            capability = self._capability[rec.prefill_instance[rid]]
+            credit = staging.credit(orig, tag, capability, self.snap)
+            step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
+            if step is not None:
+                req, next_tag, kind = step
+                if not self._place(req, now, rng):
+                    self._passes[rid] = (orig, next_tag)
+                    if kind == ADVICE:
+                        rec.advised[rid] = 1
+                    else:
+                        rec.escalations[rid] += 1
+                    continue
+                # The next pass found no room: the answer delivered so far stands.
+            del self._passes[rid]
+            rec.capability[rid] = credit
+
     def _flush(self) -> None:
         """Write logged events into the records."""
         rec = self.records
@@ -171,6 +248,12 @@ class Simulation:
         decide = self.policy.decide
         log = self._log
         route = self._route
+        staging = self.staging
+        after_passes = self._after_passes
+        # Request(...) through its generated __new__ costs ~0.9 us here; tuple.__new__ with
+        # every field in order builds the same named tuple in ~0.3 us.
+        new_request = tuple.__new__
+        no_hashes = ()
         inf = math.inf
         n_events = 0
         bar = _Progress(self.workload.n_requests, enabled=self.progress)
@@ -180,9 +263,11 @@ class Simulation:
             rec.arrival_s[base:base + n] = chunk.arrival_s
             rec.input_tokens[base:base + n] = chunk.input_tokens
             rec.output_tokens[base:base + n] = chunk.output_tokens
+            rec.difficulty[base:base + n] = chunk.difficulty
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
             outputs = chunk.output_tokens.tolist()
+            difficulties = chunk.difficulty.tolist()
             for j in range(n):
                 now = arrivals[j]
                 while heap and heap[0][0] <= now:
@@ -196,6 +281,8 @@ class Simulation:
                         eng.wake(t, log)
                         if eng.role != 2 and len(log) > first:  # disaggregated: hand-overs, joins
                             route(payload, t, first)
+                        if staging is not None and len(log) > first:
+                            after_passes(first, t, rng)
                         wake = eng.next_wake_s
                         if wake < inf:
                             heappush(heap, (wake, next(seq), _WAKE, payload))
@@ -207,7 +294,13 @@ class Simulation:
                 n_events += 1
                 inp = inputs[j]
                 out = outputs[j]
-                decision = decide(Request(rid, inp, out, now), snap, now, rng)
+                req = new_request(Request, (rid, inp, out, now, 0.0, no_hashes, difficulties[j]))
+                if staging is not None:
+                    self._arrive_staged(req, now, rng)
+                    if not rid & _SAMPLE_EVERY_MASK:
+                        self._sample_utilization(now)
+                    continue
+                decision = decide(req, snap, now, rng)
                 p = decision.prefill_instance
                 if p < 0:
                     rec.status[rid] = RequestStatus.REJECTED
@@ -237,6 +330,8 @@ class Simulation:
                 eng.wake(t, log)
                 if eng.role != 2 and len(log) > first:
                     route(payload, t, first)
+                if staging is not None and len(log) > first:
+                    after_passes(first, t, rng)
                 self._schedule_wake(payload)
                 self._sync(payload)
             else:
@@ -262,6 +357,7 @@ class Simulation:
             workload_description=self.workload.description, seed=self.seed, records=rec, pools=pools,
             utilization=self.utilization, makespan_s=makespan, events=n_events,
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
+            pool_passes=list(self._pool_passes) if self.staging is not None else None,
         )
 
 

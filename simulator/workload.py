@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from simulator.quality import DifficultyModel
 from simulator.traces import Trace
 
 __all__ = ["ARRIVAL_PROCESSES", "RequestChunk", "Workload", "make_workload"]
@@ -49,6 +50,7 @@ class RequestChunk:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     hash_ids: tuple[np.ndarray, np.ndarray] | None = None
+    difficulty: np.ndarray | None = None  # per request in [0, 1] (simulator/quality.py)
 
     def __len__(self) -> int:
         return len(self.input_tokens)
@@ -63,7 +65,8 @@ class RequestChunk:
             offsets, values = self.hash_ids
             hashes = (offsets[lo:hi + 1] - offsets[lo], values[offsets[lo]:offsets[hi]])
         return RequestChunk(self.first_id + lo, self.arrival_s[lo:hi], self.input_tokens[lo:hi],
-                            self.output_tokens[lo:hi], hashes)
+                            self.output_tokens[lo:hi], hashes,
+                            None if self.difficulty is None else self.difficulty[lo:hi])
 
 
 def _concat(parts: list[RequestChunk]) -> RequestChunk:
@@ -75,9 +78,12 @@ def _concat(parts: list[RequestChunk]) -> RequestChunk:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         hashes = (offsets, np.concatenate([p.hash_ids[1] for p in parts]))
+    difficulty = None
+    if parts[0].difficulty is not None:
+        difficulty = np.concatenate([p.difficulty for p in parts])
     return RequestChunk(parts[0].first_id, np.concatenate([p.arrival_s for p in parts]),
                         np.concatenate([p.input_tokens for p in parts]),
-                        np.concatenate([p.output_tokens for p in parts]), hashes)
+                        np.concatenate([p.output_tokens for p in parts]), hashes, difficulty)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -100,6 +106,9 @@ class Workload:
     diurnal_period_s: float
     diurnal_amplitude: float
     trace: Trace = field(repr=False)
+    # Difficulties: a per-row column of the trace (indexed like its lengths), or a
+    # seeded reach-table model (simulator/quality.py); None draws from the default table.
+    difficulty: DifficultyModel | np.ndarray | None = field(default=None, repr=False)
 
     def chunks(self, chunk_size: int = 65536) -> Iterator[RequestChunk]:
         """Requests in id order, `chunk_size` at a time (the last chunk may be shorter)."""
@@ -146,6 +155,7 @@ class Workload:
                 else:
                     arrival_s = t_carry + np.cumsum(gaps)
                     t_carry = float(arrival_s[-1])
+            rows = None
             if self.resampled:
                 rng = np.random.default_rng([self.seed, _LENGTH_STREAM, b])
                 rows = rng.integers(0, trace.rows, size=m)
@@ -159,9 +169,14 @@ class Workload:
                 if trace.hash_ids is not None:
                     offsets, values = trace.hash_ids
                     hashes = (offsets[start:stop + 1] - offsets[start], values[offsets[start]:offsets[stop]])
-            for a in (arrival_s, inputs, outputs) + (hashes or ()):
+            difficulty = self.difficulty
+            if isinstance(difficulty, np.ndarray):
+                difficulty = difficulty[rows] if rows is not None else difficulty[start:stop]
+            else:
+                difficulty = (difficulty or DifficultyModel(seed=self.seed)).draw(start, m)
+            for a in (arrival_s, inputs, outputs, difficulty) + (hashes or ()):
                 a.flags.writeable = False
-            yield RequestChunk(start, arrival_s, inputs, outputs, hashes)
+            yield RequestChunk(start, arrival_s, inputs, outputs, hashes, difficulty)
 
 
 def _gather_csr(csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +254,8 @@ def _fmt_rate(rate_rps: float) -> str:
 
 def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float | None = None,
                   arrival: str | None = None, seed: int = 0, *, gamma_cv: float = 2.0,
-                  diurnal_period_s: float = 86400.0, diurnal_amplitude: float = 0.5) -> Workload:
+                  diurnal_period_s: float = 86400.0, diurnal_amplitude: float = 0.5,
+                  difficulty: DifficultyModel | np.ndarray | None = None) -> Workload:
     """Describe n_requests requests drawn from `trace`.
 
     With no rate and n_requests <= trace rows on a timestamped trace (and
@@ -251,7 +267,18 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
     trace's mean rate. Lengths are the trace's first n rows in order when
     n <= rows, else n joint (input, output[, hash_ids]) rows drawn i.i.d.
     with replacement.
+
+    difficulty: a per-row array aligned with the trace's rows (a trace column,
+    simulator.quality.read_difficulty_column), a DifficultyModel, or None for
+    the default reach table seeded with `seed`.
     """
+    if isinstance(difficulty, np.ndarray):
+        if len(difficulty) != trace.rows:
+            raise ValueError(f"difficulty column has {len(difficulty):,} values for {trace.rows:,} trace rows")
+        if len(difficulty) and not (np.all(difficulty >= 0.0) and np.all(difficulty <= 1.0)):
+            raise ValueError("difficulty values must be in [0, 1]")
+    elif difficulty is not None and not isinstance(difficulty, DifficultyModel):
+        raise ValueError(f"difficulty must be an array or a DifficultyModel, got {type(difficulty).__name__}")
     if not isinstance(trace, Trace):
         raise ValueError(f"trace must be a Trace, got {type(trace).__name__}")
     if arrival is not None and arrival not in ARRIVAL_PROCESSES:
@@ -291,7 +318,7 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
             n_requests=n, description=f"{name}, {which} at trace timestamps (span {span_s:,.1f} s)",
             arrival="trace", rate_rps=(n - 1) / span_s if span_s > 0 else None, seed=seed, resampled=False,
             gamma_cv=gamma_cv, diurnal_period_s=diurnal_period_s, diurnal_amplitude=diurnal_amplitude,
-            trace=trace)
+            trace=trace, difficulty=difficulty)
 
     arrival = arrival or "poisson"
     if rate_rps is None:
@@ -315,4 +342,5 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
     return Workload(
         n_requests=n, description=f"{n:,} requests: {lengths}, {process}, seed {seed}",
         arrival=arrival, rate_rps=rate_rps, seed=seed, resampled=resampled, gamma_cv=gamma_cv,
-        diurnal_period_s=diurnal_period_s, diurnal_amplitude=diurnal_amplitude, trace=trace)
+        diurnal_period_s=diurnal_period_s, diurnal_amplitude=diurnal_amplitude, trace=trace,
+        difficulty=difficulty)

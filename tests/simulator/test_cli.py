@@ -161,3 +161,11 @@ def test_console_script_is_installed():
     proc = subprocess.run([str(exe), "policies"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0 and "slo-aware" in proc.stdout
+
+
+def test_model_list_names_every_device_and_model(capsys):
+    code, out, _ = run_cli(["model", "list", "--json", "-"], capsys)
+    assert code == 0
+    listing = json.loads(out)
+    assert {"h100-sxm", "h200", "b200", "wse-3", "groq-lpu", "m4-max", "phone"} <= set(listing["devices"])
+    assert listing["models"]["llama-3.1-8b"]["params_b"] == pytest.approx(8.03, abs=0.01)

@@ -1,0 +1,101 @@
+"""Model-tier routing: the cheapest tier that may do, and edge devices first.
+
+A pool's tier is its model's `capability` (workers/models.py); a request's
+`difficulty` is the router's signal of the capability it needs (a model with
+capability >= difficulty answers correctly). Routers misjudge: with
+`router_accuracy` a < 1, the judgement "this model is capable enough" is
+flipped for a share 1 - a of requests, chosen by a seeded hash of the request
+id (`router_seed`), so the same seed misjudges the same requests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from scheduler.cluster import ClusterSnapshot
+from scheduler.plugins.params import number, unit_hash
+from scheduler.types import Request, Stage
+
+
+class Router:
+    """The router's judgement of whether a model of a given capability can answer a request."""
+
+    def __init__(self, params: dict):
+        self.accuracy = number(params, "router_accuracy", 1.0, lo=0.0, hi=1.0)
+        self.seed = number(params, "router_seed", 0, lo=0, integer=True)
+
+    def misjudges(self, request_id: int) -> bool:
+        return self.accuracy < 1.0 and unit_hash(request_id, self.seed) >= self.accuracy
+
+    def judged_able(self, req: Request, capability: float) -> bool:
+        return (capability >= req.difficulty) != self.misjudges(req.request_id)
+
+
+class LowestTier:
+    """Keeps only the lowest model tier among the candidates (cascades start cheap; a
+    raised `min_capability` on a re-served request moves it up one tier)."""
+
+    name = "lowest-tier"
+    reason = "no model tier left"
+
+    def __init__(self, params: dict):
+        pass
+
+    def mask(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
+             prefill_instance: int) -> np.ndarray | None:
+        if stage == Stage.DECODE or len(snap.tiers) == 1:
+            return None  # decode follows the prefill's model (same-model)
+        cap = snap.capability[cands]
+        return cap == cap.min()
+
+
+class LocalFirst:
+    """Edge devices first: 1 for an edge candidate when the router judges its model capable
+    enough and it is predicted to meet both SLOs; 0 for an edge candidate otherwise; 0.5
+    for every cloud candidate. (KV memory is the fits-memory filter's job.)"""
+
+    name = "local-first"
+
+    def __init__(self, params: dict):
+        self.router = Router(params)
+        # Aim predictions at a share of the SLO: queueing makes the predictors optimistic
+        # under load, and a policy that packs work up to the SLO misses it by that error.
+        headroom = number(params, "slo_headroom", 0.5, lo=0.01, hi=1.0)
+        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0)) * headroom
+        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1)) * headroom
+        self._cache = None
+
+    def _static(self, snap: ClusterSnapshot, cands: np.ndarray):
+        """(edge mask, capabilities, cloud-only score) of a candidate set. The unfiltered prefill
+        set (the common case) is computed once per snapshot and reused: three array ops saved
+        per decision, and the whole score for requests no edge model can take."""
+        full = snap.candidates[Stage.PREFILL]
+        if cands is full:
+            cached = self._cache
+            if cached is None or cached[0] is not snap:
+                edge = snap.is_edge[full]
+                cached = self._cache = (snap, edge, snap.capability[full], np.where(edge, 0.0, 0.5),
+                                        float(snap.capability[full][edge].max()) if edge.any() else -1.0)
+            return cached[1:]
+        edge = snap.is_edge[cands]
+        return edge, snap.capability[cands], np.where(edge, 0.0, 0.5), None
+
+    def score(self, req, snap, stage, cands, now_s, prefill_instance):
+        if stage == Stage.DECODE or not snap.any_edge:
+            return np.full(len(cands), 0.5)
+        edge, capability, base, best_edge = self._static(snap, cands)
+        flip = self.router.misjudges(req.request_id)
+        if best_edge is not None and not flip and req.difficulty > best_edge:
+            return base.copy()  # judged beyond every edge model: no array work
+        able = capability >= req.difficulty
+        if flip:
+            able = ~able
+        able &= edge
+        score = base.copy()
+        if able.any():
+            ttft = snap.predicted_wait_s(cands, now_s)
+            ttft += snap.predicted_prefill_s(cands, req.input_tokens)
+            able &= ttft <= self.ttft_slo_s
+            able &= snap.load[cands] < 1.0  # a free decode slot (the wait predictor counts only prefill)
+            able &= snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens) <= self.tpot_slo_s
+            score[able] = 1.0
+        return score
