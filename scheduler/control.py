@@ -20,7 +20,12 @@ Clock. The scheduler clock reads modelled seconds since the scheduler started
 (wall seconds / time_scale), the same origin and unit as a simulation's
 virtual clock, so live records compare with simulated ones field by field.
 
-Record times. A request's arrival is when Generate reached the scheduler.
+Record times. A request's arrival is when the client sent it, if it says so
+(``infersched-sent-unix`` metadata on Generate, Unix time; `infersched replay`
+sends each request's scheduled time) and that is within `worker_slack_s` of
+its receipt; otherwise when Generate reached the scheduler. At 20x, loopback
+transit of tens of milliseconds would otherwise shift arrivals by modelled
+seconds and change the queueing a trace produces.
 The scheduler's own work before a stage is dispatched (validation, the
 policy, retries and their back-off) is charged at its real wall duration,
 unscaled: the scheduler is real code, not emulated hardware, and at
@@ -33,13 +38,21 @@ measured separately: `control_overhead_s` (wall seconds per completed
 request: elapsed wall time minus modelled time x time_scale) and
 `scheduling_overhead_s` (wall seconds inside the policy per decision).
 
-Snapshot freshness. Each instance's row is rewritten from the worker's load
-report (`workers.live.LoadReport`), which arrives in the initial and trailing
-metadata of every worker RPC (so a dispatch's effect is visible about one
-loopback round trip later) and from a poll of GetWorkerStats every
-`stats_interval_s`. Between a dispatch and the report that includes it the
-row carries the dispatch optimistically; a report's `received` count tells
-which dispatches it already includes, so none is counted twice or lost.
+Snapshot freshness. The policy reads the same `ClusterSnapshot` columns as in
+the simulator, and each instance's row is written the way the simulator's
+`_sync` writes it: from an engine. The scheduler keeps a replica of every
+worker's `BatchEngine` (same performance model), restored from the engine
+state each worker sends with every response (trailing metadata, and a
+GetWorkerStats poll every `stats_interval_s`; `workers.live` documents the
+keys). Dispatches that no report includes yet (a report's `received`
+count tells which) are replayed into the replica at their modelled send time,
+and the replica is advanced to the moment of each decision: the request's
+arrival plus the scheduler's own time since. The engine is deterministic, so
+the row is what the worker's engine holds at that moment, although reports are
+a loopback hop old (tens of modelled milliseconds at time_scale 0.05). On the
+Azure 2023 conversation slice of the agreement test, ~99% of requests get the
+simulator's placement. A worker whose state cannot be restored (another
+engine version) falls back to its reported row plus its pending dispatches.
 
 Queue bound. `max_queue` bounds the requests accepted but not yet past
 prefill; beyond it Generate answers RESOURCE_EXHAUSTED (counted as rejected,
@@ -51,6 +64,10 @@ which probes it, waits for Ray to restart the actor (which re-registers), or
 replaces an actor out of restarts. The request is re-placed by the policy, up
 to `max_retries` times, then ends FAILED with the reason. Tokens the client
 already received are not sent again.
+
+GetStats also sends the time_scale as trailing metadata (``infersched-time-scale``):
+SchedulerStats has no field for it, and `infersched replay` needs it to pace a
+trace in modelled time.
 
 Prometheus metrics (prometheus_client, text format at
 http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
@@ -94,15 +111,19 @@ from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus, Role
+from workers.engine import BatchEngine
 from workers.live import (
     DECODE_KEY,
     FAILED_PEER_KEY,
     HANDOVER_KEY,
     LINK_KEY,
+    ENGINE_KEY,
+    GRPC_OPTIONS,
     LOAD_KEY,
     SENT_KEY,
     DecodeSummary,
     LoadReport,
+    restore_engine,
     WorkerSpec,
     resolve_host,
     start_grpc_server,
@@ -113,6 +134,8 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
+# Trailing metadata of GetStats: the scheduler's time_scale (wall seconds per modelled second).
+TIME_SCALE_KEY = "infersched-time-scale"
 RAY_NAMESPACE = "infersched"
 
 # Worker statuses that mean "this attempt failed, another worker may succeed".
@@ -156,8 +179,17 @@ class LiveOptions:
     max_retries: int = 2  # re-dispatches after worker failures before FAILED
     retry_backoff_s: float = 0.05  # wall seconds between attempts
     rpc_timeout_s: float = 120.0  # wall seconds, per worker call
-    stats_interval_s: float = 0.05  # wall seconds between worker stats polls
+    # Wall seconds between worker stats polls. Every worker response already carries its
+    # load and engine state, so polls only cover quiet stretches (and usage counters).
+    stats_interval_s: float = 0.1
     chunk_tokens: int = 16  # tokens per streamed chunk from decode workers
+    # Wall seconds worker engines run behind the clock, so dispatches reach them before
+    # their modelled send time has passed (see workers.live.EmulatedWorker); decode
+    # workers, fed by prefill workers that are themselves this far behind, run twice
+    # as far. It also bounds how far back a client's send time (`infersched-sent-unix`)
+    # is honoured. Results reach clients this much later in wall time; their modelled
+    # times do not change.
+    worker_slack_s: float = 0.1
     seed: int = 0  # the policy's RNG, as in the simulator
     latency_window: int = 10_000  # most recent samples behind the percentiles
 
@@ -341,7 +373,8 @@ class _Slot:
     """The scheduler's view of one instance's worker."""
 
     __slots__ = ("instance", "pool", "worker_id", "address", "state", "channel", "stub", "sent", "pending",
-                 "timeline", "tidx", "next_boundary", "usage", "retired", "registered", "poll_failures", "restarts")
+                 "report", "replica", "replica_ok", "replica_t", "offset", "fake_id", "usage", "retired",
+                 "registered", "poll_failures", "restarts")
 
     def __init__(self, instance: int, pool):
         self.instance = instance
@@ -352,13 +385,16 @@ class _Slot:
         self.channel: grpc.aio.Channel | None = None
         self.stub: worker_pb2_grpc.WorkerStub | None = None
         self.sent = 0  # prefills dispatched to this incarnation
-        # Dispatches no report includes yet: (dispatch number, prompt tokens, KV tokens, sent at).
+        # Dispatches no report includes yet: (dispatch number, prompt tokens, output tokens, sent at).
         self.pending: deque = deque()
-        # The last report's rows on the scheduler clock: (from, queued, queued tokens, running,
-        # kv free, busy until, activity); rows[tidx] is in force until next_boundary.
-        self.timeline: list = []
-        self.tidx = 0
-        self.next_boundary = math.inf
+        self.report: LoadReport | None = None
+        # The worker's engine as of its last report, plus the pending dispatches, on the
+        # worker clock (worker clock = scheduler clock + offset).
+        self.replica = BatchEngine(pool.perf, int(pool.role), pool.config.max_batch, pool.config.max_batch_tokens)
+        self.replica_ok = False
+        self.replica_t = 0.0
+        self.offset = 0.0
+        self.fake_id = 0
         self.usage = _Usage()
         self.retired = _Usage()  # earlier incarnations of this instance
         self.registered = asyncio.Event()
@@ -431,7 +467,9 @@ class SchedulerCore:
         self._rng = np.random.default_rng(options.seed)
         self._t0 = time.monotonic()
         self.started_unix_s = time.time()
-        self._min_boundary = math.inf
+        self._next_wake = math.inf  # earliest replica wake, scheduler clock
+        self._decision_now = 0.0  # latest decision time: replicas are kept up to it
+        self._scratch: list = []
         self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
         self._seq = 0
@@ -491,14 +529,14 @@ class SchedulerCore:
         slot.usage = _Usage()
         slot.worker_id = worker_id
         slot.address = address
-        slot.channel = grpc.aio.insecure_channel(address)
+        slot.channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
         slot.stub = worker_pb2_grpc.WorkerStub(slot.channel)
         slot.sent = 0
         slot.pending.clear()
-        slot.timeline = [(-math.inf, 0, 0, 0, int(self.snap.kv_capacity[instance]), 0.0, 0)]
-        slot.tidx = 0
+        slot.report = None
+        slot.replica_ok = False
         slot.poll_failures = 0
-        self._sync_row(slot, self.now())
+        self._sync_row(slot, self._decision_now)
         self._set_state(slot, WorkerState.READY)
         slot.registered.set()
         log.info("worker %s registered for instance %d (%s) at %s", worker_id, instance, slot.pool.name, address)
@@ -525,21 +563,22 @@ class SchedulerCore:
 
     def mark_ready(self, instance: int) -> None:
         slot = self.slots[instance]
-        if slot.stub is not None:
+        if slot.stub is not None and slot.state == WorkerState.FAILED:
             self._set_state(slot, WorkerState.READY)
 
     async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
-        """Does the registered worker of `instance` answer GetWorkerStats?"""
+        """Does the registered worker of `instance` answer GetWorkerStats (and take work)?"""
         slot = self.slots[instance]
         if slot.stub is None:
             return False
         try:
             call = slot.stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(), timeout=timeout_s)
             stats = await call
-            self._apply_stats(slot, stats, await call.trailing_metadata())
-            return True
+            trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError:
             return False
+        self._apply_stats(slot, stats, trailing)
+        return stats.state == WorkerState.READY
 
     def down_instances(self) -> int:
         return sum(1 for s in self.slots if s.state != WorkerState.READY)
@@ -575,13 +614,14 @@ class SchedulerCore:
         snap.kv_free[i] = kv_free
         snap.busy_until_s[i] = busy_until_s
 
-    def _note_dispatch(self, slot: _Slot, prompt: int, output: int) -> None:
+    def _note_dispatch(self, slot: _Slot, prompt: int, output: int, sent: float) -> None:
         slot.sent += 1
-        need = prompt if slot.pool.role == Role.PREFILL else prompt + output
-        slot.pending.append((slot.sent, prompt, need, self.now()))
-        self._sync_row(slot, self.now())
+        slot.pending.append((slot.sent, prompt, output, sent))
+        if slot.replica_ok:
+            self._replica_submit(slot, prompt, output, sent + slot.offset)
+        self._sync_row(slot, self._decision_now)
 
-    def _apply_load(self, slot: _Slot, text: str | None) -> None:
+    def _apply_load(self, slot: _Slot, text: str | None, blob: bytes | None = None) -> None:
         if text is None or slot.state == WorkerState.FAILED:
             return
         try:
@@ -589,58 +629,102 @@ class SchedulerCore:
         except ValueError:
             log.warning("instance %d sent a malformed load report %r", slot.instance, text)
             return
+        if slot.report is not None and r.now_s < slot.report.now_s:
+            # Reports ride on different calls and can overtake each other; an older one
+            # would take the replica back before dispatches a newer one already showed.
+            return
         pending = slot.pending
         while pending and pending[0][0] <= r.received:
             pending.popleft()
-        base = self.at_unix(r.unix_s)
-        slot.timeline = [(base + row.at_s if k else -math.inf, row.queued, row.queued_tokens, row.running,
-                          row.kv_free, base + row.busy_remaining_s if row.activity else 0.0, row.activity)
-                         for k, row in enumerate(r.rows)]
-        slot.tidx = 0
-        slot.usage.busy_s = r.busy_s
-        self._sync_row(slot, self.now())
+        slot.report = r
+        slot.offset = r.now_s - self.at_unix(r.unix_s)
+        perf = slot.pool.perf
+        u = slot.usage
+        u.busy_s = r.busy_s
+        u.prefill_tokens = r.prefill_tokens
+        u.decode_tokens = r.decode_tokens
+        u.uptime_s = r.now_s
+        u.energy_j = r.dynamic_energy_j + perf.idle_power_w * r.now_s
+        u.cost_usd = perf.price_usd_per_s * r.now_s
+        # A report without the engine state (a row only) leaves the replica as it is: it
+        # already holds every dispatch, and nothing newer about the worker's engine.
+        if blob is not None:
+            try:
+                restore_engine(slot.replica, blob)
+                slot.replica_ok = True
+            except Exception as exc:  # a state this replica cannot take: fall back to rows
+                slot.replica_ok = False
+                log.debug("instance %d: engine state not restored: %s", slot.instance, exc)
+            if slot.replica_ok:
+                slot.replica_t = r.engine_s
+                for _, prompt, output, sent in pending:
+                    self._replica_submit(slot, prompt, output, sent + slot.offset)
+        self._sync_row(slot, self._decision_now)
+
+    def _replica_advance(self, slot: _Slot, t: float) -> None:
+        eng = slot.replica
+        scratch = self._scratch
+        while eng.next_wake_s <= t:
+            scratch.clear()
+            eng.wake(eng.next_wake_s, scratch)
+        if t > slot.replica_t:
+            slot.replica_t = t
+
+    def _replica_submit(self, slot: _Slot, prompt: int, output: int, t: float) -> None:
+        """A dispatch the worker has not reported yet, applied to the replica when it was sent
+        (workers admit work at the modelled time it was sent, so the replica stays exact)."""
+        t = max(t, slot.replica_t)
+        self._replica_advance(slot, t)
+        slot.fake_id -= 1  # negative ids never meet the worker's own
+        slot.replica.submit_prefill(slot.fake_id, prompt, output)
+        self._scratch.clear()
+        slot.replica.poke(t, self._scratch)
 
     def _sync_row(self, slot: _Slot, now: float) -> None:
-        """Write the row in force at `now`: the report's forecast row for this moment,
-        plus the dispatches the report does not include yet, applied the way the engine
-        takes them (an idle instance starts the prompt at once; a decoding one cuts its
-        segment at the next step boundary; a busy one queues it)."""
-        timeline = slot.timeline
-        k = slot.tidx
-        while k + 1 < len(timeline) and timeline[k + 1][0] <= now:
-            k += 1
-        slot.tidx = k
-        slot.next_boundary = timeline[k + 1][0] if k + 1 < len(timeline) else math.inf
-        if slot.next_boundary < self._min_boundary:
-            self._min_boundary = slot.next_boundary
-        _, queued, tokens, running, kv_free, busy, activity = timeline[k]
+        """Write the instance's row as of `now`, as the simulator's `_sync` writes it."""
         i = slot.instance
-        for _, prompt, need, sent in slot.pending:
-            if queued == 0 and activity == 2 and busy > sent:
-                busy = min(busy, sent + float(self.snap.predicted_tpot_s(np.array([i]), 0)[0]))
-                queued, tokens = 1, prompt
-            elif queued == 0 and (activity == 0 or busy <= sent):
-                busy = sent + float(self.snap.predicted_prefill_s(np.array([i]), prompt)[0])
-                kv_free -= need
-                activity = 1
-            else:
-                queued += 1
-                tokens += prompt
+        if slot.replica_ok:
+            eng = slot.replica
+            self._replica_advance(slot, now + slot.offset)
+            busy = eng.next_wake_s - slot.offset if eng.activity else 0.0
+            self._write_row(i, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
+                            eng.kv_capacity - eng.kv_reserved, busy)
+            if busy and busy < self._next_wake:
+                self._next_wake = busy
+            return
+        r = slot.report
+        if r is None:
+            queued, tokens, running, kv_free, busy = 0, 0, 0, int(self.snap.kv_capacity[i]), 0.0
+        else:
+            queued, tokens, running, kv_free = r.queued, r.queued_tokens, r.running, r.kv_free
+            busy = self.at_unix(r.unix_s) + r.busy_remaining_s if r.activity else 0.0
+        queued += len(slot.pending)
+        tokens += sum(p[1] for p in slot.pending)
         self._write_row(i, queued, tokens, running, kv_free, busy)
 
     def _refresh_rows(self, now: float) -> None:
-        """Move every row whose forecast passed a boundary to the row in force now."""
-        if now < self._min_boundary:
+        """Bring every replica whose engine passed a wake up to `now` before a decision."""
+        if now < self._next_wake:
             return
-        self._min_boundary = math.inf
+        self._next_wake = math.inf
         for slot in self.slots:
-            if slot.timeline:
+            if slot.replica_ok:
                 self._sync_row(slot, now)
 
     def _apply_md(self, slot: _Slot, metadata) -> None:
-        self._apply_load(slot, _md(metadata, LOAD_KEY))
+        text = None
+        blob = None
+        for key, value in metadata or ():
+            if key == LOAD_KEY:
+                text = value if isinstance(value, str) else value.decode()
+            elif key == ENGINE_KEY:
+                blob = value
+        self._apply_load(slot, text, blob)
 
     def _apply_stats(self, slot: _Slot, stats: worker_pb2.WorkerStats, trailing) -> None:
+        if stats.state in (WorkerState.DRAINING, WorkerState.DRAINED) and slot.state != stats.state:
+            # Drained through the Worker service: place nothing more on it (and do not revive it).
+            self._set_state(slot, WorkerState(stats.state))
         u = slot.usage
         u.prefill_tokens = stats.prefill_tokens
         u.decode_tokens = stats.decode_tokens
@@ -740,11 +824,19 @@ class SchedulerCore:
                 return True
         return False
 
-    async def generate(self, inp: GenerateInput) -> AsyncIterator[TokenEvent | RequestOutcome]:
+    async def generate(self, inp: GenerateInput, sent_unix: float | None = None
+                       ) -> AsyncIterator[TokenEvent | RequestOutcome]:
         """Run one request: token events, then exactly one RequestOutcome. Raises
         InvalidRequest, DuplicateRequest or Overloaded before anything is yielded.
-        Closing the generator early cancels the request (counted FAILED, "cancelled")."""
-        arrival = self.now()
+        Closing the generator early cancels the request (counted FAILED, "cancelled").
+
+        `sent_unix`: when the client sent it (Unix time). The request then arrives at
+        that modelled time, if that is no further back than the workers' slack allows
+        (see LiveOptions.worker_slack_s); otherwise when it reached the scheduler."""
+        arrival = now = self.now()
+        if sent_unix is not None:
+            earliest = now - self.options.worker_slack_s / self.options.time_scale
+            arrival = min(now, max(self.at_unix(sent_unix), earliest))
         try:
             min_cap = self._validate(inp)
         except InvalidRequest as exc:
@@ -776,7 +868,12 @@ class SchedulerCore:
         opts = self.options
         snap = self.snap
         while True:
-            now = self.now()
+            # Decide as of the request's arrival (plus the scheduler's own time since): the
+            # replicas show the instances as they are when the prompt reaches them, which
+            # is when the workers admit it; loopback transit does not age the view.
+            now = fl.arrival_s + (time.perf_counter() - fl.wall0)
+            if now > self._decision_now:
+                self._decision_now = now
             self._refresh_rows(now)
             req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes)
             t = time.perf_counter()
@@ -847,14 +944,15 @@ class SchedulerCore:
         request = worker_pb2.PrefillRequest(
             request_id=key, prompt_length=fl.inp, max_output_tokens=fl.out,
             prefix_block_hashes=fl.hashes, decode_address=peer.address if peer is not None else "")
-        metadata = ((SENT_KEY, repr(time.time())),)
+        # The scheduler's own time since arrival counts at its real (unscaled) duration;
+        # the worker admits the prompt at this modelled dispatch time.
+        t_dispatch = fl.arrival_s + (time.perf_counter() - fl.wall0)
+        metadata = ((SENT_KEY, repr(self.started_unix_s + t_dispatch * self.options.time_scale)),)
         if peer is not None:
             metadata += ((LINK_KEY, repr(peer.pool.config.link_bytes_per_s)),)
-        self._note_dispatch(slot, fl.inp, fl.out)
-        t_dispatch = fl.arrival_s + (time.perf_counter() - fl.wall0)
+        self._note_dispatch(slot, fl.inp, fl.out, t_dispatch)
         call = slot.stub.Prefill(request, metadata=metadata, timeout=self.options.rpc_timeout_s)
         try:
-            self._apply_md(slot, await call.initial_metadata())
             resp = await call
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as exc:
@@ -881,7 +979,6 @@ class SchedulerCore:
                                 timeout=self.options.rpc_timeout_s)
         done = False
         try:
-            self._apply_md(slot, await call.initial_metadata())
             async for chunk in call:
                 end = chunk.first_token_index + chunk.token_count
                 if end > fl.sent:
@@ -971,11 +1068,12 @@ class SchedulerCore:
 
     def pool_stats(self) -> list[PoolStatsView]:
         snap = self.snap
+        uptime = self.now()
         out = []
         for pool in self.cluster.pools:
             r = pool.instances
             usages = [self._usage(self.slots[i]) for i in r]
-            uptime = sum(u.uptime_s for u in usages)
+            instance_s = uptime * len(r)  # since the scheduler started, restarts included
             out.append(PoolStatsView(
                 name=pool.name, device=pool.config.device, model=pool.perf.model.name, role=pool.role,
                 instances=pool.config.instances, chips_per_instance=pool.perf.chips,
@@ -983,7 +1081,7 @@ class SchedulerCore:
                 running=int(snap.running[r.start:r.stop].sum()), completed=self.pool_completed[pool.index],
                 prefill_tokens=sum(u.prefill_tokens for u in usages),
                 decode_tokens=sum(u.decode_tokens for u in usages),
-                utilization=min(1.0, sum(u.busy_s for u in usages) / uptime) if uptime > 0 else 0.0,
+                utilization=min(1.0, sum(u.busy_s for u in usages) / instance_s) if instance_s > 0 else 0.0,
                 energy_j=sum(u.energy_j for u in usages), cost_usd=sum(u.cost_usd for u in usages),
                 kv_free_tokens=int(snap.kv_free[r.start:r.stop].sum()),
                 kv_capacity_tokens=int(snap.kv_capacity[r.start:r.stop].sum())))
@@ -1101,8 +1199,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except InvalidRequest as exc:
             core.note_invalid(str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        sent = _md(context.invocation_metadata(), SENT_KEY)
         try:
-            async with contextlib.aclosing(core.generate(inp)) as items:
+            sent_unix = float(sent) if sent is not None else None
+        except ValueError:
+            core.note_invalid(f"metadata '{SENT_KEY}': not a number: {sent!r}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"metadata '{SENT_KEY}': not a number: {sent!r}")
+        try:
+            async with contextlib.aclosing(core.generate(inp, sent_unix)) as items:
                 async for item in items:
                     if isinstance(item, TokenEvent):
                         yield token_chunk_proto(item)
@@ -1116,6 +1220,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
 
     async def GetStats(self, request, context):
+        # The clock's speed-up is not a SchedulerStats field; clients that replay traces
+        # read it here (infersched replay) to pace arrivals in modelled time.
+        context.set_trailing_metadata(((TIME_SCALE_KEY, repr(self.core.options.time_scale)),))
         return stats_proto(self.core.stats())
 
     async def WatchStats(self, request, context):
@@ -1197,7 +1304,8 @@ class _Metrics:
         pools = core.pool_stats()
         yield GaugeMetricFamily("infersched_energy_joules", "Energy of all pools since start (idle included)",
                                 value=sum(p.energy_j for p in pools))
-        yield GaugeMetricFamily("infersched_cost_usd", "Cost of all pools since start", value=sum(p.cost_usd for p in pools))
+        yield GaugeMetricFamily("infersched_cost_usd", "Cost of all pools since start",
+                                value=sum(p.cost_usd for p in pools))
         families = {
             "queue_depth": GaugeMetricFamily("infersched_pool_queue_depth", "Requests waiting for prefill or a "
                                              "decode slot", labels=["pool"]),
@@ -1330,11 +1438,14 @@ class SchedulerActor:
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
                           max_batch_tokens=pool.config.max_batch_tokens,
                           link_bytes_per_s=pool.config.link_bytes_per_s)
+        # A decode worker's input (KV) comes from a prefill worker, which itself produces
+        # its first tokens one slack late: decode workers run two slacks behind.
+        slack = self.options.worker_slack_s * (2 if pool.role == Role.DECODE else 1)
         return worker_actor_class().options(
             num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
             resources={device_resource(pool.config.device): float(pool.perf.chips)},
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
-                 rpc_timeout_s=self.options.rpc_timeout_s)
+                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
 
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
@@ -1371,7 +1482,7 @@ class SchedulerActor:
                 return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.start_timeout_s
-            while not self._stopped and slot.state != WorkerState.READY and loop.time() < deadline:
+            while not self._stopped and slot.state == WorkerState.FAILED and loop.time() < deadline:
                 handle = self._handles[instance]
                 try:
                     info = await asyncio.wait_for(handle.info.remote(), 10.0)
@@ -1392,7 +1503,7 @@ class SchedulerActor:
                     await asyncio.sleep(0.2)
         finally:
             self._reviving.discard(instance)
-            if slot.state != WorkerState.READY and not self._stopped:
+            if slot.state == WorkerState.FAILED and not self._stopped:
                 log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
 
     async def worker_handles(self) -> list:

@@ -46,12 +46,74 @@ def _add_model(sub) -> None:
     lst.add_argument("--json", metavar="PATH")
 
 
+def _add_live(sub) -> None:
+    p = sub.add_parser("serve", help="run the live cluster on Ray and serve the scheduler over gRPC",
+                       description="Start (or join) a Ray cluster, one worker actor per pool instance and the "
+                                   "scheduler; serve gRPC until Ctrl-C or SIGTERM.")
+    p.add_argument("--cluster", required=True, help="cluster YAML")
+    p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
+    p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
+    p.add_argument("--time-scale", type=float, default=0.01,
+                   help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
+    p.add_argument("--metrics-port", type=int, default=9464,
+                   help="Prometheus metrics port on 127.0.0.1 (default 9464; 0 = any free, -1 = off)")
+    p.add_argument("--policy", help="routing policy (overrides the cluster file's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the policy's tie-breaking RNG")
+    p.add_argument("--max-queue", type=int, default=4096,
+                   help="requests queued for prefill before RESOURCE_EXHAUSTED (default 4096)")
+    p.add_argument("--max-retries", type=int, default=2, help="re-dispatches after a worker failure (default 2)")
+    r = sub.add_parser("replay", help="replay a trace against a live cluster over gRPC",
+                       description="Send a trace's requests open loop to a running `infersched serve`, stream "
+                                   "the tokens, and print the same summary as `infersched simulate`.")
+    r.add_argument("--target", default="127.0.0.1:50051", help="scheduler address (default 127.0.0.1:50051)")
+    r.add_argument("--trace", required=True, help="trace file (formats as for simulate)")
+    r.add_argument("--format", choices=["azure", "vidur", "lengths", "burstgpt", "mooncake"])
+    r.add_argument("--skip-bad-rows", action="store_true")
+    r.add_argument("--requests", type=int, help="number of requests (default: the whole trace)")
+    r.add_argument("--speedup", type=float,
+                   help="divide arrival times by this (default: the server's 1 / time_scale, i.e. the trace's "
+                        "own rate in modelled time)")
+    r.add_argument("--cluster", help="the served cluster YAML, for its SLO (default SLO otherwise)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    s = sub.add_parser("stats", help="print a live scheduler's stats")
+    s.add_argument("--target", default="127.0.0.1:50051")
+    s.add_argument("--json", action="store_true", help="print the stats as JSON")
+    s.add_argument("--watch", action="store_true", help="stream stats until Ctrl-C")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between --watch updates (default 1)")
+
+
+def _run_serve(args) -> int:
+    from scheduler.serve import run_serve
+
+    return run_serve(args)
+
+
+def _run_replay(args) -> int:
+    from simulator.replay import run_replay
+
+    return run_replay(args)
+
+
+def _run_stats(args) -> int:
+    from simulator.replay import run_stats
+
+    return run_stats(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infersched", description=__doc__.strip() + " "
                                      "Scheduling and simulation of LLM inference on heterogeneous hardware.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     _add_model(sub)
+    _add_live(sub)
+    from simulator.compare import register as register_compare
+    from simulator.plan import register as register_plan
+
+    register_compare(sub)
+    register_plan(sub)
     sub.add_parser("policies", help="list the built-in routing policies and plugins")
     return parser
 
@@ -101,14 +163,14 @@ def cmd_model(args) -> int:
 
     if args.model_command == "list":
         from workers.devices import DEVICES
-        from workers.models import BUILTIN_MODELS
+        from workers.models import MODELS
 
         listing = {
             "devices": {name: {"kind": d.kind, "memory_gb": d.memory_bytes / 1e9,
                                "memory_bw_tb_s": d.memory_bw_bytes_s / 1e12, "bf16_tflops": d.bf16_flops / 1e12,
                                "price_usd_per_hour": d.price_usd_per_hour} for name, d in DEVICES.items()},
             "models": {name: {"params_b": m.params / 1e9, "layers": m.layers, "hidden": m.hidden}
-                       for name, m in BUILTIN_MODELS.items()},
+                       for name, m in MODELS.items()},
         }
         if args.json:
             write_json(listing, args.json)
@@ -144,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simulator.traces import TraceFormatError
 
-    handlers = {"simulate": cmd_simulate, "model": cmd_model, "policies": cmd_policies}
+    handlers = {"simulate": cmd_simulate, "model": cmd_model, "policies": cmd_policies,
+                "serve": _run_serve, "replay": _run_replay, "stats": _run_stats}
+    handler = handlers.get(args.command) or args.handler
     try:
-        return handlers[args.command](args)
+        return handler(args)
     except (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"infersched: error: {message}", file=sys.stderr)

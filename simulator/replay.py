@@ -1,0 +1,364 @@
+"""Drive a live cluster over gRPC: `infersched replay` and `infersched stats`.
+
+`replay` sends a trace's requests open loop at the trace's arrival times
+divided by `--speedup`, streams each request's tokens, and builds the same
+per-request records and summary as `infersched simulate` from the final
+records the scheduler sends. Times are the scheduler's, in modelled seconds
+(see scheduler.control), so they compare with the simulator's field by field.
+
+The default speed-up is the server's own (1 / time_scale, which GetStats sends
+as trailing metadata), so the cluster sees the trace's arrival rate in
+modelled time: what the simulator replays.
+
+Pool energy, cost, tokens and utilization in the summary are the change in
+the scheduler's pool counters over the replay; idle energy and hourly cost are
+charged over the makespan, as the simulator charges them.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from scheduler.config import SloConfig
+from scheduler.types import RequestStatus, Role
+from scheduler.control import TIME_SCALE_KEY
+from workers.live import SENT_KEY
+from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
+
+_STATUS = {
+    common_pb2.REQUEST_STATUS_COMPLETED: RequestStatus.COMPLETED,
+    common_pb2.REQUEST_STATUS_REJECTED: RequestStatus.REJECTED,
+    common_pb2.REQUEST_STATUS_FAILED: RequestStatus.FAILED,
+}
+_ROLE = {common_pb2.ROLE_PREFILL: Role.PREFILL, common_pb2.ROLE_DECODE: Role.DECODE, common_pb2.ROLE_BOTH: Role.BOTH}
+_RPC_TIMEOUT_S = 10.0
+
+
+# ---- a cluster as the server describes it --------------------------------------------
+
+
+def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = None):
+    """The served cluster rebuilt from GetStats (pools, devices, models, chips, roles),
+    for the summary when no cluster file is given. Batch limits and prices are not in
+    the stats, so per-pool cost comes from the server's counters, not from this; the SLO
+    is not either: pass the cluster file (--cluster) for its own."""
+    from scheduler.cluster import Cluster
+    from scheduler.config import QUANTIZATION_BYTES, ClusterConfig, PoolConfig
+    from workers.models import MODELS
+
+    pools = []
+    for p in stats.pools:
+        model, quantization = p.model, None
+        base, _, label = p.model.rpartition("-")
+        if p.model not in MODELS and base in MODELS and label in QUANTIZATION_BYTES:
+            model, quantization = base, label  # workers.models.with_dtype names variants "<model>-<dtype>"
+        pools.append(PoolConfig(name=p.name, device=p.device, instances=p.instances, model=model,
+                                role=_ROLE.get(p.role, Role.BOTH), chips_per_instance=p.chips_per_instance,
+                                quantization=quantization))
+    return Cluster(ClusterConfig(name=stats.cluster, pools=tuple(pools), slo=slo or SloConfig(),
+                                 source=f"<served cluster {stats.cluster}>"))
+
+
+def server_time_scale(stats: scheduler_pb2.SchedulerStats, unix_now: float | None = None, metadata=None) -> float:
+    """The server's time_scale, from GetStats' `infersched-time-scale` trailing metadata;
+    without it, estimated from the clock (modelled seconds since started_unix_s)."""
+    for key, value in metadata or ():
+        if key == TIME_SCALE_KEY:
+            return float(value)
+    unix_now = time.time() if unix_now is None else unix_now
+    if stats.uptime_s <= 0:
+        raise ValueError("the scheduler reports no uptime yet; cannot read its time_scale")
+    return (unix_now - stats.started_unix_s) / stats.uptime_s
+
+
+# ---- replay ------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    """A SimResult-shaped result (simulator.metrics.summarize reads it) plus what the client saw."""
+
+    cluster: object
+    policy_name: str
+    workload_description: str
+    seed: int
+    records: RequestRecords
+    pools: list[PoolUsage]
+    utilization: UtilizationTimeline
+    makespan_s: float
+    events: int
+    wall_s: float
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    time_scale: float = 0.0
+    speedup: float = 0.0
+    tokens_streamed: int = 0
+    client_wall_s: float = 0.0
+    # Wall seconds each request was sent after its scheduled time (p50, p99, max): a busy
+    # client bunches arrivals, and then the cluster sees another workload than the trace.
+    send_lateness_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+async def replay(target: str, workload, *, speedup: float | None = None, cluster=None, slo: SloConfig | None = None,
+                 seed: int = 0, rpc_timeout_s: float = 600.0, progress: bool = False) -> ReplayResult:
+    """Replay `workload` (simulator.workload.Workload) against the scheduler at `target`."""
+    n = workload.n_requests
+    rec = RequestRecords(n)
+    options = [("grpc.max_receive_message_length", 16 << 20)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        call = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+        stats0 = await call
+        time_scale = server_time_scale(stats0, metadata=await call.trailing_metadata())
+        if cluster is None:
+            cluster = served_cluster(stats0, slo)
+        else:
+            _check_same_cluster(cluster, stats0)
+        speedup = 1.0 / time_scale if speedup is None else float(speedup)
+        if not (math.isfinite(speedup) and speedup > 0):
+            raise ValueError(f"speedup must be a positive number, got {speedup!r}")
+        prefix = f"replay-{uuid.uuid4().hex[:8]}"
+        reasons: dict[str, int] = {}
+        counts = {"messages": 0, "tokens": 0}
+
+        async def one(i: int, inp: int, out: int, due: float) -> None:
+            request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
+                                                    max_output_tokens=out)
+            lateness[i] = loop.time() - due
+            # Stamped with its scheduled time: the request arrives then in modelled time,
+            # however long the client and the loopback take to deliver it.
+            sent = ((SENT_KEY, repr(unix0 + (due - t0))),)
+            record = None
+            try:
+                async for item in stub.Generate(request, timeout=rpc_timeout_s, metadata=sent):
+                    counts["messages"] += 1
+                    if item.HasField("tokens"):
+                        counts["tokens"] += item.tokens.token_count
+                    else:
+                        record = item.record
+            except grpc.aio.AioRpcError as exc:
+                status = (RequestStatus.REJECTED if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                                   grpc.StatusCode.INVALID_ARGUMENT)
+                          else RequestStatus.FAILED)
+                rec.status[i] = status
+                reason = f"{exc.code().name}: {exc.details()}"
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reason = "queue full"
+                reasons[reason] = reasons.get(reason, 0) + 1
+                return
+            if record is None:
+                rec.status[i] = RequestStatus.FAILED
+                reasons["stream ended without a record"] = reasons.get("stream ended without a record", 0) + 1
+                return
+            _store(rec, i, record, origin)
+            if rec.status[i] == RequestStatus.REJECTED:
+                reasons[record.reason] = reasons.get(record.reason, 0) + 1
+
+        loop = asyncio.get_running_loop()
+        wall0 = time.perf_counter()
+        t0 = loop.time()
+        unix0 = time.time()
+        origin = (unix0 - stats0.started_unix_s) / time_scale  # scheduler clock now
+        tasks = []
+        lateness = np.zeros(n)
+        done_mark = 0
+        for chunk in workload.chunks(8192):
+            base = chunk.first_id
+            arrivals = chunk.arrival_s.tolist()
+            inputs = chunk.input_tokens.tolist()
+            outputs = chunk.output_tokens.tolist()
+            rec.arrival_s[base:base + len(arrivals)] = chunk.arrival_s
+            rec.input_tokens[base:base + len(arrivals)] = chunk.input_tokens
+            rec.output_tokens[base:base + len(arrivals)] = chunk.output_tokens
+            for j, arrival in enumerate(arrivals):
+                due = t0 + arrival / speedup
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due)))
+                if progress and base + j >= done_mark:
+                    print(f"replay: sent {base + j:,} of {n:,}", file=sys.stderr)
+                    done_mark += max(1, n // 10)
+        await asyncio.gather(*tasks)
+        client_wall = time.perf_counter() - wall0
+        stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+
+    completed = rec.status == RequestStatus.COMPLETED
+    finished = rec.finish_s[completed]
+    makespan = max(float(finished.max()) if len(finished) else 0.0,
+                   float(np.nanmax(rec.arrival_s)) if n else 0.0)
+    pools = _pool_usage(cluster, stats0, stats1, makespan)
+    return ReplayResult(
+        cluster=cluster, policy_name=stats1.policy, workload_description=workload.description, seed=seed,
+        records=rec, pools=pools, utilization=UtilizationTimeline([p.instances for p in pools]),
+        makespan_s=makespan, events=counts["messages"], wall_s=client_wall, reject_reasons=reasons,
+        time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall,
+        send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
+                         float(lateness.max())) if n else (0.0, 0.0, 0.0))
+
+
+def _store(rec: RequestRecords, i: int, r: scheduler_pb2.RequestRecord, origin: float) -> None:
+    rec.status[i] = _STATUS.get(r.status, RequestStatus.FAILED)
+    rec.arrival_s[i] = r.arrival_s - origin
+    for column, name in (("prefill_start_s", "prefill_start_s"), ("first_token_s", "first_token_s"),
+                         ("kv_ready_s", "kv_transfer_end_s")):
+        if r.HasField(name):
+            getattr(rec, column)[i] = getattr(r, name) - origin
+    if rec.status[i] == RequestStatus.COMPLETED:
+        rec.finish_s[i] = r.finish_s - origin
+    rec.prefill_instance[i] = r.prefill_instance if r.prefill_pool else -1
+    rec.decode_instance[i] = r.decode_instance if r.decode_pool else -1
+    rec.energy_j[i] = r.energy_j
+    rec.cost_usd[i] = r.cost_usd
+
+
+def _check_same_cluster(cluster, stats: scheduler_pb2.SchedulerStats) -> None:
+    mine = [(p.name, p.config.instances) for p in cluster.pools]
+    theirs = [(p.name, p.instances) for p in stats.pools]
+    if mine != theirs:
+        raise ValueError(f"the cluster file's pools {mine} differ from the server's {theirs}")
+
+
+def _pool_usage(cluster, stats0, stats1, makespan_s: float) -> list[PoolUsage]:
+    from workers.devices import get_device
+
+    up0, up1 = stats0.uptime_s, stats1.uptime_s
+    window = max(up1 - up0, 1e-12)
+    before = {p.name: p for p in stats0.pools}
+    out = []
+    for p in stats1.pools:
+        b = before[p.name]
+        n = p.instances
+        device = get_device(p.device)
+        idle_w = device.idle_power_w * p.chips_per_instance
+        energy = p.energy_j - b.energy_j
+        dynamic = max(energy - idle_w * n * window, 0.0)
+        price_per_s = (p.cost_usd - b.cost_usd) / (n * window)
+        busy = max(p.utilization * n * up1 - b.utilization * n * up0, 0.0)
+        out.append(PoolUsage(
+            name=p.name, device=p.device, model=p.model, role=_ROLE.get(p.role, Role.BOTH).name.lower(),
+            instances=n, chips_per_instance=p.chips_per_instance, busy_s=busy, dynamic_energy_j=dynamic,
+            idle_energy_j=idle_w * n * makespan_s, cost_usd=price_per_s * n * makespan_s,
+            prefill_tokens=p.prefill_tokens - b.prefill_tokens, decode_tokens=p.decode_tokens - b.decode_tokens,
+            utilization=min(1.0, busy / (n * makespan_s)) if makespan_s > 0 else 0.0))
+    return out
+
+
+def live_summary(result: ReplayResult, target: str) -> dict:
+    summary = summarize(result)
+    summary["live"] = {
+        "target": target, "time_scale": result.time_scale, "speedup": result.speedup,
+        "client_wall_s": result.client_wall_s, "tokens_streamed": result.tokens_streamed,
+        "send_lateness_s": dict(zip(("p50", "p99", "max"), result.send_lateness_s)),
+        "generate_rps_wall": result.records.n / result.client_wall_s if result.client_wall_s > 0 else None,
+    }
+    return summary
+
+
+def run_replay(args) -> int:
+    from simulator.report import format_summary, write_json
+    from simulator.traces import read_trace
+    from simulator.workload import make_workload
+
+    trace = read_trace(args.trace, getattr(args, "format", None),
+                       skip_bad_rows=getattr(args, "skip_bad_rows", False))
+    workload = make_workload(trace, n_requests=args.requests, seed=args.seed)
+    cluster = None
+    slo = None
+    if getattr(args, "cluster", None):
+        from scheduler.cluster import Cluster
+        from scheduler.config import load_cluster
+
+        cluster = Cluster(load_cluster(args.cluster))
+        slo = cluster.config.slo
+    quiet = args.json == "-"
+    if not quiet:
+        print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
+    try:
+        result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
+                                    seed=args.seed, progress=not quiet))
+    except grpc.aio.AioRpcError as exc:
+        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    summary = live_summary(result, args.target)
+    summary["trace"] = {"path": trace.path, "format": trace.format, "rows": trace.rows,
+                        "bad_rows": trace.bad_rows, "filtered_rows": trace.filtered_rows}
+    if args.json:
+        write_json(summary, args.json)
+    if not quiet:
+        print(format_summary(summary))
+        live = summary["live"]
+        print(f"live: {args.target}, time_scale {live['time_scale']:.4g} (speed-up {1 / live['time_scale']:.4g}x), "
+              f"arrivals compressed {live['speedup']:.4g}x; {live['tokens_streamed']:,} tokens streamed in "
+              f"{live['client_wall_s']:.2f} s wall")
+    return 0
+
+
+# ---- stats -------------------------------------------------------------------------------
+
+
+def format_stats(s: scheduler_pb2.SchedulerStats) -> str:
+    def lat(p: common_pb2.LatencyPercentiles, scale: float = 1.0, unit: str = "ms") -> str:
+        if not p.samples:
+            return "-"
+        return (f"p50 {p.p50_s * scale:.3g}{unit}  p90 {p.p90_s * scale:.3g}{unit}  p99 {p.p99_s * scale:.3g}{unit}"
+                f"  (n={p.samples:,})")
+
+    lines = [
+        f"cluster {s.cluster} | policy {s.policy} | up {s.uptime_s:,.1f} s (modelled)",
+        f"requests {s.requests_total:,}   completed {s.requests_completed:,}   rejected {s.requests_rejected:,}   "
+        f"failed {s.requests_failed:,}   in flight {s.in_flight:,}   invalid {s.requests_invalid:,}",
+    ]
+    for reason, count in sorted(s.reasons.items()):
+        lines.append(f"  {count:,}: {reason}")
+    lines += [
+        f"TTFT        {lat(s.ttft_s, 1e3)}",
+        f"TPOT        {lat(s.tpot_s, 1e3)}",
+        f"end-to-end  {lat(s.e2e_s, 1.0, ' s')}",
+        f"policy      {lat(s.scheduling_overhead_s, 1e6, ' us')} per decision, {s.decisions_total:,} decisions",
+        f"SLO attainment {s.slo_attainment * 100:.1f}%   energy {s.energy_j / 1e3:,.1f} kJ   cost ${s.cost_usd:,.4f}   "
+        f"tokens in {s.input_tokens:,} / out {s.output_tokens:,}",
+        "",
+        f"{'pool':<16}{'device':<10}{'role':<9}{'inst':>5}{'queue':>7}{'running':>8}{'completed':>10}"
+        f"{'util':>6}{'kv free':>9}{'energy kJ':>11}{'cost $':>9}",
+    ]
+    for p in s.pools:
+        role = common_pb2.Role.Name(p.role).removeprefix("ROLE_").lower()
+        kv = p.kv_free_tokens / p.kv_capacity_tokens if p.kv_capacity_tokens else 0.0
+        lines.append(f"{p.name[:15]:<16}{p.device:<10}{role:<9}{p.instances:>5}{p.queue_depth:>7}{p.running:>8}"
+                     f"{p.completed:>10,}{p.utilization * 100:>5.0f}%{kv * 100:>8.0f}%{p.energy_j / 1e3:>11,.1f}"
+                     f"{p.cost_usd:>9.4f}")
+    return "\n".join(lines)
+
+
+def _stats_json(s: scheduler_pb2.SchedulerStats) -> str:
+    from google.protobuf import json_format
+
+    return json.dumps(json_format.MessageToDict(s, preserving_proto_field_name=True), indent=2)
+
+
+def run_stats(args) -> int:
+    interval = getattr(args, "interval", 1.0)
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            if not args.watch:
+                stats = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+                print(_stats_json(stats) if args.json else format_stats(stats))
+                return 0
+            for stats in stub.WatchStats(scheduler_pb2.WatchStatsRequest(interval_s=interval)):
+                print(_stats_json(stats) if args.json else format_stats(stats) + "\n", flush=True)
+    except grpc.RpcError as exc:
+        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

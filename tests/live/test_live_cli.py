@@ -1,0 +1,122 @@
+"""`infersched serve`, `replay` and `stats` as a user runs them: separate processes,
+a local Ray cluster that serve starts and shuts down, gRPC on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from scheduler.config import builtin_cluster_path
+
+pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "simulator.cli"]
+START_TIMEOUT_S = 90.0
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def serve():
+    """A running `infersched serve` (port 0: any free port), and what it printed."""
+    proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
+                             "--metrics-port", "0", "--time-scale", "0.01"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+            if "stops it" in line:
+                break
+        address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
+        assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
+        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
+        yield proc, address, metrics, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def test_serve_prints_where_it_listens(serve):
+    _, address, metrics, lines = serve
+    assert address.startswith("127.0.0.1:") and metrics.startswith("http://127.0.0.1:")
+    assert "cluster live-small, policy slo-aware, 3 workers, time_scale 0.01" in lines[0]
+    with grpc.insecure_channel(address) as channel:
+        grpc.channel_ready_future(channel).result(timeout=10)
+
+
+def test_replay_prints_the_simulate_summary(serve, tmp_path):
+    _, address, _, _ = serve
+    out = tmp_path / "live.json"
+    done = cli("replay", "--target", address, "--trace", str(REPO / "simulator/data/azure_conv_2023.csv.gz"),
+               "--requests", "100", "--json", str(out), "--cluster", str(builtin_cluster_path("live-small")))
+    assert done.returncode == 0, done.stderr
+    assert "requests 100   completed 100   rejected 0   failed 0" in done.stdout
+    assert "speed-up 100x" in done.stdout
+    live = json.loads(out.read_text())
+    sim = cli("simulate", "--trace", str(REPO / "simulator/data/azure_conv_2023.csv.gz"), "--requests", "100",
+              "--cluster", str(builtin_cluster_path("live-small")), "--json", "-", "--no-progress")
+    assert sim.returncode == 0, sim.stderr
+    simulated = json.loads(sim.stdout)
+    # The same JSON schema as `infersched simulate --json` (plus the live section).
+    assert set(simulated) <= set(live) and set(live) - set(simulated) == {"live"}
+    assert set(live["pools"]) == set(simulated["pools"])
+    assert live["completed"] == 100 and live["live"]["speedup"] == 100.0
+    assert live["input_tokens"] == simulated["input_tokens"]
+    assert sum(p["prefill_tokens"] for p in live["pools"].values()) == live["input_tokens"]
+
+
+def test_stats_json_and_table(serve):
+    _, address, _, _ = serve
+    done = cli("stats", "--target", address, "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    s = json.loads(done.stdout)
+    assert int(s["requests_total"]) >= 100 and int(s.get("in_flight", 0)) == 0
+    assert int(s["requests_total"]) == int(s["requests_completed"]) + int(s.get("requests_rejected", 0)) + \
+        int(s.get("requests_failed", 0))
+    table = cli("stats", "--target", address, timeout=30)
+    assert table.returncode == 0 and "h100-decode" in table.stdout and "TTFT" in table.stdout
+
+
+def test_stats_error_names_the_target():
+    done = cli("stats", "--target", "127.0.0.1:1", timeout=30)
+    assert done.returncode == 2 and "127.0.0.1:1: UNAVAILABLE" in done.stderr
+
+
+def test_serve_rejects_a_bad_cluster_file_before_starting_ray(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pools: [{name: a, device: tpu-v9, instances: 1, model: llama-3.1-8b, role: both}]\n")
+    done = cli("serve", "--cluster", str(bad), "--port", "0", timeout=60)
+    assert done.returncode == 2 and "key 'device'" in done.stderr
+
+
+def test_sigterm_stops_cleanly(serve):
+    """Last in this module: stopping frees the gRPC and metrics ports and leaves no actor."""
+    proc, address, metrics, _ = serve
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "infersched: stopped" in out
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=1)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(metrics, timeout=2)

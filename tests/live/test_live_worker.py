@@ -1,0 +1,530 @@
+"""The emulated worker without Ray: it reproduces the engine's modelled timings on a
+scaled clock, cancellation frees slot and KV in every state, KV blocks are
+validated, engine replicas track the worker, and the Worker gRPC service (on
+loopback) hands KV over and answers bad calls with a status and a reason."""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import grpc
+import msgpack
+import pytest
+
+from infersched.v1 import worker_pb2, worker_pb2_grpc
+from scheduler.cluster import Cluster
+from scheduler.config import builtin_cluster_path, load_cluster
+from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
+from workers.live import (
+    DECODE_KEY,
+    HANDOVER_KEY,
+    LINK_KEY,
+    LOAD_KEY,
+    SENT_KEY,
+    WORKER_SERVICE,
+    AlreadyHeld,
+    Cancelled,
+    DecodeSummary,
+    Draining,
+    EmulatedWorker,
+    InvalidField,
+    LoadReport,
+    NoCapacity,
+    WorkerServicer,
+    engine_state,
+    parse_kv_block,
+    restore_engine,
+    start_grpc_server,
+)
+
+SCALE = 0.002  # 500x faster than the hardware: a 1 s decode runs in 2 ms
+TIMEOUT_S = 20.0
+# The engine runs this far behind the clock (wall seconds). Tests that watch engine
+# internals while time passes need it at 0; the timing tests hold for any slack.
+SLACK = 0.0
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    return Cluster(load_cluster(builtin_cluster_path("live-small")))
+
+
+def perf_of(cluster, name):
+    return next(p for p in cluster.pools if p.name == name).perf
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, TIMEOUT_S))
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(20_000):
+        if condition():
+            return
+        await asyncio.sleep(0.0005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def check_engine(eng: BatchEngine) -> None:
+    """Internal bookkeeping is consistent: what cancellation must preserve."""
+    assert eng.batch == len(eng.members) == len(eng.finish_heap)
+    assert {rid for _, rid in eng.finish_heap} == set(eng.members)
+    assert eng.ctx_offset_sum == pytest.approx(sum(m[0] for m in eng.members.values()))
+    in_prefill = sum(inp + (out if eng.role == ROLE_BOTH else 0) for _, inp, out in eng.prefill_batch)
+    reserved = sum(m[1] for m in eng.members.values()) + sum(eng.held.values()) + in_prefill
+    assert eng.kv_reserved == reserved
+    assert eng.waiting_tokens == sum(inp for _, inp, _ in eng.waiting)
+
+
+async def drive(w: EmulatedWorker, key: str, inp: int, out: int, chunk: int = 8):
+    req = w.admit_prefill(key, inp, out)
+    pre = await w.first_token(req)
+    w.keep_for_decode(req)
+    claimed = w.claim(key, out, chunk)
+    tokens = []
+    async for first, count, _ in w.stream(claimed):
+        tokens.append((first, count))
+    summary = w.decode_summary(claimed)
+    w.finish_delivery(claimed)
+    return req.submit_s, pre, summary, tokens
+
+
+def test_worker_reproduces_engine_timings(cluster):
+    """Every first token and finish lands at the modelled time the engine gives for
+    the same arrival times, however late the wall-clock timers fire."""
+    perf = perf_of(cluster, "b200")
+    jobs = [(i, 300 + 250 * i, 40 + 30 * i, 0.0015 * i) for i in range(6)]
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+
+        async def one(i, inp, out, delay):
+            await asyncio.sleep(delay)
+            return await drive(w, f"r{i}", inp, out)
+
+        results = await asyncio.gather(*(one(*j) for j in jobs))
+        return w, results
+
+    w, results = run(main())
+    # Replay the same arrivals through a bare engine.
+    eng = BatchEngine(perf, ROLE_BOTH)
+    arrivals = sorted((results[i][0], i) for i in range(len(jobs)))
+    first, finish = {}, {}
+    while arrivals or eng.next_wake_s < math.inf:
+        events = []
+        if arrivals and arrivals[0][0] < eng.next_wake_s:
+            t, i = arrivals.pop(0)
+            eng.submit_prefill(i, jobs[i][1], jobs[i][2])
+            eng.poke(t, events)
+        else:
+            t = eng.next_wake_s
+            eng.wake(t, events)
+        for ev in events:
+            (first if ev[0] == 0 else finish if ev[0] == 1 else {})[ev[1]] = t
+    for i, (submit, pre, summary, tokens) in enumerate(results):
+        assert pre.first_token_s == pytest.approx(first[i], abs=1e-9)
+        assert pre.first_token_s + summary.decode_s == pytest.approx(finish[i], abs=1e-9)
+        # Decode streams every token after the first exactly once, in order.
+        assert tokens[0][0] == 1 and sum(c for _, c in tokens) == jobs[i][2] - 1
+        assert all(a + n == b for (a, n), (b, _) in zip(tokens, tokens[1:]))
+    assert w.stats().completed == len(jobs) and w.in_flight == 0
+    assert w.engine.kv_reserved == 0
+
+
+@pytest.mark.parametrize("state", ["waiting", "prefilling", "decoding", "finished-unclaimed"])
+def test_cancel_colocated_frees_slot_and_kv(cluster, state):
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        # A long-running neighbour keeps a decode batch going.
+        neighbour = w.admit_prefill("n", 500, 4000)
+        await w.first_token(neighbour)
+        w.keep_for_decode(neighbour)
+        if state == "waiting":
+            blocker = w.admit_prefill("b", 60_000, 2)  # a long prefill ahead of it
+            victim = w.admit_prefill("v", 800, 500)
+            assert w.engine.waiting and w.engine.waiting[-1][0] == victim.eid
+        elif state == "prefilling":
+            victim = w.admit_prefill("v", 60_000, 500)
+            await until(lambda: any(r[0] == victim.eid for r in w.engine.prefill_batch), "its prefill")
+        elif state == "decoding":
+            victim = w.admit_prefill("v", 800, 3000)
+            await w.first_token(victim)
+            await asyncio.sleep(0.002)  # ~1 s modelled: mid-segment
+            assert victim.eid in w.engine.members and w.engine.act_start_s < w.now()
+        else:
+            victim = w.admit_prefill("v", 800, 3)
+            await w.first_token(victim)
+            await until(lambda: victim.eid not in w.engine.members, "it to finish")
+        before_running = w.engine.batch
+        assert w.cancel("v")
+        assert not w.cancel("v")  # idempotent
+        check_engine(w.engine)
+        if state == "prefilling":  # leaves when its iteration ends
+            await until(lambda: not w.engine.prefill_batch, "the prefill iteration to end")
+        if state == "decoding":  # leaves at the end of the decode step in progress
+            await until(lambda: victim.eid not in w.engine.members, "the step to end")
+        if state == "waiting":
+            await w.first_token(blocker)
+            w.cancel("b")
+        check_engine(w.engine)
+        assert "v" not in w._reqs
+        if state == "decoding":
+            assert w.engine.batch == before_running - 1
+        # Only the neighbour holds KV now, and it still runs to completion.
+        assert w.engine.kv_reserved == 500 + 4000
+        w.claim("n", 4000, 512)
+        async for _ in w.stream(neighbour):
+            pass
+        assert w.engine.kv_reserved == 0 and w.engine.batch == 0
+
+    run(main())
+
+
+def test_cancel_waiter_sees_cancelled(cluster):
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        w.admit_prefill("blocker", 60_000, 2)
+        victim = w.admit_prefill("v", 800, 10)
+        waiter = asyncio.ensure_future(w.first_token(victim))
+        await asyncio.sleep(0)
+        w.cancel("v")
+        with pytest.raises(Cancelled):
+            await waiter
+
+    run(main())
+
+
+def test_cancel_decode_side_and_held(cluster):
+    async def main():
+        dec = EmulatedWorker(perf_of(cluster, "h100-decode"), ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK)
+        pre = EmulatedWorker(perf_of(cluster, "h100-prefill"), ROLE_PREFILL, time_scale=SCALE, input_slack_s=SLACK)
+        dec.start()
+        pre.start()
+        a = dec.admit_kv("a", 1000, 2000)
+        await dec.joined(a)
+        b = dec.admit_kv("b", 1000, 2000)
+        await dec.joined(b)
+        dec.cancel("a")
+        check_engine(dec.engine)
+        await until(lambda: dec.engine.batch == 1, "the cancelled member to leave")
+        check_engine(dec.engine)
+        assert dec.engine.kv_reserved == 3000
+        held = pre.admit_prefill("h", 2000, 50)
+        await pre.first_token(held)
+        assert pre.engine.kv_reserved == 2000
+        pre.cancel("h")
+        assert pre.engine.kv_reserved == 0 and not pre.engine.held
+
+    run(main())
+
+
+def test_admission_checks(cluster):
+    async def main():
+        dec = EmulatedWorker(perf_of(cluster, "h100-decode"), ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK)
+        both = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        dec.start()
+        both.start()
+        with pytest.raises(NoCapacity, match="holds at most"):
+            dec.admit_kv("big", 400_000, 100_000)
+        with pytest.raises(InvalidField, match="prompt_length"):
+            both.admit_prefill("x", 0, 5)
+        both.admit_prefill("dup", 10, 5)
+        with pytest.raises(AlreadyHeld):
+            both.admit_prefill("dup", 10, 5)
+        both.drain()
+        with pytest.raises(Draining):
+            both.admit_prefill("late", 10, 5)
+        assert dec.in_flight == 0
+
+    run(main())
+
+
+def meta(**over):
+    base = {"request_id": "r", "block_index": 0, "num_blocks": 2, "token_start": 0, "token_end": 512,
+            "dtype": "bfloat16", "shape": [32, 2, 512, 8, 128], "max_output_tokens": 10}
+    base.update(over)
+    return worker_pb2.KvBlock(meta=msgpack.packb({k: v for k, v in base.items() if v is not None}))
+
+
+@pytest.mark.parametrize("block, index, prev_end, message", [
+    (worker_pb2.KvBlock(meta=b"\xc1"), 0, 0, "block 0: field 'meta': not valid msgpack"),
+    (worker_pb2.KvBlock(meta=msgpack.packb([1, 2])), 0, 0, "block 0: field 'meta': expected a msgpack map"),
+    (meta(token_end=None), 0, 0, "block 0: key 'token_end': missing"),
+    (meta(block_index="0"), 0, 0, "block 0: key 'block_index': expected an integer"),
+    (meta(block_index=1), 0, 0, "block 0: key 'block_index': expected 0"),
+    (meta(block_index=1, token_start=500, token_end=900), 1, 512, "block 1: key 'token_start': expected 512"),
+    (meta(token_end=0), 0, 0, "block 0: key 'token_end': must exceed token_start"),
+    (meta(shape="32x2"), 0, 0, "block 0: key 'shape': expected list"),
+    (meta(max_output_tokens=0), 0, 0, "block 0: key 'max_output_tokens': must be > 0"),
+])
+def test_kv_block_validation_names_block_and_key(block, index, prev_end, message):
+    first = msgpack.unpackb(meta().meta) if index else None
+    with pytest.raises(InvalidField) as err:
+        parse_kv_block(block, index, first, prev_end)
+    assert str(err.value).startswith(message)
+
+
+def test_kv_block_must_match_block_zero():
+    first = msgpack.unpackb(meta().meta)
+    with pytest.raises(InvalidField, match="block 1: key 'request_id': 's' differs from block 0's 'r'"):
+        parse_kv_block(meta(request_id="s", block_index=1, token_start=512, token_end=900), 1, first, 512)
+
+
+def test_replica_tracks_the_worker_engine(cluster):
+    """A replica restored from engine_state and advanced in time reports the same rows
+    and wakes as the engine it copies."""
+    perf = perf_of(cluster, "b200")
+    eng = BatchEngine(perf, ROLE_BOTH)
+    for i, (inp, out) in enumerate([(900, 300), (2000, 40), (300, 700)]):
+        eng.submit_prefill(i, inp, out)
+    eng.poke(0.0, [])
+    for _ in range(3):
+        eng.wake(eng.next_wake_s, [])
+    replica = BatchEngine(perf, ROLE_BOTH)
+    restore_engine(replica, engine_state(eng))
+    t = eng.next_wake_s - 1e-4
+    for e in (eng, replica):
+        e.submit_prefill(-1, 500, 20)
+        e.poke(t, [])
+    for _ in range(8):
+        assert replica.next_wake_s == eng.next_wake_s
+        assert (replica.batch, replica.kv_reserved, len(replica.waiting)) == (eng.batch, eng.kv_reserved,
+                                                                              len(eng.waiting))
+        if eng.next_wake_s == math.inf:
+            break
+        a, b = [], []
+        eng.wake(eng.next_wake_s, a)
+        replica.wake(replica.next_wake_s, b)
+        assert [x[:2] for x in a] == [x[:2] for x in b]
+
+
+def test_load_report_round_trip():
+    r = LoadReport(7, 2, 900, 3, 12345, 0.25, 2, 10.5, 99.125, 1_700_000_000.5, 98.5, 4000, 700, 1234.5)
+    assert LoadReport.decode(r.encode()) == r
+    s = DecodeSummary(0.01, 1.5, 12.0, 0.003)
+    assert DecodeSummary.decode(s.encode()) == pytest.approx(s)
+    with pytest.raises(ValueError):
+        LoadReport.decode("1 2 3")
+
+
+# ---- the Worker service on loopback --------------------------------------------------------
+
+
+async def serve_worker(w: EmulatedWorker):
+    servicer = WorkerServicer(w)
+
+    def add(server):
+        worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+        return [WORKER_SERVICE]
+
+    server, port, _ = await start_grpc_server("127.0.0.1", add)
+    return server, f"127.0.0.1:{port}"
+
+
+def test_handover_over_grpc_matches_the_link_model(cluster):
+    """Prefill on a prefill-only worker hands the KV to a decode worker over TransferKv;
+    the hand-over takes the modelled transfer time over the slower link."""
+    pre_perf, dec_perf = perf_of(cluster, "h100-prefill"), perf_of(cluster, "h100-decode")
+    link = 50e9
+
+    async def main():
+        pre = EmulatedWorker(pre_perf, ROLE_PREFILL, time_scale=SCALE, link_bytes_per_s=link, input_slack_s=SLACK,
+                             kv_block_tokens=512)
+        dec = EmulatedWorker(dec_perf, ROLE_DECODE, time_scale=SCALE, link_bytes_per_s=link / 2,
+                             input_slack_s=SLACK)
+        pre.start()
+        dec.start()
+        (ps, pa), (ds, da) = await serve_worker(pre), await serve_worker(dec)
+        try:
+            async with grpc.aio.insecure_channel(pa) as pc, grpc.aio.insecure_channel(da) as dc:
+                call = worker_pb2_grpc.WorkerStub(pc).Prefill(
+                    worker_pb2.PrefillRequest(request_id="r1", prompt_length=1500, max_output_tokens=64,
+                                              decode_address=da),
+                    metadata=((LINK_KEY, repr(link / 2)),))
+                resp = await call
+                trailing = dict(await call.trailing_metadata())
+                chunks = [c async for c in worker_pb2_grpc.WorkerStub(dc).Decode(
+                    worker_pb2.DecodeRequest(request_id="r1", max_output_tokens=64, chunk_tokens=16))]
+                decode = worker_pb2_grpc.WorkerStub(dc).Decode(worker_pb2.DecodeRequest(request_id="r1"))
+                with pytest.raises(grpc.aio.AioRpcError) as gone:
+                    await decode.read()
+                return resp, trailing, chunks, gone.value, pre, dec
+        finally:
+            await ps.stop(None)
+            await ds.stop(None)
+
+    resp, trailing, chunks, gone, pre, dec = run(main())
+    sent_s = float(trailing[HANDOVER_KEY])
+    assert sent_s == pytest.approx(pre_perf.kv_transfer_s(1500, link / 2), rel=1e-9)
+    assert resp.kv_transfer_s >= sent_s
+    assert resp.prefill_s == pytest.approx(pre_perf.prefill(1500, 1500 * 1501 / 2, 1)[0], rel=1e-9)
+    assert resp.kv_blocks == 3 and resp.kv_bytes == int(1500 * pre_perf.kv_bytes_per_token)
+    assert LoadReport.decode(trailing[LOAD_KEY]).received == 1
+    assert [c.first_token_index for c in chunks][0] == 1 and sum(c.token_count for c in chunks) == 63
+    assert gone.code() == grpc.StatusCode.FAILED_PRECONDITION  # delivered and forgotten
+    assert pre.engine.kv_reserved == 0 and dec.engine.kv_reserved == 0
+
+
+@pytest.mark.parametrize("request_fields, metadata, code, reason", [
+    ({"request_id": "", "prompt_length": 10, "max_output_tokens": 5}, (), "INVALID_ARGUMENT", "request_id"),
+    ({"request_id": "a", "prompt_length": -3, "max_output_tokens": 5}, (), "INVALID_ARGUMENT", "prompt_length"),
+    ({"request_id": "a", "prompt_length": 10, "max_output_tokens": 0}, (), "INVALID_ARGUMENT",
+     "max_output_tokens"),
+    ({"request_id": "a", "prompt_tokens": [1, 2], "prompt_length": 3, "max_output_tokens": 5}, (),
+     "INVALID_ARGUMENT", "disagrees"),
+    ({"request_id": "a", "prompt_length": 10, "max_output_tokens": 5, "decode_address": "127.0.0.1:1"}, (),
+     "INVALID_ARGUMENT", "decode_address"),
+    ({"request_id": "a", "prompt_length": 10, "max_output_tokens": 5}, ((SENT_KEY, "soon"),),
+     "INVALID_ARGUMENT", "could not convert"),
+    ({"request_id": "a", "prompt_length": 2_000_000, "max_output_tokens": 5}, (), "RESOURCE_EXHAUSTED",
+     "holds at most"),
+])
+def test_worker_service_rejects_bad_calls(cluster, request_fields, metadata, code, reason):
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.Prefill(worker_pb2.PrefillRequest(**request_fields), metadata=metadata)
+                # The worker stays up and serves a good call afterwards.
+                ok = await stub.Prefill(worker_pb2.PrefillRequest(request_id="ok", prompt_length=10,
+                                                                  max_output_tokens=1))
+                return err.value, ok
+        finally:
+            await server.stop(None)
+
+    err, ok = run(main())
+    assert err.code().name == code and reason in err.details()
+    assert ok.prefill_tokens == 10
+
+
+def test_transfer_kv_rejects_malformed_stream(cluster):
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "h100-decode"), ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as short:
+                    await stub.TransferKv(iter([meta()]))  # 1 of 2 blocks
+                with pytest.raises(grpc.aio.AioRpcError) as gap:
+                    await stub.TransferKv(iter([meta(), meta(block_index=1, token_start=600, token_end=900)]))
+                with pytest.raises(grpc.aio.AioRpcError) as none:
+                    await stub.Decode(worker_pb2.DecodeRequest(request_id="nobody")).read()
+                return short.value, gap.value, none.value, w
+        finally:
+            await server.stop(None)
+
+    short, gap, none, w = run(main())
+    assert short.code() == grpc.StatusCode.INVALID_ARGUMENT and "block 1: key 'num_blocks'" in short.details()
+    assert gap.code() == grpc.StatusCode.INVALID_ARGUMENT and "block 1: key 'token_start'" in gap.details()
+    assert none.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert w.engine.kv_reserved == 0 and w.in_flight == 0
+
+
+def test_decode_cancel_over_grpc_frees_kv(cluster):
+    """A client that cancels its Decode stream frees the slot and KV on the worker."""
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                await stub.Prefill(worker_pb2.PrefillRequest(request_id="long", prompt_length=1000,
+                                                             max_output_tokens=50_000))
+                call = stub.Decode(worker_pb2.DecodeRequest(request_id="long", chunk_tokens=1))
+                await call.read()
+                assert w.engine.batch == 1
+                call.cancel()
+                for _ in range(1000):
+                    if w.in_flight == 0:
+                        break
+                    await asyncio.sleep(0.005)
+                return w
+        finally:
+            await server.stop(None)
+
+    w = run(main())
+    assert w.in_flight == 0 and w.engine.batch == 0 and w.engine.kv_reserved == 0
+    check_engine(w.engine)
+
+
+def test_decode_trailer_carries_the_summary(cluster):
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                await stub.Prefill(worker_pb2.PrefillRequest(request_id="a", prompt_length=700,
+                                                             max_output_tokens=30))
+                call = stub.Decode(worker_pb2.DecodeRequest(request_id="a", max_output_tokens=30))
+                chunks = [c async for c in call]
+                return chunks, dict(await call.trailing_metadata())
+        finally:
+            await server.stop(None)
+
+    chunks, trailing = run(main())
+    summary = DecodeSummary.decode(trailing[DECODE_KEY])
+    # Alone in the batch: 29 decode steps from a 701-token context.
+    assert summary.decode_s == pytest.approx(perf.decode(1, 701.0, 29)[0], rel=1e-9)
+    assert summary.wait_s == 0.0 and summary.energy_j > 0
+    assert sum(c.token_count for c in chunks) == 29
+
+
+def test_late_arrival_is_admitted_at_its_send_time(cluster):
+    """Work that spends wall time in transit is admitted at the modelled time it was
+    sent, as long as the transit fits in the engine's slack behind the clock."""
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=0.05)
+        w.start()
+        first = w.admit_prefill("a", 2000, 400)  # keeps the engine busy
+        await asyncio.sleep(0.02)  # 10 s modelled pass; the engine runs 25 s behind
+        sent = time.time() - 0.015  # sent 15 ms ago, arriving only now
+        late = w.admit_prefill("b", 500, 10, sent_unix=sent)
+        expected = w.modelled_at_unix(sent)
+        await w.first_token(late)
+        await w.first_token(first)
+        return late.submit_s, expected, w.now()
+
+    submit_s, expected, now = run(main())
+    assert submit_s == pytest.approx(expected, abs=1e-3)  # 1 ms modelled = 2 us of wall clock
+    assert now - submit_s > 5.0  # it really arrived seconds (modelled) after it was sent
+
+
+def test_server_takes_a_burst_beyond_grpc_default_pending_limit(cluster):
+    """grpc-core by default cancels calls that arrive while 1,000 others wait for the
+    Python server (so no handler could count them); our servers take a burst of 2,500."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                return await asyncio.gather(*(stub.Check(health_pb2.HealthCheckRequest()) for _ in range(2500)),
+                                            return_exceptions=True)
+        finally:
+            await server.stop(None)
+
+    replies = run(main())
+    assert [r for r in replies if isinstance(r, Exception)] == []
+    assert all(r.status == 1 for r in replies)  # SERVING
