@@ -110,6 +110,45 @@ class BatchEngine:
         """Free the KV a prefill-only instance held for a handed-over request."""
         self.kv_reserved -= self.held.pop(rid)
 
+    # ---- cancellation (live serving) ----------------------------------------
+    def remove_waiting(self, rid: int) -> bool:
+        """Drop a request still waiting for prefill; False when it is not waiting."""
+        for i, (queued, inp, _) in enumerate(self.waiting):
+            if queued == rid:
+                del self.waiting[i]
+                self.waiting_tokens -= inp
+                return True
+        return False
+
+    def remove_joining(self, rid: int) -> bool:
+        """Drop a handed-over request still waiting for a decode slot."""
+        for i, item in enumerate(self.joining):
+            if item[0] == rid:
+                del self.joining[i]
+                return True
+        return False
+
+    def remove_member(self, rid: int) -> None:
+        """Take a member out of the decode batch, freeing its slot and KV. The caller
+        restarts a segment computed with it (`restart_activity`). O(batch): rare."""
+        offset, kv, _, _ = self.members.pop(rid)
+        self.ctx_offset_sum -= offset
+        self.kv_reserved -= kv
+        self.batch -= 1
+        self.finish_heap = [item for item in self.finish_heap if item[1] != rid]
+        heapq.heapify(self.finish_heap)
+
+    def restart_activity(self, now_s: float, events: list) -> None:
+        """Recompute a decode segment that starts at `now_s` after its batch changed
+        (a prefill iteration does not depend on the decode batch)."""
+        if self.activity != DECODE:
+            return
+        self.decode_segments -= 1  # the segment never ran
+        self.activity = IDLE
+        self.act_energy_j = 0.0
+        self.next_wake_s = INF
+        self._start_next(now_s, events)
+
     @property
     def queued_requests(self) -> int:
         return len(self.waiting) + len(self.joining)

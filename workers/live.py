@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import heapq
 import logging
 import math
 import os
@@ -95,7 +94,6 @@ from workers.engine import (
     FIRST_TOKEN,
     IDLE,
     JOINED,
-    PREFILL,
     ROLE_BOTH,
     ROLE_DECODE,
     ROLE_PREFILL,
@@ -697,8 +695,8 @@ class EmulatedWorker:
             if req.arrival_timer is not None:
                 req.arrival_timer.cancel()
                 req.arrival_timer = None
-        elif state == _St.WAITING and _remove_queued(eng.waiting, req.eid):
-            eng.waiting_tokens -= req.inp
+        elif state == _St.WAITING and eng.remove_waiting(req.eid):
+            pass
         elif state in (_St.WAITING, _St.PREFILLING):
             # The iteration is computing; the request leaves when it ends (see _drop_after_prefill).
             req.state = _St.PREFILLING
@@ -709,7 +707,7 @@ class EmulatedWorker:
             eng.release(req.eid)
             self._poke(now)
         elif state == _St.JOINING:
-            _remove_queued(eng.joining, req.eid)
+            eng.remove_joining(req.eid)
         elif state == _St.DECODING:
             self._cancel_member(req, now)
         self._streaming.discard(req)
@@ -737,13 +735,13 @@ class EmulatedWorker:
             self._remove_pending.add(req.eid)
             self._reschedule()
             return
-        _remove_member(eng, req.eid)
+        eng.remove_member(req.eid)
         if eng.activity == DECODE:  # a segment that starts now: recompute it without the member
             self._restart(now)
 
     def _restart(self, now: float) -> None:
         events: list = []
-        _restart_activity(self.engine, now, events)
+        self.engine.restart_activity(now, events)
         if events:
             self._handle(now, events)
 
@@ -867,11 +865,11 @@ class EmulatedWorker:
         removed = False
         for eid in self._remove_pending:
             if eid in eng.members:
-                _remove_member(eng, eid)
+                eng.remove_member(eid)
                 removed = True
         self._remove_pending.clear()
         if removed and eng.activity == DECODE and eng.act_start_s == t:
-            _restart_activity(eng, t, events)
+            eng.restart_activity(t, events)
 
     def _handle(self, t: float, events: list) -> None:
         """Apply engine events (kind, request id, time, energy, cost, activity start)."""
@@ -921,7 +919,7 @@ class EmulatedWorker:
         if req.state == _St.HELD:
             eng.release(req.eid)
         elif req.eid in eng.members:
-            _remove_member(eng, req.eid)
+            eng.remove_member(req.eid)
             if eng.activity == DECODE and eng.act_start_s == t:
                 self._restart(t)
         req.state = _St.GONE
@@ -1007,42 +1005,6 @@ def restore_engine(eng: BatchEngine, blob: bytes) -> None:
     for name, value in state.items():
         if name in slots:
             setattr(eng, name, _typed(getattr(eng, name), value))
-
-
-# ---- engine surgery for cancellation ----------------------------------------
-# These touch BatchEngine's documented internals (waiting/joining deques, members,
-# finish_heap). They belong in BatchEngine as a `cancel(rid, now, events)` method;
-# they live here so the live path needs no change to the engine the simulator runs.
-
-
-def _remove_queued(queue: deque, eid: int) -> bool:
-    for i, item in enumerate(queue):
-        if item[0] == eid:
-            del queue[i]
-            return True
-    return False
-
-
-def _remove_member(eng: BatchEngine, eid: int) -> None:
-    """Take a member out of the decode batch, freeing its slot and KV."""
-    offset, kv, _, _ = eng.members.pop(eid)
-    eng.ctx_offset_sum -= offset
-    eng.kv_reserved -= kv
-    eng.batch -= 1
-    eng.finish_heap = [item for item in eng.finish_heap if item[1] != eid]
-    heapq.heapify(eng.finish_heap)
-
-
-def _restart_activity(eng: BatchEngine, now: float, events: list) -> None:
-    """Recompute an activity that starts at `now` (its batch changed before it ran)."""
-    if eng.activity == DECODE:
-        eng.decode_segments -= 1  # the segment never ran
-    elif eng.activity == PREFILL:
-        return  # a prefill iteration does not depend on the decode batch
-    eng.activity = IDLE
-    eng.act_energy_j = 0.0
-    eng.next_wake_s = _INF
-    eng._start_next(now, events)
 
 
 # ---------------------------------------------------------------------------

@@ -178,3 +178,29 @@ def test_energy_and_cost_shares_add_up():
     assert sum(c for _, c in shares.values()) == pytest.approx(eng.busy_s * 1.0)
     # Prefill energy splits by prompt tokens: 1:3.
     assert eng.busy_s == pytest.approx(now)
+
+
+def test_cancelled_member_frees_slot_and_kv_and_segment_is_recomputed():
+    eng = BatchEngine(HandPerf(per_ctx_s=0.0), ROLE_BOTH)
+    eng.submit_prefill(1, 100, 101)
+    eng.submit_prefill(2, 100, 11)
+    eng.poke(0.0, [])
+    eng.wake(eng.next_wake_s, [])  # both prefilled together; decode runs until 2 finishes
+    now = eng.act_start_s
+    assert eng.batch == 2 and eng.act_steps == 10
+    eng.remove_member(2)
+    eng.restart_activity(now, [])
+    assert eng.batch == 1 and eng.kv_reserved == 201
+    assert eng.act_steps == 100  # the segment now runs to request 1's finish
+    log, _ = run_until_idle(eng, now)
+    assert [rid for _, kind, rid in log if kind == FINISHED] == [1]
+
+
+def test_cancel_waiting_and_joining_requests():
+    eng = BatchEngine(HandPerf(), ROLE_DECODE)
+    eng.submit_decode(5, 100, 10)
+    assert eng.remove_joining(5) and not eng.remove_joining(5)
+    both = BatchEngine(HandPerf(), ROLE_BOTH)
+    both.submit_prefill(6, 300, 2)
+    assert both.waiting_tokens == 300
+    assert both.remove_waiting(6) and both.waiting_tokens == 0 and not both.remove_waiting(6)
