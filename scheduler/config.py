@@ -232,9 +232,8 @@ def load_cluster(path: str | Path) -> ClusterConfig:
 
 
 def builtin_cluster_path(name: str = "hybrid") -> Path:
-    """Example clusters ship in deploy/clusters/ (and inside the package for installs)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "clusters" / f"{name}.yaml", here.parent / "deploy" / "clusters" / f"{name}.yaml"):
-        if candidate.exists():
-            return candidate
-    raise ConfigError(f"no built-in cluster named {name!r}")
+    """An example cluster from deploy/clusters/ (the README installs the checkout in place)."""
+    path = Path(__file__).resolve().parent.parent / "deploy" / "clusters" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no built-in cluster named {name!r} ({path} not found)")
+    return path
