@@ -118,14 +118,11 @@ class ClusterSnapshot:
         self.pool_kv_capacity = np.array([p.perf.kv_capacity_tokens for p in pools], dtype=np.float64)
         self.pool_max_batch = np.array([p.config.max_batch for p in pools], dtype=np.float64)
         self.pool_price_usd_per_s = np.array([p.perf.price_usd_per_s for p in pools], dtype=np.float64)
-        self.pool_idle_power_w = np.array([p.perf.idle_power_w for p in pools], dtype=np.float64)
         self.pool_capability = np.array(
             [p.perf.model.capability if p.perf.model.capability is not None else 1.0 for p in pools])
         self.pool_model = [p.perf.model.name for p in pools]
         # Same id <=> same model, so KV from one pool is usable in the other.
         self.pool_model_id = np.array([self.pool_model.index(m) for m in self.pool_model], dtype=np.int64)
-        self.pool_link_bytes_per_s = np.array([p.config.link_bytes_per_s for p in pools])
-        self.pool_kv_bytes_per_token = np.array([p.perf.kv_bytes_per_token for p in pools])
         # Latency predictors fitted to the performance model, per pool:
         #   prefill_s(n) ~ a + b*n + c*n^2,   decode step_s ~ d + e*batch + f*context_tokens
         self.pool_prefill_coef = np.array([_prefill_coefficients(p.perf) for p in pools])

@@ -54,7 +54,7 @@ class BatchEngine:
         "members", "held", "activity", "act_start_s", "next_wake_s", "act_steps", "act_ctx0",
         "act_energy_j", "prefill_batch", "prefill_tokens_now", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
-        "decode_segments", "last_start_s", "last_kind", "_idle_w", "_price_s",
+        "decode_segments", "last_kind", "_idle_w", "_price_s",
     )
 
     def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384):
@@ -92,7 +92,6 @@ class BatchEngine:
         self.decode_tokens = 0
         self.prefill_iterations = 0
         self.decode_segments = 0
-        self.last_start_s = 0.0  # start of the activity `wake` just completed
         self.last_kind = IDLE
         self._idle_w = perf.idle_power_w
         self._price_s = perf.price_usd_per_s
@@ -180,7 +179,6 @@ class BatchEngine:
     def wake(self, now_s: float, events: list) -> None:
         """Complete the activity that ends at `now_s` (== next_wake_s), append its
         events to `events`, and start the next activity."""
-        self.last_start_s = self.act_start_s
         self.last_kind = self.activity
         duration = now_s - self.act_start_s
         self.busy_s += duration
