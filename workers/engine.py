@@ -92,7 +92,7 @@ class BatchEngine:
         self.decode_tokens = 0
         self.prefill_iterations = 0
         self.decode_segments = 0
-        self.last_kind = IDLE
+        self.last_kind = IDLE  # the activity `wake` just completed (live token streaming reads it)
         self._idle_w = perf.idle_power_w
         self._price_s = perf.price_usd_per_s
 
