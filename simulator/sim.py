@@ -324,6 +324,7 @@ class Simulation:
                     if not rid & _SAMPLE_EVERY_MASK:
                         self._sample_utilization(now)
                     continue
+                # Single-pass policies: `_place` inlined (no per-pass accounting needed).
                 decision = decide(req, snap, now, rng)
                 p = decision.prefill_instance
                 if p < 0:
