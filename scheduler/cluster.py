@@ -13,8 +13,10 @@ import numpy as np
 from scheduler.config import QUANTIZATION_BYTES, ClusterConfig, ConfigError, PoolConfig
 from scheduler.types import Role, Stage
 from workers.devices import get_device
+from workers.engine import BatchEngine
 from workers.models import load_model, with_dtype
 from workers.perf import InstancePerf, chips_needed
+from workers.prefix_cache import PrefixCache, PrefixIndex
 
 @dataclass(frozen=True, slots=True)
 class Pool:
@@ -155,6 +157,10 @@ class ClusterSnapshot:
         self.min_capability = {st: (float(self.pool_capability[self.pool[c]].min()) if len(c) else 0.0)
                                for st, c in self.candidates.items()}
         self.single_model = len(set(self.pool_model)) == 1
+        # Prefix caches' holdings, block id -> instance bitmask (workers/prefix_cache.py); set by
+        # the runtime when requests carry block hashes, else None and prefix scorers stay neutral.
+        self.prefix_index: PrefixIndex | None = None
+        self.prefix_block_tokens = 0
         self._init_economics(pools)
 
     def _init_economics(self, pools: list[Pool]) -> None:
@@ -304,6 +310,26 @@ class Cluster:
 
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.pools)
+
+    def make_engines(self, snap: ClusterSnapshot, prefix_caching: bool) -> list[BatchEngine]:
+        """One engine per instance, as both runtimes model them. With `prefix_caching` (and
+        the cluster's prefix_cache enabled) every prefill-capable instance gets a prefix
+        cache registered in a fresh index on `snap`, so policies see what each one holds."""
+        cfg = self.config.prefix_cache
+        index = None
+        if prefix_caching and cfg.enabled:
+            index = PrefixIndex()
+            snap.prefix_index = index
+            snap.prefix_block_tokens = cfg.block_tokens
+        engines = []
+        for pool in self.pools:
+            for i in pool.instances:
+                prefix = None
+                if index is not None and pool.role != Role.DECODE:
+                    prefix = PrefixCache(cfg.block_tokens, i, index)
+                engines.append(BatchEngine(pool.perf, int(pool.role), pool.config.max_batch,
+                                           pool.config.max_batch_tokens, prefix))
+        return engines
 
     def pool_of(self, instance: int) -> Pool:
         return self.instance_pool[instance]

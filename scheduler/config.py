@@ -29,6 +29,18 @@ class SloConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixCacheConfig:
+    """Per-instance prefix caching of prompt blocks (used when requests carry block hashes).
+
+    block_tokens must match how the trace's hash ids were made: Mooncake's
+    traces hash 512-token blocks.
+    """
+
+    enabled: bool = True
+    block_tokens: int = 512
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """A named preset from the registry, optionally with its plugin list overridden.
 
@@ -70,13 +82,15 @@ class ClusterConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     source: str = "<inline>"
+    prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
 
 
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
 }
-_TOP_KEYS = {"name", "pools", "policy", "slo", "description"}
+_TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
+_PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
 _POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
 _SLO_KEYS = {"ttft_s", "tpot_s"}
 
@@ -191,6 +205,23 @@ def _parse_slo(source: str, raw: Any) -> SloConfig:
     return SloConfig(**kwargs)
 
 
+def _parse_prefix_cache(source: str, raw: Any) -> PrefixCacheConfig:
+    if raw is None:
+        return PrefixCacheConfig()
+    if isinstance(raw, bool):
+        return PrefixCacheConfig(enabled=raw)
+    if not isinstance(raw, dict):
+        raise _fail(source, "prefix_cache", "expected true/false or a mapping with enabled and block_tokens")
+    _check_keys(source, "prefix_cache.", raw, _PREFIX_CACHE_KEYS)
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _fail(source, "prefix_cache.enabled", f"expected true or false, got {enabled!r}")
+    block_tokens = PrefixCacheConfig.block_tokens
+    if "block_tokens" in raw:
+        block_tokens = _number(source, "prefix_cache.block_tokens", raw["block_tokens"], integer=True)
+    return PrefixCacheConfig(enabled=enabled, block_tokens=block_tokens)
+
+
 def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
     """Validate a parsed YAML document. Device/model/policy names are checked later,
     when the cluster is built, against the catalogues and the registry."""
@@ -215,6 +246,7 @@ def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
         policy=_parse_policy(source, data.get("policy")),
         slo=_parse_slo(source, data.get("slo")),
         source=source,
+        prefix_cache=_parse_prefix_cache(source, data.get("prefix_cache")),
     )
 
 

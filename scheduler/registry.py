@@ -10,15 +10,15 @@ from dataclasses import replace
 from typing import Any
 
 from scheduler.config import ClusterConfig, ConfigError, PolicyConfig
-from scheduler.plugins import disagg, economics, filters, pickers, scorers, staging, tiers
+from scheduler.plugins import disagg, economics, filters, pickers, prefix, scorers, staging, tiers
 from scheduler.policies import (advisor, cascade, conditional_disagg, cost_aware, energy_aware, least_loaded,
-                                local_first, round_robin, slo_aware)
+                                local_first, prefix_aware, round_robin, slo_aware)
 from scheduler.policy import Policy, PolicySpec
 
 FILTERS = {p.name: p for p in (filters.FitsMemory, filters.ModelTier, filters.SameModel, tiers.LowestTier)}
 SCORERS = {p.name: p for p in (scorers.LeastLoaded, scorers.PredictedLatency, scorers.KvHeadroom,
                                economics.PredictedCost, economics.PredictedEnergy, tiers.LocalFirst,
-                               disagg.ConditionalDisagg)}
+                               disagg.ConditionalDisagg, prefix.PrefixAffinity)}
 PICKERS = {p.name: p for p in (pickers.Argmax, pickers.RandomTieBreak, pickers.RoundRobin)}
 # Staging plugins: requests served in more than one pass ("none": one pass).
 STAGINGS = {p.name: p for p in (staging.Escalate, staging.Advisor)}
@@ -35,6 +35,7 @@ POLICIES: dict[str, PolicySpec] = {
         cascade.POLICY,
         advisor.POLICY,
         conditional_disagg.POLICY,
+        prefix_aware.POLICY,
     )
 }
 

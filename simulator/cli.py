@@ -111,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_live(sub)
     from simulator.compare import register as register_compare
     from simulator.plan import register as register_plan
+    from simulator.sessions import register as register_sessions
 
     register_compare(sub)
     register_plan(sub)
+    register_sessions(sub)
     sub.add_parser("policies", help="list the built-in routing policies and plugins")
     return parser
 

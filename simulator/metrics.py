@@ -81,6 +81,10 @@ class PoolUsage:
     prefill_tokens: int
     decode_tokens: int
     utilization: float
+    prefix_hit_tokens: int = 0  # prompt tokens served from prefix caches instead of computed
+    # Hot spots: the busiest instance over the pool's mean, by busy time and by prompt tokens computed.
+    busy_max_over_mean: float = 1.0
+    prefill_tokens_max_over_mean: float = 1.0
 
     @classmethod
     def from_engines(cls, pool, engines, makespan_s: float) -> "PoolUsage":
@@ -97,11 +101,19 @@ class PoolUsage:
             prefill_tokens=sum(e.prefill_tokens for e in engines),
             decode_tokens=sum(e.decode_tokens for e in engines),
             utilization=busy / (n * makespan_s) if makespan_s > 0 else 0.0,
+            prefix_hit_tokens=sum(e.prefix_hit_tokens for e in engines),
+            busy_max_over_mean=_max_over_mean([e.busy_s for e in engines]),
+            prefill_tokens_max_over_mean=_max_over_mean([e.prefill_tokens for e in engines]),
         )
 
     @property
     def energy_j(self) -> float:
         return self.dynamic_energy_j + self.idle_energy_j
+
+
+def _max_over_mean(values) -> float:
+    total = sum(values)
+    return max(values) * len(values) / total if total else 1.0
 
 
 class UtilizationTimeline:
@@ -188,8 +200,11 @@ def summarize(result) -> dict:
     n_correct = int(correct.sum())
     attributed_energy = float(rec.energy_j.sum())
     passes = getattr(result, "pool_passes", None)
+    # Requests per instance (prefill side) over the pool's mean: how evenly a pool is used.
+    per_instance = np.bincount(rec.prefill_instance[placed], minlength=cluster.n_instances)
     pools = {}
     for p, usage in zip(cluster.pools, result.pools):
+        requests_ratio = _max_over_mean(per_instance[p.instances.start:p.instances.stop].tolist())
         pools[p.name] = {
             "device": usage.device,
             "model": usage.model,
@@ -201,7 +216,11 @@ def summarize(result) -> dict:
             "decode_requests": int(decode_counts[p.index]),
             "share": float(served_counts[p.index] / placed_total),
             "prefill_tokens": usage.prefill_tokens,
+            "prefix_hit_tokens": usage.prefix_hit_tokens,
             "decode_tokens": usage.decode_tokens,
+            "instance_requests_max_over_mean": requests_ratio,
+            "instance_busy_max_over_mean": usage.busy_max_over_mean,
+            "instance_prefill_tokens_max_over_mean": usage.prefill_tokens_max_over_mean,
             "utilization": usage.utilization,
             "energy_j": usage.energy_j,
             "idle_energy_j": usage.idle_energy_j,
@@ -210,6 +229,9 @@ def summarize(result) -> dict:
             # Passes served (escalations and advice included); equals requests for one-pass policies.
             "passes": int(passes[p.index]) if passes is not None else int(served_counts[p.index]),
         }
+    hit_tokens = sum(u.prefix_hit_tokens for u in result.pools)
+    prompt_tokens = hit_tokens + sum(u.prefill_tokens for u in result.pools)
+    load_ratios = [pools[p.name]["instance_requests_max_over_mean"] for p in cluster.pools if p.role.name != "DECODE"]
     return {
         "cluster": cluster.config.name,
         "policy": result.policy_name,
@@ -222,6 +244,12 @@ def summarize(result) -> dict:
         "reject_reasons": result.reject_reasons,
         "input_tokens": int(rec.input_tokens.sum()),
         "output_tokens": out_tokens,
+        # Prompt tokens prefilled: computed, and served from a prefix cache instead.
+        "prefill_computed_tokens": prompt_tokens - hit_tokens,
+        "prefix_hit_tokens": hit_tokens,
+        "prefix_hit_rate": hit_tokens / prompt_tokens if prompt_tokens else 0.0,
+        # Requests placed on the busiest prefill-capable instance over its pool's mean (1.0 = even).
+        "max_instance_load_ratio": max(load_ratios) if load_ratios else 1.0,
         "ttft_s": _percentiles(ttft),
         "tpot_s": _percentiles(tpot),
         "e2e_s": _percentiles(e2e),

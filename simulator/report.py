@@ -56,6 +56,11 @@ def format_summary(s: dict) -> str:
         lines.append(
             f"quality {s['quality'] * 100:.1f}% answered correctly ({s['correct']:,})"
             + (f"   {qkwh:,.0f} queries per kWh" if qkwh else "") + extra)
+    if s.get("prefix_hit_tokens"):
+        lines.append(
+            f"prefix cache: {s['prefix_hit_rate'] * 100:.1f}% of prompt tokens served from cache "
+            f"({s['prefix_hit_tokens']:,} of {s['prefix_hit_tokens'] + s['prefill_computed_tokens']:,})   "
+            f"busiest instance {s['max_instance_load_ratio']:.2f}x its pool's mean requests")
     header = (f"{'pool':<16}{'device':<10}{'role':<8}{'inst':>5}{'requests':>10}{'share':>7}"
               f"{'prefill tok':>13}{'decode tok':>12}{'util':>6}{'energy':>11}{'cost $':>10}")
     lines += ["", header]

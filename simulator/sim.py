@@ -66,10 +66,8 @@ class Simulation:
         self.progress = progress
         self.chunk_size = chunk_size
         self.snap: ClusterSnapshot = cluster.snapshot()
-        self.engines = [
-            BatchEngine(pool.perf, int(pool.role), pool.config.max_batch, pool.config.max_batch_tokens)
-            for pool in cluster.pools for _ in pool.instances
-        ]
+        # Prefix caches when the requests carry block hashes (and the cluster enables them).
+        self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.trace.hash_ids is not None)
         self.instance_pool = [pool.index for pool in cluster.pools for _ in pool.instances]
         self.records = RequestRecords(workload.n_requests)
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
@@ -158,7 +156,7 @@ class Simulation:
         rec.input_tokens[rid] = req.input_tokens
         rec.output_tokens[rid] = req.output_tokens
         eng = self.engines[p]
-        eng.submit_prefill(rid, req.input_tokens, req.output_tokens)
+        eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
             self._schedule_wake(p)
         self._sync(p)
@@ -289,6 +287,11 @@ class Simulation:
             inputs = chunk.input_tokens.tolist()
             outputs = chunk.output_tokens.tolist()
             difficulties = chunk.difficulty.tolist()
+            hash_offsets = hash_values = None
+            if chunk.hash_ids is not None:
+                hash_offsets = chunk.hash_ids[0].tolist()
+                hash_values = chunk.hash_ids[1].tolist()
+            blocks = no_hashes
             for j in range(n):
                 now = arrivals[j]
                 while heap and heap[0][0] <= now:
@@ -318,7 +321,9 @@ class Simulation:
                 n_events += 1
                 inp = inputs[j]
                 out = outputs[j]
-                req = new_request(Request, (rid, inp, out, now, 0.0, no_hashes, difficulties[j]))
+                if hash_values is not None:
+                    blocks = tuple(hash_values[hash_offsets[j]:hash_offsets[j + 1]])
+                req = new_request(Request, (rid, inp, out, now, 0.0, blocks, difficulties[j]))
                 if staging is not None:
                     self._arrive_staged(req, now, rng)
                     if not rid & _SAMPLE_EVERY_MASK:
@@ -335,7 +340,7 @@ class Simulation:
                 rec.prefill_instance[rid] = p
                 rec.decode_instance[rid] = decision.decode_instance
                 eng = engines[p]
-                eng.submit_prefill(rid, inp, out)
+                eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
                 snap_update(p, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,

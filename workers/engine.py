@@ -17,6 +17,11 @@ instance's global step counter, so the batch's total context at step s is
 
 KV memory is reserved for prompt + output when a request is admitted, so a
 running request is never preempted and a waiting one simply waits.
+
+With a `PrefixCache` (workers/prefix_cache.py) a prompt submitted with its
+block hashes computes only the tokens past its cached prefix. The reservation
+stays prompt + output (conservative: shared blocks are not deduplicated), and
+the cache holds finished prompts' blocks in whatever KV memory is left free.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
+    from workers.prefix_cache import PrefixCache
 
 # Activity of an instance.
 IDLE = 0
@@ -54,10 +60,11 @@ class BatchEngine:
         "members", "held", "activity", "act_start_s", "next_wake_s", "act_steps", "act_ctx0",
         "act_energy_j", "prefill_batch", "prefill_tokens_now", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
-        "decode_segments", "last_kind", "_idle_w", "_price_s",
+        "decode_segments", "last_kind", "_idle_w", "_price_s", "prefix", "prompt_blocks", "prefix_hit_tokens",
     )
 
-    def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384):
+    def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384,
+                 prefix: "PrefixCache | None" = None):
         self.perf = perf
         self.role = int(role)
         self.max_batch = int(max_batch)
@@ -95,11 +102,21 @@ class BatchEngine:
         self.last_kind = IDLE  # the activity `wake` just completed (live token streaming reads it)
         self._idle_w = perf.idle_power_w
         self._price_s = perf.price_usd_per_s
+        # Prefix caching: the cache (None: off), each waiting or prefilling prompt's
+        # block hashes (only prompts submitted with some), and prompt tokens served
+        # from the cache instead of computed (prefill_tokens counts computed ones).
+        self.prefix = prefix
+        self.prompt_blocks: dict = {}
+        self.prefix_hit_tokens = 0
 
     # ---- submitting work -------------------------------------------------
-    def submit_prefill(self, rid: int, input_tokens: int, output_tokens: int) -> None:
+    def submit_prefill(self, rid: int, input_tokens: int, output_tokens: int, block_hashes=None) -> None:
+        """Queue a prompt; `block_hashes` (its prefix-cache blocks in order) lets a
+        prefix cache skip the part it already holds."""
         self.waiting.append((rid, input_tokens, output_tokens))
         self.waiting_tokens += input_tokens
+        if block_hashes and self.prefix is not None:
+            self.prompt_blocks[rid] = block_hashes
 
     def submit_decode(self, rid: int, input_tokens: int, output_tokens: int) -> None:
         """A request whose KV was handed over (first token already produced)."""
@@ -116,6 +133,7 @@ class BatchEngine:
             if queued == rid:
                 del self.waiting[i]
                 self.waiting_tokens -= inp
+                self.prompt_blocks.pop(rid, None)
                 return True
         return False
 
@@ -192,12 +210,18 @@ class BatchEngine:
         self._start_next(now_s, events)
 
     def _finish_prefill(self, now_s: float, energy: float, cost: float, events: list) -> None:
+        # Each prompt pays for the tokens it computed (a cached prefix is free).
         per_token_e = energy / self.prefill_tokens_now
         per_token_c = cost / self.prefill_tokens_now
         start = self.act_start_s
         role = self.role
-        for rid, inp, out in self.prefill_batch:
-            events.append((FIRST_TOKEN, rid, now_s, per_token_e * inp, per_token_c * inp, start))
+        prompt_blocks = self.prompt_blocks
+        for rid, inp, out, computed in self.prefill_batch:
+            if prompt_blocks:
+                blocks = prompt_blocks.pop(rid, None)
+                if blocks:
+                    self.prefix.insert(blocks)
+            events.append((FIRST_TOKEN, rid, now_s, per_token_e * computed, per_token_c * computed, start))
             if role == ROLE_PREFILL:
                 self.held[rid] = inp
             elif out > 1:
@@ -206,6 +230,8 @@ class BatchEngine:
                 self.kv_reserved -= inp + out
                 events.append((FINISHED, rid, now_s, 0.0, 0.0, start))
         self.prefill_batch = []
+        if self.prefix is not None:
+            self.prefix.trim(self.kv_capacity - self.kv_reserved)
 
     def _finish_decode(self, now_s: float, energy: float, cost: float, events: list) -> None:
         batch = self.batch
@@ -250,14 +276,23 @@ class BatchEngine:
         waiting = self.waiting
         if waiting and self.role != ROLE_DECODE:
             role_both = self.role == ROLE_BOTH
-            tokens = 0
+            tokens = 0  # computed this iteration (past any cached prefix)
+            taken = 0  # prompt tokens leaving the queue
             pairs = 0.0
             batch: list = []
             slots = self.max_batch - self.batch
+            prompt_blocks = self.prompt_blocks
             while waiting:
                 rid, inp, out = waiting[0]
                 need = inp + out if role_both else inp
-                if batch and tokens + inp > self.max_batch_tokens:
+                cached = 0
+                if prompt_blocks:
+                    blocks = prompt_blocks.get(rid)
+                    if blocks:
+                        # At least the last prompt token is computed: it yields the first output token.
+                        cached = min(self.prefix.match(blocks) * self.prefix.block_tokens, inp - 1)
+                new = inp - cached
+                if batch and tokens + new > self.max_batch_tokens:
                     break
                 if self.kv_reserved + need > self.kv_capacity:
                     break
@@ -265,11 +300,16 @@ class BatchEngine:
                     break
                 waiting.popleft()
                 self.kv_reserved += need
-                tokens += inp
-                pairs += inp * (inp + 1) * 0.5
-                batch.append((rid, inp, out))
+                tokens += new
+                taken += inp
+                # Causal attention of the new tokens over the cached prefix and each other.
+                pairs += new * cached + new * (new + 1) * 0.5
+                self.prefix_hit_tokens += cached
+                batch.append((rid, inp, out, new))
             if batch:
-                self.waiting_tokens -= tokens
+                self.waiting_tokens -= taken
+                if self.prefix is not None:
+                    self.prefix.trim(self.kv_capacity - self.kv_reserved)
                 t, e = self.perf.prefill(tokens, pairs, len(batch))
                 self.activity = PREFILL
                 self.prefill_batch = batch

@@ -71,7 +71,7 @@ def check_engine(eng: BatchEngine) -> None:
     assert eng.batch == len(eng.members) == len(eng.finish_heap)
     assert {rid for _, rid in eng.finish_heap} == set(eng.members)
     assert eng.ctx_offset_sum == pytest.approx(sum(m[0] for m in eng.members.values()))
-    in_prefill = sum(inp + (out if eng.role == ROLE_BOTH else 0) for _, inp, out in eng.prefill_batch)
+    in_prefill = sum(inp + (out if eng.role == ROLE_BOTH else 0) for _, inp, out, _ in eng.prefill_batch)
     reserved = sum(m[1] for m in eng.members.values()) + sum(eng.held.values()) + in_prefill
     assert eng.kv_reserved == reserved
     assert eng.waiting_tokens == sum(inp for _, inp, _ in eng.waiting)

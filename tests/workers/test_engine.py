@@ -143,7 +143,7 @@ def test_prefill_only_holds_kv_until_released_and_decode_joins():
     pre.submit_prefill(1, 100, 3)
     pre.submit_prefill(2, 100, 3)  # does not fit until 1's KV is released
     pre.poke(0.0, [])
-    assert [r for r, _, _ in pre.prefill_batch] == [1]
+    assert [r for r, *_ in pre.prefill_batch] == [1]
     events = []
     pre.wake(pre.next_wake_s, events)
     assert events[0][:2] == (FIRST_TOKEN, 1) and pre.activity == IDLE and pre.kv_reserved == 100
@@ -152,7 +152,7 @@ def test_prefill_only_holds_kv_until_released_and_decode_joins():
     dec.poke(0.2, joined)
     assert joined[0][:2] == (JOINED, 1)
     pre.release(1)
-    assert pre.poke(0.2, []) and [r for r, _, _ in pre.prefill_batch] == [2]
+    assert pre.poke(0.2, []) and [r for r, *_ in pre.prefill_batch] == [2]
     log, end = run_until_idle(dec, 0.2)
     assert log == [(pytest.approx(0.22), FINISHED, 1)]  # two decode steps after the hand-over
 
