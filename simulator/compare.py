@@ -175,6 +175,14 @@ def format_table(summaries: list[dict], front: list[str]) -> str:
     lines.append("* on the cost / energy / quality Pareto front. cost $ and energy: the provisioned cluster over "
                  "the run (idle included); served: busy time attributed to requests. esc: escalations + advised "
                  "requests. J/tok: energy per output token; q/kWh: completed queries per kWh")
+    if any(s.get("prefix_hit_tokens") for s in summaries):
+        lines.append(f"{'prefix caching':<31}{'cached':>8}{'computed':>12}{'p50 TTFT':>10}{'busiest/mean':>14}")
+        for s in summaries:
+            lines.append(f" {short_label(s['label'])[:30]:<30}{_pct(s['prefix_hit_rate']):>8}"
+                         f"{s['prefill_computed_tokens'] / 1e6:>10,.2f} M{_ms(s['ttft_s']['p50']):>10}"
+                         f"{s['max_instance_load_ratio']:>13.2f}x")
+        lines.append("cached: share of prompt tokens served from prefix caches; computed: prompt tokens prefilled; "
+                     "busiest/mean: requests on the busiest instance over its pool's mean")
     return "\n".join(lines)
 
 

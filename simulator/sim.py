@@ -25,7 +25,7 @@ from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
 from simulator.workload import Workload
-from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
+from workers.engine import FINISHED, FIRST_TOKEN, JOINED, PREFILL, BatchEngine
 
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: request id
@@ -86,11 +86,16 @@ class Simulation:
         self._pool_passes = [0] * len(cluster.pools)
 
     # ---- helpers ---------------------------------------------------------
-    def _sync(self, i: int) -> None:
-        """Copy one engine's state into the snapshot the policy reads."""
+    def _sync(self, i: int, now: float) -> None:
+        """Copy one engine's state into the snapshot the policy reads.
+
+        `busy_until_s` is when a new prompt could start: the end of a prefill
+        iteration, or now for a decoding or idle instance (a poke cuts a decode
+        segment at its next step, milliseconds away, not at the segment's end).
+        """
         eng = self.engines[i]
         self.snap.update(i, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity else 0.0)
+                         eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -108,7 +113,7 @@ class Simulation:
                 src_eng.release(rid)
                 if src_eng.poke(now, self._log):  # a prefill-only engine reports no events here
                     self._schedule_wake(src)
-                self._sync(src)
+                self._sync(src, now)
 
     def _hand_over(self, src: int, rid: int, now: float) -> None:
         rec = self.records
@@ -138,7 +143,7 @@ class Simulation:
             self._schedule_wake(dst)
         if len(self._log) > first:
             self._route(dst, now, first)
-        self._sync(dst)
+        self._sync(dst, now)
 
     def _place(self, req: Request, now: float, rng: np.random.Generator) -> str:
         """Decide and submit one pass; returns the reject reason ('' when placed)."""
@@ -159,7 +164,7 @@ class Simulation:
         eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
             self._schedule_wake(p)
-        self._sync(p)
+        self._sync(p, now)
         return ""
 
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
@@ -222,7 +227,7 @@ class Simulation:
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
         self.snap.update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, wake if eng.activity else 0.0)
+                         eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -316,7 +321,7 @@ class Simulation:
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
                     snap_update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                                eng.kv_capacity - eng.kv_reserved, wake if eng.activity else 0.0)
+                                eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -344,7 +349,7 @@ class Simulation:
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
                 snap_update(p, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                            eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity else 0.0)
+                            eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()

@@ -149,3 +149,17 @@ def test_cli_writes_a_session_trace_that_simulate_replays(tmp_path, capsys):
                  "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "completed 300" in printed and "prefix cache:" in printed
+
+
+def test_compare_reports_prefix_caching_per_policy(tmp_path, capsys):
+    out = tmp_path / "s.jsonl"
+    assert main(["sessions", "--out", str(out), "--requests", "400", "--rate", "40", "--seed", "2"]) == 0
+    cluster = builtin_cluster_path("gpu-colocated")
+    assert main(["compare", "--trace", str(out), "--cluster", str(cluster),
+                 "--policies", "least-loaded,prefix-aware"]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("prefix caching"):].splitlines()
+    rows = {line.split()[0]: line.split() for line in table[1:3]}
+    assert set(rows) == {"least-loaded", "prefix-aware"}
+    cached = {name: float(cols[1].rstrip("%")) for name, cols in rows.items()}
+    assert cached["prefix-aware"] > cached["least-loaded"] > 0
