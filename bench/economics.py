@@ -246,7 +246,7 @@ def cross_device(trace, n: int) -> dict:
 
 
 # ---- 5. prefix-aware vs least-loaded on a trace with prefix reuse ----------------------------
-PREFIX_RATES = [200.0, 250.0, 300.0, 350.0, 400.0, 425.0, 450.0, 475.0, 500.0, 525.0, 550.0]
+PREFIX_RATES = [200.0, 250.0, 300.0, 350.0, 375.0, 400.0, 425.0, 450.0, 475.0, 500.0]
 PREFIX_POLICIES = ["least-loaded", "round-robin", "slo-aware", "prefix-aware"]
 PREFIX_SLACKS = [0.0, 0.1, 0.25, 1.0, 1e9]  # 1e9: no load bound
 
@@ -542,6 +542,9 @@ def _prefix_section(px: dict) -> list[str]:
                   f"{pa[x]['ttft_p99_s'] * 1e3:.0f} vs {ll[x]['ttft_p99_s'] * 1e3:.0f} ms; the busiest instance "
                   f"takes {pa[x]['max_instance_load_ratio']:.2f}x the mean number of requests "
                   f"({ll[x]['max_instance_load_ratio']:.2f}x under least-loaded).",
+                  f"- Capacity within the SLO (>= 99% attainment): prefix-aware {m['prefix-aware']:g} req/s against "
+                  f"{m['least-loaded']:g} for least-loaded ({m['prefix-aware'] / m['least-loaded']:.2f}x; the grid is "
+                  "25 req/s near the knees), on the same 16 H100s.",
                   "- Least-loaded already hits the cache often: every instance soon holds the popular system "
                   "prompts, so what prefix-aware adds is the conversation history, which only the instance that "
                   "served the previous turn holds. Near saturation the saved prefill becomes capacity.", ""]
