@@ -36,7 +36,8 @@ Per step it reports:
   once, with no load before the first step);
 - machine CPU busy share over the step (/proc/stat, all cores), and CPU
   cores used per process: this client, the prober, and serve's process tree
-  by kind (scheduler actor, worker actors, raylet, GCS, ...).
+  by kind (scheduler actor, worker actors, raylet, GCS, ...), also as CPU
+  milliseconds per completed request.
 """
 from __future__ import annotations
 
@@ -354,6 +355,10 @@ async def drive(args, target: str, metrics_url: str, lengths: np.ndarray, time_s
                 # CPU seconds per wall second of the step, by process (2.0 = both cores).
                 "cpu_cores_by_process": {k: round((procs1.get(k, 0.0) - procs0.get(k, 0.0)) / (t_unix1 - t_unix0), 3)
                                          for k in sorted(procs1) if procs1.get(k, 0.0) - procs0.get(k, 0.0) > 0.005},
+                # The same CPU per completed request, in milliseconds.
+                "cpu_ms_per_request_by_process": {
+                    k: round(1e3 * (procs1.get(k, 0.0) - procs0.get(k, 0.0)) / completed, 3)
+                    for k in sorted(procs1) if completed and procs1.get(k, 0.0) - procs0.get(k, 0.0) > 0.005},
                 "window_unix_s": [t_unix0, t_unix1],
             }
             out.append(row)

@@ -18,14 +18,19 @@ Three layers, innermost first:
   modelled times.
 - `WorkerServicer` is the `infersched.v1.Worker` gRPC service: it converts
   proto <-> core in one place, answers bad fields with INVALID_ARGUMENT and a
-  reason, and frees a request's slot and KV when its call is cancelled.
+  reason, and frees a request's slot and KV when its call is cancelled. The
+  scheduler uses its Session stream: the same prefill and decode work as the
+  Prefill and Decode calls, for many requests on one call, with the progress
+  that is ready at the same moment gathered into one message (`_Outbox`).
 - `WorkerActor` is the async Ray actor: it hosts a grpc.aio server (Worker,
   health, reflection) on `host:0`, registers its address with the scheduler
   (also after Ray restarts it), and exposes a few idempotent methods.
 
 KV hand-over (prefill-only workers): after prefill the worker streams the
-request's KV to the decode worker itself (`TransferKv`), in blocks of
-`kv_block_tokens` tokens with msgpack metadata. The modelled transfer time
+request's KV to the decode worker itself, in blocks of `kv_block_tokens` tokens
+with msgpack metadata, on one long-lived `TransferKvStream` per decode worker
+that carries all its hand-overs there (`_KvLink`; `TransferKv` does the same
+for one request per call). The modelled transfer time
 `InstancePerf.kv_transfer_s(prompt tokens, min(own link, decode link))` is what
 the clock waits: blocks are paced over it, and the source link carries one
 hand-over at a time (FIFO), as in the simulator. Payloads are placeholders
@@ -37,7 +42,10 @@ decode batch; the prefill worker then frees its copy as of the modelled end of
 the transfer (the simulator frees it at `JOINED`: the same moment unless the
 decode batch had no room).
 
-Contract extensions, carried in gRPC metadata so the .proto stays unchanged:
+Contract extensions, carried in gRPC metadata of the unary and client-streaming
+calls (the Session stream has fields for the load report, the engine state, the
+send time, the decode link, the hand-over time and the decode summary, with the
+same contents):
 
 - ``infersched-load`` (trailing metadata of every Worker RPC): the worker's
   snapshot row and usage,
@@ -144,6 +152,8 @@ DEFAULT_CLAIM_TIMEOUT_S = 30.0
 _MIN_SLEEP_S = 1e-3
 
 _KV_DTYPES = {4.0: "float32", 2.0: "bfloat16", 1.0: "float8_e4m3fn"}
+# grpc.StatusCode names by their numeric value (WorkError carries the number).
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _INF = math.inf
 
 
@@ -1080,6 +1090,190 @@ def parse_kv_block(block: worker_pb2.KvBlock, index: int, first: dict | None, pr
     return meta
 
 
+class _KvIntake:
+    """One request's KV blocks as they arrive, each checked against the ones before it."""
+
+    __slots__ = ("first", "index", "prev_end", "received_bytes", "ready_unix")
+
+    def __init__(self):
+        self.first: dict | None = None
+        self.index = 0
+        self.prev_end = 0
+        self.received_bytes = 0
+        self.ready_unix = None
+
+    def add(self, block: worker_pb2.KvBlock) -> None:
+        meta = parse_kv_block(block, self.index, self.first, self.prev_end)
+        if self.first is None:
+            self.first = meta
+        self.prev_end = meta["token_end"]
+        self.ready_unix = meta.get("ready_unix_s")
+        self.received_bytes += len(block.payload)
+        self.index += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.first is not None and self.index == self.first["num_blocks"]
+
+    def check_complete(self) -> None:
+        """The blocks so far are all there is; raises InvalidField if that is not a whole hand-over."""
+        if self.first is None:
+            raise InvalidField("block 0: the stream carried no blocks")
+        if not self.complete:
+            raise InvalidField(f"block {self.index}: key 'num_blocks': the stream ended after {self.index} of "
+                               f"{self.first['num_blocks']} blocks")
+        if self.ready_unix is not None and not isinstance(self.ready_unix, (int, float)):
+            raise InvalidField(f"block {self.index - 1}: key 'ready_unix_s': expected a number, "
+                               f"got {self.ready_unix!r}")
+
+    def ack(self, w: "EmulatedWorker") -> worker_pb2.KvTransferAck:
+        return worker_pb2.KvTransferAck(request_id=self.first["request_id"], blocks_received=self.index,
+                                        tokens_received=self.prev_end, bytes_received=self.received_bytes,
+                                        kv_free_tokens=w.engine.kv_capacity - w.engine.kv_reserved)
+
+
+class _KvLink:
+    """A prefill worker's stream of hand-overs to one decode worker (TransferKvStream):
+    blocks out, one result per request back, routed to the hand-over waiting for it."""
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerStub, address: str, timeout_s: float):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.call = stub.TransferKvStream()
+        self._write_lock = asyncio.Lock()  # one write at a time on a gRPC stream
+        self._waiting: dict[str, asyncio.Future] = {}
+        self.failure: tuple[grpc.StatusCode, str] | None = None
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    def _failed(self) -> PeerFailed:
+        code, details = self.failure
+        return PeerFailed(self.address, f"{code.name}: {details}", code)
+
+    async def _write(self, message: worker_pb2.KvStreamRequest) -> None:
+        if self.failure is not None:
+            raise self._failed()
+        try:
+            async with self._write_lock:
+                await self.call.write(message)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await asyncio.shield(self._reader)  # the stream ended; the reader records why
+            raise self._failed() from None
+
+    async def send(self, key: str, blocks: AsyncIterator[tuple[dict, bytes]]) -> worker_pb2.KvTransferAck:
+        """Hand one request's blocks over and wait for its ack; raises PeerFailed."""
+        result = self._waiting[key] = asyncio.get_running_loop().create_future()
+        sent = False
+        try:
+            async for meta, payload in blocks:
+                await self._write(worker_pb2.KvStreamRequest(
+                    block=worker_pb2.KvBlock(meta=msgpack.packb(meta), payload=payload)))
+                sent = True
+            outcome = await asyncio.wait_for(result, self.timeout_s)
+        except TimeoutError:
+            self._cancel(key)
+            raise PeerFailed(self.address, f"no acknowledgement within {self.timeout_s:g} s",
+                             grpc.StatusCode.DEADLINE_EXCEEDED) from None
+        except asyncio.CancelledError:
+            if sent:
+                self._cancel(key)
+            raise
+        finally:
+            self._waiting.pop(key, None)
+        if outcome is None:
+            raise self._failed()
+        if outcome.HasField("error"):
+            code = grpc.StatusCode[_STATUS_NAMES.get(outcome.error.code, "UNKNOWN")]
+            raise PeerFailed(self.address, f"{code.name}: {outcome.error.message}", code)
+        return outcome.ack
+
+    def _cancel(self, key: str) -> None:
+        if self.failure is None:
+            asyncio.get_running_loop().create_task(
+                self._write(worker_pb2.KvStreamRequest(cancel_request_id=key))).add_done_callback(_quiet)
+
+    def close(self) -> None:
+        self.call.cancel()
+
+    async def _read(self) -> None:
+        code, details = grpc.StatusCode.UNAVAILABLE, "the decode worker ended the stream"
+        try:
+            async for message in self.call:
+                for result in message.results:
+                    waiter = self._waiting.get(result.request_id)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(result)
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details()
+        finally:
+            self.failure = (code, details)
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_result(None)
+
+
+def _quiet(task: asyncio.Task) -> None:
+    """Done callback of a best-effort task: its failure is already handled elsewhere."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _Outbox:
+    """A Session's updates waiting to be sent. Whatever becomes ready before the stream
+    is free again goes out as one message, with at most one update per request (its
+    token chunks merged): the message count follows the engine's wakes, not the
+    number of requests or chunks."""
+
+    __slots__ = ("updates", "_ready")
+
+    def __init__(self):
+        self.updates: dict[str, worker_pb2.WorkUpdate] = {}
+        self._ready = asyncio.Event()
+
+    async def ready(self) -> None:
+        await self._ready.wait()
+        self._ready.clear()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def take(self) -> list[worker_pb2.WorkUpdate]:
+        updates = list(self.updates.values())
+        self.updates = {}
+        return updates
+
+    def _update(self, key: str) -> worker_pb2.WorkUpdate:
+        update = self.updates.get(key)
+        if update is None:
+            update = self.updates[key] = worker_pb2.WorkUpdate(request_id=key)
+            self._ready.set()
+        return update
+
+    def prefilled(self, key: str, response: worker_pb2.PrefillResponse, kv_sent_s: float) -> None:
+        update = self._update(key)
+        update.prefill.CopyFrom(response)
+        update.kv_sent_s = kv_sent_s
+
+    def tokens(self, key: str, first: int, count: int, emit_s: float) -> None:
+        chunk = self._update(key).tokens
+        if chunk.token_count:  # chunks of one request arrive in order: extend the pending one
+            chunk.token_count += count
+        else:
+            chunk.request_id = key
+            chunk.first_token_index = first
+            chunk.token_count = count
+        chunk.emit_s = emit_s
+
+    def decoded(self, key: str, summary: DecodeSummary) -> None:
+        self._update(key).decoded.CopyFrom(worker_pb2.DecodeResult(
+            wait_s=summary.wait_s, decode_s=summary.decode_s, energy_j=summary.energy_j, cost_usd=summary.cost_usd))
+
+    def error(self, key: str, code: grpc.StatusCode, message: str, failed_peer_address: str = "") -> None:
+        update = self._update(key)
+        update.error.code = code.value[0]
+        update.error.message = message
+        update.error.failed_peer_address = failed_peer_address
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """infersched.v1.Worker over an EmulatedWorker."""
 
@@ -1088,7 +1282,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.worker = worker
         self.rpc_timeout_s = rpc_timeout_s
         self._on_drain = on_drain
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # Peer decode workers: address -> (channel, stub); a stub builds a callable per method.
+        self._peers: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]] = {}
+        self._links: dict[str, _KvLink] = {}  # hand-over streams by decode worker address
 
     def _load_md(self, engine: bool = True) -> tuple[tuple[str, Any], ...]:
         # The row first: it brings the engine up to now, so the state that follows matches it.
@@ -1098,109 +1294,186 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         return ((LOAD_KEY, row), (ENGINE_KEY, self.worker.engine_state()))
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+        for channel, _ in self._peers.values():
             await channel.close()
-        self._channels.clear()
+        self._peers.clear()
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        peer = self._peers.get(address)
+        if peer is None:
             channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
-            self._channels[address] = channel
-        return worker_pb2_grpc.WorkerStub(channel)
+            peer = self._peers[address] = (channel, worker_pb2_grpc.WorkerStub(channel))
+        return peer[1]
 
-    async def _send_kv(self, address: str, blocks: AsyncIterator[tuple[dict, bytes]]) -> worker_pb2.KvTransferAck:
-        async def messages():
-            async for meta, payload in blocks:
-                yield worker_pb2.KvBlock(meta=msgpack.packb(meta), payload=payload)
-
+    async def _send_kv(self, address: str, key: str,
+                       blocks: AsyncIterator[tuple[dict, bytes]]) -> worker_pb2.KvTransferAck:
+        # One stream per decode worker for every hand-over to it: a TransferKv call per
+        # request costs both workers ~1 ms of CPU, a message on the stream a tenth of that.
+        link = self._links.get(address)
+        if link is None or link.failure is not None:
+            link = self._links[address] = _KvLink(self._stub(address), address, self.rpc_timeout_s)
         try:
-            return await self._stub(address).TransferKv(messages(), timeout=self.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return await link.send(key, blocks)
+        except PeerFailed as exc:
+            if exc.code == grpc.StatusCode.UNAVAILABLE and link.failure is not None:
                 # The peer may have restarted on a new port; a stale channel keeps failing.
-                channel = self._channels.pop(address, None)
-                if channel is not None:
-                    await channel.close()
-            raise PeerFailed(address, f"{exc.code().name}: {exc.details()}", exc.code()) from None
+                self._links.pop(address, None)
+                peer = self._peers.pop(address, None)
+                if peer is not None:
+                    await peer[0].close()
+            raise
 
-    async def Prefill(self, request, context):
+    async def _run_prefill(self, request: worker_pb2.PrefillRequest, peer_link: float | None,
+                           sent_unix: float | None, decode_follows: bool = False
+                           ) -> tuple[worker_pb2.PrefillResponse, HandOverOutcome]:
+        """Prefill one request and, on a prefill-only worker, hand its KV over. Raises
+        WorkerError (PeerFailed when the hand-over failed) or ValueError."""
         w = self.worker
-        try:
-            key, inp, out, decode_address = _prefill_args(request)
-            if w.role == ROLE_BOTH and decode_address:
-                raise InvalidField("field 'decode_address': a colocated worker keeps its KV; leave it empty")
-            if w.role == ROLE_PREFILL and not decode_address and out > 1:
-                raise InvalidField("field 'decode_address': a prefill-only worker hands KV over; name the "
-                                   "decode worker")
-            metadata = context.invocation_metadata()
-            link = _meta_value(metadata, LINK_KEY)
-            peer_link = float(link) if link else None
-            sent = _meta_value(metadata, SENT_KEY)
-            req = w.admit_prefill(key, inp, out, float(sent) if sent else None)
-        except (WorkerError, ValueError) as exc:
-            await _abort(context, exc)
-        try:
-            pre = await w.first_token(req)
-        except Cancelled as exc:
-            await _abort(context, exc)
+        key, inp, out, decode_address = _prefill_args(request)
+        if w.role == ROLE_BOTH and decode_address:
+            raise InvalidField("field 'decode_address': a colocated worker keeps its KV; leave it empty")
+        if w.role == ROLE_PREFILL and not decode_address and out > 1:
+            raise InvalidField("field 'decode_address': a prefill-only worker hands KV over; name the "
+                               "decode worker")
+        req = w.admit_prefill(key, inp, out, sent_unix)
+        pre = await w.first_token(req)
         transfer = HandOverOutcome(0.0, 0.0, 0, 0)
         if w.role == ROLE_PREFILL:
             if out > 1:
-                try:
-                    transfer = await w.hand_over(req, peer_link, lambda blocks: self._send_kv(decode_address, blocks))
-                except PeerFailed as exc:
-                    await context.abort(exc.code, str(exc), trailing_metadata=((FAILED_PEER_KEY, exc.address),))
+                transfer = await w.hand_over(req, peer_link,
+                                             lambda blocks: self._send_kv(decode_address, key, blocks))
             else:
                 w.release_held(req)
-        else:
+        elif not decode_follows:
             w.keep_for_decode(req)
-        context.set_trailing_metadata(((HANDOVER_KEY, f"{transfer.sent_s:.9g}"),) + self._load_md())
-        return worker_pb2.PrefillResponse(
+        response = worker_pb2.PrefillResponse(
             request_id=key, queue_s=pre.queue_s, prefill_s=pre.prefill_s, kv_transfer_s=transfer.kv_transfer_s,
             prefill_tokens=inp, cached_prefix_tokens=0, kv_blocks=transfer.blocks, kv_bytes=transfer.modelled_bytes,
             energy_j=pre.energy_j, cost_usd=pre.cost_usd)
+        return response, transfer
+
+    def _claim(self, request: worker_pb2.DecodeRequest) -> _Req:
+        if not request.request_id:
+            raise InvalidField("field 'request_id': must not be empty")
+        if request.max_output_tokens < 0:
+            raise InvalidField(f"field 'max_output_tokens': must be >= 0, got {request.max_output_tokens}")
+        return self.worker.claim(request.request_id, request.max_output_tokens, request.chunk_tokens)
+
+    async def Prefill(self, request, context):
+        try:
+            metadata = context.invocation_metadata()
+            link = _meta_value(metadata, LINK_KEY)
+            sent = _meta_value(metadata, SENT_KEY)
+            response, transfer = await self._run_prefill(request, float(link) if link else None,
+                                                         float(sent) if sent else None)
+        except PeerFailed as exc:
+            await context.abort(exc.code, str(exc), trailing_metadata=((FAILED_PEER_KEY, exc.address),))
+        except (WorkerError, ValueError) as exc:
+            await _abort(context, exc)
+        context.set_trailing_metadata(((HANDOVER_KEY, f"{transfer.sent_s:.9g}"),) + self._load_md())
+        return response
 
     async def TransferKv(self, request_iterator, context):
         w = self.worker
-        first = None
-        index = 0
-        prev_end = 0
-        received_bytes = 0
-        ready_unix = None
+        intake = _KvIntake()
         try:
             async for block in request_iterator:
-                meta = parse_kv_block(block, index, first, prev_end)
-                if first is None:
-                    first = meta
-                prev_end = meta["token_end"]
-                ready_unix = meta.get("ready_unix_s")
-                received_bytes += len(block.payload)
-                index += 1
-            if first is None:
-                raise InvalidField("block 0: the stream carried no blocks")
-            if index != first["num_blocks"]:
-                raise InvalidField(f"block {index}: key 'num_blocks': the stream ended after {index} of "
-                                   f"{first['num_blocks']} blocks")
-            if ready_unix is not None and not isinstance(ready_unix, (int, float)):
-                raise InvalidField(f"block {index - 1}: key 'ready_unix_s': expected a number, got {ready_unix!r}")
-            req = w.admit_kv(first["request_id"], prev_end, first["max_output_tokens"], ready_unix)
+                intake.add(block)
+            intake.check_complete()
+            req = w.admit_kv(intake.first["request_id"], intake.prev_end, intake.first["max_output_tokens"],
+                             intake.ready_unix)
             await w.joined(req)
         except WorkerError as exc:
             await _abort(context, exc)
         context.set_trailing_metadata(self._load_md(engine=False))  # read by a peer worker, not the scheduler
-        return worker_pb2.KvTransferAck(request_id=req.key, blocks_received=index, tokens_received=prev_end,
-                                        bytes_received=received_bytes,
-                                        kv_free_tokens=w.engine.kv_capacity - w.engine.kv_reserved)
+        return intake.ack(w)
+
+    async def TransferKvStream(self, request_iterator, context):
+        results: list[worker_pb2.KvStreamResult] = []
+        ready = asyncio.Event()
+        joining: dict[str, asyncio.Task] = {}  # admitted, waiting to join the batch
+        reader = asyncio.get_running_loop().create_task(
+            self._read_kv_stream(request_iterator, results, ready, joining))
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                if results:
+                    batch, results[:] = list(results), []
+                    yield worker_pb2.KvStreamResults(results=batch)
+                elif reader.done():
+                    return
+        finally:
+            reader.cancel()
+            for task in list(joining.values()):
+                task.cancel()
+
+    async def _read_kv_stream(self, requests, results: list, ready: asyncio.Event,
+                              joining: dict[str, asyncio.Task]) -> None:
+        w = self.worker
+        loop = asyncio.get_running_loop()
+        intakes: dict[str, _KvIntake] = {}
+        refused: set[str] = set()  # requests already answered with an error: their later blocks are dropped
+
+        def answer(result: worker_pb2.KvStreamResult) -> None:
+            results.append(result)
+            ready.set()
+
+        async def join(key: str, req: _Req, intake: _KvIntake) -> None:
+            try:
+                await w.joined(req)
+                answer(worker_pb2.KvStreamResult(request_id=key, ack=intake.ack(w)))
+            except WorkerError as exc:
+                answer(worker_pb2.KvStreamResult(request_id=key, error=_work_error(exc)))
+            finally:
+                joining.pop(key, None)
+
+        try:
+            async for message in requests:
+                if message.HasField("cancel_request_id"):
+                    key = message.cancel_request_id
+                    intakes.pop(key, None)
+                    task = joining.get(key)
+                    if task is not None:
+                        task.cancel()
+                    continue
+                block = message.block
+                try:
+                    key = msgpack.unpackb(block.meta, raw=False).get("request_id")
+                except Exception:  # malformed meta: parse_kv_block below names what is wrong
+                    key = None
+                if not isinstance(key, str) or not key:
+                    key, intake = "", _KvIntake()  # belongs to no request: answered on its own
+                elif key in refused:
+                    continue
+                else:
+                    intake = intakes.setdefault(key, _KvIntake())
+                try:
+                    intake.add(block)
+                    if not intake.complete:
+                        continue
+                    del intakes[key]
+                    intake.check_complete()
+                    req = w.admit_kv(key, intake.prev_end, intake.first["max_output_tokens"], intake.ready_unix)
+                except WorkerError as exc:
+                    if key:
+                        intakes.pop(key, None)
+                        refused.add(key)
+                    answer(worker_pb2.KvStreamResult(request_id=key, error=_work_error(exc)))
+                    continue
+                joining[key] = loop.create_task(join(key, req, intake))
+        except Exception as exc:  # the stream broke (the prefill worker went away)
+            log.debug("worker %s: hand-over stream ended: %r", w.worker_id, exc)
+        finally:
+            ready.set()
 
     async def Decode(self, request, context):
         w = self.worker
         try:
-            if not request.request_id:
-                raise InvalidField("field 'request_id': must not be empty")
-            if request.max_output_tokens < 0:
-                raise InvalidField(f"field 'max_output_tokens': must be >= 0, got {request.max_output_tokens}")
-            req = w.claim(request.request_id, request.max_output_tokens, request.chunk_tokens)
+            req = self._claim(request)
         except WorkerError as exc:
             await _abort(context, exc)
         delivered = False
@@ -1217,6 +1490,90 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 w.finish_delivery(req)
             else:
                 w.cancel(req.key)
+
+    async def Session(self, request_iterator, context):
+        outbox = _Outbox()
+        tasks: dict[str, asyncio.Task] = {}
+        reader = asyncio.get_running_loop().create_task(self._read_session(request_iterator, outbox, tasks))
+        try:
+            while True:
+                await outbox.ready()
+                if outbox.updates:
+                    updates = outbox.take()
+                    # The row first, then the state it describes (as in the unary calls' trailers).
+                    load = self.worker.load().encode()
+                    yield worker_pb2.SessionUpdate(updates=updates, load=load,
+                                                   engine_state=self.worker.engine_state())
+                elif reader.done():
+                    return
+        finally:
+            reader.cancel()
+            for task in list(tasks.values()):
+                task.cancel()
+
+    async def _read_session(self, requests: AsyncIterator[worker_pb2.SessionRequest], outbox: "_Outbox",
+                            tasks: dict[str, asyncio.Task]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in requests:
+                for key in message.cancel_request_ids:
+                    task = tasks.get(key)
+                    if task is not None:
+                        task.cancel()
+                for work in message.work:
+                    key = work.prefill.request_id or work.decode.request_id
+                    if key in tasks:
+                        outbox.error(key, AlreadyHeld.code, f"request {key!r} already has work in this session")
+                        continue
+                    task = loop.create_task(self._run_work(work, outbox))
+                    tasks[key] = task
+                    task.add_done_callback(lambda done, key=key: tasks.pop(key) if tasks.get(key) is done else None)
+        except Exception as exc:  # the stream broke (the scheduler went away): the session ends
+            log.debug("worker %s: session stream ended: %r", self.worker.worker_id, exc)
+        finally:
+            outbox.wake()
+
+    async def _run_work(self, work: worker_pb2.SessionWork, outbox: "_Outbox") -> None:
+        """One request's work in a Session; its progress goes to `outbox`. Cancelled (by a
+        cancel message or the end of the session), it frees the request and says nothing."""
+        w = self.worker
+        has_prefill, has_decode = work.HasField("prefill"), work.HasField("decode")
+        key = work.prefill.request_id or work.decode.request_id
+        try:
+            if has_prefill and has_decode:
+                if work.decode.request_id != work.prefill.request_id:
+                    raise InvalidField(f"field 'decode.request_id': {work.decode.request_id!r} differs from "
+                                       f"prefill's {work.prefill.request_id!r}")
+                if w.role != ROLE_BOTH:
+                    raise InvalidField("field 'decode': only a colocated worker decodes what it prefilled")
+            elif not (has_prefill or has_decode):
+                raise InvalidField("work: set 'prefill', 'decode' or both")
+            if has_prefill:
+                response, transfer = await self._run_prefill(
+                    work.prefill, work.decode_link_bytes_per_s or None, work.sent_unix_s or None,
+                    decode_follows=has_decode)
+                outbox.prefilled(key, response, transfer.sent_s)
+            if has_decode:
+                req = self._claim(work.decode)
+                delivered = False
+                try:
+                    async for first, count, emit_s in w.stream(req):
+                        outbox.tokens(key, first, count, emit_s)
+                    delivered = True
+                    outbox.decoded(key, w.decode_summary(req))
+                finally:
+                    if delivered:
+                        w.finish_delivery(req)
+                    else:
+                        w.cancel(req.key)
+        except PeerFailed as exc:
+            outbox.error(key, exc.code, str(exc), exc.address)
+        except (WorkerError, ValueError) as exc:
+            outbox.error(key, exc.code if isinstance(exc, WorkerError) else grpc.StatusCode.INVALID_ARGUMENT,
+                         str(exc))
+        except Exception as exc:  # a unary call would end INTERNAL; the scheduler must not wait for nothing
+            log.exception("worker %s: work for request %r failed", w.worker_id, key)
+            outbox.error(key, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
     async def Drain(self, request, context):
         w = self.worker
@@ -1243,6 +1600,10 @@ def worker_stats_proto(s: WorkerStatsView) -> worker_pb2.WorkerStats:
         queued_tokens=s.queued_tokens, running=s.running, kv_free_tokens=s.kv_free_tokens,
         kv_capacity_tokens=s.kv_capacity_tokens, busy_until_s=s.busy_until_s, prefill_tokens=s.prefill_tokens,
         decode_tokens=s.decode_tokens, completed=s.completed, energy_j=s.energy_j, cost_usd=s.cost_usd)
+
+
+def _work_error(exc: WorkerError) -> worker_pb2.WorkError:
+    return worker_pb2.WorkError(code=exc.code.value[0], message=str(exc))
 
 
 async def _abort(context, exc: Exception) -> None:

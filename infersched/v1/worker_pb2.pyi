@@ -2,7 +2,7 @@ from infersched.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -71,6 +71,30 @@ class KvTransferAck(_message.Message):
     kv_free_tokens: int
     def __init__(self, request_id: _Optional[str] = ..., blocks_received: _Optional[int] = ..., tokens_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ...) -> None: ...
 
+class KvStreamRequest(_message.Message):
+    __slots__ = ("block", "cancel_request_id")
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    block: KvBlock
+    cancel_request_id: str
+    def __init__(self, block: _Optional[_Union[KvBlock, _Mapping]] = ..., cancel_request_id: _Optional[str] = ...) -> None: ...
+
+class KvStreamResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[KvStreamResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[KvStreamResult, _Mapping]]] = ...) -> None: ...
+
+class KvStreamResult(_message.Message):
+    __slots__ = ("request_id", "ack", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    ack: KvTransferAck
+    error: WorkError
+    def __init__(self, request_id: _Optional[str] = ..., ack: _Optional[_Union[KvTransferAck, _Mapping]] = ..., error: _Optional[_Union[WorkError, _Mapping]] = ...) -> None: ...
+
 class DecodeRequest(_message.Message):
     __slots__ = ("request_id", "max_output_tokens", "first_token_id", "chunk_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -136,3 +160,71 @@ class WorkerStats(_message.Message):
     energy_j: float
     cost_usd: float
     def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., now_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., busy_until_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., completed: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("work", "cancel_request_ids")
+    WORK_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    work: _containers.RepeatedCompositeFieldContainer[SessionWork]
+    cancel_request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, work: _Optional[_Iterable[_Union[SessionWork, _Mapping]]] = ..., cancel_request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SessionWork(_message.Message):
+    __slots__ = ("prefill", "decode", "sent_unix_s", "decode_link_bytes_per_s")
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_LINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    prefill: PrefillRequest
+    decode: DecodeRequest
+    sent_unix_s: float
+    decode_link_bytes_per_s: float
+    def __init__(self, prefill: _Optional[_Union[PrefillRequest, _Mapping]] = ..., decode: _Optional[_Union[DecodeRequest, _Mapping]] = ..., sent_unix_s: _Optional[float] = ..., decode_link_bytes_per_s: _Optional[float] = ...) -> None: ...
+
+class SessionUpdate(_message.Message):
+    __slots__ = ("updates", "load", "engine_state")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_STATE_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[WorkUpdate]
+    load: str
+    engine_state: bytes
+    def __init__(self, updates: _Optional[_Iterable[_Union[WorkUpdate, _Mapping]]] = ..., load: _Optional[str] = ..., engine_state: _Optional[bytes] = ...) -> None: ...
+
+class WorkUpdate(_message.Message):
+    __slots__ = ("request_id", "prefill", "kv_sent_s", "tokens", "decoded", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
+    KV_SENT_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prefill: PrefillResponse
+    kv_sent_s: float
+    tokens: _common_pb2.TokenChunk
+    decoded: DecodeResult
+    error: WorkError
+    def __init__(self, request_id: _Optional[str] = ..., prefill: _Optional[_Union[PrefillResponse, _Mapping]] = ..., kv_sent_s: _Optional[float] = ..., tokens: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., decoded: _Optional[_Union[DecodeResult, _Mapping]] = ..., error: _Optional[_Union[WorkError, _Mapping]] = ...) -> None: ...
+
+class DecodeResult(_message.Message):
+    __slots__ = ("wait_s", "decode_s", "energy_j", "cost_usd")
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    wait_s: float
+    decode_s: float
+    energy_j: float
+    cost_usd: float
+    def __init__(self, wait_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class WorkError(_message.Message):
+    __slots__ = ("code", "message", "failed_peer_address")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    failed_peer_address: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., failed_peer_address: _Optional[str] = ...) -> None: ...

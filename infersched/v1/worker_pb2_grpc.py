@@ -49,6 +49,11 @@ class WorkerStub:
                 request_serializer=infersched_dot_v1_dot_worker__pb2.KvBlock.SerializeToString,
                 response_deserializer=infersched_dot_v1_dot_worker__pb2.KvTransferAck.FromString,
                 _registered_method=True)
+        self.TransferKvStream = channel.stream_stream(
+                '/infersched.v1.Worker/TransferKvStream',
+                request_serializer=infersched_dot_v1_dot_worker__pb2.KvStreamRequest.SerializeToString,
+                response_deserializer=infersched_dot_v1_dot_worker__pb2.KvStreamResults.FromString,
+                _registered_method=True)
         self.Decode = channel.unary_stream(
                 '/infersched.v1.Worker/Decode',
                 request_serializer=infersched_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
@@ -63,6 +68,11 @@ class WorkerStub:
                 '/infersched.v1.Worker/GetWorkerStats',
                 request_serializer=infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.SerializeToString,
                 response_deserializer=infersched_dot_v1_dot_worker__pb2.WorkerStats.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/infersched.v1.Worker/Session',
+                request_serializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+                response_deserializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
                 _registered_method=True)
 
 
@@ -94,6 +104,20 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferKvStream(self, request_iterator, context):
+        """The hand-overs of many requests from one prefill worker to this worker on
+        one long-lived stream: what TransferKv does, without a call per request.
+        Blocks of different requests may interleave; each request's blocks come
+        in order and are checked as TransferKv checks them. Each request gets one
+        result: its ack once it joined the decode batch, or an error (a malformed
+        block names the block index and key); the stream goes on. A cancel, and
+        the end of the stream, drop the requests not acknowledged yet and free
+        their KV.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Decode(self, request, context):
         """Decodes one request whose KV is on this worker (after a local Prefill or
         a TransferKv) and streams its tokens; the stream ends after the last
@@ -118,6 +142,22 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """The scheduler's own channel to a worker: one long-lived stream that
+        carries the Prefill and Decode work of many requests. A call costs each
+        side about half a millisecond of CPU in Python gRPC and a message a tenth
+        of that, so a request placed here costs a message or two each way instead
+        of a call per stage. The scheduler sends work and cancellations; the
+        worker sends each request's progress, gathering what is ready at the same
+        moment into one message, and its load with every message. A bad work item
+        gets an error update naming the field, as the unary calls would answer
+        it; the stream goes on. Ending or breaking the stream cancels the work it
+        started (slots and KV are freed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +170,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.TransferKv,
                     request_deserializer=infersched_dot_v1_dot_worker__pb2.KvBlock.FromString,
                     response_serializer=infersched_dot_v1_dot_worker__pb2.KvTransferAck.SerializeToString,
+            ),
+            'TransferKvStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.TransferKvStream,
+                    request_deserializer=infersched_dot_v1_dot_worker__pb2.KvStreamRequest.FromString,
+                    response_serializer=infersched_dot_v1_dot_worker__pb2.KvStreamResults.SerializeToString,
             ),
             'Decode': grpc.unary_stream_rpc_method_handler(
                     servicer.Decode,
@@ -145,6 +190,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.GetWorkerStats,
                     request_deserializer=infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.FromString,
                     response_serializer=infersched_dot_v1_dot_worker__pb2.WorkerStats.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.FromString,
+                    response_serializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -205,6 +255,33 @@ class Worker:
             '/infersched.v1.Worker/TransferKv',
             infersched_dot_v1_dot_worker__pb2.KvBlock.SerializeToString,
             infersched_dot_v1_dot_worker__pb2.KvTransferAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferKvStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/infersched.v1.Worker/TransferKvStream',
+            infersched_dot_v1_dot_worker__pb2.KvStreamRequest.SerializeToString,
+            infersched_dot_v1_dot_worker__pb2.KvStreamResults.FromString,
             options,
             channel_credentials,
             insecure,
@@ -286,6 +363,33 @@ class Worker:
             '/infersched.v1.Worker/GetWorkerStats',
             infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.SerializeToString,
             infersched_dot_v1_dot_worker__pb2.WorkerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/infersched.v1.Worker/Session',
+            infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+            infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
             options,
             channel_credentials,
             insecure,

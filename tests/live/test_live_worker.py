@@ -1,7 +1,8 @@
 """The emulated worker without Ray: it reproduces the engine's modelled timings on a
 scaled clock, cancellation frees slot and KV in every state, KV blocks are
 validated, engine replicas track the worker, and the Worker gRPC service (on
-loopback) hands KV over and answers bad calls with a status and a reason."""
+loopback) hands KV over, answers bad calls with a status and a reason, and runs
+many requests' work on one Session stream."""
 from __future__ import annotations
 
 import asyncio
@@ -528,3 +529,252 @@ def test_server_takes_a_burst_beyond_grpc_default_pending_limit(cluster):
     replies = run(main())
     assert [r for r in replies if isinstance(r, Exception)] == []
     assert all(r.status == 1 for r in replies)  # SERVING
+
+
+# ---- the Session stream: many requests' work on one call -------------------------------------
+
+
+def work(key: str, prompt: int, out: int, *, decode: bool = True, **prefill) -> worker_pb2.SessionWork:
+    return worker_pb2.SessionWork(
+        prefill=worker_pb2.PrefillRequest(request_id=key, prompt_length=prompt, max_output_tokens=out, **prefill),
+        decode=worker_pb2.DecodeRequest(request_id=key, max_output_tokens=out) if decode else None)
+
+
+async def follow(call, keys, last: str = "decoded") -> tuple[dict[str, list], list]:
+    """Read a Session until each request in `keys` had its last update (one with the
+    field `last`, or an error): (updates by request, messages)."""
+    waiting = set(keys)
+    updates: dict[str, list] = {}
+    messages = []
+    while waiting:
+        message = await call.read()
+        messages.append(message)
+        for update in message.updates:
+            updates.setdefault(update.request_id, []).append(update)
+            if update.HasField(last) or update.HasField("error"):
+                waiting.discard(update.request_id)
+    return updates, messages
+
+
+def test_session_runs_colocated_work_with_the_engine_timings(cluster):
+    """One work item prefills and decodes; its updates carry the same modelled spans as
+    the Prefill and Decode calls, every token once, and each message the worker's load."""
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = worker_pb2_grpc.WorkerStub(channel).Session()
+                await call.write(worker_pb2.SessionRequest(work=[work("a", 700, 30), work("b", 300, 1)]))
+                updates, messages = await follow(call, {"a", "b"})
+                call.cancel()
+                return updates, messages, w
+        finally:
+            await server.stop(None)
+
+    updates, messages, w = run(main())
+    a = updates["a"]
+    prefill = next(u.prefill for u in a if u.HasField("prefill"))
+    assert prefill.prefill_s == pytest.approx(perf.prefill(700, 700 * 701 / 2, 1)[0], rel=1e-9)
+    chunks = [u.tokens for u in a if u.HasField("tokens")]
+    assert chunks[0].first_token_index == 1 and sum(c.token_count for c in chunks) == 29
+    assert all(c.first_token_index + c.token_count == n.first_token_index for c, n in zip(chunks, chunks[1:]))
+    decoded = a[-1].decoded
+    assert a[-1].HasField("decoded") and decoded.wait_s == 0.0 and decoded.energy_j > 0
+    # A one-token request ends at its first token: nothing to decode.
+    b = updates["b"]
+    assert b[-1].decoded.decode_s == 0.0 and not any(u.HasField("tokens") for u in b)
+    for message in messages:
+        assert len({u.request_id for u in message.updates}) == len(message.updates)  # one update per request
+        assert LoadReport.decode(message.load).received <= 2
+        restore_engine(BatchEngine(perf, ROLE_BOTH), message.engine_state)
+    assert LoadReport.decode(messages[-1].load).received == 2
+    assert w.in_flight == 0 and w.engine.kv_reserved == 0
+
+
+def test_session_cancel_and_end_free_slot_and_kv(cluster):
+    """A cancel message, and the end of the stream, free what the work held."""
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = worker_pb2_grpc.WorkerStub(channel)
+                call = stub.Session()
+                await call.write(worker_pb2.SessionRequest(work=[work("long", 1000, 200_000)]))
+                await until(lambda: w.engine.batch == 1, "the request to decode")
+                await call.write(worker_pb2.SessionRequest(cancel_request_ids=["long"]))
+                await until(lambda: w.in_flight == 0, "the cancel to free the request")
+                freed_by_cancel = (w.engine.batch, w.engine.kv_reserved)
+                await call.write(worker_pb2.SessionRequest(work=[work("left", 1000, 200_000)]))
+                await until(lambda: w.engine.batch == 1, "the second request to decode")
+                call.cancel()
+                await until(lambda: w.in_flight == 0, "the end of the session to free the request")
+                return freed_by_cancel, w
+        finally:
+            await server.stop(None)
+
+    freed_by_cancel, w = run(main())
+    assert freed_by_cancel == (0, 0)
+    assert w.engine.batch == 0 and w.engine.kv_reserved == 0
+    check_engine(w.engine)
+
+
+@pytest.mark.parametrize("item, code, reason", [
+    (worker_pb2.SessionWork(), "INVALID_ARGUMENT", "set 'prefill', 'decode' or both"),
+    (worker_pb2.SessionWork(decode=worker_pb2.DecodeRequest(request_id="x")), "FAILED_PRECONDITION", "no KV"),
+    (worker_pb2.SessionWork(prefill=worker_pb2.PrefillRequest(request_id="x", prompt_length=10, max_output_tokens=5),
+                            decode=worker_pb2.DecodeRequest(request_id="y")), "INVALID_ARGUMENT", "differs"),
+    (work("x", -3, 5), "INVALID_ARGUMENT", "prompt_length"),
+    (work("x", 2_000_000, 5), "RESOURCE_EXHAUSTED", "holds at most"),
+])
+def test_session_answers_bad_work_and_goes_on(cluster, item, code, reason):
+    async def main():
+        w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = worker_pb2_grpc.WorkerStub(channel).Session()
+                key = item.prefill.request_id or item.decode.request_id
+                await call.write(worker_pb2.SessionRequest(work=[item]))
+                bad, _ = await follow(call, {key})
+                await call.write(worker_pb2.SessionRequest(work=[work("ok", 10, 3)]))
+                good, _ = await follow(call, {"ok"})
+                call.cancel()
+                return bad[key][-1], good["ok"][-1]
+        finally:
+            await server.stop(None)
+
+    bad, good = run(main())
+    assert grpc.StatusCode[code].value[0] == bad.error.code and reason in bad.error.message
+    assert good.HasField("decoded")
+
+
+def test_session_handover_and_a_failed_peer(cluster):
+    """Prefill work names the decode worker: the KV goes over at the modelled link time
+    and decode work on the decode worker's session streams the rest. A decode worker
+    that is gone fails the work with UNAVAILABLE, naming it."""
+    pre_perf, dec_perf = perf_of(cluster, "h100-prefill"), perf_of(cluster, "h100-decode")
+    link = 50e9
+
+    async def main():
+        pre = EmulatedWorker(pre_perf, ROLE_PREFILL, time_scale=SCALE, input_slack_s=SLACK)
+        dec = EmulatedWorker(dec_perf, ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK)
+        pre.start()
+        dec.start()
+        (ps, pa), (ds, da) = await serve_worker(pre), await serve_worker(dec)
+        try:
+            async with grpc.aio.insecure_channel(pa) as pc, grpc.aio.insecure_channel(da) as dc:
+                pcall, dcall = worker_pb2_grpc.WorkerStub(pc).Session(), worker_pb2_grpc.WorkerStub(dc).Session()
+                handover = work("h", 1500, 64, decode=False, decode_address=da)
+                handover.decode_link_bytes_per_s = link
+                dead = work("d", 1500, 64, decode=False, decode_address="127.0.0.1:1")
+                await pcall.write(worker_pb2.SessionRequest(work=[handover, dead]))
+                prefilled, _ = await follow(pcall, {"h", "d"}, last="prefill")
+                await dcall.write(worker_pb2.SessionRequest(
+                    work=[worker_pb2.SessionWork(decode=worker_pb2.DecodeRequest(request_id="h"))]))
+                decoded, _ = await follow(dcall, {"h"})
+                pcall.cancel()
+                dcall.cancel()
+                return prefilled, decoded, pre, dec
+        finally:
+            await ps.stop(None)
+            await ds.stop(None)
+
+    prefilled, decoded, pre, dec = run(main())
+    done = prefilled["h"][-1]
+    assert done.kv_sent_s == pytest.approx(pre_perf.kv_transfer_s(1500, link), rel=1e-9)
+    assert done.prefill.kv_transfer_s >= done.kv_sent_s and done.prefill.kv_blocks == 1
+    assert sum(u.tokens.token_count for u in decoded["h"]) == 63 and decoded["h"][-1].HasField("decoded")
+    failed = prefilled["d"][-1].error
+    assert failed.code == grpc.StatusCode.UNAVAILABLE.value[0] and failed.failed_peer_address == "127.0.0.1:1"
+    assert pre.in_flight == 0 and pre.engine.kv_reserved == 0 and dec.engine.kv_reserved == 0
+
+
+def kv_block(request_id: str, index: int, start: int, end: int, blocks: int = 2) -> worker_pb2.KvStreamRequest:
+    # Long outputs: the requests stay in the decode batch while the test looks.
+    return worker_pb2.KvStreamRequest(block=meta(request_id=request_id, block_index=index, num_blocks=blocks,
+                                                 token_start=start, token_end=end, max_output_tokens=100_000))
+
+
+def test_kv_stream_takes_interleaved_hand_overs(cluster):
+    """Blocks of two requests interleave on one stream; each is checked in its own order
+    and acknowledged once it joined the batch; a bad block is answered naming the block
+    and key, and the stream goes on; a cancel, and the end of the stream, free requests
+    not acknowledged yet."""
+    perf = perf_of(cluster, "h100-decode")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK, max_batch=2)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = worker_pb2_grpc.WorkerStub(channel).TransferKvStream()
+                for message in (kv_block("a", 0, 0, 512), kv_block("b", 0, 0, 300), kv_block("gap", 0, 0, 100),
+                                kv_block("a", 1, 512, 900), kv_block("gap", 1, 200, 400), kv_block("b", 1, 300, 700)):
+                    await call.write(message)
+                results = {}
+                while len(results) < 3:
+                    for result in (await call.read()).results:
+                        results[result.request_id] = result
+                # The batch (2 slots) is full: a third request waits to join, then is cancelled.
+                await call.write(kv_block("c", 0, 0, 200, blocks=1))
+                await until(lambda: len(w.engine.joining) == 1, "the third request to wait for a slot")
+                await call.write(worker_pb2.KvStreamRequest(cancel_request_id="c"))
+                await until(lambda: "c" not in w._reqs, "the cancel to free the waiting request")
+                # Another waits; the end of the stream frees it.
+                await call.write(kv_block("d", 0, 0, 200, blocks=1))
+                await until(lambda: len(w.engine.joining) == 1, "the fourth request to wait for a slot")
+                call.cancel()
+                await until(lambda: "d" not in w._reqs, "the end of the stream to free the waiting request")
+                return results, w
+        finally:
+            await server.stop(None)
+
+    results, w = run(main())
+    assert (results["a"].ack.blocks_received, results["a"].ack.tokens_received) == (2, 900)
+    assert (results["b"].ack.blocks_received, results["b"].ack.tokens_received) == (2, 700)
+    gap = results["gap"].error
+    assert gap.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "block 1: key 'token_start'" in gap.message
+    assert w.engine.batch == 2 and not w.engine.joining  # a and b hold their KV for a Decode; c is gone
+
+
+def test_cancelled_hand_over_frees_the_kv_on_both_workers(cluster):
+    """Work cancelled while its KV waits for a decode slot at the decode worker: the
+    prefill worker gives the hand-over up on its stream and both free the request."""
+    pre_perf, dec_perf = perf_of(cluster, "h100-prefill"), perf_of(cluster, "h100-decode")
+
+    async def main():
+        pre = EmulatedWorker(pre_perf, ROLE_PREFILL, time_scale=SCALE, input_slack_s=SLACK)
+        dec = EmulatedWorker(dec_perf, ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK, max_batch=1)
+        pre.start()
+        dec.start()
+        (ps, pa), (ds, da) = await serve_worker(pre), await serve_worker(dec)
+        try:
+            async with grpc.aio.insecure_channel(pa) as pc:
+                call = worker_pb2_grpc.WorkerStub(pc).Session()
+                await call.write(worker_pb2.SessionRequest(
+                    work=[work("long", 500, 100_000, decode=False, decode_address=da)]))
+                await follow(call, {"long"}, last="prefill")  # it holds the decode worker's only slot
+                await call.write(worker_pb2.SessionRequest(
+                    work=[work("wait", 500, 100_000, decode=False, decode_address=da)]))
+                await until(lambda: len(dec.engine.joining) == 1, "the second hand-over to wait for a slot")
+                await call.write(worker_pb2.SessionRequest(cancel_request_ids=["wait"]))
+                await until(lambda: "wait" not in dec._reqs and "wait" not in pre._reqs, "both to free it")
+                call.cancel()
+                return pre, dec
+        finally:
+            await ps.stop(None)
+            await ds.stop(None)
+
+    pre, dec = run(main())
+    assert not dec.engine.joining and dec.engine.batch == 1  # only the first request remains
+    assert pre.engine.kv_reserved == 0

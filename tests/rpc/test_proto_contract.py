@@ -133,9 +133,11 @@ RPC_SHAPES = [
     ("infersched.v1.Scheduler", "ListWorkers", False, False),
     ("infersched.v1.Worker", "Prefill", False, False),
     ("infersched.v1.Worker", "TransferKv", True, False),
+    ("infersched.v1.Worker", "TransferKvStream", True, True),
     ("infersched.v1.Worker", "Decode", False, True),
     ("infersched.v1.Worker", "Drain", False, False),
     ("infersched.v1.Worker", "GetWorkerStats", False, False),
+    ("infersched.v1.Worker", "Session", True, True),
 ]
 
 
