@@ -417,7 +417,7 @@ class _Slot:
                  "pending", "report", "reported_at", "replica", "replica_ok", "replica_t", "offset", "fake_id", "usage",
                  "retired", "registered", "poll_failures", "restarts")
 
-    def __init__(self, instance: int, pool):
+    def __init__(self, instance: int, pool, replica: BatchEngine):
         self.instance = instance
         self.pool = pool
         self.worker_id = ""
@@ -433,7 +433,7 @@ class _Slot:
         self.reported_at = -math.inf  # time.monotonic() when a report last arrived
         # The worker's engine as of its last report, plus the pending dispatches, on the
         # worker clock (worker clock = scheduler clock + offset).
-        self.replica = BatchEngine(pool.perf, int(pool.role), pool.config.max_batch, pool.config.max_batch_tokens)
+        self.replica = replica
         self.replica_ok = False
         self.replica_t = 0.0
         self.offset = 0.0
@@ -633,7 +633,10 @@ class SchedulerCore:
         self._next_wake = math.inf  # earliest replica wake, scheduler clock
         self._decision_now = 0.0  # latest decision time: replicas are kept up to it
         self._scratch: list = []
-        self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
+        # Replicas are built as the simulator builds its engines: prefill-capable ones carry a
+        # prefix cache registered in the snapshot's index, which prefix-aware scorers read.
+        replicas = cluster.make_engines(self.snap, prefix_caching=True)
+        self.slots = [_Slot(i, cluster.pool_of(i), replicas[i]) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
         self._seq = 0
         self._awaiting_first = 0
@@ -782,11 +785,16 @@ class SchedulerCore:
         snap.kv_free[i] = kv_free
         snap.busy_until_s[i] = busy_until_s
 
-    def _note_dispatch(self, slot: _Slot, prompt: int, output: int, sent: float) -> None:
+    def _note_dispatch(self, slot: _Slot, prompt: int, output: int, sent: float, hashes: tuple = ()) -> None:
         slot.sent += 1
-        slot.pending.append((slot.sent, prompt, output, sent))
+        slot.pending.append((slot.sent, prompt, output, sent, hashes))
+        if hashes and slot.replica.prefix is not None:
+            # The worker will hold these blocks once the prompt is prefilled; counting them from
+            # dispatch lets the next turn of a conversation follow before that (as the
+            # replica's own prefill might not run if a report overtakes it).
+            slot.replica.prefix.insert(hashes)
         if slot.replica_ok:
-            self._replica_submit(slot, prompt, output, sent + slot.offset)
+            self._replica_submit(slot, prompt, output, sent + slot.offset, hashes)
         self._sync_row(slot, self._decision_now)
 
     def _apply_load(self, slot: _Slot, text: str | None, blob: bytes | None = None) -> None:
@@ -826,8 +834,8 @@ class SchedulerCore:
                 log.debug("instance %d: engine state not restored: %s", slot.instance, exc)
             if slot.replica_ok:
                 slot.replica_t = r.engine_s
-                for _, prompt, output, sent in pending:
-                    self._replica_submit(slot, prompt, output, sent + slot.offset)
+                for _, prompt, output, sent, hashes in pending:
+                    self._replica_submit(slot, prompt, output, sent + slot.offset, hashes)
         self._sync_row(slot, self._decision_now)
 
     def _replica_advance(self, slot: _Slot, t: float) -> None:
@@ -839,13 +847,13 @@ class SchedulerCore:
         if t > slot.replica_t:
             slot.replica_t = t
 
-    def _replica_submit(self, slot: _Slot, prompt: int, output: int, t: float) -> None:
+    def _replica_submit(self, slot: _Slot, prompt: int, output: int, t: float, hashes: tuple = ()) -> None:
         """A dispatch the worker has not reported yet, applied to the replica when it was sent
         (workers admit work at the modelled time it was sent, so the replica stays exact)."""
         t = max(t, slot.replica_t)
         self._replica_advance(slot, t)
         slot.fake_id -= 1  # negative ids never meet the worker's own
-        slot.replica.submit_prefill(slot.fake_id, prompt, output)
+        slot.replica.submit_prefill(slot.fake_id, prompt, output, hashes)
         self._scratch.clear()
         slot.replica.poke(t, self._scratch)
 
@@ -1130,7 +1138,7 @@ class SchedulerCore:
             decode=decode if peer is None else None,
             sent_unix_s=self.started_unix_s + t_dispatch * opts.time_scale,
             decode_link_bytes_per_s=peer.pool.config.link_bytes_per_s if peer is not None else 0.0)
-        self._note_dispatch(slot, fl.inp, fl.out, t_dispatch)
+        self._note_dispatch(slot, fl.inp, fl.out, t_dispatch, fl.hashes)
         async for event in self._follow(fl, slot, peer, key, work, t_dispatch):
             yield event
         if peer is not None and fl.out > 1:
@@ -1660,7 +1668,9 @@ class SchedulerActor:
         pool = self.cluster.pool_of(instance)
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
                           max_batch_tokens=pool.config.max_batch_tokens,
-                          link_bytes_per_s=pool.config.link_bytes_per_s)
+                          link_bytes_per_s=pool.config.link_bytes_per_s,
+                          prefix_block_tokens=(self.config.prefix_cache.block_tokens
+                                               if self.config.prefix_cache.enabled else 0))
         # A decode worker's input (KV) comes from a prefill worker, which itself produces
         # its first tokens one slack late: decode workers run two slacks behind.
         slack = self.options.worker_slack_s * (2 if pool.role == Role.DECODE else 1)

@@ -129,9 +129,9 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         reasons: dict[str, int] = {}
         counts = {"messages": 0, "tokens": 0}
 
-        async def one(i: int, inp: int, out: int, due: float) -> None:
+        async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
             request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
-                                                    max_output_tokens=out)
+                                                    max_output_tokens=out, prefix_block_hashes=hashes)
             lateness[i] = loop.time() - due
             # Stamped with its scheduled time: the request arrives then in modelled time,
             # however long the client and the loopback take to deliver it.
@@ -175,6 +175,10 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
             outputs = chunk.output_tokens.tolist()
+            # Prefix-cache block hashes (Mooncake hash_ids), when the trace has them.
+            offsets = values = None
+            if chunk.hash_ids is not None:
+                offsets, values = (a.tolist() for a in chunk.hash_ids)
             rec.arrival_s[base:base + len(arrivals)] = chunk.arrival_s
             rec.input_tokens[base:base + len(arrivals)] = chunk.input_tokens
             rec.output_tokens[base:base + len(arrivals)] = chunk.output_tokens
@@ -183,7 +187,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due)))
+                hashes = values[offsets[j]:offsets[j + 1]] if values is not None else ()
+                tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due, hashes)))
                 if progress and base + j >= done_mark:
                     print(f"replay: sent {base + j:,} of {n:,}", file=sys.stderr)
                     done_mark += max(1, n // 10)

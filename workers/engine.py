@@ -215,7 +215,7 @@ class BatchEngine:
         per_token_c = cost / self.prefill_tokens_now
         start = self.act_start_s
         role = self.role
-        prompt_blocks = self.prompt_blocks
+        prompt_blocks = self.prompt_blocks if self.prefix is not None else None
         for rid, inp, out, computed in self.prefill_batch:
             if prompt_blocks:
                 blocks = prompt_blocks.pop(rid, None)
@@ -281,7 +281,7 @@ class BatchEngine:
             pairs = 0.0
             batch: list = []
             slots = self.max_batch - self.batch
-            prompt_blocks = self.prompt_blocks
+            prompt_blocks = self.prompt_blocks if self.prefix is not None else None
             while waiting:
                 rid, inp, out = waiting[0]
                 need = inp + out if role_both else inp

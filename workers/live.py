@@ -105,8 +105,10 @@ from workers.engine import (
     ROLE_BOTH,
     ROLE_DECODE,
     ROLE_PREFILL,
+    PREFILL,
     BatchEngine,
 )
+from workers.prefix_cache import PrefixCache
 
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
@@ -275,6 +277,7 @@ class PrefillOutcome:
     energy_j: float
     cost_usd: float
     first_token_s: float  # worker clock
+    cached_tokens: int = 0  # prompt tokens served from this worker's prefix cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +341,7 @@ class _Req:
         "key", "eid", "inp", "out", "state", "submit_s", "prefill_start_s", "first_token_s", "kv_arrival_s",
         "join_s", "join_step", "finish_s", "prefill_energy_j", "prefill_cost_usd", "decode_energy_j",
         "decode_cost_usd", "first_token", "joined", "chunks", "chunk_tokens", "emitted", "claimed",
-        "cancel_pending", "orphan_timer", "arrival_timer",
+        "cancel_pending", "orphan_timer", "arrival_timer", "cached_tokens",
     )
 
     def __init__(self, key: str, eid: int, inp: int, out: int, state: _St, loop: asyncio.AbstractEventLoop):
@@ -356,6 +359,7 @@ class _Req:
         self.finish_s = math.nan
         self.prefill_energy_j = 0.0
         self.prefill_cost_usd = 0.0
+        self.cached_tokens = 0
         self.decode_energy_j = 0.0
         self.decode_cost_usd = 0.0
         self.first_token: asyncio.Future = loop.create_future()
@@ -386,7 +390,7 @@ class EmulatedWorker:
                  instance: int = -1, kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
                  claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
                  stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
-                 input_slack_s: float = DEFAULT_INPUT_SLACK_S):
+                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, prefix_block_tokens: int = 0):
         if not time_scale > 0 or not math.isfinite(time_scale):
             raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
         if role not in (ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH):
@@ -395,7 +399,9 @@ class EmulatedWorker:
             raise ValueError(f"link_bytes_per_s must be positive, got {link_bytes_per_s!r}")
         self.perf = perf
         self.role = int(role)
-        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens)
+        # Prompts sent with block hashes skip the prefix this worker still caches (0: no cache).
+        prefix = PrefixCache(prefix_block_tokens) if prefix_block_tokens > 0 and role != ROLE_DECODE else None
+        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix)
         self.time_scale = float(time_scale)
         self.link_bytes_per_s = float(link_bytes_per_s)
         self.worker_id = worker_id or f"{pool or 'worker'}-{uuid.uuid4().hex[:8]}"
@@ -477,9 +483,11 @@ class EmulatedWorker:
         self._idle.clear()
         return req
 
-    def admit_prefill(self, key: str, input_tokens: int, output_tokens: int, sent_unix: float | None = None) -> _Req:
+    def admit_prefill(self, key: str, input_tokens: int, output_tokens: int, sent_unix: float | None = None,
+                      block_hashes: tuple = ()) -> _Req:
         """Queue a prompt for prefill (synchronous: the engine sees it at once). With
-        `sent_unix`, the prompt is admitted at the modelled time the caller sent it."""
+        `sent_unix`, the prompt is admitted at the modelled time the caller sent it; with
+        `block_hashes`, the part this worker's prefix cache holds is not recomputed."""
         self._check_open()
         if self.role == ROLE_DECODE:
             raise WrongRole(f"worker {self.worker_id} is decode-only; send prefill to a prefill or colocated worker")
@@ -494,7 +502,7 @@ class EmulatedWorker:
         now = self.now()
         t = self._engine_at(min(self.modelled_at_unix(sent_unix), now) if sent_unix else now)
         req.submit_s = t
-        self.engine.submit_prefill(req.eid, input_tokens, output_tokens)
+        self.engine.submit_prefill(req.eid, input_tokens, output_tokens, block_hashes)
         self._poke(t)
         return req
 
@@ -537,7 +545,8 @@ class EmulatedWorker:
         await self._await(req, req.first_token)
         return PrefillOutcome(
             queue_s=req.prefill_start_s - req.submit_s, prefill_s=req.first_token_s - req.prefill_start_s,
-            energy_j=req.prefill_energy_j, cost_usd=req.prefill_cost_usd, first_token_s=req.first_token_s)
+            energy_j=req.prefill_energy_j, cost_usd=req.prefill_cost_usd, first_token_s=req.first_token_s,
+            cached_tokens=req.cached_tokens)
 
     async def joined(self, req: _Req) -> None:
         await self._await(req, req.joined)
@@ -857,7 +866,15 @@ class EmulatedWorker:
             t = eng.next_wake_s
             events.clear()
             self._engine_t = max(self._engine_t, t)
+            # The prompts this wake completes, with the tokens each computed (the rest came from cache).
+            prefilled = eng.prefill_batch if eng.prefix is not None and eng.activity == PREFILL else None
             eng.wake(t, events)
+            if prefilled:
+                by_eid = self._by_eid
+                for eid, inp, _, computed in prefilled:
+                    req = by_eid.get(eid)
+                    if req is not None:
+                        req.cached_tokens = inp - computed
             if eng.last_kind == DECODE:
                 decoded = True
             if self._remove_pending:
@@ -1338,7 +1355,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if w.role == ROLE_PREFILL and not decode_address and out > 1:
             raise InvalidField("field 'decode_address': a prefill-only worker hands KV over; name the "
                                "decode worker")
-        req = w.admit_prefill(key, inp, out, sent_unix)
+        req = w.admit_prefill(key, inp, out, sent_unix, tuple(request.prefix_block_hashes))
         pre = await w.first_token(req)
         transfer = HandOverOutcome(0.0, 0.0, 0, 0)
         if w.role == ROLE_PREFILL:
@@ -1351,7 +1368,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             w.keep_for_decode(req)
         response = worker_pb2.PrefillResponse(
             request_id=key, queue_s=pre.queue_s, prefill_s=pre.prefill_s, kv_transfer_s=transfer.kv_transfer_s,
-            prefill_tokens=inp, cached_prefix_tokens=0, kv_blocks=transfer.blocks, kv_bytes=transfer.modelled_bytes,
+            prefill_tokens=inp - pre.cached_tokens, cached_prefix_tokens=pre.cached_tokens, kv_blocks=transfer.blocks, kv_bytes=transfer.modelled_bytes,
             energy_j=pre.energy_j, cost_usd=pre.cost_usd)
         return response, transfer
 
@@ -1625,6 +1642,7 @@ class WorkerSpec:
     max_batch: int
     max_batch_tokens: int
     link_bytes_per_s: float
+    prefix_block_tokens: int = 0  # prefix cache block size (0: no prefix cache)
 
 
 def resolve_host(host: str) -> tuple[str, str]:
@@ -1687,7 +1705,8 @@ class WorkerActor:
             perf, spec.role, max_batch=spec.max_batch, max_batch_tokens=spec.max_batch_tokens,
             time_scale=time_scale, link_bytes_per_s=spec.link_bytes_per_s, worker_id=self.worker_id,
             pool=spec.pool, instance=spec.instance, kv_block_tokens=kv_block_tokens,
-            claim_timeout_s=claim_timeout_s, input_slack_s=input_slack_s)
+            claim_timeout_s=claim_timeout_s, input_slack_s=input_slack_s,
+            prefix_block_tokens=spec.prefix_block_tokens)
         self._scheduler = scheduler
         self._host = host
         self._rpc_timeout_s = rpc_timeout_s

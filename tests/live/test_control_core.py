@@ -178,3 +178,54 @@ def test_a_new_incarnation_takes_over_without_blame():
     outcome, failed, new_work = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
     assert outcome.status == RequestStatus.COMPLETED and outcome.retries == 1
     assert failed == [] and new_work == [1]
+
+
+TWO_B200 = {"name": "two-b200", "policy": "prefix-aware", "prefix_cache": {"block_tokens": 512},
+            "pools": [{"name": "b200", "device": "b200", "instances": 2, "chips_per_instance": 1,
+                       "model": "llama-3.1-8b", "role": "both"}]}
+
+
+def test_prefix_aware_follows_the_conversation_and_the_worker_skips_the_cached_prefix():
+    """Live: the next turn of a conversation goes where its prefix went, and that
+    worker's engine computes only the tokens past the cached blocks."""
+    async def main():
+        config = parse_cluster(TWO_B200)
+        cluster = Cluster(config)
+        core = SchedulerCore(cluster, build_policy(config.policy, config), LiveOptions(time_scale=SCALE))
+        workers, servers = [], []
+        for i in range(2):
+            w = EmulatedWorker(cluster.pools[0].perf, int(cluster.pools[0].role), time_scale=SCALE,
+                               input_slack_s=0.0, prefix_block_tokens=512)
+            w.start()
+            servicer = WorkerServicer(w)
+
+            def add(server, servicer=servicer):
+                worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
+                return [WORKER_SERVICE]
+
+            server, port, _ = await start_grpc_server("127.0.0.1", add)
+            core.register(i, f"b200-{i}", f"127.0.0.1:{port}")
+            workers.append(w)
+            servers.append(server)
+        core.start()
+        try:
+            outcomes = []
+            for name, prompt, hashes in (("turn-1", 1600, (1, 2, 3, 4)), ("other", 900, (70, 71)),
+                                         ("turn-2", 1700, (1, 2, 3, 9))):
+                async for item in core.generate(GenerateInput(name, prompt, 8, prefix_block_hashes=hashes)):
+                    if isinstance(item, RequestOutcome):
+                        outcomes.append(item)
+            return outcomes, workers, core
+        finally:
+            await core.close()
+            for server in servers:
+                await server.stop(None)
+
+    (first, other, second), workers, core = asyncio.run(asyncio.wait_for(main(), TIMEOUT_S))
+    assert all(o.status == RequestStatus.COMPLETED for o in (first, other, second))
+    assert second.prefill_instance == first.prefill_instance
+    assert other.prefill_instance != first.prefill_instance  # least-loaded part spreads a new prefix
+    worker = workers[first.prefill_instance]
+    assert worker.engine.prefix_hit_tokens == 3 * 512
+    assert worker.engine.prefill_tokens == 1600 + (1700 - 3 * 512)
+    assert core.snap.prefix_index.cached_blocks((1, 2, 3, 9)) == {first.prefill_instance: 4}

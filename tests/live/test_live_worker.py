@@ -778,3 +778,33 @@ def test_cancelled_hand_over_frees_the_kv_on_both_workers(cluster):
     pre, dec = run(main())
     assert not dec.engine.joining and dec.engine.batch == 1  # only the first request remains
     assert pre.engine.kv_reserved == 0
+
+
+def test_session_prefill_reports_the_cached_prefix(cluster):
+    """A prompt whose first blocks an earlier prompt left in this worker's prefix cache
+    computes only the rest: fewer prefill tokens, a shorter modelled prefill."""
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK, prefix_block_tokens=512)
+        w.start()
+        server, address = await serve_worker(w)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = worker_pb2_grpc.WorkerStub(channel).Session()
+                await call.write(worker_pb2.SessionRequest(work=[work("a", 1600, 4, prefix_block_hashes=[1, 2, 3, 4])]))
+                first, _ = await follow(call, {"a"})
+                await call.write(worker_pb2.SessionRequest(work=[work("b", 1700, 4, prefix_block_hashes=[1, 2, 3, 9])]))
+                second, _ = await follow(call, {"b"})
+                call.cancel()
+                return first["a"], second["b"]
+        finally:
+            await server.stop(None)
+
+    a, b = run(main())
+    pa = next(u.prefill for u in a if u.HasField("prefill"))
+    pb = next(u.prefill for u in b if u.HasField("prefill"))
+    assert (pa.prefill_tokens, pa.cached_prefix_tokens) == (1600, 0)
+    assert (pb.prefill_tokens, pb.cached_prefix_tokens) == (1700 - 1536, 1536)
+    new = 1700 - 1536
+    assert pb.prefill_s == pytest.approx(perf.prefill(new, new * 1536 + new * (new + 1) / 2, 1)[0], rel=1e-9)
