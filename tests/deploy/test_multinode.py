@@ -90,7 +90,7 @@ class Serve:
     def __init__(self, address: str):
         self.proc = subprocess.Popen(
             _cli("serve", "--cluster", str(CLUSTER), "--address", address, "--host", "127.0.0.1", "--port", "0",
-                 "--metrics-port", "-1", "--time-scale", str(TIME_SCALE)),
+                 "--metrics-port", "-1", "--time-scale", str(TIME_SCALE), "--policy", "round-robin"),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
@@ -219,8 +219,8 @@ def test_replay_completes_every_request_across_both_nodes(serve, tmp_path):
     assert (summary["requests"], summary["completed"], summary["rejected"], summary["failed"]) == (
         REQUESTS, REQUESTS, 0, 0)
     served = {name: pool["requests"] for name, pool in summary["pools"].items()}
-    # The simulator sends 27% of this slice to the b200 pool (worker node) and the rest
-    # through the h100 pools (head node); both nodes must have served some.
+    # Round-robin alternates prefill candidates: the b200 pool (worker node) and the
+    # h100 prefill pool, which hands over to h100 decode (head node). Both nodes serve.
     assert served["b200"] > 0 and served["h100-prefill"] > 0 and served["h100-decode"] > 0, served
 
 
