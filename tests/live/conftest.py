@@ -23,8 +23,17 @@ def ray_local(live_small):
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, resources=pool_resources(live_small[1]),
-             namespace=RAY_NAMESPACE, logging_level=logging.WARNING, configure_logging=False)
+    # On a loaded 2-core machine (the previous module's Ray still exiting) a raylet can
+    # miss its start-up deadline; one more try with a fresh session is enough.
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, resources=pool_resources(live_small[1]),
+                     namespace=RAY_NAMESPACE, logging_level=logging.WARNING, configure_logging=False)
+            break
+        except Exception as exc:
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
     try:
         yield ray
     finally:
