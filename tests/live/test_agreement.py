@@ -2,7 +2,7 @@
 
 The same 2,000-request slice of the Azure 2023 conversation trace (first 2,000
 rows at their recorded times, 424 s), the same cluster (deploy/clusters/live-small.yaml,
-policy slo-aware) and seed, through `simulator.sim.Simulation` and through the live
+policy slo-aware, and round-robin for the disaggregated path) and seed, through `simulator.sim.Simulation` and through the live
 control plane on a local Ray cluster at time_scale 1/20 (the 424 s replay takes
 ~22 s of wall time). They must agree on each pool's share of requests within 2
 percentage points and on TTFT and TPOT p50 within 15%.
@@ -65,17 +65,21 @@ def workload():
     return make_workload(read_trace(TRACE, max_rows=REQUESTS), n_requests=REQUESTS, seed=SEED)
 
 
-def test_live_agrees_with_simulation(ray_local, live_small, workload, tmp_path):
+# slo-aware: the policy under test (it sends nearly everything to the colocated B200 on
+# this slice); round-robin: alternates the B200 and the H100 prefill -> decode pair, so
+# half the requests take the disaggregated path with its KV hand-over.
+@pytest.mark.parametrize("policy", ["slo-aware", "round-robin"])
+def test_live_agrees_with_simulation(ray_local, live_small, workload, tmp_path, policy):
     from scheduler.config import builtin_cluster_path
     from scheduler.control import LiveOptions, start_scheduler, stop_scheduler
 
     config, cluster = live_small
     assert workload.arrival == "trace" and workload.n_requests == REQUESTS
-    simulated = Simulation(cluster, build_policy(config.policy, config), workload, seed=SEED).run()
+    simulated = Simulation(cluster, build_policy(policy, config), workload, seed=SEED).run()
     sim = summarize(simulated)
 
     options = LiveOptions(time_scale=1.0 / SPEEDUP, seed=SEED, chunk_tokens=128, worker_slack_s=0.25)
-    actor, info = start_scheduler(config, options=options, port=0)
+    actor, info = start_scheduler(config, policy=policy, options=options, port=0)
     out = tmp_path / "live"
     try:
         done = subprocess.run([sys.executable, "-c", CLIENT, info["address"], str(TRACE),
