@@ -67,7 +67,7 @@ def run_serve(args) -> int:
         try:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
-                port=args.port, worker_host=worker_host, metrics_host="127.0.0.1", metrics_port=metrics_port)
+                port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1

@@ -57,7 +57,10 @@ def _add_live(sub) -> None:
     p.add_argument("--time-scale", type=float, default=0.01,
                    help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
     p.add_argument("--metrics-port", type=int, default=9464,
-                   help="Prometheus metrics port on 127.0.0.1 (default 9464; 0 = any free, -1 = off)")
+                   help="Prometheus metrics port (default 9464; 0 = any free, -1 = off)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 for a scraper on another "
+                        "host, e.g. Prometheus in Kubernetes)")
     p.add_argument("--policy", help="routing policy (overrides the cluster file's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the policy's tie-breaking RNG")
     p.add_argument("--max-queue", type=int, default=4096,

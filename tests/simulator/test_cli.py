@@ -169,3 +169,11 @@ def test_model_list_names_every_device_and_model(capsys):
     listing = json.loads(out)
     assert {"h100-sxm", "h200", "b200", "wse-3", "groq-lpu", "m4-max", "phone"} <= set(listing["devices"])
     assert listing["models"]["llama-3.1-8b"]["params_b"] == pytest.approx(8.03, abs=0.01)
+
+
+def test_serve_metrics_host_defaults_to_loopback_and_can_be_set():
+    from simulator.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--cluster", "c.yaml"]).metrics_host == "127.0.0.1"
+    assert parser.parse_args(["serve", "--cluster", "c.yaml", "--metrics-host", "0.0.0.0"]).metrics_host == "0.0.0.0"
