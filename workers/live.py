@@ -1646,12 +1646,14 @@ class WorkerSpec:
 
 
 def resolve_host(host: str) -> tuple[str, str]:
-    """(address to bind, address to advertise). 'node' binds every interface and
-    advertises this node's IP, for workers that peers on other nodes must reach."""
+    """(address to bind, address to advertise). 'node' binds and advertises this node's
+    Ray IP (the address other nodes already reach it by), for workers that peers on
+    other nodes must reach; no other interface is opened."""
     if host == "node":
         import ray
 
-        return "0.0.0.0", ray.util.get_node_ip_address()
+        ip = ray.util.get_node_ip_address()
+        return ip, ip
     if host in ("0.0.0.0", "[::]", "::"):
         import socket
 
