@@ -216,10 +216,10 @@ def _parse_prefix_cache(source: str, raw: Any) -> PrefixCacheConfig:
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise _fail(source, "prefix_cache.enabled", f"expected true or false, got {enabled!r}")
-    block_tokens = PrefixCacheConfig.block_tokens
-    if "block_tokens" in raw:
-        block_tokens = _number(source, "prefix_cache.block_tokens", raw["block_tokens"], integer=True)
-    return PrefixCacheConfig(enabled=enabled, block_tokens=block_tokens)
+    if "block_tokens" not in raw:
+        return PrefixCacheConfig(enabled=enabled)
+    return PrefixCacheConfig(enabled=enabled, block_tokens=_number(source, "prefix_cache.block_tokens",
+                                                                   raw["block_tokens"], integer=True))
 
 
 def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:

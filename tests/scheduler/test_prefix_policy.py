@@ -109,6 +109,17 @@ def test_bad_prefix_cache_config_names_the_key(raw, message):
                        "pools": [{"name": "c", "instances": 1, "role": "both", **H100}]})
 
 
+@pytest.mark.parametrize("raw, expected", [
+    (None, (True, 512)), (False, (False, 512)), ({"enabled": True}, (True, 512)), ({"block_tokens": 64}, (True, 64)),
+])
+def test_prefix_cache_config_defaults(raw, expected):
+    doc = {"name": "t", "pools": [{"name": "c", "instances": 1, "role": "both", **H100}]}
+    if raw is not None:
+        doc["prefix_cache"] = raw
+    cfg = parse_cluster(doc).prefix_cache
+    assert (cfg.enabled, cfg.block_tokens) == expected
+
+
 def test_bad_load_slack_names_the_key():
     cl = colocated()
     with pytest.raises(ConfigError, match="prefix_load_slack"):
