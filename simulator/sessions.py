@@ -34,9 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.config import PrefixCacheConfig
 from simulator.traces import Trace
 
-DEFAULT_BLOCK_TOKENS = 512  # Mooncake's block size
+DEFAULT_BLOCK_TOKENS = PrefixCacheConfig().block_tokens  # 512, Mooncake's block size, what the engines assume
 
 
 def session_trace(base: Trace, n_requests: int, rate_rps: float, *, seed: int = 0,

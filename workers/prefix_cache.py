@@ -95,10 +95,6 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    @property
-    def cached_tokens(self) -> int:
-        return len(self.blocks) * self.block_tokens
-
     def match(self, blocks) -> int:
         """Leading blocks of `blocks` held here; they become the most recently used."""
         held = self.blocks
@@ -139,6 +135,3 @@ class PrefixCache:
             block, _ = pop(last=False)
             if index is not None:
                 index.discard(block, bit)
-
-    def clear(self) -> None:
-        self.trim(0)
