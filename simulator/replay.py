@@ -22,7 +22,7 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -33,6 +33,7 @@ from scheduler.types import RequestStatus, Role
 from scheduler.control import TIME_SCALE_KEY
 from workers.live import SENT_KEY
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
+from simulator.sim import SimResult
 
 _STATUS = {
     common_pb2.REQUEST_STATUS_COMPLETED: RequestStatus.COMPLETED,
@@ -84,20 +85,9 @@ def server_time_scale(stats: scheduler_pb2.SchedulerStats, unix_now: float | Non
 
 
 @dataclass
-class ReplayResult:
-    """A SimResult-shaped result (simulator.metrics.summarize reads it) plus what the client saw."""
+class ReplayResult(SimResult):
+    """What simulator.metrics.summarize reads of a simulation, plus what the client saw."""
 
-    cluster: object
-    policy_name: str
-    workload_description: str
-    seed: int
-    records: RequestRecords
-    pools: list[PoolUsage]
-    utilization: UtilizationTimeline
-    makespan_s: float
-    events: int
-    wall_s: float
-    reject_reasons: dict[str, int] = field(default_factory=dict)
     time_scale: float = 0.0
     speedup: float = 0.0
     tokens_streamed: int = 0

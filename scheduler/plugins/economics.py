@@ -66,10 +66,8 @@ def rank(value: np.ndarray, meets: np.ndarray, ttft: np.ndarray | None, ttft_slo
     return np.where(meets, 0.5 + 0.5 * rel, fallback)
 
 
-class PredictedCost:
-    """Lowest predicted dollars for the request among placements that meet the SLO."""
-
-    name = "predicted-cost"
+class _AimedBelowSlo:
+    """Scorers that rank placements predicted to meet the SLO, aimed below it."""
 
     def __init__(self, params: dict):
         # Aim predictions at a share of the SLO: queueing makes the predictors optimistic
@@ -77,6 +75,12 @@ class PredictedCost:
         headroom = number(params, "slo_headroom", 0.5, lo=0.01, hi=1.0)
         self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0)) * headroom
         self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1)) * headroom
+
+
+class PredictedCost(_AimedBelowSlo):
+    """Lowest predicted dollars for the request among placements that meet the SLO."""
+
+    name = "predicted-cost"
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         prefill, share, meets, ttft = predict(req, snap, stage, cands, now_s, self.ttft_slo_s, self.tpot_slo_s)
@@ -95,17 +99,10 @@ class PredictedCost:
         return rank(value_s, meets, ttft, self.ttft_slo_s)
 
 
-class PredictedEnergy:
+class PredictedEnergy(_AimedBelowSlo):
     """Lowest predicted joules for the request among placements that meet the SLO."""
 
     name = "predicted-energy"
-
-    def __init__(self, params: dict):
-        # Aim predictions at a share of the SLO: queueing makes the predictors optimistic
-        # under load, and a policy that packs work up to the SLO misses it by that error.
-        headroom = number(params, "slo_headroom", 0.5, lo=0.01, hi=1.0)
-        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0)) * headroom
-        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1)) * headroom
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         prefill, share, meets, ttft = predict(req, snap, stage, cands, now_s, self.ttft_slo_s, self.tpot_slo_s)
