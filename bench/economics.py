@@ -195,16 +195,23 @@ def advisor(trace, n: int) -> dict:
 TIGHT = SloConfig(ttft_s=0.25, tpot_s=0.025)
 
 
-def _sweep(trace, n: int, configs: list[tuple[str, object, str]], rates: list[float], target: float) -> dict:
-    """Attainment per rate per configuration; the highest rate meeting `target` is its goodput.
-    A configuration that misses the target is not run at higher rates (attainment falls with rate)."""
-    out = {"rates_rps": rates, "target_attainment": target, "slo": {"ttft_s": TIGHT.ttft_s, "tpot_s": TIGHT.tpot_s},
+def _poisson(trace, n: int):
+    """The experiment's workload at a given rate: n requests resampled from `trace`, Poisson arrivals."""
+    return lambda rate: make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+
+
+def _sweep(workload_at, configs: list[tuple[str, object, str]], rates: list[float], target: float) -> dict:
+    """Attainment per rate per configuration (all under the first one's SLO); the highest rate
+    meeting `target` is its goodput. A configuration that misses the target is not run at
+    higher rates (attainment falls with rate); its run below target is kept to show it."""
+    slo = configs[0][1].slo
+    out = {"rates_rps": rates, "target_attainment": target, "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
            "price_usd_per_hour": {}, "runs": {label: [] for label, _, _ in configs}, "max_rate_rps": {}}
     alive = {label for label, _, _ in configs}
     for rate in rates:
         if not alive:
             break
-        wl = make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+        wl = workload_at(rate)
         for label, config, policy in configs:
             if label not in alive:
                 continue
@@ -232,7 +239,7 @@ def disagg(trace, n: int) -> dict:
                                        ("h100-decode", "h100-sxm", "decode", 6)), "slo-aware"),
         ("conditional-disagg", mixed, "conditional-disagg"),
     ]
-    return _sweep(trace, n, configs, RATES, 0.9)
+    return _sweep(_poisson(trace, n), configs, RATES, 0.9)
 
 
 def cross_device(trace, n: int) -> dict:
@@ -242,7 +249,7 @@ def cross_device(trace, n: int) -> dict:
                                           ("h100-decode", "h100-sxm", "decode", 6)), "slo-aware"),
         ("h100p-h200d-9p5d", replace(cluster_file("cross-device"), slo=TIGHT), "slo-aware"),
     ]
-    return _sweep(trace, n, configs, RATES, 0.9)
+    return _sweep(_poisson(trace, n), configs, RATES, 0.9)
 
 
 # ---- 5. prefix-aware vs least-loaded on a trace with prefix reuse ----------------------------
@@ -255,27 +262,14 @@ def prefix(trace, n: int) -> dict:
     """16 colocated H100s (Llama-3.1-8B, default SLO 2 s / 100 ms) on the session trace
     (simulator/sessions.py): the same requests at each rate for every policy."""
     config = cluster_file("gpu-colocated")
-    out = {"rates_rps": PREFIX_RATES, "target_attainment": 0.99, "slo": {"ttft_s": config.slo.ttft_s,
-                                                                          "tpot_s": config.slo.tpot_s},
-           "runs": {p: [] for p in PREFIX_POLICIES}, "max_rate_rps": {}, "slack": []}
-    alive = set(PREFIX_POLICIES)
-    for rate in PREFIX_RATES:
-        sessions = session_trace(trace, n, rate, seed=SEED)
-        if "reuse" not in out:
-            out["reuse"] = reuse_stats(sessions)
-            out["workload"] = sessions.path
-        wl = make_workload(sessions, seed=SEED)
-        for policy in PREFIX_POLICIES:
-            if policy not in alive:
-                continue
-            r = run(config, policy, wl)
-            r["rate_rps"] = rate
-            out["runs"][policy].append(r)
-            # Past the knee attainment only falls; one run below target is kept to show it.
-            if r["slo_attainment"] < out["target_attainment"]:
-                alive.discard(policy)
-    for policy, runs in out["runs"].items():
-        out["max_rate_rps"][policy] = max((r["rate_rps"] for r in runs if r["slo_attainment"] >= 0.99), default=0.0)
+
+    def sessions_at(rate: float):
+        return make_workload(session_trace(trace, n, rate, seed=SEED), seed=SEED)
+
+    out = _sweep(sessions_at, [(p, config, p) for p in PREFIX_POLICIES], PREFIX_RATES, 0.99)
+    # The rate only scales the arrival gaps: every rate has the same prefix structure.
+    sessions = session_trace(trace, n, PREFIX_RATES[0], seed=SEED)
+    out.update(reuse=reuse_stats(sessions), workload=sessions.path, slack=[])
     # The load bound: affinity vs hot spots, at the highest rate prefix-aware sustains.
     rate = out["max_rate_rps"]["prefix-aware"] or PREFIX_RATES[0]
     wl = make_workload(session_trace(trace, n, rate, seed=SEED), seed=SEED)
