@@ -14,6 +14,8 @@
 #   --head-resources JSON     the head's device resources (default '{"device_h100-sxm": 2}')
 #   --worker-resources JSON   one worker node with these resources; repeat for more nodes
 #                             (default: one node with '{"device_b200": 1}')
+#   --head-only               no worker nodes: a one-node cluster (the live tests use it so
+#                             that Ray's processes are started by a fresh process)
 #   --port N                  GCS port (default: a free port)
 #   --num-cpus N              CPUs each node declares (default 1: worker actors ask for none)
 #   --timeout S               seconds to wait for every node to register (default 60)
@@ -56,6 +58,7 @@ esac
 temp_dir=/tmp/infersched-ray-$(id -u)
 head_resources='{"device_h100-sxm": 2}'
 worker_resources=()
+head_only=0
 port=
 num_cpus=1
 timeout_s=60
@@ -63,6 +66,7 @@ while (($#)); do
   case $1 in
     --head-resources) head_resources=${2:?--head-resources needs a JSON object}; shift 2 ;;
     --worker-resources) worker_resources+=("${2:?--worker-resources needs a JSON object}"); shift 2 ;;
+    --head-only) head_only=1; shift ;;
     --port) port=${2:?--port needs a number}; shift 2 ;;
     --num-cpus) num_cpus=${2:?--num-cpus needs a number}; shift 2 ;;
     --timeout) timeout_s=${2:?--timeout needs seconds}; shift 2 ;;
@@ -70,7 +74,11 @@ while (($#)); do
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
-((${#worker_resources[@]})) || worker_resources=('{"device_b200": 1}')
+if ((head_only)); then
+  ((${#worker_resources[@]} == 0)) || die "--head-only and --worker-resources contradict each other"
+else
+  ((${#worker_resources[@]})) || worker_resources=('{"device_b200": 1}')
+fi
 [[ $temp_dir = /* ]] || die "--temp-dir must be an absolute path, got '$temp_dir'"
 temp_dir=${temp_dir%/}
 state_file=$temp_dir/infersched-cluster.env
