@@ -35,15 +35,17 @@ def test_window_percentiles_match_numpy(n):
     assert got.mean_s == pytest.approx(kept.mean(), rel=1e-12)
 
 
-def test_window_summary_is_reused_until_it_ages():
-    window = _Window(100)
-    window.add(1.0)
-    first = window.summary(now_s=10.0, max_age_s=0.05)
-    window.add(3.0)
-    assert window.summary(now_s=10.04, max_age_s=0.05) is first  # new sample, summary still fresh
-    later = window.summary(now_s=10.05, max_age_s=0.05)
-    assert (later.samples, later.p50_s) == (2, 2.0)
-    assert window.summary(now_s=99.0, max_age_s=0.05) is later  # old, but no new samples
+def test_window_summary_is_current_and_empty_window_is_zero():
+    window = _Window(3)
+    assert window.summary().samples == 0
+    for value in (5.0, 1.0, 3.0):
+        window.add(value)
+    assert (window.summary().p50_s, window.summary().mean_s) == (3.0, 3.0)
+    window.add(7.0)  # 5.0 leaves the window at once
+    got = window.summary()
+    assert (got.samples, got.p50_s, got.mean_s) == (4, 3.0, pytest.approx(11 / 3))
+    with pytest.raises(ValueError, match="NaN"):
+        window.add(float("nan"))
 
 
 # ---- the core on loopback workers ---------------------------------------------------------
