@@ -5,7 +5,11 @@ high speed-up: time_scale 0.001 by default, so a request's modelled device
 time costs a thousandth of it in wall time) and, from this separate client
 process, sends Generate open loop (Poisson arrivals, seeded) at increasing
 rates, each for a fixed time, consuming every token stream to its final
-record. A second client process calls GetStats every 20 ms throughout.
+record. A second client process calls GetStats every 20 ms throughout, each
+time followed by a health check on a reference server: a grpc.aio server
+with nothing but the health service, in a process of its own. It meets the
+same machine load at the same moments, so its latency is the floor a unary
+RPC in Python has on this machine then, whatever the server does.
 
     python bench/live_throughput.py                           # 100 ... 600 req/s, 8 s each
     python bench/live_throughput.py --rates 500 --step-s 20   # one rate, longer
@@ -33,7 +37,8 @@ Per step it reports:
   step (the scheduler's window of recent decisions) and the step's change in
   `infersched_scheduling_overhead_seconds` (bucket-interpolated quantiles);
 - GetStats latency p50/p99/max from the prober process over the step (and,
-  once, with no load before the first step);
+  once, with no load before the first step), next to the reference server's
+  health-check latency over the same step;
 - machine CPU busy share over the step (/proc/stat, all cores), and CPU
   cores used per process: this client, the prober, and serve's process tree
   by kind (scheduler actor, worker actors, raylet, GCS, ...), also as CPU
@@ -156,15 +161,20 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
 # ---- GetStats prober (its own process) ------------------------------------------------------
 
 
-def probe_main(target: str, stop, results) -> None:
+def probe_main(target: str, reference: str, stop, results) -> None:
+    """Every PROBE_INTERVAL_S: GetStats on the scheduler, then a health check on the
+    reference server. Samples: (unix time, GetStats s, ok, reference s)."""
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 
     samples = []
-    with grpc.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target) as channel, grpc.insecure_channel(reference) as ref_channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        ref = health_pb2_grpc.HealthStub(ref_channel)
         stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)  # connect before timing
+        ref.Check(health_pb2.HealthCheckRequest(), timeout=10)
         while not stop.is_set():
             t_unix = time.time()
             t = time.perf_counter()
@@ -173,9 +183,31 @@ def probe_main(target: str, stop, results) -> None:
                 ok = True
             except grpc.RpcError:
                 ok = False
-            samples.append((t_unix, time.perf_counter() - t, ok))
+            t_ref = time.perf_counter()
+            ref.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            done = time.perf_counter()
+            samples.append((t_unix, t_ref - t, ok, done - t_ref))
             time.sleep(PROBE_INTERVAL_S)
     results.put(samples)
+
+
+def reference_server_main(ports) -> None:
+    """A grpc.aio server with nothing but the health service, in its own process: what a
+    unary RPC costs on this machine under the same load, without the scheduler."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    async def main():
+        server = grpc.aio.server()
+        servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        ports.put(port)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
 
 
 # ---- load generator ---------------------------------------------------------------------------
@@ -402,14 +434,18 @@ def main() -> int:
     proc, target, metrics_url = start_serve(args, work / "serve.log")
     print(f"serve listening on {target}, metrics {metrics_url}", flush=True)
     ctx = mp.get_context("spawn")
-    stop, results = ctx.Event(), ctx.Queue()
-    prober = ctx.Process(target=probe_main, args=(target, stop, results), daemon=True)
+    stop, results, ports = ctx.Event(), ctx.Queue(), ctx.Queue()
+    reference = ctx.Process(target=reference_server_main, args=(ports,), daemon=True)
+    reference.start()
+    reference_target = f"127.0.0.1:{ports.get(timeout=60)}"
+    prober = ctx.Process(target=probe_main, args=(target, reference_target, stop, results), daemon=True)
     prober.start()
     time.sleep(args.idle_s)  # GetStats with no load, for comparison
     idle_until = time.time()
     samples: list = []
     try:
-        roots = {"serve": proc.pid, "client": os.getpid(), "getstats_prober": prober.pid}
+        roots = {"serve": proc.pid, "client": os.getpid(), "getstats_prober": prober.pid,
+                 "reference_server": reference.pid}
         steps = asyncio.run(drive(args, target, metrics_url, lengths, args.time_scale, roots))
     finally:
         stop.set()
@@ -418,8 +454,9 @@ def main() -> int:
         except Exception:
             samples = []
         prober.join(10)
-        if prober.is_alive():
-            prober.kill()
+        for child in (prober, reference):
+            if child.is_alive():
+                child.kill()
         rc = stop_serve(proc)
         print(f"serve exited with {rc}", flush=True)
 
@@ -429,7 +466,10 @@ def main() -> int:
         errors = sum(1 for s in samples if t0 <= s[0] <= t1 and not s[2])
         row["getstats_ms"] = {"p50": ms(pct(lat, 50)), "p99": ms(pct(lat, 99)), "max": ms(max(lat) if lat else None),
                               "samples": len(lat), "errors": errors}
+        ref = [s[3] for s in samples if t0 <= s[0] <= t1]
+        row["reference_rpc_ms"] = {"p50": ms(pct(ref, 50)), "p99": ms(pct(ref, 99))}
     idle = [s[1] for s in samples if s[0] < idle_until and s[2]]
+    idle_ref = [s[3] for s in samples if s[0] < idle_until]
     sustained = [r for r in steps if r["sustained"]]
     best = max(sustained, key=lambda r: r["offered_rps"]) if sustained else None
     # "Under that load": the first step offering >= 500 req/s, sustained or not.
@@ -448,6 +488,7 @@ def main() -> int:
                    "mean_output_tokens": round(float(lengths[:, 1].mean()), 1),
                    "getstats_probe_interval_s": PROBE_INTERVAL_S},
         "getstats_idle_ms": {"p50": ms(pct(idle, 50)), "p99": ms(pct(idle, 99)), "samples": len(idle)},
+        "reference_rpc_idle_ms": {"p50": ms(pct(idle_ref, 50)), "p99": ms(pct(idle_ref, 99))},
         "steps": steps,
         "max_sustained_rps": best["offered_rps"] if best else 0.0,
         # At the first step offering >= 500 req/s. Policy time: GetStats' window of recent

@@ -621,10 +621,24 @@ def _md(metadata, key: str) -> str | None:
 # The core.
 
 
+def check_live_policy(policy: Policy) -> None:
+    """Raise ValueError for a policy the live control plane would run differently from
+    the simulator: one that serves a request in several passes (a staging plugin:
+    cascade escalation, advisor calls). Live workers produce no answers to verify,
+    so only the first pass would run, a silent change of policy."""
+    if policy.staging is not None:
+        raise ValueError(
+            f"policy {policy.name!r} serves a request in more than one pass (staging {policy.staging.name!r}); "
+            "the live control plane places each request once, so it would run only the first pass. Run it "
+            "with `infersched simulate` or `compare`; to serve its one-pass routing live, add `staging: none` "
+            "under `policy:` in the cluster YAML")
+
+
 class SchedulerCore:
     """Policy decisions applied to live workers; every request counted."""
 
     def __init__(self, cluster: Cluster, policy: Policy, options: LiveOptions = LiveOptions()):
+        check_live_policy(policy)
         self.cluster = cluster
         self.policy = policy
         self.options = options

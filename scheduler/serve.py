@@ -21,6 +21,7 @@ from scheduler.control import (
     RAY_NAMESPACE,
     SCHEDULER_ACTOR_NAME,
     LiveOptions,
+    check_live_policy,
     pool_resources,
     start_scheduler,
     stop_scheduler,
@@ -39,7 +40,7 @@ def run_serve(args) -> int:
 
     config = load_cluster(args.cluster)
     cluster = Cluster(config)  # device, model and fit errors surface before Ray starts
-    build_policy(args.policy or config.policy, config)
+    check_live_policy(build_policy(args.policy or config.policy, config))
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -46,6 +47,19 @@ def test_window_summary_is_current_and_empty_window_is_zero():
     assert (got.samples, got.p50_s, got.mean_s) == (4, 3.0, pytest.approx(11 / 3))
     with pytest.raises(ValueError, match="NaN"):
         window.add(float("nan"))
+
+
+def test_core_refuses_a_multi_pass_policy_and_serves_its_one_pass_routing():
+    config = parse_cluster({
+        "name": "two-tiers", "policy": {"name": "cascade"},
+        "pools": [{"name": "small", "device": "h100-sxm", "instances": 1, "model": "llama-3.1-8b", "role": "both"},
+                  {"name": "large", "device": "h100-sxm", "instances": 1, "chips_per_instance": 8,
+                   "model": "llama-3.1-70b", "role": "both"}]})
+    cluster = Cluster(config)
+    with pytest.raises(ValueError, match="policy 'cascade' serves a request in more than one pass"):
+        SchedulerCore(cluster, build_policy(config.policy, config))
+    one_pass = build_policy(replace(config.policy, staging="none"), config)
+    assert SchedulerCore(cluster, one_pass).policy.staging is None
 
 
 # ---- the core on loopback workers ---------------------------------------------------------

@@ -108,6 +108,15 @@ def test_serve_rejects_a_bad_cluster_file_before_starting_ray(tmp_path):
     assert done.returncode == 2 and "key 'device'" in done.stderr
 
 
+def test_serve_refuses_a_multi_pass_policy_before_starting_ray():
+    """advisor.yaml's policy calls a second model on hard requests; live, only the first
+    pass would run, so serve says so instead of serving a different policy."""
+    done = cli("serve", "--cluster", str(builtin_cluster_path("advisor")), "--port", "0", timeout=60)
+    assert done.returncode == 2
+    assert "policy 'advisor' serves a request in more than one pass" in done.stderr
+    assert "staging: none" in done.stderr
+
+
 def test_sigterm_stops_cleanly(serve):
     """Last in this module: stopping frees the gRPC and metrics ports and leaves no actor."""
     proc, address, metrics, _ = serve
