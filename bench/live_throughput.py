@@ -14,7 +14,10 @@ RPC in Python has on this machine then, whatever the server does.
     python bench/live_throughput.py                           # 100 ... 600 req/s, 8 s each
     python bench/live_throughput.py --rates 500 --step-s 20   # one rate, longer
     python bench/live_throughput.py --output-cap 16          # one token chunk per request
-Writes bench/results/live_throughput.json. All traffic stays on 127.0.0.1;
+    python bench/live_throughput.py --policy round-robin --out bench/results/live_throughput_split.json
+                                                              # half through the KV hand-over path
+    python bench/live_throughput.py --replot                 # the PNG again, from the JSON
+Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
 then killed by PID if it does not exit).
 
@@ -297,6 +300,8 @@ async def run_step(stub, step: Step, lengths: np.ndarray, rng: np.random.Generat
 def start_serve(args, log_path: Path) -> tuple[subprocess.Popen, str, str]:
     cmd = [sys.executable, "-m", "simulator.cli", "serve", "--cluster", str(args.cluster), "--host", "127.0.0.1",
            "--port", "0", "--metrics-port", "0", "--time-scale", repr(args.time_scale), "--seed", str(args.seed)]
+    if args.policy:
+        cmd += ["--policy", args.policy]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + args.start_timeout_s
@@ -406,6 +411,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER)
     ap.add_argument("--time-scale", type=float, default=0.001)
+    ap.add_argument("--policy", default=None,
+                    help="policy to serve (default: the cluster's; round-robin sends half of live-small's "
+                         "requests through its prefill -> decode pair)")
     ap.add_argument("--rates", default="100,200,300,400,500,600",
                     help="comma-separated offered rates in requests/s, one step each")
     ap.add_argument("--step-s", type=float, default=8.0, help="seconds of sending per step")
@@ -417,7 +425,12 @@ def main() -> int:
                     help="cap each request's output tokens (0 = the trace's own lengths)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from --out's JSON")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        print(f"wrote {args.out.with_suffix('.png')}")
+        return 0
     args.rates = [float(r) for r in args.rates.split(",")]
 
     import grpc
@@ -480,6 +493,7 @@ def main() -> int:
                     "ray": ray.__version__, "grpcio": grpc.__version__, "platform": platform.platform()},
         "config": {"cluster": str(args.cluster.relative_to(ROOT) if args.cluster.is_relative_to(ROOT)
                                   else args.cluster),
+                   "policy": args.policy or "(the cluster's)",
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,
                    "lengths": "Azure 2023 conversation trace (built-in), sampled with replacement"
@@ -503,9 +517,44 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result["targets"]), f"max sustained {result['max_sustained_rps']:g} req/s", flush=True)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
     return 0
+
+
+def plot(result: dict, path: Path) -> None:
+    """Achieved rate, control-plane overhead and GetStats latency (with the reference
+    server's floor) against the offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    offered = [s["offered_rps"] for s in steps]
+    fig, (rate, overhead, stats) = plt.subplots(1, 3, figsize=(15, 4.2))
+    rate.plot(offered, offered, ":", color="grey", label="offered")
+    rate.plot(offered, [s["achieved_rps"] for s in steps], "o-", label="achieved")
+    rate.set(xlabel="offered requests/s", ylabel="requests/s", title="Generate throughput")
+    for q, style in (("p50", "o-"), ("p99", "s--")):
+        overhead.plot(offered, [s["control_overhead_ms"][q] for s in steps], style, label=q)
+        stats.plot(offered, [s["getstats_ms"][q] for s in steps], style, label=f"GetStats {q}")
+        stats.plot(offered, [s["reference_rpc_ms"][q] for s in steps], style, color="grey", alpha=0.6,
+                   label=f"reference server {q}")
+    overhead.set(xlabel="offered requests/s", ylabel="ms", yscale="log",
+                 title="control-plane overhead per request")
+    stats.axhline(5.0, color="red", linewidth=0.8, label="GetStats p99 target")
+    stats.set(xlabel="offered requests/s", ylabel="ms", title="GetStats latency under load")
+    for ax in (rate, overhead, stats):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    policy = result["config"].get("policy", "(the cluster's)")
+    fig.suptitle(f"{result['config']['cluster']}, policy {policy}, time_scale {result['config']['time_scale']:g}, "
+                 f"{result['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _cpu_model() -> str:
