@@ -263,6 +263,6 @@ wait_for_nodes "$address" "$expected" "$timeout_s" || die "the cluster did not c
 
 printf 'RAY_AUTH_MODE=%s\nRAY_ADDRESS=%s\nTEMP_DIR=%s\n' "$RAY_AUTH_MODE" "$address" "$temp_dir" >"$state_file"
 started=1
-say "$((n_workers + 1)) nodes up; join with: RAY_AUTH_MODE=$RAY_AUTH_MODE infersched serve --address $address ...; stop with: $0 stop"
+say "$((n_workers + 1)) node(s) up; join with: RAY_AUTH_MODE=$RAY_AUTH_MODE infersched serve --address $address ...; stop with: $0 stop"
 echo "RAY_AUTH_MODE=$RAY_AUTH_MODE"
 echo "RAY_ADDRESS=$address"
