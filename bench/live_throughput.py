@@ -16,6 +16,8 @@ RPC in Python has on this machine then, whatever the server does.
     python bench/live_throughput.py --output-cap 16          # one token chunk per request
     python bench/live_throughput.py --policy round-robin --out bench/results/live_throughput_split.json
                                                               # half through the KV hand-over path
+    python bench/live_throughput.py --realtime-priority 10 --out bench/results/live_throughput_rt.json
+                                                              # scheduler (and the probes) under SCHED_FIFO
     python bench/live_throughput.py --replot                 # the PNG again, from the JSON
 Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
@@ -69,6 +71,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scheduler.realtime import set_realtime_priority  # noqa: E402
 
 DEFAULT_CLUSTER = ROOT / "deploy" / "clusters" / "live-small.yaml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "live_throughput.json"
@@ -164,10 +168,13 @@ def histogram_quantile(before: dict[float, float], after: dict[float, float], q:
 # ---- GetStats prober (its own process) ------------------------------------------------------
 
 
-def probe_main(target: str, reference: str, stop, results) -> None:
+def probe_main(target: str, reference: str, stop, results, realtime_priority: int = 0) -> None:
     """Every PROBE_INTERVAL_S: GetStats on the scheduler, then a health check on the
     reference server. Samples: (unix time, GetStats s, ok, reference s)."""
     import grpc
+
+    if realtime_priority:
+        set_realtime_priority(realtime_priority)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -194,10 +201,13 @@ def probe_main(target: str, reference: str, stop, results) -> None:
     results.put(samples)
 
 
-def reference_server_main(ports) -> None:
+def reference_server_main(ports, realtime_priority: int = 0) -> None:
     """A grpc.aio server with nothing but the health service, in its own process: what a
     unary RPC costs on this machine under the same load, without the scheduler."""
     import grpc
+
+    if realtime_priority:
+        set_realtime_priority(realtime_priority)
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     async def main():
@@ -302,6 +312,8 @@ def start_serve(args, log_path: Path) -> tuple[subprocess.Popen, str, str]:
            "--port", "0", "--metrics-port", "0", "--time-scale", repr(args.time_scale), "--seed", str(args.seed)]
     if args.policy:
         cmd += ["--policy", args.policy]
+    if args.realtime_priority:
+        cmd += ["--realtime-priority", str(args.realtime_priority)]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + args.start_timeout_s
@@ -424,6 +436,9 @@ def main() -> int:
     ap.add_argument("--output-cap", type=int, default=0,
                     help="cap each request's output tokens (0 = the trace's own lengths)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                    help="serve --realtime-priority N, and the same SCHED_FIFO priority for the GetStats prober "
+                         "and the reference server (the measuring side; the load client stays as it is)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--replot", action="store_true", help="only redraw the PNG from --out's JSON")
     args = ap.parse_args()
@@ -448,10 +463,11 @@ def main() -> int:
     print(f"serve listening on {target}, metrics {metrics_url}", flush=True)
     ctx = mp.get_context("spawn")
     stop, results, ports = ctx.Event(), ctx.Queue(), ctx.Queue()
-    reference = ctx.Process(target=reference_server_main, args=(ports,), daemon=True)
+    reference = ctx.Process(target=reference_server_main, args=(ports, args.realtime_priority), daemon=True)
     reference.start()
     reference_target = f"127.0.0.1:{ports.get(timeout=60)}"
-    prober = ctx.Process(target=probe_main, args=(target, reference_target, stop, results), daemon=True)
+    prober = ctx.Process(target=probe_main, args=(target, reference_target, stop, results, args.realtime_priority),
+                         daemon=True)
     prober.start()
     time.sleep(args.idle_s)  # GetStats with no load, for comparison
     idle_until = time.time()
@@ -494,6 +510,7 @@ def main() -> int:
         "config": {"cluster": str(args.cluster.relative_to(ROOT) if args.cluster.is_relative_to(ROOT)
                                   else args.cluster),
                    "policy": args.policy or "(the cluster's)",
+                   "realtime_priority": args.realtime_priority,
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,
                    "lengths": "Azure 2023 conversation trace (built-in), sampled with replacement"
@@ -550,8 +567,9 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     policy = result["config"].get("policy", "(the cluster's)")
+    rt = result["config"].get("realtime_priority")
     fig.suptitle(f"{result['config']['cluster']}, policy {policy}, time_scale {result['config']['time_scale']:g}, "
-                 f"{result['machine']['cpus']} CPUs")
+                 f"{result['machine']['cpus']} CPUs" + (f", scheduler and probes SCHED_FIFO {rt}" if rt else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

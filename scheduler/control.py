@@ -1608,8 +1608,9 @@ class SchedulerActor:
     def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
-                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0):
+                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0):
         self.config = config
+        self.realtime_priority = realtime_priority  # SCHED_FIFO priority of this process; 0: the OS default
         self.policy_config = policy
         self.options = options
         self.host = host
@@ -1640,7 +1641,11 @@ class SchedulerActor:
     async def _start(self) -> dict:
         import ray
 
+        from scheduler.realtime import set_realtime_priority
         from scheduler.registry import build_policy
+
+        if self.realtime_priority:
+            set_realtime_priority(self.realtime_priority)  # before the gRPC server starts its threads
 
         self.cluster = Cluster(self.config)
         policy = build_policy(self.policy_config or self.config.policy, self.config)
@@ -1698,6 +1703,7 @@ class SchedulerActor:
 
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "realtime_priority": self.realtime_priority,
                 "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
                 "workers": [{"instance": w.instance, "pool": w.pool, "address": w.address, "state": w.state.name}
                             for w in self.core.workers()] if self.core else []}

@@ -26,6 +26,7 @@ from scheduler.control import (
     start_scheduler,
     stop_scheduler,
 )
+from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
 
 HEALTH_CHECK_S = 5.0
@@ -41,6 +42,8 @@ def run_serve(args) -> int:
     config = load_cluster(args.cluster)
     cluster = Cluster(config)  # device, model and fit errors surface before Ray starts
     check_live_policy(build_policy(args.policy or config.policy, config))
+    if args.realtime_priority:
+        check_priority(args.realtime_priority)
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
@@ -68,12 +71,15 @@ def run_serve(args) -> int:
         try:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
-                port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port)
+                port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
+                realtime_priority=args.realtime_priority)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1
         _say(f"scheduler listening on {info['address']} (cluster {info['cluster']}, policy {info['policy']}, "
              f"{len(info['workers'])} workers, time_scale {info['time_scale']:g})")
+        if info["realtime_priority"]:
+            _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
         if info["metrics"]:
             _say(f"metrics on {info['metrics']}")
         _say("Ctrl-C or SIGTERM stops it")

@@ -66,6 +66,9 @@ def _add_live(sub) -> None:
     p.add_argument("--max-queue", type=int, default=4096,
                    help="requests queued for prefill before RESOURCE_EXHAUSTED (default 4096)")
     p.add_argument("--max-retries", type=int, default=2, help="re-dispatches after a worker failure (default 2)")
+    p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="run the scheduler actor's threads under SCHED_FIFO at priority N (1-99; Linux, needs "
+                        "CAP_SYS_NICE): on busy hosts its RPCs then wait for no other process (default 0: off)")
     r = sub.add_parser("replay", help="replay a trace against a live cluster over gRPC",
                        description="Send a trace's requests open loop to a running `infersched serve`, stream "
                                    "the tokens, and print the same summary as `infersched simulate`.")
