@@ -24,6 +24,16 @@ CLI = [sys.executable, "-m", "simulator.cli"]
 START_TIMEOUT_S = 90.0
 
 
+def _fifo_permitted() -> bool:
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
+    return (sys.platform.startswith("linux")
+            and subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0)
+
+
+# serve runs its scheduler under SCHED_FIFO where the host allows it (root, CAP_SYS_NICE).
+REALTIME_PRIORITY = 1 if _fifo_permitted() else 0
+
+
 def cli(*args, timeout=120):
     return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -32,7 +42,8 @@ def cli(*args, timeout=120):
 def serve():
     """A running `infersched serve` (port 0: any free port), and what it printed."""
     proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
-                             "--metrics-port", "0", "--time-scale", "0.01"],
+                             "--metrics-port", "0", "--time-scale", "0.01",
+                             *(["--realtime-priority", str(REALTIME_PRIORITY)] if REALTIME_PRIORITY else [])],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = []
@@ -61,6 +72,45 @@ def test_serve_prints_where_it_listens(serve):
     assert "cluster live-small, policy slo-aware, 3 workers, time_scale 0.01" in lines[0]
     with grpc.insecure_channel(address) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
+
+
+@pytest.mark.skipif(not REALTIME_PRIORITY, reason="this host does not allow SCHED_FIFO (needs CAP_SYS_NICE)")
+def test_realtime_priority_reaches_the_scheduler_actor_threads(serve):
+    proc, _, _, lines = serve
+    assert f"scheduler threads run under SCHED_FIFO, priority {REALTIME_PRIORITY}" in "\n".join(lines)
+    actors = [pid for pid in _descendants(proc.pid) if _cmdline(pid).startswith("ray::SchedulerActor")]
+    assert len(actors) == 1, [(pid, _cmdline(pid)) for pid in _descendants(proc.pid)]
+    tids = [int(t) for t in os.listdir(f"/proc/{actors[0]}/task")]
+    assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}
+    assert {os.sched_getparam(t).sched_priority for t in tids} == {REALTIME_PRIORITY}
+    workers = [pid for pid in _descendants(proc.pid) if _cmdline(pid).startswith("ray::WorkerActor")]
+    assert workers and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in workers)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def test_replay_prints_the_simulate_summary(serve, tmp_path):
