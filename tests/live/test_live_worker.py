@@ -6,6 +6,7 @@ many requests' work on one Session stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 
@@ -328,6 +329,17 @@ async def serve_worker(w: EmulatedWorker):
     return server, f"127.0.0.1:{port}"
 
 
+@contextlib.asynccontextmanager
+async def worker_channel(w: EmulatedWorker):
+    """A channel to `w`'s Worker service on loopback; the server stops on the way out."""
+    server, address = await serve_worker(w)
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield channel
+    finally:
+        await server.stop(None)
+
+
 def test_handover_over_grpc_matches_the_link_model(cluster):
     """Prefill on a prefill-only worker hands the KV to a decode worker over TransferKv;
     the hand-over takes the modelled transfer time over the slower link."""
@@ -390,18 +402,14 @@ def test_worker_service_rejects_bad_calls(cluster, request_fields, metadata, cod
     async def main():
         w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = worker_pb2_grpc.WorkerStub(channel)
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.Prefill(worker_pb2.PrefillRequest(**request_fields), metadata=metadata)
-                # The worker stays up and serves a good call afterwards.
-                ok = await stub.Prefill(worker_pb2.PrefillRequest(request_id="ok", prompt_length=10,
-                                                                  max_output_tokens=1))
-                return err.value, ok
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Prefill(worker_pb2.PrefillRequest(**request_fields), metadata=metadata)
+            # The worker stays up and serves a good call afterwards.
+            ok = await stub.Prefill(worker_pb2.PrefillRequest(request_id="ok", prompt_length=10,
+                                                              max_output_tokens=1))
+            return err.value, ok
 
     err, ok = run(main())
     assert err.code().name == code and reason in err.details()
@@ -412,19 +420,15 @@ def test_transfer_kv_rejects_malformed_stream(cluster):
     async def main():
         w = EmulatedWorker(perf_of(cluster, "h100-decode"), ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = worker_pb2_grpc.WorkerStub(channel)
-                with pytest.raises(grpc.aio.AioRpcError) as short:
-                    await stub.TransferKv(iter([meta()]))  # 1 of 2 blocks
-                with pytest.raises(grpc.aio.AioRpcError) as gap:
-                    await stub.TransferKv(iter([meta(), meta(block_index=1, token_start=600, token_end=900)]))
-                with pytest.raises(grpc.aio.AioRpcError) as none:
-                    await stub.Decode(worker_pb2.DecodeRequest(request_id="nobody")).read()
-                return short.value, gap.value, none.value, w
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as short:
+                await stub.TransferKv(iter([meta()]))  # 1 of 2 blocks
+            with pytest.raises(grpc.aio.AioRpcError) as gap:
+                await stub.TransferKv(iter([meta(), meta(block_index=1, token_start=600, token_end=900)]))
+            with pytest.raises(grpc.aio.AioRpcError) as none:
+                await stub.Decode(worker_pb2.DecodeRequest(request_id="nobody")).read()
+            return short.value, gap.value, none.value, w
 
     short, gap, none, w = run(main())
     assert short.code() == grpc.StatusCode.INVALID_ARGUMENT and "block 1: key 'num_blocks'" in short.details()
@@ -438,23 +442,19 @@ def test_decode_cancel_over_grpc_frees_kv(cluster):
     async def main():
         w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = worker_pb2_grpc.WorkerStub(channel)
-                await stub.Prefill(worker_pb2.PrefillRequest(request_id="long", prompt_length=1000,
-                                                             max_output_tokens=50_000))
-                call = stub.Decode(worker_pb2.DecodeRequest(request_id="long", chunk_tokens=1))
-                await call.read()
-                assert w.engine.batch == 1
-                call.cancel()
-                for _ in range(1000):
-                    if w.in_flight == 0:
-                        break
-                    await asyncio.sleep(0.005)
-                return w
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            await stub.Prefill(worker_pb2.PrefillRequest(request_id="long", prompt_length=1000,
+                                                         max_output_tokens=50_000))
+            call = stub.Decode(worker_pb2.DecodeRequest(request_id="long", chunk_tokens=1))
+            await call.read()
+            assert w.engine.batch == 1
+            call.cancel()
+            for _ in range(1000):
+                if w.in_flight == 0:
+                    break
+                await asyncio.sleep(0.005)
+            return w
 
     w = run(main())
     assert w.in_flight == 0 and w.engine.batch == 0 and w.engine.kv_reserved == 0
@@ -467,17 +467,13 @@ def test_decode_trailer_carries_the_summary(cluster):
     async def main():
         w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = worker_pb2_grpc.WorkerStub(channel)
-                await stub.Prefill(worker_pb2.PrefillRequest(request_id="a", prompt_length=700,
-                                                             max_output_tokens=30))
-                call = stub.Decode(worker_pb2.DecodeRequest(request_id="a", max_output_tokens=30))
-                chunks = [c async for c in call]
-                return chunks, dict(await call.trailing_metadata())
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            await stub.Prefill(worker_pb2.PrefillRequest(request_id="a", prompt_length=700,
+                                                         max_output_tokens=30))
+            call = stub.Decode(worker_pb2.DecodeRequest(request_id="a", max_output_tokens=30))
+            chunks = [c async for c in call]
+            return chunks, dict(await call.trailing_metadata())
 
     chunks, trailing = run(main())
     summary = DecodeSummary.decode(trailing[DECODE_KEY])
@@ -517,14 +513,10 @@ def test_server_takes_a_burst_beyond_grpc_default_pending_limit(cluster):
     async def main():
         w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                return await asyncio.gather(*(stub.Check(health_pb2.HealthCheckRequest()) for _ in range(2500)),
-                                            return_exceptions=True)
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            return await asyncio.gather(*(stub.Check(health_pb2.HealthCheckRequest()) for _ in range(2500)),
+                                        return_exceptions=True)
 
     replies = run(main())
     assert [r for r in replies if isinstance(r, Exception)] == []
@@ -564,16 +556,12 @@ def test_session_runs_colocated_work_with_the_engine_timings(cluster):
     async def main():
         w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                call = worker_pb2_grpc.WorkerStub(channel).Session()
-                await call.write(worker_pb2.SessionRequest(work=[work("a", 700, 30), work("b", 300, 1)]))
-                updates, messages = await follow(call, {"a", "b"})
-                call.cancel()
-                return updates, messages, w
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            call = worker_pb2_grpc.WorkerStub(channel).Session()
+            await call.write(worker_pb2.SessionRequest(work=[work("a", 700, 30), work("b", 300, 1)]))
+            updates, messages = await follow(call, {"a", "b"})
+            call.cancel()
+            return updates, messages, w
 
     updates, messages, w = run(main())
     a = updates["a"]
@@ -602,23 +590,19 @@ def test_session_cancel_and_end_free_slot_and_kv(cluster):
     async def main():
         w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = worker_pb2_grpc.WorkerStub(channel)
-                call = stub.Session()
-                await call.write(worker_pb2.SessionRequest(work=[work("long", 1000, 200_000)]))
-                await until(lambda: w.engine.batch == 1, "the request to decode")
-                await call.write(worker_pb2.SessionRequest(cancel_request_ids=["long"]))
-                await until(lambda: w.in_flight == 0, "the cancel to free the request")
-                freed_by_cancel = (w.engine.batch, w.engine.kv_reserved)
-                await call.write(worker_pb2.SessionRequest(work=[work("left", 1000, 200_000)]))
-                await until(lambda: w.engine.batch == 1, "the second request to decode")
-                call.cancel()
-                await until(lambda: w.in_flight == 0, "the end of the session to free the request")
-                return freed_by_cancel, w
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            stub = worker_pb2_grpc.WorkerStub(channel)
+            call = stub.Session()
+            await call.write(worker_pb2.SessionRequest(work=[work("long", 1000, 200_000)]))
+            await until(lambda: w.engine.batch == 1, "the request to decode")
+            await call.write(worker_pb2.SessionRequest(cancel_request_ids=["long"]))
+            await until(lambda: w.in_flight == 0, "the cancel to free the request")
+            freed_by_cancel = (w.engine.batch, w.engine.kv_reserved)
+            await call.write(worker_pb2.SessionRequest(work=[work("left", 1000, 200_000)]))
+            await until(lambda: w.engine.batch == 1, "the second request to decode")
+            call.cancel()
+            await until(lambda: w.in_flight == 0, "the end of the session to free the request")
+            return freed_by_cancel, w
 
     freed_by_cancel, w = run(main())
     assert freed_by_cancel == (0, 0)
@@ -638,19 +622,15 @@ def test_session_answers_bad_work_and_goes_on(cluster, item, code, reason):
     async def main():
         w = EmulatedWorker(perf_of(cluster, "b200"), ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                call = worker_pb2_grpc.WorkerStub(channel).Session()
-                key = item.prefill.request_id or item.decode.request_id
-                await call.write(worker_pb2.SessionRequest(work=[item]))
-                bad, _ = await follow(call, {key})
-                await call.write(worker_pb2.SessionRequest(work=[work("ok", 10, 3)]))
-                good, _ = await follow(call, {"ok"})
-                call.cancel()
-                return bad[key][-1], good["ok"][-1]
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            call = worker_pb2_grpc.WorkerStub(channel).Session()
+            key = item.prefill.request_id or item.decode.request_id
+            await call.write(worker_pb2.SessionRequest(work=[item]))
+            bad, _ = await follow(call, {key})
+            await call.write(worker_pb2.SessionRequest(work=[work("ok", 10, 3)]))
+            good, _ = await follow(call, {"ok"})
+            call.cancel()
+            return bad[key][-1], good["ok"][-1]
 
     bad, good = run(main())
     assert grpc.StatusCode[code].value[0] == bad.error.code and reason in bad.error.message
@@ -714,30 +694,26 @@ def test_kv_stream_takes_interleaved_hand_overs(cluster):
     async def main():
         w = EmulatedWorker(perf, ROLE_DECODE, time_scale=SCALE, input_slack_s=SLACK, max_batch=2)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                call = worker_pb2_grpc.WorkerStub(channel).TransferKvStream()
-                for message in (kv_block("a", 0, 0, 512), kv_block("b", 0, 0, 300), kv_block("gap", 0, 0, 100),
-                                kv_block("a", 1, 512, 900), kv_block("gap", 1, 200, 400), kv_block("b", 1, 300, 700)):
-                    await call.write(message)
-                results = {}
-                while len(results) < 3:
-                    for result in (await call.read()).results:
-                        results[result.request_id] = result
-                # The batch (2 slots) is full: a third request waits to join, then is cancelled.
-                await call.write(kv_block("c", 0, 0, 200, blocks=1))
-                await until(lambda: len(w.engine.joining) == 1, "the third request to wait for a slot")
-                await call.write(worker_pb2.KvStreamRequest(cancel_request_id="c"))
-                await until(lambda: "c" not in w._reqs, "the cancel to free the waiting request")
-                # Another waits; the end of the stream frees it.
-                await call.write(kv_block("d", 0, 0, 200, blocks=1))
-                await until(lambda: len(w.engine.joining) == 1, "the fourth request to wait for a slot")
-                call.cancel()
-                await until(lambda: "d" not in w._reqs, "the end of the stream to free the waiting request")
-                return results, w
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            call = worker_pb2_grpc.WorkerStub(channel).TransferKvStream()
+            for message in (kv_block("a", 0, 0, 512), kv_block("b", 0, 0, 300), kv_block("gap", 0, 0, 100),
+                            kv_block("a", 1, 512, 900), kv_block("gap", 1, 200, 400), kv_block("b", 1, 300, 700)):
+                await call.write(message)
+            results = {}
+            while len(results) < 3:
+                for result in (await call.read()).results:
+                    results[result.request_id] = result
+            # The batch (2 slots) is full: a third request waits to join, then is cancelled.
+            await call.write(kv_block("c", 0, 0, 200, blocks=1))
+            await until(lambda: len(w.engine.joining) == 1, "the third request to wait for a slot")
+            await call.write(worker_pb2.KvStreamRequest(cancel_request_id="c"))
+            await until(lambda: "c" not in w._reqs, "the cancel to free the waiting request")
+            # Another waits; the end of the stream frees it.
+            await call.write(kv_block("d", 0, 0, 200, blocks=1))
+            await until(lambda: len(w.engine.joining) == 1, "the fourth request to wait for a slot")
+            call.cancel()
+            await until(lambda: "d" not in w._reqs, "the end of the stream to free the waiting request")
+            return results, w
 
     results, w = run(main())
     assert (results["a"].ack.blocks_received, results["a"].ack.tokens_received) == (2, 900)
@@ -788,18 +764,14 @@ def test_session_prefill_reports_the_cached_prefix(cluster):
     async def main():
         w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK, prefix_block_tokens=512)
         w.start()
-        server, address = await serve_worker(w)
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                call = worker_pb2_grpc.WorkerStub(channel).Session()
-                await call.write(worker_pb2.SessionRequest(work=[work("a", 1600, 4, prefix_block_hashes=[1, 2, 3, 4])]))
-                first, _ = await follow(call, {"a"})
-                await call.write(worker_pb2.SessionRequest(work=[work("b", 1700, 4, prefix_block_hashes=[1, 2, 3, 9])]))
-                second, _ = await follow(call, {"b"})
-                call.cancel()
-                return first["a"], second["b"]
-        finally:
-            await server.stop(None)
+        async with worker_channel(w) as channel:
+            call = worker_pb2_grpc.WorkerStub(channel).Session()
+            await call.write(worker_pb2.SessionRequest(work=[work("a", 1600, 4, prefix_block_hashes=[1, 2, 3, 4])]))
+            first, _ = await follow(call, {"a"})
+            await call.write(worker_pb2.SessionRequest(work=[work("b", 1700, 4, prefix_block_hashes=[1, 2, 3, 9])]))
+            second, _ = await follow(call, {"b"})
+            call.cancel()
+            return first["a"], second["b"]
 
     a, b = run(main())
     pa = next(u.prefill for u in a if u.HasField("prefill"))
