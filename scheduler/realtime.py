@@ -12,6 +12,7 @@ rest of the host alive even if such a process spins.
 from __future__ import annotations
 
 import os
+import threading
 
 MAX_PRIORITY = 99  # SCHED_FIFO priorities are 1..99 on Linux
 
@@ -42,3 +43,23 @@ def set_realtime_priority(priority: int) -> int:
                                   f"`setcap cap_sys_nice+ep` on the interpreter): {exc.strerror}") from None
         count += 1
     return count
+
+
+def fifo_permitted() -> bool:
+    """Whether this process may use SCHED_FIFO. A throwaway thread tries it on itself
+    and exits, so no thread that stays changes its policy."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    permitted = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))  # 0: the calling thread
+            permitted.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return bool(permitted)

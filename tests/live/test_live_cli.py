@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from scheduler.config import builtin_cluster_path
+from scheduler.realtime import fifo_permitted
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
@@ -24,14 +25,8 @@ CLI = [sys.executable, "-m", "simulator.cli"]
 START_TIMEOUT_S = 90.0
 
 
-def _fifo_permitted() -> bool:
-    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
-    return (sys.platform.startswith("linux")
-            and subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0)
-
-
 # serve runs its scheduler under SCHED_FIFO where the host allows it (root, CAP_SYS_NICE).
-REALTIME_PRIORITY = 1 if _fifo_permitted() else 0
+REALTIME_PRIORITY = 1 if fifo_permitted() else 0
 
 
 def cli(*args, timeout=120):

@@ -3,13 +3,14 @@ later included, or a PermissionError that names the missing capability."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from scheduler.realtime import check_priority
+from scheduler.realtime import check_priority, fifo_permitted
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_FIFO is Linux-only here")
 
@@ -35,22 +36,22 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _fifo_permitted() -> bool:
-    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
-    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
-
-
 def test_every_thread_runs_fifo_or_the_error_names_the_capability():
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    if not _fifo_permitted():
+    if not fifo_permitted():
         assert "CAP_SYS_NICE" in out["error"]
         return
     assert out["set"] >= 2  # the main thread and the one started before
     assert len(out["policies"]) >= 3  # ... and the one started after, which inherited it
     assert set(out["policies"].values()) == {out["fifo"]}
     assert set(out["params"].values()) == {3}
+
+
+def test_the_permission_probe_leaves_this_process_as_it_was():
+    fifo_permitted()
+    assert {os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")} == {os.SCHED_OTHER}
 
 
 @pytest.mark.parametrize("bad", [0, 100, -1, 2.5, True, "5"])
