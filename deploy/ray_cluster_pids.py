@@ -23,7 +23,8 @@ import re
 import sys
 
 
-def _processes() -> tuple[dict[int, int], dict[int, str]]:
+def processes() -> tuple[dict[int, int], dict[int, str]]:
+    """Every process's parent PID and command line (arguments joined by spaces)."""
     parent: dict[int, int] = {}
     args: dict[int, str] = {}
     for entry in os.listdir("/proc"):
@@ -46,7 +47,7 @@ def cluster_pids(temp_dir: str, exclude_tree: int | None = None, gcs_port: int |
     if not os.path.isabs(temp_dir) or root.count("/") < 2:
         raise ValueError(f"temp dir must be a dedicated absolute directory such as /tmp/NAME, got {temp_dir!r}")
     needle = root + "/session_"
-    parent, args = _processes()
+    parent, args = processes()
 
     def ancestors(pid: int) -> set[int]:
         seen: set[int] = set()

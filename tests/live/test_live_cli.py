@@ -2,6 +2,7 @@
 a local Ray cluster that serve starts and shuts down, gRPC on loopback."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,9 @@ from scheduler.realtime import fifo_permitted
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
 REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("ray_cluster_pids", REPO / "deploy" / "ray_cluster_pids.py")
+ray_cluster_pids = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ray_cluster_pids)
 CLI = [sys.executable, "-m", "simulator.cli"]
 START_TIMEOUT_S = 90.0
 
@@ -73,38 +77,26 @@ def test_serve_prints_where_it_listens(serve):
 def test_realtime_priority_reaches_the_scheduler_actor_threads(serve):
     proc, _, _, lines = serve
     assert f"scheduler threads run under SCHED_FIFO, priority {REALTIME_PRIORITY}" in "\n".join(lines)
-    actors = [pid for pid in _descendants(proc.pid) if _cmdline(pid).startswith("ray::SchedulerActor")]
-    assert len(actors) == 1, [(pid, _cmdline(pid)) for pid in _descendants(proc.pid)]
+    below = _descendants(proc.pid)
+    actors = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::SchedulerActor")]
+    assert len(actors) == 1, below
     tids = [int(t) for t in os.listdir(f"/proc/{actors[0]}/task")]
     assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}
     assert {os.sched_getparam(t).sched_priority for t in tids} == {REALTIME_PRIORITY}
-    workers = [pid for pid in _descendants(proc.pid) if _cmdline(pid).startswith("ray::WorkerActor")]
+    workers = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::WorkerActor")]
     assert workers and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in workers)
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
+def _descendants(root: int) -> dict[int, str]:
+    """PID -> command line of every process below `root`."""
+    parent, args = ray_cluster_pids.processes()
+    out = {}
+    for pid in parent:
+        up = parent[pid]
+        while up > 1 and up != root:
+            up = parent.get(up, 0)
+        if up == root:
+            out[pid] = args.get(pid, "")
     return out
 
 
