@@ -61,6 +61,7 @@ class BatchEngine:
         "act_energy_j", "prefill_batch", "prefill_tokens_now", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
         "decode_segments", "last_kind", "_idle_w", "_price_s", "prefix", "prompt_blocks", "prefix_hit_tokens",
+        "unforeseen",
     )
 
     def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384,
@@ -108,6 +109,12 @@ class BatchEngine:
         self.prefix = prefix
         self.prompt_blocks: dict = {}
         self.prefix_hit_tokens = 0
+        # Changes a copy of this engine fed only the same prompts at the same times
+        # (submit_prefill, poke, wake) could not foresee: hand-overs, releases,
+        # cancellations, prefix-cache hits. The live scheduler keeps such a copy of each
+        # worker's engine; a worker resends its state only when this count moved
+        # (workers/live.py, Session).
+        self.unforeseen = 0
 
     # ---- submitting work -------------------------------------------------
     def submit_prefill(self, rid: int, input_tokens: int, output_tokens: int, block_hashes=None) -> None:
@@ -117,14 +124,17 @@ class BatchEngine:
         self.waiting_tokens += input_tokens
         if block_hashes and self.prefix is not None:
             self.prompt_blocks[rid] = block_hashes
+            self.unforeseen += 1  # a copy's cache may have evicted what this one holds, or the reverse
 
     def submit_decode(self, rid: int, input_tokens: int, output_tokens: int) -> None:
         """A request whose KV was handed over (first token already produced)."""
         self.joining.append((rid, input_tokens + 1, output_tokens - 1, input_tokens + output_tokens))
+        self.unforeseen += 1
 
     def release(self, rid: int) -> None:
         """Free the KV a prefill-only instance held for a handed-over request."""
         self.kv_reserved -= self.held.pop(rid)
+        self.unforeseen += 1
 
     # ---- cancellation (live serving) ----------------------------------------
     def remove_waiting(self, rid: int) -> bool:
@@ -134,6 +144,7 @@ class BatchEngine:
                 del self.waiting[i]
                 self.waiting_tokens -= inp
                 self.prompt_blocks.pop(rid, None)
+                self.unforeseen += 1
                 return True
         return False
 
@@ -142,6 +153,7 @@ class BatchEngine:
         for i, item in enumerate(self.joining):
             if item[0] == rid:
                 del self.joining[i]
+                self.unforeseen += 1
                 return True
         return False
 
@@ -149,6 +161,7 @@ class BatchEngine:
         """Take a member out of the decode batch, freeing its slot and KV. The caller
         restarts a segment computed with it (`restart_activity`). O(batch): rare."""
         offset, kv, _, _ = self.members.pop(rid)
+        self.unforeseen += 1
         self.ctx_offset_sum -= offset
         self.kv_reserved -= kv
         self.batch -= 1

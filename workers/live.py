@@ -131,6 +131,9 @@ DEFAULT_STREAM_INTERVAL_S = 0.02
 # worker reaches it within this slack even on a busy 2-core machine, so it is admitted
 # at the exact modelled time it was sent.
 DEFAULT_INPUT_SLACK_S = 0.05
+# Wall seconds after which a Session message carries the engine's state even when
+# nothing the scheduler's replica cannot foresee happened (see Session).
+ENGINE_STATE_REFRESH_S = 0.1
 # Engine states ride in metadata (a decode batch of 256 is ~15 KB), above gRPC's 8 KiB default.
 GRPC_OPTIONS = (("grpc.max_metadata_size", 4 << 20), ("grpc.absolute_max_metadata_size", 4 << 20))
 # Servers: grpc-core cancels (CANCELLED) calls that arrive while more than 1,000 wait
@@ -500,7 +503,10 @@ class EmulatedWorker:
         req = self._new_req(key, input_tokens, output_tokens, _St.WAITING)
         self.received += 1
         now = self.now()
-        t = self._engine_at(min(self.modelled_at_unix(sent_unix), now) if sent_unix else now)
+        sent = min(self.modelled_at_unix(sent_unix), now) if sent_unix else math.nan
+        t = self._engine_at(now if math.isnan(sent) else sent)
+        if t != sent:  # not at the time it was sent (no send time, or later than the slack allows)
+            self.engine.unforeseen += 1
         req.submit_s = t
         self.engine.submit_prefill(req.eid, input_tokens, output_tokens, block_hashes)
         self._poke(t)
@@ -995,13 +1001,16 @@ def _check_count(name: str, value: int) -> None:
 
 
 # ---- engine replicas ----------------------------------------------------------
-# A worker ships its engine's state with every load report; the scheduler restores
+# A worker ships its engine's state with its load reports; the scheduler restores
 # it into a replica (an engine of the same performance model), adds the dispatches
 # the report does not include yet, and advances the replica to the moment of each
 # decision. The engine is deterministic, so the replica holds what the worker holds
 # right now, although the report is a loopback hop old (tens of modelled
-# milliseconds at time_scale 0.05). Every slot of plain data is carried (so new
-# engine fields travel without changes here); times stay on the worker clock.
+# milliseconds at time_scale 0.05). On a Session the state comes only when the
+# replica could not have foreseen a change (`BatchEngine.unforeseen`) or after
+# ENGINE_STATE_REFRESH_S; between states the replica runs on the dispatches alone.
+# Every slot of plain data is carried (so new engine fields travel without changes
+# here); times stay on the worker clock.
 
 _PLAIN = (int, float, str, bool, type(None), list, tuple, dict, deque)
 
@@ -1512,6 +1521,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         outbox = _Outbox()
         tasks: dict[str, asyncio.Task] = {}
         reader = asyncio.get_running_loop().create_task(self._read_session(request_iterator, outbox, tasks))
+        engine = self.worker.engine
+        state_unforeseen = -1  # engine.unforeseen when the state was last sent (-1: never)
+        state_sent_at = -math.inf
         try:
             while True:
                 await outbox.ready()
@@ -1519,8 +1531,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     updates = outbox.take()
                     # The row first, then the state it describes (as in the unary calls' trailers).
                     load = self.worker.load().encode()
-                    yield worker_pb2.SessionUpdate(updates=updates, load=load,
-                                                   engine_state=self.worker.engine_state())
+                    # The scheduler's replica of this engine replays what it dispatched at the
+                    # times it sent it, so it needs the state only when something else changed
+                    # the engine, and now and then against drift (its own rounding and clamps).
+                    # A restore costs the scheduler a replay of every event since the state's
+                    # time (the engine runs up to the input slack behind the clock).
+                    state = b""
+                    now = time.monotonic()
+                    if engine.unforeseen != state_unforeseen or now - state_sent_at >= ENGINE_STATE_REFRESH_S:
+                        state = self.worker.engine_state()
+                        state_unforeseen, state_sent_at = engine.unforeseen, now
+                    yield worker_pb2.SessionUpdate(updates=updates, load=load, engine_state=state)
                 elif reader.done():
                     return
         finally:

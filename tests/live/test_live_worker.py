@@ -578,9 +578,66 @@ def test_session_runs_colocated_work_with_the_engine_timings(cluster):
     for message in messages:
         assert len({u.request_id for u in message.updates}) == len(message.updates)  # one update per request
         assert LoadReport.decode(message.load).received <= 2
-        restore_engine(BatchEngine(perf, ROLE_BOTH), message.engine_state)
+        if message.engine_state:
+            restore_engine(BatchEngine(perf, ROLE_BOTH), message.engine_state)
+    assert messages[0].engine_state  # the first message gives the scheduler's replica its base
     assert LoadReport.decode(messages[-1].load).received == 2
     assert w.in_flight == 0 and w.engine.kv_reserved == 0
+
+
+def test_session_sends_the_engine_state_only_when_a_replica_could_not_foresee_it(cluster):
+    """Prompts admitted at their send time leave a replica exact: messages after the first
+    carry no state, and a replica fed the same prompts at the same times matches the
+    worker's engine. A prompt without a send time, or a cancellation, brings the state."""
+    perf = perf_of(cluster, "b200")
+
+    async def main():
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=0.05)
+        w.start()
+        replica = BatchEngine(perf, ROLE_BOTH)
+        async with worker_channel(w) as channel:
+            call = worker_pb2_grpc.WorkerStub(channel).Session()
+            # The base state, before any work (no send time: admitted on receipt).
+            await call.write(worker_pb2.SessionRequest(work=[work("base", 100, 1)]))
+            first, messages = await follow(call, {"base"})
+            base = messages[-1]
+            assert base.engine_state
+            restore_engine(replica, base.engine_state)
+            timed = []
+            for k in range(4):
+                sent = time.time()
+                item = work(f"t{k}", 300 + 100 * k, 20)
+                item.sent_unix_s = sent
+                timed.append((w.modelled_at_unix(sent), 300 + 100 * k, 20))
+                await call.write(worker_pb2.SessionRequest(work=[item]))
+                await asyncio.sleep(0.002)
+            _, quiet = await follow(call, {f"t{k}" for k in range(4)})
+            eng = w.engine
+            done = (eng.prefill_tokens, eng.decode_tokens, eng.busy_s, eng.dynamic_energy_j)
+            # Cancel a long one mid-decode: the replica cannot know; the state follows.
+            await call.write(worker_pb2.SessionRequest(work=[work("long", 500, 100_000)]))
+            await until(lambda: w.engine.batch == 1, "the long request to decode")
+            await call.write(worker_pb2.SessionRequest(cancel_request_ids=["long"]))
+            await until(lambda: w.in_flight == 0, "the cancel to free the request")
+            await call.write(worker_pb2.SessionRequest(work=[work("after", 100, 1)]))
+            _, after = await follow(call, {"after"})
+            call.cancel()
+        return replica, timed, quiet, after, done
+
+    replica, timed, quiet, after, done = run(main())
+    assert all(not m.engine_state for m in quiet), "prompts admitted at their send time need no state"
+    # The replica, given the same prompts at the same times, is where the worker's engine is.
+    scratch: list = []
+    for rid, (t, inp, out) in enumerate(timed):
+        while replica.next_wake_s <= t:
+            replica.wake(replica.next_wake_s, scratch)
+        replica.submit_prefill(-1 - rid, inp, out)
+        replica.poke(t, scratch)
+    while replica.next_wake_s < math.inf:  # both run to idle: every timed prompt finished
+        replica.wake(replica.next_wake_s, scratch)
+    assert (replica.prefill_tokens, replica.decode_tokens) == done[:2]
+    assert (replica.busy_s, replica.dynamic_energy_j) == pytest.approx(done[2:], rel=1e-9)
+    assert any(m.engine_state for m in after), "a cancellation brings the state"
 
 
 def test_session_cancel_and_end_free_slot_and_kv(cluster):
