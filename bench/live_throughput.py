@@ -260,10 +260,10 @@ async def run_step(stub, step: Step, lengths: np.ndarray, rng: np.random.Generat
             call = stub.Generate(scheduler_pb2.GenerateRequest(
                 request_id=f"{tag}-{i}", prompt_length=prompt, max_output_tokens=output), timeout=60)
             async for item in call:
-                if item.HasField("record"):
-                    record = item.record
-                elif first is None:
+                if first is None and item.HasField("tokens"):
                     first = time.perf_counter()
+                if item.HasField("record"):  # the last message, possibly with the tokens
+                    record = item.record
         except grpc.aio.AioRpcError as exc:
             step.count(exc.code().name)
             return

@@ -24,8 +24,8 @@ virtual clock, so live records compare with simulated ones field by field.
 
 Costs. In Python gRPC a call costs each side ~0.5 ms of CPU and a message
 ~0.1 ms, whatever it carries, and most of a request's CPU is there. So a
-request costs its Generate call (two messages when its tokens arrive together:
-tokens, then the record), and a share of the session messages: work placed on
+request costs its Generate call (one message when its tokens arrive together:
+they travel with the record), and a share of the session messages: work placed on
 one worker within `dispatch_interval_s` goes out in one message, and the
 worker sends each batch of progress (updates of several requests, with its
 load) in one message.
@@ -245,6 +245,9 @@ class TokenEvent:
     first_token_index: int
     token_count: int
     emit_s: float
+    # The request's last tokens: its RequestOutcome is the next item, at once
+    # (the servicer sends both in one message).
+    last: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1216,7 +1219,9 @@ class SchedulerCore:
                 if count:  # tokens counted as sent reach the client, also before a failure
                     # A first token alone is stamped with its modelled time, as in the record.
                     emit_s = fl.first_token_s if first == 0 and count == 1 else self.now()
-                    yield TokenEvent(fl.key, first, count, emit_s)
+                    # Done with the decode (or with the only token): the request completes next.
+                    last = done and failure is None and (decodes or fl.out == 1)
+                    yield TokenEvent(fl.key, first, count, emit_s, last)
                 if failure is not None:
                     raise failure
         finally:
@@ -1382,13 +1387,12 @@ def generate_input(request: scheduler_pb2.GenerateRequest) -> GenerateInput:
         prefix_block_hashes=tuple(request.prefix_block_hashes))
 
 
-def token_chunk_proto(event: TokenEvent) -> scheduler_pb2.GenerateResponse:
-    return scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
-        request_id=event.request_id, token_count=event.token_count, first_token_index=event.first_token_index,
-        emit_s=event.emit_s))
+def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:
+    return common_pb2.TokenChunk(request_id=event.request_id, token_count=event.token_count,
+                                 first_token_index=event.first_token_index, emit_s=event.emit_s)
 
 
-def record_proto(o: RequestOutcome) -> scheduler_pb2.GenerateResponse:
+def record_proto(o: RequestOutcome) -> scheduler_pb2.RequestRecord:
     record = scheduler_pb2.RequestRecord(
         request_id=o.request_id, status=_STATUS_TO_PROTO[o.status], reason=o.reason, retries=o.retries,
         arrival_s=o.arrival_s, finish_s=o.finish_s, prefill_pool=o.prefill_pool, decode_pool=o.decode_pool,
@@ -1398,7 +1402,7 @@ def record_proto(o: RequestOutcome) -> scheduler_pb2.GenerateResponse:
         value = getattr(o, name)
         if value is not None:
             setattr(record, name, value)
-    return scheduler_pb2.GenerateResponse(record=record)
+    return record
 
 
 def _percentiles_proto(p: Percentiles) -> common_pb2.LatencyPercentiles:
@@ -1450,11 +1454,20 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"metadata '{SENT_KEY}': not a number: {sent!r}")
         try:
             async with contextlib.aclosing(core.generate(inp, sent_unix)) as items:
+                last = None  # the last tokens, held for the record that follows them at once
                 async for item in items:
                     if isinstance(item, TokenEvent):
-                        yield token_chunk_proto(item)
+                        if last is not None:
+                            yield scheduler_pb2.GenerateResponse(tokens=token_chunk_proto(last))
+                        if item.last:
+                            last = item
+                        else:
+                            last = None
+                            yield scheduler_pb2.GenerateResponse(tokens=token_chunk_proto(item))
                     else:
-                        yield record_proto(item)
+                        yield scheduler_pb2.GenerateResponse(
+                            tokens=token_chunk_proto(last) if last is not None else None, record=record_proto(item))
+                        last = None
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:

@@ -132,7 +132,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                     counts["messages"] += 1
                     if item.HasField("tokens"):
                         counts["tokens"] += item.tokens.token_count
-                    else:
+                    if item.HasField("record"):  # the last message (with the last tokens, if they came with it)
                         record = item.record
             except grpc.aio.AioRpcError as exc:
                 status = (RequestStatus.REJECTED if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,

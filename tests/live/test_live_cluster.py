@@ -66,9 +66,10 @@ async def collect(stub, **fields):
     chunks, record = [], None
     try:
         async for item in stub.Generate(scheduler_pb2.GenerateRequest(**fields), timeout=RPC_TIMEOUT_S):
+            assert record is None, "the record is in the last message"
             if item.HasField("tokens"):
                 chunks.append(item.tokens)
-            else:
+            if item.HasField("record"):
                 record = item.record
     except grpc.aio.AioRpcError as exc:
         return chunks, record, exc
@@ -153,6 +154,11 @@ def test_one_token_request_completes_without_decode(address):
         assert error is None and record.status == COMPLETED
         assert_stream_complete(chunks, 1)
         assert record.finish_s == record.first_token_s and not record.HasField("tpot_s")
+    # Its only token comes with the end of the request: one message carries both.
+    with grpc.insecure_channel(address) as channel:
+        items = list(scheduler_pb2_grpc.SchedulerStub(channel).Generate(
+            scheduler_pb2.GenerateRequest(prompt_length=300, max_output_tokens=1), timeout=RPC_TIMEOUT_S))
+    assert len(items) == 1 and items[0].tokens.token_count == 1 and items[0].record.status == COMPLETED
 
 
 BAD_REQUESTS = [
