@@ -18,10 +18,20 @@ RPC in Python has on this machine then, whatever the server does.
                                                               # half through the KV hand-over path
     python bench/live_throughput.py --realtime-priority 10 --out bench/results/live_throughput_rt.json
                                                               # scheduler (and the probes) under SCHED_FIFO
+    python bench/live_throughput.py --realtime-priority 10 --floor --out bench/results/live_throughput_floor.json
+                                                              # the same load on a do-nothing Scheduler server
     python bench/live_throughput.py --replot                 # the PNG again, from the JSON
 Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
 then killed by PID if it does not exit).
+
+With `--floor`, no scheduler runs: the same client and prober meet a
+do-nothing grpc.aio server of the Scheduler service (`floor_server_main`, one
+process) that holds each Generate for FLOOR_HOLD_S and answers with what the
+scheduler sends for most requests (one message: all the tokens and the record), and
+answers GetStats with a stats message of live-small's size. Its CPU per
+request and GetStats latency are what the gRPC service alone costs on this
+machine at each rate: the floor under the scheduler's numbers.
 
 Per step it reports:
 - offered and achieved rate: achieved = completed requests / (last final
@@ -223,6 +233,61 @@ def reference_server_main(ports, realtime_priority: int = 0) -> None:
     asyncio.run(main())
 
 
+# Wall seconds a floor-server Generate holds before answering (about a live-small
+# request's modelled time at time_scale 0.001).
+FLOOR_HOLD_S = 0.005
+
+
+def floor_server_main(ports, time_scale: float, realtime_priority: int = 0) -> None:
+    """The Scheduler service doing nothing but answer, in its own process (see --floor)."""
+    import grpc
+
+    if realtime_priority:
+        set_realtime_priority(realtime_priority)
+    from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+
+    pools = [scheduler_pb2.PoolStats(name=name, device=device, model="llama-3.1-8b", role=role, instances=1,
+                                     chips_per_instance=1, completed=123456, prefill_tokens=10**9,
+                                     decode_tokens=10**8, utilization=0.5, energy_j=1e6, cost_usd=10.0,
+                                     kv_free_tokens=10**6, kv_capacity_tokens=2 * 10**6)
+             for name, device, role in (("h100-prefill", "h100-sxm", common_pb2.ROLE_PREFILL),
+                                        ("h100-decode", "h100-sxm", common_pb2.ROLE_DECODE),
+                                        ("b200", "b200", common_pb2.ROLE_BOTH))]
+    latency = common_pb2.LatencyPercentiles(p50_s=0.01, p90_s=0.02, p99_s=0.05, mean_s=0.012, samples=10_000)
+    stats = scheduler_pb2.SchedulerStats(
+        policy="slo-aware", cluster="live-small", uptime_s=100.0, requests_total=50_000, requests_completed=50_000,
+        reasons={"queue full": 0}, decisions_total=50_000, scheduling_overhead_s=latency, ttft_s=latency,
+        tpot_s=latency, e2e_s=latency, slo_attainment=0.99, input_tokens=10**9, output_tokens=10**8,
+        energy_j=3e6, cost_usd=30.0, pools=pools)
+    modelled_s = FLOOR_HOLD_S / time_scale
+
+    class FloorScheduler(scheduler_pb2_grpc.SchedulerServicer):
+        async def Generate(self, request, context):
+            await asyncio.sleep(FLOOR_HOLD_S)
+            out = request.max_output_tokens
+            yield scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
+                request_id=request.request_id, first_token_index=0, token_count=out, emit_s=modelled_s),
+                                                 record=scheduler_pb2.RequestRecord(
+                request_id=request.request_id, status=common_pb2.REQUEST_STATUS_COMPLETED, arrival_s=0.0,
+                prefill_start_s=0.0, prefill_end_s=modelled_s / 10, first_token_s=modelled_s / 10,
+                finish_s=modelled_s, ttft_s=modelled_s / 10, tpot_s=modelled_s / max(out, 1), prefill_pool="b200",
+                decode_pool="b200", prefill_instance=2, decode_instance=2, model="llama-3.1-8b",
+                input_tokens=request.prompt_length, output_tokens=out, energy_j=100.0, cost_usd=0.001))
+
+        async def GetStats(self, request, context):
+            return stats
+
+    async def main():
+        server = grpc.aio.server()
+        scheduler_pb2_grpc.add_SchedulerServicer_to_server(FloorScheduler(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        ports.put(port)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
 # ---- load generator ---------------------------------------------------------------------------
 
 
@@ -362,7 +427,7 @@ async def drive(args, target: str, metrics_url: str, lengths: np.ndarray, time_s
             await run_step(stub, warm, lengths, rng, time_scale, "warmup", args.drain_s)
         for k, rate in enumerate(args.rates):
             step = Step(rate, max(1, int(round(rate * args.step_s))))
-            before = scrape(metrics_url)
+            before = scrape(metrics_url) if metrics_url else {}
             busy0, total0 = cpu_times()
             procs0 = process_cpu(roots)
             t_unix0 = time.time()
@@ -370,7 +435,7 @@ async def drive(args, target: str, metrics_url: str, lengths: np.ndarray, time_s
             t_unix1 = time.time()
             busy1, total1 = cpu_times()
             procs1 = process_cpu(roots)
-            after = scrape(metrics_url)
+            after = scrape(metrics_url) if metrics_url else {}
             stats = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)
             span = step.last_done - step.first_send
             completed = step.statuses.get("COMPLETED", 0)
@@ -439,6 +504,8 @@ def main() -> int:
     ap.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                     help="serve --realtime-priority N, and the same SCHED_FIFO priority for the GetStats prober "
                          "and the reference server (the measuring side; the load client stays as it is)")
+    ap.add_argument("--floor", action="store_true",
+                    help="no scheduler: the same load on a do-nothing Scheduler server (the gRPC floor)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--replot", action="store_true", help="only redraw the PNG from --out's JSON")
     args = ap.parse_args()
@@ -458,11 +525,18 @@ def main() -> int:
     if args.output_cap > 0:
         lengths[:, 1] = np.minimum(lengths[:, 1], args.output_cap)
 
-    work = Path(tempfile.mkdtemp(prefix="infersched-bench-"))
-    proc, target, metrics_url = start_serve(args, work / "serve.log")
-    print(f"serve listening on {target}, metrics {metrics_url}", flush=True)
     ctx = mp.get_context("spawn")
     stop, results, ports = ctx.Event(), ctx.Queue(), ctx.Queue()
+    if args.floor:
+        proc = ctx.Process(target=floor_server_main, args=(ports, args.time_scale, args.realtime_priority),
+                           daemon=True)
+        proc.start()
+        target, metrics_url = f"127.0.0.1:{ports.get(timeout=60)}", None
+        print(f"floor server listening on {target}", flush=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="infersched-bench-"))
+        proc, target, metrics_url = start_serve(args, work / "serve.log")
+        print(f"serve listening on {target}, metrics {metrics_url}", flush=True)
     reference = ctx.Process(target=reference_server_main, args=(ports, args.realtime_priority), daemon=True)
     reference.start()
     reference_target = f"127.0.0.1:{ports.get(timeout=60)}"
@@ -473,7 +547,8 @@ def main() -> int:
     idle_until = time.time()
     samples: list = []
     try:
-        roots = {"serve": proc.pid, "client": os.getpid(), "getstats_prober": prober.pid,
+        roots = {"floor_server" if args.floor else "serve": proc.pid, "client": os.getpid(),
+                 "getstats_prober": prober.pid,
                  "reference_server": reference.pid}
         steps = asyncio.run(drive(args, target, metrics_url, lengths, args.time_scale, roots))
     finally:
@@ -486,8 +561,10 @@ def main() -> int:
         for child in (prober, reference):
             if child.is_alive():
                 child.kill()
-        rc = stop_serve(proc)
-        print(f"serve exited with {rc}", flush=True)
+        if args.floor:
+            proc.kill()
+        else:
+            print(f"serve exited with {stop_serve(proc)}", flush=True)
 
     for row in steps:
         t0, t1 = row.pop("window_unix_s")
@@ -499,6 +576,10 @@ def main() -> int:
         row["reference_rpc_ms"] = {"p50": ms(pct(ref, 50)), "p99": ms(pct(ref, 99))}
     idle = [s[1] for s in samples if s[0] < idle_until and s[2]]
     idle_ref = [s[3] for s in samples if s[0] < idle_until]
+    if args.floor:  # no policy ran: the stats message is a fixed one
+        for row in steps:
+            for key in ("policy_ms_getstats_window", "policy_ms_step", "scheduler_control_overhead_ms"):
+                row.pop(key)
     sustained = [r for r in steps if r["sustained"]]
     best = max(sustained, key=lambda r: r["offered_rps"]) if sustained else None
     # "Under that load": the first step offering >= 500 req/s, sustained or not.
@@ -510,6 +591,7 @@ def main() -> int:
         "config": {"cluster": str(args.cluster.relative_to(ROOT) if args.cluster.is_relative_to(ROOT)
                                   else args.cluster),
                    "policy": args.policy or "(the cluster's)",
+                   "floor": args.floor,
                    "realtime_priority": args.realtime_priority,
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,
@@ -524,7 +606,8 @@ def main() -> int:
         "max_sustained_rps": best["offered_rps"] if best else 0.0,
         # At the first step offering >= 500 req/s. Policy time: GetStats' window of recent
         # decisions at the end of that step; GetStats latency: the prober over that step.
-        "targets": {
+        "targets": {"getstats_p99_under_5ms": bool(at_500 and at_500["getstats_ms"]["p99"] is not None
+                                                   and at_500["getstats_ms"]["p99"] < 5.0)} if args.floor else {
             "sustains_500_rps": bool(at_500 and at_500["sustained"]),
             "policy_p50_under_0.2ms": bool(at_500 and at_500["policy_ms_getstats_window"]["p50"] < 0.2),
             "policy_p99_under_2ms": bool(at_500 and at_500["policy_ms_getstats_window"]["p99"] < 2.0),
@@ -566,10 +649,13 @@ def plot(result: dict, path: Path) -> None:
     for ax in (rate, overhead, stats):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    policy = result["config"].get("policy", "(the cluster's)")
-    rt = result["config"].get("realtime_priority")
-    fig.suptitle(f"{result['config']['cluster']}, policy {policy}, time_scale {result['config']['time_scale']:g}, "
-                 f"{result['machine']['cpus']} CPUs" + (f", scheduler and probes SCHED_FIFO {rt}" if rt else ""))
+    config = result["config"]
+    floor = config.get("floor")
+    what = ("do-nothing Scheduler server (--floor)" if floor
+            else f"{config['cluster']}, policy {config.get('policy')}")
+    rt = config.get("realtime_priority")
+    fifo = f", {'server' if floor else 'scheduler'} and probes SCHED_FIFO {rt}" if rt else ""
+    fig.suptitle(f"{what}, time_scale {config['time_scale']:g}, {result['machine']['cpus']} CPUs{fifo}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
