@@ -4,9 +4,10 @@ The scheduler is the control plane every request passes through twice. On a
 host whose cores are busy (workers, clients, other jobs), the kernel's fair
 scheduler lets a waking thread wait milliseconds for a core; a SCHED_FIFO
 thread runs as soon as it is runnable. On the 2-core development machine
-(BENCHMARKS.md, `bench/live_throughput.py --realtime-priority 10`) this took
-the highest sustained rate from 400 to 500 requests/s, and a do-nothing gRPC
-server's p99 at 500 requests/s from 12 ms to 2.7 ms.
+(BENCHMARKS.md, `bench/live_throughput.py --realtime-priority 10` against the
+same without it, run back to back) this took the highest sustained rate from
+500 to 600 requests/s, and a do-nothing gRPC server's p99 at 500 requests/s
+from 7.9 ms to 2.0 ms.
 The kernel's RT throttling (sched_rt_runtime_us, 95% by default) keeps the
 rest of the host alive even if such a process spins.
 """
