@@ -1316,6 +1316,10 @@ class SchedulerCore:
     def pool_stats(self) -> list[PoolStatsView]:
         snap = self.snap
         uptime = self.now()
+        # Rows as Python numbers once: GetStats runs on the loop that serves Generate, and
+        # numpy slice sums per pool and field cost more than the few instances they add.
+        queued, running = snap.queued_requests.tolist(), snap.running.tolist()
+        kv_free, kv_capacity = snap.kv_free.tolist(), snap.kv_capacity.tolist()
         out = []
         for pool in self.cluster.pools:
             r = pool.instances
@@ -1324,14 +1328,14 @@ class SchedulerCore:
             out.append(PoolStatsView(
                 name=pool.name, device=pool.config.device, model=pool.perf.model.name, role=pool.role,
                 instances=pool.config.instances, chips_per_instance=pool.perf.chips,
-                queue_depth=int(snap.queued_requests[r.start:r.stop].sum()),
-                running=int(snap.running[r.start:r.stop].sum()), completed=self.pool_completed[pool.index],
+                queue_depth=int(sum(queued[r.start:r.stop])), running=int(sum(running[r.start:r.stop])),
+                completed=self.pool_completed[pool.index],
                 prefill_tokens=sum(u.prefill_tokens for u in usages),
                 decode_tokens=sum(u.decode_tokens for u in usages),
                 utilization=min(1.0, sum(u.busy_s for u in usages) / instance_s) if instance_s > 0 else 0.0,
                 energy_j=sum(u.energy_j for u in usages), cost_usd=sum(u.cost_usd for u in usages),
-                kv_free_tokens=int(snap.kv_free[r.start:r.stop].sum()),
-                kv_capacity_tokens=int(snap.kv_capacity[r.start:r.stop].sum())))
+                kv_free_tokens=int(sum(kv_free[r.start:r.stop])),
+                kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop]))))
         return out
 
     def stats(self) -> SchedulerStatsView:
