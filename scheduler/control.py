@@ -1460,18 +1460,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
             async with contextlib.aclosing(core.generate(inp, sent_unix)) as items:
                 last = None  # the last tokens, held for the record that follows them at once
                 async for item in items:
-                    if isinstance(item, TokenEvent):
-                        if last is not None:
-                            yield scheduler_pb2.GenerateResponse(tokens=token_chunk_proto(last))
-                        if item.last:
-                            last = item
-                        else:
-                            last = None
-                            yield scheduler_pb2.GenerateResponse(tokens=token_chunk_proto(item))
-                    else:
+                    if isinstance(item, RequestOutcome):
                         yield scheduler_pb2.GenerateResponse(
                             tokens=token_chunk_proto(last) if last is not None else None, record=record_proto(item))
-                        last = None
+                    elif item.last:
+                        last = item
+                    else:
+                        yield scheduler_pb2.GenerateResponse(tokens=token_chunk_proto(item))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Overloaded as exc:

@@ -503,8 +503,8 @@ class EmulatedWorker:
         req = self._new_req(key, input_tokens, output_tokens, _St.WAITING)
         self.received += 1
         now = self.now()
-        sent = min(self.modelled_at_unix(sent_unix), now) if sent_unix else math.nan
-        t = self._engine_at(now if math.isnan(sent) else sent)
+        sent = min(self.modelled_at_unix(sent_unix), now) if sent_unix else None
+        t = self._engine_at(now if sent is None else sent)
         if t != sent:  # not at the time it was sent (no send time, or later than the slack allows)
             self.engine.unforeseen += 1
         req.submit_s = t
