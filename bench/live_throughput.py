@@ -20,6 +20,8 @@ RPC in Python has on this machine then, whatever the server does.
                                                               # scheduler (and the probes) under SCHED_FIFO
     python bench/live_throughput.py --realtime-priority 10 --floor --out bench/results/live_throughput_floor.json
                                                               # the same load on a do-nothing Scheduler server
+    python bench/live_throughput.py --realtime-priority 10 --frontends 1 --out bench/results/live_throughput_fe.json
+                                                              # client gRPC in a front-end process
     python bench/live_throughput.py --replot                 # the PNG again, from the JSON
 Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
@@ -130,7 +132,12 @@ def process_cpu(roots: dict[str, int]) -> dict[str, float]:
         parent[pid] = int(fields[1])
         cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
         first = argv[0].decode(errors="replace") if argv and argv[0] else "?"
-        name[pid] = first.split()[0] if first.startswith("ray::") else os.path.basename(first.split()[0])
+        if first.startswith("ray::"):
+            name[pid] = first.split()[0]
+        elif b"scheduler.frontend" in argv:
+            name[pid] = "frontend"  # the scheduler's client-facing front-end processes
+        else:
+            name[pid] = os.path.basename(first.split()[0])
     out: dict[str, float] = {}
     root_of = {pid: label for label, pid in roots.items()}
     for pid in cpu:
@@ -381,6 +388,8 @@ def start_serve(args, log_path: Path) -> tuple[subprocess.Popen, str, str]:
         cmd += ["--policy", args.policy]
     if args.realtime_priority:
         cmd += ["--realtime-priority", str(args.realtime_priority)]
+    if args.frontends:
+        cmd += ["--frontends", str(args.frontends)]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + args.start_timeout_s
@@ -506,6 +515,8 @@ def main() -> int:
     ap.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                     help="serve --realtime-priority N, and the same SCHED_FIFO priority for the GetStats prober "
                          "and the reference server (the measuring side; the load client stays as it is)")
+    ap.add_argument("--frontends", type=int, default=0, metavar="N",
+                    help="serve --frontends N: client gRPC in N front-end processes relayed to the core")
     ap.add_argument("--floor", action="store_true",
                     help="no scheduler: the same load on a do-nothing Scheduler server (the gRPC floor)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -603,6 +614,7 @@ def main() -> int:
                                   else args.cluster),
                    "policy": args.policy or "(the cluster's)",
                    "floor": args.floor,
+                   "frontends": args.frontends,
                    "realtime_priority": args.realtime_priority,
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,

@@ -15,8 +15,10 @@ Three layers, innermost first:
   it converts proto <-> core types in one place. Proto types never reach the
   policy core.
 - `SchedulerActor` is an async Ray actor: it hosts the gRPC server (with
-  health and reflection), owns and supervises one `WorkerActor` per pool
-  instance, and serves Prometheus metrics.
+  health and reflection) on its own event loop, or in front-end processes
+  that relay each call to it (`frontends` > 0; `scheduler.frontend`), owns
+  and supervises one `WorkerActor` per pool instance, and serves Prometheus
+  metrics.
 
 Clock. The scheduler clock reads modelled seconds since the scheduler started
 (wall seconds / time_scale), the same origin and unit as a simulation's
@@ -122,6 +124,7 @@ from sortedcontainers import SortedList
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.config import ClusterConfig, PolicyConfig
+from scheduler.frontend import FrontendPool
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus, Role
 from workers.engine import PREFILL, BatchEngine
@@ -140,8 +143,8 @@ from workers.live import (
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
+SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 # Trailing metadata of GetStats: the scheduler's time_scale (wall seconds per modelled second).
 TIME_SCALE_KEY = "infersched-time-scale"
 RAY_NAMESPACE = "infersched"
@@ -1620,8 +1623,14 @@ class SchedulerActor:
     def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
-                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0):
+                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
+                 frontends: int = 0):
+        if isinstance(frontends, bool) or not isinstance(frontends, int) or frontends < 0:
+            raise ValueError(f"frontends: need an integer >= 0, got {frontends!r}")
         self.config = config
+        # 0: this actor's event loop serves clients; N: N front-end processes share the
+        # port and relay to this loop (scheduler.frontend says when that pays).
+        self.frontends = frontends
         self.realtime_priority = realtime_priority  # SCHED_FIFO priority of this process; 0: the OS default
         self.policy_config = policy
         self.options = options
@@ -1635,6 +1644,7 @@ class SchedulerActor:
         self.core: SchedulerCore | None = None
         self.cluster: Cluster | None = None
         self._server = None
+        self._frontends: FrontendPool | None = None
         self._metrics: _Metrics | None = None
         self._handles: list = []
         self._reviving: set[int] = set()
@@ -1664,13 +1674,17 @@ class SchedulerActor:
         core = self.core = SchedulerCore(self.cluster, policy, self.options)
         core.on_worker_failed = self._on_worker_failed
         servicer = SchedulerServicer(core)
-
-        def add(server):
-            scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-            return [SCHEDULER_SERVICE]
-
         bind, advertise = resolve_host(self.host)
-        self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+        if self.frontends:
+            self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
+                                           start_timeout_s=self.start_timeout_s)
+            port = await self._frontends.start(bind, self.port)
+        else:
+            def add(server):
+                scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+                return [SCHEDULER_SERVICE]
+
+            self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
         self.address = f"{advertise}:{port}"
         if self.metrics_port is not None:
             self._metrics = _Metrics(core)
@@ -1714,8 +1728,9 @@ class SchedulerActor:
                  rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
 
     def describe(self) -> dict:
-        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
-                "realtime_priority": self.realtime_priority,
+        frontend_pids = self._frontends.pids() if self._frontends is not None else []
+        return {"frontend_pids": frontend_pids, "address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
                 "workers": [{"instance": w.instance, "pool": w.pool, "address": w.address, "state": w.state.name}
                             for w in self.core.workers()] if self.core else []}
@@ -1792,6 +1807,8 @@ class SchedulerActor:
         if self._server is not None:
             await self._server.stop(1.0)
             self._server = None
+        if self._frontends is not None:
+            await self._frontends.stop(1.0)
         if self._metrics is not None:
             self._metrics.close()
         if self.core is not None:

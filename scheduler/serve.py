@@ -44,6 +44,8 @@ def run_serve(args) -> int:
     check_live_policy(build_policy(args.policy or config.policy, config))
     if args.realtime_priority:
         check_priority(args.realtime_priority)
+    if args.frontends < 0:
+        raise ValueError(f"--frontends: need 0 or more, got {args.frontends}")
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
@@ -72,12 +74,15 @@ def run_serve(args) -> int:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
-                realtime_priority=args.realtime_priority)
+                realtime_priority=args.realtime_priority, frontends=args.frontends)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1
         _say(f"scheduler listening on {info['address']} (cluster {info['cluster']}, policy {info['policy']}, "
              f"{len(info['workers'])} workers, time_scale {info['time_scale']:g})")
+        if info["frontends"]:
+            _say(f"clients are served by {info['frontends']} front-end process(es): "
+                 f"pids {' '.join(map(str, info['frontend_pids']))}")
         if info["realtime_priority"]:
             _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
         if info["metrics"]:

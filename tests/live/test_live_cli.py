@@ -37,11 +37,12 @@ def cli(*args, timeout=120):
     return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def serve():
-    """A running `infersched serve` (port 0: any free port), and what it printed."""
+@pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "2-frontends"])
+def serve(request):
+    """A running `infersched serve` (port 0: any free port), and what it printed: once
+    serving clients from the scheduler actor, once from two front-end processes."""
     proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
-                             "--metrics-port", "0", "--time-scale", "0.01",
+                             "--metrics-port", "0", "--time-scale", "0.01", "--frontends", str(request.param),
                              *(["--realtime-priority", str(REALTIME_PRIORITY)] if REALTIME_PRIORITY else [])],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -80,11 +81,19 @@ def test_realtime_priority_reaches_the_scheduler_actor_threads(serve):
     below = _descendants(proc.pid)
     actors = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::SchedulerActor")]
     assert len(actors) == 1, below
-    tids = [int(t) for t in os.listdir(f"/proc/{actors[0]}/task")]
+    frontends = _frontend_pids(lines)
+    assert all(below.get(pid, "").find("scheduler.frontend") >= 0 for pid in frontends), below
+    tids = [int(t) for pid in (actors[0], *frontends) for t in os.listdir(f"/proc/{pid}/task")]
     assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}
     assert {os.sched_getparam(t).sched_priority for t in tids} == {REALTIME_PRIORITY}
     workers = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::WorkerActor")]
     assert workers and all(os.sched_getscheduler(pid) == os.SCHED_OTHER for pid in workers)
+
+
+def _frontend_pids(lines: list[str]) -> list[int]:
+    """The front-end pids serve printed (none when the scheduler actor serves clients)."""
+    line = next((ln for ln in lines if "front-end process" in ln), "")
+    return [int(pid) for pid in line.split("pids ")[1].split()] if line else []
 
 
 def _descendants(root: int) -> dict[int, str]:
@@ -154,13 +163,18 @@ def test_serve_refuses_a_multi_pass_policy_before_starting_ray():
     assert "staging: none" in done.stderr
 
 
-def test_sigterm_stops_cleanly(serve):
+def test_sigterm_stops_cleanly(serve, request):
     """Last in this module: stopping frees the gRPC and metrics ports and leaves no actor."""
-    proc, address, metrics, _ = serve
+    proc, address, metrics, lines = serve
+    frontends = _frontend_pids(lines)
+    assert len(frontends) == request.node.callspec.params["serve"]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "infersched: stopped" in out
+    for pid in frontends:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     with grpc.insecure_channel(address) as channel:
         with pytest.raises(grpc.FutureTimeoutError):
             grpc.channel_ready_future(channel).result(timeout=1)

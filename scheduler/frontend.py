@@ -1,0 +1,556 @@
+"""Client-facing gRPC in front-end processes, relayed to the scheduler core (`serve --frontends N`).
+
+Why. Python gRPC costs a server about 1 ms of CPU per Generate call whatever
+the call does (BENCHMARKS.md section 4: a do-nothing server of the Scheduler
+service). Hosted on the core's event loop (the default, `--frontends 0`),
+that cost and the core's own work (policy, worker sessions, accounting) share
+one loop: 1.7 ms of CPU per request, so one core tops out near 580 requests/s
+and, at 500 requests/s, a GetStats waits behind Generate work at each hop a
+gRPC call takes through the loop. With front ends, the core sees a call as one
+frame in and a frame per response out, batched per event-loop pass: 0.9-1.0
+ms per request on the core's loop, the gRPC work on the front ends' (~0.9 ms
+each), which scale with N over cores (they share the port with SO_REUSEPORT,
+which gRPC sets on Linux; the kernel spreads connections). The same split as
+vLLM's API server and engine core (msgpack over a local socket), for the same
+reason.
+
+When it pays: on a host with cores to spare. On the 2-core development
+machine it costs more than it saves: the relay adds ~0.2 ms of CPU per
+request in all, and with both processes under SCHED_FIFO they can hold both
+cores at once, so the load client on the same machine waits (GetStats p99 at
+500 requests/s 3.8-5.6 ms against 5.9-6.4 in-process, but the client's
+request overhead p99 0.3-1.6 s against 50-73 ms; BENCHMARKS.md section 4).
+
+What a front end knows: nothing of the scheduler. It serves every method of
+`infersched.v1.Scheduler` (taken from the service descriptor) with bytes in and
+bytes out: the request's serialized proto and its metadata go to the core, the
+serialized responses and the final status (code, details, trailing metadata)
+come back. Validation, the policy, counting and the proto conversions stay in
+`scheduler.control.SchedulerServicer`, which the core runs unchanged against a
+`_RelayContext`. Health and reflection are served by the front end; health
+turns NOT_SERVING when the core goes away.
+
+Wire (one connection per front end to the core's Unix socket; msgpack arrays, one per frame):
+
+    front end -> core   [CALL, call_id, method, request bytes, metadata pairs]
+                        [CANCEL, call_id]              the client went away
+                        [LISTENING, port, pid]         once, after binding (or
+                        [FAILED, reason, pid]          why it could not)
+    core -> front end   [MESSAGE, call_id, response bytes]
+                        [END, call_id, status code, details, trailing metadata pairs]
+
+Every call ends with exactly one END, or with a CANCEL from the front end, after
+which the core sends nothing more for it. When the link breaks, the front end
+ends its open calls UNAVAILABLE and exits; the core cancels that link's calls
+(each counted FAILED, "cancelled", as when a client cancels) and starts a new
+front end on the same port.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import grpc
+import msgpack
+
+from google.protobuf import message_factory
+
+from infersched.v1 import scheduler_pb2
+
+log = logging.getLogger(__name__)
+
+CALL, CANCEL, LISTENING, FAILED, MESSAGE, END = range(6)
+
+SCHEDULER_SERVICE_DESCRIPTOR = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"]
+# A front end's thread name (/proc/PID/comm, what top shows; at most 15 bytes).
+PROCESS_NAME = "infersched-fe"
+_STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
+_OK = grpc.StatusCode.OK.value[0]
+
+
+class FrameLink(asyncio.Protocol):
+    """A msgpack frame stream over one socket, either side. Frames sent during one
+    event-loop pass leave in one write."""
+
+    def __init__(self, on_frame, on_lost):
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._unpacker = msgpack.Unpacker(raw=False)
+        self._packer = msgpack.Packer()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.owner: Any = None  # the core's _Frontend for this link
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        self._unpacker.feed(data)
+        for frame in self._unpacker:
+            self._on_frame(self, frame)
+
+    def connection_lost(self, exc) -> None:
+        self._transport = None
+        self._on_lost(self, exc)
+
+    def send(self, frame: list) -> None:
+        if self._transport is None:
+            return  # the link is gone: the other side ends its calls itself
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(self._packer.pack(frame))
+
+    def _flush(self) -> None:
+        if self._transport is not None and self._out:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def close(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+
+# ---------------------------------------------------------------------------
+# Core side.
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _RelayContext:
+    """What a servicer uses of grpc.aio.ServicerContext, for a relayed call: metadata in
+    and out, abort, and a status set without raising (as gRPC's generated base class
+    does for an unimplemented method)."""
+
+    __slots__ = ("_metadata", "trailing", "code", "details")
+
+    def __init__(self, metadata):
+        self._metadata = metadata
+        self.trailing = None
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+
+    def invocation_metadata(self):
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.trailing = [tuple(pair) for pair in metadata]
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise _Aborted(code, details)
+
+
+class _Frontend:
+    """One front-end process as the core sees it."""
+
+    def __init__(self, index: int, proc: subprocess.Popen):
+        self.index = index
+        self.proc = proc
+        self.link: FrameLink | None = None
+        self.calls: dict[int, asyncio.Task] = {}
+        # Its LISTENING frame's port, or its FAILED frame's reason.
+        self.listening: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+
+
+class FrontendPool:
+    """The core's side: starts `count` front-end processes serving `servicer` on
+    host:port, runs their calls against it, and restarts a front end that dies."""
+
+    def __init__(self, servicer: Any, count: int = 1, realtime_priority: int = 0, start_timeout_s: float = 60.0):
+        if count < 1:
+            raise ValueError(f"front ends: need at least 1, got {count}")
+        self.count = count
+        self.realtime_priority = realtime_priority
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self.restarts = 0
+        # method name -> (request class, server-streaming?, the servicer's handler)
+        self._methods = {m.name: (message_factory.GetMessageClass(m.input_type), m.server_streaming,
+                                  getattr(servicer, m.name))
+                         for m in SCHEDULER_SERVICE_DESCRIPTOR.methods}
+        self._frontends: list[_Frontend] = []
+        self._pending: list[_Frontend] = []  # started, not yet identified by their LISTENING frame
+        self._dir = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._host = "127.0.0.1"
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self._dir, "core.sock")
+
+    async def start(self, host: str, port: int) -> int:
+        """Start the front ends; returns the port they listen on. Raises OSError with the
+        first front end's reason if it cannot listen."""
+        loop = asyncio.get_running_loop()
+        self._host = host
+        self._loop = loop
+        self._dir = tempfile.mkdtemp(prefix="infersched-core-")
+        self._server = await loop.create_unix_server(lambda: FrameLink(self._on_frame, self._on_lost),
+                                                     self.socket_path)
+        first = await self._spawn(0, port)
+        self.port = first
+        await asyncio.gather(*(self._spawn(i, first) for i in range(1, self.count)))
+        return first
+
+    async def _spawn(self, index: int, port: int) -> int:
+        # The interpreter itself as argv[0]: Python finds its virtual environment from it.
+        argv = [sys.executable, "-m", __name__, "--core", self.socket_path, "--host", self._host, "--port", str(port),
+                "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid())]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        fe = _Frontend(index, proc)
+        self._pending.append(fe)
+        exited = asyncio.ensure_future(_exit_of(proc))
+        try:
+            done, _ = await asyncio.wait((fe.listening, exited), timeout=self.start_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if exited in done and not fe.listening.done():
+                # Its FAILED frame, if it sent one, may still be on the way.
+                await asyncio.wait((fe.listening,), timeout=0.5)
+            if fe.listening.done():
+                bound = fe.listening.result()
+                if isinstance(bound, str):
+                    raise OSError(bound)
+                fe.lost.add_done_callback(lambda _: self._restart_later(fe))
+                return bound
+            reason = (f"exited with status {proc.returncode} before listening" if exited.done()
+                      else f"did not listen within {self.start_timeout_s:.0f} s")
+            raise OSError(f"front end {index} for {self._host}:{port} {reason}")
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        finally:
+            exited.cancel()
+            with contextlib.suppress(ValueError):
+                self._pending.remove(fe)
+
+    def _on_frame(self, link: FrameLink, frame: list) -> None:
+        kind = frame[0]
+        fe = link.owner
+        if kind == CALL and fe is not None:
+            call_id = frame[1]
+            fe.calls[call_id] = self._loop.create_task(self._run(fe, link, call_id, frame[2], frame[3], frame[4]))
+        elif kind == CANCEL and fe is not None:
+            task = fe.calls.pop(frame[1], None)
+            if task is not None:
+                task.cancel()
+        elif kind in (LISTENING, FAILED) and fe is None:
+            for fe in self._pending:
+                if fe.proc.pid == frame[2] and not fe.listening.done():
+                    if kind == LISTENING:  # serving from now on: calls may follow at once
+                        fe.link, link.owner = link, fe
+                        self._frontends.append(fe)
+                    fe.listening.set_result(frame[1])
+                    return
+            log.error("front-end link: %s from pid %s, which this pool did not start; closing it",
+                      "LISTENING" if kind == LISTENING else "FAILED", frame[2])
+            link.close()
+        else:
+            log.error("front-end link: unexpected frame %r; closing it", frame[:2])
+            link.close()
+
+    def _on_lost(self, link: FrameLink, exc) -> None:
+        fe = link.owner
+        if fe is None:
+            return
+        for task in fe.calls.values():
+            task.cancel()
+        fe.calls.clear()
+        if not fe.lost.done():
+            fe.lost.set_result(exc)
+
+    async def _run(self, fe: _Frontend, link: FrameLink, call_id: int, method: str, payload: bytes,
+                   metadata) -> None:
+        context = _RelayContext(metadata)
+        code, details = _OK, ""
+        try:
+            try:
+                request_class, streaming, handler = self._methods[method]
+            except KeyError:
+                raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"method {method!r} is not served") from None
+            try:
+                request = request_class.FromString(payload)
+            except Exception as exc:  # protobuf's DecodeError, and anything a corrupt message raises
+                raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"request is not a valid {request_class.DESCRIPTOR.full_name}: {exc}") from None
+            if streaming:
+                async with contextlib.aclosing(handler(request, context)) as responses:
+                    async for response in responses:
+                        link.send([MESSAGE, call_id, response.SerializeToString()])
+            else:
+                response = await handler(request, context)
+                link.send([MESSAGE, call_id, response.SerializeToString()])
+            if context.code is not None:
+                code, details = context.code.value[0], context.details
+        except _Aborted as exc:
+            code, details = exc.code.value[0], exc.details
+        except asyncio.CancelledError:
+            return  # the front end cancelled it (or its link broke): nothing more to send
+        except Exception as exc:
+            if context.code is not None:  # as gRPC: a status the handler set stands
+                code, details = context.code.value[0], context.details
+            else:
+                log.exception("relayed %s failed", method)
+                code, details = grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}"
+        finally:
+            fe.calls.pop(call_id, None)
+        link.send([END, call_id, code, details, context.trailing])
+
+    def _restart_later(self, fe: _Frontend) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self._restart(fe))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restart(self, fe: _Frontend) -> None:
+        """A front end's link broke while serving: end that process and start another on
+        the same port, retrying with back-off until the pool stops."""
+        with contextlib.suppress(ValueError):
+            self._frontends.remove(fe)
+        await _reap(fe.proc, 2.0)
+        log.warning("front end %d (pid %d) stopped (status %s); starting another on port %d",
+                    fe.index, fe.proc.pid, fe.proc.returncode, self.port)
+        backoff_s = 0.2
+        while not self._stopping:
+            try:
+                await self._spawn(fe.index, self.port)
+                self.restarts += 1
+                return
+            except OSError as exc:
+                log.error("front end %d did not come back: %s; retrying in %.1f s", fe.index, exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    def pids(self) -> list[int]:
+        return [fe.proc.pid for fe in self._frontends]
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Close every link (each front end ends its calls and exits), then reap them."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        frontends, self._frontends = self._frontends + self._pending, []
+        for fe in frontends:
+            if fe.link is not None:
+                fe.link.close()
+        await asyncio.gather(*(_reap(fe.proc, grace_s + 2.0) for fe in frontends))
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+async def _exit_of(proc: subprocess.Popen, poll_s: float = 0.05) -> int:
+    while proc.poll() is None:
+        await asyncio.sleep(poll_s)
+    return proc.returncode
+
+
+async def _reap(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for a front end to exit; SIGTERM, then SIGKILL, if it does not in time."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        try:
+            await asyncio.wait_for(_exit_of(proc), timeout_s)
+            return
+        except TimeoutError:
+            continue
+
+
+# ---------------------------------------------------------------------------
+# Front-end side.
+
+
+class _Call:
+    __slots__ = ("frames", "waiter", "ended")
+
+    def __init__(self):
+        self.frames: collections.deque = collections.deque()
+        self.waiter: asyncio.Future | None = None
+        self.ended = False
+
+
+class Frontend:
+    """The front-end process's state: its link to the core and its open calls."""
+
+    def __init__(self):
+        self.link: FrameLink | None = None
+        self.lost: asyncio.Future | None = None
+        self._calls: dict[int, _Call] = {}
+        self._next_id = 0
+
+    def _on_frame(self, link: FrameLink, frame: list) -> None:
+        call = self._calls.get(frame[1])
+        if call is None:
+            return  # cancelled here; the core's last frames for it cross the CANCEL
+        call.frames.append(frame)
+        if call.waiter is not None and not call.waiter.done():
+            call.waiter.set_result(None)
+
+    def _on_lost(self, link: FrameLink, exc) -> None:
+        for call_id, call in self._calls.items():
+            self._on_frame(link, [END, call_id, grpc.StatusCode.UNAVAILABLE.value[0],
+                                  "the scheduler core went away", None])
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(exc)
+
+    def _open(self, method: str, request: bytes, context) -> tuple[int, _Call]:
+        self._next_id += 1
+        call_id = self._next_id
+        call = self._calls[call_id] = _Call()
+        metadata = [(key, value) for key, value in context.invocation_metadata() or ()]
+        self.link.send([CALL, call_id, method, request, metadata])
+        return call_id, call
+
+    async def _next(self, call: _Call) -> list:
+        while not call.frames:
+            call.waiter = asyncio.get_running_loop().create_future()
+            await call.waiter
+        return call.frames.popleft()
+
+    def _close(self, call_id: int, call: _Call) -> None:
+        del self._calls[call_id]
+        if not call.ended:
+            self.link.send([CANCEL, call_id])
+
+    @staticmethod
+    async def _end(call: _Call, frame: list, context) -> None:
+        call.ended = True
+        _, _, code, details, trailing = frame
+        if trailing:
+            context.set_trailing_metadata(tuple(tuple(pair) for pair in trailing))
+        if code != _OK:
+            await context.abort(_STATUS_BY_CODE.get(code, grpc.StatusCode.UNKNOWN), details)
+
+    def unary(self, method: str):
+        async def handler(request: bytes, context):
+            call_id, call = self._open(method, request, context)
+            try:
+                response = None
+                while True:
+                    frame = await self._next(call)
+                    if frame[0] == MESSAGE:
+                        response = frame[2]
+                    else:
+                        await self._end(call, frame, context)
+                        return response
+            finally:
+                self._close(call_id, call)
+
+        return handler
+
+    def streaming(self, method: str):
+        async def handler(request: bytes, context):
+            call_id, call = self._open(method, request, context)
+            try:
+                while True:
+                    frame = await self._next(call)
+                    if frame[0] == MESSAGE:
+                        yield frame[2]
+                    else:
+                        await self._end(call, frame, context)
+                        return
+            finally:
+                self._close(call_id, call)
+
+        return handler
+
+    def add_services(self, server: grpc.aio.Server) -> list[str]:
+        # No (de)serializers: the request bytes go to the core as they came, and the
+        # core's serialized responses go out as they are.
+        handlers = {m.name: (grpc.unary_stream_rpc_method_handler(self.streaming(m.name)) if m.server_streaming
+                             else grpc.unary_unary_rpc_method_handler(self.unary(m.name)))
+                    for m in SCHEDULER_SERVICE_DESCRIPTOR.methods}
+        name = SCHEDULER_SERVICE_DESCRIPTOR.full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        return [name]
+
+    async def run(self, core_socket: str, host: str, port: int) -> int:
+        from grpc_health.v1 import health_pb2
+
+        from workers.live import start_grpc_server
+
+        loop = asyncio.get_running_loop()
+        self.lost = loop.create_future()
+        _, self.link = await loop.create_unix_connection(lambda: FrameLink(self._on_frame, self._on_lost),
+                                                        core_socket)
+        try:
+            server, bound, health = await start_grpc_server(host, self.add_services, port=port)
+        except OSError as exc:
+            self.link.send([FAILED, str(exc), os.getpid()])
+            self.link.close()
+            return 2
+        self.link.send([LISTENING, bound, os.getpid()])
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.link.close)
+        await self.lost
+        for name in ("", SCHEDULER_SERVICE_DESCRIPTOR.full_name):
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(1.0)
+        return 0
+
+
+def _linux_process_setup(parent_pid: int) -> None:
+    """Name this process for top and ps (PR_SET_NAME), and ask the kernel for SIGTERM
+    when the process that started it exits (PR_SET_PDEATHSIG), so a front end never
+    outlives a core killed without a chance to stop it. No-ops off Linux."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, PROCESS_NAME.encode(), 0, 0, 0)  # PR_SET_NAME
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if parent_pid and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent was gone before prctl took
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=PROCESS_NAME, description="infersched client-facing front end (started by "
+                                 "the scheduler core; not meant to be run by hand)")
+    ap.add_argument("--core", required=True, help="the core's Unix socket")
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--realtime-priority", type=int, default=0)
+    ap.add_argument("--parent", type=int, default=0, help="pid of the core; this process ends with it")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{PROCESS_NAME}[%(process)d] %(levelname)s %(message)s")
+    _linux_process_setup(args.parent)
+    if args.realtime_priority:
+        from scheduler.realtime import set_realtime_priority
+
+        set_realtime_priority(args.realtime_priority)  # before gRPC starts its threads
+    return asyncio.run(Frontend().run(args.core, args.host, args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Front-end processes relaying the Scheduler service to a core (scheduler.frontend).
+
+Real front-end processes and real gRPC on loopback; the core side runs in this
+process against a small servicer whose behaviour each test can see."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from scheduler.frontend import FrontendPool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class ProbeScheduler(scheduler_pb2_grpc.SchedulerServicer):
+    """Generate streams one chunk per output token then a record; request id "hold"
+    waits after its chunks until cancelled. GetStats echoes metadata "x-echo"."""
+
+    def __init__(self):
+        self.held_closed = asyncio.Event()
+        self.held_started = asyncio.Event()
+
+    async def Generate(self, request, context):
+        if request.max_output_tokens <= 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "field 'max_output_tokens': must be > 0")
+        try:
+            for i in range(request.max_output_tokens):
+                yield scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
+                    request_id=request.request_id, first_token_index=i, token_count=1))
+            if request.request_id == "hold":
+                self.held_started.set()
+                await asyncio.Event().wait()
+            yield scheduler_pb2.GenerateResponse(record=scheduler_pb2.RequestRecord(
+                request_id=request.request_id, status=common_pb2.REQUEST_STATUS_COMPLETED,
+                output_tokens=request.max_output_tokens))
+        finally:
+            if request.request_id == "hold":
+                self.held_closed.set()
+
+    async def GetStats(self, request, context):
+        context.set_trailing_metadata((("x-trailer", "from-core"),))
+        echo = dict(context.invocation_metadata()).get("x-echo", "")
+        return scheduler_pb2.SchedulerStats(policy=echo, requests_total=7)
+
+    # ListWorkers and WatchStats stay the generated base class's: UNIMPLEMENTED.
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _pool(count: int = 1) -> tuple[FrontendPool, ProbeScheduler, int]:
+    servicer = ProbeScheduler()
+    pool = FrontendPool(servicer, count, start_timeout_s=60)
+    port = await pool.start("127.0.0.1", 0)
+    return pool, servicer, port
+
+
+def test_relays_streams_statuses_and_metadata_both_ways():
+    async def main():
+        pool, _, port = await _pool()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                items = [r async for r in stub.Generate(scheduler_pb2.GenerateRequest(
+                    request_id="r1", prompt_length=10, max_output_tokens=3))]
+                assert [r.tokens.first_token_index for r in items[:3]] == [0, 1, 2]
+                assert items[-1].record.status == common_pb2.REQUEST_STATUS_COMPLETED
+                assert items[-1].record.output_tokens == 3 and len(items) == 4
+
+                call = stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=(("x-echo", "hello"),))
+                stats = await call
+                assert stats.policy == "hello" and stats.requests_total == 7
+                assert ("x-trailer", "from-core") in tuple(await call.trailing_metadata())
+
+                with pytest.raises(grpc.aio.AioRpcError) as bad:
+                    async for _ in stub.Generate(scheduler_pb2.GenerateRequest(prompt_length=10)):
+                        pass
+                assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert bad.value.details() == "field 'max_output_tokens': must be > 0"
+
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stub.ListWorkers(scheduler_pb2.ListWorkersRequest())
+                assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+                health = health_pb2_grpc.HealthStub(channel)
+                status = await health.Check(health_pb2.HealthCheckRequest(service="infersched.v1.Scheduler"))
+                assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+                reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+                async for answer in reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+                        list_services="")])):
+                    names = {s.name for s in answer.list_services_response.service}
+                    break
+                assert {"infersched.v1.Scheduler", "grpc.health.v1.Health"} <= names
+        finally:
+            await pool.stop()
+
+    run(main())
+
+
+def test_a_client_cancel_closes_the_call_on_the_core():
+    async def main():
+        pool, servicer, port = await _pool()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                call = stub.Generate(scheduler_pb2.GenerateRequest(request_id="hold", prompt_length=5,
+                                                                   max_output_tokens=1))
+                first = await call.read()
+                assert first.tokens.first_token_index == 0
+                await asyncio.wait_for(servicer.held_started.wait(), 10)
+                call.cancel()
+                await asyncio.wait_for(servicer.held_closed.wait(), 10)
+        finally:
+            await pool.stop()
+
+    run(main())
+
+
+def test_a_killed_front_end_ends_its_calls_and_is_replaced_on_the_same_port():
+    async def main():
+        pool, servicer, port = await _pool()
+        try:
+            old_pid = pool.pids()[0]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = scheduler_pb2_grpc.SchedulerStub(channel)
+                call = stub.Generate(scheduler_pb2.GenerateRequest(request_id="hold", prompt_length=5,
+                                                                   max_output_tokens=1))
+                await call.read()
+                await asyncio.wait_for(servicer.held_started.wait(), 10)
+                os.kill(old_pid, signal.SIGKILL)
+                with pytest.raises(grpc.aio.AioRpcError) as broken:
+                    await call.read()
+                assert broken.value.code() == grpc.StatusCode.UNAVAILABLE
+            # The core cancelled what the dead front end had in flight.
+            await asyncio.wait_for(servicer.held_closed.wait(), 10)
+            deadline = time.monotonic() + 30
+            while pool.restarts < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert pool.restarts == 1 and pool.pids() and pool.pids()[0] != old_pid
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stats = await scheduler_pb2_grpc.SchedulerStub(channel).GetStats(
+                    scheduler_pb2.GetStatsRequest(), wait_for_ready=True, timeout=10)
+                assert stats.requests_total == 7
+        finally:
+            await pool.stop()
+
+    run(main())
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket tables")
+def test_front_ends_share_the_port_and_stop_with_the_pool():
+    async def main():
+        pool, _, port = await _pool(count=2)
+        pids = pool.pids()
+        try:
+            assert len(set(pids)) == 2
+            listening = _listening_inodes(port)
+            for pid in pids:
+                assert _socket_inodes(pid) & listening, f"front end {pid} does not listen on {port}"
+            # Connections of their own (no shared subchannel), so the kernel spreads them.
+            for i in range(8):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                                     options=(("grpc.use_local_subchannel_pool", 1),)) as ch:
+                    stats = await scheduler_pb2_grpc.SchedulerStub(ch).GetStats(
+                        scheduler_pb2.GetStatsRequest(), metadata=(("x-echo", str(i)),))
+                    assert stats.policy == str(i)
+        finally:
+            await pool.stop()
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+        with socket.socket() as s:  # the port is free again (SO_REUSEADDR: TIME_WAIT is no listener)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+
+    run(main())
+
+
+def test_a_port_that_cannot_be_bound_is_a_clear_error():
+    async def main():
+        with socket.socket() as taken:  # no SO_REUSEPORT: gRPC cannot share it
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            pool = FrontendPool(ProbeScheduler(), 1, start_timeout_s=60)
+            try:
+                with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+                    await pool.start("127.0.0.1", port)
+            finally:
+                await pool.stop()
+
+    run(main())
