@@ -81,7 +81,8 @@ _OK = grpc.StatusCode.OK.value[0]
 
 class FrameLink(asyncio.Protocol):
     """A msgpack frame stream over one socket, either side. Frames sent during one
-    event-loop pass leave in one write."""
+    event-loop pass leave in one write, unless the sender needs one out now (a unary
+    call: nothing follows it to share the write, and its caller waits)."""
 
     def __init__(self, on_frame, on_lost):
         self._on_frame = on_frame
@@ -106,12 +107,14 @@ class FrameLink(asyncio.Protocol):
         self._transport = None
         self._on_lost(self, exc)
 
-    def send(self, frame: list) -> None:
+    def send(self, frame: list, now: bool = False) -> None:
         if self._transport is None:
             return  # the link is gone: the other side ends its calls itself
-        if not self._out:
+        if not self._out and not now:
             self._loop.call_soon(self._flush)
         self._out.append(self._packer.pack(frame))
+        if now:
+            self._flush()  # frames batched before it go first, in order
 
     def _flush(self) -> None:
         if self._transport is not None and self._out:
@@ -193,6 +196,10 @@ class FrontendPool:
         self._methods = {m.name: (message_factory.GetMessageClass(m.input_type), m.server_streaming,
                                   getattr(servicer, m.name))
                          for m in SCHEDULER_SERVICE_DESCRIPTOR.methods}
+        # Unary methods the servicer answers without awaiting anything (`inline_methods`:
+        # name -> plain function of (request, context)): answered from the frame's
+        # callback, with no task and no event-loop pass between the frame and the answer.
+        self._inline = dict(getattr(servicer, "inline_methods", {}))
         self._frontends: list[_Frontend] = []
         self._pending: list[_Frontend] = []  # started, not yet identified by their LISTENING frame
         self._dir = ""
@@ -257,7 +264,12 @@ class FrontendPool:
         fe = link.owner
         if kind == CALL and fe is not None:
             call_id = frame[1]
-            fe.calls[call_id] = self._loop.create_task(self._run(fe, link, call_id, frame[2], frame[3], frame[4]))
+            inline = self._inline.get(frame[2])
+            if inline is not None:
+                self._answer(link, call_id, frame[2], inline, frame[3], frame[4])
+            else:
+                fe.calls[call_id] = self._loop.create_task(self._run(fe, link, call_id, frame[2], frame[3],
+                                                                     frame[4]))
         elif kind == CANCEL and fe is not None:
             task = fe.calls.pop(frame[1], None)
             if task is not None:
@@ -287,20 +299,34 @@ class FrontendPool:
         if not fe.lost.done():
             fe.lost.set_result(exc)
 
+    def _request(self, method: str, payload: bytes):
+        try:
+            request_class, streaming, handler = self._methods[method]
+        except KeyError:
+            raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"method {method!r} is not served") from None
+        try:
+            return request_class.FromString(payload), streaming, handler
+        except Exception as exc:  # protobuf's DecodeError, and anything a corrupt message raises
+            raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"request is not a valid {request_class.DESCRIPTOR.full_name}: {exc}") from None
+
+    def _answer(self, link: FrameLink, call_id: int, method: str, function, payload: bytes, metadata) -> None:
+        """An inline method's whole call, now."""
+        context = _RelayContext(metadata)
+        try:
+            response = function(self._request(method, payload)[0], context)
+            link.send([MESSAGE, call_id, response.SerializeToString()])
+            code, details = _status(context, None)
+        except Exception as exc:
+            code, details = _status(context, exc, method)
+        link.send([END, call_id, code, details, context.trailing], now=True)
+
     async def _run(self, fe: _Frontend, link: FrameLink, call_id: int, method: str, payload: bytes,
                    metadata) -> None:
         context = _RelayContext(metadata)
-        code, details = _OK, ""
+        streaming = True
         try:
-            try:
-                request_class, streaming, handler = self._methods[method]
-            except KeyError:
-                raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"method {method!r} is not served") from None
-            try:
-                request = request_class.FromString(payload)
-            except Exception as exc:  # protobuf's DecodeError, and anything a corrupt message raises
-                raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"request is not a valid {request_class.DESCRIPTOR.full_name}: {exc}") from None
+            request, streaming, handler = self._request(method, payload)
             if streaming:
                 async with contextlib.aclosing(handler(request, context)) as responses:
                     async for response in responses:
@@ -308,21 +334,14 @@ class FrontendPool:
             else:
                 response = await handler(request, context)
                 link.send([MESSAGE, call_id, response.SerializeToString()])
-            if context.code is not None:
-                code, details = context.code.value[0], context.details
-        except _Aborted as exc:
-            code, details = exc.code.value[0], exc.details
+            code, details = _status(context, None)
         except asyncio.CancelledError:
             return  # the front end cancelled it (or its link broke): nothing more to send
         except Exception as exc:
-            if context.code is not None:  # as gRPC: a status the handler set stands
-                code, details = context.code.value[0], context.details
-            else:
-                log.exception("relayed %s failed", method)
-                code, details = grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}"
+            code, details = _status(context, exc, method)
         finally:
             fe.calls.pop(call_id, None)
-        link.send([END, call_id, code, details, context.trailing])
+        link.send([END, call_id, code, details, context.trailing], now=not streaming)
 
     def _restart_later(self, fe: _Frontend) -> None:
         if self._stopping:
@@ -368,6 +387,19 @@ class FrontendPool:
             self._server = None
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _status(context: _RelayContext, exc: Exception | None, method: str = "") -> tuple[int, str]:
+    """A relayed call's final (code, details), as gRPC would end it: an abort's status;
+    else the status the handler set, if any; else OK, or UNKNOWN for an exception."""
+    if isinstance(exc, _Aborted):
+        return exc.code.value[0], exc.details
+    if context.code is not None:
+        return context.code.value[0], context.details
+    if exc is None:
+        return _OK, ""
+    log.error("relayed %s failed", method, exc_info=exc)
+    return grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}"
 
 
 async def _exit_of(proc: subprocess.Popen, poll_s: float = 0.05) -> int:
@@ -426,12 +458,12 @@ class Frontend:
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(exc)
 
-    def _open(self, method: str, request: bytes, context) -> tuple[int, _Call]:
+    def _open(self, method: str, request: bytes, context, now: bool) -> tuple[int, _Call]:
         self._next_id += 1
         call_id = self._next_id
         call = self._calls[call_id] = _Call()
         metadata = [(key, value) for key, value in context.invocation_metadata() or ()]
-        self.link.send([CALL, call_id, method, request, metadata])
+        self.link.send([CALL, call_id, method, request, metadata], now=now)
         return call_id, call
 
     async def _next(self, call: _Call) -> list:
@@ -456,7 +488,7 @@ class Frontend:
 
     def unary(self, method: str):
         async def handler(request: bytes, context):
-            call_id, call = self._open(method, request, context)
+            call_id, call = self._open(method, request, context, now=True)
             try:
                 response = None
                 while True:
@@ -473,7 +505,7 @@ class Frontend:
 
     def streaming(self, method: str):
         async def handler(request: bytes, context):
-            call_id, call = self._open(method, request, context)
+            call_id, call = self._open(method, request, context, now=False)
             try:
                 while True:
                     frame = await self._next(call)

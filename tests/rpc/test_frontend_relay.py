@@ -23,11 +23,13 @@ pytestmark = pytest.mark.timeout(120)
 
 class ProbeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     """Generate streams one chunk per output token then a record; request id "hold"
-    waits after its chunks until cancelled. GetStats echoes metadata "x-echo"."""
+    waits after its chunks until cancelled. GetStats echoes metadata "x-echo" (and is
+    answered inline, as the scheduler's is); ListWorkers goes through a task."""
 
     def __init__(self):
         self.held_closed = asyncio.Event()
         self.held_started = asyncio.Event()
+        self.inline_methods = {"GetStats": self.get_stats}
 
     async def Generate(self, request, context):
         if request.max_output_tokens <= 0:
@@ -47,11 +49,22 @@ class ProbeScheduler(scheduler_pb2_grpc.SchedulerServicer):
                 self.held_closed.set()
 
     async def GetStats(self, request, context):
+        return self.get_stats(request, context)
+
+    def get_stats(self, request, context):
         context.set_trailing_metadata((("x-trailer", "from-core"),))
         echo = dict(context.invocation_metadata()).get("x-echo", "")
+        if echo == "boom":
+            raise RuntimeError("stats broke")
         return scheduler_pb2.SchedulerStats(policy=echo, requests_total=7)
 
-    # ListWorkers and WatchStats stay the generated base class's: UNIMPLEMENTED.
+    async def ListWorkers(self, request, context):
+        await asyncio.sleep(0)
+        if request.pool == "boom":
+            raise RuntimeError("listing broke")
+        return super().ListWorkers(request, context)  # the generated base: UNIMPLEMENTED
+
+    # WatchStats stays the generated base class's.
 
 
 def run(coro):
@@ -91,6 +104,16 @@ def test_relays_streams_statuses_and_metadata_both_ways():
                 with pytest.raises(grpc.aio.AioRpcError) as missing:
                     await stub.ListWorkers(scheduler_pb2.ListWorkersRequest())
                 assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+                # An exception in a handler ends the call UNKNOWN, inline or in a task,
+                # and the relay goes on serving.
+                with pytest.raises(grpc.aio.AioRpcError) as broke:
+                    await stub.GetStats(scheduler_pb2.GetStatsRequest(), metadata=(("x-echo", "boom"),))
+                assert broke.value.code() == grpc.StatusCode.UNKNOWN and "stats broke" in broke.value.details()
+                with pytest.raises(grpc.aio.AioRpcError) as broke:
+                    await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="boom"))
+                assert broke.value.code() == grpc.StatusCode.UNKNOWN and "listing broke" in broke.value.details()
+                assert (await stub.GetStats(scheduler_pb2.GetStatsRequest())).requests_total == 7
 
                 health = health_pb2_grpc.HealthStub(channel)
                 status = await health.Check(health_pb2.HealthCheckRequest(service="infersched.v1.Scheduler"))
