@@ -1814,7 +1814,7 @@ class SchedulerActor:
             await self._server.stop(1.0)
             self._server = None
         if self._frontends is not None:
-            await self._frontends.stop(1.0)
+            await self._frontends.stop()
         if self._metrics is not None:
             self._metrics.close()
         if self.core is not None:

@@ -34,6 +34,8 @@ Wire (one connection per front end to the core's Unix socket; msgpack arrays, on
 
     front end -> core   [CALL, call_id, method, request bytes, metadata pairs]
                         [CANCEL, call_id]              the client went away
+                        [CREDIT, call_id, n]           n more of a stream's messages
+                                                       went to gRPC (STREAM_WINDOW)
                         [LISTENING, port, pid]         once, after binding (or
                         [FAILED, reason, pid]          why it could not)
     core -> front end   [MESSAGE, call_id, response bytes]
@@ -43,7 +45,9 @@ Every call ends with exactly one END, or with a CANCEL from the front end, after
 which the core sends nothing more for it. When the link breaks, the front end
 ends its open calls UNAVAILABLE and exits; the core cancels that link's calls
 (each counted FAILED, "cancelled", as when a client cancels) and starts a new
-front end on the same port.
+front end on the same port. Stopping, the core sends each front end SIGTERM:
+it stops taking calls, lets the open ones finish for STOP_GRACE_S over the
+still-open link (as an in-process server.stop(grace) would), then exits.
 """
 from __future__ import annotations
 
@@ -70,7 +74,15 @@ from infersched.v1 import scheduler_pb2
 
 log = logging.getLogger(__name__)
 
-CALL, CANCEL, LISTENING, FAILED, MESSAGE, END = range(6)
+CALL, CANCEL, LISTENING, FAILED, MESSAGE, END, CREDIT = range(7)
+# Stream flow control: the core stops a stream when this many of its messages have not
+# yet been taken by gRPC on the front end (which holds them to the client's HTTP/2
+# window), and the front end returns credit every CREDIT_EVERY messages. Memory per
+# stream stays bounded as in-process, where each yield waits for the send.
+STREAM_WINDOW = 32
+CREDIT_EVERY = 16
+# How long a stopping front end lets its calls finish (as grpc.aio's server.stop(grace)).
+STOP_GRACE_S = 1.0
 
 SCHEDULER_SERVICE_DESCRIPTOR = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"]
 # A front end's thread name (/proc/PID/comm, what top shows; at most 15 bytes).
@@ -81,8 +93,8 @@ _OK = grpc.StatusCode.OK.value[0]
 
 class FrameLink(asyncio.Protocol):
     """A msgpack frame stream over one socket, either side. Frames sent during one
-    event-loop pass leave in one write, unless the sender needs one out now (a unary
-    call: nothing follows it to share the write, and its caller waits)."""
+    event-loop pass leave in one write, unless the sender needs them out now (a unary
+    call: nothing follows to share the write, and its caller waits)."""
 
     def __init__(self, on_frame, on_lost):
         self._on_frame = on_frame
@@ -93,6 +105,10 @@ class FrameLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.owner: Any = None  # the core's _Frontend for this link
+
+    @property
+    def closed(self) -> bool:
+        return self._transport is None
 
     def connection_made(self, transport) -> None:
         self._transport = transport
@@ -107,14 +123,17 @@ class FrameLink(asyncio.Protocol):
         self._transport = None
         self._on_lost(self, exc)
 
-    def send(self, frame: list, now: bool = False) -> None:
+    def send(self, *frames: list, now: bool = False) -> None:
+        """Queue `frames`, all or none (one that cannot be packed raises first); `now`
+        writes them, after what was queued before, at once."""
         if self._transport is None:
             return  # the link is gone: the other side ends its calls itself
+        packed = [self._packer.pack(frame) for frame in frames]
         if not self._out and not now:
             self._loop.call_soon(self._flush)
-        self._out.append(self._packer.pack(frame))
+        self._out.extend(packed)
         if now:
-            self._flush()  # frames batched before it go first, in order
+            self._flush()
 
     def _flush(self) -> None:
         if self._transport is not None and self._out:
@@ -167,6 +186,17 @@ class _RelayContext:
         raise _Aborted(code, details)
 
 
+class _Relayed:
+    """A call running on the core: its task, and its stream's unconfirmed messages."""
+
+    __slots__ = ("task", "unconfirmed", "resume")
+
+    def __init__(self):
+        self.task: asyncio.Task | None = None
+        self.unconfirmed = 0
+        self.resume: asyncio.Future | None = None
+
+
 class _Frontend:
     """One front-end process as the core sees it."""
 
@@ -174,7 +204,7 @@ class _Frontend:
         self.index = index
         self.proc = proc
         self.link: FrameLink | None = None
-        self.calls: dict[int, asyncio.Task] = {}
+        self.calls: dict[int, _Relayed] = {}
         # Its LISTENING frame's port, or its FAILED frame's reason.
         self.listening: asyncio.Future = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -215,7 +245,7 @@ class FrontendPool:
 
     async def start(self, host: str, port: int) -> int:
         """Start the front ends; returns the port they listen on. Raises OSError with the
-        first front end's reason if it cannot listen."""
+        first front end's reason if it cannot listen (the others are stopped)."""
         loop = asyncio.get_running_loop()
         self._host = host
         self._loop = loop
@@ -224,10 +254,14 @@ class FrontendPool:
                                                      self.socket_path)
         first = await self._spawn(0, port)
         self.port = first
-        await asyncio.gather(*(self._spawn(i, first) for i in range(1, self.count)))
+        async with asyncio.TaskGroup() as group:  # one failing cancels the others
+            for i in range(1, self.count):
+                group.create_task(self._spawn(i, first))
         return first
 
     async def _spawn(self, index: int, port: int) -> int:
+        if self._stopping:
+            raise OSError("the front ends are stopping")
         # The interpreter itself as argv[0]: Python finds its virtual environment from it.
         argv = [sys.executable, "-m", __name__, "--core", self.socket_path, "--host", self._host, "--port", str(port),
                 "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid())]
@@ -251,8 +285,12 @@ class FrontendPool:
                       else f"did not listen within {self.start_timeout_s:.0f} s")
             raise OSError(f"front end {index} for {self._host}:{port} {reason}")
         except BaseException:
+            with contextlib.suppress(ValueError):
+                self._frontends.remove(fe)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5.0)  # SIGKILL: milliseconds; no zombie left behind
             raise
         finally:
             exited.cancel()
@@ -268,19 +306,31 @@ class FrontendPool:
             if inline is not None:
                 self._answer(link, call_id, frame[2], inline, frame[3], frame[4])
             else:
-                fe.calls[call_id] = self._loop.create_task(self._run(fe, link, call_id, frame[2], frame[3],
-                                                                     frame[4]))
+                relayed = fe.calls[call_id] = _Relayed()
+                relayed.task = self._loop.create_task(self._run(fe, link, call_id, relayed, frame[2], frame[3],
+                                                                frame[4]))
+        elif kind == CREDIT and fe is not None:
+            relayed = fe.calls.get(frame[1])
+            if relayed is not None:
+                relayed.unconfirmed -= frame[2]
+                if relayed.resume is not None and not relayed.resume.done():
+                    relayed.resume.set_result(None)
         elif kind == CANCEL and fe is not None:
-            task = fe.calls.pop(frame[1], None)
-            if task is not None:
-                task.cancel()
+            relayed = fe.calls.pop(frame[1], None)
+            if relayed is not None:
+                relayed.task.cancel()
         elif kind in (LISTENING, FAILED) and fe is None:
             for fe in self._pending:
                 if fe.proc.pid == frame[2] and not fe.listening.done():
-                    if kind == LISTENING:  # serving from now on: calls may follow at once
+                    if kind == FAILED:
+                        fe.listening.set_result(frame[1])
+                    elif self._stopping:
+                        fe.listening.set_result("the front ends are stopping")
+                        link.close()
+                    else:  # serving from now on: calls may follow at once
                         fe.link, link.owner = link, fe
                         self._frontends.append(fe)
-                    fe.listening.set_result(frame[1])
+                        fe.listening.set_result(frame[1])
                     return
             log.error("front-end link: %s from pid %s, which this pool did not start; closing it",
                       "LISTENING" if kind == LISTENING else "FAILED", frame[2])
@@ -293,8 +343,8 @@ class FrontendPool:
         fe = link.owner
         if fe is None:
             return
-        for task in fe.calls.values():
-            task.cancel()
+        for relayed in fe.calls.values():
+            relayed.task.cancel()
         fe.calls.clear()
         if not fe.lost.done():
             fe.lost.set_result(exc)
@@ -314,16 +364,16 @@ class FrontendPool:
         """An inline method's whole call, now."""
         context = _RelayContext(metadata)
         try:
-            response = function(self._request(method, payload)[0], context)
-            link.send([MESSAGE, call_id, response.SerializeToString()])
-            code, details = _status(context, None)
+            response = function(self._request(method, payload)[0], context).SerializeToString()
         except Exception as exc:
-            code, details = _status(context, exc, method)
-        link.send([END, call_id, code, details, context.trailing], now=True)
+            _end(link, call_id, *_status(context, exc, method), context.trailing, now=True)
+            return
+        _end(link, call_id, *_status(context, None), context.trailing, [MESSAGE, call_id, response], now=True)
 
-    async def _run(self, fe: _Frontend, link: FrameLink, call_id: int, method: str, payload: bytes,
-                   metadata) -> None:
+    async def _run(self, fe: _Frontend, link: FrameLink, call_id: int, relayed: _Relayed, method: str,
+                   payload: bytes, metadata) -> None:
         context = _RelayContext(metadata)
+        message = None  # a unary call's response, sent with its END
         streaming = True
         try:
             request, streaming, handler = self._request(method, payload)
@@ -331,17 +381,22 @@ class FrontendPool:
                 async with contextlib.aclosing(handler(request, context)) as responses:
                     async for response in responses:
                         link.send([MESSAGE, call_id, response.SerializeToString()])
+                        relayed.unconfirmed += 1
+                        while relayed.unconfirmed >= STREAM_WINDOW and not link.closed:
+                            relayed.resume = self._loop.create_future()
+                            await relayed.resume
             else:
                 response = await handler(request, context)
-                link.send([MESSAGE, call_id, response.SerializeToString()])
+                message = [MESSAGE, call_id, response.SerializeToString()]
             code, details = _status(context, None)
         except asyncio.CancelledError:
             return  # the front end cancelled it (or its link broke): nothing more to send
         except Exception as exc:
+            message = None
             code, details = _status(context, exc, method)
         finally:
             fe.calls.pop(call_id, None)
-        link.send([END, call_id, code, details, context.trailing], now=not streaming)
+        _end(link, call_id, code, details, context.trailing, message, now=not streaming)
 
     def _restart_later(self, fe: _Frontend) -> None:
         if self._stopping:
@@ -372,16 +427,23 @@ class FrontendPool:
     def pids(self) -> list[int]:
         return [fe.proc.pid for fe in self._frontends]
 
-    async def stop(self, grace_s: float = 1.0) -> None:
-        """Close every link (each front end ends its calls and exits), then reap them."""
+    async def stop(self) -> None:
+        """SIGTERM every front end (each stops taking calls and gives the open ones
+        STOP_GRACE_S to finish over its link), reap them, and close the socket."""
         self._stopping = True
         for task in list(self._tasks):
             task.cancel()
-        frontends, self._frontends = self._frontends + self._pending, []
+        for fe in self._pending:  # still starting: their _spawn sees the exit and cleans up
+            with contextlib.suppress(ProcessLookupError):
+                fe.proc.kill()
+        frontends, self._frontends = self._frontends, []
+        for fe in frontends:
+            with contextlib.suppress(ProcessLookupError):
+                fe.proc.terminate()
+        await asyncio.gather(*(_reap(fe.proc, STOP_GRACE_S + 2.0) for fe in frontends))
         for fe in frontends:
             if fe.link is not None:
                 fe.link.close()
-        await asyncio.gather(*(_reap(fe.proc, grace_s + 2.0) for fe in frontends))
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -390,16 +452,32 @@ class FrontendPool:
 
 
 def _status(context: _RelayContext, exc: Exception | None, method: str = "") -> tuple[int, str]:
-    """A relayed call's final (code, details), as gRPC would end it: an abort's status;
-    else the status the handler set, if any; else OK, or UNKNOWN for an exception."""
+    """A relayed call's final (code, details), as grpc.aio would end it: an abort's
+    status; for another exception the code the handler set, else UNKNOWN, with the
+    exception as details; without one, the status the handler set, else OK."""
     if isinstance(exc, _Aborted):
         return exc.code.value[0], exc.details
+    if exc is not None:
+        if context.code is None:
+            log.error("relayed %s failed", method, exc_info=exc)
+        code = context.code or grpc.StatusCode.UNKNOWN
+        return code.value[0], f"Unexpected {type(exc)!r}: {exc}"
     if context.code is not None:
         return context.code.value[0], context.details
-    if exc is None:
-        return _OK, ""
-    log.error("relayed %s failed", method, exc_info=exc)
-    return grpc.StatusCode.UNKNOWN.value[0], f"Exception calling application: {exc}"
+    return _OK, ""
+
+
+def _end(link: FrameLink, call_id: int, code: int, details: str, trailing, message: list | None = None,
+         now: bool = False) -> None:
+    """Send a call's END (after its last MESSAGE, if given). Trailing metadata that cannot
+    be packed ends the call UNKNOWN instead: every call ends with exactly one status."""
+    frames = [[END, call_id, code, details, trailing]]
+    if message is not None:
+        frames.insert(0, message)
+    try:
+        link.send(*frames, now=now)
+    except (TypeError, ValueError, OverflowError) as exc:
+        link.send([END, call_id, grpc.StatusCode.UNKNOWN.value[0], f"trailing metadata: {exc}", None], now=now)
 
 
 async def _exit_of(proc: subprocess.Popen, poll_s: float = 0.05) -> int:
@@ -442,6 +520,7 @@ class Frontend:
         self.lost: asyncio.Future | None = None
         self._calls: dict[int, _Call] = {}
         self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_frame(self, link: FrameLink, frame: list) -> None:
         call = self._calls.get(frame[1])
@@ -452,9 +531,8 @@ class Frontend:
             call.waiter.set_result(None)
 
     def _on_lost(self, link: FrameLink, exc) -> None:
-        for call_id, call in self._calls.items():
-            self._on_frame(link, [END, call_id, grpc.StatusCode.UNAVAILABLE.value[0],
-                                  "the scheduler core went away", None])
+        for call_id in list(self._calls):
+            self._on_frame(link, _core_gone(call_id))
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(exc)
 
@@ -462,13 +540,15 @@ class Frontend:
         self._next_id += 1
         call_id = self._next_id
         call = self._calls[call_id] = _Call()
-        metadata = [(key, value) for key, value in context.invocation_metadata() or ()]
-        self.link.send([CALL, call_id, method, request, metadata], now=now)
+        if self.link.closed:
+            call.frames.append(_core_gone(call_id))  # accepted while this process stops
+        else:
+            self.link.send([CALL, call_id, method, request, context.invocation_metadata()], now=now)
         return call_id, call
 
     async def _next(self, call: _Call) -> list:
         while not call.frames:
-            call.waiter = asyncio.get_running_loop().create_future()
+            call.waiter = self._loop.create_future()
             await call.waiter
         return call.frames.popleft()
 
@@ -506,11 +586,16 @@ class Frontend:
     def streaming(self, method: str):
         async def handler(request: bytes, context):
             call_id, call = self._open(method, request, context, now=False)
+            taken = 0
             try:
                 while True:
                     frame = await self._next(call)
                     if frame[0] == MESSAGE:
-                        yield frame[2]
+                        yield frame[2]  # returns once gRPC took it (the client's window allowing)
+                        taken += 1
+                        if taken == CREDIT_EVERY:
+                            self.link.send([CREDIT, call_id, taken])
+                            taken = 0
                     else:
                         await self._end(call, frame, context)
                         return
@@ -530,28 +615,32 @@ class Frontend:
         return [name]
 
     async def run(self, core_socket: str, host: str, port: int) -> int:
-        from grpc_health.v1 import health_pb2
-
         from workers.live import start_grpc_server
 
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.lost = loop.create_future()
         _, self.link = await loop.create_unix_connection(lambda: FrameLink(self._on_frame, self._on_lost),
                                                         core_socket)
         try:
-            server, bound, health = await start_grpc_server(host, self.add_services, port=port)
+            server, bound, _ = await start_grpc_server(host, self.add_services, port=port)
         except OSError as exc:
             self.link.send([FAILED, str(exc), os.getpid()])
             self.link.close()
             return 2
         self.link.send([LISTENING, bound, os.getpid()])
+        stop = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.link.close)
-        await self.lost
-        for name in ("", SCHEDULER_SERVICE_DESCRIPTOR.full_name):
-            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(1.0)
+            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        await asyncio.wait((self.lost, stop), return_when=asyncio.FIRST_COMPLETED)
+        # No new calls from here; open ones finish within the grace while the core can
+        # still answer them (none are left if it went away).
+        await server.stop(0 if self.lost.done() else STOP_GRACE_S)
+        self.link.close()
         return 0
+
+
+def _core_gone(call_id: int) -> list:
+    return [END, call_id, grpc.StatusCode.UNAVAILABLE.value[0], "the scheduler core went away", None]
 
 
 def _linux_process_setup(parent_pid: int) -> None:

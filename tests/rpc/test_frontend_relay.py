@@ -5,6 +5,7 @@ process against a small servicer whose behaviour each test can see."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -23,17 +24,25 @@ pytestmark = pytest.mark.timeout(120)
 
 class ProbeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     """Generate streams one chunk per output token then a record; request id "hold"
-    waits after its chunks until cancelled. GetStats echoes metadata "x-echo" (and is
-    answered inline, as the scheduler's is); ListWorkers goes through a task."""
+    waits after its chunks until cancelled, "flood" streams without end (counting in
+    `flooded`), "slow" takes 0.3 s before its record. GetStats echoes metadata "x-echo"
+    (and is answered inline, as the scheduler's is); ListWorkers goes through a task."""
 
     def __init__(self):
         self.held_closed = asyncio.Event()
         self.held_started = asyncio.Event()
+        self.flooded = 0
         self.inline_methods = {"GetStats": self.get_stats}
 
     async def Generate(self, request, context):
         if request.max_output_tokens <= 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "field 'max_output_tokens': must be > 0")
+        while request.request_id == "flood":
+            self.flooded += 1
+            yield scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
+                request_id="x" * 1024, first_token_index=self.flooded))  # 1 KiB: windows count bytes
+        if request.request_id == "slow":
+            await asyncio.sleep(0.3)
         try:
             for i in range(request.max_output_tokens):
                 yield scheduler_pb2.GenerateResponse(tokens=common_pb2.TokenChunk(
@@ -249,5 +258,87 @@ def test_a_port_that_cannot_be_bound_is_a_clear_error():
                     await pool.start("127.0.0.1", port)
             finally:
                 await pool.stop()
+
+    run(main())
+
+
+def test_a_stream_the_client_does_not_read_stops_on_the_core():
+    """Flow control reaches the core: as in-process, where each yield waits for the
+    send, a stream stops producing once the client's window and the relay's are full."""
+    async def main():
+        pool, servicer, port = await _pool()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = scheduler_pb2_grpc.SchedulerStub(channel).Generate(
+                    scheduler_pb2.GenerateRequest(request_id="flood", prompt_length=5, max_output_tokens=1))
+                await call.read()
+                produced, deadline = -1, time.monotonic() + 15
+                while servicer.flooded != produced and time.monotonic() < deadline:
+                    produced = servicer.flooded
+                    await asyncio.sleep(0.5)
+                assert servicer.flooded == produced, "the core kept producing for a client that reads nothing"
+                assert produced < 50_000  # ~5,000 of 1 KiB: the client's HTTP/2 window, then the relay's
+                async def read(n):
+                    for _ in range(n):
+                        await call.read()
+
+                # Reading more than it produced needs it to go on (or this times out).
+                await asyncio.wait_for(read(produced + 100), 30)
+                assert servicer.flooded > produced
+                call.cancel()
+        finally:
+            await pool.stop()
+
+    run(main())
+
+
+def test_stopping_lets_open_calls_finish_within_the_grace():
+    async def main():
+        pool, _, port = await _pool()
+        stopped = False
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = scheduler_pb2_grpc.SchedulerStub(channel).Generate(
+                    scheduler_pb2.GenerateRequest(request_id="slow", prompt_length=5, max_output_tokens=2))
+                await asyncio.sleep(0.1)  # in flight on the core
+                stopping = asyncio.ensure_future(pool.stop())
+                items = [item async for item in call]
+                assert items[-1].record.status == common_pb2.REQUEST_STATUS_COMPLETED
+                await stopping
+                stopped = True
+        finally:
+            if not stopped:
+                await pool.stop()
+
+    run(main())
+
+
+def _processes_naming(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("stop_after_s", [0.0, 0.3, 1.5])
+def test_stop_during_start_leaves_no_front_end(stop_after_s):
+    async def main():
+        pool = FrontendPool(ProbeScheduler(), 3, start_timeout_s=60)
+        starting = asyncio.ensure_future(pool.start("127.0.0.1", 0))
+        await asyncio.sleep(0)
+        socket_path = pool.socket_path
+        await asyncio.sleep(stop_after_s)
+        await pool.stop()
+        with contextlib.suppress(OSError):
+            await starting  # raced by the stop, or finished before it
+        await pool.stop()  # idempotent, and what a caller does after a failed start
+        assert _processes_naming(socket_path) == []
 
     run(main())
