@@ -254,9 +254,14 @@ class FrontendPool:
                                                      self.socket_path)
         first = await self._spawn(0, port)
         self.port = first
-        async with asyncio.TaskGroup() as group:  # one failing cancels the others
-            for i in range(1, self.count):
-                group.create_task(self._spawn(i, first))
+        rest = [asyncio.ensure_future(self._spawn(i, first)) for i in range(1, self.count)]
+        try:
+            await asyncio.gather(*rest)
+        except BaseException:  # the first failure, as it is; the others are cancelled
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+            raise
         return first
 
     async def _spawn(self, index: int, port: int) -> int:
