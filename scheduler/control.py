@@ -102,6 +102,8 @@ http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
     infersched_pool_kv_free_tokens{pool}          gauge
     infersched_pool_completed_total{pool}         counter
     infersched_workers{state}                     gauge: worker actors by state
+    infersched_frontends                          gauge: front-end processes serving (with --frontends)
+    infersched_frontend_restarts_total            counter: front ends replaced after dying (with --frontends)
 """
 from __future__ import annotations
 
@@ -1515,10 +1517,11 @@ class _Metrics:
     LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
     OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
-    def __init__(self, core: SchedulerCore):
+    def __init__(self, core: SchedulerCore, frontends: "FrontendPool | None" = None):
         from prometheus_client import CollectorRegistry, Histogram
 
         self.core = core
+        self.frontends = frontends
         self.registry = CollectorRegistry(auto_describe=True)
         self.ttft = Histogram("infersched_ttft_seconds", "Time to first token (modelled seconds)",
                               buckets=self.LATENCY_BUCKETS, registry=self.registry)
@@ -1589,6 +1592,11 @@ class _Metrics:
         workers = GaugeMetricFamily("infersched_workers", "Worker actors by state", labels=["state"])
         for state in WorkerState:
             workers.add_metric([state.name.lower()], states.get(state.name.lower(), 0))
+        if self.frontends is not None:
+            yield GaugeMetricFamily("infersched_frontends", "Client-facing front-end processes serving",
+                                    value=len(self.frontends.pids()))
+            yield CounterMetricFamily("infersched_frontend_restarts", "Front-end processes replaced after dying",
+                                      value=self.frontends.restarts)
         yield workers
 
     def serve(self, host: str, port: int) -> int:
@@ -1693,7 +1701,7 @@ class SchedulerActor:
             self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
         self.address = f"{advertise}:{port}"
         if self.metrics_port is not None:
-            self._metrics = _Metrics(core)
+            self._metrics = _Metrics(core, self._frontends)
             mport = self._metrics.serve(self.metrics_host, self.metrics_port)
             self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor

@@ -142,6 +142,17 @@ def test_stats_json_and_table(serve):
     assert table.returncode == 0 and "h100-decode" in table.stdout and "TTFT" in table.stdout
 
 
+def test_metrics_count_the_front_ends(serve, request):
+    _, _, metrics, _ = serve
+    text = urllib.request.urlopen(metrics, timeout=10).read().decode()
+    frontends = request.node.callspec.params["serve"]
+    if frontends:
+        assert f"infersched_frontends {frontends:.1f}" in text
+        assert "infersched_frontend_restarts_total 0.0" in text
+    else:
+        assert "infersched_frontends" not in text
+
+
 def test_stats_error_names_the_target():
     done = cli("stats", "--target", "127.0.0.1:1", timeout=30)
     assert done.returncode == 2 and "127.0.0.1:1: UNAVAILABLE" in done.stderr
