@@ -145,8 +145,8 @@ from workers.live import (
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 # Trailing metadata of GetStats: the scheduler's time_scale (wall seconds per modelled second).
 TIME_SCALE_KEY = "infersched-time-scale"
 RAY_NAMESPACE = "infersched"
@@ -1517,7 +1517,7 @@ class _Metrics:
     LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
     OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
-    def __init__(self, core: SchedulerCore, frontends: "FrontendPool | None" = None):
+    def __init__(self, core: SchedulerCore, frontends: FrontendPool | None = None):
         from prometheus_client import CollectorRegistry, Histogram
 
         self.core = core
