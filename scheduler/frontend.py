@@ -270,7 +270,9 @@ class FrontendPool:
         # The interpreter itself as argv[0]: Python finds its virtual environment from it.
         argv = [sys.executable, "-m", __name__, "--core", self.socket_path, "--host", self._host, "--port", str(port),
                 "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid())]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        # Its own session: a terminal's Ctrl-C reaches serve, which stops the core, which
+        # stops its front ends; they never stop on their own while the core serves.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
         fe = _Frontend(index, proc)
         self._pending.append(fe)
         exited = asyncio.ensure_future(_exit_of(proc))
@@ -634,8 +636,7 @@ class Frontend:
             return 2
         self.link.send([LISTENING, bound, os.getpid()])
         stop = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
         await asyncio.wait((self.lost, stop), return_when=asyncio.FIRST_COMPLETED)
         # No new calls from here; open ones finish within the grace while the core can
         # still answer them (none are left if it went away).
