@@ -342,3 +342,20 @@ def test_stop_during_start_leaves_no_front_end(stop_after_s):
         assert _processes_naming(socket_path) == []
 
     run(main())
+
+
+def test_the_relay_context_offers_what_the_scheduler_servicer_uses():
+    """SchedulerServicer runs against grpc.aio's context in-process and against
+    _RelayContext behind front ends: each `context.<name>` it uses must exist on both."""
+    import ast
+    import inspect
+
+    from scheduler import control
+    from scheduler.frontend import _RelayContext
+
+    tree = ast.parse(inspect.getsource(control.SchedulerServicer))
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "context"}
+    assert used, "found no context use: the check reads the wrong class"
+    assert {"abort", "invocation_metadata", "set_trailing_metadata"} <= used
+    assert not {name for name in used if not hasattr(_RelayContext, name)}
