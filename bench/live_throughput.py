@@ -667,6 +667,8 @@ def plot(result: dict, path: Path) -> None:
     floor = config.get("floor")
     what = ("do-nothing Scheduler server (--floor)" if floor
             else f"{config['cluster']}, policy {config.get('policy')}")
+    if config.get("frontends"):
+        what += f", client gRPC in {config['frontends']} front-end process(es)"
     rt = config.get("realtime_priority")
     fifo = f", {'server' if floor else 'scheduler'} and probes SCHED_FIFO {rt}" if rt else ""
     fig.suptitle(f"{what}, time_scale {config['time_scale']:g}, {result['machine']['cpus']} CPUs{fifo}")
