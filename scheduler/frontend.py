@@ -4,9 +4,9 @@ Why. Python gRPC costs a server about 1 ms of CPU per Generate call whatever
 the call does (BENCHMARKS.md section 4: a do-nothing server of the Scheduler
 service). Hosted on the core's event loop (the default, `--frontends 0`),
 that cost and the core's own work (policy, worker sessions, accounting) share
-one loop: 1.7 ms of CPU per request, so one core tops out near 580 requests/s
-and, at 500 requests/s, a GetStats waits behind Generate work at each hop a
-gRPC call takes through the loop. With front ends, the core sees a call as one
+one loop: 1.7 ms of CPU per request, ~85% of a core at 500 requests/s, and
+a GetStats waits behind Generate work at each hop a gRPC call takes through
+the loop. With front ends, the core sees a call as one
 frame in and a frame per response out, batched per event-loop pass: 0.9-1.0
 ms per request on the core's loop, the gRPC work on the front ends' (~0.9 ms
 each), which scale with N over cores (they share the port with SO_REUSEPORT,

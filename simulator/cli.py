@@ -71,7 +71,7 @@ def _add_live(sub) -> None:
                         "CAP_SYS_NICE): on busy hosts its RPCs then wait for no other process (default 0: off)")
     p.add_argument("--frontends", type=int, default=0, metavar="N",
                    help="client-facing gRPC in N front-end processes sharing the port, relayed to the scheduler "
-                        "core: takes ~1 ms of CPU per request off the core's event loop, for hosts with cores to "
+                        "core: takes ~0.7 ms of CPU per request off the core's event loop, for hosts with cores to "
                         "spare (default 0: the scheduler actor serves clients itself)")
     r = sub.add_parser("replay", help="replay a trace against a live cluster over gRPC",
                        description="Send a trace's requests open loop to a running `infersched serve`, stream "
