@@ -126,7 +126,7 @@ from sortedcontainers import SortedList
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.config import ClusterConfig, PolicyConfig
-from scheduler.frontend import FrontendPool
+from scheduler.frontend import FrontendPool, check_frontends
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus, Role
 from workers.engine import PREFILL, BatchEngine
@@ -1639,12 +1639,10 @@ class SchedulerActor:
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
                  frontends: int = 0):
-        if isinstance(frontends, bool) or not isinstance(frontends, int) or frontends < 0:
-            raise ValueError(f"frontends: need an integer >= 0, got {frontends!r}")
         self.config = config
         # 0: this actor's event loop serves clients; N: N front-end processes share the
         # port and relay to this loop (scheduler.frontend says when that pays).
-        self.frontends = frontends
+        self.frontends = check_frontends(frontends)
         self.realtime_priority = realtime_priority  # SCHED_FIFO priority of this process; 0: the OS default
         self.policy_config = policy
         self.options = options
@@ -1742,9 +1740,9 @@ class SchedulerActor:
                  rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
 
     def describe(self) -> dict:
-        frontend_pids = self._frontends.pids() if self._frontends is not None else []
-        return {"frontend_pids": frontend_pids, "address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
+                "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
                 "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
                 "workers": [{"instance": w.instance, "pool": w.pool, "address": w.address, "state": w.state.name}
                             for w in self.core.workers()] if self.core else []}

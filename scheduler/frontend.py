@@ -91,6 +91,14 @@ _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
 _OK = grpc.StatusCode.OK.value[0]
 
 
+def check_frontends(count: int) -> int:
+    """A front-end count as serve and the scheduler actor take it: 0 (the actor serves
+    clients itself) or more."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"front ends: need an integer >= 0, got {count!r}")
+    return count
+
+
 class FrameLink(asyncio.Protocol):
     """A msgpack frame stream over one socket, either side. Frames sent during one
     event-loop pass leave in one write, unless the sender needs them out now (a unary

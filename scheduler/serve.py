@@ -26,6 +26,7 @@ from scheduler.control import (
     start_scheduler,
     stop_scheduler,
 )
+from scheduler.frontend import check_frontends
 from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
 
@@ -44,8 +45,7 @@ def run_serve(args) -> int:
     check_live_policy(build_policy(args.policy or config.policy, config))
     if args.realtime_priority:
         check_priority(args.realtime_priority)
-    if args.frontends < 0:
-        raise ValueError(f"--frontends: need 0 or more, got {args.frontends}")
+    check_frontends(args.frontends)
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
