@@ -80,17 +80,29 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _pool(count: int = 1) -> tuple[FrontendPool, ProbeScheduler, int]:
+@contextlib.asynccontextmanager
+async def serving(count: int = 1):
+    """(pool, servicer, port) of `count` front ends relaying to a ProbeScheduler; stopped
+    on the way out (stopping again is harmless)."""
     servicer = ProbeScheduler()
     pool = FrontendPool(servicer, count, start_timeout_s=60)
-    port = await pool.start("127.0.0.1", 0)
-    return pool, servicer, port
+    try:
+        yield pool, servicer, await pool.start("127.0.0.1", 0)
+    finally:
+        await pool.stop()
+
+
+async def open_held_call(stub, servicer: ProbeScheduler):
+    """A Generate that waits on the core after its first message, once it waits there."""
+    call = stub.Generate(scheduler_pb2.GenerateRequest(request_id="hold", prompt_length=5, max_output_tokens=1))
+    first = await call.read()
+    await asyncio.wait_for(servicer.held_started.wait(), 10)
+    return call, first
 
 
 def test_relays_streams_statuses_and_metadata_both_ways():
     async def main():
-        pool, _, port = await _pool()
-        try:
+        async with serving() as (pool, _, port):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = scheduler_pb2_grpc.SchedulerStub(channel)
                 items = [r async for r in stub.Generate(scheduler_pb2.GenerateRequest(
@@ -134,42 +146,28 @@ def test_relays_streams_statuses_and_metadata_both_ways():
                     names = {s.name for s in answer.list_services_response.service}
                     break
                 assert {"infersched.v1.Scheduler", "grpc.health.v1.Health"} <= names
-        finally:
-            await pool.stop()
 
     run(main())
 
 
 def test_a_client_cancel_closes_the_call_on_the_core():
     async def main():
-        pool, servicer, port = await _pool()
-        try:
+        async with serving() as (pool, servicer, port):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                call = stub.Generate(scheduler_pb2.GenerateRequest(request_id="hold", prompt_length=5,
-                                                                   max_output_tokens=1))
-                first = await call.read()
+                call, first = await open_held_call(scheduler_pb2_grpc.SchedulerStub(channel), servicer)
                 assert first.tokens.first_token_index == 0
-                await asyncio.wait_for(servicer.held_started.wait(), 10)
                 call.cancel()
                 await asyncio.wait_for(servicer.held_closed.wait(), 10)
-        finally:
-            await pool.stop()
 
     run(main())
 
 
 def test_a_killed_front_end_ends_its_calls_and_is_replaced_on_the_same_port():
     async def main():
-        pool, servicer, port = await _pool()
-        try:
+        async with serving() as (pool, servicer, port):
             old_pid = pool.pids()[0]
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = scheduler_pb2_grpc.SchedulerStub(channel)
-                call = stub.Generate(scheduler_pb2.GenerateRequest(request_id="hold", prompt_length=5,
-                                                                   max_output_tokens=1))
-                await call.read()
-                await asyncio.wait_for(servicer.held_started.wait(), 10)
+                call, _ = await open_held_call(scheduler_pb2_grpc.SchedulerStub(channel), servicer)
                 os.kill(old_pid, signal.SIGKILL)
                 with pytest.raises(grpc.aio.AioRpcError) as broken:
                     await call.read()
@@ -184,8 +182,6 @@ def test_a_killed_front_end_ends_its_calls_and_is_replaced_on_the_same_port():
                 stats = await scheduler_pb2_grpc.SchedulerStub(channel).GetStats(
                     scheduler_pb2.GetStatsRequest(), wait_for_ready=True, timeout=10)
                 assert stats.requests_total == 7
-        finally:
-            await pool.stop()
 
     run(main())
 
@@ -219,9 +215,8 @@ def _socket_inodes(pid: int) -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket tables")
 def test_front_ends_share_the_port_and_stop_with_the_pool():
     async def main():
-        pool, _, port = await _pool(count=2)
-        pids = pool.pids()
-        try:
+        async with serving(count=2) as (pool, _, port):
+            pids = pool.pids()
             assert len(set(pids)) == 2
             listening = _listening_inodes(port)
             for pid in pids:
@@ -233,8 +228,6 @@ def test_front_ends_share_the_port_and_stop_with_the_pool():
                     stats = await scheduler_pb2_grpc.SchedulerStub(ch).GetStats(
                         scheduler_pb2.GetStatsRequest(), metadata=(("x-echo", str(i)),))
                     assert stats.policy == str(i)
-        finally:
-            await pool.stop()
         for pid in pids:
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
@@ -266,8 +259,7 @@ def test_a_stream_the_client_does_not_read_stops_on_the_core():
     """Flow control reaches the core: as in-process, where each yield waits for the
     send, a stream stops producing once the client's window and the relay's are full."""
     async def main():
-        pool, servicer, port = await _pool()
-        try:
+        async with serving() as (pool, servicer, port):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = scheduler_pb2_grpc.SchedulerStub(channel).Generate(
                     scheduler_pb2.GenerateRequest(request_id="flood", prompt_length=5, max_output_tokens=1))
@@ -278,6 +270,7 @@ def test_a_stream_the_client_does_not_read_stops_on_the_core():
                     await asyncio.sleep(0.5)
                 assert servicer.flooded == produced, "the core kept producing for a client that reads nothing"
                 assert produced < 50_000  # ~5,000 of 1 KiB: the client's HTTP/2 window, then the relay's
+
                 async def read(n):
                     for _ in range(n):
                         await call.read()
@@ -286,17 +279,13 @@ def test_a_stream_the_client_does_not_read_stops_on_the_core():
                 await asyncio.wait_for(read(produced + 100), 30)
                 assert servicer.flooded > produced
                 call.cancel()
-        finally:
-            await pool.stop()
 
     run(main())
 
 
 def test_stopping_lets_open_calls_finish_within_the_grace():
     async def main():
-        pool, _, port = await _pool()
-        stopped = False
-        try:
+        async with serving() as (pool, _, port):
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = scheduler_pb2_grpc.SchedulerStub(channel).Generate(
                     scheduler_pb2.GenerateRequest(request_id="slow", prompt_length=5, max_output_tokens=2))
@@ -305,10 +294,6 @@ def test_stopping_lets_open_calls_finish_within_the_grace():
                 items = [item async for item in call]
                 assert items[-1].record.status == common_pb2.REQUEST_STATUS_COMPLETED
                 await stopping
-                stopped = True
-        finally:
-            if not stopped:
-                await pool.stop()
 
     run(main())
 
