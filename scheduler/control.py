@@ -1448,8 +1448,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
     def __init__(self, core: SchedulerCore):
         self.core = core
         # Answered without a task by front ends' relay (scheduler.frontend): GetStats
-        # must stay fast while Generate work keeps the loop busy.
+        # must stay fast while Generate work keeps the loop busy. With front ends it is
+        # also a snapshot method: they answer it from stats the core pushes every 10 ms
+        # while someone asks, keeping each connection's own Generate calls visible.
         self.inline_methods = {"GetStats": self.get_stats}
+        self.snapshot_methods = {"GetStats": self.get_stats}
 
     async def Generate(self, request, context):
         core = self.core

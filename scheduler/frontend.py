@@ -38,8 +38,12 @@ Wire (one connection per front end to the core's Unix socket; msgpack arrays, on
                                                        went to gRPC (STREAM_WINDOW)
                         [LISTENING, port, pid]         once, after binding (or
                         [FAILED, reason, pid]          why it could not)
+                        [WANT, method]                 snapshots of `method`, please
+                                                       (sent at most every SNAPSHOT_LINGER_S / 2)
     core -> front end   [MESSAGE, call_id, response bytes]
                         [END, call_id, status code, details, trailing metadata pairs]
+                        [SNAPSHOT, method, response bytes, trailing metadata pairs,
+                         frames received from this front end before the previous SNAPSHOT]
 
 Every call ends with exactly one END, or with a CANCEL from the front end, after
 which the core sends nothing more for it. When the link breaks, the front end
@@ -48,6 +52,22 @@ ends its open calls UNAVAILABLE and exits; the core cancels that link's calls
 front end on the same port. Stopping, the core sends each front end SIGTERM:
 it stops taking calls, lets the open ones finish for STOP_GRACE_S over the
 still-open link (as an in-process server.stop(grace) would), then exits.
+
+Snapshots (GetStats). A servicer's `snapshot_methods` (name -> a plain function of
+(request, context), as `inline_methods`) are unary reads whose answer depends on
+nothing but time. While some client asks for one (a WANT in the last
+SNAPSHOT_LINGER_S), the core computes it every SNAPSHOT_INTERVAL_S and pushes it to
+every front end, which answers a call with an empty request from it, without a hop
+to the core: a monitoring poll never queues behind Generate work on the core's loop.
+Two rules keep it honest:
+- it is at most SNAPSHOT_MAX_AGE_S old (the front end's clock since it came; older,
+  or none yet, and the call goes to the core), and says how old in the trailing
+  metadata key SNAPSHOT_AGE_KEY (milliseconds);
+- read-your-writes per connection: a connection (gRPC peer) with another call open
+  on this front end, or whose last call ended after what the latest snapshot covers,
+  is answered by the core. A snapshot covers the calls that ended (END) before it
+  came, and those the core saw CANCELled before its previous snapshot: a cancelled
+  call is counted when its task next runs, within the one interval between.
 """
 from __future__ import annotations
 
@@ -74,7 +94,7 @@ from infersched.v1 import scheduler_pb2
 
 log = logging.getLogger(__name__)
 
-CALL, CANCEL, LISTENING, FAILED, MESSAGE, END, CREDIT = range(7)
+CALL, CANCEL, LISTENING, FAILED, MESSAGE, END, CREDIT, WANT, SNAPSHOT = range(9)
 # Stream flow control: the core stops a stream when this many of its messages have not
 # yet been taken by gRPC on the front end (which holds them to the client's HTTP/2
 # window), and the front end returns credit every CREDIT_EVERY messages. Memory per
@@ -83,6 +103,12 @@ STREAM_WINDOW = 32
 CREDIT_EVERY = 16
 # How long a stopping front end lets its calls finish (as grpc.aio's server.stop(grace)).
 STOP_GRACE_S = 1.0
+# Snapshot methods (see the module's docstring): how often the core pushes them while
+# wanted, how old a front end lets one be, and how long a WANT keeps them coming.
+SNAPSHOT_INTERVAL_S = 0.01
+SNAPSHOT_MAX_AGE_S = 0.05
+SNAPSHOT_LINGER_S = 2.0
+SNAPSHOT_AGE_KEY = "infersched-snapshot-age-ms"
 
 SCHEDULER_SERVICE_DESCRIPTOR = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"]
 # A front end's thread name (/proc/PID/comm, what top shows; at most 15 bytes).
@@ -113,6 +139,8 @@ class FrameLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.owner: Any = None  # the core's _Frontend for this link
+        self.sent = 0  # frames sent, and received, over this link
+        self.received = 0
 
     @property
     def closed(self) -> bool:
@@ -125,6 +153,7 @@ class FrameLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._unpacker.feed(data)
         for frame in self._unpacker:
+            self.received += 1
             self._on_frame(self, frame)
 
     def connection_lost(self, exc) -> None:
@@ -137,6 +166,7 @@ class FrameLink(asyncio.Protocol):
         if self._transport is None:
             return  # the link is gone: the other side ends its calls itself
         packed = [self._packer.pack(frame) for frame in frames]
+        self.sent += len(packed)
         if not self._out and not now:
             self._loop.call_soon(self._flush)
         self._out.extend(packed)
@@ -213,6 +243,7 @@ class _Frontend:
         self.proc = proc
         self.link: FrameLink | None = None
         self.calls: dict[int, _Relayed] = {}
+        self.covered = 0  # frames received from it before the last SNAPSHOT pushed to it
         # Its LISTENING frame's port, or its FAILED frame's reason.
         self.listening: asyncio.Future = asyncio.get_running_loop().create_future()
         self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -238,6 +269,13 @@ class FrontendPool:
         # name -> plain function of (request, context)): answered from the frame's
         # callback, with no task and no event-loop pass between the frame and the answer.
         self._inline = dict(getattr(servicer, "inline_methods", {}))
+        # Unary reads front ends may answer from a pushed snapshot (the module's docstring).
+        self._snapshot_methods = dict(getattr(servicer, "snapshot_methods", {}))
+        for name in self._snapshot_methods:
+            if name not in self._methods or self._methods[name][1]:
+                raise ValueError(f"snapshot method {name!r}: not a unary method of {SCHEDULER_SERVICE_DESCRIPTOR.full_name}")
+        self._wanted: dict[str, float] = {}  # snapshot method -> loop time its pushes stop
+        self._snapshot_timer: asyncio.TimerHandle | None = None
         self._frontends: list[_Frontend] = []
         self._pending: list[_Frontend] = []  # started, not yet identified by their LISTENING frame
         self._dir = ""
@@ -277,7 +315,8 @@ class FrontendPool:
             raise OSError("the front ends are stopping")
         # The interpreter itself as argv[0]: Python finds its virtual environment from it.
         argv = [sys.executable, "-m", __name__, "--core", self.socket_path, "--host", self._host, "--port", str(port),
-                "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid())]
+                "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid()),
+                "--snapshot-methods", ",".join(self._snapshot_methods)]
         # Its own session: a terminal's Ctrl-C reaches serve, which stops the core, which
         # stops its front ends; they never stop on their own while the core serves.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -334,6 +373,11 @@ class FrontendPool:
             relayed = fe.calls.pop(frame[1], None)
             if relayed is not None:
                 relayed.task.cancel()
+        elif kind == WANT and fe is not None:
+            if frame[1] in self._snapshot_methods:
+                self._wanted[frame[1]] = self._loop.time() + SNAPSHOT_LINGER_S
+                if self._snapshot_timer is None and not self._stopping:
+                    self._push_snapshots()
         elif kind in (LISTENING, FAILED) and fe is None:
             for fe in self._pending:
                 if fe.proc.pid == frame[2] and not fe.listening.done():
@@ -353,6 +397,35 @@ class FrontendPool:
         else:
             log.error("front-end link: unexpected frame %r; closing it", frame[:2])
             link.close()
+
+    def _push_snapshots(self) -> None:
+        """Compute each wanted snapshot method's answer once and send it to every front
+        end; again in SNAPSHOT_INTERVAL_S while any is still wanted."""
+        self._snapshot_timer = None
+        now = self._loop.time()
+        for method, until in list(self._wanted.items()):
+            if until < now:
+                del self._wanted[method]
+        if not self._wanted or self._stopping:
+            return
+        snapshots = []
+        for method in list(self._wanted):
+            context = _RelayContext(())
+            try:
+                response = self._snapshot_methods[method](self._methods[method][0](), context)
+                if context.code not in (None, grpc.StatusCode.OK):
+                    raise RuntimeError(f"status {context.code.name}: {context.details}")
+                snapshots.append((method, response.SerializeToString(), context.trailing))
+            except Exception:  # the calls go to the core meanwhile; a new WANT tries again
+                log.exception("snapshot of %s failed; front ends relay its calls", method)
+                del self._wanted[method]
+        for fe in self._frontends if snapshots else ():
+            if fe.link is not None and not fe.link.closed:
+                covered, fe.covered = fe.covered, fe.link.received
+                fe.link.send(*([SNAPSHOT, method, response, trailing, covered]
+                               for method, response, trailing in snapshots))
+        if self._wanted:
+            self._snapshot_timer = self._loop.call_later(SNAPSHOT_INTERVAL_S, self._push_snapshots)
 
     def _on_lost(self, link: FrameLink, exc) -> None:
         fe = link.owner
@@ -446,6 +519,9 @@ class FrontendPool:
         """SIGTERM every front end (each stops taking calls and gives the open ones
         STOP_GRACE_S to finish over its link), reap them, and close the socket."""
         self._stopping = True
+        if self._snapshot_timer is not None:
+            self._snapshot_timer.cancel()
+            self._snapshot_timer = None
         for task in list(self._tasks):
             task.cancel()
         for fe in self._pending:  # still starting: their _spawn sees the exit and cleans up
@@ -519,25 +595,43 @@ async def _reap(proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 class _Call:
-    __slots__ = ("frames", "waiter", "ended")
+    __slots__ = ("frames", "waiter", "ended", "peer")
 
-    def __init__(self):
+    def __init__(self, peer: str | None):
         self.frames: collections.deque = collections.deque()
         self.waiter: asyncio.Future | None = None
         self.ended = False
+        self.peer = peer  # its connection, for a call that snapshots must not hide (a write)
 
 
 class Frontend:
     """The front-end process's state: its link to the core and its open calls."""
 
-    def __init__(self):
+    def __init__(self, snapshot_methods: tuple[str, ...] = ()):
         self.link: FrameLink | None = None
         self.lost: asyncio.Future | None = None
         self._calls: dict[int, _Call] = {}
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Snapshot methods (the module's docstring); every other call is a write.
+        self._snapshot_methods = frozenset(snapshot_methods)
+        self._snapshots: dict[str, tuple[float, bytes, tuple]] = {}  # method -> (loop time it came, answer, trailing)
+        self._wanted_at: dict[str, float] = {}  # method -> loop time of its last WANT
+        # Read-your-writes: connections with writes open here (how many), and those whose
+        # last write closed after the latest snapshot's cover: (link.sent, loop time) at
+        # the close. Without snapshots coming, entries older than SNAPSHOT_LINGER_S are
+        # dropped (any snapshot computed since covers them), so memory stays bounded.
+        self._open_by_peer: dict[str, int] = {}
+        self._unsettled: dict[str, tuple[int, float]] = {}
+        self._unsettled_pruned_at = 0.0
 
     def _on_frame(self, link: FrameLink, frame: list) -> None:
+        if frame[0] == SNAPSHOT:
+            _, method, response, trailing, covered = frame
+            self._snapshots[method] = (self._loop.time(), response, tuple(tuple(pair) for pair in trailing or ()))
+            if self._unsettled:
+                self._unsettled = {peer: close for peer, close in self._unsettled.items() if close[0] > covered}
+            return
         call = self._calls.get(frame[1])
         if call is None:
             return  # cancelled here; the core's last frames for it cross the CANCEL
@@ -546,6 +640,7 @@ class Frontend:
             call.waiter.set_result(None)
 
     def _on_lost(self, link: FrameLink, exc) -> None:
+        self._snapshots.clear()
         for call_id in list(self._calls):
             self._on_frame(link, _core_gone(call_id))
         if self.lost is not None and not self.lost.done():
@@ -554,7 +649,11 @@ class Frontend:
     def _open(self, method: str, request: bytes, context, now: bool) -> tuple[int, _Call]:
         self._next_id += 1
         call_id = self._next_id
-        call = self._calls[call_id] = _Call()
+        peer = None
+        if method not in self._snapshot_methods:
+            peer = context.peer()
+            self._open_by_peer[peer] = self._open_by_peer.get(peer, 0) + 1
+        call = self._calls[call_id] = _Call(peer)
         if self.link.closed:
             call.frames.append(_core_gone(call_id))  # accepted while this process stops
         else:
@@ -571,6 +670,39 @@ class Frontend:
         del self._calls[call_id]
         if not call.ended:
             self.link.send([CANCEL, call_id])
+        if call.peer is not None:
+            left = self._open_by_peer[call.peer] - 1
+            if left:
+                self._open_by_peer[call.peer] = left
+            else:
+                del self._open_by_peer[call.peer]
+            now = self._loop.time()
+            self._unsettled[call.peer] = (self.link.sent, now)
+            if now - self._unsettled_pruned_at > SNAPSHOT_LINGER_S:
+                self._unsettled_pruned_at = now
+                self._unsettled = {peer: close for peer, close in self._unsettled.items()
+                                   if now - close[1] <= SNAPSHOT_LINGER_S}
+
+    def snapshot_or_unary(self, method: str):
+        """A snapshot method: answered from the latest snapshot when the rules allow
+        (the module's docstring), else relayed as any unary call."""
+        relay = self.unary(method)
+
+        async def handler(request: bytes, context):
+            now = self._loop.time()
+            if now - self._wanted_at.get(method, -SNAPSHOT_LINGER_S) >= SNAPSHOT_LINGER_S / 2 and not self.link.closed:
+                self._wanted_at[method] = now
+                self.link.send([WANT, method])
+            snapshot = self._snapshots.get(method)
+            if snapshot is not None and not request:  # computed for the default (empty) request
+                age_s = now - snapshot[0]
+                peer = context.peer()
+                if age_s <= SNAPSHOT_MAX_AGE_S and peer not in self._open_by_peer and peer not in self._unsettled:
+                    context.set_trailing_metadata(snapshot[2] + ((SNAPSHOT_AGE_KEY, f"{age_s * 1e3:.1f}"),))
+                    return snapshot[1]
+            return await relay(request, context)
+
+        return handler
 
     @staticmethod
     async def _end(call: _Call, frame: list, context) -> None:
@@ -623,6 +755,8 @@ class Frontend:
         # No (de)serializers: the request bytes go to the core as they came, and the
         # core's serialized responses go out as they are.
         handlers = {m.name: (grpc.unary_stream_rpc_method_handler(self.streaming(m.name)) if m.server_streaming
+                             else grpc.unary_unary_rpc_method_handler(self.snapshot_or_unary(m.name))
+                             if m.name in self._snapshot_methods
                              else grpc.unary_unary_rpc_method_handler(self.unary(m.name)))
                     for m in SCHEDULER_SERVICE_DESCRIPTOR.methods}
         name = SCHEDULER_SERVICE_DESCRIPTOR.full_name
@@ -677,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--realtime-priority", type=int, default=0)
     ap.add_argument("--parent", type=int, default=0, help="pid of the core; this process ends with it")
+    ap.add_argument("--snapshot-methods", default="", help="comma-separated unary methods the core pushes "
+                    "snapshots of")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{PROCESS_NAME}[%(process)d] %(levelname)s %(message)s")
     _linux_process_setup(args.parent)
@@ -684,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
         from scheduler.realtime import set_realtime_priority
 
         set_realtime_priority(args.realtime_priority)  # before gRPC starts its threads
-    return asyncio.run(Frontend().run(args.core, args.host, args.port))
+    snapshot_methods = tuple(name for name in args.snapshot_methods.split(",") if name)
+    return asyncio.run(Frontend(snapshot_methods).run(args.core, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,11 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """A snapshot of the scheduler's counters and per-pool usage.
+        """A snapshot of the scheduler's counters and per-pool usage. Served by
+        front-end processes (serve --frontends N), it may come from a snapshot the
+        scheduler pushed at most 50 ms before (trailing metadata
+        "infersched-snapshot-age-ms" says how old), except on a connection with a
+        Generate open or ended since that snapshot: those read the scheduler itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from scheduler.frontend import FrontendPool
+from scheduler.frontend import SNAPSHOT_AGE_KEY, SNAPSHOT_LINGER_S, SNAPSHOT_MAX_AGE_S, FrontendPool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,15 +76,43 @@ class ProbeScheduler(scheduler_pb2_grpc.SchedulerServicer):
     # WatchStats stays the generated base class's.
 
 
+class CountingScheduler(ProbeScheduler):
+    """ProbeScheduler whose GetStats counts (as the scheduler's does) and is a snapshot
+    method: Generate counts a completion before its record, a cancel once its call is
+    closed; `stats_answers` counts get_stats calls (pushes and relayed calls)."""
+
+    def __init__(self):
+        super().__init__()
+        self.completed = self.cancelled = self.stats_answers = 0
+        self.snapshot_methods = {"GetStats": self.get_stats}
+
+    async def Generate(self, request, context):
+        ended = False
+        try:
+            async for item in super().Generate(request, context):
+                if item.HasField("record"):
+                    self.completed += 1
+                    ended = True
+                yield item
+        finally:
+            if not ended:
+                self.cancelled += 1
+
+    def get_stats(self, request, context):
+        self.stats_answers += 1
+        context.set_trailing_metadata((("x-trailer", "from-core"),))
+        return scheduler_pb2.SchedulerStats(requests_completed=self.completed, requests_failed=self.cancelled)
+
+
 def run(coro):
     return asyncio.run(coro)
 
 
 @contextlib.asynccontextmanager
-async def serving(count: int = 1):
-    """(pool, servicer, port) of `count` front ends relaying to a ProbeScheduler; stopped
-    on the way out (stopping again is harmless)."""
-    servicer = ProbeScheduler()
+async def serving(count: int = 1, servicer: ProbeScheduler | None = None):
+    """(pool, servicer, port) of `count` front ends relaying to `servicer` (a new
+    ProbeScheduler by default); stopped on the way out (stopping again is harmless)."""
+    servicer = servicer or ProbeScheduler()
     pool = FrontendPool(servicer, count, start_timeout_s=60)
     try:
         yield pool, servicer, await pool.start("127.0.0.1", 0)
@@ -182,6 +210,79 @@ def test_a_killed_front_end_ends_its_calls_and_is_replaced_on_the_same_port():
                 stats = await scheduler_pb2_grpc.SchedulerStub(channel).GetStats(
                     scheduler_pb2.GetStatsRequest(), wait_for_ready=True, timeout=10)
                 assert stats.requests_total == 7
+
+    run(main())
+
+
+async def get_stats(stub) -> tuple[scheduler_pb2.SchedulerStats, dict]:
+    """GetStats' answer and its trailing metadata."""
+    call = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)
+    return await call, dict(await call.trailing_metadata())
+
+
+async def until_from_snapshot(stub) -> tuple[scheduler_pb2.SchedulerStats, dict]:
+    """GetStats until a front end answers it from a snapshot."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats, trailing = await get_stats(stub)
+        if SNAPSHOT_AGE_KEY in trailing or time.monotonic() > deadline:
+            return stats, trailing
+        await asyncio.sleep(0.005)
+
+
+def test_get_stats_from_snapshots_shows_each_connection_its_own_calls():
+    async def main():
+        async with serving(servicer=CountingScheduler()) as (pool, servicer, port):
+            async with (grpc.aio.insecure_channel(f"127.0.0.1:{port}") as reader_channel,
+                        grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                                  options=[("grpc.use_local_subchannel_pool", 1)]) as writer_channel):
+                reader = scheduler_pb2_grpc.SchedulerStub(reader_channel)
+                writer = scheduler_pb2_grpc.SchedulerStub(writer_channel)
+                _, trailing = await get_stats(reader)
+                assert SNAPSHOT_AGE_KEY not in trailing, "answered from a snapshot before any was wanted"
+                # Wanted now: the core pushes them and the front end answers from them,
+                # with the core's trailing metadata and the snapshot's age.
+                _, trailing = await until_from_snapshot(reader)
+                assert SNAPSHOT_AGE_KEY in trailing, "no GetStats was answered from a snapshot within 10 s"
+                assert 0.0 <= float(trailing[SNAPSHOT_AGE_KEY]) <= SNAPSHOT_MAX_AGE_S * 1e3
+                assert trailing["x-trailer"] == "from-core"
+
+                # Read-your-writes: right after each Generate ends, the same connection's
+                # GetStats counts it (from the core, or a snapshot that covers it).
+                for done in range(1, 31):
+                    async for _ in writer.Generate(scheduler_pb2.GenerateRequest(
+                            request_id=f"r{done}", prompt_length=5, max_output_tokens=1)):
+                        pass
+                    stats, _ = await get_stats(writer)
+                    assert stats.requests_completed == done
+                    if done % 10 == 0:
+                        await asyncio.sleep(0.05)  # snapshots covering it arrive meanwhile
+
+                # A connection with a call open reads from the core; others from snapshots.
+                held, _ = await open_held_call(writer, servicer)
+                for _ in range(5):
+                    _, trailing = await get_stats(writer)
+                    assert SNAPSHOT_AGE_KEY not in trailing
+                    await asyncio.sleep(0.01)
+                _, trailing = await until_from_snapshot(reader)
+                assert SNAPSHOT_AGE_KEY in trailing
+                # Once the core has closed a cancelled call, the connection's reads show
+                # it; another connection's do when the snapshots before it have aged out.
+                held.cancel()
+                await asyncio.wait_for(servicer.held_closed.wait(), 10)
+                for _ in range(10):
+                    assert (await get_stats(writer))[0].requests_failed == 1
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(SNAPSHOT_MAX_AGE_S + 0.15)  # + the last snapshot's transit, generously
+                assert (await get_stats(reader))[0].requests_failed == 1
+                stats, trailing = await until_from_snapshot(writer)
+                assert SNAPSHOT_AGE_KEY in trailing and stats.requests_failed == 1
+
+            # Nobody asks: the pushes stop.
+            await asyncio.sleep(SNAPSHOT_LINGER_S + 0.5)
+            answers = servicer.stats_answers
+            await asyncio.sleep(0.3)
+            assert servicer.stats_answers == answers, "the core kept computing snapshots nobody asked for"
 
     run(main())
 
