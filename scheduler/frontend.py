@@ -14,12 +14,15 @@ which gRPC sets on Linux; the kernel spreads connections). The same split as
 vLLM's API server and engine core (msgpack over a local socket), for the same
 reason.
 
-When it pays: on a host with cores to spare. On the 2-core development
-machine it costs more than it saves: the relay adds ~0.2 ms of CPU per
-request in all, and with both processes under SCHED_FIFO they can hold both
-cores at once, so the load client on the same machine waits (GetStats p99 at
-500 requests/s 3.8-5.6 ms against 5.9-6.4 in-process, but the client's
-request overhead p99 0.3-1.6 s against 50-73 ms; BENCHMARKS.md section 4).
+When it pays. On a host with cores to spare, always. On the 2-core development
+machine it buys GetStats latency under load at a price: with the scheduler and
+the probes under SCHED_FIFO (`--realtime-priority`), GetStats p99 at 500
+requests/s is 2.2-3.4 ms (answered from snapshots, below) against 3.3-5.3 ms
+in-process; but the relay adds ~0.25 ms of CPU per request in all, and with
+both processes real-time they can hold both cores at once, so a load client on
+the same machine waits (its request overhead p99 0.1-0.8 s against 34-75 ms
+in-process). Without real-time priority neither meets 5 ms there (BENCHMARKS.md
+section 4).
 
 What a front end knows: nothing of the scheduler. It serves every method of
 `infersched.v1.Scheduler` (taken from the service descriptor) with bytes in and
