@@ -22,6 +22,8 @@ RPC in Python has on this machine then, whatever the server does.
                                                               # the same load on a do-nothing Scheduler server
     python bench/live_throughput.py --realtime-priority 10 --frontends 1 --out bench/results/live_throughput_fe.json
                                                               # client gRPC in a front-end process
+    python bench/live_throughput.py --frontends 2 --client-channels 8   # the load over 8 connections, spread
+                                                              # over 2 front ends (for hosts with more cores)
     python bench/live_throughput.py --replot                 # the PNG again, from the JSON
 Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
@@ -65,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -317,7 +320,7 @@ class Step:
         self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
-async def run_step(stub, step: Step, lengths: np.ndarray, rng: np.random.Generator, time_scale: float,
+async def run_step(stubs: list, step: Step, lengths: np.ndarray, rng: np.random.Generator, time_scale: float,
                    tag: str, drain_s: float) -> None:
     import grpc
 
@@ -331,7 +334,7 @@ async def run_step(stub, step: Step, lengths: np.ndarray, rng: np.random.Generat
         first = None
         record = None
         try:
-            call = stub.Generate(scheduler_pb2.GenerateRequest(
+            call = stubs[i % len(stubs)].Generate(scheduler_pb2.GenerateRequest(
                 request_id=f"{tag}-{i}", prompt_length=prompt, max_output_tokens=output), timeout=60)
             async for item in call:
                 if first is None and item.HasField("tokens"):
@@ -430,19 +433,25 @@ async def drive(args, target: str, metrics_url: str, lengths: np.ndarray, time_s
 
     rng = np.random.default_rng(args.seed)
     out = []
-    async with grpc.aio.insecure_channel(target, options=GRPC_OPTIONS) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)
+    # Each channel its own connection (not gRPC's process-wide shared subchannel), so
+    # several front ends share the load as they would share many clients'.
+    options = list(GRPC_OPTIONS) + [("grpc.use_local_subchannel_pool", 1)]
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = [scheduler_pb2_grpc.SchedulerStub(await channels.enter_async_context(
+            grpc.aio.insecure_channel(target, options=options))) for _ in range(args.client_channels)]
+        stub = stubs[0]
+        for each in stubs:
+            await each.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)
         if args.warmup_s > 0:
             warm = Step(min(args.rates[0], 100.0), max(1, int(min(args.rates[0], 100.0) * args.warmup_s)))
-            await run_step(stub, warm, lengths, rng, time_scale, "warmup", args.drain_s)
+            await run_step(stubs, warm, lengths, rng, time_scale, "warmup", args.drain_s)
         for k, rate in enumerate(args.rates):
             step = Step(rate, max(1, int(round(rate * args.step_s))))
             before = scrape(metrics_url) if metrics_url else {}
             busy0, total0 = cpu_times()
             procs0 = process_cpu(roots)
             t_unix0 = time.time()
-            await run_step(stub, step, lengths, rng, time_scale, f"s{k}", args.drain_s)
+            await run_step(stubs, step, lengths, rng, time_scale, f"s{k}", args.drain_s)
             t_unix1 = time.time()
             busy1, total1 = cpu_times()
             procs1 = process_cpu(roots)
@@ -517,6 +526,9 @@ def main() -> int:
                          "and the reference server (the measuring side; the load client stays as it is)")
     ap.add_argument("--frontends", type=int, default=0, metavar="N",
                     help="serve --frontends N: client gRPC in N front-end processes relayed to the core")
+    ap.add_argument("--client-channels", type=int, default=1, metavar="K",
+                    help="the load client's gRPC connections, requests round-robin over them (with --frontends N, "
+                         "the kernel spreads connections over the front ends)")
     ap.add_argument("--floor", action="store_true",
                     help="no scheduler: the same load on a do-nothing Scheduler server (the gRPC floor)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -615,6 +627,7 @@ def main() -> int:
                    "policy": args.policy or "(the cluster's)",
                    "floor": args.floor,
                    "frontends": args.frontends,
+                   "client_channels": args.client_channels,
                    "realtime_priority": args.realtime_priority,
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,
@@ -669,6 +682,8 @@ def plot(result: dict, path: Path) -> None:
             else f"{config['cluster']}, policy {config.get('policy')}")
     if config.get("frontends"):
         what += f", client gRPC in {config['frontends']} front-end process(es)"
+    if config.get("client_channels", 1) > 1:
+        what += f", {config['client_channels']} client connections"
     rt = config.get("realtime_priority")
     fifo = f", {'server' if floor else 'scheduler'} and probes SCHED_FIFO {rt}" if rt else ""
     fig.suptitle(f"{what}, time_scale {config['time_scale']:g}, {result['machine']['cpus']} CPUs{fifo}")
