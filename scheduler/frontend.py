@@ -59,19 +59,22 @@ still-open link (as an in-process server.stop(grace) would), then exits.
 
 Snapshots (GetStats). A servicer's `snapshot_methods` (name -> a plain function of
 (request, context), as `inline_methods`) are unary reads whose answer depends on
-nothing but time. While some client asks for one (a WANT in the last
-SNAPSHOT_LINGER_S), the core computes it every SNAPSHOT_INTERVAL_S and pushes it to
-every front end, which answers a call with an empty request from it, without a hop
-to the core: a monitoring poll never queues behind Generate work on the core's loop.
-Two rules keep it honest:
-- it is at most SNAPSHOT_MAX_AGE_S old (the front end's clock since it came; older,
-  or none yet, and the call goes to the core), and says how old in the trailing
-  metadata key SNAPSHOT_AGE_KEY (milliseconds);
-- read-your-writes per connection: a connection (gRPC peer) with another call open
-  on this front end, or whose last call ended after what the latest snapshot covers,
-  is answered by the core. A snapshot covers the calls that ended (END) before it
-  came, and those the core saw CANCELled before its previous snapshot: a cancelled
-  call is counted when its task next runs, within the one interval between.
+nothing but time. While some client polls one (a front end saw two calls within
+SNAPSHOT_LINGER_S and sent a WANT in the last SNAPSHOT_LINGER_S), the core
+computes it every SNAPSHOT_INTERVAL_S and pushes it to every front end, which
+answers a call with an empty request from it, without a hop to the core: a
+monitoring poll never queues behind Generate work on the core's loop. A one-off
+call goes to the core. Two rules keep it honest:
+- a front end serves a snapshot for at most SNAPSHOT_MAX_AGE_S after it came
+  (older, or none yet, and the call goes to the core), and says how long it has
+  held it in the trailing metadata key SNAPSHOT_AGE_KEY (milliseconds);
+- read-your-writes per connection: a connection (gRPC peer) with another call
+  open on this front end (a write, whatever the method), or whose last call
+  closed after what the snapshot covers, is answered by the core. A snapshot
+  covers the calls that ended (END) before it came, and those the core saw
+  CANCELled before its previous snapshot. So a servicer must count a cancelled
+  call in the cancelled task's next step (no awaits on the way, as
+  SchedulerServicer), which runs within the interval between the two.
 """
 from __future__ import annotations
 
@@ -81,6 +84,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import shutil
 import signal
@@ -425,9 +429,15 @@ class FrontendPool:
                 del self._wanted[method]
         for fe in self._frontends if snapshots else ():
             if fe.link is not None and not fe.link.closed:
-                covered, fe.covered = fe.covered, fe.link.received
-                fe.link.send(*([SNAPSHOT, method, response, trailing, covered]
-                               for method, response, trailing in snapshots))
+                received = fe.link.received
+                try:
+                    fe.link.send(*([SNAPSHOT, method, response, trailing, fe.covered]
+                                   for method, response, trailing in snapshots))
+                except (TypeError, ValueError, OverflowError):  # trailing metadata msgpack cannot carry
+                    log.exception("snapshots cannot be sent; front ends relay their calls")
+                    self._wanted.clear()
+                    return
+                fe.covered = received
         if self._wanted:
             self._snapshot_timer = self._loop.call_later(SNAPSHOT_INTERVAL_S, self._push_snapshots)
 
@@ -619,22 +629,28 @@ class Frontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Snapshot methods (the module's docstring); every other call is a write.
         self._snapshot_methods = frozenset(snapshot_methods)
-        self._snapshots: dict[str, tuple[float, bytes, tuple]] = {}  # method -> (loop time it came, answer, trailing)
+        # method -> (loop time it came, answer, trailing metadata, its `covered`)
+        self._snapshots: dict[str, tuple[float, bytes, tuple, int]] = {}
+        self._asked_at: dict[str, float] = {}  # method -> loop time of its last call
         self._wanted_at: dict[str, float] = {}  # method -> loop time of its last WANT
         # Read-your-writes: connections with writes open here (how many), and those whose
-        # last write closed after the latest snapshot's cover: (link.sent, loop time) at
-        # the close. Without snapshots coming, entries older than SNAPSHOT_LINGER_S are
-        # dropped (any snapshot computed since covers them), so memory stays bounded.
+        # last write closed after what the snapshots cover: (link.sent, loop time) at the
+        # close; a snapshot serves such a connection once its `covered` reaches that mark.
+        # Entries older than SNAPSHOT_LINGER_S fold into one mark every snapshot must
+        # reach (`_folded_mark`), so memory stays bounded while no snapshots come.
         self._open_by_peer: dict[str, int] = {}
         self._unsettled: dict[str, tuple[int, float]] = {}
-        self._unsettled_pruned_at = 0.0
+        self._folded_mark = 0
+        self._folded_at = 0.0
 
     def _on_frame(self, link: FrameLink, frame: list) -> None:
         if frame[0] == SNAPSHOT:
             _, method, response, trailing, covered = frame
-            self._snapshots[method] = (self._loop.time(), response, tuple(tuple(pair) for pair in trailing or ()))
-            if self._unsettled:
-                self._unsettled = {peer: close for peer, close in self._unsettled.items() if close[0] > covered}
+            self._snapshots[method] = (self._loop.time(), response, tuple(tuple(pair) for pair in trailing or ()),
+                                       covered)
+            if self._unsettled:  # settled for every snapshot held: no longer needed
+                least = min(snapshot[3] for snapshot in self._snapshots.values())
+                self._unsettled = {peer: close for peer, close in self._unsettled.items() if close[0] > least}
             return
         call = self._calls.get(frame[1])
         if call is None:
@@ -653,15 +669,15 @@ class Frontend:
     def _open(self, method: str, request: bytes, context, now: bool) -> tuple[int, _Call]:
         self._next_id += 1
         call_id = self._next_id
-        peer = None
-        if method not in self._snapshot_methods:
-            peer = context.peer()
-            self._open_by_peer[peer] = self._open_by_peer.get(peer, 0) + 1
-        call = self._calls[call_id] = _Call(peer)
+        peer = None if method in self._snapshot_methods else context.peer()
+        call = _Call(peer)
         if self.link.closed:
             call.frames.append(_core_gone(call_id))  # accepted while this process stops
         else:
             self.link.send([CALL, call_id, method, request, context.invocation_metadata()], now=now)
+        self._calls[call_id] = call  # sent (or ended): _close undoes what follows
+        if peer is not None:
+            self._open_by_peer[peer] = self._open_by_peer.get(peer, 0) + 1
         return call_id, call
 
     async def _next(self, call: _Call) -> list:
@@ -682,10 +698,11 @@ class Frontend:
                 del self._open_by_peer[call.peer]
             now = self._loop.time()
             self._unsettled[call.peer] = (self.link.sent, now)
-            if now - self._unsettled_pruned_at > SNAPSHOT_LINGER_S:
-                self._unsettled_pruned_at = now
-                self._unsettled = {peer: close for peer, close in self._unsettled.items()
-                                   if now - close[1] <= SNAPSHOT_LINGER_S}
+            if now - self._folded_at > SNAPSHOT_LINGER_S:
+                self._folded_at = now
+                old = [peer for peer, close in self._unsettled.items() if now - close[1] > SNAPSHOT_LINGER_S]
+                for peer in old:
+                    self._folded_mark = max(self._folded_mark, self._unsettled.pop(peer)[0])
 
     def snapshot_or_unary(self, method: str):
         """A snapshot method: answered from the latest snapshot when the rules allow
@@ -694,14 +711,21 @@ class Frontend:
 
         async def handler(request: bytes, context):
             now = self._loop.time()
-            if now - self._wanted_at.get(method, -SNAPSHOT_LINGER_S) >= SNAPSHOT_LINGER_S / 2 and not self.link.closed:
+            # Polled (asked twice within SNAPSHOT_LINGER_S): ask the core for snapshots.
+            # A one-off call, or polls further apart, go to the core and cost it nothing more.
+            polled = now - self._asked_at.get(method, -math.inf) <= SNAPSHOT_LINGER_S
+            self._asked_at[method] = now
+            if polled and now - self._wanted_at.get(method, -math.inf) >= SNAPSHOT_LINGER_S / 2 \
+                    and not self.link.closed:
                 self._wanted_at[method] = now
                 self.link.send([WANT, method])
             snapshot = self._snapshots.get(method)
             if snapshot is not None and not request:  # computed for the default (empty) request
                 age_s = now - snapshot[0]
+                covered = snapshot[3]
                 peer = context.peer()
-                if age_s <= SNAPSHOT_MAX_AGE_S and peer not in self._open_by_peer and peer not in self._unsettled:
+                if (age_s <= SNAPSHOT_MAX_AGE_S and covered >= self._folded_mark and peer not in self._open_by_peer
+                        and self._unsettled.get(peer, (0,))[0] <= covered):
                     context.set_trailing_metadata(snapshot[2] + ((SNAPSHOT_AGE_KEY, f"{age_s * 1e3:.1f}"),))
                     return snapshot[1]
             return await relay(request, context)

@@ -76,11 +76,12 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStats(self, request, context):
-        """A snapshot of the scheduler's counters and per-pool usage. Served by
-        front-end processes (serve --frontends N), it may come from a snapshot the
-        scheduler pushed at most 50 ms before (trailing metadata
-        "infersched-snapshot-age-ms" says how old), except on a connection with a
-        Generate open or ended since that snapshot: those read the scheduler itself.
+        """A snapshot of the scheduler's counters and per-pool usage. Polled through
+        front-end processes (serve --frontends N), it may come from stats the
+        scheduler pushed, held by the front end at most 50 ms (trailing metadata
+        "infersched-snapshot-age-ms" says how long), except on a connection with
+        another call open, or one ended since those stats: such a connection reads
+        the scheduler itself.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

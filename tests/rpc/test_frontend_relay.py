@@ -240,7 +240,9 @@ def test_get_stats_from_snapshots_shows_each_connection_its_own_calls():
                 writer = scheduler_pb2_grpc.SchedulerStub(writer_channel)
                 _, trailing = await get_stats(reader)
                 assert SNAPSHOT_AGE_KEY not in trailing, "answered from a snapshot before any was wanted"
-                # Wanted now: the core pushes them and the front end answers from them,
+                await asyncio.sleep(0.1)
+                assert servicer.stats_answers == 1, "a one-off GetStats started the snapshot pushes"
+                # Polled now: the core pushes them and the front end answers from them,
                 # with the core's trailing metadata and the snapshot's age.
                 _, trailing = await until_from_snapshot(reader)
                 assert SNAPSHOT_AGE_KEY in trailing, "no GetStats was answered from a snapshot within 10 s"
