@@ -17,11 +17,11 @@ reason.
 When it pays. On a host with cores to spare, always. On the 2-core development
 machine it buys GetStats latency under load at a price: with the scheduler and
 the probes under SCHED_FIFO (`--realtime-priority`), GetStats p99 at 500
-requests/s was 2.2-3.4 ms in 11 of 13 runs (answered from snapshots, below;
-5.1 and 5.9 ms in a noisier window) against 3.3-10.8 ms in-process; but the
+requests/s was 2.2-4.7 ms in 14 of 17 runs (answered from snapshots, below;
+5.1-5.9 ms in noisier windows) against 3.3-12.8 ms in-process; but the
 relay adds ~0.25 ms of CPU per request in all, and with both processes
 real-time they can hold both cores at once, so a load client on the same
-machine waits (its request overhead p99 55-1,011 ms against 34-282 ms
+machine waits (its request overhead p99 55-1,244 ms against 34-628 ms
 in-process). Without real-time priority neither meets 5 ms there
 (BENCHMARKS.md section 4).
 
