@@ -1452,7 +1452,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         # also a snapshot method: they answer it from stats the core pushes every 10 ms
         # while someone asks, keeping each connection's own Generate calls visible.
         self.inline_methods = {"GetStats": self.get_stats}
-        self.snapshot_methods = {"GetStats": self.get_stats}
+        self.snapshot_methods = frozenset(self.inline_methods)
 
     async def Generate(self, request, context):
         core = self.core

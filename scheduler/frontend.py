@@ -57,9 +57,8 @@ front end on the same port. Stopping, the core sends each front end SIGTERM:
 it stops taking calls, lets the open ones finish for STOP_GRACE_S over the
 still-open link (as an in-process server.stop(grace) would), then exits.
 
-Snapshots (GetStats). A servicer's `snapshot_methods` (name -> a plain function of
-(request, context), as `inline_methods`) are unary reads whose answer depends on
-nothing but time. While some client polls one (a front end saw two calls within
+Snapshots (GetStats). A servicer's `snapshot_methods` (names among its
+`inline_methods`) are unary reads whose answer depends on nothing but time. While some client polls one (a front end saw two calls within
 SNAPSHOT_LINGER_S and sent a WANT in the last SNAPSHOT_LINGER_S), the core
 computes it every SNAPSHOT_INTERVAL_S and pushes it to every front end, which
 answers a call with an empty request from it, without a hop to the core: a
@@ -277,11 +276,11 @@ class FrontendPool:
         # name -> plain function of (request, context)): answered from the frame's
         # callback, with no task and no event-loop pass between the frame and the answer.
         self._inline = dict(getattr(servicer, "inline_methods", {}))
-        # Unary reads front ends may answer from a pushed snapshot (the module's docstring).
-        self._snapshot_methods = dict(getattr(servicer, "snapshot_methods", {}))
-        for name in self._snapshot_methods:
-            if name not in self._methods or self._methods[name][1]:
-                raise ValueError(f"snapshot method {name!r}: not a unary method of {SCHEDULER_SERVICE_DESCRIPTOR.full_name}")
+        # Inline methods front ends may answer from a pushed snapshot (the module's docstring).
+        self._snapshot_methods = frozenset(getattr(servicer, "snapshot_methods", ()))
+        if not self._snapshot_methods <= self._inline.keys():
+            raise ValueError(f"snapshot methods {sorted(self._snapshot_methods - self._inline.keys())}: "
+                             "not among the servicer's inline_methods")
         self._wanted: dict[str, float] = {}  # snapshot method -> loop time its pushes stop
         self._snapshot_timer: asyncio.TimerHandle | None = None
         self._frontends: list[_Frontend] = []
@@ -420,7 +419,7 @@ class FrontendPool:
         for method in list(self._wanted):
             context = _RelayContext(())
             try:
-                response = self._snapshot_methods[method](self._methods[method][0](), context)
+                response = self._inline[method](self._methods[method][0](), context)
                 if context.code not in (None, grpc.StatusCode.OK):
                     raise RuntimeError(f"status {context.code.name}: {context.details}")
                 snapshots.append((method, response.SerializeToString(), context.trailing))

@@ -84,7 +84,7 @@ class CountingScheduler(ProbeScheduler):
     def __init__(self):
         super().__init__()
         self.completed = self.cancelled = self.stats_answers = 0
-        self.snapshot_methods = {"GetStats": self.get_stats}
+        self.snapshot_methods = frozenset({"GetStats"})
 
     async def Generate(self, request, context):
         ended = False
