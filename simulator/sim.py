@@ -25,7 +25,7 @@ from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
 from simulator.workload import Workload
-from workers.engine import FINISHED, FIRST_TOKEN, JOINED, PREFILL, BatchEngine
+from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
 
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: request id
@@ -87,15 +87,8 @@ class Simulation:
 
     # ---- helpers ---------------------------------------------------------
     def _sync(self, i: int, now: float) -> None:
-        """Copy one engine's state into the snapshot the policy reads.
-
-        `busy_until_s` is when a new prompt could start: the end of a prefill
-        iteration, or now for a decoding or idle instance (a poke cuts a decode
-        segment at its next step, milliseconds away, not at the segment's end).
-        """
-        eng = self.engines[i]
-        self.snap.update(i, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
+        """Copy one engine's state into the snapshot the policy reads."""
+        self.snap.update(i, *self.engines[i].row(now))
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -226,8 +219,7 @@ class Simulation:
         wake = eng.next_wake_s
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
-        self.snap.update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
+        self.snap.update(payload, *eng.row(t))
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -320,8 +312,7 @@ class Simulation:
                     wake = eng.next_wake_s
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
-                    snap_update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                                eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
+                    snap_update(payload, *eng.row(t))
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -348,8 +339,7 @@ class Simulation:
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
-                snap_update(p, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                            eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
+                snap_update(p, *eng.row(now))
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()

@@ -187,6 +187,15 @@ class BatchEngine:
     def kv_free(self) -> int:
         return self.kv_capacity - self.kv_reserved
 
+    def row(self, now_s: float) -> tuple[int, int, int, int, float]:
+        """This instance's snapshot row as of `now_s`, in `ClusterSnapshot.update`'s order:
+        (queued requests, queued prompt tokens, running, free KV tokens, busy until).
+        `busy_until_s` is when a new prompt could start: the end of a prefill
+        iteration, or `now_s` for a decoding or idle instance (a poke cuts a decode
+        segment at its next step, not at the segment's end)."""
+        return (len(self.waiting) + len(self.joining), self.waiting_tokens, self.batch,
+                self.kv_capacity - self.kv_reserved, self.next_wake_s if self.activity == PREFILL else now_s)
+
     # ---- advancing in time ---------------------------------------------
     def poke(self, now_s: float, events: list) -> bool:
         """New work or freed memory: start an idle instance (appending JOINED

@@ -204,3 +204,17 @@ def test_cancel_waiting_and_joining_requests():
     both.submit_prefill(6, 300, 2)
     assert both.waiting_tokens == 300
     assert both.remove_waiting(6) and both.waiting_tokens == 0 and not both.remove_waiting(6)
+
+
+def test_row_is_the_snapshot_row_busy_until_a_prefill_ends():
+    """(queued, queued tokens, running, free KV, busy until): a prefill iteration keeps a
+    new prompt out until it ends; a decoding or idle instance takes one now."""
+    eng = BatchEngine(HandPerf(), ROLE_BOTH, max_batch_tokens=1000)
+    assert eng.row(3.0) == (0, 0, 0, 10_000, 3.0)
+    for rid, inp in ((1, 800), (2, 500)):
+        eng.submit_prefill(rid, inp, 5)
+    eng.poke(0.0, [])  # 800 tokens prefill now; 500 wait for the next iteration
+    assert eng.row(0.1) == (1, 500, 0, 10_000 - 805, pytest.approx(0.8))
+    eng.wake(eng.next_wake_s, [])  # the second prompt's prefill
+    eng.wake(eng.next_wake_s, [])  # both decode
+    assert eng.activity == DECODE and eng.row(1.5) == (0, 0, 2, 10_000 - 1310, 1.5)
