@@ -46,7 +46,7 @@ Per step it reports:
 - control-plane overhead per request, everything except modelled device
   time: client wall time from sending Generate to its final record minus
   (record.finish_s - record.arrival_s) x time_scale. The record's span is on
-  the scheduler clock in modelled seconds (see scheduler.control), so this
+  the scheduler clock in modelled seconds (see scheduler.live.core), so this
   leaves the client's and the scheduler's gRPC and Python work, the policy,
   the worker RPCs and the emulation's timer slack. The scheduler's own view of
   the same quantity (measured from Generate's arrival in the scheduler, so
@@ -137,7 +137,7 @@ def process_cpu(roots: dict[str, int]) -> dict[str, float]:
         first = argv[0].decode(errors="replace") if argv and argv[0] else "?"
         if first.startswith("ray::"):
             name[pid] = first.split()[0]
-        elif b"scheduler.frontend" in argv:
+        elif b"scheduler.live.relay.frontend" in argv:
             name[pid] = "frontend"  # the scheduler's client-facing front-end processes
         else:
             name[pid] = os.path.basename(first.split()[0])
@@ -429,13 +429,12 @@ async def drive(args, target: str, metrics_url: str, lengths: np.ndarray, time_s
     import grpc
 
     from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
-    from workers.live import GRPC_OPTIONS
 
     rng = np.random.default_rng(args.seed)
     out = []
     # Each channel its own connection (not gRPC's process-wide shared subchannel), so
     # several front ends share the load as they would share many clients'.
-    options = list(GRPC_OPTIONS) + [("grpc.use_local_subchannel_pool", 1)]
+    options = [("grpc.use_local_subchannel_pool", 1)]
     async with contextlib.AsyncExitStack() as channels:
         stubs = [scheduler_pb2_grpc.SchedulerStub(await channels.enter_async_context(
             grpc.aio.insecure_channel(target, options=options))) for _ in range(args.client_channels)]

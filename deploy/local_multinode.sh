@@ -2,7 +2,7 @@
 # A multi-node Ray cluster on one machine: a head node and one or more worker
 # nodes, each its own raylet started with `ray start` on this host. Each
 # node declares its own device resources (`device_<device>`, one unit per chip;
-# scheduler.control.device_resource), so `infersched serve --address` places
+# scheduler.live.actor.device_resource), so `infersched serve --address` places
 # each pool's worker actors on the node of its kind, as on a real cluster.
 #
 #   deploy/local_multinode.sh [start] [options]   start it; prints RAY_AUTH_MODE=... and RAY_ADDRESS=127.0.0.1:PORT

@@ -1,7 +1,7 @@
 """`infersched serve`: the live cluster on Ray until Ctrl-C or SIGTERM.
 
 Starts a local Ray cluster that declares one custom resource per device class
-(``device_<name>``, one unit per chip; see scheduler.control.pool_resources),
+(``device_<name>``, one unit per chip; see scheduler.live.actor.pool_resources),
 or joins an existing one with ``--address auto|HOST:PORT`` whose nodes must
 offer those resources. Then it starts the scheduler actor on this node, which
 creates one worker actor per pool instance, and prints where it listens. On
@@ -17,16 +17,10 @@ import threading
 
 from scheduler.cluster import Cluster
 from scheduler.config import load_cluster
-from scheduler.control import (
-    RAY_NAMESPACE,
-    SCHEDULER_ACTOR_NAME,
-    LiveOptions,
-    check_live_policy,
-    pool_resources,
-    start_scheduler,
-    stop_scheduler,
-)
-from scheduler.frontend import check_frontends
+from scheduler.live.actor import RAY_NAMESPACE, SCHEDULER_ACTOR_NAME, pool_resources, start_scheduler, stop_scheduler
+from scheduler.live.core import check_live_policy
+from scheduler.live.relay import check_frontends
+from scheduler.live.types import LiveOptions
 from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
 

@@ -4,11 +4,11 @@
 divided by `--speedup`, streams each request's tokens, and builds the same
 per-request records and summary as `infersched simulate` from the final
 records the scheduler sends. Times are the scheduler's, in modelled seconds
-(see scheduler.control), so they compare with the simulator's field by field.
+(see scheduler.live.core), so they compare with the simulator's field by field.
 
-The default speed-up is the server's own (1 / time_scale, which GetStats sends
-as trailing metadata), so the cluster sees the trace's arrival rate in
-modelled time: what the simulator replays.
+The default speed-up is the server's own (1 / time_scale, which GetStats
+reports), so the cluster sees the trace's arrival rate in modelled time: what
+the simulator replays.
 
 Pool energy, cost, tokens and utilization in the summary are the change in
 the scheduler's pool counters over the replay; idle energy and hourly cost are
@@ -30,8 +30,6 @@ import numpy as np
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import SloConfig
 from scheduler.types import RequestStatus, Role
-from scheduler.control import TIME_SCALE_KEY
-from workers.live import SENT_KEY
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
 from simulator.sim import SimResult
 
@@ -69,12 +67,11 @@ def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = 
                                  source=f"<served cluster {stats.cluster}>"))
 
 
-def server_time_scale(stats: scheduler_pb2.SchedulerStats, unix_now: float | None = None, metadata=None) -> float:
-    """The server's time_scale, from GetStats' `infersched-time-scale` trailing metadata;
-    without it, estimated from the clock (modelled seconds since started_unix_s)."""
-    for key, value in metadata or ():
-        if key == TIME_SCALE_KEY:
-            return float(value)
+def server_time_scale(stats: scheduler_pb2.SchedulerStats, unix_now: float | None = None) -> float:
+    """The server's time_scale, from GetStats; from a server that does not report it,
+    estimated from its clock (modelled seconds since started_unix_s)."""
+    if stats.time_scale > 0:
+        return stats.time_scale
     unix_now = time.time() if unix_now is None else unix_now
     if stats.uptime_s <= 0:
         raise ValueError("the scheduler reports no uptime yet; cannot read its time_scale")
@@ -105,9 +102,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
     options = [("grpc.max_receive_message_length", 16 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        call = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
-        stats0 = await call
-        time_scale = server_time_scale(stats0, metadata=await call.trailing_metadata())
+        stats0 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+        time_scale = server_time_scale(stats0)
         if cluster is None:
             cluster = served_cluster(stats0, slo)
         else:
@@ -120,15 +116,15 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         counts = {"messages": 0, "tokens": 0}
 
         async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
-            request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
-                                                    max_output_tokens=out, prefix_block_hashes=hashes)
-            lateness[i] = loop.time() - due
             # Stamped with its scheduled time: the request arrives then in modelled time,
             # however long the client and the loopback take to deliver it.
-            sent = ((SENT_KEY, repr(unix0 + (due - t0))),)
+            request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
+                                                    max_output_tokens=out, prefix_block_hashes=hashes,
+                                                    sent_unix_s=unix0 + (due - t0))
+            lateness[i] = loop.time() - due
             record = None
             try:
-                async for item in stub.Generate(request, timeout=rpc_timeout_s, metadata=sent):
+                async for item in stub.Generate(request, timeout=rpc_timeout_s):
                     counts["messages"] += 1
                     if item.HasField("tokens"):
                         counts["tokens"] += item.tokens.token_count

@@ -113,7 +113,7 @@ class BatchEngine:
         # (submit_prefill, poke, wake) could not foresee: hand-overs, releases,
         # cancellations, prefix-cache hits. The live scheduler keeps such a copy of each
         # worker's engine; a worker resends its state only when this count moved
-        # (workers/live.py, Session).
+        # (workers/servicer.py, Session).
         self.unforeseen = 0
 
     # ---- submitting work -------------------------------------------------

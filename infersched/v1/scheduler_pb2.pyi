@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability")
+    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class GenerateRequest(_message.Message):
     TPOT_SLO_S_FIELD_NUMBER: _ClassVar[int]
     PREFIX_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     MIN_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     prompt_length: int
@@ -27,7 +28,8 @@ class GenerateRequest(_message.Message):
     tpot_slo_s: float
     prefix_block_hashes: _containers.RepeatedScalarFieldContainer[int]
     min_capability: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ...) -> None: ...
+    sent_unix_s: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "record")
@@ -94,7 +96,7 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class SchedulerStats(_message.Message):
-    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools")
+    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools", "time_scale")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +126,7 @@ class SchedulerStats(_message.Message):
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
+    TIME_SCALE_FIELD_NUMBER: _ClassVar[int]
     policy: str
     cluster: str
     uptime_s: float
@@ -146,7 +149,8 @@ class SchedulerStats(_message.Message):
     energy_j: float
     cost_usd: float
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
-    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ...) -> None: ...
+    time_scale: float
+    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ...) -> None: ...
 
 class PoolStats(_message.Message):
     __slots__ = ("name", "device", "model", "role", "instances", "chips_per_instance", "queue_depth", "running", "completed", "prefill_tokens", "decode_tokens", "utilization", "energy_j", "cost_usd", "kv_free_tokens", "kv_capacity_tokens")

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from infersched.v1 import common_pb2 as infersched_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainfersched/v1/worker.proto\x12\rinfersched.v1\x1a\x1ainfersched/v1/common.proto\"\xa2\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x05\x12\x15\n\rprompt_length\x18\x03 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\x12\x1b\n\x13prefix_block_hashes\x18\x05 \x03(\x04\x12\x16\n\x0e\x64\x65\x63ode_address\x18\x06 \x01(\t\"\x8f\x02\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x66irst_token_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prefix_tokens\x18\x07 \x01(\x05\x12\x11\n\tkv_blocks\x18\x08 \x01(\x05\x12\x10\n\x08kv_bytes\x18\t \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\n \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x0b \x01(\x01\x42\x11\n\x0f_first_token_id\"(\n\x07KvBlock\x12\x0c\n\x04meta\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x85\x01\n\rKvTransferAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62locks_received\x18\x02 \x01(\x05\x12\x17\n\x0ftokens_received\x18\x03 \x01(\x05\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x16\n\x0ekv_free_tokens\x18\x05 \x01(\x03\"_\n\x0fKvStreamRequest\x12\'\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x16.infersched.v1.KvBlockH\x00\x12\x1b\n\x11\x63\x61ncel_request_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04item\"A\n\x0fKvStreamResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.infersched.v1.KvStreamResult\"x\n\x0eKvStreamResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.infersched.v1.KvTransferAck\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.infersched.v1.WorkError\"\x84\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x1b\n\x0e\x66irst_token_id\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0c\x63hunk_tokens\x18\x04 \x01(\x05\x42\x11\n\x0f_first_token_id\"/\n\x0c\x44rainRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"M\n\rDrainResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.infersched.v1.WorkerState\x12\x11\n\tin_flight\x18\x02 \x01(\x05\"\x14\n\x12WorkerStatsRequest\"\xd5\x02\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.infersched.v1.WorkerState\x12\r\n\x05now_s\x18\x04 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x16\n\x0ekv_free_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x14\n\x0c\x62usy_until_s\x18\n \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x0b \x01(\x04\x12\x15\n\rdecode_tokens\x18\x0c \x01(\x04\x12\x11\n\tcompleted\x18\r \x01(\x04\x12\x10\n\x08\x65nergy_j\x18\x0e \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x0f \x01(\x01\"V\n\x0eSessionRequest\x12(\n\x04work\x18\x01 \x03(\x0b\x32\x1a.infersched.v1.SessionWork\x12\x1a\n\x12\x63\x61ncel_request_ids\x18\x02 \x03(\t\"\xa1\x01\n\x0bSessionWork\x12.\n\x07prefill\x18\x01 \x01(\x0b\x32\x1d.infersched.v1.PrefillRequest\x12,\n\x06\x64\x65\x63ode\x18\x02 \x01(\x0b\x32\x1c.infersched.v1.DecodeRequest\x12\x13\n\x0bsent_unix_s\x18\x03 \x01(\x01\x12\x1f\n\x17\x64\x65\x63ode_link_bytes_per_s\x18\x04 \x01(\x01\"_\n\rSessionUpdate\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.infersched.v1.WorkUpdate\x12\x0c\n\x04load\x18\x02 \x01(\t\x12\x14\n\x0c\x65ngine_state\x18\x03 \x01(\x0c\"\xe6\x01\n\nWorkUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x07prefill\x18\x02 \x01(\x0b\x32\x1e.infersched.v1.PrefillResponse\x12\x11\n\tkv_sent_s\x18\x03 \x01(\x01\x12)\n\x06tokens\x18\x04 \x01(\x0b\x32\x19.infersched.v1.TokenChunk\x12,\n\x07\x64\x65\x63oded\x18\x05 \x01(\x0b\x32\x1b.infersched.v1.DecodeResult\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.infersched.v1.WorkError\"T\n\x0c\x44\x65\x63odeResult\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x02 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x03 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"G\n\tWorkError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13\x66\x61iled_peer_address\x18\x03 \x01(\t2\x96\x04\n\x06Worker\x12H\n\x07Prefill\x12\x1d.infersched.v1.PrefillRequest\x1a\x1e.infersched.v1.PrefillResponse\x12\x44\n\nTransferKv\x12\x16.infersched.v1.KvBlock\x1a\x1c.infersched.v1.KvTransferAck(\x01\x12V\n\x10TransferKvStream\x12\x1e.infersched.v1.KvStreamRequest\x1a\x1e.infersched.v1.KvStreamResults(\x01\x30\x01\x12\x43\n\x06\x44\x65\x63ode\x12\x1c.infersched.v1.DecodeRequest\x1a\x19.infersched.v1.TokenChunk0\x01\x12\x42\n\x05\x44rain\x12\x1b.infersched.v1.DrainRequest\x1a\x1c.infersched.v1.DrainResponse\x12O\n\x0eGetWorkerStats\x12!.infersched.v1.WorkerStatsRequest\x1a\x1a.infersched.v1.WorkerStats\x12J\n\x07Session\x12\x1d.infersched.v1.SessionRequest\x1a\x1c.infersched.v1.SessionUpdate(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainfersched/v1/worker.proto\x12\rinfersched.v1\x1a\x1ainfersched/v1/common.proto\"\xa2\x01\n\x0ePrefillRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x05\x12\x15\n\rprompt_length\x18\x03 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x04 \x01(\x05\x12\x1b\n\x13prefix_block_hashes\x18\x05 \x03(\x04\x12\x16\n\x0e\x64\x65\x63ode_address\x18\x06 \x01(\t\"\x8f\x02\n\x0fPrefillResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x66irst_token_id\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07queue_s\x18\x03 \x01(\x01\x12\x11\n\tprefill_s\x18\x04 \x01(\x01\x12\x15\n\rkv_transfer_s\x18\x05 \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x06 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prefix_tokens\x18\x07 \x01(\x05\x12\x11\n\tkv_blocks\x18\x08 \x01(\x05\x12\x10\n\x08kv_bytes\x18\t \x01(\x03\x12\x10\n\x08\x65nergy_j\x18\n \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x0b \x01(\x01\x42\x11\n\x0f_first_token_id\"(\n\x07KvBlock\x12\x0c\n\x04meta\x18\x01 \x01(\x0c\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x9c\x01\n\rKvTransferAck\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62locks_received\x18\x02 \x01(\x05\x12\x17\n\x0ftokens_received\x18\x03 \x01(\x05\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x16\n\x0ekv_free_tokens\x18\x05 \x01(\x03\x12\x15\n\rjoined_unix_s\x18\x06 \x01(\x01\"_\n\x0fKvStreamRequest\x12\'\n\x05\x62lock\x18\x01 \x01(\x0b\x32\x16.infersched.v1.KvBlockH\x00\x12\x1b\n\x11\x63\x61ncel_request_id\x18\x02 \x01(\tH\x00\x42\x06\n\x04item\"A\n\x0fKvStreamResults\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.infersched.v1.KvStreamResult\"x\n\x0eKvStreamResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1c.infersched.v1.KvTransferAck\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.infersched.v1.WorkError\"\x84\x01\n\rDecodeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x1b\n\x0e\x66irst_token_id\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x0c\x63hunk_tokens\x18\x04 \x01(\x05\x42\x11\n\x0f_first_token_id\"/\n\x0c\x44rainRequest\x12\x0c\n\x04wait\x18\x01 \x01(\x08\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"M\n\rDrainResponse\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.infersched.v1.WorkerState\x12\x11\n\tin_flight\x18\x02 \x01(\x05\"\x14\n\x12WorkerStatsRequest\"\x94\x03\n\x0bWorkerStats\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04pool\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.infersched.v1.WorkerState\x12\r\n\x05now_s\x18\x04 \x01(\x01\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07running\x18\x07 \x01(\x05\x12\x16\n\x0ekv_free_tokens\x18\x08 \x01(\x03\x12\x1a\n\x12kv_capacity_tokens\x18\t \x01(\x03\x12\x14\n\x0c\x62usy_until_s\x18\n \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x0b \x01(\x04\x12\x15\n\rdecode_tokens\x18\x0c \x01(\x04\x12\x11\n\tcompleted\x18\r \x01(\x04\x12\x10\n\x08\x65nergy_j\x18\x0e \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x0f \x01(\x01\x12\'\n\x04load\x18\x10 \x01(\x0b\x32\x19.infersched.v1.LoadReport\x12\x14\n\x0c\x65ngine_state\x18\x11 \x01(\x0c\"\xee\x02\n\nLoadReport\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x03 \x01(\x03\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x16\n\x0ekv_free_tokens\x18\x05 \x01(\x03\x12\x18\n\x10\x62usy_remaining_s\x18\x06 \x01(\x01\x12/\n\x08\x61\x63tivity\x18\x07 \x01(\x0e\x32\x1d.infersched.v1.EngineActivity\x12\x0e\n\x06\x62usy_s\x18\x08 \x01(\x01\x12\r\n\x05now_s\x18\t \x01(\x01\x12\x0e\n\x06unix_s\x18\n \x01(\x01\x12\x10\n\x08\x65ngine_s\x18\x0b \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x0c \x01(\x04\x12\x15\n\rdecode_tokens\x18\r \x01(\x04\x12\x18\n\x10\x64ynamic_energy_j\x18\x0e \x01(\x01\x12)\n\x05state\x18\x0f \x01(\x0e\x32\x1a.infersched.v1.WorkerState\"V\n\x0eSessionRequest\x12(\n\x04work\x18\x01 \x03(\x0b\x32\x1a.infersched.v1.SessionWork\x12\x1a\n\x12\x63\x61ncel_request_ids\x18\x02 \x03(\t\"\xa1\x01\n\x0bSessionWork\x12.\n\x07prefill\x18\x01 \x01(\x0b\x32\x1d.infersched.v1.PrefillRequest\x12,\n\x06\x64\x65\x63ode\x18\x02 \x01(\x0b\x32\x1c.infersched.v1.DecodeRequest\x12\x13\n\x0bsent_unix_s\x18\x03 \x01(\x01\x12\x1f\n\x17\x64\x65\x63ode_link_bytes_per_s\x18\x04 \x01(\x01\"\x80\x01\n\rSessionUpdate\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.infersched.v1.WorkUpdate\x12\'\n\x04load\x18\x04 \x01(\x0b\x32\x19.infersched.v1.LoadReport\x12\x14\n\x0c\x65ngine_state\x18\x03 \x01(\x0cJ\x04\x08\x02\x10\x03\"\xe6\x01\n\nWorkUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x07prefill\x18\x02 \x01(\x0b\x32\x1e.infersched.v1.PrefillResponse\x12\x11\n\tkv_sent_s\x18\x03 \x01(\x01\x12)\n\x06tokens\x18\x04 \x01(\x0b\x32\x19.infersched.v1.TokenChunk\x12,\n\x07\x64\x65\x63oded\x18\x05 \x01(\x0b\x32\x1b.infersched.v1.DecodeResult\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.infersched.v1.WorkError\"T\n\x0c\x44\x65\x63odeResult\x12\x0e\n\x06wait_s\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63ode_s\x18\x02 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x03 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"G\n\tWorkError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1b\n\x13\x66\x61iled_peer_address\x18\x03 \x01(\t*c\n\x0e\x45ngineActivity\x12\x18\n\x14\x45NGINE_ACTIVITY_IDLE\x10\x00\x12\x1b\n\x17\x45NGINE_ACTIVITY_PREFILL\x10\x01\x12\x1a\n\x16\x45NGINE_ACTIVITY_DECODE\x10\x02\x32\xc1\x02\n\x06Worker\x12J\n\x07Session\x12\x1d.infersched.v1.SessionRequest\x1a\x1c.infersched.v1.SessionUpdate(\x01\x30\x01\x12V\n\x10TransferKvStream\x12\x1e.infersched.v1.KvStreamRequest\x1a\x1e.infersched.v1.KvStreamResults(\x01\x30\x01\x12\x42\n\x05\x44rain\x12\x1b.infersched.v1.DrainRequest\x1a\x1c.infersched.v1.DrainResponse\x12O\n\x0eGetWorkerStats\x12!.infersched.v1.WorkerStatsRequest\x1a\x1a.infersched.v1.WorkerStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'infersched.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENGINEACTIVITY']._serialized_start=2835
+  _globals['_ENGINEACTIVITY']._serialized_end=2934
   _globals['_PREFILLREQUEST']._serialized_start=74
   _globals['_PREFILLREQUEST']._serialized_end=236
   _globals['_PREFILLRESPONSE']._serialized_start=239
@@ -39,35 +41,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KVBLOCK']._serialized_start=512
   _globals['_KVBLOCK']._serialized_end=552
   _globals['_KVTRANSFERACK']._serialized_start=555
-  _globals['_KVTRANSFERACK']._serialized_end=688
-  _globals['_KVSTREAMREQUEST']._serialized_start=690
-  _globals['_KVSTREAMREQUEST']._serialized_end=785
-  _globals['_KVSTREAMRESULTS']._serialized_start=787
-  _globals['_KVSTREAMRESULTS']._serialized_end=852
-  _globals['_KVSTREAMRESULT']._serialized_start=854
-  _globals['_KVSTREAMRESULT']._serialized_end=974
-  _globals['_DECODEREQUEST']._serialized_start=977
-  _globals['_DECODEREQUEST']._serialized_end=1109
-  _globals['_DRAINREQUEST']._serialized_start=1111
-  _globals['_DRAINREQUEST']._serialized_end=1158
-  _globals['_DRAINRESPONSE']._serialized_start=1160
-  _globals['_DRAINRESPONSE']._serialized_end=1237
-  _globals['_WORKERSTATSREQUEST']._serialized_start=1239
-  _globals['_WORKERSTATSREQUEST']._serialized_end=1259
-  _globals['_WORKERSTATS']._serialized_start=1262
-  _globals['_WORKERSTATS']._serialized_end=1603
-  _globals['_SESSIONREQUEST']._serialized_start=1605
-  _globals['_SESSIONREQUEST']._serialized_end=1691
-  _globals['_SESSIONWORK']._serialized_start=1694
-  _globals['_SESSIONWORK']._serialized_end=1855
-  _globals['_SESSIONUPDATE']._serialized_start=1857
-  _globals['_SESSIONUPDATE']._serialized_end=1952
-  _globals['_WORKUPDATE']._serialized_start=1955
-  _globals['_WORKUPDATE']._serialized_end=2185
-  _globals['_DECODERESULT']._serialized_start=2187
-  _globals['_DECODERESULT']._serialized_end=2271
-  _globals['_WORKERROR']._serialized_start=2273
-  _globals['_WORKERROR']._serialized_end=2344
-  _globals['_WORKER']._serialized_start=2347
-  _globals['_WORKER']._serialized_end=2881
+  _globals['_KVTRANSFERACK']._serialized_end=711
+  _globals['_KVSTREAMREQUEST']._serialized_start=713
+  _globals['_KVSTREAMREQUEST']._serialized_end=808
+  _globals['_KVSTREAMRESULTS']._serialized_start=810
+  _globals['_KVSTREAMRESULTS']._serialized_end=875
+  _globals['_KVSTREAMRESULT']._serialized_start=877
+  _globals['_KVSTREAMRESULT']._serialized_end=997
+  _globals['_DECODEREQUEST']._serialized_start=1000
+  _globals['_DECODEREQUEST']._serialized_end=1132
+  _globals['_DRAINREQUEST']._serialized_start=1134
+  _globals['_DRAINREQUEST']._serialized_end=1181
+  _globals['_DRAINRESPONSE']._serialized_start=1183
+  _globals['_DRAINRESPONSE']._serialized_end=1260
+  _globals['_WORKERSTATSREQUEST']._serialized_start=1262
+  _globals['_WORKERSTATSREQUEST']._serialized_end=1282
+  _globals['_WORKERSTATS']._serialized_start=1285
+  _globals['_WORKERSTATS']._serialized_end=1689
+  _globals['_LOADREPORT']._serialized_start=1692
+  _globals['_LOADREPORT']._serialized_end=2058
+  _globals['_SESSIONREQUEST']._serialized_start=2060
+  _globals['_SESSIONREQUEST']._serialized_end=2146
+  _globals['_SESSIONWORK']._serialized_start=2149
+  _globals['_SESSIONWORK']._serialized_end=2310
+  _globals['_SESSIONUPDATE']._serialized_start=2313
+  _globals['_SESSIONUPDATE']._serialized_end=2441
+  _globals['_WORKUPDATE']._serialized_start=2444
+  _globals['_WORKUPDATE']._serialized_end=2674
+  _globals['_DECODERESULT']._serialized_start=2676
+  _globals['_DECODERESULT']._serialized_end=2760
+  _globals['_WORKERROR']._serialized_start=2762
+  _globals['_WORKERROR']._serialized_end=2833
+  _globals['_WORKER']._serialized_start=2937
+  _globals['_WORKER']._serialized_end=3258
 # @@protoc_insertion_point(module_scope)

@@ -1,11 +1,21 @@
 from infersched.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class EngineActivity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENGINE_ACTIVITY_IDLE: _ClassVar[EngineActivity]
+    ENGINE_ACTIVITY_PREFILL: _ClassVar[EngineActivity]
+    ENGINE_ACTIVITY_DECODE: _ClassVar[EngineActivity]
+ENGINE_ACTIVITY_IDLE: EngineActivity
+ENGINE_ACTIVITY_PREFILL: EngineActivity
+ENGINE_ACTIVITY_DECODE: EngineActivity
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "prefix_block_hashes", "decode_address")
@@ -58,18 +68,20 @@ class KvBlock(_message.Message):
     def __init__(self, meta: _Optional[bytes] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class KvTransferAck(_message.Message):
-    __slots__ = ("request_id", "blocks_received", "tokens_received", "bytes_received", "kv_free_tokens")
+    __slots__ = ("request_id", "blocks_received", "tokens_received", "bytes_received", "kv_free_tokens", "joined_unix_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     TOKENS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     KV_FREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    JOINED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     blocks_received: int
     tokens_received: int
     bytes_received: int
     kv_free_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., blocks_received: _Optional[int] = ..., tokens_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ...) -> None: ...
+    joined_unix_s: float
+    def __init__(self, request_id: _Optional[str] = ..., blocks_received: _Optional[int] = ..., tokens_received: _Optional[int] = ..., bytes_received: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., joined_unix_s: _Optional[float] = ...) -> None: ...
 
 class KvStreamRequest(_message.Message):
     __slots__ = ("block", "cancel_request_id")
@@ -128,7 +140,7 @@ class WorkerStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("worker_id", "pool", "state", "now_s", "queue_depth", "queued_tokens", "running", "kv_free_tokens", "kv_capacity_tokens", "busy_until_s", "prefill_tokens", "decode_tokens", "completed", "energy_j", "cost_usd")
+    __slots__ = ("worker_id", "pool", "state", "now_s", "queue_depth", "queued_tokens", "running", "kv_free_tokens", "kv_capacity_tokens", "busy_until_s", "prefill_tokens", "decode_tokens", "completed", "energy_j", "cost_usd", "load", "engine_state")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +156,8 @@ class WorkerStats(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_STATE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     pool: str
     state: _common_pb2.WorkerState
@@ -159,7 +173,43 @@ class WorkerStats(_message.Message):
     completed: int
     energy_j: float
     cost_usd: float
-    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., now_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., busy_until_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., completed: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    load: LoadReport
+    engine_state: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., now_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., busy_until_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., completed: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., engine_state: _Optional[bytes] = ...) -> None: ...
+
+class LoadReport(_message.Message):
+    __slots__ = ("received", "queued", "queued_tokens", "running", "kv_free_tokens", "busy_remaining_s", "activity", "busy_s", "now_s", "unix_s", "engine_s", "prefill_tokens", "decode_tokens", "dynamic_energy_j", "state")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KV_FREE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_REMAINING_S_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    BUSY_S_FIELD_NUMBER: _ClassVar[int]
+    NOW_S_FIELD_NUMBER: _ClassVar[int]
+    UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    queued: int
+    queued_tokens: int
+    running: int
+    kv_free_tokens: int
+    busy_remaining_s: float
+    activity: EngineActivity
+    busy_s: float
+    now_s: float
+    unix_s: float
+    engine_s: float
+    prefill_tokens: int
+    decode_tokens: int
+    dynamic_energy_j: float
+    state: _common_pb2.WorkerState
+    def __init__(self, received: _Optional[int] = ..., queued: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., busy_remaining_s: _Optional[float] = ..., activity: _Optional[_Union[EngineActivity, str]] = ..., busy_s: _Optional[float] = ..., now_s: _Optional[float] = ..., unix_s: _Optional[float] = ..., engine_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., dynamic_energy_j: _Optional[float] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("work", "cancel_request_ids")
@@ -187,9 +237,9 @@ class SessionUpdate(_message.Message):
     LOAD_FIELD_NUMBER: _ClassVar[int]
     ENGINE_STATE_FIELD_NUMBER: _ClassVar[int]
     updates: _containers.RepeatedCompositeFieldContainer[WorkUpdate]
-    load: str
+    load: LoadReport
     engine_state: bytes
-    def __init__(self, updates: _Optional[_Iterable[_Union[WorkUpdate, _Mapping]]] = ..., load: _Optional[str] = ..., engine_state: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, updates: _Optional[_Iterable[_Union[WorkUpdate, _Mapping]]] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., engine_state: _Optional[bytes] = ...) -> None: ...
 
 class WorkUpdate(_message.Message):
     __slots__ = ("request_id", "prefill", "kv_sent_s", "tokens", "decoded", "error")

@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from infersched.v1 import common_pb2 as infersched_dot_v1_dot_common__pb2
 from infersched.v1 import worker_pb2 as infersched_dot_v1_dot_worker__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -27,10 +26,9 @@ if _version_not_supported:
 
 
 class WorkerStub:
-    """One worker serves one instance of a pool. Calls are keyed by request id and
-    idempotent: repeating a call for a request the worker already holds gets
-    ALREADY_EXISTS (Prefill, TransferKv) rather than doing the work twice.
-    While draining, new work gets UNAVAILABLE.
+    """One worker serves one instance of a pool. Work is keyed by request id:
+    work for a request the worker already holds gets ALREADY_EXISTS rather than
+    running twice. While draining, new work gets UNAVAILABLE.
     """
 
     def __init__(self, channel):
@@ -39,25 +37,15 @@ class WorkerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Prefill = channel.unary_unary(
-                '/infersched.v1.Worker/Prefill',
-                request_serializer=infersched_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
-                response_deserializer=infersched_dot_v1_dot_worker__pb2.PrefillResponse.FromString,
-                _registered_method=True)
-        self.TransferKv = channel.stream_unary(
-                '/infersched.v1.Worker/TransferKv',
-                request_serializer=infersched_dot_v1_dot_worker__pb2.KvBlock.SerializeToString,
-                response_deserializer=infersched_dot_v1_dot_worker__pb2.KvTransferAck.FromString,
+        self.Session = channel.stream_stream(
+                '/infersched.v1.Worker/Session',
+                request_serializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+                response_deserializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
                 _registered_method=True)
         self.TransferKvStream = channel.stream_stream(
                 '/infersched.v1.Worker/TransferKvStream',
                 request_serializer=infersched_dot_v1_dot_worker__pb2.KvStreamRequest.SerializeToString,
                 response_deserializer=infersched_dot_v1_dot_worker__pb2.KvStreamResults.FromString,
-                _registered_method=True)
-        self.Decode = channel.unary_stream(
-                '/infersched.v1.Worker/Decode',
-                request_serializer=infersched_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
-                response_deserializer=infersched_dot_v1_dot_common__pb2.TokenChunk.FromString,
                 _registered_method=True)
         self.Drain = channel.unary_unary(
                 '/infersched.v1.Worker/Drain',
@@ -69,60 +57,38 @@ class WorkerStub:
                 request_serializer=infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.SerializeToString,
                 response_deserializer=infersched_dot_v1_dot_worker__pb2.WorkerStats.FromString,
                 _registered_method=True)
-        self.Session = channel.stream_stream(
-                '/infersched.v1.Worker/Session',
-                request_serializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
-                response_deserializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
-                _registered_method=True)
 
 
 class WorkerServicer:
-    """One worker serves one instance of a pool. Calls are keyed by request id and
-    idempotent: repeating a call for a request the worker already holds gets
-    ALREADY_EXISTS (Prefill, TransferKv) rather than doing the work twice.
-    While draining, new work gets UNAVAILABLE.
+    """One worker serves one instance of a pool. Work is keyed by request id:
+    work for a request the worker already holds gets ALREADY_EXISTS rather than
+    running twice. While draining, new work gets UNAVAILABLE.
     """
 
-    def Prefill(self, request, context):
-        """Runs prefill for one request and returns its first token. With a
-        `decode_address`, the worker then hands the KV cache over itself
-        (TransferKv to that address) and replies after the decode worker
-        acknowledged it; without one the KV stays here for a colocated Decode.
-        Cancelling the call drops the request from the queue and frees its KV.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def TransferKv(self, request_iterator, context):
-        """Receives one request's KV cache from a prefill worker, streamed in blocks
-        in token order. The KV is held until a Decode for the request claims it.
-        Not enough free KV gets RESOURCE_EXHAUSTED; a malformed block
-        INVALID_ARGUMENT naming the block index and key.
+    def Session(self, request_iterator, context):
+        """The scheduler's channel to a worker: one long-lived stream that carries
+        the prefill and decode work of many requests. A call costs each side
+        about half a millisecond of CPU in Python gRPC and a message a tenth of
+        that, so a request placed here costs a message or two each way instead
+        of a call per stage. The scheduler sends work and cancellations; the
+        worker sends each request's progress, gathering what is ready at the same
+        moment into one message, and its load with every message. A bad work item
+        gets an error update naming the field; the stream goes on. Ending or
+        breaking the stream cancels the work it started (slots and KV are freed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def TransferKvStream(self, request_iterator, context):
-        """The hand-overs of many requests from one prefill worker to this worker on
-        one long-lived stream: what TransferKv does, without a call per request.
-        Blocks of different requests may interleave; each request's blocks come
-        in order and are checked as TransferKv checks them. Each request gets one
-        result: its ack once it joined the decode batch, or an error (a malformed
-        block names the block index and key); the stream goes on. A cancel, and
-        the end of the stream, drop the requests not acknowledged yet and free
-        their KV.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Decode(self, request, context):
-        """Decodes one request whose KV is on this worker (after a local Prefill or
-        a TransferKv) and streams its tokens; the stream ends after the last
-        token. No KV for the request gets FAILED_PRECONDITION. Cancelling the
-        call frees the request's batch slot and KV.
+        """The KV hand-overs of many requests from one prefill worker to this
+        (decode) worker on one long-lived stream. Blocks of different requests
+        may interleave; each request's blocks come in token order. Each request
+        gets one result: its ack once it joined the decode batch, or an error (a
+        malformed block names the block index and key; not enough free KV is
+        RESOURCE_EXHAUSTED); the stream goes on. The KV is then held until the
+        scheduler's decode work for the request claims it. A cancel, and the end
+        of the stream, drop the requests not acknowledged yet and free their KV.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,44 +108,18 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Session(self, request_iterator, context):
-        """The scheduler's own channel to a worker: one long-lived stream that
-        carries the Prefill and Decode work of many requests. A call costs each
-        side about half a millisecond of CPU in Python gRPC and a message a tenth
-        of that, so a request placed here costs a message or two each way instead
-        of a call per stage. The scheduler sends work and cancellations; the
-        worker sends each request's progress, gathering what is ready at the same
-        moment into one message, and its load with every message. A bad work item
-        gets an error update naming the field, as the unary calls would answer
-        it; the stream goes on. Ending or breaking the stream cancels the work it
-        started (slots and KV are freed).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Prefill': grpc.unary_unary_rpc_method_handler(
-                    servicer.Prefill,
-                    request_deserializer=infersched_dot_v1_dot_worker__pb2.PrefillRequest.FromString,
-                    response_serializer=infersched_dot_v1_dot_worker__pb2.PrefillResponse.SerializeToString,
-            ),
-            'TransferKv': grpc.stream_unary_rpc_method_handler(
-                    servicer.TransferKv,
-                    request_deserializer=infersched_dot_v1_dot_worker__pb2.KvBlock.FromString,
-                    response_serializer=infersched_dot_v1_dot_worker__pb2.KvTransferAck.SerializeToString,
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.FromString,
+                    response_serializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.SerializeToString,
             ),
             'TransferKvStream': grpc.stream_stream_rpc_method_handler(
                     servicer.TransferKvStream,
                     request_deserializer=infersched_dot_v1_dot_worker__pb2.KvStreamRequest.FromString,
                     response_serializer=infersched_dot_v1_dot_worker__pb2.KvStreamResults.SerializeToString,
-            ),
-            'Decode': grpc.unary_stream_rpc_method_handler(
-                    servicer.Decode,
-                    request_deserializer=infersched_dot_v1_dot_worker__pb2.DecodeRequest.FromString,
-                    response_serializer=infersched_dot_v1_dot_common__pb2.TokenChunk.SerializeToString,
             ),
             'Drain': grpc.unary_unary_rpc_method_handler(
                     servicer.Drain,
@@ -191,11 +131,6 @@ def add_WorkerServicer_to_server(servicer, server):
                     request_deserializer=infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.FromString,
                     response_serializer=infersched_dot_v1_dot_worker__pb2.WorkerStats.SerializeToString,
             ),
-            'Session': grpc.stream_stream_rpc_method_handler(
-                    servicer.Session,
-                    request_deserializer=infersched_dot_v1_dot_worker__pb2.SessionRequest.FromString,
-                    response_serializer=infersched_dot_v1_dot_worker__pb2.SessionUpdate.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'infersched.v1.Worker', rpc_method_handlers)
@@ -205,14 +140,13 @@ def add_WorkerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Worker:
-    """One worker serves one instance of a pool. Calls are keyed by request id and
-    idempotent: repeating a call for a request the worker already holds gets
-    ALREADY_EXISTS (Prefill, TransferKv) rather than doing the work twice.
-    While draining, new work gets UNAVAILABLE.
+    """One worker serves one instance of a pool. Work is keyed by request id:
+    work for a request the worker already holds gets ALREADY_EXISTS rather than
+    running twice. While draining, new work gets UNAVAILABLE.
     """
 
     @staticmethod
-    def Prefill(request,
+    def Session(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -222,39 +156,12 @@ class Worker:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/infersched.v1.Worker/Prefill',
-            infersched_dot_v1_dot_worker__pb2.PrefillRequest.SerializeToString,
-            infersched_dot_v1_dot_worker__pb2.PrefillResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def TransferKv(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/infersched.v1.Worker/TransferKv',
-            infersched_dot_v1_dot_worker__pb2.KvBlock.SerializeToString,
-            infersched_dot_v1_dot_worker__pb2.KvTransferAck.FromString,
+            '/infersched.v1.Worker/Session',
+            infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
+            infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -282,33 +189,6 @@ class Worker:
             '/infersched.v1.Worker/TransferKvStream',
             infersched_dot_v1_dot_worker__pb2.KvStreamRequest.SerializeToString,
             infersched_dot_v1_dot_worker__pb2.KvStreamResults.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Decode(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/infersched.v1.Worker/Decode',
-            infersched_dot_v1_dot_worker__pb2.DecodeRequest.SerializeToString,
-            infersched_dot_v1_dot_common__pb2.TokenChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,33 +243,6 @@ class Worker:
             '/infersched.v1.Worker/GetWorkerStats',
             infersched_dot_v1_dot_worker__pb2.WorkerStatsRequest.SerializeToString,
             infersched_dot_v1_dot_worker__pb2.WorkerStats.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Session(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/infersched.v1.Worker/Session',
-            infersched_dot_v1_dot_worker__pb2.SessionRequest.SerializeToString,
-            infersched_dot_v1_dot_worker__pb2.SessionUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,7 +1,7 @@
 """The Ray launcher config and KubeRay manifests carry the resources the scheduler asks for.
 
 Worker actors request `device_resource(pool.device)` units, one per chip of
-their instance (scheduler.control). These tests check, without any cluster,
+their instance (scheduler.live.actor). These tests check, without any cluster,
 that every node group declares only such names, that the groups cover every
 device the example clusters in deploy/clusters/ use, that an instance of N
 chips fits on one node of its kind, and that the groups started by default
@@ -20,7 +20,7 @@ import yaml
 
 from scheduler.cluster import Cluster
 from scheduler.config import load_cluster
-from scheduler.control import device_resource, pool_resources
+from scheduler.live.actor import device_resource, pool_resources
 from workers.devices import DEVICES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -147,7 +147,7 @@ def _placement(address: str) -> list[dict]:
     code = r"""
 import json, logging, sys
 import ray
-from scheduler.control import RAY_NAMESPACE, SCHEDULER_ACTOR_NAME
+from scheduler.live.actor import RAY_NAMESPACE, SCHEDULER_ACTOR_NAME
 ray.init(address=sys.argv[1], namespace=RAY_NAMESPACE, logging_level=logging.ERROR, log_to_driver=False,
          configure_logging=False)
 try:
@@ -174,7 +174,7 @@ finally:
 
 def test_worker_actors_land_on_the_node_of_their_device(multinode, serve):
     from scheduler.config import load_cluster
-    from scheduler.control import device_resource
+    from scheduler.live.actor import device_resource
 
     address, _ = multinode
     devices = {p.name: p.device for p in load_cluster(CLUSTER).pools}

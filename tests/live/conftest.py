@@ -41,7 +41,7 @@ def ray_local(live_small):
     ray = pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
     if not sys.platform.startswith("linux"):
         pytest.skip("the local cluster script targets Linux hosts")
-    from scheduler.control import RAY_NAMESPACE, pool_resources
+    from scheduler.live.actor import RAY_NAMESPACE, pool_resources
 
     if ray.is_initialized():
         ray.shutdown()

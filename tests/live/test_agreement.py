@@ -71,7 +71,8 @@ def workload():
 @pytest.mark.parametrize("policy", ["slo-aware", "round-robin"])
 def test_live_agrees_with_simulation(ray_local, live_small, workload, tmp_path, policy):
     from scheduler.config import builtin_cluster_path
-    from scheduler.control import LiveOptions, start_scheduler, stop_scheduler
+    from scheduler.live.actor import start_scheduler, stop_scheduler
+    from scheduler.live.types import LiveOptions
 
     config, cluster = live_small
     assert workload.arrival == "trace" and workload.n_requests == REQUESTS

@@ -82,7 +82,7 @@ def test_realtime_priority_reaches_the_scheduler_actor_threads(serve):
     actors = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::SchedulerActor")]
     assert len(actors) == 1, below
     frontends = _frontend_pids(lines)
-    assert all(below.get(pid, "").find("scheduler.frontend") >= 0 for pid in frontends), below
+    assert all(below.get(pid, "").find("scheduler.live.relay.frontend") >= 0 for pid in frontends), below
     tids = [int(t) for pid in (actors[0], *frontends) for t in os.listdir(f"/proc/{pid}/task")]
     assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}
     assert {os.sched_getparam(t).sched_priority for t in tids} == {REALTIME_PRIORITY}

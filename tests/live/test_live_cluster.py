@@ -30,7 +30,8 @@ FAILED = common_pb2.REQUEST_STATUS_FAILED
 
 @pytest.fixture(scope="module")
 def served(ray_local, live_small):
-    from scheduler.control import LiveOptions, start_scheduler, stop_scheduler
+    from scheduler.live.actor import start_scheduler, stop_scheduler
+    from scheduler.live.types import LiveOptions
 
     config, cluster = live_small
     options = LiveOptions(time_scale=TIME_SCALE, max_queue=MAX_QUEUE, max_retries=3, retry_backoff_s=0.4)

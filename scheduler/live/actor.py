@@ -1,0 +1,308 @@
+"""The scheduler's Ray actor: the core on a scaled clock, its gRPC server (or front ends),
+Prometheus metrics, and the supervisor of one worker actor per pool instance.
+
+An async actor: the core, the gRPC servicers and the worker client share its
+event loop, so no locks are needed. Workers register their address when they
+start (and again after Ray restarts them). When the core marks an instance
+FAILED, the supervisor probes it (a false alarm comes back at once), waits for
+Ray to restart a crashed actor (which registers itself, or its new address is
+pulled here), or replaces an actor out of restarts.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from typing import Any
+
+from infersched.v1 import scheduler_pb2_grpc
+from scheduler.cluster import Cluster
+from scheduler.config import ClusterConfig, PolicyConfig
+from scheduler.live.core import SchedulerCore
+from scheduler.live.metrics import Metrics
+from scheduler.live.relay import FrontendPool, check_frontends
+from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
+from scheduler.live.types import LiveOptions, SchedulerStatsView
+from scheduler.live.worker_client import GrpcWorkerClient
+from scheduler.types import Role
+from workers.actor import WorkerSpec, worker_actor_class
+from workers.clock import ScaledClock
+from workers.report import WorkerState
+from workers.rpc import resolve_host, start_grpc_server
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_ACTOR_NAME = "infersched-scheduler"
+RAY_NAMESPACE = "infersched"
+
+
+def device_resource(device: str) -> str:
+    """The custom Ray resource a pool's instances need: one unit per chip."""
+    return f"device_{device}"
+
+
+def pool_resources(cluster: Cluster) -> dict[str, float]:
+    """Custom resources a cluster's worker actors need, e.g. {"device_h100-sxm": 2.0}."""
+    need: dict[str, float] = {}
+    for pool in cluster.pools:
+        key = device_resource(pool.config.device)
+        need[key] = need.get(key, 0.0) + float(pool.config.instances * pool.perf.chips)
+    return need
+
+
+class SchedulerActor:
+    """Async Ray actor: the client-facing gRPC server, the core, and the supervisor of
+    one WorkerActor per pool instance. Use `scheduler_actor_class()`."""
+
+    def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
+                 options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
+                 worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
+                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
+                 frontends: int = 0):
+        self.config = config
+        # 0: this actor's event loop serves clients; N: N front-end processes share the
+        # port and relay to this loop (scheduler.live.relay says when that pays).
+        self.frontends = check_frontends(frontends)
+        self.realtime_priority = realtime_priority  # SCHED_FIFO priority of this process; 0: the OS default
+        self.policy_config = policy
+        self.options = options
+        self.host = host
+        self.port = port
+        self.worker_host = worker_host
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
+        self.worker_max_restarts = worker_max_restarts
+        self.start_timeout_s = start_timeout_s
+        self.core: SchedulerCore | None = None
+        self.cluster: Cluster | None = None
+        self._client: GrpcWorkerClient | None = None
+        self._server = None
+        self._frontends: FrontendPool | None = None
+        self._metrics: Metrics | None = None
+        self._handles: list = []
+        self._registered: list[asyncio.Event] = []
+        self._reviving: set[int] = set()
+        self._replaced = 0
+        self._started: asyncio.Future | None = None
+        self._stopped = False
+        self.address = ""
+        self.metrics_address = ""
+
+    async def start(self) -> dict:
+        """Start serving and create the workers; returns where it listens. Idempotent."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        return await asyncio.shield(self._started)
+
+    async def _start(self) -> dict:
+        import ray
+
+        from scheduler.realtime import set_realtime_priority
+        from scheduler.registry import build_policy
+
+        if self.realtime_priority:
+            set_realtime_priority(self.realtime_priority)  # before the gRPC server starts its threads
+
+        self.cluster = Cluster(self.config)
+        policy = build_policy(self.policy_config or self.config.policy, self.config)
+        clock = ScaledClock(self.options.time_scale)
+        self._client = GrpcWorkerClient(clock, self.options)
+        core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client)
+        core.on_worker_failed = self._on_worker_failed
+        self._registered = [asyncio.Event() for _ in core.slots]
+        servicer = SchedulerServicer(core)
+        bind, advertise = resolve_host(self.host)
+        if self.frontends:
+            self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
+                                           start_timeout_s=self.start_timeout_s)
+            port = await self._frontends.start(bind, self.port)
+        else:
+            def add(server):
+                scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+                return [SCHEDULER_SERVICE]
+
+            self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+        self.address = f"{advertise}:{port}"
+        if self.metrics_port is not None:
+            self._metrics = Metrics(core, self._frontends)
+            mport = self._metrics.serve(self.metrics_host, self.metrics_port)
+            self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
+        me = ray.get_runtime_context().current_actor
+        self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in self._registered)), self.start_timeout_s)
+        except TimeoutError:
+            missing = [i for i, r in enumerate(self._registered) if not r.is_set()]
+            available = ray.cluster_resources()
+            lacking = {k: v for k, v in pool_resources(self.cluster).items() if available.get(k, 0.0) < v}
+            hint = (f"; the Ray cluster lacks resources {lacking} (start nodes with --resources)" if lacking else "")
+            raise RuntimeError(f"workers for instances {missing} did not start within "
+                               f"{self.start_timeout_s:.0f} s{hint}") from None
+        # Everything allocated so far lives as long as the actor; frozen, it is left out of
+        # the full collections that would otherwise scan it each time (one took 55 ms at
+        # 500 requests/s, and the event loop stands still meanwhile).
+        gc.freeze()
+        return self.describe()
+
+    def _create_worker(self, instance: int, me=None):
+        import ray
+
+        me = me or ray.get_runtime_context().current_actor
+        pool = self.cluster.pool_of(instance)
+        spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
+                          max_batch_tokens=pool.config.max_batch_tokens,
+                          link_bytes_per_s=pool.config.link_bytes_per_s,
+                          prefix_block_tokens=(self.config.prefix_cache.block_tokens
+                                               if self.config.prefix_cache.enabled else 0))
+        # A decode worker's input (KV) comes from a prefill worker, which itself produces
+        # its first tokens one slack late: decode workers run two slacks behind.
+        slack = self.options.worker_slack_s * (2 if pool.role == Role.DECODE else 1)
+        return worker_actor_class().options(
+            num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
+            resources={device_resource(pool.config.device): float(pool.perf.chips)},
+        ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
+                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
+
+    def describe(self) -> dict:
+        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "realtime_priority": self.realtime_priority, "frontends": self.frontends,
+                "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
+                "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
+                "workers": [{"instance": w.instance, "pool": w.pool, "address": w.address, "state": w.state.name}
+                            for w in self.core.workers_view()] if self.core else []}
+
+    async def register_worker(self, instance: int, worker_id: str, address: str) -> bool:
+        """Called by each worker actor when it starts (and again after a restart)."""
+        while self.core is None:  # a worker can be faster than _start's bookkeeping
+            await asyncio.sleep(0.01)
+        if self._stopped:
+            return False
+        new = self.core.register(instance, worker_id, address)
+        self._registered[instance].set()
+        return new
+
+    def _on_worker_failed(self, instance: int) -> None:
+        if instance not in self._reviving and not self._stopped:
+            self._reviving.add(instance)
+            asyncio.get_running_loop().create_task(self._revive(instance))
+
+    async def _revive(self, instance: int) -> None:
+        """Bring a failed instance back: a false alarm answers a probe; a crashed actor
+        is restarted by Ray and registers itself (or its new address is pulled here);
+        an actor out of restarts is replaced."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        core = self.core
+        slot = core.slots[instance]
+        failed_id = slot.worker_id
+        try:
+            if await self._client.probe(instance):
+                core.mark_ready(instance)
+                return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.start_timeout_s
+            while not self._stopped and slot.state == WorkerState.FAILED and loop.time() < deadline:
+                handle = self._handles[instance]
+                try:
+                    info = await asyncio.wait_for(handle.info.remote(), 10.0)
+                    if info["worker_id"] == failed_id:
+                        if await self._client.probe(instance):
+                            core.mark_ready(instance)
+                        else:
+                            await asyncio.sleep(0.2)
+                    else:
+                        core.register(instance, info["worker_id"], info["address"])
+                except ActorDiedError:
+                    log.warning("worker actor for instance %d is out of restarts; replacing it", instance)
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
+                    self._handles[instance] = self._create_worker(instance)
+                    self._replaced += 1
+                except (ActorUnavailableError, RayActorError, TimeoutError):
+                    await asyncio.sleep(0.2)
+        finally:
+            self._reviving.discard(instance)
+            if slot.state == WorkerState.FAILED and not self._stopped:
+                log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
+
+    async def worker_handles(self) -> list:
+        return list(self._handles)
+
+    async def stats(self) -> SchedulerStatsView:
+        return self.core.stats()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        """Stop serving, stop and kill every worker actor, free the ports (idempotent)."""
+        import ray
+
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            await self._server.stop(1.0)
+            self._server = None
+        if self._frontends is not None:
+            await self._frontends.stop()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._client is not None:
+            await self._client.close()
+        stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in self._handles]
+        await asyncio.gather(*stops, return_exceptions=True)
+        for handle in self._handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+
+
+_SCHEDULER_ACTOR_CLASS = None
+
+
+def scheduler_actor_class():
+    """SchedulerActor as a Ray actor class (Ray imported on first use)."""
+    global _SCHEDULER_ACTOR_CLASS
+    if _SCHEDULER_ACTOR_CLASS is None:
+        import ray
+
+        _SCHEDULER_ACTOR_CLASS = ray.remote(SchedulerActor)
+    return _SCHEDULER_ACTOR_CLASS
+
+
+def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s: float = 180.0,
+                    **kwargs: Any) -> tuple[Any, dict]:
+    """From a Ray driver: create the scheduler actor on this node and start it.
+    Returns (actor handle, describe() dict). Blocking; not for use inside actors."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {
+        "num_cpus": 0, "max_restarts": 0,
+        # On this node, so a scheduler bound to 127.0.0.1 is reachable by local clients.
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+    }
+    if name:
+        options["name"] = name
+    actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
+    try:
+        info = ray.get(actor.start.remote(), timeout=timeout_s)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ray.get(actor.stop.remote(), timeout=10)
+        ray.kill(actor, no_restart=True)
+        raise
+    return actor, info
+
+
+def stop_scheduler(actor, timeout_s: float = 30.0) -> None:
+    """From a Ray driver: stop the scheduler (and its workers) and kill its actor."""
+    import ray
+
+    try:
+        ray.get(actor.stop.remote(), timeout=timeout_s)
+    finally:
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)

@@ -1,0 +1,34 @@
+"""An engine restored from `engine_state` and advanced in time reports the same rows and
+wakes as the engine it copies: what the scheduler's mirrors rely on."""
+from __future__ import annotations
+
+import math
+
+from scheduler.cluster import Cluster
+from scheduler.config import builtin_cluster_path, load_cluster
+from workers.engine import ROLE_BOTH, BatchEngine
+from workers.engine_state import engine_state, restore_engine
+
+
+def test_a_restored_engine_tracks_the_original():
+    perf = next(p for p in Cluster(load_cluster(builtin_cluster_path("live-small"))).pools if p.name == "b200").perf
+    eng = BatchEngine(perf, ROLE_BOTH)
+    for i, (inp, out) in enumerate([(900, 300), (2000, 40), (300, 700)]):
+        eng.submit_prefill(i, inp, out)
+    eng.poke(0.0, [])
+    for _ in range(3):
+        eng.wake(eng.next_wake_s, [])
+    replica = BatchEngine(perf, ROLE_BOTH)
+    restore_engine(replica, engine_state(eng))
+    t = eng.next_wake_s - 1e-4
+    for e in (eng, replica):
+        e.submit_prefill(-1, 500, 20)
+        e.poke(t, [])
+    for _ in range(8):
+        assert replica.next_wake_s == eng.next_wake_s and replica.row(t) == eng.row(t)
+        if eng.next_wake_s == math.inf:
+            break
+        a, b = [], []
+        eng.wake(eng.next_wake_s, a)
+        replica.wake(replica.next_wake_s, b)
+        assert a == b
