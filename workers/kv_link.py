@@ -4,8 +4,8 @@ checked and admitted on the other side.
 Sending (`KvLinks`, the `KvTransport` of a prefill-only worker): a request's KV
 goes as blocks of `block_tokens` tokens with msgpack metadata, paced over the
 modelled transfer the worker computed, on one long-lived `TransferKvStream`
-per decode worker that carries all its hand-overs there (`_KvLink`): a call
-per request would cost both workers ~1 ms of CPU, a message a tenth of that.
+per decode worker that carries all its hand-overs there (`_KvLink`): in
+Python gRPC a message costs a fraction of what a call costs.
 Payloads are placeholders sized down from the modelled KV: one byte per MiB
 (at least one per block); the metadata's `shape`, `dtype` and
 `modelled_bytes` describe the real tensor, so accounting stays exact while
