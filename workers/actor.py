@@ -10,6 +10,7 @@ Ray class (Ray is imported on first use).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import uuid
@@ -113,14 +114,9 @@ class WorkerActor:
         await self._links.close()
 
 
-_WORKER_ACTOR_CLASS = None
-
-
+@functools.cache
 def worker_actor_class():
     """WorkerActor as a Ray actor class (Ray imported on first use)."""
-    global _WORKER_ACTOR_CLASS
-    if _WORKER_ACTOR_CLASS is None:
-        import ray
+    import ray
 
-        _WORKER_ACTOR_CLASS = ray.remote(WorkerActor)
-    return _WORKER_ACTOR_CLASS
+    return ray.remote(WorkerActor)

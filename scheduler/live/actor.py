@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from typing import Any
@@ -259,17 +260,12 @@ class SchedulerActor:
                 ray.kill(handle, no_restart=True)
 
 
-_SCHEDULER_ACTOR_CLASS = None
-
-
+@functools.cache
 def scheduler_actor_class():
     """SchedulerActor as a Ray actor class (Ray imported on first use)."""
-    global _SCHEDULER_ACTOR_CLASS
-    if _SCHEDULER_ACTOR_CLASS is None:
-        import ray
+    import ray
 
-        _SCHEDULER_ACTOR_CLASS = ray.remote(SchedulerActor)
-    return _SCHEDULER_ACTOR_CLASS
+    return ray.remote(SchedulerActor)
 
 
 def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s: float = 180.0,

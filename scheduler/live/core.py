@@ -38,14 +38,15 @@ import numpy as np
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.live.mirror import Mirrors
 from scheduler.live.stats import Tally, Usage, pool_stats
-from scheduler.live.types import (Decoded, DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
-                                  Overloaded, Prefilled, RequestOutcome, SchedulerStatsView, TokenEvent, Work,
+from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
+                                  Overloaded, RequestOutcome, SchedulerStatsView, TokenEvent, Work,
                                   WorkError, WorkerView, WorkUpdate)
 from scheduler.live.worker_client import WorkerClient
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus, Role
 from workers.clock import Clock, Timer
 from workers.report import LoadReport, WorkerState
+from workers.work import DecodeSummary, PrefillOutcome
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +494,7 @@ class SchedulerCore:
             return
         self._retry_later(fl)
 
-    def _prefilled(self, fl: _Flight, p: Prefilled) -> None:
+    def _prefilled(self, fl: _Flight, p: PrefillOutcome) -> None:
         if fl.awaiting:
             fl.awaiting = False
             self._awaiting_first -= 1
@@ -505,7 +506,7 @@ class SchedulerCore:
         if fl.out == 1:
             fl.finish_s = fl.prefill_end_s
 
-    def _decoded(self, fl: _Flight, d: Decoded) -> None:
+    def _decoded(self, fl: _Flight, d: DecodeSummary) -> None:
         if fl.kv_transfer_end_s is not None:  # disaggregated: decode starts when the KV joins the batch
             start = fl.kv_transfer_end_s + d.wait_s
         else:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from scheduler.cluster import Cluster
-from scheduler.live.types import (Decoded, GenerateInput, Prefilled, RequestOutcome, TokenEvent, Work, WorkError,
-                                  WorkUpdate)
+from scheduler.live.types import GenerateInput, RequestOutcome, TokenEvent, Work, WorkError, WorkUpdate
 from scheduler.live.worker_client import WorkerEvents, error_kind
 from workers.clock import Clock, Timer, VirtualClock
 from workers.emulated import DEFAULT_STREAM_INTERVAL_S, EmulatedWorker
@@ -37,15 +36,13 @@ class _Listener:
         self.instance = instance
 
     def prefilled(self, key: str, o: PrefillOutcome) -> None:
-        self.client._deliver(self.instance, WorkUpdate(key, prefilled=Prefilled(
-            o.queue_s, o.prefill_s, o.kv_sent_s, o.energy_j, o.cost_usd, o.cached_tokens)))
+        self.client._deliver(self.instance, WorkUpdate(key, prefilled=o))
 
     def tokens(self, key: str, first: int, count: int, emit_s: float) -> None:
         self.client._deliver(self.instance, WorkUpdate(key, first_token_index=first, token_count=count, emit_s=emit_s))
 
     def decoded(self, key: str, s: DecodeSummary) -> None:
-        self.client._deliver(self.instance, WorkUpdate(key, decoded=Decoded(s.wait_s, s.decode_s, s.energy_j,
-                                                                            s.cost_usd)))
+        self.client._deliver(self.instance, WorkUpdate(key, decoded=s))
 
     def failed(self, key: str, error: WorkerError) -> None:
         peer = -1

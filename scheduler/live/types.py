@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
+from workers.work import DecodeSummary, PrefillOutcome
 
 __all__ = [
-    "Decoded", "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "Overloaded",
-    "Percentiles", "PoolStatsView", "Prefilled", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
+    "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "Overloaded",
+    "Percentiles", "PoolStatsView", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
     "WorkError", "WorkUpdate", "WorkerState", "WorkerView",
 ]
 
@@ -240,34 +241,15 @@ class WorkError:
 
 
 @dataclass(frozen=True, slots=True)
-class Prefilled:
-    """A prefill done (with a hand-over: the decode instance acknowledged the KV)."""
-
-    queue_s: float
-    prefill_s: float
-    kv_sent_s: float  # end of prefill -> KV complete at the decode instance (0: no hand-over)
-    energy_j: float
-    cost_usd: float
-    cached_tokens: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Decoded:
-    wait_s: float  # KV arrival -> joined the decode batch (0 when colocated)
-    decode_s: float  # joined (or first token, colocated) -> last token
-    energy_j: float
-    cost_usd: float
-
-
-@dataclass(frozen=True, slots=True)
 class WorkUpdate:
     """What happened to one request's work on one instance since its last update, in
-    this order: prefilled, tokens, decoded; or an error, after which nothing follows."""
+    this order: prefilled, tokens, decoded; or an error, after which nothing follows.
+    A prefill with a hand-over is reported once the decode instance acknowledged the KV."""
 
     key: str
-    prefilled: Prefilled | None = None
+    prefilled: PrefillOutcome | None = None
     first_token_index: int = 0
     token_count: int = 0
     emit_s: float = 0.0
-    decoded: Decoded | None = None
+    decoded: DecodeSummary | None = None
     error: WorkError | None = None

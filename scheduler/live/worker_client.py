@@ -25,10 +25,11 @@ from typing import Protocol
 import grpc
 
 from infersched.v1 import worker_pb2, worker_pb2_grpc
-from scheduler.live.types import Decoded, ErrorKind, LiveOptions, Prefilled, Work, WorkError, WorkUpdate
+from scheduler.live.types import ErrorKind, LiveOptions, Work, WorkError, WorkUpdate
 from workers.clock import Clock
 from workers.report import LoadReport, WorkerState
 from workers.rpc import status_code
+from workers.work import DecodeSummary, PrefillOutcome
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,11 @@ class GrpcWorkerClient:
         prefilled = decoded = error = None
         if u.HasField("prefill"):
             p = u.prefill
-            prefilled = Prefilled(p.queue_s, p.prefill_s, u.kv_sent_s, p.energy_j, p.cost_usd,
-                                  p.cached_prefix_tokens)
+            prefilled = PrefillOutcome(p.queue_s, p.prefill_s, p.prefill_tokens, p.cached_prefix_tokens, p.energy_j,
+                                       p.cost_usd, p.kv_transfer_s, u.kv_sent_s, p.kv_blocks, p.kv_bytes)
         if u.HasField("decoded"):
             d = u.decoded
-            decoded = Decoded(d.wait_s, d.decode_s, d.energy_j, d.cost_usd)
+            decoded = DecodeSummary(d.wait_s, d.decode_s, d.energy_j, d.cost_usd)
         if u.HasField("error"):
             e = u.error
             code = status_code(e.code)
