@@ -6,7 +6,7 @@ import sys
 
 from scheduler.config import ConfigError
 
-DEFAULT_CLUSTER = "hybrid"
+DEFAULT_CLUSTER = "demo"
 
 
 def _add_simulate(sub) -> None:
