@@ -181,34 +181,9 @@ def format_table(summaries: list[dict], front: list[str]) -> str:
 
 
 def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
+    from simulator.plots import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    cost = [s["cost_usd"] for s in summaries]
-    energy = [s["energy_j"] / 3.6e6 for s in summaries]
-    quality = [s["quality"] * 100 for s in summaries]
-    sc = ax.scatter(cost, energy, c=quality, cmap="viridis", s=[160 if s["label"] in front else 70 for s in summaries],
-                    edgecolors=["red" if s["label"] in front else "black" for s in summaries], linewidths=1.5,
-                    zorder=3)
-    for s, x, y, q in zip(summaries, cost, energy, quality):
-        ax.annotate(f"{short_label(s['label'])}\n{q:.1f}% correct, SLO {s['slo_attainment'] * 100:.0f}%", (x, y),
-                    textcoords="offset points", xytext=(8, 6), fontsize=8)
-    fig.colorbar(sc, ax=ax, label="quality (% answered correctly)")
-    ax.margins(x=0.35, y=0.15)  # room for the labels beside the points
-    ax.set_xlabel("cost (US$)")
-    ax.set_ylabel("energy (kWh)")
-    ax.grid(alpha=0.3)
-    import textwrap
-
-    heading = "cost vs energy vs quality (red edge: Pareto front)"
-    ax.set_title("\n".join([heading] + ([textwrap.fill(title, 100)] if title else [])), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot(summaries, front, path, title, short_label=short_label)
 
 
 def run_compare(args) -> int:
