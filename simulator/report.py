@@ -175,6 +175,26 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def format_policies(width: int = 100) -> str:
+    """`infersched policies`: one row per policy (name, what it does, its plugins), descriptions wrapped to
+    `width` columns and aligned after the longest name; then the plugin names."""
+    import textwrap
+
+    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS
+
+    name_w = max(len("policy"), *(len(n) for n in POLICIES))
+    wrap = max(width - name_w - 2, 30)
+    rows = []
+    for name, spec in POLICIES.items():
+        scorers = ", ".join(f"{n} x{w:g}" for n, w in spec.scorers) or "-"
+        text = textwrap.wrap(spec.description, wrap) + textwrap.wrap(
+            f"filters: {', '.join(spec.filters)}; scorers: {scorers}; picker: {spec.picker}", wrap)
+        rows += [[name if i == 0 else "", line] for i, line in enumerate(text)] + [[]]
+    lines = format_table(["policy", "what it does"], rows[:-1], align="<<")
+    lines += ["", f"filters: {', '.join(FILTERS)}", f"scorers: {', '.join(SCORERS)}", f"pickers: {', '.join(PICKERS)}"]
+    return "\n".join(lines)
+
+
 def write_json(obj: dict, path: str) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False)
     if path == "-":

@@ -118,3 +118,19 @@ def test_compare_table_keeps_columns_apart_past_a_billion_tokens(demo):
         cells = line.split()
         assert len(cells) >= 12  # no two numbers ran together
     assert "1,194,444" in lines[2]  # 4.3e12 J in kWh
+
+
+def test_policies_table_aligns_every_description_after_the_longest_name():
+    from scheduler.registry import POLICIES
+    from simulator.report import format_policies
+
+    lines = format_policies(width=100).splitlines()
+    footer = next(i for i, line in enumerate(lines) if line.startswith("filters: "))
+    rows = lines[1:footer - 1]
+    column = lines[0].index("what it does")
+    assert column == max(len(n) for n in POLICIES) + 2
+    for line in rows:
+        if line:  # blank lines part the policies
+            assert len(line) <= 100 and line[column - 2:column] == "  " and line[column] != " "
+    starts = [line.split()[0] for line in rows if line and not line.startswith(" ")]
+    assert starts == list(POLICIES)
