@@ -8,8 +8,9 @@ an instance of several chips is built by InstancePerf.
 
 The H100 efficiency, overhead and energy constants are fitted to measurements
 (`python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv`).
-Other GPUs reuse them: same software stack, same kernel families. Devices with
-a different execution model (wafer, LPU, edge) say in `sources` which figures
+Other GPUs reuse them: same software stack, same kernel families. A device can also
+come from a YAML file (`infersched model fit` writes one; workers/device_files.py).
+Devices with a different execution model (wafer, LPU, edge) say in `sources` which figures
 come from a datasheet, which from a vendor throughput claim and which are
 assumptions.
 """
@@ -587,7 +588,13 @@ DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(),
 
 
 def get_device(name: str) -> DeviceSpec:
-    """A catalogue device by name; unknown names raise UnknownDeviceError listing the known ones."""
+    """A catalogue device by name, or a device spec file (workers/device_files.py) by path;
+    unknown names raise UnknownDeviceError listing the known ones."""
+    if name not in DEVICES:
+        from workers.device_files import load_device_file, looks_like_path
+
+        if looks_like_path(name):
+            return load_device_file(name)
     try:
         return DEVICES[name]
     except KeyError:

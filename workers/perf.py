@@ -155,9 +155,18 @@ class InstancePerf:
         # A model whose every layer is windowed holds at most `window` tokens per sequence; count its
         # tokens at the windowed rate (exact for contexts within the window, conservative beyond).
         self.kv_bytes_per_token = full_kv if full_kv > 0 else win_kv
-        reserve = max_seqs * window * win_kv if (window is not None and full_kv > 0) else 0.0
-        free_bytes = n * device.memory_bytes * memory_utilization - self.weight_bytes - reserve
-        self.kv_capacity_tokens = int(free_bytes // self.kv_bytes_per_token) if free_bytes > 0 else 0
+        free_bytes = n * device.memory_bytes * memory_utilization - self.weight_bytes
+        if window is not None and full_kv > 0 and win_kv > 0:
+            # T tokens over max_seqs sequences take full_kv*T + win_kv*min(T, max_seqs*window) bytes
+            # at most: every token pays both while the sequences fit their windows, then full_kv only.
+            held = max_seqs * window
+            if (full_kv + win_kv) * held >= free_bytes:
+                capacity = free_bytes / (full_kv + win_kv)
+            else:
+                capacity = (free_bytes - win_kv * held) / full_kv
+        else:
+            capacity = free_bytes / self.kv_bytes_per_token
+        self.kv_capacity_tokens = int(capacity) if capacity > 0 else 0
         self.fits = self.kv_capacity_tokens > 0
 
         if price_usd_per_hour is None:
@@ -652,7 +661,7 @@ def _steps_in_series(p: float, q: float, budget: float) -> int:
 
 
 def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,
-                 memory_utilization: float = 0.9) -> int | None:
+                 memory_utilization: float = 0.9, max_seqs: int = 256) -> int | None:
     """Smallest instance of `device` that holds `model` with room for `min_kv_tokens` of KV cache.
 
     GPUs shard tensor-parallel over a power of two of chips (head counts are powers of two);
@@ -666,7 +675,8 @@ def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,
     while chips <= device.max_chips_per_instance:
         if device.interconnect_bw_bytes_s <= 0 and chips > 1:
             return None
-        if InstancePerf(device, model, chips, memory_utilization=memory_utilization).kv_capacity_tokens >= min_kv_tokens:
+        perf = InstancePerf(device, model, chips, memory_utilization=memory_utilization, max_seqs=max_seqs)
+        if perf.kv_capacity_tokens >= min_kv_tokens:
             return chips
         chips = chips * 2 if device.kind == "gpu" else chips + 1
     return None
