@@ -296,17 +296,28 @@ class ModelSpec:
 
         Uniform routing (routing_skew 0): each token picks experts_per_token of E at
         random, so an expert is missed by all with probability (1 - k/E)^tokens and
-        E * (1 - (1 - k/E)^tokens) are touched. With skew s the chance an expert is
-        chosen is k * p_i, p_i proportional to (i + 1)^-s (Zipf), capped at 1.
+        E * (1 - (1 - k/E)^tokens) are touched. With skew s, expert i is chosen by a
+        token with probability q_i proportional to (i + 1)^-s (Zipf), capped at 1 and
+        scaled so the q_i sum to k; tokens choose independently.
         """
         if self.experts is None or tokens <= 0:
             return 0.0
         e, k = self.experts, self.experts_per_token
         if self.routing_skew == 0.0:
             return e * (1.0 - (1.0 - k / e) ** tokens)
+        return sum(1.0 - (1.0 - q) ** tokens for q in self.expert_choice_probabilities())
+
+    def expert_choice_probabilities(self) -> list[float]:
+        """Per routed expert, the chance one token chooses it (sums to experts_per_token)."""
+        e, k = self.experts or 0, self.experts_per_token or 0
         weights = [(i + 1.0) ** -self.routing_skew for i in range(e)]
-        total = sum(weights)
-        return sum(1.0 - (1.0 - min(1.0, k * w / total)) ** tokens for w in weights)
+        capped: set[int] = set()
+        while True:  # water-filling: cap the most popular at 1, share the rest of k by weight
+            scale = (k - len(capped)) / sum(w for i, w in enumerate(weights) if i not in capped)
+            over = {i for i, w in enumerate(weights) if i not in capped and w * scale >= 1.0}
+            if not over:
+                return [1.0 if i in capped else w * scale for i, w in enumerate(weights)]
+            capped |= over
 
     @property
     def kv_bytes_per_token_layer(self) -> float:
