@@ -345,13 +345,10 @@ class InstancePerf:
         """Time of one decode step for `batch` sequences holding `ctx_sum` cached tokens in total.
 
         Attention reads ctx_sum + batch positions: the cache plus each sequence's new token."""
-        if self._window is None:
-            try:
-                terms = self._batch_terms[batch]
-            except KeyError:
-                terms = self._add_batch_terms(batch)
-        else:
-            terms = self._terms(batch, ctx_sum)
+        try:  # inline for speed: one dict lookup when there is no window
+            terms = self._batch_terms[batch] if self._window is None else self._terms(batch, ctx_sum)
+        except KeyError:
+            terms = self._add_batch_terms(batch)
         batch_f, fixed, c_b, c_per_kv, m_b, kv_s, _, _, _, _, _, _, _ = terms
         serial = self._serial
         kv0 = ctx_sum + batch_f
@@ -371,7 +368,7 @@ class InstancePerf:
                 terms = self._batch_terms[batch]
             except KeyError:
                 terms = self._add_batch_terms(batch)
-        else:
+        else:  # split where the contexts outgrow the window
             below = self._window_steps(batch, ctx_sum0)
             if 0 < below < steps:  # the contexts outgrow the window inside the segment: two regimes
                 t1, e1 = self.decode(batch, ctx_sum0, below)
@@ -475,15 +472,12 @@ class InstancePerf:
         """Largest k >= 0 with decode(batch, ctx_sum0, k)[0] <= time_s (closed form, exact at boundaries)."""
         if not _isfinite(time_s):
             raise ValueError(f"decode_steps_within needs a finite time, got {time_s!r}")
-        if self._window is None:
-            try:
-                terms = self._batch_terms[batch]
-            except KeyError:
-                terms = self._add_batch_terms(batch)
-        else:
-            terms = self._terms(batch, ctx_sum0)
-            if self._window_steps(batch, ctx_sum0) > 0 and time_s > 0.0:
-                return self._decode_steps_within_windowed(batch, ctx_sum0, time_s)
+        if self._window is not None and time_s > 0.0 and self._window_steps(batch, ctx_sum0) > 0:
+            return self._decode_steps_within_windowed(batch, ctx_sum0, time_s)
+        try:
+            terms = self._batch_terms[batch] if self._window is None else self._terms(batch, ctx_sum0)
+        except KeyError:
+            terms = self._add_batch_terms(batch)
         if time_s <= 0.0:
             return 0
         batch_f, fixed, c_b, c_per_kv, m_b, kv_s, _, _, cs, ms, _, c_slopes, m_slopes = terms
