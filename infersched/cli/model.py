@@ -1,9 +1,8 @@
-"""`infersched model ...`: list, predict, check and fit, as thin wrappers over workers/.
+"""`infersched model list|predict|check|fit`: thin wrappers over workers/.
 
 Each subcommand parses its flags here and calls one function in workers/
 (predict.listing, predict.predict, calibration.run_model_check,
-calibration.fit_device + device_files.write_device_file), so the command
-line stays wiring: `register(subparsers)` adds them to any argparse parser.
+calibration.fit_device + device_files.write_device_file).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import yaml
 
 from scheduler.cluster import Cluster
 from scheduler.config import ConfigError, load_cluster
-from simulator.cli import main
+from infersched.cli import main
 from workers.device_files import DeviceFileError, load_device_file
 from workers.devices import get_device
 from workers.models import MODELS, get_model
