@@ -5,7 +5,7 @@ cluster (the same engines, hand-overs and admission rules as the live
 workers) and carries work, updates and KV hand-overs between them and the
 core as clock callbacks, never re-entering the caller. Each worker reports its
 load and engine state as soon as its engine moves, so the core's mirrors are
-exact at every decision. On a `VirtualClock`, `replay` runs a request stream
+exact at every decision. On a `VirtualClock`, `run_virtual` runs a request stream
 through a `SchedulerCore` deterministically: the same trace and seed give the
 simulator's decisions (tests/live/test_decision_contract.py).
 """
@@ -178,20 +178,19 @@ class InProcessWorkerClient:
 
 
 class _Collect:
-    """A RequestSink keeping each request's outcome (tokens are counted, not kept)."""
+    """A RequestSink keeping each request's outcome (tokens are not kept)."""
 
     def __init__(self, outcomes: list[RequestOutcome]):
         self.outcomes = outcomes
-        self.tokens_seen = 0
 
     def tokens(self, event: TokenEvent) -> None:
-        self.tokens_seen += event.token_count
+        pass
 
     def finish(self, outcome: RequestOutcome) -> None:
         self.outcomes.append(outcome)
 
 
-def replay(core, clock: VirtualClock, requests: Iterable[tuple[float, GenerateInput]]) -> list[RequestOutcome]:
+def run_virtual(core, clock: VirtualClock, requests: Iterable[tuple[float, GenerateInput]]) -> list[RequestOutcome]:
     """Submit each (arrival time, request) once the clock reaches its time (after every
     callback due by then, as the simulator handles events before an arrival at the same
     time), then run until nothing is left. Returns the outcomes in the order they ended."""
@@ -204,4 +203,4 @@ def replay(core, clock: VirtualClock, requests: Iterable[tuple[float, GenerateIn
     return outcomes
 
 
-__all__ = ["InProcessWorkerClient", "replay"]
+__all__ = ["InProcessWorkerClient", "run_virtual"]

@@ -16,7 +16,7 @@ from infersched.v1 import worker_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster, parse_cluster
 from scheduler.live.core import SchedulerCore
-from scheduler.live.inprocess import InProcessWorkerClient, replay
+from scheduler.live.inprocess import InProcessWorkerClient, run_virtual
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
@@ -95,7 +95,7 @@ def test_in_process_the_core_reproduces_the_simulation_exactly(policy):
     chunk = next(workload.chunks(n))
     requests = [(float(chunk.arrival_s[i]), GenerateInput(f"r{i}", int(chunk.input_tokens[i]),
                                                           int(chunk.output_tokens[i]))) for i in range(n)]
-    outcomes = {int(o.request_id[1:]): o for o in replay(core, clock, requests)}
+    outcomes = {int(o.request_id[1:]): o for o in run_virtual(core, clock, requests)}
     assert len(outcomes) == n and all(o.status == RequestStatus.COMPLETED for o in outcomes.values())
     live = [(o.prefill_instance, o.decode_instance, o.first_token_s, o.finish_s) for _, o in sorted(outcomes.items())]
     sim = list(zip(simulated.prefill_instance.tolist(), simulated.decode_instance.tolist(),
