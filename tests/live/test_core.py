@@ -1,7 +1,7 @@
 """The scheduler core without Ray. In process, on a virtual clock, with real emulated
-workers behind the WorkerClient seam: it serves a trace with the simulator's records
-to the bit, and handles failures, retries, cancellation and its bounds
-deterministically. Over gRPC on loopback, against real worker services: dispatches
+workers behind the WorkerClient seam: it handles failures, retries, cancellation and
+its bounds deterministically (its agreement with the simulator is
+test_decision_contract.py). Over gRPC on loopback, against real worker services: dispatches
 share Session messages, quiet workers are polled, a new incarnation takes over."""
 from __future__ import annotations
 
@@ -16,15 +16,12 @@ from infersched.v1 import worker_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster, parse_cluster
 from scheduler.live.core import SchedulerCore
-from scheduler.live.inprocess import InProcessWorkerClient, run_virtual
+from scheduler.live.inprocess import InProcessWorkerClient
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
 from scheduler.registry import build_policy
 from scheduler.types import RequestStatus
-from simulator.sim import Simulation
-from simulator.traces import builtin_trace_path, read_trace
-from simulator.workload import make_workload
 from workers.clock import ScaledClock, VirtualClock
 from workers.emulated import EmulatedWorker
 from workers.report import WorkerState
@@ -80,30 +77,6 @@ def test_core_refuses_a_multi_pass_policy_and_serves_its_one_pass_routing():
         SchedulerCore(cluster, build_policy(config.policy, config), VIRTUAL, clock, InProcessWorkerClient(cluster, clock))
     one_pass = build_policy(replace(config.policy, staging="none"), config)
     assert SchedulerCore(cluster, one_pass, VIRTUAL, clock, InProcessWorkerClient(cluster, clock)).policy.staging is None
-
-
-@pytest.mark.parametrize("policy", ["round-robin", "slo-aware"])
-def test_in_process_the_core_reproduces_the_simulation_exactly(policy):
-    """The first 300 rows of the Azure conversation trace through the simulator and
-    through the core with emulated workers on a virtual clock: the same placement,
-    first-token and finish time for every request, to the bit."""
-    n = 300
-    core, _, clock = in_process("live-small", policy)
-    config = core.cluster.config
-    workload = make_workload(read_trace(builtin_trace_path(), max_rows=n), n_requests=n, seed=0)
-    simulated = Simulation(Cluster(config), build_policy(policy, config), workload, seed=0).run().records
-    chunk = next(workload.chunks(n))
-    requests = [(float(chunk.arrival_s[i]), GenerateInput(f"r{i}", int(chunk.input_tokens[i]),
-                                                          int(chunk.output_tokens[i]))) for i in range(n)]
-    outcomes = {int(o.request_id[1:]): o for o in run_virtual(core, clock, requests)}
-    assert len(outcomes) == n and all(o.status == RequestStatus.COMPLETED for o in outcomes.values())
-    live = [(o.prefill_instance, o.decode_instance, o.first_token_s, o.finish_s) for _, o in sorted(outcomes.items())]
-    sim = list(zip(simulated.prefill_instance.tolist(), simulated.decode_instance.tolist(),
-                   simulated.first_token_s.tolist(), simulated.finish_s.tolist()))
-    assert live == sim
-    stats = core.stats()
-    assert stats.requests_completed == n and stats.in_flight == 0
-    assert sum(p.prefill_tokens for p in stats.pools) == int(chunk.input_tokens.sum())
 
 
 def test_a_drained_worker_fails_over_and_the_request_completes_elsewhere():

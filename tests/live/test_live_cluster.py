@@ -14,7 +14,6 @@ import urllib.request
 
 import grpc
 import pytest
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
@@ -281,7 +280,6 @@ def test_health_and_reflection(address):
 PROTO_CLIENT = """
 import json, sys
 import grpc
-from google.protobuf import json_format
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 with grpc.insecure_channel(sys.argv[1]) as channel:
