@@ -280,6 +280,7 @@ def test_health_and_reflection(address):
 PROTO_CLIENT = """
 import json, sys
 import grpc
+from google.protobuf import json_format
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 with grpc.insecure_channel(sys.argv[1]) as channel:
