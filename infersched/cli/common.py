@@ -14,6 +14,9 @@ import sys
 from scheduler.config import ConfigError
 from simulator.traces import FORMATS, Trace, TraceFormatError
 
+# Skipped rows printed on stderr; the summary JSON carries more (see trace_record).
+SKIPPED_SHOWN = 10
+
 DEFAULT_CLUSTER = "hybrid"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
@@ -66,21 +69,49 @@ def add_trace_arguments(p: argparse.ArgumentParser, *, required: bool = False, s
 
 
 def load_trace(args) -> Trace:
-    """The trace the arguments name (the built-in one when --trace is absent)."""
+    """The trace the arguments name (the built-in one when --trace is absent).
+
+    Prints the rows --skip-bad-rows skipped (the first SKIPPED_SHOWN) on stderr.
+    """
     from simulator.traces import builtin_trace_path, read_trace
 
-    return read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows)
+    try:
+        trace = read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows)
+    except TraceFormatError as e:
+        if not e.skippable:
+            raise
+        raise TraceFormatError(e.path, e.line, e.field, f"{e.reason} (--skip-bad-rows skips such rows)") from None
+    say_skipped(trace)
+    return trace
 
 
 def trace_record(trace: Trace) -> dict:
-    """The `trace` object of a summary JSON."""
+    """The `trace` object of a summary JSON.
+
+    `skipped_rows` lists the first rows.MAX_SKIPPED_KEPT (10,000) skipped rows
+    with line, field and reason; `skipped_rows_omitted` counts the rest and
+    `bad_rows_by_field` counts all of them, so the JSON stays a few MB even
+    when millions of rows are bad.
+    """
     return {"path": trace.path, "format": trace.format, "rows": trace.rows, "bad_rows": trace.bad_rows,
+            "bad_rows_by_field": dict(trace.bad_rows_by_field),
+            "skipped_rows": [row._asdict() for row in trace.skipped_rows],
+            "skipped_rows_omitted": trace.bad_rows - len(trace.skipped_rows),
             "filtered_rows": trace.filtered_rows}
 
 
 def say_skipped(trace: Trace) -> None:
-    if trace.bad_rows:
-        print(f"skipped {trace.bad_rows:,} malformed trace rows", file=sys.stderr)
+    if not trace.bad_rows:
+        return
+    shown = trace.bad_row_reasons[:SKIPPED_SHOWN]
+    more = f"; the first {len(shown)}" if trace.bad_rows > len(shown) else ""
+    lines = [f"skipped {trace.bad_rows:,} malformed trace rows (--skip-bad-rows){more}:"]
+    lines += [f"  {reason}" for reason in shown]
+    if trace.bad_rows > len(shown):
+        from simulator.traces.rows import MAX_SKIPPED_KEPT
+
+        lines.append(f"  (the summary JSON's trace.skipped_rows lists up to {MAX_SKIPPED_KEPT:,} with reasons)")
+    print("\n".join(lines), file=sys.stderr)
 
 
 def user_error(exc: BaseException) -> str:

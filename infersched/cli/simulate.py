@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, say_skipped, trace_record
+from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -48,6 +48,5 @@ def run(args) -> int:
         for path in write_outputs(result, summary, args.out):
             print(f"wrote {path}", file=sys.stderr)
     if args.json != "-":
-        say_skipped(trace)
         print(format_summary(summary))
     return 0

@@ -10,8 +10,11 @@ or gzipped copies read the same. One module per kind of format:
 
 Rules shared by all formats (a broken row raises `TraceFormatError` naming file,
 line and field, or is skipped and counted with `skip_bad_rows=True`):
-- token counts are plain non-negative integers and must be at least 1: a
-  request with no prompt or no output has nothing to schedule;
+- token counts are plain non-negative integers and must be at least 1 (a
+  request with no prompt or no output has nothing to schedule) and at most
+  10M (`rows.MAX_TOKENS`);
+- timestamps are finite and in range: wall-clock years 1970-2261, seconds in
+  [0, 1e10], Mooncake ms in [0, 1e13];
 - timestamps never decrease. Equal timestamps are duplicates (an error) in
   `azure` and `vidur`, whose ticks are 100 ns / 1 us and float seconds, but
   legitimate in `burstgpt` (1 s ticks) and `mooncake` (1 ms ticks; the
@@ -32,11 +35,13 @@ from typing import Iterator
 from simulator.traces.csv_formats import describe_formats, detect_from_first_line, read_csv, resolve_layout
 from simulator.traces.mooncake import read_mooncake
 from simulator.traces.rows import Lines, open_text
-from simulator.traces.trace import Trace, TraceFormatError, builtin_trace_path
+from simulator.traces.trace import SkippedRow, Trace, TraceFileError, TraceFormatError, builtin_trace_path
 
 __all__ = [
     "FORMATS",
+    "SkippedRow",
     "Trace",
+    "TraceFileError",
     "TraceFormatError",
     "builtin_trace_path",
     "detect_format",
@@ -50,7 +55,7 @@ def detect_format(path: str | os.PathLike) -> str:
     """The format `read_trace` would pick for this file (reads only its first line)."""
     path = os.fspath(path)
     with open_text(path) as f:
-        first = f.readline().rstrip("\n")
+        first = next(Lines(path, f).blocks(), (1, [""]))[1][0]
     if not first.strip():
         raise TraceFormatError(path, 1, "header", "file is empty" if not first else "line 1 is blank")
     fmt, _, names = detect_from_first_line(first)

@@ -17,7 +17,8 @@ from typing import Iterator
 import numpy as np
 
 from simulator.traces.mooncake import MOONCAKE_KEYS
-from simulator.traces.rows import Collector, Lines, RowError, parse_count, parse_seconds
+from simulator.traces.rows import (MAX_SECONDS, MAX_TOKENS, Collector, Lines, RowError, parse_count,
+                                   parse_seconds, shown)
 from simulator.traces.trace import Trace, TraceFormatError
 from simulator.traces.wallclock import NS_PER_S, iso_column, iso_time_field, show_ns
 
@@ -58,7 +59,11 @@ def needed_columns(layout: CsvLayout) -> tuple[str, ...]:
 def detect_from_first_line(first: str) -> tuple[str | None, CsvLayout | None, list[str]]:
     if first.lstrip().startswith("{"):
         return "mooncake", None, []
-    names = [c.strip() for c in next(csv.reader([first]), [])]
+    try:
+        names = [c.strip() for c in next(csv.reader([first]), [])]
+    except csv.Error:
+        # A header csv cannot split (e.g. a field past its size limit) matches no format.
+        names = [shown(first)]
     present = set(names)
     for layout in _DETECTION_ORDER:
         if present.issuperset(needed_columns(layout)):
@@ -75,12 +80,10 @@ def _counts_column(col: list[str]) -> np.ndarray | None:
     joined = "".join(col)
     # One C-level scan proves every field is a non-empty run of ASCII digits;
     # anything else (signs, blanks, overflow) is for the row-by-row path to name.
-    if not (joined.isascii() and joined.isdigit()) or "" in col:
+    # Past 8 digits a count is over MAX_TOKENS (or padded with zeros).
+    if not (joined.isascii() and joined.isdigit()) or "" in col or max(map(len, col)) > 8:
         return None
-    try:
-        return np.array(col, dtype=np.int64)
-    except OverflowError:
-        return None
+    return np.array(col, dtype=np.int64)
 
 
 def _seconds_column(col: list[str]) -> np.ndarray | None:
@@ -91,7 +94,7 @@ def _seconds_column(col: list[str]) -> np.ndarray | None:
         values = np.array(list(map(float, col)), dtype=np.float64)
     except ValueError:
         return None
-    return values if np.isfinite(values).all() else None
+    return values if ((values >= 0.0) & (values <= MAX_SECONDS)).all() else None
 
 
 def resolve_layout(path: str, fmt: str | None, detected: str | None, detected_layout: CsvLayout | None,
@@ -188,7 +191,7 @@ def _csv_fast_block(out: Collector, start: int, block: list[str], layout: CsvLay
             dropped = np.flatnonzero(~keep)
             inputs, outputs, line_of = inputs[keep], outputs[keep], line_of[keep]
             times = None if times is None else times[keep]
-    if (inputs <= 0).any() or (outputs <= 0).any():
+    if ((inputs <= 0) | (inputs > MAX_TOKENS)).any() or ((outputs <= 0) | (outputs > MAX_TOKENS)).any():
         return False
     if times is not None and not out.order_ok(times):
         return False
@@ -210,8 +213,11 @@ def _csv_slow_block(out: Collector, start: int, block: list[str], layout: CsvLay
         lineno = start + k
         if not line.strip():
             continue
-        fields = next(csv.reader([line])) if '"' in line else line.split(",")
         try:
+            try:
+                fields = next(csv.reader([line])) if '"' in line else line.split(",")
+            except csv.Error as e:
+                raise RowError("row", f"not a CSV row: {e}") from None
             if len(fields) < ncols:
                 raise RowError(names[len(fields)], f"missing (row has {len(fields)} fields, header has {ncols})")
             if len(fields) > ncols:

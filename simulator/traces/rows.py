@@ -16,15 +16,31 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from simulator.traces.trace import Trace, TraceFormatError
+from simulator.traces.trace import SkippedRow, Trace, TraceFileError, TraceFormatError
 
 # Characters per read. About 30k rows of the Azure CSV: big enough to amortise
 # the per-block numpy calls, small enough that a bad row sends only one modest
 # block down the row-by-row path.
 CHUNK_CHARS = 1 << 20
-# How many skipped-row messages a Trace keeps; the count is always exact.
-MAX_REASONS = 10
+# How many skipped rows a Trace keeps with their reasons (about 200 bytes each,
+# so at most ~2 MB); the count, and the count per field, are always exact.
+MAX_SKIPPED_KEPT = 10_000
 INT64_MAX = (1 << 63) - 1
+# A request's prompt or output: no model has a context near 10M tokens, and the
+# bound keeps sums over millions of requests far from int64 overflow.
+MAX_TOKENS = 10_000_000
+# Float timestamps in seconds (vidur, burstgpt): 0 .. ~317 years. A larger
+# value is a unit mistake (Unix ms read as s) or garbage, not an arrival time.
+MAX_SECONDS = 1e10
+# Echoed field values are cut to this many characters so a 1 MB field makes a
+# one-line error, not a 1 MB one.
+MAX_SHOWN = 64
+
+
+def shown(text: object) -> str:
+    """repr(text), cut to about MAX_SHOWN characters."""
+    r = repr(text) if not isinstance(text, str) or len(text) <= 4 * MAX_SHOWN else repr(text[:4 * MAX_SHOWN])
+    return r if len(r) <= MAX_SHOWN else r[:MAX_SHOWN - 4] + "...'"
 
 
 class RowError(Exception):
@@ -40,13 +56,14 @@ def parse_count(text: str, field: str) -> int:
         raise RowError(field, "empty")
     digits = s[1:] if s[0] in "+-" else s
     if not (digits.isascii() and digits.isdigit()):
-        raise RowError(field, f"not an integer: {text!r}")
-    if s[0] == "-" and int(digits) != 0:
-        raise RowError(field, f"negative: {text!r}")
-    value = int(digits)
-    if value > INT64_MAX:
-        raise RowError(field, f"too large for int64: {text!r}")
-    return value
+        raise RowError(field, f"not an integer: {shown(text)}")
+    # Measure before int(): Python refuses to convert more than 4,300 digits.
+    significant = digits.lstrip("0")
+    if s[0] == "-" and significant:
+        raise RowError(field, f"negative: {shown(text)}")
+    if len(significant) > 8 or int(significant or "0") > MAX_TOKENS:
+        raise RowError(field, f"too large: {shown(text)} (a request has at most {MAX_TOKENS:,} tokens)")
+    return int(significant or "0")
 
 
 def parse_seconds(text: str, field: str) -> float:
@@ -59,17 +76,24 @@ def parse_seconds(text: str, field: str) -> float:
             raise ValueError
         value = float(s)
     except ValueError:
-        raise RowError(field, f"not a number: {text!r}") from None
+        raise RowError(field, f"not a number: {shown(text)}") from None
     if not math.isfinite(value):
-        raise RowError(field, f"not finite: {text!r}")
+        raise RowError(field, f"not finite: {shown(text)}")
+    if not 0.0 <= value <= MAX_SECONDS:
+        raise RowError(field, f"out of range: {shown(text)} (seconds in [0, {MAX_SECONDS:g}])")
     return value
 
 
 def open_text(path: str) -> IO[str]:
     if not os.path.exists(path):
-        raise FileNotFoundError(2, "trace file not found", path)
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
+        raise FileNotFoundError(f"trace file not found: {path}")
+    if os.path.isdir(path):
+        raise TraceFileError(path, "is a directory; give a trace file (CSV or JSON lines, .gz ok)")
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(2)
+    except OSError as e:
+        raise TraceFileError(path, e.strerror or str(e)) from None
     # utf-8-sig drops a byte-order mark; undecodable bytes become U+FFFD so the
     # row-by-row path reports them as a bad field with a line number.
     if magic == b"\x1f\x8b":
@@ -132,7 +156,8 @@ class Collector:
         self.hash_values: list[np.ndarray] = []
         self.kept = 0
         self.bad = 0
-        self.reasons: list[str] = []
+        self.skipped: list[SkippedRow] = []
+        self.bad_by_field: dict[str, int] = {}
         self.filtered = 0
         self.last_time: float | int | None = None
         self.last_time_line = 0
@@ -146,12 +171,12 @@ class Collector:
         return self.max_rows is not None and self.kept >= self.max_rows
 
     def bad_row(self, line: int, field: str, reason: str) -> None:
-        err = TraceFormatError(self.path, line, field, reason)
         if not self.skip:
-            raise err
+            raise TraceFormatError(self.path, line, field, reason, skippable=True)
         self.bad += 1
-        if len(self.reasons) < MAX_REASONS:
-            self.reasons.append(str(err))
+        self.bad_by_field[field] = self.bad_by_field.get(field, 0) + 1
+        if len(self.skipped) < MAX_SKIPPED_KEPT:
+            self.skipped.append(SkippedRow(line, field, reason))
 
     def check_order(self, t: float | int) -> None:
         if self.last_time is None:
@@ -213,7 +238,9 @@ class Collector:
         self.flush_rows()
         if self.kept == 0:
             if self.bad:
-                why = f"no valid data rows: all {self.bad} data rows are bad (first: {self.reasons[0]})"
+                first = self.skipped[0]
+                why = (f"no valid data rows: all {self.bad} data rows are bad (first: line {first.line}, "
+                       f"field '{first.field}': {first.reason})")
             elif self.filtered:
                 why = f"no data rows left after dropping {self.filtered} rows with 0 output tokens"
             else:
@@ -234,4 +261,5 @@ class Collector:
             hash_ids = (offsets, np.concatenate(self.hash_values))
         return Trace(path=self.path, format=fmt, arrival_s=arrival_s, input_tokens=np.concatenate(self.inputs),
                      output_tokens=np.concatenate(self.outputs), hash_ids=hash_ids, bad_rows=self.bad,
-                     bad_row_reasons=tuple(self.reasons), filtered_rows=self.filtered)
+                     skipped_rows=tuple(self.skipped), bad_rows_by_field=tuple(sorted(self.bad_by_field.items())),
+                     filtered_rows=self.filtered)

@@ -12,11 +12,13 @@ import functools
 
 import numpy as np
 
-from simulator.traces.rows import RowError
+from simulator.traces.rows import RowError, shown
 
 NS_PER_S = 1_000_000_000
 _NS_PER_DAY = 86_400 * NS_PER_S
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+# Years a stamp may name: int64 ns since 1970 reach 2262; no trace predates 1970.
+MIN_YEAR, MAX_YEAR = 1970, 2261
 
 
 @functools.lru_cache(maxsize=4096)
@@ -35,18 +37,20 @@ def parse_iso_ns(text: str) -> int:
     """
     s = text.strip()
     if len(s) < 19 or s[4] != "-" or s[7] != "-" or s[10] not in " T" or s[13] != ":" or s[16] != ":":
-        raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {text!r}")
+        raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {shown(text)}")
     digits = s[0:4] + s[5:7] + s[8:10] + s[11:13] + s[14:16] + s[17:19]
     if not (digits.isascii() and digits.isdigit()):
-        raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {text!r}")
+        raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {shown(text)}")
     year, month, day = int(s[0:4]), int(s[5:7]), int(s[8:10])
     hour, minute, second = int(s[11:13]), int(s[14:16]), int(s[17:19])
     if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"time of day out of range: {text!r}")
+        raise ValueError(f"time of day out of range: {shown(text)}")
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise ValueError(f"year out of range [{MIN_YEAR}, {MAX_YEAR}]: {shown(text)}")
     try:
         day_ns = _day_ns(year, month, day)
     except ValueError:
-        raise ValueError(f"no such date: {text!r}") from None
+        raise ValueError(f"no such date: {shown(text)}") from None
     rest = s[19:]
     zone = ""
     if rest.endswith("Z"):
@@ -57,13 +61,13 @@ def parse_iso_ns(text: str) -> int:
     if rest:
         frac = rest[1:]
         if rest[0] != "." or not (frac.isascii() and frac.isdigit()) or len(frac) > 9:
-            raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {text!r}")
+            raise ValueError(f"not a timestamp of the form {_ISO_FORM}: {shown(text)}")
         frac_ns = int(frac) * 10 ** (9 - len(frac))
     offset_ns = 0
     if zone and zone != "Z":
         hh, mm = zone[1:3], zone[4:6]
         if zone[3] != ":" or not (hh + mm).isascii() or not (hh + mm).isdigit() or int(hh) > 23 or int(mm) > 59:
-            raise ValueError(f"bad UTC offset {zone!r} (want +HH:MM): {text!r}")
+            raise ValueError(f"bad UTC offset {shown(zone)} (want +HH:MM): {shown(text)}")
         offset_ns = (int(hh) * 60 + int(mm)) * 60 * NS_PER_S * (1 if zone[0] == "+" else -1)
     return day_ns + ((hour * 60 + minute) * 60 + second) * NS_PER_S + frac_ns - offset_ns
 
@@ -133,6 +137,8 @@ def iso_column(col: list[str]) -> np.ndarray | None:
     year, month, day = num(0, 4), num(5, 2), num(8, 2)
     hour, minute, second = num(11, 2), num(14, 2), num(17, 2)
     if (hour > 23).any() or (minute > 59).any() or (second > 59).any():
+        return None
+    if (year < MIN_YEAR).any() or (year > MAX_YEAR).any():
         return None
     ymd = (year * 100 + month) * 100 + day
     unique, inverse = np.unique(ymd, return_inverse=True)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from simulator.traces import csv_formats, rows as trace_rows, wallclock
-from simulator.traces import Trace, TraceFormatError, builtin_trace_path, detect_format, read_trace
+from simulator.traces import (Trace, TraceFileError, TraceFormatError, builtin_trace_path, detect_format,
+                              read_trace)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_TRACES = REPO.parent / "shared" / "traces"
@@ -204,6 +205,25 @@ BAD_INPUTS = [
     ("json-zero-output", moon(output_length=0) + "\n", 1, "output_length", "zero"),
     ("json-decreasing", moon(timestamp=3000) + "\n" + moon(timestamp=2999) + "\n", 2, "timestamp", "decreases"),
     ("json-missing-timestamp", moon(timestamp=None) + "\n", 1, "timestamp", "missing"),
+    # Bounds: no count past 10M tokens, no timestamp out of range, no overflow anywhere.
+    ("int64-max-tokens", azure([f"{T0},9223372036854775807,2"]), 2, "ContextTokens", "at most 10,000,000"),
+    ("ten-million-and-one", azure([f"{T0},1,10000001"]), 2, "GeneratedTokens", "too large"),
+    ("five-thousand-digits", azure([f"{T0},{'9' * 5000},2"]), 2, "ContextTokens", "too large"),
+    ("year-9999", azure(["9999-12-31 23:59:59.9999999,1,2"]), 2, "TIMESTAMP", "year out of range"),
+    ("year-1969", azure(["1969-12-31 23:59:59.9999999,1,2"]), 2, "TIMESTAMP", "year out of range"),
+    ("vidur-huge", f"{VIDUR_HEADER}\n1e300,1,2\n", 2, "arrived_at", "out of range"),
+    ("vidur-negative", f"{VIDUR_HEADER}\n-0.5,1,2\n", 2, "arrived_at", "out of range"),
+    ("vidur-1e309", f"{VIDUR_HEADER}\n1e309,1,2\n", 2, "arrived_at", "not finite"),
+    ("json-deep", '{"a":' * 100_000 + "1" + "}" * 100_000 + "\n", 1, "json", "nested too deeply"),
+    ("json-deep-list", moon() + "\n" + "[" * 100_000 + "]" * 100_000 + "\n", 2, "json", "nested too deeply"),
+    ("json-1e309-ms", moon(timestamp=0) + "\n" + moon().replace('"timestamp": 0', '"timestamp": 1e309') + "\n",
+     2, "timestamp", "not a number of ms"),
+    ("json-huge-int-ms", moon(timestamp=10 ** 400) + "\n", 1, "timestamp", "not a number of ms"),
+    ("json-nan-ms", moon().replace('"timestamp": 0', '"timestamp": NaN') + "\n", 1, "timestamp", "not a number"),
+    ("json-2-63-length", moon(input_length=2 ** 63) + "\n", 1, "input_length", "too large"),
+    ("json-2-64-hash", moon(hash_ids=[1, 2 ** 64]) + "\n", 1, "hash_ids", "int64"),
+    ("json-5000-digits", moon().replace('"input_length": 5', '"input_length": ' + "7" * 5000) + "\n",
+     1, "json", "bad JSON"),
 ]
 
 
@@ -219,10 +239,22 @@ def test_bad_input_names_line_and_field(tmp_path, text, line, field, fragment):
     assert fragment in err.reason
 
 
+def test_echoed_values_are_cut_short(tmp_path):
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(write(tmp_path, azure([f"{T0},{'x' * 1_000_000},2"])))
+    assert info.value.field == "ContextTokens" and len(str(info.value)) < 200 + len(str(tmp_path))
+
+
+def test_header_too_long_for_csv_is_an_unknown_format(tmp_path):
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(write(tmp_path, '"' + "a" * 200_000 + '",b\n1,2\n'))
+    assert (info.value.line, info.value.field) == (1, "header") and len(str(info.value)) < 2000
+
+
 def test_error_survives_pickling():
-    err = pickle.loads(pickle.dumps(TraceFormatError("t.csv", 7, "ContextTokens", "negative: '-1'")))
-    assert (err.path, err.line, err.field, str(err)) == ("t.csv", 7, "ContextTokens",
-                                                        "t.csv:7: field 'ContextTokens': negative: '-1'")
+    err = pickle.loads(pickle.dumps(TraceFormatError("t.csv", 7, "ContextTokens", "negative: '-1'", skippable=True)))
+    assert (err.path, err.line, err.field, err.skippable, str(err)) == (
+        "t.csv", 7, "ContextTokens", True, "t.csv:7: field 'ContextTokens': negative: '-1'")
 
 
 @pytest.mark.parametrize("fmt,text,field,fragment", [
@@ -254,8 +286,15 @@ def test_bad_arguments(tmp_path, kwargs):
 
 def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.csv"
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(FileNotFoundError) as info:
         read_trace(missing)
+    assert str(info.value) == f"trace file not found: {missing}"
+
+
+def test_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(TraceFileError) as info:
+        read_trace(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: is a directory")
 
 
 def test_truncated_gzip(tmp_path):
@@ -285,10 +324,14 @@ def test_skip_bad_rows_counts_and_keeps_order(tmp_path):
     assert (np.diff(trace.arrival_s) > 0).all()
 
 
-def test_skip_bad_rows_keeps_only_ten_reasons(tmp_path):
-    rows = [f"{T0},1,2"] + [f"{T1},x,2"] * 25
+def test_skip_bad_rows_keeps_a_bounded_list_and_exact_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_rows, "MAX_SKIPPED_KEPT", 10)
+    rows = [f"{T0},1,2"] + [f"{T1},x,2"] * 20 + [f"{T1},3"] * 5
     trace = read_trace(write(tmp_path, azure(rows)), skip_bad_rows=True)
-    assert (trace.rows, trace.bad_rows, len(trace.bad_row_reasons)) == (1, 25, 10)
+    assert (trace.rows, trace.bad_rows, len(trace.skipped_rows)) == (1, 25, 10)
+    assert trace.skipped_rows[0] == (3, "ContextTokens", "not an integer: 'x'")
+    assert [row.line for row in trace.skipped_rows] == list(range(3, 13))
+    assert trace.bad_rows_by_field == (("ContextTokens", 20), ("GeneratedTokens", 5))
 
 
 def test_all_rows_bad_is_still_an_error(tmp_path):
@@ -344,7 +387,7 @@ def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
     ["2024-05-10 00:00:00.009930+00:00", "2024-05-10 00:00:00.009930-07:30", "2024-05-17 23:59:59.999999+14:00"],
     ["2024-05-10T00:00:00Z", "2000-02-29T12:34:56Z"],
     ["2024-05-10 00:00:00.1", "1970-01-01 00:00:00.9"],
-    ["2024-05-10 00:00:00.123456789", "2262-04-11 00:00:00.000000000"],
+    ["2024-05-10 00:00:00.123456789", "2261-12-31 23:59:59.999999999"],
 ])
 def test_vectorised_timestamps_match_row_parser(stamps):
     expected = [wallclock.parse_iso_ns(s) for s in stamps]
