@@ -41,7 +41,7 @@ def run(args) -> int:
     progress = not args.no_progress and args.json != "-"
     result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress).run()
     summary = summarize(result)
-    summary["trace"] = trace_record(trace)
+    summary["trace"] = trace_record(trace, args)
     if args.json:
         write_json(summary, args.json)
     if args.out:

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from simulator.traces.rows import INT64_MAX, MAX_TOKENS, Collector, Lines, RowError, shown
+from simulator.traces.rows import INT64_MAX, MAX_TOKENS, Collector, Lines, RowError, Window, shown
 from simulator.traces.trace import Trace
 
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
@@ -62,9 +62,9 @@ def _mooncake_record(line: str) -> tuple[float, int, int, list[int]]:
 
 
 def read_mooncake(path: str, lines: Lines, blocks: Iterator[tuple[int, list[str]]], skip: bool,
-                   max_rows: int | None) -> Trace:
+                   max_rows: int | None, window: Window | None) -> Trace:
     out = Collector(path, skip, max_rows, ties_allowed=True, time_field="timestamp", time_dtype=np.float64,
-                     show_time=lambda ms: f"{ms:g} ms")
+                     show_time=lambda ms: f"{ms:g} ms", window=None if window is None else window.native(1e3))
     for start, block in blocks:
         for k, line in enumerate(block):
             if out.full:

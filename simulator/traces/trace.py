@@ -83,6 +83,9 @@ class Trace:
     skipped_rows: tuple[SkippedRow, ...] = ()
     bad_rows_by_field: tuple[tuple[str, int], ...] = ()
     filtered_rows: int = 0
+    # Valid rows read before a time window's start and not kept: the first kept
+    # row is data row rows_before_window (0-based) when no row was bad or filtered.
+    rows_before_window: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.input_tokens)

@@ -138,6 +138,40 @@ def test_skip_bad_rows_prints_ten_and_lists_all_in_the_json(tmp_path, capsys):
     assert "skipped 13 malformed trace rows (--skip-bad-rows); the first 10:" in err
 
 
+VIDUR_WITH_BAD_TAIL = "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n1.0,20,5\n2.0,30,5\n2.5,40,5\n3.0,x,5\n"
+
+
+@pytest.mark.parametrize("extra, code", [
+    ([], 0),                          # replayed at trace times: only the first 3 rows are read
+    (["--rate", "5"], 0),             # synthesized at a given rate: lengths of the first 3 rows
+    (["--arrival", "poisson"], 2),    # the trace's mean rate needs every row, so the bad one is read
+])
+def test_requests_reads_only_the_rows_it_needs(tmp_path, capsys, extra, code):
+    path = tmp_path / "t.csv"
+    path.write_text(VIDUR_WITH_BAD_TAIL)
+    out_json = tmp_path / "s.json"
+    got, _, err = run_cli(["simulate", "--trace", str(path), "--requests", "3", "--json", str(out_json),
+                           "--no-progress"] + extra, capsys)
+    assert got == code, err
+    if code == 0:
+        assert json.loads(out_json.read_text())["trace"]["rows"] == 3
+    else:
+        assert f"{path}:6: field 'num_prefill_tokens'" in err
+
+
+def test_time_window_flags_select_rows_and_are_reported(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text(VIDUR_WITH_BAD_TAIL)
+    out_json = tmp_path / "s.json"
+    code, _, err = run_cli(["simulate", "--trace", str(path), "--start", "1", "--duration", "1.5", "--json",
+                            str(out_json), "--no-progress"], capsys)
+    assert code == 0, err
+    s = json.loads(out_json.read_text())
+    assert s["requests"] == 2
+    assert {k: s["trace"][k] for k in ("rows", "start_s", "duration_s", "rows_before_window")} == {
+        "rows": 2, "start_s": 1.0, "duration_s": 1.5, "rows_before_window": 1}
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: tmp, "{}: is a directory; give a trace file (CSV or JSON lines, .gz ok)"),
     (lambda tmp: tmp / "nope.csv", "trace file not found: {}"),

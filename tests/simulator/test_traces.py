@@ -353,7 +353,7 @@ def synthetic_azure_rows(n: int, seed: int = 3) -> tuple[list[str], np.ndarray]:
 @pytest.mark.parametrize("chunk_chars", [700, 100_000], ids=["tiny-reads", "default-ish"])
 def test_bad_row_deep_in_a_large_file(tmp_path, monkeypatch, chunk_chars):
     """Line numbers stay right across read chunks and block subdivision."""
-    monkeypatch.setattr(trace_rows, "CHUNK_CHARS", chunk_chars)
+    monkeypatch.setattr(trace_rows, "CHUNK_BYTES", chunk_chars)
     rows, seconds = synthetic_azure_rows(3000)
     bad = rows.copy()
     bad[2500] = bad[2500].rsplit(",", 1)[0] + ",-7"
@@ -452,6 +452,58 @@ def test_builtin_equals_shared_conv():
     builtin = read_trace(builtin_trace_path())
     assert np.array_equal(shared.arrival_s, builtin.arrival_s)
     assert np.array_equal(shared.input_tokens, builtin.input_tokens)
+
+
+WINDOW_ROWS = [f"2024-05-10 00:00:{s:02d}.500000+00:00,{s + 1},1" for s in range(0, 60, 5)]  # 0, 5, ... 55 s
+
+
+@pytest.mark.parametrize("row_by_row", [False, True], ids=["column-wise", "row-by-row"])
+@pytest.mark.parametrize("start_s,duration_s,inputs", [
+    (0.0, 10.0, [1, 6]),
+    (10.0, 10.0, [11, 16]),
+    (12.5, None, [16, 21, 26, 31, 36, 41, 46, 51, 56]),
+    (50.0, 1000.0, [51, 56]),
+])
+def test_time_window_keeps_rows_in_it(tmp_path, monkeypatch, row_by_row, start_s, duration_s, inputs):
+    if row_by_row:
+        monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
+    trace = read_trace(write(tmp_path, azure(WINDOW_ROWS)), start_s=start_s, duration_s=duration_s)
+    assert trace.input_tokens.tolist() == inputs
+    np.testing.assert_allclose(trace.arrival_s, [5.0 * k for k in range(len(inputs))])
+    assert trace.rows_before_window == (inputs[0] - 1) // 5
+
+
+@pytest.mark.parametrize("row_by_row", [False, True], ids=["column-wise", "row-by-row"])
+def test_time_window_stops_reading_at_its_end(tmp_path, monkeypatch, row_by_row):
+    if row_by_row:
+        monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
+    path = write(tmp_path, azure(WINDOW_ROWS + ["garbage"]))
+    assert read_trace(path, start_s=5.0, duration_s=20.0).input_tokens.tolist() == [6, 11, 16, 21]
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(path, start_s=5.0)
+    assert info.value.line == 14
+
+
+def test_time_window_on_mooncake(tmp_path):
+    lines = [moon(timestamp=ms, input_length=ms // 1000 + 1) for ms in (0, 1000, 1000, 2500, 4000)]
+    trace = read_trace(write(tmp_path, "\n".join(lines) + "\n", name="t.jsonl"), start_s=1.0, duration_s=2.0)
+    assert trace.input_tokens.tolist() == [2, 2, 3] and trace.arrival_s.tolist() == [0.0, 0.0, 1.5]
+
+
+def test_empty_time_window_is_a_clear_error(tmp_path):
+    with pytest.raises(TraceFormatError, match="no data rows in the time window"):
+        read_trace(write(tmp_path, azure(WINDOW_ROWS)), start_s=1000.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"start_s": -1.0}, {"duration_s": 0.0}, {"start_s": float("nan")}])
+def test_bad_time_window_arguments(tmp_path, kwargs):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        read_trace(write(tmp_path, azure(WINDOW_ROWS)), **kwargs)
+
+
+def test_time_window_needs_timestamps(tmp_path):
+    with pytest.raises(ValueError, match="needs timestamps"):
+        read_trace(write(tmp_path, "input_tokens,output_tokens\n1,2\n"), duration_s=5.0)
 
 
 def test_trace_rejects_inconsistent_columns():
