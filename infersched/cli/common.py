@@ -17,7 +17,7 @@ from simulator.traces import FORMATS, Trace, TraceFormatError
 # Skipped rows printed on stderr; the summary JSON carries more (see trace_record).
 SKIPPED_SHOWN = 10
 
-DEFAULT_CLUSTER = "hybrid"
+DEFAULT_CLUSTER = "demo"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
 USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)
