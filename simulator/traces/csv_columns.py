@@ -109,8 +109,9 @@ def count_column(block: Block, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | N
     return v.astype(np.int64)
 
 
-def decimal_column(a: np.ndarray, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | None:
+def decimal_column(block: Block, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | None:
     """Decimals `digits[.digits]` with at most 15 digits, as float64 equal to float(text)."""
+    a = block.a
     w = fe - fs
     if len(w) == 0 or w.min() < 1 or w.max() > _DECIMAL_DIGITS + 1:
         return None

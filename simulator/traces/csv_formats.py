@@ -77,11 +77,11 @@ def describe_formats() -> str:
         "; mooncake: JSON lines with " + ", ".join(MOONCAKE_KEYS))
 
 
-def _seconds_column(a: np.ndarray, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | None:
-    values = decimal_column(a, fs, fe)
+def _seconds_column(block: Block, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | None:
+    values = decimal_column(block, fs, fe)
     if values is None:
         # Exponents, long mantissas: float() per field, still without a row split.
-        data = a.tobytes()
+        data = block.a.tobytes()
         texts = [data[i:j] for i, j in zip(fs.tolist(), fe.tolist())]
         if any(b"_" in t or not t for t in texts):
             return None
@@ -179,7 +179,7 @@ def _csv_fast_block(out: Collector, start: int, data: bytes, layout: CsvLayout, 
             stamps = fixed_width(block, fs[:, ti], fe[:, ti])
             times = None if stamps is None else iso_matrix(stamps)
         else:
-            times = _seconds_column(a, fs[:, ti], fe[:, ti])
+            times = _seconds_column(block, fs[:, ti], fe[:, ti])
         if times is None:
             return False
     line_of = np.arange(start, start + n)

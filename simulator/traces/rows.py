@@ -322,20 +322,30 @@ class Collector:
             if self.window is not None and self.origin is not None:
                 why = f"no data rows in the time window ({self.before_window:,} rows before it)"
             raise TraceFormatError(self.path, next_line, "row", why)
+        # Each column is joined and its blocks dropped before the next one: at
+        # tens of millions of rows, holding all blocks and all joins at once
+        # would double the peak memory.
         arrival_s = None
         if time_unit_per_s is not None:
             t = np.concatenate(self.times)
+            self.times.clear()
             # Subtract in the native unit first so integer ns stay exact, then
             # divide (correctly rounded) rather than multiply by an inexact 1e-9.
-            arrival_s = (t - t[0]).astype(np.float64)
+            t -= t[0]
+            arrival_s = t.astype(np.float64)
+            del t
             if time_unit_per_s != 1.0:
                 arrival_s /= time_unit_per_s
+        inputs = np.concatenate(self.inputs)
+        self.inputs.clear()
+        outputs = np.concatenate(self.outputs)
+        self.outputs.clear()
         hash_ids = None
         if with_hashes:
             offsets = np.zeros(self.kept + 1, dtype=np.int64)
             np.cumsum(np.concatenate(self.hash_lengths), out=offsets[1:])
             hash_ids = (offsets, np.concatenate(self.hash_values))
-        return Trace(path=self.path, format=fmt, arrival_s=arrival_s, input_tokens=np.concatenate(self.inputs),
-                     output_tokens=np.concatenate(self.outputs), hash_ids=hash_ids, bad_rows=self.bad,
+        return Trace(path=self.path, format=fmt, arrival_s=arrival_s, input_tokens=inputs,
+                     output_tokens=outputs, hash_ids=hash_ids, bad_rows=self.bad,
                      skipped_rows=tuple(self.skipped), bad_rows_by_field=tuple(sorted(self.bad_by_field.items())),
                      filtered_rows=self.filtered, rows_before_window=self.before_window)

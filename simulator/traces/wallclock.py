@@ -1,9 +1,9 @@
 """Wall-clock timestamps (the Azure traces' `TIMESTAMP`) as integer ns since 1970 UTC.
 
-`parse_iso_ns` parses one stamp and defines what is valid; `iso_column`
-(and `iso_matrix`, on bytes) parses a block of stamps that share one layout
-column-wise with numpy (the date looked up once per distinct day) and returns None when it cannot vouch
-for every row, so the row-by-row path names the bad one.
+`parse_iso_ns` parses one stamp and defines what is valid; `iso_matrix`
+parses the bytes of a block of stamps that share one layout column-wise with
+numpy (the date looked up once per distinct day) and returns None when it
+cannot vouch for every row, so the row-by-row path names the bad one.
 """
 from __future__ import annotations
 
@@ -83,19 +83,11 @@ def iso_time_field(text: str, field: str) -> int:
         raise RowError(field, str(e)) from None
 
 
-def iso_column(col: list[str]) -> np.ndarray | None:
-    """Vectorised `parse_iso_ns` for a block whose stamps share one layout."""
-    width = len(col[0])
-    if len(set(map(len, col))) != 1:
-        return None
-    joined = "".join(col)
-    if not joined.isascii():
-        return None
-    return iso_matrix(np.frombuffer(joined.encode("ascii"), dtype=np.uint8).reshape(len(col), width))
-
-
 def iso_matrix(a: np.ndarray) -> np.ndarray | None:
-    """`iso_column` on the stamps' bytes, one row each (all one width)."""
+    """Vectorised `parse_iso_ns` for stamps that share one layout, as bytes: one row each, one width.
+
+    None when it cannot vouch for every row, so the row-by-row path names the bad one.
+    """
     width = a.shape[1]
     if width < 19:
         return None

@@ -371,6 +371,48 @@ def test_bad_row_deep_in_a_large_file(tmp_path, monkeypatch, chunk_chars):
     assert trace.input_tokens.tolist() == [i % 977 + 1 for i in range(3000) if keep[i]]
 
 
+def column(texts: list[str]):
+    from simulator.traces.csv_columns import Block, field_bounds
+
+    block = Block(",".join(texts).encode() + b"\n")
+    fs, fe = field_bounds(block.a, len(texts))
+    return block, fs[0], fe[0]
+
+
+@pytest.mark.parametrize("texts", [
+    ["1", "9", "10", "12345678", "99999999", "10000000", "00000001", "7"],
+    ["0", "5", "42", "123", "4096", "65536", "1000000", "31415926"],
+])
+def test_swar_counts_match_int(texts):
+    from simulator.traces.csv_columns import count_column
+
+    assert count_column(*column(texts)).tolist() == [int(t) for t in texts]
+
+
+@pytest.mark.parametrize("texts", [["123456789"], ["-1"], ["+1"], [" 1"], ["1a"], ["1.0"], ["\u0661"], ["x"]])
+def test_swar_counts_refuse_what_is_not_a_short_count(texts):
+    from simulator.traces.csv_columns import count_column
+
+    assert count_column(*column(texts + ["1"])) is None
+
+
+@pytest.mark.parametrize("texts", [
+    ["0.0", "4.314579", "19.5", "0.1", "0.3", "123456789.12345", "999999999999999", "3.00000000000001"],
+    ["1", "10.25", "86399.999999", "604800.0", "0.00000000000001", "2.675", "1.005", "7"],
+])
+def test_decimals_match_float(texts):
+    from simulator.traces.csv_columns import decimal_column
+
+    assert decimal_column(*column(texts)).tolist() == [float(t) for t in texts]
+
+
+@pytest.mark.parametrize("text", ["1e5", ".5", "5.", "1.2.3", "-1.0", "1234567890123456", "nan", "1_0"])
+def test_decimals_leave_other_forms_to_float(text):
+    from simulator.traces.csv_columns import decimal_column
+
+    assert decimal_column(*column([text, "1.0"])) is None
+
+
 def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
     rows, _ = synthetic_azure_rows(2000)
     path = write(tmp_path, azure(rows))
@@ -391,7 +433,8 @@ def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
 ])
 def test_vectorised_timestamps_match_row_parser(stamps):
     expected = [wallclock.parse_iso_ns(s) for s in stamps]
-    assert wallclock.iso_column(stamps).tolist() == expected
+    matrix = np.frombuffer("".join(stamps).encode(), dtype=np.uint8).reshape(len(stamps), -1)
+    assert wallclock.iso_matrix(matrix).tolist() == expected
     # numpy is an independent reference for the zone-free forms
     if not any(c in s[19:] for s in stamps for c in "+-Z"):
         ref = np.array([s.replace(" ", "T") for s in stamps], dtype="datetime64[ns]").astype(np.int64)
