@@ -1,9 +1,10 @@
 """What every trace reader shares: opening files, blocks of lines, field parsers, kept rows.
 
 Files are opened by content (gzip magic, byte-order mark), read in blocks of
-about `CHUNK_BYTES` bytes of whole lines with their physical line numbers; `Collector` keeps the valid rows as columns, checks timestamp order
-across blocks, and raises or counts (with `skip_bad_rows`) each bad row as a
-`TraceFormatError` naming file, line and field.
+about `CHUNK_BYTES` bytes of whole lines with their physical line numbers;
+`Collector` keeps the valid rows as columns, checks timestamp order across
+blocks, applies a time window, and raises or counts (with `skip_bad_rows`)
+each bad row as a `TraceFormatError` naming file, line and field.
 """
 from __future__ import annotations
 
