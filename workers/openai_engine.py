@@ -162,10 +162,10 @@ class OpenAIEngine:
                 if response.status >= 400:
                     raise EngineHTTPError(url, await _error_message(response), status=response.status)
                 return await response.json(content_type=None)
+        except asyncio.TimeoutError as exc:  # first: TimeoutError is an OSError too
+            raise EngineTimeout(url, "no answer within the timeout") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise _connection_error(url, exc, 0) from exc
-        except asyncio.TimeoutError as exc:
-            raise EngineTimeout(url, "no answer within the timeout") from exc
         except (json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
             raise EngineProtocolError(url, f"answer is not JSON: {exc}") from exc
 
@@ -321,10 +321,10 @@ class CompletionStream:
         self.sent_s = engine._now()
         try:
             self._response = await engine._http().post(self._url, json=self._body)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise _connection_error(self._url, exc, 0) from exc
         except asyncio.TimeoutError as exc:
             raise EngineTimeout(self._url, "no answer within the timeout") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise _connection_error(self._url, exc, 0) from exc
         if self._response.status >= 400:
             message = await _error_message(self._response)
             self._response.release()
@@ -355,11 +355,11 @@ class CompletionStream:
                     self._arrivals.append(arrival - self.sent_s)
                     self._text.append(event)
                     yield TokenEvent(event, arrival)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            raise _connection_error(self._url, exc, len(self._arrivals)) from exc
         except asyncio.TimeoutError as exc:
             raise EngineTimeout(self._url, f"stream stalled after {len(self._arrivals)} chunks",
                                 tokens_streamed=len(self._arrivals)) from exc
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise _connection_error(self._url, exc, len(self._arrivals)) from exc
         self._finish(now() - self.sent_s)
 
     def _parse(self, data: bytes) -> str | None:
