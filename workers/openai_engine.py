@@ -100,7 +100,7 @@ class TokenEvent:
 @dataclass(frozen=True, slots=True)
 class Completion:
     text: str
-    prompt_tokens: int | None  # from the engine's `usage`; None if it sent none
+    prompt_tokens: int | None  # the engine's `usage`, else the caller's count, else None
     completion_tokens: int
     finish_reason: str | None
     sent_s: float
@@ -252,9 +252,10 @@ class OpenAIEngine:
 
     def stream_completion(self, prompt: str, *, max_tokens: int, prompt_tokens: int | None = None,
                           **params: Any) -> CompletionStream:
-        """Stream POST /v1/completions. `prompt_tokens` (from `count_tokens`) feeds the
-        prefill-rate estimate when the engine reports no usage; `params` go into the
-        body as they are (temperature, seed, stop, ...)."""
+        """Stream POST /v1/completions. `prompt_tokens` (from `count_tokens`) stands in
+        for the engine's `usage` when a stream carries none (llama-cpp-python's do not),
+        so the prefill rate can still be measured; `params` go into the body as they
+        are (temperature, seed, stop, ...)."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, **params}
         return CompletionStream(self, "/v1/completions", body, prompt_tokens, chat=False)
 
@@ -287,10 +288,9 @@ class OpenAIEngine:
         except (KeyError, IndexError, TypeError) as exc:
             raise EngineProtocolError(self.base_url + path, f"not a completion: {answer!r:.200}") from exc
 
-    def _record(self, completion: Completion, prompt_tokens: int | None) -> None:
-        tokens = completion.prompt_tokens if completion.prompt_tokens is not None else prompt_tokens
-        if tokens and completion.ttft_s:
-            self._estimator.add_prefill(tokens, completion.ttft_s)
+    def _record(self, completion: Completion) -> None:
+        if completion.prompt_tokens and completion.ttft_s:
+            self._estimator.add_prefill(completion.prompt_tokens, completion.ttft_s)
         if completion.tpot_s is not None:
             self._estimator.add_decode(completion.tpot_s)
 
@@ -341,6 +341,7 @@ class CompletionStream:
     async def _events(self) -> AsyncIterator[TokenEvent]:
         assert self._response is not None, "use `async with` before iterating"
         now = self._engine._now
+        done = False
         try:
             async for raw in self._response.content:
                 line = raw.strip()
@@ -348,6 +349,7 @@ class CompletionStream:
                     continue  # blank separators, comments (": ping"), event names
                 data = line[5:].strip()
                 if data == b"[DONE]":
+                    done = True
                     break
                 event = self._parse(data)
                 if event is not None:
@@ -360,6 +362,11 @@ class CompletionStream:
                                 tokens_streamed=len(self._arrivals)) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             raise _connection_error(self._url, exc, len(self._arrivals)) from exc
+        if not done:
+            # A clean close without [DONE] is a failure the engine did not report:
+            # llama-cpp-python ends a stream this way when the prompt overflows its context.
+            raise EngineProtocolError(self._url, f"stream ended without [DONE] after {len(self._arrivals)} chunks",
+                                      tokens_streamed=len(self._arrivals))
         self._finish(now() - self.sent_s)
 
     def _parse(self, data: bytes) -> str | None:
@@ -388,7 +395,8 @@ class CompletionStream:
         arrivals = tuple(self._arrivals)
         usage = self._usage or {}
         completion_tokens = int(usage.get("completion_tokens", len(arrivals)))
-        prompt_tokens = usage.get("prompt_tokens")
+        # Engines without usage in streams (llama-cpp-python) leave the caller's count.
+        prompt_tokens = usage.get("prompt_tokens", self._prompt_tokens)
         ttft_s = arrivals[0] if arrivals else None
         tpot_s = None
         if arrivals and completion_tokens >= 2:
@@ -398,7 +406,7 @@ class CompletionStream:
         self.result = Completion("".join(self._text), None if prompt_tokens is None else int(prompt_tokens),
                                  completion_tokens, self._finish_reason, self.sent_s, ttft_s, tpot_s,
                                  e2e_s, arrivals, self._usage is not None)
-        self._engine._record(self.result, self._prompt_tokens)
+        self._engine._record(self.result)
 
 
 def estimate_tokens(text: str) -> int:

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from workers.openai_engine import (EngineHTTPError, EngineTimeout, EngineUnreachable, OpenAIEngine,
+from workers.openai_engine import (EngineHTTPError, EngineProtocolError, EngineTimeout, EngineUnreachable, OpenAIEngine,
                                    TokenCountSource, TokenizerDialect)
 
 MAX_TOKENS = 16
@@ -20,10 +20,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _stream(engine: OpenAIEngine, *, chat: bool, max_tokens: int = MAX_TOKENS, pause=None):
+async def _stream(engine: OpenAIEngine, *, chat: bool, max_tokens: int = MAX_TOKENS, pause=None,
+                  prompt: str = PROMPT, prompt_tokens: int | None = None):
     """Stream one request; `pause(n)` runs after the n-th chunk (a test's hook into timing)."""
     stream = (engine.stream_chat(MESSAGES, max_tokens=max_tokens, temperature=0) if chat
-              else engine.stream_completion(PROMPT, max_tokens=max_tokens, temperature=0))
+              else engine.stream_completion(prompt, max_tokens=max_tokens, temperature=0,
+                                            prompt_tokens=prompt_tokens))
     async with stream:
         async for n, _event in _enumerate(stream):
             if pause is not None:
@@ -60,13 +62,16 @@ def test_stream_measures_every_token_and_matches_the_unstreamed_answer(llama_eng
     assert whole.ttft_s is None and whole.tpot_s is None  # not measurable without a stream
 
 
-def test_stream_takes_prompt_and_completion_tokens_from_the_engines_usage(llama_engine):
+def test_stream_without_usage_counts_chunks_and_keeps_the_callers_prompt_count(llama_engine):
     async def go():
         async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
-            return await _stream(engine, chat=False), await engine.complete(PROMPT, max_tokens=MAX_TOKENS)
+            counted = await engine.count_tokens(PROMPT)
+            streamed = await _stream(engine, chat=False, prompt_tokens=counted.tokens)
+            return streamed, await engine.complete(PROMPT, max_tokens=MAX_TOKENS)
 
     streamed, whole = run(go())
-    assert streamed.usage_reported
+    assert not streamed.usage_reported  # llama-cpp-python ignores stream_options.include_usage
+    assert streamed.completion_tokens == whole.completion_tokens == MAX_TOKENS
     assert streamed.prompt_tokens == whole.prompt_tokens
 
 
@@ -161,12 +166,27 @@ def test_http_error_carries_the_status_and_the_engines_message(llama_engine):
     async def go():
         async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
             with pytest.raises(EngineHTTPError) as failed:
-                await _stream(engine, chat=False, max_tokens=-5)
+                await engine.complete("hello " * 600, max_tokens=4)  # the engine has n_ctx 512
             return failed.value
 
     error = run(go())
-    assert error.status == 422  # FastAPI's validation status, as llama-cpp-python answers
-    assert "max_tokens" in error.message
+    assert error.status == 400
+    assert "maximum context length is 512 tokens" in error.message
+    assert error.tokens_streamed == 0
+
+
+def test_stream_that_ends_without_done_is_a_protocol_error(llama_engine):
+    async def go():
+        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
+            # llama-cpp-python answers 200 and closes the stream when a streamed prompt
+            # overflows its context, where the unstreamed request gets a 400.
+            with pytest.raises(EngineProtocolError) as failed:
+                await _stream(engine, chat=False, prompt="hello " * 600)
+            return failed.value
+
+    error = run(go())
+    assert "without [DONE]" in error.message
+    assert error.tokens_streamed == 0
 
 
 def test_cancelled_stream_closes_and_the_engine_serves_the_next_request(llama_engine):
@@ -196,9 +216,10 @@ def test_ewma_estimates_start_at_the_first_sample_and_move_with_later_ones(llama
     async def go():
         async with OpenAIEngine(llama_engine.base_url, llama_engine.model, ewma_alpha=0.5) as engine:
             assert engine.estimates.prefill_tokens_per_s is None
-            first = await _stream(engine, chat=False)
+            tokens = (await engine.count_tokens(PROMPT)).tokens
+            first = await _stream(engine, chat=False, prompt_tokens=tokens)
             after_first = engine.estimates
-            second = await _stream(engine, chat=False)
+            second = await _stream(engine, chat=False, prompt_tokens=tokens)
             return first, after_first, second, engine.estimates
 
     first, after_first, second, after_second = run(go())
@@ -237,7 +258,7 @@ def test_decode_estimate_rises_when_the_engine_stalls_mid_stream(disposable_llam
 def test_estimates_predict_from_the_measured_rates(llama_engine):
     async def go():
         async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
-            await _stream(engine, chat=False)
+            await _stream(engine, chat=False, prompt_tokens=(await engine.count_tokens(PROMPT)).tokens)
             return engine.estimates
 
     estimates = run(go())
