@@ -128,6 +128,7 @@ class OpenAIEngine:
         self._session: aiohttp.ClientSession | None = None
         self._dialect: TokenizerDialect | None = None
         self._estimator = LatencyEstimator(ewma_alpha)
+        self.connections_opened = 0  # TCP connections made; more than the peak concurrency means churn
 
     async def __aenter__(self) -> OpenAIEngine:
         return self
@@ -144,9 +145,14 @@ class OpenAIEngine:
         # Made on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            tracing = aiohttp.TraceConfig()
+            tracing.on_connection_create_end.append(self._count_connection)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  headers=self._headers)
+                                                  headers=self._headers, trace_configs=[tracing])
         return self._session
+
+    async def _count_connection(self, *_: object) -> None:
+        self.connections_opened += 1
 
     @property
     def estimates(self) -> EngineEstimates:
@@ -332,8 +338,12 @@ class CompletionStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._response is not None and self.result is None:
+        if self._response is None:
+            return
+        if self.result is None:
             self._response.close()  # drop the connection: the engine stops generating
+        else:
+            self._response.release()  # back to the pool for the next request
 
     def __aiter__(self) -> AsyncIterator[TokenEvent]:
         return self._events()
@@ -350,6 +360,7 @@ class CompletionStream:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     done = True
+                    await self._response.read()  # the chunked body's end, so the connection is reusable
                     break
                 event = self._parse(data)
                 if event is not None:

@@ -74,7 +74,10 @@ def running_llama_server(model_path: Path, log_dir: Path, *, n_ctx: int = 512,
     log_path = log_dir / f"llama-server-{port}.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
                "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
-               "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+               "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+               # Queue concurrent requests as a real engine serves them; by default a new
+               # request interrupts the one running.
+               "--interrupt_requests", "false"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = LlamaServer(f"http://127.0.0.1:{port}", MODEL_ALIAS, process, log_path)

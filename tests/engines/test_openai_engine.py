@@ -189,27 +189,57 @@ def test_stream_that_ends_without_done_is_a_protocol_error(llama_engine):
     assert error.tokens_streamed == 0
 
 
-def test_cancelled_stream_closes_and_the_engine_serves_the_next_request(llama_engine):
+def test_cancelled_stream_closes_its_connection_and_the_engine_serves_the_next(disposable_llama_engine):
+    server = disposable_llama_engine
+
     async def go():
-        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
+        async with OpenAIEngine(server.base_url, server.model) as engine:
             stream = engine.stream_completion(PROMPT, max_tokens=400, temperature=0)
+            first_token = asyncio.Event()
 
             async def consume():
                 async with stream:
                     async for _ in stream:
+                        first_token.set()
                         await asyncio.sleep(3600)  # blocks until cancelled
 
             task = asyncio.create_task(consume())
-            await asyncio.sleep(0.5)
+            await first_token.wait()
+            server.pause()  # the stream is surely still in flight when it is cancelled
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            server.resume()
             after = await _stream(engine, chat=False)
-            return stream, after
+            return stream, after, engine.connections_opened
 
-    cancelled, after = run(go())
+    cancelled, after, connections = run(go())
     assert cancelled.result is None
     assert after.completion_tokens == MAX_TOKENS
+    assert connections == 2  # the cancelled stream's connection was closed, not reused
+
+
+def test_sequential_requests_reuse_one_pooled_connection(llama_engine):
+    async def go():
+        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
+            for chat in (False, True, False, True):
+                await _stream(engine, chat=chat)
+            await engine.complete(PROMPT, max_tokens=2)
+            await engine.count_tokens(PROMPT)
+            return engine.connections_opened
+
+    assert run(go()) == 1
+
+
+def test_concurrent_streams_all_complete_on_their_own_connections(llama_engine):
+    async def go():
+        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as engine:
+            results = await asyncio.gather(*(_stream(engine, chat=bool(i % 2)) for i in range(4)))
+            return results, engine.connections_opened
+
+    results, connections = run(go())
+    assert [r.completion_tokens for r in results] == [MAX_TOKENS] * 4
+    assert connections == 4
 
 
 def test_ewma_estimates_start_at_the_first_sample_and_move_with_later_ones(llama_engine):
