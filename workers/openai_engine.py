@@ -1,5 +1,5 @@
 """An asyncio client for one inference engine that speaks the OpenAI HTTP API
-(vLLM, SGLang, llama.cpp's server, llama-cpp-python's server, TGI).
+(vLLM, SGLang, llama.cpp's server, llama-cpp-python's server, TGI's Messages API).
 
 It streams completions and chat completions and stamps each token's arrival,
 so TTFT and TPOT are measured, not modelled; it counts prompt tokens with the
@@ -209,18 +209,22 @@ class OpenAIEngine:
         return self._dialect
 
     async def _detect_dialect(self) -> TokenizerDialect:
+        # A 4xx means "not this endpoint or not this body" (TGI's /tokenize wants
+        # `inputs` and answers 422); a 5xx or a connection error is raised and
+        # nothing is cached, so the next call asks again.
         try:
             answer = await self._request("POST", "/tokenize", {"model": self.model, "prompt": "a"})
             # llama.cpp ignores `prompt` and answers {"tokens": []}; vLLM adds a count.
-            return TokenizerDialect.VLLM if "count" in answer else TokenizerDialect.LLAMA_CPP
+            if isinstance(answer, dict) and "tokens" in answer:
+                return TokenizerDialect.VLLM if "count" in answer else TokenizerDialect.LLAMA_CPP
         except EngineHTTPError as exc:
-            if exc.status not in (404, 405):
+            if exc.status is None or exc.status >= 500:
                 raise
         try:
             await self._request("POST", "/extras/tokenize", {"model": self.model, "input": "a"})
             return TokenizerDialect.LLAMA_CPP_PYTHON
         except EngineHTTPError as exc:
-            if exc.status not in (404, 405):
+            if exc.status is None or exc.status >= 500:
                 raise
         return TokenizerDialect.NONE
 
