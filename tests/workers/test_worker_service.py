@@ -22,6 +22,7 @@ from workers.emulated import EmulatedWorker
 from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
 from workers.engine_state import restore_engine
 from workers.kv_link import KvLinks
+from workers.report import WorkerState
 from workers.rpc import WORKER_SERVICE, start_grpc_server
 from workers.servicer import WorkerServicer
 
@@ -396,7 +397,7 @@ def test_stats_carry_the_load_report_and_drain_waits_for_idle(cluster):
         async with worker_channel(w) as channel:
             stub = worker_pb2_grpc.WorkerStub(channel)
             call = stub.Session()
-            await call.write(worker_pb2.SessionRequest(work=[work("a", 1000, 400)]))
+            await call.write(worker_pb2.SessionRequest(work=[work("a", 1000, 200_000)]))  # decodes for ~1 s
             await until(lambda: w.engine.batch == 1, "the request to decode")
             busy = await stub.GetWorkerStats(worker_pb2.WorkerStatsRequest())
             bad = None
@@ -404,8 +405,10 @@ def test_stats_carry_the_load_report_and_drain_waits_for_idle(cluster):
                 await stub.Drain(worker_pb2.DrainRequest(wait=True, timeout_s=-1.0))
             except grpc.aio.AioRpcError as exc:
                 bad = exc
-            drained = await stub.Drain(worker_pb2.DrainRequest(wait=True, timeout_s=5.0))
-            refused, _ = await follow(call, {"a"})
+            draining = asyncio.ensure_future(stub.Drain(worker_pb2.DrainRequest(wait=True, timeout_s=5.0)))
+            await until(lambda: w.state == WorkerState.DRAINING, "the worker to drain")
+            await call.write(worker_pb2.SessionRequest(cancel_request_ids=["a"]))  # the last work in flight
+            drained = await draining
             await call.write(worker_pb2.SessionRequest(work=[work("late", 10, 2)]))
             late, _ = await follow(call, {"late"})
             call.cancel()
