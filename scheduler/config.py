@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from scheduler.types import Role
+from workers.engine import DEFAULT_TOKEN_BUDGET
 
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -67,8 +68,17 @@ class PoolConfig:
     link_gbps: float = 400.0  # per-instance network link for KV hand-over, gigabits/s
     price_usd_per_hour: float | None = None  # per instance; None: device price x chips
     max_batch: int = 256  # most sequences decoding at once
-    max_batch_tokens: int = 16384  # most prompt tokens in one prefill iteration
+    max_batch_tokens: int = 16384  # most prompt tokens in one prefill-first iteration
     memory_utilization: float = 0.9  # share of device memory the engine may use
+    # Chunked prefill (vLLM v1, Sarathi-Serve): each iteration runs the decode batch and fills
+    # the rest of token_budget with prompt chunks. Off: prefill-first (a prompt stalls decodes).
+    chunked_prefill: bool = False
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per iteration, decode and prompt together
+
+    @property
+    def engine_token_budget(self) -> int:
+        """The engine's token_budget argument: 0 for prefill-first."""
+        return self.token_budget if self.chunked_prefill else 0
 
     @property
     def link_bytes_per_s(self) -> float:
@@ -88,6 +98,7 @@ class ClusterConfig:
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
+    "chunked_prefill", "token_budget",
 }
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
@@ -160,7 +171,29 @@ def _parse_pool(source: str, index: int, raw: Any) -> PoolConfig:
                                                raw["price_usd_per_hour"], allow_zero=True)
     if "memory_utilization" in kwargs and kwargs["memory_utilization"] > 1.0:
         raise _fail(source, f"{where}.memory_utilization", "must be <= 1")
-    return PoolConfig(**kwargs)
+    _parse_chunking(source, where, raw, kwargs)
+    pool = PoolConfig(**kwargs)
+    if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
+        raise _fail(source, f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks "
+                    f"beside a full decode batch (max_batch {pool.max_batch}); it must exceed max_batch")
+    return pool
+
+
+def _parse_chunking(source: str, where: str, raw: dict, kwargs: dict) -> None:
+    """chunked_prefill and token_budget. A decode pool computes no prompts, so chunking does
+    not apply there; a budget without chunking would be ignored, so it is refused."""
+    chunked = raw.get("chunked_prefill", False)
+    if not isinstance(chunked, bool):
+        raise _fail(source, f"{where}.chunked_prefill", f"expected true or false, got {chunked!r}")
+    if chunked and kwargs["role"] == Role.DECODE:
+        raise _fail(source, f"{where}.chunked_prefill", "a decode pool computes no prompts; "
+                    "set it on the prefill or colocated pools")
+    if "token_budget" in raw:
+        if not chunked:
+            raise _fail(source, f"{where}.token_budget", "applies only with chunked_prefill: true "
+                        "(prefill-first iterations are capped by max_batch_tokens)")
+        kwargs["token_budget"] = _number(source, f"{where}.token_budget", raw["token_budget"], integer=True)
+    kwargs["chunked_prefill"] = chunked
 
 
 def _parse_policy(source: str, raw: Any) -> PolicyConfig:

@@ -33,8 +33,10 @@ def format_summary(s: dict) -> str:
     for reason, count in sorted(s.get("reject_reasons", {}).items()):
         lines.append(f"  rejected {count:,}: {reason}")
     lines.append(f"{'':12}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
-    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
-        d = s[key]
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "end-to-end")):
+        d = s.get(key)
+        if d is None:
+            continue
         lines.append(f"{label:12}" + "".join(f"{_fmt_s(d[k]):>10}" for k in ("p50", "p90", "p99", "mean")))
     slo = s["slo"]
     lines.append(

@@ -9,30 +9,22 @@ where `serial` (DeviceSpec.decode_serial_fraction) is the share of the shorter
 phase that fails to hide under the longer one. Measured H100 decode needs it:
 at batch 256 the step is about 2.5 ms longer than the memory roofline although
 compute alone would take less than memory (see workers/calibration.py). Large
-prefills overlap well, so prefill uses serial = 0.
+prefills overlap well, so prefill uses serial = 0. A mixed iteration (chunked
+prefill: prompt chunks beside a decode step, `mixed`) adds both sides' work.
 
 Dynamic energy is linear in the work (joules per FLOP plus joules per byte) and
 capped so that idle + dynamic / time never exceeds the instance's peak power.
-Callers add idle_power_w * time themselves (idle power is drawn whether or not
-the instance computes).
+Callers add idle_power_w * time themselves.
 
-Everything callers use on the simulator's hot path is O(1) float arithmetic:
-per-instance constants are folded in __init__, and `decode` sums a batch's
-steps in closed form (the step time is piecewise linear in the step index, so
-its sum is a pair of arithmetic series split at the compute/memory crossover).
-
-Speed matters here: a simulation of a million requests calls prefill, decode
-and decode_steps_within a few times per request, with a budget of a few
-microseconds each in CPython. So those methods unpack their constants from
-tuples built once (per instance, and per batch size: the same sizes recur),
-turn integer arguments into floats once (CPython's fast path for arithmetic
-is float op float), and handle the common case inline: one of compute/memory
-is the larger over the whole segment, and the power cap binds on all of it or
-on none of it. Anything else -- compute and memory swapping within the segment,
-or the cap starting or stopping to bind -- goes to the general path
-(`_decode_general`, `_decode_steps_within_general`), which walks the stretches
-with the helpers below and evaluates the same expressions, so both paths give
-the same bits.
+Speed matters: a million-request simulation calls prefill, decode and
+decode_steps_within a few times per request, with a budget of a few
+microseconds each in CPython. Per-instance constants are folded in __init__
+into tuples (per batch size too: the same sizes recur), integers become floats
+once, and `decode` sums a segment's steps in closed form, inline for the
+common case (one of compute/memory the larger, the power cap binding on all of
+the segment or none of it). Anything else goes to the general path
+(`_decode_general`, `_decode_steps_within_general`, workers/series.py), which
+evaluates the same expressions, so both paths give the same bits.
 """
 from __future__ import annotations
 
@@ -40,6 +32,7 @@ import math
 
 from workers.devices import DeviceSpec
 from workers.models import ModelSpec
+from workers.series import series, series_steps_within, sum_min_lin
 
 __all__ = ["InstancePerf", "chips_needed", "ACTIVATION_BYTES"]
 
@@ -50,70 +43,6 @@ ACTIVATION_BYTES = 2.0
 _INF = math.inf
 _sqrt = math.sqrt  # module globals: one dictionary lookup each on the hot path
 _isfinite = math.isfinite
-
-
-def _lin_sum(a: float, s: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} (a + s*k).
-
-    Evaluated in the order decode() and decode_steps_within() use inline for k0 = 0,
-    `n * a + s * ((n - 1.0) * n * 0.5)` with n a float, so they agree to the last bit."""
-    n = k1 - k0
-    if n <= 0:
-        return 0.0
-    return n * a + s * ((k0 + k1 - 1.0) * n * 0.5)
-
-
-def _crossover(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> int:
-    """First integer k in [k0, k1] at or after which line 1 (a1 + s1 k) is at least line 2,
-    assuming s1 > s2 (line 1 grows faster, so once ahead it stays ahead)."""
-    r = (a2 - a1) / (s1 - s2)
-    if r <= k0:
-        return k0
-    if r >= k1:
-        return k1
-    return int(math.ceil(r))
-
-
-def _sum_max_lin(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} max(a1 + s1 k, a2 + s2 k), exactly, in O(1)."""
-    if k1 <= k0:
-        return 0.0
-    if s1 == s2:
-        return _lin_sum(max(a1, a2), s1, k0, k1)
-    if s1 < s2:
-        a1, s1, a2, s2 = a2, s2, a1, s1
-    x = _crossover(a1, s1, a2, s2, k0, k1)
-    return _lin_sum(a2, s2, k0, x) + _lin_sum(a1, s1, x, k1)
-
-
-def _sum_min_lin(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} min(a1 + s1 k, a2 + s2 k), exactly, in O(1)."""
-    if k1 <= k0:
-        return 0.0
-    if s1 == s2:
-        return _lin_sum(min(a1, a2), s1, k0, k1)
-    if s1 < s2:
-        a1, s1, a2, s2 = a2, s2, a1, s1
-    x = _crossover(a1, s1, a2, s2, k0, k1)
-    return _lin_sum(a1, s1, k0, x) + _lin_sum(a2, s2, x, k1)
-
-
-# Stand-in for "no last step" when solving for steps that fit in a time budget.
-_NO_END = 1 << 62
-
-
-def _pieces(c0: float, cs: float, m0: float, ms: float, end: int) -> list[tuple[int, int, bool]]:
-    """Split steps [0, end) where compute (c0 + cs k) and memory (m0 + ms k) swap as the larger.
-
-    Returns (first, last + 1, compute_is_larger) stretches; at most two because both are lines.
-    """
-    if cs == ms:
-        return [(0, end, c0 >= m0)]
-    if cs > ms:
-        kink = _crossover(c0, cs, m0, ms, 0, end)
-        return [(k0, k1, c) for k0, k1, c in ((0, kink, False), (kink, end, True)) if k1 > k0]
-    kink = _crossover(m0, ms, c0, cs, 0, end)
-    return [(k0, k1, c) for k0, k1, c in ((0, kink, True), (kink, end, False)) if k1 > k0]
 
 
 class InstancePerf:
@@ -332,7 +261,7 @@ class InstancePerf:
 
         # Which of compute/memory is the larger on every step? Usually memory: it is ahead at step 0
         # and grows faster (each step adds more KV bytes to read than attention FLOPs to do).
-        # Otherwise they cross at k = r (the same test as _pieces): for r <= 0 the faster-growing
+        # Otherwise they cross at k = r (the same test as series.pieces): for r <= 0 the faster-growing
         # one is the larger on every step, for r >= steps the other one is; in between they swap
         # inside the segment and the general path splits it.
         if c0 <= m0 and cs < ms:
@@ -353,7 +282,7 @@ class InstancePerf:
         else:
             p = fixed + m0 + serial * c0
             q, wq, es_wq = m_slopes
-        half = (n - 1.0) * n * 0.5  # sum of k over the segment, as _lin_sum computes it
+        half = (n - 1.0) * n * 0.5  # sum of k over the segment, as series.lin_sum computes it
         time_s = n * p + q * half
 
         # Each step's energy is min(e0 + es*k, wp + wq*k). Usually the cap is above at step 0 and
@@ -370,7 +299,7 @@ class InstancePerf:
             elif r >= n:
                 capped = es_wq < 0.0
             else:
-                return time_s, _sum_min_lin(e0, es, wp, wq, 0, steps)
+                return time_s, sum_min_lin(e0, es, wp, wq, 0, steps)
         else:
             capped = wp < e0
         if capped:
@@ -386,30 +315,7 @@ class InstancePerf:
         batch_f, _, _, _, e_b, _, _, es, _, _ = self._batch_terms[batch]
         _, _, e_per_kv, _, _ = self._decode_consts
         e0 = e_b + e_per_kv * (ctx_sum0 + batch_f)
-        # Cap each step at (peak - idle) * step time: min(line, line) on each stretch.
-        w = self._dyn_cap_w
-        time_s = energy_j = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            time_s += _lin_sum(p, q, k0, k1)
-            energy_j += _sum_min_lin(e0, es, w * p, w * q, k0, k1)
-        return time_s, energy_j
-
-    def _decode_time(self, fixed: float, c0: float, cs: float, m0: float, ms: float, steps: int) -> float:
-        """decode()'s time for `steps` steps from the lines (general path)."""
-        time_s = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            time_s += _lin_sum(p, q, k0, k1)
-        return time_s
-
-    def _step_line(self, fixed: float, c0: float, cs: float, m0: float, ms: float,
-                   c_is_max: bool) -> tuple[float, float]:
-        """Step time as p + q*k on a stretch where one of compute/memory is the larger."""
-        serial = self._serial
-        if c_is_max:
-            return fixed + c0 + serial * m0, cs + serial * ms
-        return fixed + m0 + serial * c0, ms + serial * cs
+        return series(fixed, self._serial, c0, cs, m0, ms, e0, es, self._dyn_cap_w, steps)
 
     def decode_steps_within(self, batch: int, ctx_sum0: float, time_s: float) -> int:
         """Largest k >= 0 with decode(batch, ctx_sum0, k)[0] <= time_s (closed form, exact at boundaries)."""
@@ -469,50 +375,87 @@ class InstancePerf:
         return self._decode_steps_within_general(batch, ctx_sum0, time_s)
 
     def _decode_steps_within_general(self, batch: int, ctx_sum0: float, time_s: float) -> int:
-        """decode_steps_within() for any budget: solves on each stretch, then corrects the integer by
-        galloping. decode_steps_within() comes here only when its one-stretch answer does not check out."""
+        """decode_steps_within() for any budget (see series_steps_within). decode_steps_within()
+        comes here only when its one-stretch answer does not check out."""
         fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
-        if time_s <= 0.0:
-            return 0
-        # Step time is p + q*k on each side of the kink, so elapsed time is quadratic in k there:
-        # solve it, then settle the integer against the same closed form decode() uses.
-        k = 0
-        elapsed = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, _NO_END):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            n = _steps_in_series(p + q * k0, q, time_s - elapsed)
-            if k1 >= _NO_END or k0 + n < k1:
-                k = k0 + n
-                break
-            elapsed += _lin_sum(p, q, k0, k1)
-            k = k1
+        return series_steps_within(fixed, self._serial, c0, cs, m0, ms, time_s)
 
-        def within(steps: int) -> bool:
-            return self._decode_time(fixed, c0, cs, m0, ms, steps) <= time_s
+    # --- mixed iterations (chunked prefill) ------------------------------------------
+    #
+    # One iteration computes `tokens` prompt tokens (chunks of `seqs` prompts whose already
+    # computed prefixes total `prefix_tokens`) beside one decode step of `batch` sequences:
+    # weights stream once for all of them, FLOPs and KV bytes add up. With tokens = 0 it is a
+    # decode step, with batch = 0 a prefill iteration. The fixed time and the serial share are
+    # the decode and prefill ones weighted by the tokens each side brings (an assumption: the
+    # calibration measured pure prefills and pure decodes only, none mixed). Iterations that
+    # advance one prompt by `tokens` each (seqs = 1) grow its prefix by `tokens` and its
+    # attention pairs by tokens^2 per iteration, and the decode context by `batch`: lines in
+    # the iteration index, summed in closed form as decode segments are.
 
-        # Rounding in the quadratic can leave k a step off; gallop then bisect, which in
-        # practice is one or two evaluations.
-        if within(k):
-            if not within(k + 1):
-                return k
-            lo, step = k + 1, 1
-            while within(lo + step):
-                lo, step = lo + step, step * 2
-            hi = lo + step  # within(lo) and not within(hi)
-        else:
-            hi, step = k, 1
-            while hi - step > 0 and not within(hi - step):
-                hi, step = hi - step, step * 2
-            lo = max(0, hi - step)
-            if not within(lo):
-                return 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if within(mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo
+    def _mixed_lines(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float,
+                     seqs: int) -> tuple[float, float, float, float, float, float, float, float]:
+        """(fixed, serial, c0, cs, m0, ms, e0, es): iteration k has compute c0 + cs k, memory
+        m0 + ms k and uncapped energy e0 + es k; its time is fixed + max + serial * min."""
+        (flops_per_token, flops_per_pair, flops_per_seq, s_per_flop, weight_s, kv_s_per_token, _,
+         coll_s_per_token, e_flop, e_weights, e_per_kv_token, _) = self._prefill_consts
+        t = tokens + 0.0
+        prompt_flops = flops_per_token * t + flops_per_seq * seqs + flops_per_pair * pairs
+        prompt_kv = t + prefix_tokens  # write the chunk, read its prefix
+        c0 = prompt_flops * s_per_flop
+        cs = flops_per_pair * t * t * s_per_flop
+        m0 = weight_s + kv_s_per_token * prompt_kv
+        ms = kv_s_per_token * t
+        e0 = e_weights + e_flop * prompt_flops + e_per_kv_token * prompt_kv
+        es = (e_flop * flops_per_pair * t + e_per_kv_token) * t
+        share = 0.0  # the decode side's share of the iteration's tokens
+        if batch:
+            batch_f, _, c_b, kv_s, e_b, cs_b, ms_b, es_b, _, _ = (self._batch_terms.get(batch)
+                                                                   or self._add_batch_terms(batch))
+            c_per_kv, _, e_per_kv, _, _ = self._decode_consts
+            kv0 = ctx_sum0 + batch_f
+            c0 += c_b + c_per_kv * kv0
+            cs += cs_b
+            m0 += kv_s * kv0
+            ms += ms_b
+            e0 += e_b - e_weights + e_per_kv * kv0  # e_b includes streaming the weights, read once here
+            es += es_b
+            share = batch_f / (t + batch_f)
+        overhead = (1.0 - share) * self._prefill_overhead_s + share * self._decode_overhead_s
+        fixed = overhead + self._coll_fixed_s + coll_s_per_token * (t + batch)
+        return fixed, self._serial * share, c0, cs, m0, ms, e0, es
+
+    def mixed(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float, seqs: int,
+              steps: int = 1) -> tuple[float, float]:
+        """(time_s, dynamic_energy_j) of `steps` mixed iterations: prompt chunks of `tokens` tokens over
+        `seqs` prompts beside a decode step of `batch` sequences holding ctx_sum0 cached tokens.
+
+        pairs = sum over the chunks of new_i*prefix_i + new_i*(new_i+1)/2 (causal query-key pairs);
+        prefix_tokens = sum of prefix_i (tokens each chunk's prompt already holds, cached or
+        computed). Several steps advance one prompt (seqs = 1) by `tokens` each; closed form.
+        """
+        if steps <= 0:
+            return 0.0, 0.0
+        if tokens <= 0:
+            return self.decode(batch, ctx_sum0, steps)
+        if seqs < 1 or (steps > 1 and seqs != 1):
+            raise ValueError(f"mixed needs seqs >= 1 (exactly 1 over several steps), got {seqs} over {steps}")
+        fixed, serial, c0, cs, m0, ms, e0, es = self._mixed_lines(batch, ctx_sum0, tokens, pairs, prefix_tokens,
+                                                                  seqs)
+        if steps == 1:  # the common case, as series computes it for one step
+            time_s = fixed + c0 + serial * m0 if c0 > m0 else fixed + m0 + serial * c0
+            cap_j = self._dyn_cap_w * time_s
+            return time_s, (e0 if e0 < cap_j else cap_j)
+        return series(fixed, serial, c0, cs, m0, ms, e0, es, self._dyn_cap_w, steps)
+
+    def mixed_steps_within(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float,
+                           time_s: float) -> int:
+        """Largest k >= 0 with mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, k)[0] <= time_s."""
+        if not _isfinite(time_s):
+            raise ValueError(f"mixed_steps_within needs a finite time, got {time_s!r}")
+        if tokens <= 0:
+            return self.decode_steps_within(batch, ctx_sum0, time_s)
+        fixed, serial, c0, cs, m0, ms, _, _ = self._mixed_lines(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1)
+        return series_steps_within(fixed, serial, c0, cs, m0, ms, time_s)
 
     # --- transfer, power ---------------------------------------------------------
     def kv_transfer_s(self, tokens: int, link_bytes_per_s: float, setup_s: float | None = None) -> float:
@@ -533,23 +476,6 @@ class InstancePerf:
     def __repr__(self) -> str:
         return (f"InstancePerf({self.device.name} x{self.chips}, {self.model.name}, "
                 f"kv_capacity_tokens={self.kv_capacity_tokens})")
-
-
-def _steps_in_series(p: float, q: float, budget: float) -> int:
-    """Approximate largest k with k*p + q*k*(k-1)/2 <= budget (p > 0, q >= 0); callers fix the last step."""
-    if budget <= 0.0:
-        return 0
-    # q/2 k^2 + (p - q/2) k - budget = 0
-    b = p - 0.5 * q
-    if q == 0.0:
-        return int(budget / p)
-    disc = b * b + 2.0 * q * budget
-    root = math.sqrt(disc)
-    if b >= 0.0:
-        k = 2.0 * budget / (b + root)  # avoids cancellation when q is tiny
-    else:
-        k = (root - b) / q
-    return int(k) if k < 4e18 else 1 << 62
 
 
 def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,
