@@ -268,7 +268,10 @@ class BatchEngine:
         energy = self.act_energy_j + self._idle_w * duration
         cost = self._price_s * duration
         if activity == DECODE:
-            self._finish_decode(now_s, energy, cost, events)
+            steps = self.act_steps
+            # The first step's end: the segment's first gap (and the slope of the rest).
+            first_end = now_s if steps == 1 else self.act_start_s + self.perf.decode_step_s(self.batch, self.act_ctx0)
+            self._advance_batch(steps, energy, cost, first_end, now_s, events)
         elif self.token_budget and activity:
             self._finish_chunks(now_s, energy, cost, events)
         elif activity == PREFILL:
@@ -304,16 +307,42 @@ class BatchEngine:
 
     def _advance_batch(self, steps: int, energy: float, cost: float, first_step_end_s: float, now_s: float,
                        events: list) -> None:
-        """The decode batch made `steps` tokens each, the last at `now_s`, for `energy` and `cost` in
-        total: record the gaps, take each member's share, and finish the members that are done."""
+        """The decode batch made `steps` tokens each, at first_step_end_s, ..., now_s, for `energy`
+        and `cost` in total: record the gaps, take each member's share, finish the members done.
+
+        The first gap runs from each member's previous token (or its first token, for members
+        that joined since); the later ones are the iterations' own times, which grow linearly
+        within a segment: one line through the first and the segment's total (exact when
+        compute or memory is the larger over the whole segment)."""
         batch = self.batch
-        self._record_gaps(steps, first_step_end_s, now_s)
+        itl = self.itl
+        fresh = self.fresh
+        first = first_step_end_s - self.act_start_s
+        n = steps - 1
+        slope = ((now_s - first_step_end_s) - n * first) / (n * (n + 1) * 0.5) if n else 0.0
+        if not fresh and self.last_step_s == self.act_start_s:
+            # The batch made its previous tokens as this segment started: every step's gap is the
+            # step's own time, one series (the common case: a segment after a segment).
+            itl.add_series(first, slope, steps, batch)
+        else:
+            continuing = batch - len(fresh)
+            if continuing:
+                itl.add(first_step_end_s - self.last_step_s, continuing)
+            if fresh:
+                for first_token_s in fresh.values():
+                    itl.add(first_step_end_s - first_token_s)
+                fresh.clear()
+            if n:
+                itl.add_series(first + slope, slope, n, batch)
+        self.last_step_s = now_s
         self.energy_acc_j += energy / batch
         self.cost_acc_usd += cost / batch
         self.step += steps
         self.decode_tokens += batch * steps
         step = self.step
         heap = self.finish_heap
+        if heap[0][0] > step:
+            return
         members = self.members
         e_acc = self.energy_acc_j
         c_acc = self.cost_acc_usd
@@ -325,33 +354,6 @@ class BatchEngine:
             self.kv_reserved -= kv
             self.batch -= 1
             events.append((FINISHED, rid, now_s, e_acc - e0, c_acc - c0, start))
-
-    def _record_gaps(self, steps: int, first_step_end_s: float, now_s: float) -> None:
-        """Inter-token gaps of `steps` iterations that ended at first_step_end_s, ..., now_s. The
-        first gap runs from each member's previous token (or its first token, for members that
-        joined since); the later ones are the iterations' own times, which grow linearly within
-        a segment (one line through the first and the segment's total: exact when compute or
-        memory is the larger over the whole segment)."""
-        itl = self.itl
-        fresh = self.fresh
-        continuing = self.batch - len(fresh)
-        if continuing:
-            itl.add(first_step_end_s - self.last_step_s, continuing)
-        if fresh:
-            for first_token_s in fresh.values():
-                itl.add(first_step_end_s - first_token_s)
-            fresh.clear()
-        if steps > 1:
-            first = first_step_end_s - self.act_start_s
-            n = steps - 1
-            slope = ((now_s - first_step_end_s) - n * first) / (n * (n + 1) * 0.5)
-            itl.add_series(first + slope, slope, n, self.batch)
-        self.last_step_s = now_s
-
-    def _finish_decode(self, now_s: float, energy: float, cost: float, events: list) -> None:
-        steps = self.act_steps
-        first_end = now_s if steps == 1 else self.act_start_s + self.perf.decode_step_s(self.batch, self.act_ctx0)
-        self._advance_batch(steps, energy, cost, first_end, now_s, events)
 
     def _finish_chunks(self, now_s: float, energy: float, cost: float, events: list) -> None:
         """End of chunked-prefill iterations: the decode batch advanced (MIXED), prompts grew by
