@@ -1,4 +1,4 @@
-"""`infersched compare`: several policies on the same workload and cluster, side by side.
+"""Several policies on the same workload and cluster, side by side (`infersched compare`).
 
 Every policy replays the very same requests (same trace rows, arrivals and
 difficulties: the workload is built once from the seed), so differences are
@@ -11,58 +11,10 @@ edge-plus-cloud cluster against least-loaded on the cloud alone.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-DEFAULT_CLUSTER = "hybrid"
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add the `compare` subcommand; its handler is `args.handler` (run_compare)."""
-    p = subparsers.add_parser(
-        "compare", help="run several policies on the same workload and cluster and compare them",
-        description="Replay the same workload through several policies and print SLO attainment, p99 "
-                    "TTFT/TPOT, quality, dollars, joules, J per token, queries per kWh and share per pool; "
-                    "write a cost-vs-energy-vs-quality Pareto plot next to the JSON.")
-    p.add_argument("--policies", required=True,
-                   help="comma-separated policy names (see `infersched policies`); POLICY@CLUSTER runs that "
-                        "policy on another cluster (a YAML path or a built-in name)")
-    p.add_argument("--trace", help="trace file (default: the built-in Azure 2023 conversation trace)")
-    p.add_argument("--format", choices=["azure", "vidur", "lengths", "burstgpt", "mooncake"])
-    p.add_argument("--skip-bad-rows", action="store_true")
-    p.add_argument("--requests", type=int, help="number of requests (default: the whole trace)")
-    p.add_argument("--rate", type=float, help="arrival rate in requests/s (synthesized arrivals)")
-    p.add_argument("--arrival", choices=["trace", "poisson", "gamma", "diurnal"])
-    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
-    p.add_argument("--difficulty-table", metavar="C:S,...",
-                   help="reach table: capability:share-of-queries-within-reach pairs (default: "
-                        "simulator/quality.py, 71%% within an edge-class model's reach)")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
-                                                  "Pareto plot goes next to it (PATH with .png)")
-    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
-    p.set_defaults(handler=run_compare)
-    return p
-
-
-def _parse_params(items: list[str]) -> dict:
-    import yaml
-
-    from scheduler.config import ConfigError
-
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
-        params[key.strip()] = yaml.safe_load(value)
-    return params
+DEFAULT_CLUSTER = "demo"
 
 
 def _load_cluster(name: str | None):
@@ -145,10 +97,6 @@ def _pct(x):
     return "-" if x is None else f"{x * 100:.1f}%"
 
 
-def _ms(x):
-    return "-" if x is None else (f"{x:.2f}s" if x >= 10 else f"{x * 1e3:.0f}ms")
-
-
 def short_label(label: str) -> str:
     """POLICY@path/to/cluster.yaml -> POLICY@cluster."""
     name, sep, cluster = label.partition("@")
@@ -156,127 +104,37 @@ def short_label(label: str) -> str:
 
 
 def format_table(summaries: list[dict], front: list[str]) -> str:
-    from simulator.report import _fmt_energy
+    from simulator.report import fmt_s, format_table as table, kwh
 
-    head = (f"{'policy':<31}{'SLO':>7}{'p99 TTFT':>10}{'p99 TPOT':>10}{'quality':>9}{'esc':>7}{'cost $':>10}"
-            f"{'served $':>10}{'energy':>11}{'served':>11}{'J/tok':>8}{'q/kWh':>10}  share per pool")
-    lines = [head]
+    rows = []
     for s in summaries:
         shares = ", ".join(f"{name} {p['share'] * 100:.0f}%" for name, p in s["pools"].items() if p["share"] > 0)
         jtok = s["energy_per_output_token_j"]
         qkwh = s["queries_per_kwh"]
         mark = "*" if s["label"] in front else " "
-        lines.append(
-            f"{mark}{short_label(s['label'])[:30]:<30}{_pct(s['slo_attainment']):>7}{_ms(s['ttft_s']['p99']):>10}"
-            f"{_ms(s['tpot_s']['p99']):>10}{_pct(s['quality']):>9}{s['escalations'] + s['advised_requests']:>7,}"
-            f"{s['cost_usd']:>10,.2f}{s['served_cost_usd']:>10,.2f}{_fmt_energy(s['energy_j']):>11}"
-            f"{_fmt_energy(s['served_energy_j']):>11}{'-' if jtok is None else f'{jtok:.3f}':>8}"
-            f"{'-' if qkwh is None else f'{qkwh:,.0f}':>10}  {shares}")
-    lines.append("* on the cost / energy / quality Pareto front. cost $ and energy: the provisioned cluster over "
+        rows.append([mark + short_label(s["label"]), _pct(s["slo_attainment"]), fmt_s(s["ttft_s"]["p99"]),
+                     fmt_s(s["tpot_s"]["p99"]), _pct(s["quality"]), f"{s['escalations'] + s['advised_requests']:,}",
+                     f"{s['cost_usd']:,.2f}", f"{s['served_cost_usd']:,.2f}", kwh(s["energy_j"]),
+                     kwh(s["served_energy_j"]), "-" if jtok is None else f"{jtok:.3f}",
+                     "-" if qkwh is None else f"{qkwh:,.0f}", shares])
+    lines = table(["policy", "SLO", "p99 TTFT", "p99 TPOT", "quality", "esc", "cost $", "served $", "kWh",
+                   "served kWh", "J/tok", "q/kWh", "share per pool"], rows, align="<" + ">" * 11 + "<")
+    lines.append("* on the cost / energy / quality Pareto front. cost $ and kWh: the provisioned cluster over "
                  "the run (idle included); served: busy time attributed to requests. esc: escalations + advised "
                  "requests. J/tok: energy per output token; q/kWh: completed queries per kWh")
     if any(s.get("prefix_hit_tokens") for s in summaries):
-        lines.append(f"{'prefix caching':<31}{'cached':>8}{'computed':>12}{'p50 TTFT':>10}{'busiest/mean':>14}")
-        for s in summaries:
-            lines.append(f" {short_label(s['label'])[:30]:<30}{_pct(s['prefix_hit_rate']):>8}"
-                         f"{s['prefill_computed_tokens'] / 1e6:>10,.2f} M{_ms(s['ttft_s']['p50']):>10}"
-                         f"{s['max_instance_load_ratio']:>13.2f}x")
+        lines += table(["prefix caching", "cached", "computed tokens", "p50 TTFT", "busiest/mean"],
+                       [[" " + short_label(s["label"]), _pct(s["prefix_hit_rate"]), f"{s['prefill_computed_tokens']:,}",
+                         fmt_s(s["ttft_s"]["p50"]), f"{s['max_instance_load_ratio']:.2f}x"] for s in summaries],
+                       align="<")
         lines.append("cached: share of prompt tokens served from prefix caches; computed: prompt tokens prefilled; "
                      "busiest/mean: requests on the busiest instance over its pool's mean")
     return "\n".join(lines)
 
 
 def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
+    from simulator.plots import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    cost = [s["cost_usd"] for s in summaries]
-    energy = [s["energy_j"] / 3.6e6 for s in summaries]
-    quality = [s["quality"] * 100 for s in summaries]
-    sc = ax.scatter(cost, energy, c=quality, cmap="viridis", s=[160 if s["label"] in front else 70 for s in summaries],
-                    edgecolors=["red" if s["label"] in front else "black" for s in summaries], linewidths=1.5,
-                    zorder=3)
-    for s, x, y, q in zip(summaries, cost, energy, quality):
-        ax.annotate(f"{short_label(s['label'])}\n{q:.1f}% correct, SLO {s['slo_attainment'] * 100:.0f}%", (x, y),
-                    textcoords="offset points", xytext=(8, 6), fontsize=8)
-    fig.colorbar(sc, ax=ax, label="quality (% answered correctly)")
-    ax.margins(x=0.35, y=0.15)  # room for the labels beside the points
-    ax.set_xlabel("cost (US$)")
-    ax.set_ylabel("energy (kWh)")
-    ax.grid(alpha=0.3)
-    import textwrap
-
-    heading = "cost vs energy vs quality (red edge: Pareto front)"
-    ax.set_title("\n".join([heading] + ([textwrap.fill(title, 100)] if title else [])), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot(summaries, front, path, title, short_label=short_label)
 
 
-def run_compare(args) -> int:
-    from simulator.quality import DifficultyModel, parse_table, read_difficulty_column
-    from simulator.report import write_json
-    from simulator.traces import builtin_trace_path, read_trace
-    from simulator.workload import make_workload
-
-    params = _parse_params(args.param)
-    path = args.trace or str(builtin_trace_path())
-    trace = read_trace(path, args.format, skip_bad_rows=args.skip_bad_rows)
-    difficulty = None
-    if not path.endswith(".jsonl") and trace.bad_rows == 0:
-        difficulty = read_difficulty_column(path)
-    if difficulty is None:
-        table = parse_table(args.difficulty_table) if args.difficulty_table else None
-        difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
-    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
-                             seed=args.seed, difficulty=difficulty)
-    runs = run_policies(args.policies.split(","), workload, args.cluster, seed=args.seed, params=params,
-                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
-    summaries = [s for _, _, s in runs]
-    front = pareto_front(summaries)
-    doc = {"workload": workload.description, "seed": args.seed, "params": params,
-           "trace": {"path": trace.path, "format": trace.format, "rows": trace.rows},
-           "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
-           else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
-           "pareto_front": front, "runs": summaries}
-    written = []
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(doc, str(out / "compare.json"))
-        written += [out / "compare.json", plot_pareto(summaries, front, out / "pareto.png", workload.description)]
-    if args.json:
-        write_json(doc, args.json)
-        if args.json != "-":
-            written.append(Path(args.json))
-            written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"), workload.description))
-    if args.json != "-":
-        print(f"workload: {workload.description}")
-        print(format_table(summaries, front))
-    for p in written:
-        print(f"wrote {p}", file=sys.stderr)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m simulator.compare ...`: the subcommand on its own, with the CLI's error handling."""
-    from scheduler.config import ConfigError
-    from simulator.traces import TraceFormatError
-
-    parser = argparse.ArgumentParser(prog="infersched")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.handler(args)
-    except (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"infersched: error: {message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
