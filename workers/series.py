@@ -108,9 +108,10 @@ def series_time(fixed: float, serial: float, c0: float, cs: float, m0: float, ms
 
 
 def series_steps_within(fixed: float, serial: float, c0: float, cs: float, m0: float, ms: float,
-                         time_s: float) -> int:
+                         time_s: float, limit: int | None = None) -> int:
     """Largest k >= 0 with series_time(..., k) <= time_s: solves on each stretch, then settles
-    the integer against series_time by galloping."""
+    the integer against series_time by galloping. With `limit`, the unsettled solution, at most
+    `limit` (for a caller whose lines hold for `limit` iterations only)."""
     if time_s <= 0.0:
         return 0
     # Step time is p + q*k on each side of the kink, so elapsed time is quadratic in k there.
@@ -124,6 +125,8 @@ def series_steps_within(fixed: float, serial: float, c0: float, cs: float, m0: f
             break
         elapsed += lin_sum(p, q, k0, k1)
         k = k1
+    if limit is not None:
+        return min(k, limit)
 
     def within(steps: int) -> bool:
         return series_time(fixed, serial, c0, cs, m0, ms, steps) <= time_s

@@ -117,3 +117,50 @@ def test_mixed_rejects_several_prompts_over_several_steps():
         perf.mixed(4, 400.0, 100, 5050.0, 0, 2, steps=3)
     with pytest.raises(ValueError, match="finite time"):
         perf.mixed_steps_within(4, 400.0, 100, 5050.0, 0, float("inf"))
+
+
+# --- MoE and sliding windows ---------------------------------------------------------------------
+
+def perf_of(model: str, device: str = "h100-sxm", chips: int = 1) -> InstancePerf:
+    return InstancePerf(get_device(device), get_model(model), chips)
+
+
+@pytest.mark.parametrize(("model", "device", "chips"), [("qwen3-30b-a3b", "h100-sxm", 1), ("gpt-oss-20b", "h100-sxm", 1),
+                                                        ("mixtral-8x7b", "h100-sxm", 2), ("deepseek-v3", "h200", 8)])
+@pytest.mark.parametrize(("tokens", "prefix"), [(64, 0), (2048, 0), (512, 40_000)])
+def test_moe_and_windowed_mixed_reduce_to_prefill_and_decode(model, device, chips, tokens, prefix):
+    perf = perf_of(model, device, chips)
+    pairs = chunk_pairs(tokens, prefix)
+    assert perf.mixed(0, 0.0, tokens, pairs, prefix, 1) == pytest.approx(perf.prefill(tokens, pairs, 1), rel=1e-9)
+    assert perf.mixed(16, 16 * 3000.0, 0, 0.0, 0, 0, 5) == perf.decode(16, 16 * 3000.0, 5)
+
+
+@pytest.mark.parametrize("model", ["qwen3-30b-a3b", "gpt-oss-120b"])
+def test_moe_mixed_iteration_reads_the_experts_once(model):
+    # A small batch and a short chunk touch a fraction of the experts each; together they touch
+    # more than either, fewer than the two apart, and the dense weights are read once.
+    perf = perf_of(model)
+    batch, ctx, tokens = 8, 8 * 1000.0, 16
+    assert perf.streamed_bytes(tokens + batch) < perf.streamed_bytes(tokens) + perf.streamed_bytes(batch)
+    mixed = perf.mixed(batch, ctx, tokens, chunk_pairs(tokens, 0), 0, 1)[0]
+    apart = perf.decode_step_s(batch, ctx) + perf.prefill(tokens, chunk_pairs(tokens, 0), 1)[0]
+    assert max(perf.decode_step_s(batch, ctx), perf.prefill(tokens, chunk_pairs(tokens, 0), 1)[0]) < mixed < apart
+
+
+@pytest.mark.parametrize(("model", "batch", "ctx", "tokens", "prefix", "steps"), [
+    ("gpt-oss-20b", 4, 4 * 20.0, 16, 0, 30),  # the prompt and the contexts outgrow the 128-token window
+    ("gpt-oss-20b", 32, 32 * 2000.0, 4064, 0, 12),  # past the window from the start
+    ("qwen3-30b-a3b", 16, 16 * 500.0, 1024, 0, 20),
+])
+def test_moe_and_windowed_runs_equal_iteration_loop(model, batch, ctx, tokens, prefix, steps):
+    perf = perf_of(model)
+    closed = perf.mixed(batch, ctx, tokens, chunk_pairs(tokens, prefix), prefix, 1, steps)
+    assert closed == pytest.approx(iteration_loop(perf, batch, ctx, tokens, prefix, steps), rel=1e-9)
+    for k in (1, steps // 2, steps):
+        t = perf.mixed(batch, ctx, tokens, chunk_pairs(tokens, prefix), prefix, 1, k)[0]
+        assert perf.mixed_steps_within(batch, ctx, tokens, chunk_pairs(tokens, prefix), prefix, t) == k
+
+
+def test_windowed_run_changes_regime_inside():
+    perf = perf_of("gpt-oss-20b")
+    assert 0 < perf._mixed_regime_steps(4, 80.0, 16, chunk_pairs(16, 0), 0) < 30
