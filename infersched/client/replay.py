@@ -155,7 +155,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 return
             _store(rec, i, record, origin)
             if rec.status[i] == RequestStatus.COMPLETED:
-                _add_gaps(itl, chunks, record.first_token_s)
+                _add_gaps(itl, chunks, record.first_token_s, record.finish_s)
             if rec.status[i] == RequestStatus.REJECTED:
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
 
@@ -207,13 +207,16 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                          float(lateness.max())) if n else (0.0, 0.0, 0.0))
 
 
-def _add_gaps(itl: ItlHistogram, chunks: list, first_token_s: float) -> None:
-    """Inter-token gaps as the client saw them: a chunk of n tokens after the first token
-    gives n gaps of (its emit time - the previous chunk's) / n (one each per token, as
-    workers/itl.py counts them in the simulator)."""
+def _add_gaps(itl: ItlHistogram, chunks: list, first_token_s: float, finish_s: float) -> None:
+    """Inter-token gaps as the client saw them: a chunk of n tokens after the first token gives
+    n gaps of (its time - the previous chunk's) / n, one per token as workers/itl.py counts them.
+    A chunk's time is when the scheduler relayed it, kept within [first token, finish] of the
+    request's record (relays trail the modelled times), so a request's gaps add up to its
+    first-to-last-token time, as in the simulator."""
     prev = first_token_s
     for first, count, emit_s in chunks:
         after_first = count - 1 if first == 0 else count
+        emit_s = min(max(emit_s, prev), finish_s)
         if after_first > 0:
             itl.add((emit_s - prev) / after_first, after_first)
         prev = emit_s
