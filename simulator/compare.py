@@ -16,6 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from simulator.jobs import SimJob, WorkloadSpec, add_runtime_arguments, runtime_options
+
 DEFAULT_CLUSTER = "hybrid"
 
 
@@ -47,6 +49,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
                                                   "Pareto plot goes next to it (PATH with .png)")
     p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
+    add_runtime_arguments(p)
     p.set_defaults(handler=run_compare)
     return p
 
@@ -89,14 +92,11 @@ def _with_slo(config, ttft_s, tpot_s):
     return replace(config, slo=slo)
 
 
-def run_policies(entries: list[str], workload, cluster_name: str | None = None, seed: int = 0,
-                 params: dict | None = None, ttft_s: float | None = None, tpot_s: float | None = None):
-    """Run each POLICY[@CLUSTER] entry on `workload`; returns [(label, SimResult, summary)]."""
-    from scheduler.cluster import Cluster
+def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | None = None, seed: int = 0,
+                params: dict | None = None, ttft_s: float | None = None, tpot_s: float | None = None) -> list[SimJob]:
+    """One job per POLICY[@CLUSTER] entry, all on `workload`; every name is checked before any run."""
     from scheduler.config import ConfigError
     from scheduler.registry import build_policy
-    from simulator.metrics import summarize
-    from simulator.sim import Simulation
 
     if not entries:
         raise ConfigError("--policies: give at least one policy")
@@ -104,22 +104,15 @@ def run_policies(entries: list[str], workload, cluster_name: str | None = None, 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--policies: duplicate entry in {','.join(labels)}")
     base = _with_slo(_load_cluster(cluster_name), ttft_s, tpot_s)
-    # Build every cluster and policy first, so a bad name fails before any run.
-    plans = []
+    jobs = []
     for label in labels:
         name, _, cluster = label.partition("@")
         if not name:
             raise ConfigError(f"--policies: empty policy name in {label!r}")
         config = _with_slo(_load_cluster(cluster), ttft_s, tpot_s) if cluster else base
-        policy = build_policy(name, config, overrides=params)
-        plans.append((label, Cluster(config), policy))
-    runs = []
-    for label, cluster, policy in plans:
-        result = Simulation(cluster, policy, workload, seed=seed).run()
-        summary = summarize(result)
-        summary["label"] = label
-        runs.append((label, result, summary))
-    return runs
+        build_policy(name, config, overrides=params)  # a bad name or parameter fails here, not in a task
+        jobs.append(SimJob(label, workload, config, name, dict(params or {}), seed))
+    return jobs
 
 
 def pareto_front(summaries: list[dict]) -> list[str]:
@@ -218,48 +211,50 @@ def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str 
 
 
 def run_compare(args) -> int:
-    from simulator.quality import DifficultyModel, parse_table, read_difficulty_column
+    """The `compare` subcommand. Exit status 0; 1 when a run failed (the others are still reported)."""
+    from simulator.jobs import build_workload, report_failures, run_jobs
+    from simulator.quality import DifficultyModel, parse_table
     from simulator.report import write_json
-    from simulator.traces import builtin_trace_path, read_trace
-    from simulator.workload import make_workload
 
     params = _parse_params(args.param)
-    path = args.trace or str(builtin_trace_path())
-    trace = read_trace(path, args.format, skip_bad_rows=args.skip_bad_rows)
-    difficulty = None
-    if not path.endswith(".jsonl") and trace.bad_rows == 0:
-        difficulty = read_difficulty_column(path)
-    if difficulty is None:
-        table = parse_table(args.difficulty_table) if args.difficulty_table else None
-        difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
-    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
-                             seed=args.seed, difficulty=difficulty)
-    runs = run_policies(args.policies.split(","), workload, args.cluster, seed=args.seed, params=params,
-                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
-    summaries = [s for _, _, s in runs]
+    spec = WorkloadSpec(trace=str(Path(args.trace).resolve()) if args.trace else None, format=args.format,
+                        skip_bad_rows=args.skip_bad_rows, requests=args.requests, rate_rps=args.rate,
+                        arrival=args.arrival, seed=args.seed,
+                        difficulty_table=parse_table(args.difficulty_table) if args.difficulty_table else None)
+    trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
+    jobs = policy_jobs(args.policies.split(","), spec, args.cluster, seed=args.seed, params=params,
+                       ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    results = run_jobs(jobs, **runtime_options(args))
+    summaries = results.ok()
     front = pareto_front(summaries)
     doc = {"workload": workload.description, "seed": args.seed, "params": params,
-           "trace": {"path": trace.path, "format": trace.format, "rows": trace.rows},
+           "trace": {"path": args.trace or trace.path, "format": trace.format, "rows": trace.rows},
            "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
            else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
            "pareto_front": front, "runs": summaries}
+    if results.failures:
+        doc["failed_runs"] = [{"label": f.label, "error": f.error} for f in results.failures]
     written = []
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(doc, str(out / "compare.json"))
-        written += [out / "compare.json", plot_pareto(summaries, front, out / "pareto.png", workload.description)]
+        written.append(out / "compare.json")
+        if summaries:
+            written.append(plot_pareto(summaries, front, out / "pareto.png", workload.description))
     if args.json:
         write_json(doc, args.json)
         if args.json != "-":
             written.append(Path(args.json))
-            written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"), workload.description))
+            if summaries:
+                written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"),
+                                           workload.description))
     if args.json != "-":
         print(f"workload: {workload.description}")
         print(format_table(summaries, front))
     for p in written:
         print(f"wrote {p}", file=sys.stderr)
-    return 0
+    return report_failures(results, "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
