@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_compare(sub)
     register_plan(sub)
     register_sessions(sub)
+    from simulator.sweep import register as register_sweep
+
+    register_sweep(sub)
     sub.add_parser("policies", help="list the built-in routing policies and plugins")
     return parser
 
