@@ -95,6 +95,7 @@ def _with_slo(config, ttft_s, tpot_s):
 def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | None = None, seed: int = 0,
                 params: dict | None = None, ttft_s: float | None = None, tpot_s: float | None = None) -> list[SimJob]:
     """One job per POLICY[@CLUSTER] entry, all on `workload`; every name is checked before any run."""
+    from scheduler.cluster import Cluster
     from scheduler.config import ConfigError
     from scheduler.registry import build_policy
 
@@ -110,7 +111,8 @@ def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | 
         if not name:
             raise ConfigError(f"--policies: empty policy name in {label!r}")
         config = _with_slo(_load_cluster(cluster), ttft_s, tpot_s) if cluster else base
-        build_policy(name, config, overrides=params)  # a bad name or parameter fails here, not in a task
+        Cluster(config)  # bad devices, models or parameters fail here, before any run
+        build_policy(name, config, overrides=params)
         jobs.append(SimJob(label, workload, config, name, dict(params or {}), seed))
     return jobs
 

@@ -213,6 +213,7 @@ def _workload(source: str, raw: Any, base_dir: Path) -> WorkloadSpec:
 
 def parse_grid(data: Any, source: str = "<grid>", base_dir: Path | None = None) -> Grid:
     """Validate a parsed grid document; policy names and parameters are checked against every variant."""
+    from scheduler.cluster import Cluster
     from scheduler.registry import build_policy
 
     base_dir = base_dir or Path.cwd()
@@ -239,6 +240,12 @@ def parse_grid(data: Any, source: str = "<grid>", base_dir: Path | None = None) 
     for i, name in enumerate(names):
         if name in names[:i]:
             raise _fail(source, f"variants[{i}].name", f"duplicate variant name {name!r}")
+    for i, v in enumerate(variants):
+        try:
+            Cluster(v.config)
+        except (ConfigError, KeyError, ValueError) as exc:
+            reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise _fail(source, f"variants[{i}]", str(reason)) from None
     for i, policy in enumerate(policies):
         for v in variants:
             try:
