@@ -20,6 +20,7 @@ import logging
 import sys
 import traceback
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +52,8 @@ class WorkloadSpec:
     arrival: str | None = None
     seed: int = 0
     difficulty_table: tuple[tuple[float, float], ...] | None = None
+    # True: a session trace (simulator/sessions.py) with prefix reuse, drawn from the trace's lengths.
+    sessions: bool = False
 
     def build(self):
         """(trace, workload, difficulty) where difficulty is a DifficultyModel or a trace column."""
@@ -61,11 +64,17 @@ class WorkloadSpec:
         path = _local_path(self.trace) if self.trace else str(builtin_trace_path())
         trace = read_trace(path, self.format, skip_bad_rows=self.skip_bad_rows)
         difficulty = None
-        if self.difficulty_table is None and not path.endswith(".jsonl") and trace.bad_rows == 0:
+        if self.difficulty_table is None and not path.endswith(".jsonl") and trace.bad_rows == 0 \
+                and not self.sessions:
             difficulty = read_difficulty_column(path)
         if difficulty is None:
             difficulty = DifficultyModel(seed=self.seed, **({"table": self.difficulty_table}
                                                             if self.difficulty_table else {}))
+        if self.sessions:
+            from simulator.sessions import session_trace
+
+            trace = session_trace(trace, self.requests or trace.rows, self.rate_rps, seed=self.seed)
+            return trace, make_workload(trace, seed=self.seed, difficulty=difficulty), difficulty
         workload = make_workload(trace, n_requests=self.requests, rate_rps=self.rate_rps, arrival=self.arrival,
                                  seed=self.seed, difficulty=difficulty)
         return trace, workload, difficulty
@@ -190,17 +199,28 @@ def code_runtime_env() -> dict:
     return {"working_dir": str(ROOT), "excludes": list(SHIPPED_EXCLUDES)}
 
 
-def _run_on_ray(jobs, fn, outcomes, bar, parallel, address) -> None:
+@contextmanager
+def ray_session(parallel: int | None = None, address: str | None = None):
+    """Ray for the jobs run inside: joined or started here and shut down after, or the session this
+    process already has (then left as it is). Several run_jobs calls in one session start Ray once."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        kwargs = dict(logging_level=logging.WARNING, configure_logging=False, log_to_driver=False)
-        if address is not None:
-            ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
-        else:
-            ray.init(num_cpus=parallel, include_dashboard=False, **kwargs)
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs = dict(logging_level=logging.WARNING, configure_logging=False, log_to_driver=False)
+    if address is not None:
+        ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
+    else:
+        ray.init(num_cpus=parallel, include_dashboard=False, **kwargs)
     try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _run_on_ray(jobs, fn, outcomes, bar, parallel, address) -> None:
+    with ray_session(parallel, address) as ray:
         task = ray.remote(num_cpus=1, max_retries=0)(_guarded)
         pending = {task.remote(fn, job): i for i, job in enumerate(jobs)}
         while pending:
@@ -212,9 +232,6 @@ def _run_on_ray(jobs, fn, outcomes, bar, parallel, address) -> None:
                 except ray.exceptions.RayError as exc:  # the worker died, or the task could not start
                     outcomes[i] = ("error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", str(exc))
                 bar.update(1)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def report_failures(results: JobResults, command: str) -> int:

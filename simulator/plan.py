@@ -43,6 +43,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -1253,31 +1254,42 @@ def _verification_digest(summary: dict) -> dict:
 def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo_s: float, tpot_slo_s: float,
                     quality_floor: float | None = None, objective: str = "cost", energy_weight: float = 0.5,
                     headroom: float = 0.7, target_attainment: float = 0.9, max_rounds: int = 3, seed: int = 0,
-                    name: str | None = None, on_round=None) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
+                    name: str | None = None, on_round=None,
+                    verify_all=None) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
     """Plan; with a workload, verify by simulation and, while SLO attainment < target, re-plan
     with headroom x HEADROOM_BACKOFF, at most `max_rounds` rounds in all. Returns every round;
     the last is the one to use (the first that met the target, or the most provisioned; when
-    a lower headroom has no feasible plan, the last round's `note` says so)."""
+    a lower headroom has no feasible plan, the last round's `note` says so).
+
+    verify_all(documents) -> summaries: verify every round's plan at once (e.g. as Ray tasks),
+    planned ahead at each headroom; the rounds returned are the same as verifying one by one."""
     _check_unit("target attainment", target_attainment, zero_ok=True)
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
         raise PlanError(f"max rounds must be a positive integer, got {max_rounds!r}")
+    ahead = verify_all is not None and workload is not None
+    planned: list[tuple[Round, list[OptionCapacity], list[Excluded]]] = []
     rounds: list[Round] = []
     h = headroom
     caps: list[OptionCapacity] = []
     excluded: list[Excluded] = []
     cluster_name = name or f"plan-{menu.name}"
+    note = ""
     for _ in range(max_rounds):
         try:
             plan, caps, excluded = plan_cluster(stats, menu, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
                                                 quality_floor=quality_floor, objective=objective,
                                                 energy_weight=energy_weight, headroom=h)
         except PlanError as exc:
-            if not rounds:
+            if not rounds and not planned:
                 raise
             # More spare capacity does not fit the menu: keep the last plan and say why.
-            rounds[-1] = replace(rounds[-1], note=f"no re-plan at headroom {h:.2f}: {exc}")
+            note = f"no re-plan at headroom {h:.2f}: {exc}"
             break
         document = cluster_document(plan, name=cluster_name, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s)
+        if ahead:
+            planned.append((Round(h, plan, document, None), caps, excluded))
+            h *= HEADROOM_BACKOFF
+            continue
         summary = verify_plan(document, workload, seed=seed) if workload is not None else None
         rounds.append(Round(h, plan, document, summary))
         if on_round is not None:
@@ -1285,6 +1297,17 @@ def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo
         if summary is None or summary["slo_attainment"] >= target_attainment:
             break
         h *= HEADROOM_BACKOFF
+    if ahead:
+        summaries = verify_all([r.document for r, _, _ in planned])
+        for (r, caps, excluded), summary in zip(planned, summaries):
+            rounds.append(replace(r, verification=summary))
+            if on_round is not None:
+                on_round(rounds[-1])
+            if summary["slo_attainment"] >= target_attainment:
+                note = ""
+                break
+    if note:
+        rounds[-1] = replace(rounds[-1], note=note)
     return rounds, caps, excluded
 
 
@@ -1357,6 +1380,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="verify the plan by simulation on the same workload (default on)")
     p.add_argument("--out", metavar="PATH", help="write the cluster YAML here (default: print it)")
     p.add_argument("--json", metavar="PATH", help="write the plan JSON to PATH ('-' for stdout)")
+    from simulator.jobs import add_runtime_arguments
+
+    add_runtime_arguments(p)  # with --parallel/--address every round is planned ahead and verified at once
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -1412,6 +1438,18 @@ def _fmt_opt(x, scale: float = 1.0) -> str:
     return "-" if x is None else f"{x * scale:,.3g}"
 
 
+def _verify_as_jobs(spec, args, documents: list[dict]) -> list[dict]:
+    """Every round's plan simulated at once (simulator/jobs.py); a failed run stops the plan."""
+    from simulator.jobs import SimJob, run_jobs, runtime_options
+
+    jobs = [SimJob(f"round {i + 1}", spec, parse_cluster(doc, source=f"<plan {doc.get('name', '')}>"), "slo-aware",
+                   {}, args.seed) for i, doc in enumerate(documents)]
+    results = run_jobs(jobs, **runtime_options(args))
+    if results.failures:
+        raise PlanError("verification failed: " + "; ".join(str(f) for f in results.failures))
+    return results.summaries
+
+
 def run_plan(args) -> int:
     """The `plan` subcommand. Exit status: 0 planned (and verified, when asked); 1 planned but the
     simulated SLO attainment stayed below the target after every round; 2 bad input or no feasible plan."""
@@ -1444,11 +1482,19 @@ def run_plan(args) -> int:
             rounds_seen.append(r)
 
         rounds_seen: list[Round] = []
+        verify_all = None
+        if args.verify and (args.parallel or args.address):
+            from simulator.jobs import WorkloadSpec
+
+            spec = WorkloadSpec(trace=str(Path(trace_path).resolve()), format=args.format,
+                                skip_bad_rows=args.skip_bad_rows, requests=args.requests, rate_rps=args.rate,
+                                arrival=args.arrival, seed=args.seed)
+            verify_all = partial(_verify_as_jobs, spec, args)
         rounds, caps, excluded = plan_and_verify(
             stats, menu, workload if args.verify else None, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
             quality_floor=args.quality_floor, objective=args.objective, energy_weight=args.energy_weight,
             headroom=args.headroom, target_attainment=args.target_attainment, max_rounds=args.max_rounds,
-            seed=args.seed, on_round=on_round)
+            seed=args.seed, on_round=on_round, verify_all=verify_all)
     except (ValueError, FileNotFoundError) as exc:
         # PlanError, ConfigError and TraceFormatError are ValueErrors; so are bad workload
         # arguments (e.g. --arrival trace with --rate).

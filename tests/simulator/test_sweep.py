@@ -134,3 +134,26 @@ def test_parallel_and_address_are_exclusive():
         cli_main(["compare", "--policies", "least-loaded", "--parallel", "2", "--address", "auto"])
     with pytest.raises(SystemExit):
         cli_main(["compare", "--policies", "least-loaded", "--parallel", "0"])
+
+
+def test_plan_rounds_verified_at_once_equal_the_rounds_verified_one_by_one():
+    from simulator.plan import characterize, load_menu, plan_and_verify, verify_plan
+    from simulator.traces import builtin_trace_path, read_trace
+    from simulator.workload import make_workload
+
+    wl = make_workload(read_trace(builtin_trace_path(), max_rows=2000), n_requests=2000, rate_rps=300.0)
+    verified_at_once = []
+
+    def verify_all(documents):
+        verified_at_once.append(len(documents))
+        return [verify_plan(d, wl) for d in documents]
+
+    kwargs = dict(ttft_slo_s=0.1, tpot_slo_s=0.02, quality_floor=0.69, headroom=1.0, target_attainment=0.9,
+                  max_rounds=3)
+    menu = load_menu(ROOT / "deploy" / "plan" / "menu.yaml")
+    one_by_one, _, _ = plan_and_verify(characterize(wl), menu, wl, **kwargs)
+    at_once, _, _ = plan_and_verify(characterize(wl), menu, wl, verify_all=verify_all, **kwargs)
+    assert verified_at_once == [3]  # every round planned ahead; the rounds kept stop at the first success
+    assert len(one_by_one) == 2 and one_by_one[0].attainment < 0.9 <= one_by_one[1].attainment
+    assert [(r.headroom, r.document, r.note, without_wall_clock(r.verification)) for r in at_once] == \
+        [(r.headroom, r.document, r.note, without_wall_clock(r.verification)) for r in one_by_one]
