@@ -41,7 +41,7 @@ def _env() -> dict:
 
 
 def compare(args, out: Path, *extra: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "simulator.cli", "compare", "--policies", args.policies, "--requests",
+    cmd = [sys.executable, "-m", "infersched.cli", "compare", "--policies", args.policies, "--requests",
            str(args.requests), "--rate", str(args.rate), "--seed", "0", "--json", str(out), "--no-progress", *extra]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)

@@ -64,7 +64,7 @@ class WorkloadSpec:
         path = _local_path(self.trace) if self.trace else str(builtin_trace_path())
         trace = read_trace(path, self.format, skip_bad_rows=self.skip_bad_rows)
         difficulty = None
-        if self.difficulty_table is None and not path.endswith(".jsonl") and trace.bad_rows == 0 \
+        if self.difficulty_table is None and trace.format != "mooncake" and trace.bad_rows == 0 \
                 and not self.sessions:
             difficulty = read_difficulty_column(path)
         if difficulty is None:
@@ -243,31 +243,3 @@ def report_failures(results: JobResults, command: str) -> int:
               f"{', '.join(f.label for f in results.failures)}", file=sys.stderr)
     return 1 if results.failures else 0
 
-
-def add_runtime_arguments(p) -> None:
-    """--parallel / --address / --no-progress on an argparse parser."""
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--parallel", type=_cpus, metavar="N",
-                       help="run the simulations as Ray tasks on a local Ray instance with N CPUs (default: one "
-                            "after another in this process; the results are the same)")
-    group.add_argument("--address", metavar="auto|HOST:PORT",
-                       help="run the simulations as Ray tasks on this existing Ray cluster, shipping this checkout "
-                            "to it (trace files outside the checkout must exist at the same path on every node)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar over the runs")
-
-
-def _cpus(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of CPUs, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of CPUs, got {value}")
-    return value
-
-
-def runtime_options(args) -> dict:
-    """run_jobs keyword arguments from the parsed flags of add_runtime_arguments."""
-    return {"parallel": args.parallel, "address": args.address, "progress": not args.no_progress}

@@ -1,8 +1,8 @@
-"""`infersched sweep --grid grid.yaml`: a capacity study over policies x rates x cluster variants x seeds.
+"""Sweep grids (`infersched sweep --grid grid.yaml`): policies x rates x cluster variants x seeds.
 
 The grid file names a base cluster, a workload (a trace and how many requests),
 and the axes; every cell is one independent simulation (simulator/jobs.py), run
-here or as Ray tasks (--parallel N, --address). A cell at (rate, seed) replays
+here or as Ray tasks. A cell at (rate, seed) replays
 the same requests for every policy and variant, so differences along those
 axes are paired. Writes sweep.json (every cell's full summary), sweep.csv (one
 row per cell) and sweep.png (SLO attainment and cost per 1,000 requests vs
@@ -16,7 +16,6 @@ reported as `FILE: key 'KEY': reason` before anything runs.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 import yaml
 
 from scheduler.config import ClusterConfig, ConfigError, builtin_cluster_path, parse_cluster
-from simulator.jobs import SimJob, WorkloadSpec, add_runtime_arguments, runtime_options
+from simulator.jobs import SimJob, WorkloadSpec
 
 _TOP_KEYS = {"name", "cluster", "workload", "policies", "params", "rates", "seeds", "variants"}
 _WORKLOAD_KEYS = {"trace", "format", "skip_bad_rows", "requests", "arrival", "difficulty_table"}
@@ -384,39 +383,3 @@ def format_sweep(doc: dict) -> str:
     if len(doc["seeds"]) > 1:
         lines.append(f"means over {len(doc['seeds'])} seeds")
     return "\n".join(lines)
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "sweep", help="simulate a grid of policies x rates x cluster variants x seeds",
-        description="Run every cell of a YAML grid (policies x arrival rates x cluster variants x seeds) as an "
-                    "independent simulation, here or as Ray tasks; write sweep.json, sweep.csv and sweep.png.")
-    p.add_argument("--grid", required=True, help="grid YAML (see deploy/sweeps/gpu-rates.yaml)")
-    p.add_argument("--out", required=True, metavar="DIR", help="write sweep.json, sweep.csv and sweep.png here")
-    add_runtime_arguments(p)
-    p.set_defaults(handler=run_sweep)
-    return p
-
-
-def run_sweep(args) -> int:
-    """The `sweep` subcommand. Exit status 0; 1 when a cell failed (the others are written); 2 bad input."""
-    from simulator.jobs import build_workload, report_failures, run_jobs
-    from simulator.report import write_json
-
-    grid = load_grid(args.grid)
-    jobs = grid.jobs()
-    build_workload(jobs[0].workload)  # a trace that cannot be read fails here, before any run
-    print(f"sweep {grid.name}: {len(jobs)} runs ({len(grid.policies)} policies x {len(grid.rates_rps)} rates x "
-          f"{len(grid.variants)} variants x {len(grid.seeds)} seeds)", file=sys.stderr)
-    results = run_jobs(jobs, **runtime_options(args))
-    doc = sweep_document(grid, jobs, results)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(doc, str(out / "sweep.json"))
-    written = [out / "sweep.json", write_csv(doc, out / "sweep.csv")]
-    if results.ok():
-        written.append(plot_sweep(doc, out / "sweep.png"))
-    print(format_sweep(doc))
-    for path in written:
-        print(f"wrote {path}", file=sys.stderr)
-    return report_failures(results, "sweep")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from scheduler.config import builtin_cluster_path, load_cluster
-from simulator.cli import main as cli_main
+from infersched.cli import main as cli_main
 from simulator.jobs import SimJob, WorkloadSpec, run_jobs, without_wall_clock
 
 pytestmark = [
@@ -105,7 +105,7 @@ def test_sweep_with_address_writes_the_sequential_cells(two_nodes, tmp_path, cap
     grid.write_text(yaml.safe_dump({
         "cluster": "gpu-colocated", "workload": {"requests": 600}, "policies": ["least-loaded", "slo-aware"],
         "rates": [100, 300], "variants": [{"name": "16"}, {"name": "6", "instances": {"h100": 6}}]}))
-    remote = subprocess.run([sys.executable, "-m", "simulator.cli", "sweep", "--grid", str(grid), "--out",
+    remote = subprocess.run([sys.executable, "-m", "infersched.cli", "sweep", "--grid", str(grid), "--out",
                              str(tmp_path / "ray"), "--address", two_nodes],
                             capture_output=True, text=True, timeout=240, env=_env(), cwd=ROOT)
     assert remote.returncode == 0, remote.stderr
@@ -119,7 +119,7 @@ def test_sweep_with_address_writes_the_sequential_cells(two_nodes, tmp_path, cap
 def test_compare_parallel_2_writes_the_sequential_json(tmp_path):
     def compare(*extra: str) -> dict:
         out = tmp_path / f"compare{len(extra)}.json"
-        done = subprocess.run([sys.executable, "-m", "simulator.cli", "compare", "--policies", ",".join(POLICIES),
+        done = subprocess.run([sys.executable, "-m", "infersched.cli", "compare", "--policies", ",".join(POLICIES),
                                "--cluster", "gpu-colocated", "--requests", "2000", "--rate", "250", "--seed", "4",
                                "--json", str(out), *extra],
                               capture_output=True, text=True, timeout=240, env=_env(), cwd=tmp_path)

@@ -1,18 +1,16 @@
-"""The job runner in this process and `infersched sweep`: grid validation, outputs, failed runs.
+"""The job runner in this process, sweep grids and their mistakes, plan rounds verified at once.
 
-Ray runs of the same jobs are in tests/deploy/test_sweeps_on_ray.py.
+The command is tested in tests/cli/test_sweep_command.py, Ray runs of the same jobs in
+tests/deploy/test_sweeps_on_ray.py.
 """
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from scheduler.config import ConfigError, builtin_cluster_path, load_cluster
-from simulator.cli import main as cli_main
 from simulator.jobs import SimJob, WorkloadSpec, report_failures, run_job, run_jobs, without_wall_clock
 from simulator.sweep import parse_grid
 
@@ -74,37 +72,6 @@ def test_grid_mistakes_name_file_key_and_reason(change, key, reason, tmp_path):
     assert reason in str(err.value)
 
 
-def test_a_bad_grid_file_exits_2_before_any_run(tmp_path, capsys):
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(small_grid(rates=[0])))
-    assert cli_main(["sweep", "--grid", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert f"{path}: key 'rates[0]': expected a rate > 0" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_sweep_writes_every_cell_as_json_csv_and_a_plot(tmp_path, capsys):
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump(small_grid()))
-    assert cli_main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
-    doc = json.loads((tmp_path / "out" / "sweep.json").read_text())
-    assert len(doc["cells"]) == 2 * 2 * 3 * 2 and doc["failed_cells"] == []
-    assert all(c["summary"]["requests"] == 300 for c in doc["cells"])
-    rows = list(csv.DictReader((tmp_path / "out" / "sweep.csv").open()))
-    assert [(r["policy"], r["variant"], float(r["rate_rps"]), int(r["seed"])) for r in rows] == \
-        [(c["policy"], c["variant"], c["rate_rps"], c["seed"]) for c in doc["cells"]]
-    assert (tmp_path / "out" / "sweep.png").stat().st_size > 10_000
-    by = {(c["policy"], c["variant"], c["rate_rps"], c["seed"]): c["summary"] for c in doc["cells"]}
-    # Four instances at 400 req/s are overloaded where sixteen are not; a tighter TTFT SLO
-    # on the same cluster is met by fewer requests.
-    assert by[("least-loaded", "4", 400.0, 0)]["slo_attainment"] < by[("least-loaded", "16", 400.0, 0)][
-        "slo_attainment"]
-    assert by[("least-loaded", "4-tight", 400.0, 0)]["slo_attainment"] < by[("least-loaded", "4", 400.0, 0)][
-        "slo_attainment"]
-    # Another seed draws other arrivals (the lengths are the trace's first 300 rows either way).
-    assert by[("least-loaded", "16", 100.0, 0)]["makespan_s"] != by[("least-loaded", "16", 100.0, 1)]["makespan_s"]
-    assert "least-loaded  4-tight" in capsys.readouterr().out
-
-
 def jobs_with_one_broken(tmp_path) -> list[SimJob]:
     config = load_cluster(builtin_cluster_path("gpu-colocated"))
     good = WorkloadSpec(requests=400, rate_rps=50.0, seed=3)
@@ -130,10 +97,6 @@ def test_a_failed_job_is_reported_and_the_others_kept(tmp_path, capsys):
 def test_parallel_and_address_are_exclusive():
     with pytest.raises(ValueError, match="exclusive"):
         run_jobs([], parallel=2, address="auto")
-    with pytest.raises(SystemExit):
-        cli_main(["compare", "--policies", "least-loaded", "--parallel", "2", "--address", "auto"])
-    with pytest.raises(SystemExit):
-        cli_main(["compare", "--policies", "least-loaded", "--parallel", "0"])
 
 
 def test_plan_rounds_verified_at_once_equal_the_rounds_verified_one_by_one():
