@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from infersched.cli.common import add_runtime_arguments, runtime_options  # noqa: E402
 from scheduler.cluster import Cluster  # noqa: E402
 from scheduler.config import SloConfig, load_cluster, parse_cluster  # noqa: E402
-from simulator.jobs import (SimJob, WorkloadSpec, add_runtime_arguments, build_workload, ray_session,  # noqa: E402
-                            run_jobs, runtime_options)
+from simulator.jobs import SimJob, WorkloadSpec, build_workload, ray_session, run_jobs  # noqa: E402
 from simulator.sessions import reuse_stats, session_trace  # noqa: E402
 from simulator.traces import builtin_trace_path, read_trace  # noqa: E402
 
