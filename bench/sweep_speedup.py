@@ -68,8 +68,10 @@ def main() -> None:
     rounds = []
     try:
         if args.multinode:
+            # Task workers at nice 0 like the sequential run (Ray's default, 15, yields to every other
+            # process on a shared machine; --parallel's local instance does the same).
             started = subprocess.run([str(SCRIPT), "start", "--temp-dir", temp_dir], capture_output=True, text=True,
-                                     env=_env(), cwd=ROOT, timeout=180)
+                                     env=dict(_env(), RAY_worker_niceness="0"), cwd=ROOT, timeout=180)
             if started.returncode != 0:
                 sys.exit(f"local_multinode.sh start failed:\n{started.stderr}")
             address = re.search(r"^RAY_ADDRESS=(\S+)$", started.stdout, re.M)[1]

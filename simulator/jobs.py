@@ -212,7 +212,9 @@ def ray_session(parallel: int | None = None, address: str | None = None):
     if address is not None:
         ray.init(address=address, runtime_env=code_runtime_env(), **kwargs)
     else:
-        ray.init(num_cpus=parallel, include_dashboard=False, **kwargs)
+        # Ray runs task workers at nice 15 by default; these tasks stand in for this process's
+        # own work, so they run at its priority, as the runs would one after another here.
+        ray.init(num_cpus=parallel, include_dashboard=False, _system_config={"worker_niceness": 0}, **kwargs)
     try:
         yield ray
     finally:
