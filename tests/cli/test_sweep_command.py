@@ -10,13 +10,23 @@ import yaml
 from infersched.cli import main as cli_main
 
 
+# 2 policies x 2 rates x 3 variants x 2 seeds of 300 requests.
+GRID = """
+name: small
+cluster: gpu-colocated
+workload: {requests: 300}
+policies: [least-loaded, round-robin]
+rates: [100, 400]
+seeds: [0, 1]
+variants:
+  - {name: "16"}
+  - {name: "4", instances: {h100: 4}}
+  - {name: 4-tight, instances: {h100: 4}, set: {slo.ttft_s: 0.2}}
+"""
+
+
 def small_grid(**changes) -> dict:
-    grid = {"name": "small", "cluster": "gpu-colocated", "workload": {"requests": 300},
-            "policies": ["least-loaded", "round-robin"], "rates": [100, 400], "seeds": [0, 1],
-            "variants": [{"name": "16"}, {"name": "4", "instances": {"h100": 4}},
-                         {"name": "4-tight", "instances": {"h100": 4}, "set": {"slo.ttft_s": 0.2}}]}
-    grid.update(changes)
-    return grid
+    return {**yaml.safe_load(GRID), **changes}
 
 
 def test_a_bad_grid_file_exits_2_before_any_run(tmp_path, capsys):

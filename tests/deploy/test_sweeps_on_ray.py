@@ -129,3 +129,16 @@ def test_compare_parallel_2_writes_the_sequential_json(tmp_path):
         return doc
 
     assert compare("--parallel", "2") == compare()
+
+
+def test_plan_verified_on_the_cluster_writes_the_sequential_plan(two_nodes, tmp_path):
+    # Headroom 1.0 at a 100 ms TTFT misses the target, so the plan takes a second round.
+    args = ["plan", "--rate", "300", "--requests", "2000", "--ttft-slo", "0.1", "--tpot-slo", "0.02",
+            "--quality-floor", "0.69", "--headroom", "1.0"]
+    remote = subprocess.run([sys.executable, "-m", "infersched.cli", *args, "--json", str(tmp_path / "ray.json"),
+                             "--address", two_nodes], capture_output=True, text=True, timeout=240, env=_env(),
+                            cwd=ROOT)
+    assert remote.returncode == 0, remote.stderr
+    assert cli_main([*args, "--json", str(tmp_path / "here.json")]) == 0
+    on_ray, here = (json.loads((tmp_path / f"{d}.json").read_text()) for d in ("ray", "here"))
+    assert len(here["rounds"]) == 2 and on_ray == here
