@@ -41,7 +41,8 @@ def _env() -> dict:
 
 
 def compare(args, out: Path, *extra: str) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "infersched.cli", "compare", "--policies", args.policies, "--requests",
+    cmd = [sys.executable, "-m", "infersched.cli", "compare", "--cluster", args.cluster, "--policies", args.policies,
+           "--requests",
            str(args.requests), "--rate", str(args.rate), "--seed", "0", "--json", str(out), "--no-progress", *extra]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
@@ -56,6 +57,7 @@ def compare(args, out: Path, *extra: str) -> tuple[float, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", default="least-loaded,round-robin,slo-aware,prefix-aware")
+    ap.add_argument("--cluster", default="hybrid")
     ap.add_argument("--requests", type=int, default=400_000)
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of (sequential, parallel[, multinode])")
@@ -97,7 +99,7 @@ def main() -> None:
                            timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    result = {"command": f"infersched compare --policies {args.policies} --requests {args.requests} --rate "
+    result = {"command": f"infersched compare --cluster {args.cluster} --policies {args.policies} --requests {args.requests} --rate "
                          f"{args.rate:g} --seed 0", "rounds": rounds,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine(),
                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}

@@ -263,7 +263,7 @@ def load_cluster(path: str | Path) -> ClusterConfig:
     return parse_cluster(data, str(path))
 
 
-def builtin_cluster_path(name: str = "hybrid") -> Path:
+def builtin_cluster_path(name: str) -> Path:
     """An example cluster from deploy/clusters/ (the README installs the checkout in place)."""
     path = Path(__file__).resolve().parent.parent / "deploy" / "clusters" / f"{name}.yaml"
     if not path.exists():

@@ -14,7 +14,7 @@ import sys
 from scheduler.config import ConfigError
 from simulator.traces import FORMATS, Trace, TraceFormatError
 
-DEFAULT_CLUSTER = "hybrid"
+DEFAULT_CLUSTER = "demo"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
 USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)

@@ -11,7 +11,7 @@ def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "simulate", help="replay a trace through a simulated cluster and report latency, cost and energy",
         description="Replay a trace (the built-in Azure 2023 conversation trace by default) through a "
-                    "cluster (deploy/clusters/hybrid.yaml by default) and print the summary.")
+                    f"cluster (deploy/clusters/{DEFAULT_CLUSTER}.yaml by default) and print the summary.")
     add_trace_arguments(p)
     p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
     p.add_argument("--policy", help="routing policy (overrides the cluster file's); see `infersched policies`")

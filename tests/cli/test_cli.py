@@ -33,9 +33,26 @@ def run_cli(args, capsys):
 def test_default_simulate_prints_the_table(capsys):
     code, out, _ = run_cli(["simulate", "--no-progress", "--requests", "3000"], capsys)
     assert code == 0
-    for text in ("TTFT", "TPOT", "end-to-end", "SLO", "goodput", "cost $", "J per output token", "wafer",
-                 "lpu-decode", "phones"):
+    for text in ("cluster demo | policy cost-aware", "TTFT", "TPOT", "end-to-end", "SLO", "goodput", "cost $",
+                 "J per output token", "kWh", "laptops", "h100", "routing: ", "cost: ", "energy: "):
         assert text in out
+
+
+def test_default_demo_routes_across_device_classes_and_bills_no_idle_pool(tmp_path, capsys):
+    """The first run a user sees: the whole built-in trace on the default cluster and policy."""
+    path = tmp_path / "s.json"
+    code, out, _ = run_cli(["simulate", "--no-progress", "--json", str(path)], capsys)
+    assert code == 0
+    s = json.loads(path.read_text())
+    laptops, h100 = s["pools"]["laptops"], s["pools"]["h100"]
+    assert s["slo_attainment"] >= 0.995 and s["completed"] == s["requests"] == 19366
+    # Both device classes serve a real share; the SLO sends the long prompts to the GPU.
+    assert laptops["share"] > 0.3 and h100["share"] > 0.5
+    assert laptops["prefill_tokens"] / laptops["requests"] * 3 < h100["prefill_tokens"] / h100["requests"]
+    # Every billed pool works for its money: under 5% of the bill pays for idle time.
+    assert all(p["requests"] > 0 for p in s["pools"].values())
+    assert s["served_cost_usd"] > 0.95 * s["cost_usd"]
+    assert "every pool served requests" in out
 
 
 @needs_shared
