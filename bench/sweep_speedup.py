@@ -42,8 +42,8 @@ def _env() -> dict:
 
 def compare(args, out: Path, *extra: str) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "infersched.cli", "compare", "--cluster", args.cluster, "--policies", args.policies,
-           "--requests",
-           str(args.requests), "--rate", str(args.rate), "--seed", "0", "--json", str(out), "--no-progress", *extra]
+           "--requests", str(args.requests), "--rate", str(args.rate), "--seed", "0", "--json", str(out),
+           "--no-progress", *extra]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
     wall_s = time.perf_counter() - t0
