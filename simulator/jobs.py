@@ -54,6 +54,8 @@ class WorkloadSpec:
     difficulty_table: tuple[tuple[float, float], ...] | None = None
     # True: a session trace (simulator/sessions.py) with prefix reuse, drawn from the trace's lengths.
     sessions: bool = False
+    start_s: float = 0.0  # the trace's time window (read_trace's start_s, duration_s)
+    duration_s: float | None = None
 
     def build(self):
         """(trace, workload, difficulty) where difficulty is a DifficultyModel or a trace column."""
@@ -62,11 +64,17 @@ class WorkloadSpec:
         from simulator.workload import make_workload
 
         path = _local_path(self.trace) if self.trace else str(builtin_trace_path())
-        trace = read_trace(path, self.format, skip_bad_rows=self.skip_bad_rows)
+        # Only the first `requests` rows are read when the workload uses no more (as the CLI reads).
+        first_only = not self.sessions and (self.rate_rps is not None or self.arrival in (None, "trace"))
+        trace = read_trace(path, self.format, skip_bad_rows=self.skip_bad_rows,
+                           max_rows=self.requests if first_only else None, start_s=self.start_s,
+                           duration_s=self.duration_s)
         difficulty = None
         if self.difficulty_table is None and trace.format != "mooncake" and trace.bad_rows == 0 \
-                and not self.sessions:
+                and trace.filtered_rows == 0 and not self.sessions:
             difficulty = read_difficulty_column(path)
+            if difficulty is not None:  # the trace may be a window or a prefix of the file's rows
+                difficulty = difficulty[trace.rows_before_window:trace.rows_before_window + trace.rows]
         if difficulty is None:
             difficulty = DifficultyModel(seed=self.seed, **({"table": self.difficulty_table}
                                                             if self.difficulty_table else {}))

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from infersched.cli.common import (DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments, runtime_options,
-                                   trace_record)
+                                   say_skipped, skip_hint, trace_record, workload_spec)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -55,24 +55,23 @@ def parse_params(items: list[str]) -> dict:
 def run(args) -> int:
     """Exit status 0; 1 when a run failed (the others are still reported and written)."""
     from simulator.compare import format_table, pareto_front, plot_pareto, policy_jobs
-    from simulator.jobs import WorkloadSpec, build_workload, report_failures, run_jobs
+    from simulator.jobs import build_workload, report_failures, run_jobs
     from simulator.quality import DifficultyModel, parse_table
     from simulator.report import write_json
 
     params = parse_params(args.param)
-    # An absolute trace path: the runs may read it in another working directory (a Ray task's).
-    spec = WorkloadSpec(trace=str(Path(args.trace).resolve()) if args.trace else None, format=args.format,
-                        skip_bad_rows=args.skip_bad_rows, requests=args.requests, rate_rps=args.rate,
-                        arrival=args.arrival, seed=args.seed,
-                        difficulty_table=parse_table(args.difficulty_table) if args.difficulty_table else None)
-    trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
+    spec = workload_spec(args, difficulty_table=parse_table(args.difficulty_table) if args.difficulty_table
+                         else None)
+    with skip_hint():
+        trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
+    say_skipped(trace)
     jobs = policy_jobs(args.policies.split(","), spec, args.cluster, seed=args.seed, params=params,
                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     results = run_jobs(jobs, **runtime_options(args))
     summaries = results.ok()
     front = pareto_front(summaries)
     doc = {"workload": workload.description, "seed": args.seed, "params": params,
-           "trace": {**trace_record(trace), "path": args.trace or trace.path},
+           "trace": {**trace_record(trace, args), "path": args.trace or trace.path},
            "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
            else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
            "pareto_front": front, "runs": summaries}

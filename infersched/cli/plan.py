@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from infersched.cli.common import (add_runtime_arguments, add_trace_arguments, load_trace, positive, runtime_options,
-                                   unit_interval)
+                                   unit_interval, workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -97,12 +97,7 @@ def run(args) -> int:
 
         verify_all = None
         if args.verify and (args.parallel or args.address):
-            from simulator.jobs import WorkloadSpec
-
-            # An absolute trace path: the runs may read it in another working directory (a Ray task's).
-            spec = WorkloadSpec(trace=str(Path(args.trace).resolve()) if args.trace else None, format=args.format,
-                                skip_bad_rows=args.skip_bad_rows, requests=args.requests, rate_rps=args.rate,
-                                arrival=args.arrival, seed=args.seed)
+            spec = workload_spec(args)
             verify_all = partial(_verify_as_jobs, spec, args)
         rounds, caps, excluded = plan_and_verify(
             stats, menu, workload if args.verify else None, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, say_skipped, trace_record
+from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -41,13 +41,12 @@ def run(args) -> int:
     progress = not args.no_progress and args.json != "-"
     result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress).run()
     summary = summarize(result)
-    summary["trace"] = trace_record(trace)
+    summary["trace"] = trace_record(trace, args)
     if args.json:
         write_json(summary, args.json)
     if args.out:
         for path in write_outputs(result, summary, args.out):
             print(f"wrote {path}", file=sys.stderr)
     if args.json != "-":
-        say_skipped(trace)
         print(format_summary(summary))
     return 0
