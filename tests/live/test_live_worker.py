@@ -17,7 +17,7 @@ import pytest
 from infersched.v1 import worker_pb2, worker_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster
-from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
+from workers.engine import MIXED, ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
 from workers.live import (
     DECODE_KEY,
     HANDOVER_KEY,
@@ -284,17 +284,20 @@ def test_kv_block_must_match_block_zero():
         parse_kv_block(meta(request_id="s", block_index=1, token_start=512, token_end=900), 1, first, 512)
 
 
-def test_replica_tracks_the_worker_engine(cluster):
+@pytest.mark.parametrize("token_budget", [0, 1024])  # prefill-first; chunked, mid-prompt when copied
+def test_replica_tracks_the_worker_engine(cluster, token_budget):
     """A replica restored from engine_state and advanced in time reports the same rows
     and wakes as the engine it copies."""
     perf = perf_of(cluster, "b200")
-    eng = BatchEngine(perf, ROLE_BOTH)
+    eng = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     for i, (inp, out) in enumerate([(900, 300), (2000, 40), (300, 700)]):
         eng.submit_prefill(i, inp, out)
     eng.poke(0.0, [])
     for _ in range(3):
         eng.wake(eng.next_wake_s, [])
-    replica = BatchEngine(perf, ROLE_BOTH)
+    if token_budget:
+        assert eng.prefilling and eng.activity == MIXED  # copied while a prompt is half computed
+    replica = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     restore_engine(replica, engine_state(eng))
     t = eng.next_wake_s - 1e-4
     for e in (eng, replica):
