@@ -30,6 +30,8 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING
 
+from workers.roles import Role
+
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
     from workers.prefix_cache import PrefixCache
@@ -45,10 +47,8 @@ FIRST_TOKEN = 0  # prefill done, first token out; energy/cost: the prefill share
 FINISHED = 1  # last token out; energy/cost: the decode share
 JOINED = 2  # a handed-over request joined the decode batch (its prefill-side KV can be freed)
 
-# Roles, matching scheduler.types.Role (workers does not import the scheduler).
-ROLE_PREFILL = 0
-ROLE_DECODE = 1
-ROLE_BOTH = 2
+# The engine's roles are the Role enum's members (names kept for the engine's callers).
+ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH = Role.PREFILL, Role.DECODE, Role.BOTH
 
 INF = math.inf
 
