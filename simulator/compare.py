@@ -94,7 +94,8 @@ def run_policies(entries: list[str], workload, cluster_name: str | None = None, 
     """Run each POLICY[@CLUSTER] entry on `workload`; returns [(label, SimResult, summary)]."""
     from scheduler.cluster import Cluster
     from scheduler.config import ConfigError
-    from scheduler.registry import build_policy
+    from scheduler.registry import accepted_params, build_policy
+    from scheduler.validation import Fields
     from simulator.metrics import summarize
     from simulator.sim import Simulation
 
@@ -104,14 +105,24 @@ def run_policies(entries: list[str], workload, cluster_name: str | None = None, 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--policies: duplicate entry in {','.join(labels)}")
     base = _with_slo(_load_cluster(cluster_name), ttft_s, tpot_s)
+    names = [label.partition("@")[0] for label in labels]
+    if not all(names):
+        raise ConfigError(f"--policies: empty policy name in {','.join(labels)!r}")
+    # --param applies to every policy whose plugins take it, and must be taken by one.
+    params = params or {}
+    accepted = {name: accepted_params(name) for name in names}
+    allowed = frozenset().union(*accepted.values())
+    for key in params:
+        if key not in allowed:
+            raise Fields("--param").fail("policy.params", f"unknown parameter {key!r} for {', '.join(names)}; "
+                                                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
     # Build every cluster and policy first, so a bad name fails before any run.
     plans = []
-    for label in labels:
-        name, _, cluster = label.partition("@")
-        if not name:
-            raise ConfigError(f"--policies: empty policy name in {label!r}")
+    for label, name in zip(labels, names):
+        cluster = label.partition("@")[2]
         config = _with_slo(_load_cluster(cluster), ttft_s, tpot_s) if cluster else base
-        policy = build_policy(name, config, overrides=params)
+        policy = build_policy(name, config, overrides={k: v for k, v in params.items() if k in accepted[name]},
+                              overrides_source="--param")
         plans.append((label, Cluster(config), policy))
     runs = []
     for label, cluster, policy in plans:
