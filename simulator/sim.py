@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
+from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
 from scheduler.types import PassKind, Request, RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
@@ -58,7 +59,7 @@ class SimResult:
 
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
-                 progress: bool = False, chunk_size: int = 65536):
+                 progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None):
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -82,6 +83,10 @@ class Simulation:
         # staging plugin's tag for its pass in flight and that pass's number, per request id.
         self.staging = policy.staging
         self._passes: dict[int, tuple[Request, int, int]] = {}
+        # Every decision, with its per-plugin breakdown, when a log is attached.
+        self.decision_log = decision_log
+        if decision_log is not None:
+            policy.explain = True
         self._capability = self.snap.capability.tolist()
         self._pool_passes = [0] * len(cluster.pools)
 
@@ -148,6 +153,8 @@ class Simulation:
     def _place(self, req: Request, now: float, rng: np.random.Generator, pass_index: int) -> str:
         """Decide and submit one pass; returns the reject reason ('' when placed)."""
         decision = self.policy.decide(req, self.snap, now, rng)
+        if self.decision_log is not None:
+            self.decision_log.write(decision, now, pass_index)
         p = decision.prefill_instance
         if p < 0:
             return decision.reject_reason or "rejected"
@@ -169,6 +176,8 @@ class Simulation:
 
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
         first = self.staging.first(req, self.snap)
+        if self.decision_log is not None:
+            self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
         if reason:
             self.records.status[req.request_id] = RequestStatus.REJECTED
@@ -195,6 +204,8 @@ class Simulation:
             credit = staging.credit(orig, tag, capability, self.snap)
             step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
             if step is not None:
+                if self.decision_log is not None:
+                    self.decision_log.write_pass(step, now, index + 1)
                 if not self._place(step.request, now, rng, index + 1):
                     self._passes[rid] = (orig, step.tag, index + 1)
                     if step.kind == PassKind.ADVICE:
@@ -273,6 +284,7 @@ class Simulation:
         log = self._log
         event = self._event
         staging = self.staging
+        decision_log = self.decision_log
         inf = math.inf
         # Request(...) through its generated __new__ costs ~0.9 us here; tuple.__new__ with
         # every field in order builds the same named tuple in ~0.3 us.
@@ -335,6 +347,8 @@ class Simulation:
                     continue
                 # Single-pass policies: `_place` inlined (no per-pass accounting needed).
                 decision = decide(req, snap, now, rng)
+                if decision_log is not None:
+                    decision_log.write(decision, now)
                 p = decision.prefill_instance
                 if p < 0:
                     rec.status[rid] = RequestStatus.REJECTED
