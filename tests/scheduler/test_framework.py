@@ -266,3 +266,24 @@ def test_placements_record_what_each_filter_removed():
     assert d.rejected and p.removed == (("fits-memory", (0, 1, 2)),) and p.candidates == ()
     assert (p.chosen, p.reason) == (-1, FILTERS["fits-memory"].reason) == (-1, d.reject_reason)
     assert p.stage == Stage.PREFILL and p.scores == () and p.total == ()
+
+
+def test_the_readme_plugin_example_registers_and_scores():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Writing a plugin"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    roomy = namespace["Roomy"]
+    reg = Registry("scorer", (*SCORERS.values(), roomy))
+    assert set(param_specs(reg["roomy"])) == {"roomy_min_share"}
+    snap = colocated_snapshot()
+    snap.update(1, 0, 0, 0, 0.1 * snap._kv_capacity[1], 0.0)  # instance 1: 10% of its KV free
+    spec = PolicySpec("roomy-first", (), (("roomy", 1.0),), "argmax")
+    pol = Policy(spec, [], [(roomy(roomy.Params(roomy_min_share=0.5), SloConfig()), 1.0)],
+                 pickers.Argmax(NoParams(), SloConfig()))
+    pol.explain = True
+    d = pol.decide(Request(1, 100, 10, 0.0), snap, 0.0, np.random.default_rng(0))
+    assert d.placements[0].scores[0].raw == (1.0, 0.0, 1.0) and d.prefill_instance in (0, 2)
