@@ -1,0 +1,132 @@
+"""A real Prometheus server scrapes a running `infersched serve`: the metrics a
+dashboard queries arrive through Prometheus' own HTTP API with the values the
+replay produced. `.ci/run` installs Debian's `prometheus` when it is missing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scheduler.config import builtin_cluster_path
+
+pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(PROMETHEUS is None,
+                                reason="the Prometheus server is not installed (apt-get install prometheus; "
+                                       ".ci/run installs it)")
+
+REPO = Path(__file__).resolve().parents[2]
+INFERSCHED = str(Path(sys.executable).parent / "infersched")
+TRACE = REPO / "simulator" / "data" / "azure_conv_2023.csv.gz"
+START_TIMEOUT_S = 90.0
+SCRAPE_INTERVAL_S = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout_s: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.strip())
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} in {lines}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
+
+
+@pytest.fixture(scope="module")
+def serve():
+    proc = subprocess.Popen([INFERSCHED, "serve", "--cluster", str(builtin_cluster_path("live-small")),
+                             "--port", "0", "--metrics-port", "0", "--time-scale", "0.01"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = _read_until(proc, "stops it", START_TIMEOUT_S)
+        address = next(ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln)
+        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
+        yield address, urllib.parse.urlsplit(metrics).netloc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def prometheus(serve, tmp_path_factory):
+    """Prometheus on a free loopback port, scraping serve's metrics endpoint every second."""
+    _, metrics_target = serve
+    root = tmp_path_factory.mktemp("prometheus")
+    config = root / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: {SCRAPE_INTERVAL_S}s, evaluation_interval: {SCRAPE_INTERVAL_S}s}}\n"
+        "scrape_configs:\n"
+        f"  - job_name: infersched\n    static_configs: [{{targets: ['{metrics_target}']}}]\n")
+    port = _free_port()
+    proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=open(root / "prometheus.log", "w"))
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        _wait_for(lambda: _query(api, 'up{job="infersched"}') == [1.0], what="Prometheus scraping serve",
+                  log=root / "prometheus.log")
+        yield api
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _query(api: str, expr: str) -> list[float] | None:
+    """Values of an instant query, or None while Prometheus is not answering."""
+    try:
+        with urllib.request.urlopen(f"{api}/query?{urllib.parse.urlencode({'query': expr})}", timeout=5) as r:
+            body = json.load(r)
+    except OSError:
+        return None
+    assert body["status"] == "success", body
+    return sorted(float(sample["value"][1]) for sample in body["data"]["result"])
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60.0, log: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
+
+
+def test_prometheus_sees_every_replayed_request(serve, prometheus, tmp_path):
+    address, _ = serve
+    out = tmp_path / "live.json"
+    done = subprocess.run([INFERSCHED, "replay", "--target", address, "--trace", str(TRACE), "--requests", "60",
+                           "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    completed = json.loads(out.read_text())["completed"]
+    assert completed == 60
+    expr = 'infersched_requests_total{status="completed"}'
+    _wait_for(lambda: _query(prometheus, expr) == [float(completed)], what=f"{expr} == {completed}")
+    # A histogram a dashboard plots: its count went up by the same number of requests.
+    assert _query(prometheus, "infersched_ttft_seconds_count") == [float(completed)]
+    # Per-pool gauges arrive labelled by pool; live-small has three pools.
+    assert len(_query(prometheus, "infersched_pool_kv_free_tokens")) == 3
