@@ -385,7 +385,7 @@ async def run_step(stubs: list, step: Step, lengths: np.ndarray, rng: np.random.
 
 
 def start_serve(args, log_path: Path) -> tuple[subprocess.Popen, str, str]:
-    cmd = [sys.executable, "-m", "simulator.cli", "serve", "--cluster", str(args.cluster), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "infersched.cli", "serve", "--cluster", str(args.cluster), "--host", "127.0.0.1",
            "--port", "0", "--metrics-port", "0", "--time-scale", repr(args.time_scale), "--seed", str(args.seed)]
     if args.policy:
         cmd += ["--policy", args.policy]

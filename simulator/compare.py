@@ -1,4 +1,4 @@
-"""`infersched compare`: several policies on the same workload and cluster, side by side.
+"""Several policies on the same workload and cluster, side by side (`infersched compare`).
 
 Every policy replays the very same requests (same trace rows, arrivals and
 difficulties: the workload is built once from the seed), so differences are
@@ -11,58 +11,10 @@ edge-plus-cloud cluster against least-loaded on the cloud alone.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_CLUSTER = "hybrid"
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    """Add the `compare` subcommand; its handler is `args.handler` (run_compare)."""
-    p = subparsers.add_parser(
-        "compare", help="run several policies on the same workload and cluster and compare them",
-        description="Replay the same workload through several policies and print SLO attainment, p99 "
-                    "TTFT/TPOT, quality, dollars, joules, J per token, queries per kWh and share per pool; "
-                    "write a cost-vs-energy-vs-quality Pareto plot next to the JSON.")
-    p.add_argument("--policies", required=True,
-                   help="comma-separated policy names (see `infersched policies`); POLICY@CLUSTER runs that "
-                        "policy on another cluster (a YAML path or a built-in name)")
-    p.add_argument("--trace", help="trace file (default: the built-in Azure 2023 conversation trace)")
-    p.add_argument("--format", choices=["azure", "vidur", "lengths", "burstgpt", "mooncake"])
-    p.add_argument("--skip-bad-rows", action="store_true")
-    p.add_argument("--requests", type=int, help="number of requests (default: the whole trace)")
-    p.add_argument("--rate", type=float, help="arrival rate in requests/s (synthesized arrivals)")
-    p.add_argument("--arrival", choices=["trace", "poisson", "gamma", "diurnal"])
-    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
-    p.add_argument("--difficulty-table", metavar="C:S,...",
-                   help="reach table: capability:share-of-queries-within-reach pairs (default: "
-                        "simulator/quality.py, 71%% within an edge-class model's reach)")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
-                                                  "Pareto plot goes next to it (PATH with .png)")
-    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
-    p.set_defaults(handler=run_compare)
-    return p
-
-
-def _parse_params(items: list[str]) -> dict:
-    import yaml
-
-    from scheduler.config import ConfigError
-
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
-        params[key.strip()] = yaml.safe_load(value)
-    return params
 
 
 def _load_cluster(name: str | None):
@@ -226,68 +178,3 @@ def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def run_compare(args) -> int:
-    from simulator.quality import DifficultyModel, parse_table, read_difficulty_column
-    from simulator.report import write_json
-    from simulator.traces import builtin_trace_path, read_trace
-    from simulator.workload import make_workload
-
-    params = _parse_params(args.param)
-    path = args.trace or str(builtin_trace_path())
-    trace = read_trace(path, args.format, skip_bad_rows=args.skip_bad_rows)
-    difficulty = None
-    if not path.endswith(".jsonl") and trace.bad_rows == 0:
-        difficulty = read_difficulty_column(path)
-    if difficulty is None:
-        table = parse_table(args.difficulty_table) if args.difficulty_table else None
-        difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
-    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
-                             seed=args.seed, difficulty=difficulty)
-    runs = run_policies(args.policies.split(","), workload, args.cluster, seed=args.seed, params=params,
-                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
-    summaries = [s for _, _, s in runs]
-    front = pareto_front(summaries)
-    doc = {"workload": workload.description, "seed": args.seed, "params": params,
-           "trace": {"path": trace.path, "format": trace.format, "rows": trace.rows},
-           "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
-           else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
-           "pareto_front": front, "runs": summaries}
-    written = []
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(doc, str(out / "compare.json"))
-        written += [out / "compare.json", plot_pareto(summaries, front, out / "pareto.png", workload.description)]
-    if args.json:
-        write_json(doc, args.json)
-        if args.json != "-":
-            written.append(Path(args.json))
-            written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"), workload.description))
-    if args.json != "-":
-        print(f"workload: {workload.description}")
-        print(format_table(summaries, front))
-    for p in written:
-        print(f"wrote {p}", file=sys.stderr)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m simulator.compare ...`: the subcommand on its own, with the CLI's error handling."""
-    from scheduler.config import ConfigError
-    from simulator.traces import TraceFormatError
-
-    parser = argparse.ArgumentParser(prog="infersched")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.handler(args)
-    except (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"infersched: error: {message}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

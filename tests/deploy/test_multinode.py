@@ -60,7 +60,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "simulator.cli", *args]
+    return [sys.executable, "-m", "infersched.cli", *args]
 
 
 @pytest.fixture(scope="module")

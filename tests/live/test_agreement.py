@@ -46,7 +46,7 @@ import asyncio, json, sys
 import numpy as np
 from scheduler.cluster import Cluster
 from scheduler.config import load_cluster
-from simulator.replay import live_summary, replay
+from infersched.client.replay import live_summary, replay
 from simulator.traces import read_trace
 from simulator.workload import make_workload
 

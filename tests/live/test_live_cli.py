@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("ray_cluster_pids", REPO / "deploy" / "ray_cluster_pids.py")
 ray_cluster_pids = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ray_cluster_pids)
-CLI = [sys.executable, "-m", "simulator.cli"]
+CLI = [sys.executable, "-m", "infersched.cli"]
 START_TIMEOUT_S = 90.0
 
 

@@ -9,7 +9,7 @@ import pytest
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, parse_cluster
 from scheduler.registry import build_policy
-from simulator.cli import main
+from infersched.cli import main
 from simulator.metrics import summarize
 from simulator.sessions import reuse_stats, session_trace, write_mooncake
 from simulator.sim import Simulation

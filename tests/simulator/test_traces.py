@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import simulator.traces as traces
+from simulator.traces import csv_formats, rows as trace_rows, wallclock
 from simulator.traces import Trace, TraceFormatError, builtin_trace_path, detect_format, read_trace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -310,7 +310,7 @@ def synthetic_azure_rows(n: int, seed: int = 3) -> tuple[list[str], np.ndarray]:
 @pytest.mark.parametrize("chunk_chars", [700, 100_000], ids=["tiny-reads", "default-ish"])
 def test_bad_row_deep_in_a_large_file(tmp_path, monkeypatch, chunk_chars):
     """Line numbers stay right across read chunks and block subdivision."""
-    monkeypatch.setattr(traces, "_CHUNK_CHARS", chunk_chars)
+    monkeypatch.setattr(trace_rows, "CHUNK_CHARS", chunk_chars)
     rows, seconds = synthetic_azure_rows(3000)
     bad = rows.copy()
     bad[2500] = bad[2500].rsplit(",", 1)[0] + ",-7"
@@ -332,7 +332,7 @@ def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
     rows, _ = synthetic_azure_rows(2000)
     path = write(tmp_path, azure(rows))
     fast = read_trace(path)
-    monkeypatch.setattr(traces, "_csv_fast_block", lambda *args: False)
+    monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
     slow = read_trace(path)
     assert np.array_equal(fast.arrival_s, slow.arrival_s)
     assert np.array_equal(fast.input_tokens, slow.input_tokens)
@@ -347,8 +347,8 @@ def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
     ["2024-05-10 00:00:00.123456789", "2262-04-11 00:00:00.000000000"],
 ])
 def test_vectorised_timestamps_match_row_parser(stamps):
-    expected = [traces._parse_iso_ns(s) for s in stamps]
-    assert traces._iso_column(stamps).tolist() == expected
+    expected = [wallclock.parse_iso_ns(s) for s in stamps]
+    assert wallclock.iso_column(stamps).tolist() == expected
     # numpy is an independent reference for the zone-free forms
     if not any(c in s[19:] for s in stamps for c in "+-Z"):
         ref = np.array([s.replace(" ", "T") for s in stamps], dtype="datetime64[ns]").astype(np.int64)
@@ -419,7 +419,7 @@ def test_trace_rejects_inconsistent_columns():
 @pytest.mark.parametrize("row_by_row", [False, True], ids=["column-wise", "row-by-row"])
 def test_burstgpt_failures_counted_only_up_to_max_rows(tmp_path, monkeypatch, row_by_row):
     if row_by_row:
-        monkeypatch.setattr(traces, "_csv_fast_block", lambda *args: False)
+        monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
     rows = ["1,ChatGPT,5,1,6,API log", "2,ChatGPT,5,0,5,API log", "3,ChatGPT,6,2,8,API log",
             "4,ChatGPT,5,0,5,API log", "5,ChatGPT,7,3,10,API log"]
     path = write(tmp_path, BURST_HEADER + "\n" + "\n".join(rows) + "\n")

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator import compare
+from infersched.cli import compare, main
+from simulator.compare import pareto_front
 from simulator.quality import DifficultyModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +18,7 @@ needs_shared = pytest.mark.skipif(not CONV.exists(), reason="../shared/traces no
 
 
 def run(argv, capsys):
-    code = compare.main(argv)
+    code = main(["compare", *argv])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -26,7 +27,7 @@ def test_register_adds_the_subcommand_with_its_handler():
     parser = argparse.ArgumentParser()
     compare.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["compare", "--policies", "a,b", "--param", "router_accuracy=0.8"])
-    assert args.handler is compare.run_compare and args.policies == "a,b"
+    assert args.handler is compare.run and args.policies == "a,b"
 
 
 @needs_shared
@@ -90,4 +91,4 @@ def test_pareto_front():
     runs = [{"label": "a", "cost_usd": 1, "energy_j": 1, "quality": 0.9},
             {"label": "b", "cost_usd": 2, "energy_j": 2, "quality": 0.9},   # dominated by a
             {"label": "c", "cost_usd": 3, "energy_j": 3, "quality": 0.95}]  # better quality: on the front
-    assert compare.pareto_front(runs) == ["a", "c"]
+    assert pareto_front(runs) == ["a", "c"]

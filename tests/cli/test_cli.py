@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.cli import main
+from infersched.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -172,7 +172,7 @@ def test_model_list_names_every_device_and_model(capsys):
 
 
 def test_serve_metrics_host_defaults_to_loopback_and_can_be_set():
-    from simulator.cli import build_parser
+    from infersched.cli import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["serve", "--cluster", "c.yaml"]).metrics_host == "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Drive a live cluster over gRPC: `infersched replay` and `infersched stats`.
+"""The live replay client: a trace sent open loop to a running scheduler, summarized as the simulator does.
 
 `replay` sends a trace's requests open loop at the trace's arrival times
 divided by `--speedup`, streams each request's tokens, and builds the same
@@ -17,7 +17,6 @@ charged over the makespan, as the simulator charges them.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import sys
 import time
@@ -27,13 +26,14 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from infersched.client.stats import RPC_TIMEOUT_S
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import SloConfig
-from scheduler.types import RequestStatus, Role
 from scheduler.control import TIME_SCALE_KEY
-from workers.live import SENT_KEY
+from scheduler.types import RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
 from simulator.sim import SimResult
+from workers.live import SENT_KEY
 
 _STATUS = {
     common_pb2.REQUEST_STATUS_COMPLETED: RequestStatus.COMPLETED,
@@ -41,7 +41,6 @@ _STATUS = {
     common_pb2.REQUEST_STATUS_FAILED: RequestStatus.FAILED,
 }
 _ROLE = {common_pb2.ROLE_PREFILL: Role.PREFILL, common_pb2.ROLE_DECODE: Role.DECODE, common_pb2.ROLE_BOTH: Role.BOTH}
-_RPC_TIMEOUT_S = 10.0
 
 
 # ---- a cluster as the server describes it --------------------------------------------
@@ -105,7 +104,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
     options = [("grpc.max_receive_message_length", 16 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
-        call = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+        call = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
         stats0 = await call
         time_scale = server_time_scale(stats0, metadata=await call.trailing_metadata())
         if cluster is None:
@@ -184,7 +183,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                     done_mark += max(1, n // 10)
         await asyncio.gather(*tasks)
         client_wall = time.perf_counter() - wall0
-        stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
+        stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
 
     completed = rec.status == RequestStatus.COMPLETED
     finished = rec.finish_s[completed]
@@ -256,104 +255,3 @@ def live_summary(result: ReplayResult, target: str) -> dict:
         "generate_rps_wall": result.records.n / result.client_wall_s if result.client_wall_s > 0 else None,
     }
     return summary
-
-
-def run_replay(args) -> int:
-    from simulator.report import format_summary, write_json
-    from simulator.traces import read_trace
-    from simulator.workload import make_workload
-
-    trace = read_trace(args.trace, getattr(args, "format", None),
-                       skip_bad_rows=getattr(args, "skip_bad_rows", False))
-    workload = make_workload(trace, n_requests=args.requests, seed=args.seed)
-    cluster = None
-    slo = None
-    if getattr(args, "cluster", None):
-        from scheduler.cluster import Cluster
-        from scheduler.config import load_cluster
-
-        cluster = Cluster(load_cluster(args.cluster))
-        slo = cluster.config.slo
-    quiet = args.json == "-"
-    if not quiet:
-        print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
-    try:
-        result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
-                                    seed=args.seed, progress=not quiet))
-    except grpc.aio.AioRpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
-    summary = live_summary(result, args.target)
-    summary["trace"] = {"path": trace.path, "format": trace.format, "rows": trace.rows,
-                        "bad_rows": trace.bad_rows, "filtered_rows": trace.filtered_rows}
-    if args.json:
-        write_json(summary, args.json)
-    if not quiet:
-        print(format_summary(summary))
-        live = summary["live"]
-        print(f"live: {args.target}, time_scale {live['time_scale']:.4g} (speed-up {1 / live['time_scale']:.4g}x), "
-              f"arrivals compressed {live['speedup']:.4g}x; {live['tokens_streamed']:,} tokens streamed in "
-              f"{live['client_wall_s']:.2f} s wall")
-    return 0
-
-
-# ---- stats -------------------------------------------------------------------------------
-
-
-def format_stats(s: scheduler_pb2.SchedulerStats) -> str:
-    def lat(p: common_pb2.LatencyPercentiles, scale: float = 1.0, unit: str = "ms") -> str:
-        if not p.samples:
-            return "-"
-        return (f"p50 {p.p50_s * scale:.3g}{unit}  p90 {p.p90_s * scale:.3g}{unit}  p99 {p.p99_s * scale:.3g}{unit}"
-                f"  (n={p.samples:,})")
-
-    lines = [
-        f"cluster {s.cluster} | policy {s.policy} | up {s.uptime_s:,.1f} s (modelled)",
-        f"requests {s.requests_total:,}   completed {s.requests_completed:,}   rejected {s.requests_rejected:,}   "
-        f"failed {s.requests_failed:,}   in flight {s.in_flight:,}   invalid {s.requests_invalid:,}",
-    ]
-    for reason, count in sorted(s.reasons.items()):
-        lines.append(f"  {count:,}: {reason}")
-    lines += [
-        f"TTFT        {lat(s.ttft_s, 1e3)}",
-        f"TPOT        {lat(s.tpot_s, 1e3)}",
-        f"end-to-end  {lat(s.e2e_s, 1.0, ' s')}",
-        f"policy      {lat(s.scheduling_overhead_s, 1e6, ' us')} per decision, {s.decisions_total:,} decisions",
-        f"SLO attainment {s.slo_attainment * 100:.1f}%   energy {s.energy_j / 1e3:,.1f} kJ   cost ${s.cost_usd:,.4f}   "
-        f"tokens in {s.input_tokens:,} / out {s.output_tokens:,}",
-        "",
-        f"{'pool':<16}{'device':<10}{'role':<9}{'inst':>5}{'queue':>7}{'running':>8}{'completed':>10}"
-        f"{'util':>6}{'kv free':>9}{'energy kJ':>11}{'cost $':>9}",
-    ]
-    for p in s.pools:
-        role = common_pb2.Role.Name(p.role).removeprefix("ROLE_").lower()
-        kv = p.kv_free_tokens / p.kv_capacity_tokens if p.kv_capacity_tokens else 0.0
-        lines.append(f"{p.name[:15]:<16}{p.device:<10}{role:<9}{p.instances:>5}{p.queue_depth:>7}{p.running:>8}"
-                     f"{p.completed:>10,}{p.utilization * 100:>5.0f}%{kv * 100:>8.0f}%{p.energy_j / 1e3:>11,.1f}"
-                     f"{p.cost_usd:>9.4f}")
-    return "\n".join(lines)
-
-
-def _stats_json(s: scheduler_pb2.SchedulerStats) -> str:
-    from google.protobuf import json_format
-
-    return json.dumps(json_format.MessageToDict(s, preserving_proto_field_name=True), indent=2)
-
-
-def run_stats(args) -> int:
-    interval = getattr(args, "interval", 1.0)
-    try:
-        with grpc.insecure_channel(args.target) as channel:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            if not args.watch:
-                stats = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=_RPC_TIMEOUT_S)
-                print(_stats_json(stats) if args.json else format_stats(stats))
-                return 0
-            for stats in stub.WatchStats(scheduler_pb2.WatchStatsRequest(interval_s=interval)):
-                print(_stats_json(stats) if args.json else format_stats(stats) + "\n", flush=True)
-    except grpc.RpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    return 0

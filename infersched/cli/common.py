@@ -1,0 +1,88 @@
+"""Arguments and helpers more than one command shares: trace selection, numbers, errors.
+
+Every command that reads a trace takes the same `--trace/--format/--skip-bad-rows/
+--requests` (and, where arrivals may be synthesized, `--rate/--arrival`), reads it
+through `load_trace` and reports it in its JSON through `trace_record`, so a flag
+or a field added here reaches simulate, compare, plan and replay alike.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from scheduler.config import ConfigError
+from simulator.traces import FORMATS, Trace, TraceFormatError
+
+DEFAULT_CLUSTER = "hybrid"
+ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
+# What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
+USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)
+
+
+def positive(integer: bool = False):
+    """An argparse type: a positive number (or integer), with a message naming the bad text."""
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            kind = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return value
+    return parse
+
+
+def unit_interval(zero_ok: bool):
+    """An argparse type: a number in [0, 1] ((0, 1] when not zero_ok)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value > 1 or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be in {'[0, 1]' if zero_ok else '(0, 1]'}, got {text!r}")
+        return value
+    return parse
+
+
+def add_trace_arguments(p: argparse.ArgumentParser, *, required: bool = False, synthesis: bool = True,
+                        trace_help: str | None = None, requests_help: str | None = None) -> None:
+    """--trace, --format, --skip-bad-rows, --requests and, with `synthesis`, --rate and --arrival."""
+    p.add_argument("--trace", required=required,
+                   help=trace_help or "trace file (Azure, Vidur/Splitwise, length-only CSV, BurstGPT, Mooncake "
+                                      "JSONL; .gz ok). Default: built-in Azure 2023 conversation trace")
+    p.add_argument("--format", choices=FORMATS, help="trace format (default: detected from the content)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip malformed trace rows (counted and reported) instead of failing")
+    p.add_argument("--requests", type=positive(integer=True),
+                   help=requests_help or "number of requests (beyond the trace's rows, lengths are resampled "
+                                         "and arrivals synthesized)")
+    if synthesis:
+        p.add_argument("--rate", type=positive(), help="arrival rate in requests/s (synthesized arrivals)")
+        p.add_argument("--arrival", choices=ARRIVALS,
+                       help="arrival process for synthesized arrivals (default poisson)")
+
+
+def load_trace(args) -> Trace:
+    """The trace the arguments name (the built-in one when --trace is absent)."""
+    from simulator.traces import builtin_trace_path, read_trace
+
+    return read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows)
+
+
+def trace_record(trace: Trace) -> dict:
+    """The `trace` object of a summary JSON."""
+    return {"path": trace.path, "format": trace.format, "rows": trace.rows, "bad_rows": trace.bad_rows,
+            "filtered_rows": trace.filtered_rows}
+
+
+def say_skipped(trace: Trace) -> None:
+    if trace.bad_rows:
+        print(f"skipped {trace.bad_rows:,} malformed trace rows", file=sys.stderr)
+
+
+def user_error(exc: BaseException) -> str:
+    """The message for a USER_ERRORS exception (a KeyError's repr would add quotes)."""
+    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)

@@ -1,0 +1,93 @@
+"""`infersched compare`: several policies on one workload, a table and a Pareto plot."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "compare", help="run several policies on the same workload and cluster and compare them",
+        description="Replay the same workload through several policies and print SLO attainment, p99 "
+                    "TTFT/TPOT, quality, dollars, joules, J per token, queries per kWh and share per pool; "
+                    "write a cost-vs-energy-vs-quality Pareto plot next to the JSON.")
+    p.add_argument("--policies", required=True,
+                   help="comma-separated policy names (see `infersched policies`); POLICY@CLUSTER runs that "
+                        "policy on another cluster (a YAML path or a built-in name)")
+    add_trace_arguments(p, trace_help="trace file (default: the built-in Azure 2023 conversation trace)",
+                        requests_help="number of requests (default: the whole trace)")
+    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
+    p.add_argument("--difficulty-table", metavar="C:S,...",
+                   help="reach table: capability:share-of-queries-within-reach pairs (default: "
+                        "simulator/quality.py, 71%% within an edge-class model's reach)")
+    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (overrides the cluster file's)")
+    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (overrides the cluster file's)")
+    p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
+                                                  "Pareto plot goes next to it (PATH with .png)")
+    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
+    p.set_defaults(handler=run)
+    return p
+
+
+def parse_params(items: list[str]) -> dict:
+    """--param KEY=VALUE items as a dict; VALUE is read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    from scheduler.config import ConfigError
+
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE")
+        params[key.strip()] = yaml.safe_load(value)
+    return params
+
+
+def run(args) -> int:
+    from simulator.compare import format_table, pareto_front, plot_pareto, run_policies
+    from simulator.quality import DifficultyModel, parse_table, read_difficulty_column
+    from simulator.report import write_json
+    from simulator.workload import make_workload
+
+    params = parse_params(args.param)
+    trace = load_trace(args)
+    difficulty = None
+    if trace.format != "mooncake" and trace.bad_rows == 0:
+        difficulty = read_difficulty_column(trace.path)
+    if difficulty is None:
+        table = parse_table(args.difficulty_table) if args.difficulty_table else None
+        difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
+    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
+                             seed=args.seed, difficulty=difficulty)
+    runs = run_policies(args.policies.split(","), workload, args.cluster, seed=args.seed, params=params,
+                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    summaries = [s for _, _, s in runs]
+    front = pareto_front(summaries)
+    doc = {"workload": workload.description, "seed": args.seed, "params": params, "trace": trace_record(trace),
+           "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
+           else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
+           "pareto_front": front, "runs": summaries}
+    written = []
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(doc, str(out / "compare.json"))
+        written += [out / "compare.json", plot_pareto(summaries, front, out / "pareto.png", workload.description)]
+    if args.json:
+        write_json(doc, args.json)
+        if args.json != "-":
+            written.append(Path(args.json))
+            written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"), workload.description))
+    if args.json != "-":
+        print(f"workload: {workload.description}")
+        print(format_table(summaries, front))
+    for p in written:
+        print(f"wrote {p}", file=sys.stderr)
+    return 0

@@ -1,0 +1,137 @@
+"""`infersched serve`, `replay` and `stats`: the live cluster, and a client that drives and watches it."""
+from __future__ import annotations
+
+import sys
+
+from infersched.cli.common import add_trace_arguments, load_trace, trace_record
+
+
+def register(sub) -> None:
+    _add_serve(sub)
+    _add_replay(sub)
+    _add_stats(sub)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the live cluster on Ray and serve the scheduler over gRPC",
+                       description="Start (or join) a Ray cluster, one worker actor per pool instance and the "
+                                   "scheduler; serve gRPC until Ctrl-C or SIGTERM.")
+    p.add_argument("--cluster", required=True, help="cluster YAML")
+    p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
+    p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
+    p.add_argument("--time-scale", type=float, default=0.01,
+                   help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
+    p.add_argument("--metrics-port", type=int, default=9464,
+                   help="Prometheus metrics port (default 9464; 0 = any free, -1 = off)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 for a scraper on another "
+                        "host, e.g. Prometheus in Kubernetes)")
+    p.add_argument("--policy", help="routing policy (overrides the cluster file's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the policy's tie-breaking RNG")
+    p.add_argument("--max-queue", type=int, default=4096,
+                   help="requests queued for prefill before RESOURCE_EXHAUSTED (default 4096)")
+    p.add_argument("--max-retries", type=int, default=2, help="re-dispatches after a worker failure (default 2)")
+    p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
+                   help="run the scheduler actor's threads under SCHED_FIFO at priority N (1-99; Linux, needs "
+                        "CAP_SYS_NICE): on busy hosts its RPCs then wait for no other process (default 0: off)")
+    p.add_argument("--frontends", type=int, default=0, metavar="N",
+                   help="client-facing gRPC in N front-end processes sharing the port, relayed to the scheduler "
+                        "core: takes ~0.7 ms of CPU per request off the core's event loop, for hosts with cores to "
+                        "spare (default 0: the scheduler actor serves clients itself)")
+    p.set_defaults(handler=run_serve)
+
+
+def _add_replay(sub) -> None:
+    r = sub.add_parser("replay", help="replay a trace against a live cluster over gRPC",
+                       description="Send a trace's requests open loop to a running `infersched serve`, stream "
+                                   "the tokens, and print the same summary as `infersched simulate`.")
+    r.add_argument("--target", default="127.0.0.1:50051", help="scheduler address (default 127.0.0.1:50051)")
+    add_trace_arguments(r, required=True, synthesis=False, trace_help="trace file (formats as for simulate)",
+                        requests_help="number of requests (default: the whole trace)")
+    r.add_argument("--speedup", type=float,
+                   help="divide arrival times by this (default: the server's 1 / time_scale, i.e. the trace's "
+                        "own rate in modelled time)")
+    r.add_argument("--cluster", help="the served cluster YAML, for its SLO (default SLO otherwise)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    r.set_defaults(handler=run_replay)
+
+
+def _add_stats(sub) -> None:
+    s = sub.add_parser("stats", help="print a live scheduler's stats")
+    s.add_argument("--target", default="127.0.0.1:50051")
+    s.add_argument("--json", action="store_true", help="print the stats as JSON")
+    s.add_argument("--watch", action="store_true", help="stream stats until Ctrl-C")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between --watch updates (default 1)")
+    s.set_defaults(handler=run_stats)
+
+
+def run_serve(args) -> int:
+    from scheduler.serve import run_serve as serve
+
+    return serve(args)
+
+
+def run_replay(args) -> int:
+    import asyncio
+
+    import grpc
+
+    from infersched.client.replay import live_summary, replay
+    from simulator.report import format_summary, write_json
+    from simulator.workload import make_workload
+
+    trace = load_trace(args)
+    workload = make_workload(trace, n_requests=args.requests, seed=args.seed)
+    cluster = None
+    slo = None
+    if args.cluster:
+        from scheduler.cluster import Cluster
+        from scheduler.config import load_cluster
+
+        cluster = Cluster(load_cluster(args.cluster))
+        slo = cluster.config.slo
+    quiet = args.json == "-"
+    if not quiet:
+        print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
+    try:
+        result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
+                                    seed=args.seed, progress=not quiet))
+    except grpc.aio.AioRpcError as exc:
+        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    summary = live_summary(result, args.target)
+    summary["trace"] = trace_record(trace)
+    if args.json:
+        write_json(summary, args.json)
+    if not quiet:
+        print(format_summary(summary))
+        live = summary["live"]
+        print(f"live: {args.target}, time_scale {live['time_scale']:.4g} (speed-up {1 / live['time_scale']:.4g}x), "
+              f"arrivals compressed {live['speedup']:.4g}x; {live['tokens_streamed']:,} tokens streamed in "
+              f"{live['client_wall_s']:.2f} s wall")
+    return 0
+
+
+def run_stats(args) -> int:
+    import grpc
+
+    from infersched.client.stats import RPC_TIMEOUT_S, format_stats, stats_json
+    from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            if not args.watch:
+                stats = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
+                print(stats_json(stats) if args.json else format_stats(stats))
+                return 0
+            for stats in stub.WatchStats(scheduler_pb2.WatchStatsRequest(interval_s=args.interval)):
+                print(stats_json(stats) if args.json else format_stats(stats) + "\n", flush=True)
+    except grpc.RpcError as exc:
+        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0

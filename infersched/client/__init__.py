@@ -1,0 +1,7 @@
+"""Clients of a running `infersched serve`: the trace replay client and the stats view.
+
+They sit on the top layer, beside the command line, because they use all
+three packages: the live plane's gRPC contract, the trace readers and the
+simulator's summary (so a live replay's JSON compares field by field with
+`infersched simulate --json`).
+"""

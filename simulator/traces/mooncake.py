@@ -1,0 +1,76 @@
+"""The Mooncake JSON-lines trace format: timestamp (ms), input_length, output_length, hash_ids."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Iterator
+
+import numpy as np
+
+from simulator.traces.rows import INT64_MAX, Collector, Lines, RowError
+from simulator.traces.trace import Trace
+
+MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
+
+
+def _json_count(record: dict, key: str) -> int:
+    if key not in record:
+        raise RowError(key, "missing")
+    v = record[key]
+    if type(v) is not int:  # bool is an int subclass; true is no token count
+        raise RowError(key, f"not an integer: {v!r}")
+    if v < 0:
+        raise RowError(key, f"negative: {v!r}")
+    if v == 0:
+        raise RowError(key, "zero tokens")
+    return v
+
+
+def _mooncake_record(line: str) -> tuple[float, int, int, list[int]]:
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        raise RowError("json", f"bad JSON: {e}") from None
+    if not isinstance(record, dict):
+        raise RowError("json", f"expected a JSON object, got {type(record).__name__}")
+    if "timestamp" not in record:
+        raise RowError("timestamp", "missing")
+    t = record["timestamp"]
+    if type(t) not in (int, float) or not math.isfinite(t):
+        raise RowError("timestamp", f"not a finite number of ms: {t!r}")
+    n_in = _json_count(record, "input_length")
+    n_out = _json_count(record, "output_length")
+    if "hash_ids" not in record:
+        raise RowError("hash_ids", "missing")
+    ids = record["hash_ids"]
+    if not isinstance(ids, list):
+        raise RowError("hash_ids", f"expected a list of integers, got {type(ids).__name__}")
+    # One pass over the types in C; the per-id loop runs only to name a culprit.
+    if set(map(type, ids)) - {int} or (ids and (min(ids) < 0 or max(ids) > INT64_MAX)):
+        bad = next(h for h in ids if type(h) is not int or not 0 <= h <= INT64_MAX)
+        raise RowError("hash_ids", f"not a non-negative int64: {bad!r}")
+    return float(t), n_in, n_out, ids
+
+
+def read_mooncake(path: str, lines: Lines, blocks: Iterator[tuple[int, list[str]]], skip: bool,
+                   max_rows: int | None) -> Trace:
+    out = Collector(path, skip, max_rows, ties_allowed=True, time_field="timestamp", time_dtype=np.float64,
+                     show_time=lambda ms: f"{ms:g} ms")
+    for start, block in blocks:
+        for k, line in enumerate(block):
+            if out.full:
+                break
+            if not line.strip():
+                continue
+            lineno = start + k
+            try:
+                t, n_in, n_out, ids = _mooncake_record(line)
+                out.check_order(t)
+            except RowError as e:
+                out.bad_row(lineno, e.field, e.reason)
+                continue
+            out.keep_row(lineno, t, n_in, n_out, ids)
+        out.flush_rows()
+        if out.full:
+            break
+    return out.finish("mooncake", 1e3, lines.next_line, with_hashes=True)
