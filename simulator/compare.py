@@ -66,8 +66,9 @@ def run_policies(entries: list[str], workload, cluster_name: str | None = None, 
     allowed = frozenset().union(*accepted.values())
     for key in params:
         if key not in allowed:
-            raise Fields("--param").fail("policy.params", f"unknown parameter {key!r} for {', '.join(names)}; "
-                                                          f"allowed: {', '.join(sorted(allowed)) or 'none (their plugins take no parameters)'}")
+            listed = ", ".join(sorted(allowed)) or "none (their plugins take no parameters)"
+            raise Fields("--param").fail("policy.params",
+                                         f"unknown parameter {key!r} for {', '.join(names)}; allowed: {listed}")
     # Build every cluster and policy first, so a bad name fails before any run.
     plans = []
     for label, name in zip(labels, names):
