@@ -216,6 +216,12 @@ class Registry(Mapping[str, Any]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}") \
                 from None
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would call __getitem__, which raises
+        return name in self._entries
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._entries.get(name, default)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

@@ -174,6 +174,7 @@ def test_a_parameter_shared_by_two_plugins_must_be_declared_alike():
 def test_an_unknown_name_lists_the_known_ones():
     with pytest.raises(UnknownNameError, match="unknown picker 'best'; known: argmax, random-tiebreak, round-robin"):
         PICKERS["best"]
+    assert "best" not in PICKERS and PICKERS.get("best") is None and "argmax" in PICKERS
 
 
 class Fixed(WithoutParams):
