@@ -68,24 +68,26 @@ class Policy:
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:
         cands = snap.candidates[stage]
+        n = len(cands)
         reason = ""
         removed = [] if explained is not None else None
-        for f in self._filters:
-            if len(cands) == 0:
-                break
-            keep = f.mask(req, snap, stage, cands, now_s, prefill_instance)
-            if keep is not None:
-                if removed is not None and not keep.all():
-                    removed.append((f.name, tuple(cands[~keep].tolist())))
-                cands = cands[keep]
-                if len(cands) == 0:
-                    reason = f.reason
+        if n:
+            for f in self._filters:
+                keep = f.mask(req, snap, stage, cands, now_s, prefill_instance)
+                if keep is not None:
+                    if removed is not None and not keep.all():
+                        removed.append((f.name, tuple(cands[~keep].tolist())))
+                    cands = cands[keep]
+                    n = len(cands)
+                    if not n:
+                        reason = f.reason
+                        break
         chosen = -1
         total = None
         parts = [] if explained is not None else None
-        if len(cands) == 0:
+        if not n:
             reason = reason or f"no {stage.name.lower()} instances"
-        elif len(cands) == 1:
+        elif n == 1:
             chosen = int(cands[0])
         else:
             for scorer, weight in self._scorers:
@@ -101,7 +103,7 @@ class Policy:
                 else:
                     total += score
             if total is None:
-                total = np.zeros(len(cands))
+                total = np.zeros(n)
             chosen = self._picker.pick(req, cands, total, rng)
         if explained is not None:
             explained.append(Placement(stage, tuple(cands.tolist()), tuple(removed), tuple(parts),
