@@ -19,6 +19,8 @@
 #   --port N                  GCS port (default: a free port)
 #   --num-cpus N              CPUs each node declares (default 1: worker actors ask for none)
 #   --timeout S               seconds to wait for every node to register (default 60)
+# Options (stop):
+#   --grace S                 seconds each stop stage may take before SIGKILL (default 5)
 # Options (all commands):
 #   --temp-dir DIR            Ray's temp dir for this cluster's nodes (default
 #                             /tmp/infersched-ray-$UID; keep it short: Unix socket paths
@@ -41,9 +43,12 @@
 # `stop` ends only this cluster's processes (deploy/ray_cluster_pids.py): Ray
 # processes whose command line names a session under its temp dir (GCS,
 # raylets, agents, monitors), the Ray client server of its GCS port, and their
-# descendants (worker processes), SIGTERM then SIGKILL after 5 s. It does not
-# use `ray stop --force`, which ends every Ray process on the machine, other
-# clusters included.
+# descendants (worker processes). Like `ray stop`, it sends SIGTERM to the
+# raylets first, then to the rest, then to the GCS, waiting for each stage
+# (up to --grace seconds, default 5): raylets and the autoscaler monitor report
+# their exit to the GCS and hang if it is already going. SIGKILL is left for
+# what outlives that, and named. It does not use `ray stop`, which ends every
+# Ray process on the machine, other clusters included.
 set -euo pipefail
 
 die() { echo "local_multinode: error: $*" >&2; exit 1; }
@@ -62,6 +67,7 @@ head_only=0
 port=
 num_cpus=1
 timeout_s=60
+stop_grace_s=5
 while (($#)); do
   case $1 in
     --head-resources) head_resources=${2:?--head-resources needs a JSON object}; shift 2 ;;
@@ -70,6 +76,7 @@ while (($#)); do
     --port) port=${2:?--port needs a number}; shift 2 ;;
     --num-cpus) num_cpus=${2:?--num-cpus needs a number}; shift 2 ;;
     --timeout) timeout_s=${2:?--timeout needs seconds}; shift 2 ;;
+    --grace) stop_grace_s=${2:?--grace needs seconds}; shift 2 ;;
     --temp-dir) temp_dir=${2:?--temp-dir needs a directory}; shift 2 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -110,30 +117,17 @@ cluster_pids() {
 }
 
 stop_cluster() {
-  local pids alive pid waited=0
+  local pids summary
   pids=$(cluster_pids) || die "could not list the cluster's processes"
   if [[ -z $pids ]]; then
     say "no processes of the cluster under $temp_dir"
   else
-    # shellcheck disable=SC2086  # one PID per word
-    kill -TERM $pids 2>/dev/null || true
-    # The GCS and the autoscaler monitor do not always exit on SIGTERM; give
-    # everything 5 s, then SIGKILL what is left of the same PIDs.
-    while :; do
-      alive=
-      for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive+=" $pid"; done
-      [[ -z $alive ]] || ((waited >= 50)) && break
-      sleep 0.1; waited=$((waited + 1))
-    done
-    if [[ -n $alive ]]; then
-      # shellcheck disable=SC2086
-      kill -KILL $alive 2>/dev/null || true
+    if [[ -z $gcs_port && -f $state_file ]]; then
+      gcs_port=$(sed -n 's/^RAY_ADDRESS=.*://p' "$state_file")
     fi
-    # Worker processes forked while stopping belong to the cluster too.
-    pids=$(cluster_pids) || true
-    # shellcheck disable=SC2086
-    [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
-    say "stopped the cluster under $temp_dir${alive:+ (SIGKILL:$alive)}"
+    summary=$("$python_bin" "$repo/deploy/ray_cluster_pids.py" "$temp_dir" --stop --grace "$stop_grace_s" \
+      --exclude-tree $$ ${gcs_port:+--gcs-port "$gcs_port"}) || die "could not stop the cluster's processes"
+    say "stopped the cluster under $temp_dir: $summary"
   fi
   rm -f "$state_file"
 }

@@ -44,7 +44,7 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
     where = f"{source}: pool '{pool.name}'"
     try:
         device = get_device(pool.device)
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         raise ConfigError(f"{where}: key 'device': {exc.args[0] if exc.args else exc}") from None
     try:
         model = load_model(pool.model)
@@ -55,12 +55,12 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
 
     def make(chips: int) -> InstancePerf:
         return InstancePerf(device, model, chips=chips, price_usd_per_hour=pool.price_usd_per_hour,
-                            memory_utilization=pool.memory_utilization)
+                            memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
 
     if pool.chips_per_instance is None:
         # The fewest chips that hold the weights plus one full prefill batch of KV.
         chips = chips_needed(device, model, min_kv_tokens=pool.max_batch_tokens,
-                             memory_utilization=pool.memory_utilization)
+                             memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
         if chips is None:
             raise ConfigError(f"{where}: {model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) with "
                               f"{pool.max_batch_tokens} tokens of KV does not fit in any {device.name} instance "

@@ -12,9 +12,8 @@ from typing import Any
 import yaml
 
 from scheduler.types import Role
-from scheduler.validation import ConfigError, Fields
+from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
 
-__all__ = ["ConfigError"]  # re-exported: callers catch config errors from here
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
@@ -221,7 +220,7 @@ def load_cluster(path: str | Path) -> ClusterConfig:
     return parse_cluster(data, str(path))
 
 
-def builtin_cluster_path(name: str = "hybrid") -> Path:
+def builtin_cluster_path(name: str) -> Path:
     """An example cluster from deploy/clusters/ (the README installs the checkout in place)."""
     path = Path(__file__).resolve().parent.parent / "deploy" / "clusters" / f"{name}.yaml"
     if not path.exists():

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-DEFAULT_CLUSTER = "hybrid"
+DEFAULT_CLUSTER = "demo"
 
 
 def _load_cluster(name: str | None):
@@ -109,10 +109,6 @@ def _pct(x):
     return "-" if x is None else f"{x * 100:.1f}%"
 
 
-def _ms(x):
-    return "-" if x is None else (f"{x:.2f}s" if x >= 10 else f"{x * 1e3:.0f}ms")
-
-
 def short_label(label: str) -> str:
     """POLICY@path/to/cluster.yaml -> POLICY@cluster."""
     name, sep, cluster = label.partition("@")
@@ -120,62 +116,37 @@ def short_label(label: str) -> str:
 
 
 def format_table(summaries: list[dict], front: list[str]) -> str:
-    from simulator.report import _fmt_energy
+    from simulator.report import fmt_s, format_table as table, kwh
 
-    head = (f"{'policy':<31}{'SLO':>7}{'p99 TTFT':>10}{'p99 TPOT':>10}{'quality':>9}{'esc':>7}{'cost $':>10}"
-            f"{'served $':>10}{'energy':>11}{'served':>11}{'J/tok':>8}{'q/kWh':>10}  share per pool")
-    lines = [head]
+    rows = []
     for s in summaries:
         shares = ", ".join(f"{name} {p['share'] * 100:.0f}%" for name, p in s["pools"].items() if p["share"] > 0)
         jtok = s["energy_per_output_token_j"]
         qkwh = s["queries_per_kwh"]
         mark = "*" if s["label"] in front else " "
-        lines.append(
-            f"{mark}{short_label(s['label'])[:30]:<30}{_pct(s['slo_attainment']):>7}{_ms(s['ttft_s']['p99']):>10}"
-            f"{_ms(s['tpot_s']['p99']):>10}{_pct(s['quality']):>9}{s['escalations'] + s['advised_requests']:>7,}"
-            f"{s['cost_usd']:>10,.2f}{s['served_cost_usd']:>10,.2f}{_fmt_energy(s['energy_j']):>11}"
-            f"{_fmt_energy(s['served_energy_j']):>11}{'-' if jtok is None else f'{jtok:.3f}':>8}"
-            f"{'-' if qkwh is None else f'{qkwh:,.0f}':>10}  {shares}")
-    lines.append("* on the cost / energy / quality Pareto front. cost $ and energy: the provisioned cluster over "
+        rows.append([mark + short_label(s["label"]), _pct(s["slo_attainment"]), fmt_s(s["ttft_s"]["p99"]),
+                     fmt_s(s["tpot_s"]["p99"]), _pct(s["quality"]), f"{s['escalations'] + s['advised_requests']:,}",
+                     f"{s['cost_usd']:,.2f}", f"{s['served_cost_usd']:,.2f}", kwh(s["energy_j"]),
+                     kwh(s["served_energy_j"]), "-" if jtok is None else f"{jtok:.3f}",
+                     "-" if qkwh is None else f"{qkwh:,.0f}", shares])
+    lines = table(["policy", "SLO", "p99 TTFT", "p99 TPOT", "quality", "esc", "cost $", "served $", "kWh",
+                   "served kWh", "J/tok", "q/kWh", "share per pool"], rows, align="<" + ">" * 11 + "<")
+    lines.append("* on the cost / energy / quality Pareto front. cost $ and kWh: the provisioned cluster over "
                  "the run (idle included); served: busy time attributed to requests. esc: escalations + advised "
                  "requests. J/tok: energy per output token; q/kWh: completed queries per kWh")
     if any(s.get("prefix_hit_tokens") for s in summaries):
-        lines.append(f"{'prefix caching':<31}{'cached':>8}{'computed':>12}{'p50 TTFT':>10}{'busiest/mean':>14}")
-        for s in summaries:
-            lines.append(f" {short_label(s['label'])[:30]:<30}{_pct(s['prefix_hit_rate']):>8}"
-                         f"{s['prefill_computed_tokens'] / 1e6:>10,.2f} M{_ms(s['ttft_s']['p50']):>10}"
-                         f"{s['max_instance_load_ratio']:>13.2f}x")
+        lines += table(["prefix caching", "cached", "computed tokens", "p50 TTFT", "busiest/mean"],
+                       [[" " + short_label(s["label"]), _pct(s["prefix_hit_rate"]), f"{s['prefill_computed_tokens']:,}",
+                         fmt_s(s["ttft_s"]["p50"]), f"{s['max_instance_load_ratio']:.2f}x"] for s in summaries],
+                       align="<")
         lines.append("cached: share of prompt tokens served from prefix caches; computed: prompt tokens prefilled; "
                      "busiest/mean: requests on the busiest instance over its pool's mean")
     return "\n".join(lines)
 
 
 def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
+    from simulator.plots import plot_pareto as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return plot(summaries, front, path, title, short_label=short_label)
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    cost = [s["cost_usd"] for s in summaries]
-    energy = [s["energy_j"] / 3.6e6 for s in summaries]
-    quality = [s["quality"] * 100 for s in summaries]
-    sc = ax.scatter(cost, energy, c=quality, cmap="viridis", s=[160 if s["label"] in front else 70 for s in summaries],
-                    edgecolors=["red" if s["label"] in front else "black" for s in summaries], linewidths=1.5,
-                    zorder=3)
-    for s, x, y, q in zip(summaries, cost, energy, quality):
-        ax.annotate(f"{short_label(s['label'])}\n{q:.1f}% correct, SLO {s['slo_attainment'] * 100:.0f}%", (x, y),
-                    textcoords="offset points", xytext=(8, 6), fontsize=8)
-    fig.colorbar(sc, ax=ax, label="quality (% answered correctly)")
-    ax.margins(x=0.35, y=0.15)  # room for the labels beside the points
-    ax.set_xlabel("cost (US$)")
-    ax.set_ylabel("energy (kWh)")
-    ax.grid(alpha=0.3)
-    import textwrap
 
-    heading = "cost vs energy vs quality (red edge: Pareto front)"
-    ax.set_title("\n".join([heading] + ([textwrap.fill(title, 100)] if title else [])), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -1,26 +1,126 @@
-"""Human-readable tables, JSON, per-request records and plots for a summary."""
+"""Human-readable tables, JSON, per-request records and plots for a summary.
+
+Energy is printed in kWh everywhere (tables, plots, `plan`): the unit of
+electricity bills and of queries-per-kWh. Times carry their unit on every
+cell. Tables size each column to its widest cell, so large numbers never run
+into their neighbours.
+"""
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+JOULES_PER_KWH = 3.6e6
 
-def _fmt_s(value) -> str:
+
+def fmt_s(value: float | None) -> str:
+    """A duration with its unit: '840 ms', '2.08 s', '1,204 s'."""
     if value is None:
         return "-"
     if value >= 100:
-        return f"{value:,.0f}"
+        return f"{value:,.0f} s"
     if value >= 1:
-        return f"{value:.2f}"
-    return f"{value * 1e3:.1f}ms"
+        return f"{value:.2f} s"
+    return f"{value * 1e3:.1f} ms"
 
 
-def _fmt_energy(joules: float) -> str:
-    for unit, scale in (("GJ", 1e9), ("MJ", 1e6), ("kJ", 1e3)):
-        if joules >= scale:
-            return f"{joules / scale:.2f} {unit}"
-    return f"{joules:.1f} J"
+def fmt_kwh(joules: float) -> str:
+    """Energy in kWh with three significant digits (at least two decimals)."""
+    kwh = joules / JOULES_PER_KWH
+    if kwh == 0:
+        return "0 kWh"
+    if kwh >= 100:
+        return f"{kwh:,.0f} kWh"
+    if kwh >= 0.01:
+        return f"{kwh:.{2 if kwh >= 1 else 3}f} kWh"
+    return f"{kwh:.2g} kWh"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "",
+                 gap: int = 2) -> list[str]:
+    """Lines of a plain-text table: each column as wide as its widest cell, `gap` spaces apart.
+
+    `align` holds one character per column, '<' (left) or '>' (right); missing
+    ones mean right, the usual for numbers. A row may be shorter than the
+    header (trailing cells empty). The last column is not padded on the right.
+    """
+    ncols = len(headers)
+    cells = [list(headers)] + [list(r) + [""] * (ncols - len(r)) for r in rows]
+    if any(len(r) > ncols for r in cells):
+        raise ValueError(f"a row has more than the {ncols} columns of the header")
+    widths = [max(len(r[i]) for r in cells) for i in range(ncols)]
+    align = align.ljust(ncols, ">")
+    sep = " " * gap
+    out = []
+    for r in cells:
+        parts = [c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(r, widths, align)]
+        out.append(sep.join(parts).rstrip())
+    return out
+
+
+def kwh(joules: float) -> str:
+    """Energy in kWh, the number alone (for a column headed 'kWh')."""
+    return fmt_kwh(joules).removesuffix(" kWh")
+
+
+def _pct(share: float) -> str:
+    return f"{share * 100:.1f}%"
+
+
+def _top(pools: dict, key: str, n: int = 3) -> tuple[list[tuple[str, dict]], int]:
+    """The n pools with the largest `key` (above zero), and how many more are above zero."""
+    ranked = sorted(((name, p) for name, p in pools.items() if p[key] > 0), key=lambda item: -item[1][key])
+    return ranked[:n], max(len(ranked) - n, 0)
+
+
+def _more(count: int, what: str) -> str:
+    return f"; {count} more {what}" if count else ""
+
+
+def describe(s: dict) -> list[str]:
+    """Three sentences on what a run shows: where requests went and why, what the bill paid for, where the
+    joules went. Computed from the summary, so they hold for any cluster and policy."""
+    pools = s["pools"]
+    served, more = _top(pools, "requests")
+    routing = []
+    for name, p in served:
+        n = p["requests"]
+        size = (f"mean prompt {p['prefill_tokens'] / n:,.0f} tokens" if p["prefill_tokens"]
+                else f"mean output {p['decode_tokens'] / n:,.0f} tokens")
+        routing.append(f"{name} ({p['device']}) {_pct(p['share'])} ({size})")
+    unused = [name for name, p in pools.items() if p["requests"] == 0]
+    lines = ["routing: " + (", ".join(routing) if routing else "no request was placed") + _more(more, "pools")
+             + (f"; served none: {', '.join(unused)}" if unused else "; every pool served requests")]
+
+    cost = s["cost_usd"]
+    if cost > 0:
+        billed, more = _top(pools, "cost_usd")
+        parts = [f"{_pct(p['cost_usd'] / cost)} on {name} ({_pct(p['share'])} of requests)" for name, p in billed]
+        owned = [name for name, p in pools.items() if p["cost_usd"] == 0]
+        idle_usd = sum(p["cost_usd"] for p in pools.values() if p["requests"] == 0)
+        text = (f"cost: ${cost:,.2f} over {s['makespan_s'] / 3600:.2f} h, " + ", ".join(parts) + _more(more, "pools")
+                + (f"; {', '.join(owned)} owned ($0/h)" if owned else "")
+                + f"; {_pct(max(0.0, 1 - s['served_cost_usd'] / cost))} paid for idle time")
+        if idle_usd:
+            text += f", ${idle_usd:,.2f} on pools that served nothing"
+        lines.append(text)
+    else:
+        lines.append("cost: $0.00: every device is owned (no hourly price)")
+
+    energy = s["energy_j"]
+    if energy > 0:
+        used, more = _top(pools, "energy_j")
+        idle_j = sum(p.get("idle_energy_j", 0.0) for p in pools.values())
+        per_tok = s["energy_per_output_token_j"]
+        parts = [f"{_pct(p['energy_j'] / energy)} on {name} ({_pct(p['share'])} of requests)" for name, p in used]
+        lines.append(f"energy: {fmt_kwh(energy)} ({_pct(idle_j / energy)} idle power)"
+                     + (f", {per_tok:.3f} J per output token" if per_tok else "") + ", " + ", ".join(parts)
+                     + _more(more, "pools"))
+    else:
+        lines.append("energy: none drawn")
+    return lines
 
 
 def format_summary(s: dict) -> str:
@@ -32,10 +132,10 @@ def format_summary(s: dict) -> str:
     ]
     for reason, count in sorted(s.get("reject_reasons", {}).items()):
         lines.append(f"  rejected {count:,}: {reason}")
-    lines.append(f"{'':12}{'p50':>10}{'p90':>10}{'p99':>10}{'mean':>10}")
-    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end")):
-        d = s[key]
-        lines.append(f"{label:12}" + "".join(f"{_fmt_s(d[k]):>10}" for k in ("p50", "p90", "p99", "mean")))
+    lines += format_table(["latency", "p50", "p90", "p99", "mean"],
+                          [[label] + [fmt_s(s[key][k]) for k in ("p50", "p90", "p99", "mean")]
+                           for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end"))],
+                          align="<")
     slo = s["slo"]
     lines.append(
         f"SLO (TTFT <= {slo['ttft_s']:g} s, TPOT <= {slo['tpot_s'] * 1e3:g} ms): attainment "
@@ -43,7 +143,7 @@ def format_summary(s: dict) -> str:
         f"throughput {s['throughput_rps']:.2f} req/s over {s['makespan_s']:,.0f} s")
     per_tok = s["energy_per_output_token_j"]
     lines.append(
-        f"cost ${s['cost_usd']:,.2f}   energy {_fmt_energy(s['energy_j'])}"
+        f"cost ${s['cost_usd']:,.2f}   energy {fmt_kwh(s['energy_j'])}"
         + (f" ({per_tok:.3f} J per output token)" if per_tok is not None else "")
         + f"   tokens in {s['input_tokens']:,} / out {s['output_tokens']:,}")
     if "quality" in s:
@@ -61,18 +161,37 @@ def format_summary(s: dict) -> str:
             f"prefix cache: {s['prefix_hit_rate'] * 100:.1f}% of prompt tokens served from cache "
             f"({s['prefix_hit_tokens']:,} of {s['prefix_hit_tokens'] + s['prefill_computed_tokens']:,})   "
             f"busiest instance {s['max_instance_load_ratio']:.2f}x its pool's mean requests")
-    header = (f"{'pool':<16}{'device':<10}{'role':<8}{'inst':>5}{'requests':>10}{'share':>7}"
-              f"{'prefill tok':>13}{'decode tok':>12}{'util':>6}{'energy':>11}{'cost $':>10}")
-    lines += ["", header]
-    for name, p in s["pools"].items():
-        lines.append(
-            f"{name[:15]:<16}{p['device']:<10}{p['role']:<8}{p['instances']:>5}{p['requests']:>10,}"
-            f"{p['share'] * 100:>6.1f}%{p['prefill_tokens']:>13,}{p['decode_tokens']:>12,}"
-            f"{p['utilization'] * 100:>5.0f}%{_fmt_energy(p['energy_j']):>11}{p['cost_usd']:>10,.2f}")
+    rows = [[name, p["device"], p["role"], f"{p['instances']:,}", f"{p['requests']:,}", _pct(p["share"]),
+             f"{p['prefill_tokens']:,}", f"{p['decode_tokens']:,}", f"{p['utilization'] * 100:.0f}%",
+             kwh(p["energy_j"]), f"{p['cost_usd']:,.2f}"] for name, p in s["pools"].items()]
+    lines.append("")
+    lines += format_table(["pool", "device", "role", "inst", "requests", "share", "prefill tok", "decode tok",
+                           "busy", "energy kWh", "cost $"], rows, align="<<<")
+    lines += [""] + describe(s)
     rate = s.get("sim_requests_per_s")
     lines += ["", f"simulated in {s['sim_wall_s']:.2f} s wall: {s['events']:,} events "
                   f"({s['events_per_request']:.2f} per request)"
                   + (f", {rate:,.0f} requests/s" if rate else "")]
+    return "\n".join(lines)
+
+
+def format_policies(width: int = 100) -> str:
+    """`infersched policies`: one row per policy (name, what it does, its plugins), descriptions wrapped to
+    `width` columns and aligned after the longest name; then the plugin names."""
+    import textwrap
+
+    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS
+
+    name_w = max(len("policy"), *(len(n) for n in POLICIES))
+    wrap = max(width - name_w - 2, 30)
+    rows = []
+    for name, spec in POLICIES.items():
+        scorers = ", ".join(f"{n} x{w:g}" for n, w in spec.scorers) or "-"
+        text = textwrap.wrap(spec.description, wrap) + textwrap.wrap(
+            f"filters: {', '.join(spec.filters)}; scorers: {scorers}; picker: {spec.picker}", wrap)
+        rows += [[name if i == 0 else "", line] for i, line in enumerate(text)] + [[]]
+    lines = format_table(["policy", "what it does"], rows[:-1], align="<<")
+    lines += ["", f"filters: {', '.join(FILTERS)}", f"scorers: {', '.join(SCORERS)}", f"pickers: {', '.join(PICKERS)}"]
     return "\n".join(lines)
 
 

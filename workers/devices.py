@@ -8,8 +8,9 @@ an instance of several chips is built by InstancePerf.
 
 The H100 efficiency, overhead and energy constants are fitted to measurements
 (`python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv`).
-Other GPUs reuse them: same software stack, same kernel families. Devices with
-a different execution model (wafer, LPU, edge) say in `sources` which figures
+Other GPUs reuse them: same software stack, same kernel families. A device can also
+come from a YAML file (`infersched model fit` writes one; workers/device_files.py).
+Devices with a different execution model (wafer, LPU, edge) say in `sources` which figures
 come from a datasheet, which from a vendor throughput claim and which are
 assumptions.
 """
@@ -73,6 +74,9 @@ class DeviceSpec:
     energy_per_byte_j: float
     # Fixed cost of starting a KV-cache transfer off this device (handshake, registration, first byte).
     kv_transfer_setup_s: float
+    # Measured device-to-device copy bandwidth (bytes read + written per second): no stream reads
+    # faster, so it bounds weight_bw_efficiency and kv_bw_efficiency. None where not measured.
+    measured_copy_bw_bytes_s: float | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +94,26 @@ class DeviceSpec:
             raise ValueError(f"device {self.name!r}: need 0 <= idle_power_w <= peak_power_w")
         if not 0.0 <= self.decode_serial_fraction <= 1.0:
             raise ValueError(f"device {self.name!r}: decode_serial_fraction must be in [0, 1]")
+        for key in ("prefill_overhead_per_layer_s", "decode_overhead_per_layer_s", "collective_latency_s",
+                    "energy_per_flop_j", "energy_per_byte_j", "kv_transfer_setup_s", "interconnect_bw_bytes_s"):
+            value = getattr(self, key)
+            if not (value >= 0) or not math.isfinite(value):
+                raise ValueError(f"device {self.name!r}: {key} must be >= 0, got {value!r}")
+        if self.measured_copy_bw_bytes_s is not None:
+            if not (self.measured_copy_bw_bytes_s > 0):
+                raise ValueError(f"device {self.name!r}: measured_copy_bw_bytes_s must be positive")
+            ceiling = self.stream_ceiling
+            for key in ("weight_bw_efficiency", "kv_bw_efficiency"):
+                if getattr(self, key) > ceiling * (1 + 1e-9):
+                    raise ValueError(f"device {self.name!r}: {key} {getattr(self, key):.4g} exceeds the measured "
+                                     f"copy ceiling ({ceiling:.4g} of the datasheet bandwidth)")
+
+    @property
+    def stream_ceiling(self) -> float:
+        """Largest attainable share of the datasheet bandwidth: measured copy / datasheet (1 if unmeasured)."""
+        if self.measured_copy_bw_bytes_s is None:
+            return 1.0
+        return min(1.0, self.measured_copy_bw_bytes_s / self.memory_bw_bytes_s)
 
 
 class UnknownDeviceError(KeyError):
@@ -102,24 +126,26 @@ class UnknownDeviceError(KeyError):
 # --- H100 constants fitted to ../shared/calibration/h100_llama-3.1-8b.csv -------------
 # Reproduce with: python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv
 _FIT_SOURCE = "fit to H100 measurements: python -m workers.calibration fit ../shared/calibration/h100_llama-3.1-8b.csv"
-_H100_COMPUTE_EFFICIENCY = 0.5971
-_H100_WEIGHT_BW_EFFICIENCY = 0.6561
-_H100_KV_BW_EFFICIENCY = 0.9256
-_H100_ATTN_PARALLEL_UNITS = 73.38
-_H100_DECODE_SERIAL_FRACTION = 0.3421
-_H100_PREFILL_OVERHEAD_PER_LAYER_S = 69.6e-6
-# The fit drives this to zero: with the step in a CUDA graph, fixed per-layer time is
-# indistinguishable from weight streaming in these measurements.
-_H100_DECODE_OVERHEAD_PER_LAYER_S = 0.0
-_H100_ENERGY_PER_FLOP_J = 0.9096e-12
-_H100_ENERGY_PER_BYTE_J = 152.1e-12
-
-# Datasheet figures of the fitted reference, used to carry the fitted energy to other chips.
+# Datasheet figures of the fitted reference, also used to carry the fitted energy to other chips.
 _H100_BF16_FLOPS = 989e12
 _H100_MEMORY_BW = 3.35e12
 _H100_IDLE_W = 147.5
 _H100_PEAK_W = 700.0
 _H100_SMS = 132
+# Measured in the same run as the CSV: no stream reads faster (2.97 / 3.35 = 0.887 of the datasheet).
+_H100_COPY_BW = 2.97e12
+_H100_COMPUTE_EFFICIENCY = 0.6160
+# One shape was measured, so weight streaming is pinned at the copy ceiling and the fixed time per
+# layer (about 14 kernels per layer in the measured CUDA-graph decode step) is fitted on top of it.
+_H100_WEIGHT_BW_EFFICIENCY = _H100_COPY_BW / _H100_MEMORY_BW
+# The fit runs into the same ceiling for KV reads.
+_H100_KV_BW_EFFICIENCY = _H100_COPY_BW / _H100_MEMORY_BW
+_H100_ATTN_PARALLEL_UNITS = 72.29
+_H100_DECODE_SERIAL_FRACTION = 0.3169
+_H100_PREFILL_OVERHEAD_PER_LAYER_S = 113.8e-6
+_H100_DECODE_OVERHEAD_PER_LAYER_S = 53.55e-6
+_H100_ENERGY_PER_FLOP_J = 0.9097e-12
+_H100_ENERGY_PER_BYTE_J = 152.1e-12
 
 
 def _scaled_energy(bf16_flops: float, memory_bw_bytes_s: float, idle_w: float, peak_w: float) -> tuple[float, float]:
@@ -142,6 +168,7 @@ def _amortized_usd_per_hour(purchase_usd: float) -> float:
 
 _SCALED_ENERGY_NOTE = ("derived: H100 fitted energy scaled by this chip's (peak - idle) power "
                        "per FLOP/s (per byte/s for bytes); no measurements of its own")
+_NO_COPY_MEASURED = "not measured on this device; efficiencies are bounded by the datasheet bandwidth"
 _GPU_REUSE_NOTE = "reused from the H100 fit (same CUDA kernels and engine); no measurements of its own"
 
 
@@ -169,6 +196,7 @@ def _h100() -> DeviceSpec:
         energy_per_flop_j=_H100_ENERGY_PER_FLOP_J,
         energy_per_byte_j=_H100_ENERGY_PER_BYTE_J,
         kv_transfer_setup_s=0.5e-3,
+        measured_copy_bw_bytes_s=_H100_COPY_BW,
         sources={
             "bf16_flops": "NVIDIA H100 Tensor Core GPU datasheet: 989 TFLOP/s dense BF16 (SXM)",
             "fp8_flops": "NVIDIA H100 Tensor Core GPU datasheet: 1,979 TFLOP/s dense FP8 (SXM)",
@@ -180,19 +208,21 @@ def _h100() -> DeviceSpec:
             "price_usd_per_hour": "Lambda Cloud on-demand 8x H100 SXM, about US$2.99 per GPU-hour (2025 list price)",
             "max_chips_per_instance": "HGX H100: 8 GPUs in one NVLink domain",
             "compute_efficiency": _FIT_SOURCE,
-            "weight_bw_efficiency": _FIT_SOURCE,
-            "kv_bw_efficiency": _FIT_SOURCE,
+            "weight_bw_efficiency": _FIT_SOURCE + " (pinned at the measured copy ceiling: one shape measured)",
+            "kv_bw_efficiency": _FIT_SOURCE + " (at the measured copy ceiling)",
             "attn_parallel_units": _FIT_SOURCE + " (H100 SXM has 132 SMs)",
             "decode_serial_fraction": _FIT_SOURCE,
             "prefill_overhead_per_layer_s": _FIT_SOURCE + " (eager PyTorch, no CUDA graph)",
-            "decode_overhead_per_layer_s": _FIT_SOURCE + " (fit gives 0: with the step in a CUDA graph, "
-                                           "fixed time is indistinguishable from weight streaming)",
+            "decode_overhead_per_layer_s": _FIT_SOURCE + " (CUDA-graph decode; the time above streaming "
+                                           "at the copy ceiling)",
             "collective_latency_s": "NCCL small-message all-reduce over NVLink: about 10 us for 8 GPUs "
                                     "(nccl-tests), i.e. about 3 us per log2 step",
             "energy_per_flop_j": _FIT_SOURCE,
             "energy_per_byte_j": _FIT_SOURCE + " (includes clocks-up baseline while streaming HBM)",
             "kv_transfer_setup_s": "assumption: one RDMA registration + handshake per transfer, "
                                    "sub-millisecond in Mooncake/NIXL reports",
+            "measured_copy_bw_bytes_s": "measured device-to-device copy, 2.96-2.98 TB/s read + written "
+                                        "(../shared/calibration/README.md)",
         },
     )
 
@@ -245,6 +275,7 @@ def _h200() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -298,6 +329,7 @@ def _b200() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -367,6 +399,7 @@ def _wse3() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -436,6 +469,7 @@ def _groq() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -491,6 +525,7 @@ def _m4_max() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: a LAN/Wi-Fi round trip and connection setup, about 5 ms",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -544,6 +579,7 @@ def _phone() -> DeviceSpec:
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: mobile network round trip and connection setup, about 30 ms",
+            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
         },
     )
 
@@ -552,7 +588,13 @@ DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(),
 
 
 def get_device(name: str) -> DeviceSpec:
-    """A catalogue device by name; unknown names raise UnknownDeviceError listing the known ones."""
+    """A catalogue device by name, or a device spec file (workers/device_files.py) by path;
+    unknown names raise UnknownDeviceError listing the known ones."""
+    if name not in DEVICES:
+        from workers.device_files import load_device_file, looks_like_path
+
+        if looks_like_path(name):
+            return load_device_file(name)
     try:
         return DEVICES[name]
     except KeyError:

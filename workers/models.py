@@ -1,21 +1,22 @@
-"""Model shapes: what a decoder-only transformer costs in parameters, bytes and FLOPs.
+"""Built-in model shapes, and loading a model by name or from a spec file.
 
-Only the shape matters to the performance model (weight values never change
-timing), so a model is its config.json reduced to a handful of integers plus
-the bytes per weight element. Counts assume the Llama architecture: token
-embedding, per layer RMSNorm + grouped-query attention (q, k, v, o) + RMSNorm
-+ SwiGLU MLP (gate, up, down), final RMSNorm, lm_head; no biases.
+Every built-in carries a source line per field: the Hugging Face config.json
+key it was read from, or the model card for weight formats and capability.
+`capability` is a published benchmark score / 100 (MMLU where the model card
+or technical report gives it; which one is named per model) that tier routing
+compares across models. ModelSpec itself (the keys, their validation and the
+parameter, byte and FLOP accounting) lives in workers/modelspec.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from workers.modelspec import OPTIONAL_KEYS, REQUIRED_KEYS, ModelSpec, ModelSpecError, spec_from_mapping
 
 __all__ = [
     "ModelSpec",
@@ -30,10 +31,6 @@ __all__ = [
 ]
 
 
-class ModelSpecError(ValueError):
-    """A model spec (built-in or file) is malformed; the message names the file and key."""
-
-
 class UnknownModelError(KeyError):
     """A model name is neither a built-in nor an existing spec file."""
 
@@ -41,168 +38,128 @@ class UnknownModelError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-REQUIRED_KEYS: tuple[str, ...] = (
-    "name", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "dtype_bytes",
-)
-OPTIONAL_KEYS: tuple[str, ...] = ("kv_dtype_bytes", "tied_embeddings", "capability", "head_dim")
-
 # Names for the common weight widths, used to label quantized variants.
 _DTYPE_LABELS: dict[float, str] = {4.0: "fp32", 2.0: "bf16", 1.0: "fp8", 0.5: "int4"}
+# MXFP4 (OCP microscaling): 4-bit elements plus one 8-bit scale per 32, 4.25 bits each.
+MXFP4_BYTES = 4.25 / 8
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    """Shape of a Llama-style decoder.
-
-    `dtype_bytes` is bytes per weight element (0.5 for int4); `kv_dtype_bytes`
-    is bytes per KV-cache element and defaults to the weight width, except that
-    sub-byte weight formats keep a bf16 cache because int4 KV caches are rare
-    in serving engines. `capability` is an optional quality score in [0, 1]
-    (the built-ins use MMLU / 100) that tier routing compares across models.
-    `head_dim` defaults to hidden // heads; set it for models that decouple
-    the two (it is not a Llama 3 key, so built-ins leave it unset).
-    """
-
-    name: str
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    ffn: int
-    vocab: int
-    dtype_bytes: float
-    kv_dtype_bytes: float | None = None
-    tied_embeddings: bool = False
-    capability: float | None = None
-    head_dim: int | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ModelSpecError(f"model name must be a non-empty string, got {self.name!r}")
-        for key in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModelSpecError(f"model {self.name!r}: {key} must be a positive integer, got {value!r}")
-        if self.heads % self.kv_heads:
-            raise ModelSpecError(
-                f"model {self.name!r}: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
-            )
-        if self.head_dim is None:
-            if self.hidden % self.heads:
-                raise ModelSpecError(
-                    f"model {self.name!r}: hidden ({self.hidden}) is not divisible by heads ({self.heads}); "
-                    "set head_dim explicitly"
-                )
-            object.__setattr__(self, "head_dim", self.hidden // self.heads)
-        elif isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
-            raise ModelSpecError(f"model {self.name!r}: head_dim must be a positive integer, got {self.head_dim!r}")
-        _check_width(self.name, "dtype_bytes", self.dtype_bytes)
-        if self.kv_dtype_bytes is None:
-            object.__setattr__(self, "kv_dtype_bytes", float(self.dtype_bytes) if self.dtype_bytes >= 1 else 2.0)
+def _builtin(repo: str, name: str, hf_keys: dict[str, str], notes: dict[str, str], **values: Any) -> ModelSpec:
+    """A built-in spec whose sources say, for each field, which config.json key or card it came from."""
+    sources = {}
+    for key, value in values.items():
+        if key in notes:
+            sources[key] = notes[key]
+        elif key in hf_keys:
+            sources[key] = f"{repo} config.json: {hf_keys[key]} = {json.dumps(value)}"
         else:
-            _check_width(self.name, "kv_dtype_bytes", self.kv_dtype_bytes)
-        if not isinstance(self.tied_embeddings, bool):
-            raise ModelSpecError(f"model {self.name!r}: tied_embeddings must be true or false")
-        if self.capability is not None:
-            if (isinstance(self.capability, bool) or not isinstance(self.capability, (int, float))
-                    or not 0.0 <= self.capability <= 1.0):
-                raise ModelSpecError(f"model {self.name!r}: capability must be a number in [0, 1], got {self.capability!r}")
-
-    # --- parameter counts -------------------------------------------------
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim  # type: ignore[operator]
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim  # type: ignore[operator]
-
-    @property
-    def layer_matmul_params(self) -> int:
-        """Matrix parameters of all decoder layers (attention q/k/v/o + SwiGLU gate/up/down)."""
-        h = self.hidden
-        attn = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h
-        mlp = 3 * h * self.ffn
-        return self.layers * (attn + mlp)
-
-    @property
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden
-
-    @property
-    def lm_head_params(self) -> int:
-        """Output projection; with tied embeddings it is the embedding matrix, still read every step."""
-        return self.vocab * self.hidden
-
-    @property
-    def norm_params(self) -> int:
-        return (2 * self.layers + 1) * self.hidden
-
-    @property
-    def params(self) -> int:
-        """Exact stored parameter count (8,030,261,248 for Llama-3.1-8B)."""
-        head = 0 if self.tied_embeddings else self.lm_head_params
-        return self.embedding_params + self.layer_matmul_params + self.norm_params + head
-
-    @property
-    def weight_bytes(self) -> float:
-        """Bytes the weights occupy in device memory."""
-        return self.params * float(self.dtype_bytes)
-
-    @property
-    def streamed_weight_bytes(self) -> float:
-        """Bytes of weights read per forward pass: every matrix except the embedding table,
-        which is gathered a few rows at a time. Norm vectors are included for completeness."""
-        return (self.layer_matmul_params + self.lm_head_params + self.norm_params) * float(self.dtype_bytes)
-
-    @property
-    def kv_bytes_per_token(self) -> float:
-        """K and V for one token across all layers: 131,072 B for Llama-3.1-8B in bf16."""
-        return 2.0 * self.layers * self.kv_dim * float(self.kv_dtype_bytes)  # type: ignore[arg-type]
-
-    # --- FLOPs ----------------------------------------------------------------
-    @property
-    def flops_per_token(self) -> float:
-        """Matmul FLOPs of the decoder layers for one token (2 per multiply-add), excluding lm_head."""
-        return 2.0 * self.layer_matmul_params
-
-    @property
-    def lm_head_flops(self) -> float:
-        """FLOPs to turn one hidden state into logits."""
-        return 2.0 * self.lm_head_params
-
-    @property
-    def attn_flops_per_pair(self) -> float:
-        """FLOPs per (query, key) pair across all layers: QK^T and PV, each 2*head_dim per query head."""
-        return 4.0 * self.layers * self.q_dim
+            raise ValueError(f"built-in {name}: field {key} has no source")
+    return ModelSpec(name=name, sources=sources, **values)
 
 
-def _check_width(name: str, key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) or not math.isfinite(value):
-        raise ModelSpecError(f"model {name!r}: {key} must be a positive number of bytes, got {value!r}")
+# Our key -> the config.json key it is read from, for each family.
+_LLAMA_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
+               "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "vocab": "vocab_size",
+               "tied_embeddings": "tie_word_embeddings", "dtype_bytes": "torch_dtype (bf16: 2 bytes)",
+               "head_dim": "head_dim"}
+_MOE_KEYS = dict(_LLAMA_KEYS, experts="num_local_experts", experts_per_token="num_experts_per_tok",
+                 expert_ffn="intermediate_size", sliding_window="sliding_window")
+_QWEN3_MOE_KEYS = dict(_MOE_KEYS, experts="num_experts", expert_ffn="moe_intermediate_size")
+_LLAMA4_KEYS = dict(_MOE_KEYS, ffn="intermediate_size_mlp", moe_layer_step="interleave_moe_layer_step",
+                    sliding_window="attention_chunk_size (chunked attention, modelled as a window)",
+                    sliding_window_pattern="no_rope_layer_interval (every 4th layer attends globally)",
+                    shared_experts="one shared expert per MoE layer (Llama4TextMoe.shared_expert)")
+_DEEPSEEK_KEYS = dict(_LLAMA_KEYS, experts="n_routed_experts", experts_per_token="num_experts_per_tok",
+                      shared_experts="n_shared_experts", expert_ffn="moe_intermediate_size",
+                      dense_layers="first_k_dense_replace", kv_lora_rank="kv_lora_rank",
+                      qk_rope_dim="qk_rope_head_dim", q_lora_rank="q_lora_rank",
+                      head_dim="qk_nope_head_dim and v_head_dim")
+_GPT_OSS_KEYS = dict(_MOE_KEYS, sliding_window_pattern="layer_types (sliding_attention and full_attention "
+                                                       "alternate: every 2nd layer is full)")
 
 
-def _llama(name: str, layers: int, hidden: int, heads: int, ffn: int, tied: bool, capability: float) -> ModelSpec:
-    # Every Llama 3.x release uses 8 KV heads, a 128,256-token vocabulary and bf16 weights.
-    return ModelSpec(name=name, layers=layers, hidden=hidden, heads=heads, kv_heads=8, ffn=ffn,
-                     vocab=128256, dtype_bytes=2, tied_embeddings=tied, capability=capability)
+def _llama(repo: str, name: str, layers: int, hidden: int, heads: int, ffn: int, tied: bool,
+           capability: float, card: str) -> ModelSpec:
+    return _builtin(repo, name, _LLAMA_KEYS, {"capability": card}, layers=layers, hidden=hidden, heads=heads,
+                    kv_heads=8, ffn=ffn, vocab=128256, dtype_bytes=2, tied_embeddings=tied, capability=capability)
 
 
-# Shapes from each model's config.json on the Hugging Face Hub (meta-llama/<name>);
-# capability is MMLU (5-shot, instruction-tuned) from Meta's model cards, divided by 100.
+_FP8_NOTE = ("{repo} model card: weights released in fp8 (e4m3, 128x128 block scales); "
+             "embedding and lm_head stay bf16")
+_KV_BF16 = "serving engines keep the MLA latent cache in bf16 (FlashMLA)"
+
+
+def _deepseek(repo: str, name: str, capability: float, card: str, **shape: Any) -> ModelSpec:
+    notes = {"capability": card, "dtype_bytes": _FP8_NOTE.format(repo=repo),
+             "embedding_dtype_bytes": _FP8_NOTE.format(repo=repo), "kv_dtype_bytes": _KV_BF16}
+    return _builtin(repo, name, _DEEPSEEK_KEYS, notes, hidden=7168, head_dim=128, ffn=18432, experts_per_token=8,
+                    shared_experts=1, expert_ffn=2048, kv_lora_rank=512, qk_rope_dim=64, q_lora_rank=1536,
+                    dtype_bytes=1, embedding_dtype_bytes=2, kv_dtype_bytes=2, capability=capability, **shape)
+
+
+def _gpt_oss(name: str, layers: int, experts: int, capability: float, card: str) -> ModelSpec:
+    repo = f"openai/{name}"
+    mx = (f"{repo} config.json quantization_config: quant_method mxfp4 for the expert MLPs "
+          "(4-bit values + an 8-bit scale per 32: 4.25 bits); attention, router and embeddings bf16")
+    return _builtin(repo, name, _GPT_OSS_KEYS, {"capability": card, "expert_dtype_bytes": mx},
+                    layers=layers, hidden=2880, heads=64, kv_heads=8, head_dim=64, ffn=2880, vocab=201088,
+                    dtype_bytes=2, experts=experts, experts_per_token=4, expert_ffn=2880, sliding_window=128,
+                    sliding_window_pattern=2, expert_dtype_bytes=MXFP4_BYTES, capability=capability)
+
+
+def _llama4(repo: str, name: str, experts: int, moe_layer_step: int, capability: float) -> ModelSpec:
+    card = (f"MMLU {capability * 100:.1f} (pretrained model, 5-shot) from the Llama 4 model card "
+            "(meta-llama/Llama-4-Scout-17B-16E, 2025-04-05)")
+    return _builtin(repo, name, _LLAMA4_KEYS, {"capability": card}, layers=48, hidden=5120, heads=40, kv_heads=8,
+                    head_dim=128, ffn=16384, vocab=202048, dtype_bytes=2, experts=experts, experts_per_token=1,
+                    shared_experts=1, expert_ffn=8192, moe_layer_step=moe_layer_step, sliding_window=8192,
+                    sliding_window_pattern=4, capability=capability)
+
+
+def _qwen3(repo: str, name: str, layers: int, hidden: int, heads: int, ffn: int, expert_ffn: int,
+           capability: float) -> ModelSpec:
+    card = (f"MMLU {capability * 100:.2f} of the base model (5-shot) from the Qwen3 Technical Report "
+            "(arXiv 2505.09388, Table 3/5)")
+    return _builtin(repo, name, _QWEN3_MOE_KEYS, {"capability": card}, layers=layers, hidden=hidden, heads=heads,
+                    kv_heads=4, head_dim=128, ffn=ffn, vocab=151936, dtype_bytes=2, experts=128,
+                    experts_per_token=8, expert_ffn=expert_ffn, capability=capability)
+
+
 MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in (
-        # meta-llama/Llama-3.2-1B config.json; MMLU 49.3 (Llama 3.2 model card).
-        _llama("llama-3.2-1b", layers=16, hidden=2048, heads=32, ffn=8192, tied=True, capability=0.493),
-        # meta-llama/Llama-3.2-3B config.json; MMLU 63.4 (Llama 3.2 model card).
-        _llama("llama-3.2-3b", layers=28, hidden=3072, heads=24, ffn=8192, tied=True, capability=0.634),
-        # meta-llama/Llama-3.1-8B config.json; MMLU 69.4 (Llama 3.1 model card, instruct).
-        _llama("llama-3.1-8b", layers=32, hidden=4096, heads=32, ffn=14336, tied=False, capability=0.694),
-        # meta-llama/Llama-3.1-70B config.json; MMLU 83.6 (Llama 3.1 model card, instruct).
-        _llama("llama-3.1-70b", layers=80, hidden=8192, heads=64, ffn=28672, tied=False, capability=0.836),
-        # meta-llama/Llama-3.1-405B config.json; MMLU 87.3 (Llama 3.1 model card, instruct).
-        _llama("llama-3.1-405b", layers=126, hidden=16384, heads=128, ffn=53248, tied=False, capability=0.873),
+        _llama("meta-llama/Llama-3.2-1B", "llama-3.2-1b", 16, 2048, 32, 8192, True, 0.493,
+               "MMLU 49.3 (instruct, 5-shot), Llama 3.2 model card"),
+        _llama("meta-llama/Llama-3.2-3B", "llama-3.2-3b", 28, 3072, 24, 8192, True, 0.634,
+               "MMLU 63.4 (instruct, 5-shot), Llama 3.2 model card"),
+        _llama("meta-llama/Llama-3.1-8B", "llama-3.1-8b", 32, 4096, 32, 14336, False, 0.694,
+               "MMLU 69.4 (instruct, 5-shot), Llama 3.1 model card"),
+        _llama("meta-llama/Llama-3.1-70B", "llama-3.1-70b", 80, 8192, 64, 28672, False, 0.836,
+               "MMLU 83.6 (instruct, 5-shot), Llama 3.1 model card"),
+        _llama("meta-llama/Llama-3.1-405B", "llama-3.1-405b", 126, 16384, 128, 53248, False, 0.873,
+               "MMLU 87.3 (instruct, 5-shot), Llama 3.1 model card"),
+        _deepseek("deepseek-ai/DeepSeek-V3", "deepseek-v3", 0.885,
+                  "MMLU 88.5 (chat model, EM) from the DeepSeek-V3 Technical Report (arXiv 2412.19437, Table 6)",
+                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3),
+        # DeepSeek-R1 is DeepSeek-V3's architecture, reasoning-trained: the same shape.
+        _deepseek("deepseek-ai/DeepSeek-R1", "deepseek-r1", 0.908,
+                  "MMLU 90.8 (EM) from the DeepSeek-R1 model card / report (arXiv 2501.12948, Table 4)",
+                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3),
+        _deepseek("moonshotai/Kimi-K2-Instruct", "kimi-k2", 0.895,
+                  "MMLU 89.5 (EM) from the Kimi-K2-Instruct model card (2025-07)",
+                  layers=61, heads=64, kv_heads=64, vocab=163840, experts=384, dense_layers=1),
+        _qwen3("Qwen/Qwen3-235B-A22B", "qwen3-235b-a22b", 94, 4096, 64, 12288, 1536, 0.8781),
+        _qwen3("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b", 48, 2048, 32, 6144, 768, 0.8138),
+        _gpt_oss("gpt-oss-120b", 36, 128, 0.900,
+                 "MMLU 90.0 (high reasoning) from the gpt-oss model card (OpenAI, 2025-08-05)"),
+        _gpt_oss("gpt-oss-20b", 24, 32, 0.853,
+                 "MMLU 85.3 (high reasoning) from the gpt-oss model card (OpenAI, 2025-08-05)"),
+        _llama4("meta-llama/Llama-4-Maverick-17B-128E", "llama-4-maverick", 128, 2, 0.855),
+        _llama4("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout", 16, 1, 0.796),
+        _builtin("mistralai/Mixtral-8x7B-v0.1", "mixtral-8x7b", _MOE_KEYS,
+                 {"capability": "MMLU 70.6 (5-shot) from 'Mixtral of Experts' (arXiv 2401.04088, Table 2)"},
+                 layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=32000, dtype_bytes=2,
+                 experts=8, experts_per_token=2, expert_ffn=14336, capability=0.706),
     )
 }
 
@@ -218,11 +175,11 @@ def get_model(name: str) -> ModelSpec:
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:
-    """A built-in model name, or a JSON/YAML file holding exactly the ModelSpec keys.
+    """A built-in model name, or a JSON/YAML file holding ModelSpec keys.
 
-    Required: name, layers, hidden, heads, kv_heads, ffn, vocab, dtype_bytes.
-    Optional: kv_dtype_bytes, tied_embeddings, capability, head_dim.
-    Any other key is an error, so a typo ("kv_head") is not silently ignored.
+    Required: the REQUIRED_KEYS; optional: the OPTIONAL_KEYS (MoE, MLA, sliding
+    window, per-part widths). Any other key is an error, so a typo ("kv_head")
+    is not silently ignored. Errors read `file: key: reason`.
     """
     if isinstance(name_or_path, str) and name_or_path in MODELS:
         return MODELS[name_or_path]
@@ -233,54 +190,17 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
         )
     text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ModelSpecError(f"{path}: cannot parse model spec: {exc}") from None
     if not isinstance(data, dict):
         raise ModelSpecError(f"{path}: model spec must be a mapping of keys to values, got {type(data).__name__}")
-    return _spec_from_mapping(data, str(path))
-
-
-_INT_KEYS = frozenset({"layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "head_dim"})
-_NUMBER_KEYS = frozenset({"dtype_bytes", "kv_dtype_bytes", "capability"})
-
-
-def _spec_from_mapping(data: dict[str, Any], origin: str) -> ModelSpec:
-    for key in data:
-        if key not in REQUIRED_KEYS and key not in OPTIONAL_KEYS:
-            raise ModelSpecError(
-                f"{origin}: unknown key {key!r}; allowed keys: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
-            )
-    for key in REQUIRED_KEYS:
-        if key not in data:
-            raise ModelSpecError(f"{origin}: missing required key {key!r}")
-    for key, value in data.items():
-        if key == "name":
-            ok = isinstance(value, str) and bool(value)
-            expected = "a non-empty string"
-        elif key == "tied_embeddings":
-            ok = isinstance(value, bool)
-            expected = "true or false"
-        elif key in _INT_KEYS:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            expected = "an integer"
-        else:
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-            expected = "a number"
-        if not ok:
-            raise ModelSpecError(f"{origin}: key {key!r} must be {expected}, got {value!r}")
-    try:
-        return ModelSpec(**data)
-    except ModelSpecError as exc:
-        raise ModelSpecError(f"{origin}: {exc}") from None
+    return spec_from_mapping(data, str(path))
 
 
 def with_dtype(model: ModelSpec, dtype_bytes: float, kv_dtype_bytes: float | None = None,
                name: str | None = None) -> ModelSpec:
-    """The same shape stored at another width (fp8 = 1, int4 = 0.5 bytes per weight).
+    """The same shape stored at another width (fp8 = 1, int4 = 0.5 bytes per weight), every part.
 
     The KV width is re-derived from the new weight width unless given, and the
     name gains a suffix ("llama-3.1-8b-int4") so variants stay distinguishable.
@@ -288,4 +208,6 @@ def with_dtype(model: ModelSpec, dtype_bytes: float, kv_dtype_bytes: float | Non
     if name is None:
         label = _DTYPE_LABELS.get(float(dtype_bytes), f"{dtype_bytes:g}B")
         name = f"{model.name}-{label}"
-    return dataclasses.replace(model, name=name, dtype_bytes=dtype_bytes, kv_dtype_bytes=kv_dtype_bytes)
+    return dataclasses.replace(model, name=name, dtype_bytes=dtype_bytes, kv_dtype_bytes=kv_dtype_bytes,
+                               expert_dtype_bytes=None if model.is_moe else model.expert_dtype_bytes,
+                               embedding_dtype_bytes=None, sources={})

@@ -1,38 +1,32 @@
 """Performance, energy and cost of one serving instance: a roofline driven by the model's shape.
 
-Per iteration the instance must (a) execute the iteration's FLOPs and (b) move
-its bytes (stream the weights once, read/write the KV cache). Time is
+Per iteration the instance executes FLOPs and moves bytes (the weights the
+iteration touches, the KV cache it reads and writes). Time is
 
-    overhead + max(compute, memory) + serial * min(compute, memory) + collectives
+    layers * per_layer_s + max(compute, memory) + serial * min(compute, memory) + collectives
 
-where `serial` (DeviceSpec.decode_serial_fraction) is the share of the shorter
-phase that fails to hide under the longer one. Measured H100 decode needs it:
-at batch 256 the step is about 2.5 ms longer than the memory roofline although
-compute alone would take less than memory (see workers/calibration.py). Large
-prefills overlap well, so prefill uses serial = 0.
+`per_layer_s` is fixed time per layer (kernel launches, synchronization);
+`serial` is the share of the shorter phase that fails to hide under the
+longer one (measured H100 decode needs it; prefill overlaps, serial = 0).
+MoE models compute with their active parameters, and a step reads the
+experts its tokens select: E * (1 - (1 - k/E)^tokens) per MoE layer under
+uniform routing (ModelSpec.experts_touched; `routing_skew` concentrates it).
+On several chips, attention and dense layers are tensor-parallel (two
+all-reduces per layer) and routed experts expert-parallel (an all-to-all to
+dispatch tokens and one to combine them per MoE layer). Sliding-window
+layers attend to at most `sliding_window` tokens per sequence.
 
-Dynamic energy is linear in the work (joules per FLOP plus joules per byte) and
-capped so that idle + dynamic / time never exceeds the instance's peak power.
-Callers add idle_power_w * time themselves (idle power is drawn whether or not
-the instance computes).
+Dynamic energy is joules per FLOP plus joules per byte, capped so idle +
+dynamic / time never exceeds peak power; callers add idle_power_w * time.
 
-Everything callers use on the simulator's hot path is O(1) float arithmetic:
-per-instance constants are folded in __init__, and `decode` sums a batch's
-steps in closed form (the step time is piecewise linear in the step index, so
-its sum is a pair of arithmetic series split at the compute/memory crossover).
-
-Speed matters here: a simulation of a million requests calls prefill, decode
-and decode_steps_within a few times per request, with a budget of a few
-microseconds each in CPython. So those methods unpack their constants from
-tuples built once (per instance, and per batch size: the same sizes recur),
-turn integer arguments into floats once (CPython's fast path for arithmetic
-is float op float), and handle the common case inline: one of compute/memory
-is the larger over the whole segment, and the power cap binds on all of it or
-on none of it. Anything else -- compute and memory swapping within the segment,
-or the cap starting or stopping to bind -- goes to the general path
-(`_decode_general`, `_decode_steps_within_general`), which walks the stretches
-with the helpers below and evaluates the same expressions, so both paths give
-the same bits.
+Hot-path methods (prefill, decode, decode_step_s, decode_steps_within) are
+O(1) float arithmetic on constants folded per instance and per batch size:
+a decode segment's step time is piecewise linear in the step index, so its
+sum is arithmetic series split where compute and memory swap, where the
+power cap starts or stops binding, or where contexts outgrow the window.
+The common case (no swap inside the segment) is inlined; the general path
+(`_decode_general`, `_decode_steps_within_general`) walks the stretches
+with the same expressions, so both give the same bits.
 """
 from __future__ import annotations
 
@@ -117,28 +111,29 @@ def _pieces(c0: float, cs: float, m0: float, ms: float, end: int) -> list[tuple[
 
 
 class InstancePerf:
-    """One serving instance: `chips` chips of `device` holding `model` (weights split tensor-parallel across chips).
+    """One serving instance: `chips` chips of `device` holding `model`, its weights split across the chips.
 
     Units: seconds, joules, watts, bytes, US dollars. Token counts are ints,
-    context sums may be floats. KV capacity follows the simple rule
-    (chips * memory * memory_utilization - weights) // kv_bytes_per_token: the
-    KV cache is assumed spread evenly over the chips (head-sharded up to
-    kv_heads chips, sequence-sharded beyond).
+    context sums may be floats. KV capacity is
+    (chips * memory * memory_utilization - weights - window reserve) // kv_bytes_per_token:
+    the cache is spread evenly over the chips, and sliding-window layers set
+    aside their window for `max_seqs` sequences (none without windows).
     """
 
     __slots__ = (
         "device", "model", "chips", "memory_utilization",
         "weight_bytes", "kv_bytes_per_token", "kv_capacity_tokens", "fits",
         "price_usd_per_s", "idle_power_w", "peak_power_w",
-        "_s_per_flop", "_flops_per_token", "_flops_per_seq", "_flops_per_pair",
-        "_stream_bytes", "_weight_s", "_kv_s_per_token", "_occupancy_per_seq",
+        "_s_per_flop", "_byte_s", "_kv_byte_s", "_flops_per_token", "_flops_per_seq",
+        "_pair_flops", "_decode_pair_flops", "_kv_token_bytes", "_window", "_occupancy_per_seq",
+        "_dense_bytes", "_moe", "_touched_cache",
         "_prefill_overhead_s", "_decode_overhead_s", "_coll_fixed_s", "_coll_s_per_token",
-        "_serial", "_e_flop", "_e_byte", "_dyn_cap_w",
-        "_prefill_consts", "_decode_consts", "_batch_terms",
+        "_serial", "_e_flop", "_e_byte", "_dyn_cap_w", "_decode_consts", "_batch_terms",
     )
 
     def __init__(self, device: DeviceSpec, model: ModelSpec, chips: int = 1,
-                 price_usd_per_hour: float | None = None, memory_utilization: float = 0.9) -> None:
+                 price_usd_per_hour: float | None = None, memory_utilization: float = 0.9,
+                 max_seqs: int = 256) -> None:
         if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
             raise ValueError(f"chips must be a positive integer, got {chips!r}")
         if chips > device.max_chips_per_instance:
@@ -155,9 +150,23 @@ class InstancePerf:
         n = float(chips)
 
         self.weight_bytes = float(model.weight_bytes)
-        self.kv_bytes_per_token = float(model.kv_bytes_per_token)
+        full_kv, win_kv = float(model.kv_bytes_per_token), float(model.window_kv_bytes_per_token)
+        window = model.sliding_window
+        # A model whose every layer is windowed holds at most `window` tokens per sequence; count its
+        # tokens at the windowed rate (exact for contexts within the window, conservative beyond).
+        self.kv_bytes_per_token = full_kv if full_kv > 0 else win_kv
         free_bytes = n * device.memory_bytes * memory_utilization - self.weight_bytes
-        self.kv_capacity_tokens = int(free_bytes // self.kv_bytes_per_token) if free_bytes > 0 else 0
+        if window is not None and full_kv > 0 and win_kv > 0:
+            # T tokens over max_seqs sequences take full_kv*T + win_kv*min(T, max_seqs*window) bytes
+            # at most: every token pays both while the sequences fit their windows, then full_kv only.
+            held = max_seqs * window
+            if (full_kv + win_kv) * held >= free_bytes:
+                capacity = free_bytes / (full_kv + win_kv)
+            else:
+                capacity = (free_bytes - win_kv * held) / full_kv
+        else:
+            capacity = free_bytes / self.kv_bytes_per_token
+        self.kv_capacity_tokens = int(capacity) if capacity > 0 else 0
         self.fits = self.kv_capacity_tokens > 0
 
         if price_usd_per_hour is None:
@@ -169,55 +178,55 @@ class InstancePerf:
         # 8-bit (or narrower) weights run on the 8-bit tensor cores where the chip has them.
         peak_flops = device.fp8_flops if (model.dtype_bytes <= 1 and device.fp8_flops) else device.bf16_flops
         self._s_per_flop = 1.0 / (device.compute_efficiency * peak_flops * n)
+        self._byte_s = 1.0 / (device.weight_bw_efficiency * device.memory_bw_bytes_s * n)
+        self._kv_byte_s = 1.0 / (device.kv_bw_efficiency * device.memory_bw_bytes_s * n)
         self._flops_per_token = model.flops_per_token
         self._flops_per_seq = model.lm_head_flops
-        self._flops_per_pair = model.attn_flops_per_pair
-
-        self._stream_bytes = float(model.streamed_weight_bytes)
-        self._weight_s = self._stream_bytes / (device.weight_bw_efficiency * device.memory_bw_bytes_s * n)
-        self._kv_s_per_token = self.kv_bytes_per_token / (device.kv_bw_efficiency * device.memory_bw_bytes_s * n)
+        # (full-attention layers, windowed layers): FLOPs per query-key pair, KV bytes per token.
+        self._pair_flops = (model.attn_flops_per_pair, model.window_attn_flops_per_pair)
+        self._decode_pair_flops = (model.decode_attn_flops_per_pair, model.window_decode_attn_flops_per_pair)
+        self._kv_token_bytes = (full_kv, win_kv)
+        self._window = None if window is None or win_kv == 0.0 else float(window)
         # Decode attention parallelizes over (sequence, KV head) pairs; each chip holds
         # kv_heads / chips heads (at least one). Fewer pairs than parallel units leave
         # bandwidth unused: the calibration reads KV at ~0.33 TB/s at batch 1, ~3 TB/s at 16.
-        heads_per_chip = max(1.0, model.kv_heads / n)
-        self._occupancy_per_seq = heads_per_chip / device.attn_parallel_units
+        self._occupancy_per_seq = max(1.0, model.kv_heads / n) / device.attn_parallel_units
+
+        # Weights read per pass: the dense part always, routed experts as the tokens select them.
+        self._dense_bytes = float(model.dense_streamed_bytes)
+        self._moe = None
+        if model.is_moe:
+            e = float(model.experts)
+            self._moe = (model.moe_layers * model.expert_bytes, e, 1.0 - model.experts_per_token / e,
+                         model.routing_skew == 0.0)
+        self._touched_cache: dict[int, float] = {}
 
         self._prefill_overhead_s = model.layers * device.prefill_overhead_per_layer_s
         self._decode_overhead_s = model.layers * device.decode_overhead_per_layer_s
-        if chips > 1:
-            # Megatron-style tensor parallelism: two all-reduces per layer (after attention and
-            # after the MLP) of tokens * hidden activations; a ring moves 2(n-1)/n of the data
-            # per chip and a tree needs log2(n) latency hops.
-            all_reduces = 2 * model.layers
-            self._coll_fixed_s = all_reduces * math.log2(n) * device.collective_latency_s
-            self._coll_s_per_token = (all_reduces * 2.0 * (n - 1.0) / n * model.hidden * ACTIVATION_BYTES
-                                      / device.interconnect_bw_bytes_s)
-        else:
-            self._coll_fixed_s = 0.0
-            self._coll_s_per_token = 0.0
+        self._coll_fixed_s, self._coll_s_per_token = _collectives(device, model, chips)
 
         self._serial = device.decode_serial_fraction
         self._e_flop = device.energy_per_flop_j
         self._e_byte = device.energy_per_byte_j
         self._dyn_cap_w = self.peak_power_w - self.idle_power_w
-
-        # The hot methods unpack their constants from one tuple: a slot read and an unpack cost
-        # less than a dozen slot reads. (Nothing mutates an instance after construction.)
-        # Prefill energy is e_flop per FLOP plus e_byte per byte: the streamed weights, the KV tokens.
-        self._prefill_consts = (
-            self._flops_per_token, self._flops_per_pair, self._flops_per_seq, self._s_per_flop,
-            self._weight_s, self._kv_s_per_token, self._prefill_overhead_s + self._coll_fixed_s,
-            self._coll_s_per_token, self._e_flop, self._e_byte * self._stream_bytes,
-            self._e_byte * self.kv_bytes_per_token, self._dyn_cap_w)
-        # (c_per_kv, weight_s, e_per_kv, serial, cap_w): each token of context a decode step attends
-        # to costs c_per_kv seconds of compute and e_per_kv joules (its FLOPs and KV bytes); the time
-        # to read it depends on the batch size (kv_s in _add_batch_terms).
-        self._decode_consts = (
-            self._flops_per_pair * self._s_per_flop, self._weight_s,
-            self._e_flop * self._flops_per_pair + self._e_byte * self.kv_bytes_per_token,
-            self._serial, self._dyn_cap_w)
-        # batch size -> the decode terms that depend on it alone (see _add_batch_terms).
+        self._decode_consts = (self._serial, self._dyn_cap_w)
+        # batch size (negated: contexts past the window) -> the decode terms of _add_batch_terms.
         self._batch_terms: dict[int, tuple] = {}
+
+    # --- weights streamed ------------------------------------------------------------
+    def streamed_bytes(self, tokens: int) -> float:
+        """Weight bytes one pass over `tokens` tokens reads: the dense part plus, per MoE layer,
+        the distinct experts the tokens select (ModelSpec.experts_touched) times their size."""
+        moe = self._moe
+        if moe is None:
+            return self._dense_bytes
+        per_expert, e, miss, uniform = moe
+        if uniform:
+            return self._dense_bytes + per_expert * e * (1.0 - miss ** tokens)
+        touched = self._touched_cache.get(tokens)
+        if touched is None:
+            touched = self._touched_cache[tokens] = self.model.experts_touched(tokens)
+        return self._dense_bytes + per_expert * touched
 
     # --- prefill ---------------------------------------------------------------
     def prefill(self, tokens: int, attn_pairs: float, seqs: int) -> tuple[float, float]:
@@ -230,21 +239,29 @@ class InstancePerf:
             return 0.0, 0.0
         if seqs < 1:
             raise ValueError(f"prefill needs seqs >= 1, got {seqs}")
-        (flops_per_token, flops_per_pair, flops_per_seq, s_per_flop, weight_s, kv_s_per_token, fixed_s,
-         coll_s_per_token, e_flop, e_weights, e_per_kv_token, cap_w) = self._prefill_consts
         t = tokens + 0.0  # exact; float-only arithmetic below
         s = seqs + 0.0
-        flops = flops_per_token * t + flops_per_pair * attn_pairs + flops_per_seq * s
+        full_pair, win_pair = self._pair_flops
+        full_kv, win_kv = self._kv_token_bytes
         # Cached prefix tokens are read once by attention. Only their pair count is known, so
         # estimate them as if the new tokens were split evenly over the sequences, t/s each:
         # (attn_pairs - t*(t/s + 1)/2) / (t/s) = attn_pairs*s/t - (t + s)/2 prefix tokens.
         cached_tokens = attn_pairs * s / t - (t + s) * 0.5
         kv_tokens = t + cached_tokens if cached_tokens > 0.0 else t  # write the new, read the prefix
-        compute_s = flops * s_per_flop
-        memory_s = weight_s + kv_tokens * kv_s_per_token
-        time_s = fixed_s + coll_s_per_token * t + (compute_s if compute_s > memory_s else memory_s)
-        energy_j = e_flop * flops + e_weights + kv_tokens * e_per_kv_token
-        cap_j = cap_w * time_s
+        flops = self._flops_per_token * t + full_pair * attn_pairs + self._flops_per_seq * s
+        kv_bytes = full_kv * kv_tokens
+        window = self._window
+        if window is not None:
+            # A windowed layer scores each query against at most `window` keys and keeps as many.
+            flops += win_pair * min(attn_pairs, t * window)
+            kv_bytes += win_kv * min(kv_tokens, s * window)
+        weight_bytes = self.streamed_bytes(tokens)
+        compute_s = flops * self._s_per_flop
+        memory_s = weight_bytes * self._byte_s + kv_bytes * self._kv_byte_s
+        time_s = (self._prefill_overhead_s + self._coll_fixed_s + self._coll_s_per_token * t
+                  + (compute_s if compute_s > memory_s else memory_s))
+        energy_j = self._e_flop * flops + self._e_byte * (weight_bytes + kv_bytes)
+        cap_j = self._dyn_cap_w * time_s
         return time_s, (energy_j if energy_j < cap_j else cap_j)
 
     # --- decode ----------------------------------------------------------------
@@ -253,64 +270,90 @@ class InstancePerf:
     # the cache plus each sequence's new token), so its compute time, memory time and uncapped
     # energy are lines in k. On a stretch of steps where one of compute/memory is the larger,
     # the step time fixed + max + serial*min is a line p + q*k too, its cap (peak - idle) * time
-    # is another, and sums over steps are arithmetic series.
+    # is another, and sums over steps are arithmetic series. Windowed layers attend to
+    # min(kv, batch*window) positions: two regimes, each linear, split where kv crosses.
 
-    def _add_batch_terms(self, batch: int) -> tuple:
-        """Decode terms that depend on the batch size alone, cached because a simulation reuses the
-        same sizes millions of times. With kv0 = ctx_sum0 + batch, step k has
+    def _add_batch_terms(self, batch: int, past_window: bool = False) -> tuple:
+        """Decode terms that depend on the batch size (and window regime) alone, cached because a
+        simulation reuses the same sizes millions of times. With kv0 = ctx_sum0 + batch, step k has
 
             compute c0 + cs*k,  c0 = c_b + c_per_kv * kv0   (c_b: the weights' matmuls and lm_head)
-            memory  m0 + ms*k,  m0 = weight_s + kv_s * kv0
-            energy  e0 + es*k,  e0 = e_b + e_per_kv * kv0   (e_b: those FLOPs, streaming the weights)
+            memory  m0 + ms*k,  m0 = m_b + kv_s * kv0       (m_b: streaming the touched weights)
+            energy  e0 + es*k,  e0 = e_b + e_per_kv * kv0
 
-        with c_per_kv, weight_s, e_per_kv from _decode_consts. Returns
-        (float(batch), fixed_s, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes) where
-        c_slopes = (q, wq, es - wq) holds the slopes of the step time (q = cs + serial*ms) and of
-        its energy cap (wq = (peak - idle) * q) on compute-bound stretches, m_slopes the same on
-        memory-bound ones (q = ms + serial*cs).
+        Returns (float(batch), fixed_s, c_b, c_per_kv, m_b, kv_s, e_b, e_per_kv, cs, ms, es,
+        c_slopes, m_slopes) where c_slopes = (q, wq, es - wq) holds the slopes of the step time
+        (q = cs + serial*ms) and of its energy cap (wq = (peak - idle) * q) on compute-bound
+        stretches, m_slopes the same on memory-bound ones (q = ms + serial*cs).
+        Past the window (kv0 >= batch*window) windowed layers read a constant batch*window
+        positions: their share moves from the per-position terms into c_b, m_b and e_b.
         """
         if batch < 1:
             raise ValueError(f"decode needs batch >= 1, got {batch}")
+        b = batch + 0.0
+        full_pair, win_pair = self._decode_pair_flops
+        full_kv, win_kv = self._kv_token_bytes
+        if past_window:
+            held = b * self._window  # type: ignore[operator]
+            pair_flops, kv_bytes, const_flops, const_kv = full_pair, full_kv, win_pair * held, win_kv * held
+        else:
+            pair_flops, kv_bytes, const_flops, const_kv = full_pair + win_pair, full_kv + win_kv, 0.0, 0.0
         # Fewer (sequence, KV head) pairs than parallel units leave bandwidth unused.
-        occupancy = batch * self._occupancy_per_seq
-        kv_s = self._kv_s_per_token / occupancy if occupancy < 1.0 else self._kv_s_per_token
-        cs = self._flops_per_pair * batch * self._s_per_flop
-        ms = batch * kv_s
-        es = self._e_flop * self._flops_per_pair * batch + self._e_byte * batch * self.kv_bytes_per_token
-        serial, cap_w = self._serial, self._dyn_cap_w
+        occupancy = b * self._occupancy_per_seq
+        kv_byte_s = self._kv_byte_s / occupancy if occupancy < 1.0 else self._kv_byte_s
+        s_per_flop, e_flop, e_byte = self._s_per_flop, self._e_flop, self._e_byte
+        c_per_kv = pair_flops * s_per_flop
+        kv_s = kv_bytes * kv_byte_s
+        e_per_kv = e_flop * pair_flops + e_byte * kv_bytes
+        cs, ms, es = c_per_kv * b, kv_s * b, e_per_kv * b
+        serial, cap_w = self._decode_consts
         q_c = cs + serial * ms
         q_m = ms + serial * cs
-        flops_b = (self._flops_per_token + self._flops_per_seq) * batch
-        terms = (batch + 0.0,
-                 self._decode_overhead_s + self._coll_fixed_s + self._coll_s_per_token * batch,
-                 flops_b * self._s_per_flop,
-                 kv_s,
-                 self._e_flop * flops_b + self._e_byte * self._stream_bytes,
+        flops_b = (self._flops_per_token + self._flops_per_seq) * b + const_flops
+        weight_bytes = self.streamed_bytes(batch)
+        terms = (b,
+                 self._decode_overhead_s + self._coll_fixed_s + self._coll_s_per_token * b,
+                 flops_b * s_per_flop, c_per_kv,
+                 weight_bytes * self._byte_s + const_kv * kv_byte_s, kv_s,
+                 e_flop * flops_b + e_byte * (weight_bytes + const_kv), e_per_kv,
                  cs, ms, es,
                  (q_c, cap_w * q_c, es - cap_w * q_c),
                  (q_m, cap_w * q_m, es - cap_w * q_m))
-        self._batch_terms[batch] = terms
+        self._batch_terms[-batch if past_window else batch] = terms
         return terms
 
-    def _decode_lines(self, batch: int, ctx_sum0: float) -> tuple[float, float, float, float, float]:
+    def _terms(self, batch: int, ctx_sum0: float) -> tuple:
+        """The batch terms of the regime a segment starting at ctx_sum0 is in at its first step."""
+        if self._window is not None and ctx_sum0 + batch >= batch * self._window:
+            return self._batch_terms.get(-batch) or self._add_batch_terms(batch, True)
+        return self._batch_terms.get(batch) or self._add_batch_terms(batch)
+
+    def _window_steps(self, batch: int, ctx_sum0: float) -> int:
+        """Steps from ctx_sum0 before the contexts outgrow the window (0 when past it, or no window)."""
+        if self._window is None:
+            return 0
+        room = batch * self._window - (ctx_sum0 + batch)
+        return int(room // batch) + 1 if room > 0.0 else 0
+
+    def _decode_lines(self, terms: tuple, ctx_sum0: float) -> tuple[float, float, float, float, float]:
         """Per-step terms as lines in the step index k: (fixed_s, compute0, compute_slope, memory0, memory_slope)."""
-        batch_f, fixed, c_b, kv_s, _, cs, ms, _, _, _ = self._batch_terms.get(batch) or self._add_batch_terms(batch)
-        c_per_kv, weight_s, _, _, _ = self._decode_consts
+        batch_f, fixed, c_b, c_per_kv, m_b, kv_s, _, _, cs, ms, _, _, _ = terms
         kv0 = ctx_sum0 + batch_f
-        return fixed, c_b + c_per_kv * kv0, cs, weight_s + kv_s * kv0, ms
+        return fixed, c_b + c_per_kv * kv0, cs, m_b + kv_s * kv0, ms
 
     def decode_step_s(self, batch: int, ctx_sum: float) -> float:
         """Time of one decode step for `batch` sequences holding `ctx_sum` cached tokens in total.
 
         Attention reads ctx_sum + batch positions: the cache plus each sequence's new token."""
-        try:
-            batch_f, fixed, c_b, kv_s, _, _, _, _, _, _ = self._batch_terms[batch]
+        try:  # inline for speed: one dict lookup when there is no window
+            terms = self._batch_terms[batch] if self._window is None else self._terms(batch, ctx_sum)
         except KeyError:
-            batch_f, fixed, c_b, kv_s, _, _, _, _, _, _ = self._add_batch_terms(batch)
-        c_per_kv, weight_s, _, serial, _ = self._decode_consts
+            terms = self._add_batch_terms(batch)
+        batch_f, fixed, c_b, c_per_kv, m_b, kv_s, _, _, _, _, _, _, _ = terms
+        serial = self._serial
         kv0 = ctx_sum + batch_f
         c = c_b + c_per_kv * kv0
-        m = weight_s + kv_s * kv0
+        m = m_b + kv_s * kv0
         if c > m:
             return fixed + c + serial * m
         return fixed + m + serial * c
@@ -320,15 +363,24 @@ class InstancePerf:
         cached context is ctx_sum0 at the first step and grows by `batch` per step. Closed form."""
         if steps <= 0:
             return 0.0, 0.0
-        try:
-            batch_f, fixed, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes = self._batch_terms[batch]
-        except KeyError:
-            batch_f, fixed, c_b, kv_s, e_b, cs, ms, es, c_slopes, m_slopes = self._add_batch_terms(batch)
-        c_per_kv, weight_s, e_per_kv, serial, cap_w = self._decode_consts
+        if self._window is None:
+            try:
+                terms = self._batch_terms[batch]
+            except KeyError:
+                terms = self._add_batch_terms(batch)
+        else:  # split where the contexts outgrow the window
+            below = self._window_steps(batch, ctx_sum0)
+            if 0 < below < steps:  # the contexts outgrow the window inside the segment: two regimes
+                t1, e1 = self.decode(batch, ctx_sum0, below)
+                t2, e2 = self.decode(batch, ctx_sum0 + batch * below, steps - below)
+                return t1 + t2, e1 + e2
+            terms = self._terms(batch, ctx_sum0)
+        batch_f, fixed, c_b, c_per_kv, m_b, kv_s, e_b, e_per_kv, cs, ms, es, c_slopes, m_slopes = terms
+        serial, cap_w = self._decode_consts
         n = steps + 0.0  # exact; float-only arithmetic below
         kv0 = ctx_sum0 + batch_f
         c0 = c_b + c_per_kv * kv0
-        m0 = weight_s + kv_s * kv0
+        m0 = m_b + kv_s * kv0
 
         # Which of compute/memory is the larger on every step? Usually memory: it is ahead at step 0
         # and grows faster (each step adds more KV bytes to read than attention FLOPs to do).
@@ -382,9 +434,14 @@ class InstancePerf:
         decode() itself comes here only when the swap falls inside the segment."""
         if steps <= 0:
             return 0.0, 0.0
-        fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
-        batch_f, _, _, _, e_b, _, _, es, _, _ = self._batch_terms[batch]
-        _, _, e_per_kv, _, _ = self._decode_consts
+        below = self._window_steps(batch, ctx_sum0)
+        if 0 < below < steps:
+            t1, e1 = self._decode_general(batch, ctx_sum0, below)
+            t2, e2 = self._decode_general(batch, ctx_sum0 + batch * below, steps - below)
+            return t1 + t2, e1 + e2
+        terms = self._terms(batch, ctx_sum0)
+        fixed, c0, cs, m0, ms = self._decode_lines(terms, ctx_sum0)
+        batch_f, _, _, _, _, _, e_b, e_per_kv, _, _, es, _, _ = terms
         e0 = e_b + e_per_kv * (ctx_sum0 + batch_f)
         # Cap each step at (peak - idle) * step time: min(line, line) on each stretch.
         w = self._dyn_cap_w
@@ -415,16 +472,19 @@ class InstancePerf:
         """Largest k >= 0 with decode(batch, ctx_sum0, k)[0] <= time_s (closed form, exact at boundaries)."""
         if not _isfinite(time_s):
             raise ValueError(f"decode_steps_within needs a finite time, got {time_s!r}")
+        if self._window is not None and time_s > 0.0 and self._window_steps(batch, ctx_sum0) > 0:
+            return self._decode_steps_within_windowed(batch, ctx_sum0, time_s)
         try:
-            batch_f, fixed, c_b, kv_s, _, cs, ms, _, c_slopes, m_slopes = self._batch_terms[batch]
+            terms = self._batch_terms[batch] if self._window is None else self._terms(batch, ctx_sum0)
         except KeyError:
-            batch_f, fixed, c_b, kv_s, _, cs, ms, _, c_slopes, m_slopes = self._add_batch_terms(batch)
+            terms = self._add_batch_terms(batch)
         if time_s <= 0.0:
             return 0
-        c_per_kv, weight_s, _, serial, _ = self._decode_consts
+        batch_f, fixed, c_b, c_per_kv, m_b, kv_s, _, _, cs, ms, _, c_slopes, m_slopes = terms
+        serial = self._serial
         kv0 = ctx_sum0 + batch_f
         c0 = c_b + c_per_kv * kv0
-        m0 = weight_s + kv_s * kv0
+        m0 = m_b + kv_s * kv0
 
         # The larger of compute/memory at step 0 stays the larger up to their crossover r (for ever
         # when the other never catches up), so decode() sums any segment of at most `until` steps
@@ -468,10 +528,28 @@ class InstancePerf:
                 return k + 1
         return self._decode_steps_within_general(batch, ctx_sum0, time_s)
 
-    def _decode_steps_within_general(self, batch: int, ctx_sum0: float, time_s: float) -> int:
+    def _decode_steps_within_windowed(self, batch: int, ctx_sum0: float, time_s: float) -> int:
+        """decode_steps_within() for a budget that may carry the contexts past the window: solve in
+        the first regime, then in the second for the time left, then settle against decode()."""
+        below = self._window_steps(batch, ctx_sum0)
+        k = self._decode_steps_within_general(batch, ctx_sum0, time_s, below)
+        if k >= below:
+            first_s = self.decode(batch, ctx_sum0, below)[0]
+            k = below + self.decode_steps_within(batch, ctx_sum0 + batch * below, time_s - first_s)
+        while k > 0 and self.decode(batch, ctx_sum0, k)[0] > time_s:
+            k -= 1
+        while self.decode(batch, ctx_sum0, k + 1)[0] <= time_s:
+            k += 1
+        return k
+
+    def _decode_steps_within_general(self, batch: int, ctx_sum0: float, time_s: float,
+                                     limit: int | None = None) -> int:
         """decode_steps_within() for any budget: solves on each stretch, then corrects the integer by
-        galloping. decode_steps_within() comes here only when its one-stretch answer does not check out."""
-        fixed, c0, cs, m0, ms = self._decode_lines(batch, ctx_sum0)
+        galloping. decode_steps_within() comes here only when its one-stretch answer does not check out.
+        With `limit`, counts steps of the starting regime only (at most `limit`)."""
+        if self._window is not None and limit is None and self._window_steps(batch, ctx_sum0) > 0:
+            return self._decode_steps_within_windowed(batch, ctx_sum0, time_s)
+        fixed, c0, cs, m0, ms = self._decode_lines(self._terms(batch, ctx_sum0), ctx_sum0)
         if time_s <= 0.0:
             return 0
         # Step time is p + q*k on each side of the kink, so elapsed time is quadratic in k there:
@@ -486,6 +564,8 @@ class InstancePerf:
                 break
             elapsed += _lin_sum(p, q, k0, k1)
             k = k1
+        if limit is not None:
+            return min(k, limit)
 
         def within(steps: int) -> bool:
             return self._decode_time(fixed, c0, cs, m0, ms, steps) <= time_s
@@ -516,12 +596,12 @@ class InstancePerf:
 
     # --- transfer, power ---------------------------------------------------------
     def kv_transfer_s(self, tokens: int, link_bytes_per_s: float, setup_s: float | None = None) -> float:
-        """Time to ship `tokens` tokens of KV cache over a link: setup latency + bytes / bandwidth."""
+        """Time to ship `tokens` tokens of one sequence's KV cache over a link: setup + bytes / bandwidth."""
         if link_bytes_per_s <= 0:
             raise ValueError(f"link bandwidth must be positive, got {link_bytes_per_s!r}")
         if setup_s is None:
             setup_s = self.device.kv_transfer_setup_s
-        return setup_s + tokens * self.kv_bytes_per_token / link_bytes_per_s
+        return setup_s + self.model.kv_bytes(tokens) / link_bytes_per_s
 
     def power_w(self, time_s: float, dynamic_energy_j: float) -> float:
         """Mean instance power over an interval: idle + dynamic / time, capped at peak."""
@@ -533,6 +613,28 @@ class InstancePerf:
     def __repr__(self) -> str:
         return (f"InstancePerf({self.device.name} x{self.chips}, {self.model.name}, "
                 f"kv_capacity_tokens={self.kv_capacity_tokens})")
+
+
+def _collectives(device: DeviceSpec, model: ModelSpec, chips: int) -> tuple[float, float]:
+    """(fixed_s, s_per_token) of one pass's chip-to-chip traffic.
+
+    Megatron-style tensor parallelism: two all-reduces per layer (after attention and after
+    the MLP) of tokens * hidden activations; a ring moves 2(n-1)/n of the data per chip and a
+    tree needs log2(n) latency hops. A MoE layer's MLP all-reduce becomes expert parallelism's
+    dispatch and combine all-to-alls: each token's activations go to its k experts, (n-1)/n
+    of them on other chips, and come back.
+    """
+    if chips == 1:
+        return 0.0, 0.0
+    n = float(chips)
+    hops = math.log2(n) * device.collective_latency_s
+    per_reduce = 2.0 * (n - 1.0) / n * model.hidden * ACTIVATION_BYTES / device.interconnect_bw_bytes_s
+    moe, dense = model.moe_layers, model.layers - model.moe_layers
+    fixed_s = (2 * dense + 3 * moe) * hops
+    per_a2a = (model.experts_per_token or 0) * (n - 1.0) / n * model.hidden * ACTIVATION_BYTES \
+        / device.interconnect_bw_bytes_s
+    per_token_s = (2 * dense + moe) * per_reduce + 2 * moe * per_a2a
+    return fixed_s, per_token_s
 
 
 def _steps_in_series(p: float, q: float, budget: float) -> int:
@@ -553,7 +655,7 @@ def _steps_in_series(p: float, q: float, budget: float) -> int:
 
 
 def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,
-                 memory_utilization: float = 0.9) -> int | None:
+                 memory_utilization: float = 0.9, max_seqs: int = 256) -> int | None:
     """Smallest instance of `device` that holds `model` with room for `min_kv_tokens` of KV cache.
 
     GPUs shard tensor-parallel over a power of two of chips (head counts are powers of two);
@@ -567,7 +669,8 @@ def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,
     while chips <= device.max_chips_per_instance:
         if device.interconnect_bw_bytes_s <= 0 and chips > 1:
             return None
-        if InstancePerf(device, model, chips, memory_utilization=memory_utilization).kv_capacity_tokens >= min_kv_tokens:
+        perf = InstancePerf(device, model, chips, memory_utilization=memory_utilization, max_seqs=max_seqs)
+        if perf.kv_capacity_tokens >= min_kv_tokens:
             return chips
         chips = chips * 2 if device.kind == "gpu" else chips + 1
     return None

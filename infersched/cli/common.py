@@ -1,7 +1,7 @@
 """Arguments and helpers more than one command shares: trace selection, numbers, errors.
 
 Every command that reads a trace takes the same `--trace/--format/--skip-bad-rows/
---requests` (and, where arrivals may be synthesized, `--rate/--arrival`), reads it
+--start/--duration/--requests` (and, where arrivals may be synthesized, `--rate/--arrival`), reads it
 through `load_trace` and reports it in its JSON through `trace_record`, so a flag
 or a field added here reaches simulate, compare, plan and replay alike.
 """
@@ -14,7 +14,10 @@ import sys
 from scheduler.config import ConfigError
 from simulator.traces import FORMATS, Trace, TraceFormatError
 
-DEFAULT_CLUSTER = "hybrid"
+# Skipped rows printed on stderr; the summary JSON carries more (see trace_record).
+SKIPPED_SHOWN = 10
+
+DEFAULT_CLUSTER = "demo"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
 USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)
@@ -32,6 +35,17 @@ def positive(integer: bool = False):
             raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
         return value
     return parse
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
 
 
 def unit_interval(zero_ok: bool):
@@ -56,6 +70,11 @@ def add_trace_arguments(p: argparse.ArgumentParser, *, required: bool = False, s
     p.add_argument("--format", choices=FORMATS, help="trace format (default: detected from the content)")
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip malformed trace rows (counted and reported) instead of failing")
+    p.add_argument("--start", type=non_negative, default=0.0, metavar="S",
+                   help="use the trace's requests from S seconds after its first one (default 0)")
+    p.add_argument("--duration", type=positive(), metavar="S",
+                   help="use the trace's requests within S seconds from --start (default: to the end); "
+                        "rows after the window are not read")
     p.add_argument("--requests", type=positive(integer=True),
                    help=requests_help or "number of requests (beyond the trace's rows, lengths are resampled "
                                          "and arrivals synthesized)")
@@ -66,21 +85,57 @@ def add_trace_arguments(p: argparse.ArgumentParser, *, required: bool = False, s
 
 
 def load_trace(args) -> Trace:
-    """The trace the arguments name (the built-in one when --trace is absent)."""
+    """The trace the arguments name (the built-in one when --trace is absent).
+
+    Prints the rows --skip-bad-rows skipped (the first SKIPPED_SHOWN) on stderr.
+    With --requests N, reading stops after N rows whenever the workload uses
+    only the first N (arrivals replayed, or synthesized at a given --rate);
+    a synthesized arrival process without --rate needs the whole trace's mean rate.
+    """
     from simulator.traces import builtin_trace_path, read_trace
 
-    return read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows)
+    rate = getattr(args, "rate", None)
+    arrival = getattr(args, "arrival", None)
+    max_rows = args.requests if rate is not None or arrival in (None, "trace") else None
+    try:
+        trace = read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows,
+                           max_rows=max_rows, start_s=args.start, duration_s=args.duration)
+    except TraceFormatError as e:
+        if not e.skippable:
+            raise
+        raise TraceFormatError(e.path, e.line, e.field, f"{e.reason} (--skip-bad-rows skips such rows)") from None
+    say_skipped(trace)
+    return trace
 
 
-def trace_record(trace: Trace) -> dict:
-    """The `trace` object of a summary JSON."""
+def trace_record(trace: Trace, args) -> dict:
+    """The `trace` object of a summary JSON, with the time window the arguments gave.
+
+    `skipped_rows` lists the first rows.MAX_SKIPPED_KEPT (10,000) skipped rows
+    with line, field and reason; `skipped_rows_omitted` counts the rest and
+    `bad_rows_by_field` counts all of them, so the JSON stays a few MB even
+    when millions of rows are bad.
+    """
     return {"path": trace.path, "format": trace.format, "rows": trace.rows, "bad_rows": trace.bad_rows,
-            "filtered_rows": trace.filtered_rows}
+            "bad_rows_by_field": dict(trace.bad_rows_by_field),
+            "skipped_rows": [row._asdict() for row in trace.skipped_rows],
+            "skipped_rows_omitted": trace.bad_rows - len(trace.skipped_rows),
+            "filtered_rows": trace.filtered_rows, "start_s": args.start, "duration_s": args.duration,
+            "rows_before_window": trace.rows_before_window}
 
 
 def say_skipped(trace: Trace) -> None:
-    if trace.bad_rows:
-        print(f"skipped {trace.bad_rows:,} malformed trace rows", file=sys.stderr)
+    if not trace.bad_rows:
+        return
+    shown = trace.bad_row_reasons[:SKIPPED_SHOWN]
+    more = f"; the first {len(shown)}" if trace.bad_rows > len(shown) else ""
+    lines = [f"skipped {trace.bad_rows:,} malformed trace rows (--skip-bad-rows){more}:"]
+    lines += [f"  {reason}" for reason in shown]
+    if trace.bad_rows > len(shown):
+        from simulator.traces.rows import MAX_SKIPPED_KEPT
+
+        lines.append(f"  (the summary JSON's trace.skipped_rows lists up to {MAX_SKIPPED_KEPT:,} with reasons)")
+    print("\n".join(lines), file=sys.stderr)
 
 
 def user_error(exc: BaseException) -> str:

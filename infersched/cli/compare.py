@@ -59,8 +59,11 @@ def run(args) -> int:
     params = parse_params(args.param)
     trace = load_trace(args)
     difficulty = None
-    if trace.format != "mooncake" and trace.bad_rows == 0:
+    if trace.format != "mooncake" and trace.bad_rows == 0 and trace.filtered_rows == 0:
         difficulty = read_difficulty_column(trace.path)
+        if difficulty is not None:
+            # The trace may be a window (--start/--duration) or a prefix (--requests) of the file's rows.
+            difficulty = difficulty[trace.rows_before_window:trace.rows_before_window + trace.rows]
     if difficulty is None:
         table = parse_table(args.difficulty_table) if args.difficulty_table else None
         difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
@@ -70,7 +73,7 @@ def run(args) -> int:
                         ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     summaries = [s for _, _, s in runs]
     front = pareto_front(summaries)
-    doc = {"workload": workload.description, "seed": args.seed, "params": params, "trace": trace_record(trace),
+    doc = {"workload": workload.description, "seed": args.seed, "params": params, "trace": trace_record(trace, args),
            "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
            else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
            "pareto_front": front, "runs": summaries}

@@ -102,7 +102,7 @@ def run_replay(args) -> int:
         print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     summary = live_summary(result, args.target)
-    summary["trace"] = trace_record(trace)
+    summary["trace"] = trace_record(trace, args)
     if args.json:
         write_json(summary, args.json)
     if not quiet:

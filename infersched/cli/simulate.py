@@ -4,14 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, say_skipped, trace_record
+from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
 
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "simulate", help="replay a trace through a simulated cluster and report latency, cost and energy",
         description="Replay a trace (the built-in Azure 2023 conversation trace by default) through a "
-                    "cluster (deploy/clusters/hybrid.yaml by default) and print the summary.")
+                    f"cluster (deploy/clusters/{DEFAULT_CLUSTER}.yaml by default) and print the summary.")
     add_trace_arguments(p)
     p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
     p.add_argument("--policy", help="routing policy (overrides the cluster file's); see `infersched policies`")
@@ -52,13 +52,12 @@ def run(args) -> int:
     if log is not None:
         print(f"wrote {log.lines:,} decision lines to {args.decision_log}", file=sys.stderr)
     summary = summarize(result)
-    summary["trace"] = trace_record(trace)
+    summary["trace"] = trace_record(trace, args)
     if args.json:
         write_json(summary, args.json)
     if args.out:
         for path in write_outputs(result, summary, args.out):
             print(f"wrote {path}", file=sys.stderr)
     if args.json != "-":
-        say_skipped(trace)
         print(format_summary(summary))
     return 0

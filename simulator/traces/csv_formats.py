@@ -3,10 +3,10 @@
 A format is a `CsvLayout`: which columns hold the time, the prompt and the
 output tokens, how times are written, whether equal timestamps are allowed and
 whether rows with 0 output tokens are failed requests to drop (BurstGPT).
-A block of lines is parsed column-wise with numpy (`_csv_fast_block`); only a
-block that fails a vectorised check is split and re-read row by row
-(`_csv_slow_block`), the path that defines what is valid and the only one that
-reports an error.
+A block of lines is parsed column-wise from its bytes with numpy
+(`_csv_fast_block`, `csv_columns`); only a block that fails a vectorised check
+is split and re-read row by row (`_csv_slow_block`), the path that defines
+what is valid and the only one that reports an error.
 """
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from typing import Iterator
 import numpy as np
 
 from simulator.traces.mooncake import MOONCAKE_KEYS
-from simulator.traces.rows import Collector, Lines, RowError, parse_count, parse_seconds
+from simulator.traces.csv_columns import Block, count_column, decimal_column, field_bounds, fixed_width
+from simulator.traces.rows import (MAX_SECONDS, MAX_TOKENS, Collector, Lines, RowError, Window, parse_count,
+                                   parse_seconds, shown, split_lines)
 from simulator.traces.trace import Trace, TraceFormatError
-from simulator.traces.wallclock import NS_PER_S, iso_column, iso_time_field, show_ns
+from simulator.traces.wallclock import NS_PER_S, iso_matrix, iso_time_field, show_ns
 
 # A block that fails the column-wise checks is split this many ways until its
 # parts are this small, then read row by row.
@@ -58,7 +60,11 @@ def needed_columns(layout: CsvLayout) -> tuple[str, ...]:
 def detect_from_first_line(first: str) -> tuple[str | None, CsvLayout | None, list[str]]:
     if first.lstrip().startswith("{"):
         return "mooncake", None, []
-    names = [c.strip() for c in next(csv.reader([first]), [])]
+    try:
+        names = [c.strip() for c in next(csv.reader([first]), [])]
+    except csv.Error:
+        # A header csv cannot split (e.g. a field past its size limit) matches no format.
+        names = [shown(first)]
     present = set(names)
     for layout in _DETECTION_ORDER:
         if present.issuperset(needed_columns(layout)):
@@ -71,27 +77,19 @@ def describe_formats() -> str:
         "; mooncake: JSON lines with " + ", ".join(MOONCAKE_KEYS))
 
 
-def _counts_column(col: list[str]) -> np.ndarray | None:
-    joined = "".join(col)
-    # One C-level scan proves every field is a non-empty run of ASCII digits;
-    # anything else (signs, blanks, overflow) is for the row-by-row path to name.
-    if not (joined.isascii() and joined.isdigit()) or "" in col:
-        return None
-    try:
-        return np.array(col, dtype=np.int64)
-    except OverflowError:
-        return None
-
-
-def _seconds_column(col: list[str]) -> np.ndarray | None:
-    joined = "".join(col)
-    if "_" in joined or "" in col:
-        return None
-    try:
-        values = np.array(list(map(float, col)), dtype=np.float64)
-    except ValueError:
-        return None
-    return values if np.isfinite(values).all() else None
+def _seconds_column(block: Block, fs: np.ndarray, fe: np.ndarray) -> np.ndarray | None:
+    values = decimal_column(block, fs, fe)
+    if values is None:
+        # Exponents, long mantissas: float() per field, still without a row split.
+        data = block.a.tobytes()
+        texts = [data[i:j] for i, j in zip(fs.tolist(), fe.tolist())]
+        if any(b"_" in t or not t for t in texts):
+            return None
+        try:
+            values = np.array(list(map(float, texts)), dtype=np.float64)
+        except ValueError:
+            return None
+    return values if ((values >= 0.0) & (values <= MAX_SECONDS)).all() else None
 
 
 def resolve_layout(path: str, fmt: str | None, detected: str | None, detected_layout: CsvLayout | None,
@@ -116,8 +114,8 @@ def resolve_layout(path: str, fmt: str | None, detected: str | None, detected_la
                            f"(header has {names}){hint}")
 
 
-def read_csv(path: str, lines: Lines, blocks: Iterator[tuple[int, list[str]]], layout: CsvLayout,
-              names: list[str], skip: bool, max_rows: int | None) -> Trace:
+def read_csv(path: str, lines: Lines, blocks: Iterator[tuple[int, bytes]], layout: CsvLayout,
+              names: list[str], skip: bool, max_rows: int | None, window: Window | None) -> Trace:
     for col in needed_columns(layout):
         if names.count(col) > 1:
             raise TraceFormatError(path, 1, col, "column appears more than once in the header")
@@ -125,59 +123,63 @@ def read_csv(path: str, lines: Lines, blocks: Iterator[tuple[int, list[str]]], l
     ii = names.index(layout.input_column)
     oi = names.index(layout.output_column)
     time_dtype = None if ti is None else (np.int64 if layout.time_kind == "iso" else np.float64)
+    unit = None if ti is None else (NS_PER_S if layout.time_kind == "iso" else 1.0)
+    if window is not None and unit is None:
+        raise ValueError(f"a time window needs timestamps, and {path} is a '{layout.fmt}' trace without them")
     out = Collector(path, skip, max_rows, layout.ties_allowed, layout.time_column, time_dtype,
-                     show_ns if layout.time_kind == "iso" else repr)
+                     show_ns if layout.time_kind == "iso" else repr, None if window is None else window.native(unit))
 
-    def parse(start: int, block: list[str]) -> None:
-        if _csv_fast_block(out, start, block, layout, len(names), ti, ii, oi):
+    def parse(start: int, data: bytes) -> None:
+        if _csv_fast_block(out, start, data, layout, len(names), ti, ii, oi):
             return
-        if len(block) <= _SLOW_BLOCK_LINES:
-            _csv_slow_block(out, start, block, layout, names, ti, ii, oi)
+        ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10) + 1
+        if len(ends) == 0 or ends[-1] != len(data):
+            ends = np.append(ends, len(data))
+        if len(ends) <= _SLOW_BLOCK_LINES:
+            _csv_slow_block(out, start, split_lines(data), layout, names, ti, ii, oi)
             return
         # Narrow down to the part that holds the bad row(s): the row-by-row
-        # path is ~10x slower per row, so it should see only a few hundred rows
+        # path is ~50x slower per row, so it should see only a few hundred rows
         # around each bad one, not a whole read chunk.
-        step = -(-len(block) // _SPLIT_WAYS)
-        for lo in range(0, len(block), step):
+        step = -(-len(ends) // _SPLIT_WAYS)
+        lo = 0
+        for first in range(0, len(ends), step):
             if out.full:
                 return
-            parse(start + lo, block[lo:lo + step])
+            last = min(first + step, len(ends)) - 1
+            parse(start + first, data[lo:ends[last]])
+            lo = ends[last]
 
     for start, block in blocks:
         if out.full:
             break
         parse(start, block)
-    unit = None if ti is None else (NS_PER_S if layout.time_kind == "iso" else 1.0)
     return out.finish(layout.fmt, unit, lines.next_line, with_hashes=False)
 
 
-def _csv_fast_block(out: Collector, start: int, block: list[str], layout: CsvLayout, ncols: int,
+def _csv_fast_block(out: Collector, start: int, data: bytes, layout: CsvLayout, ncols: int,
                     ti: int | None, ii: int, oi: int) -> bool:
-    """Parse a block column-wise; False (nothing kept) if any row needs a closer look."""
-    text = "\n".join(block)
-    if '"' in text or "" in block:
+    """Parse a block column-wise from its bytes; False (nothing kept) if any row needs a closer look."""
+    if not data or b'"' in data:
         return False
-    n = len(block)
-    # Every row must have exactly ncols fields. Counting the commas before each
-    # line end checks that without a Python list per row (splitting row by row
-    # costs ~1 us a row plus garbage-collector time at millions of rows).
-    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    commas = np.flatnonzero(raw == 44)
-    if len(commas) != n * (ncols - 1):
+    block = Block(data)
+    a = block.a
+    bounds = field_bounds(a, ncols)
+    if bounds is None:
         return False
-    if ncols > 1:
-        ends = np.append(np.flatnonzero(raw == 10), len(raw))
-        if not (np.diff(np.searchsorted(commas, ends), prepend=0) == ncols - 1).all():
-            return False
-    flat = text.replace("\n", ",").split(",")
-    inputs = _counts_column(flat[ii::ncols])
-    outputs = _counts_column(flat[oi::ncols])
+    fs, fe = bounds
+    n = len(fs)
+    inputs = count_column(block, fs[:, ii], fe[:, ii])
+    outputs = count_column(block, fs[:, oi], fe[:, oi])
     if inputs is None or outputs is None:
         return False
     times = None
     if ti is not None:
-        tcol = flat[ti::ncols]
-        times = iso_column(tcol) if layout.time_kind == "iso" else _seconds_column(tcol)
+        if layout.time_kind == "iso":
+            stamps = fixed_width(block, fs[:, ti], fe[:, ti])
+            times = None if stamps is None else iso_matrix(stamps)
+        else:
+            times = _seconds_column(block, fs[:, ti], fe[:, ti])
         if times is None:
             return False
     line_of = np.arange(start, start + n)
@@ -188,14 +190,14 @@ def _csv_fast_block(out: Collector, start: int, block: list[str], layout: CsvLay
             dropped = np.flatnonzero(~keep)
             inputs, outputs, line_of = inputs[keep], outputs[keep], line_of[keep]
             times = None if times is None else times[keep]
-    if (inputs <= 0).any() or (outputs <= 0).any():
+    if ((inputs <= 0) | (inputs > MAX_TOKENS)).any() or ((outputs <= 0) | (outputs > MAX_TOKENS)).any():
         return False
     if times is not None and not out.order_ok(times):
         return False
     if dropped is not None:
         # Only failed requests before the max_rows cut were actually read.
         room = len(inputs) if out.max_rows is None else out.max_rows - out.kept
-        last_line = line_of[room - 1] if room < len(inputs) else start + n - 1
+        last_line = line_of[room - 1] if 0 < room < len(inputs) else start + n - 1
         out.filtered += int(np.count_nonzero(dropped + start <= last_line))
     out.add_columns(times, inputs, outputs, line_of)
     return True
@@ -210,8 +212,11 @@ def _csv_slow_block(out: Collector, start: int, block: list[str], layout: CsvLay
         lineno = start + k
         if not line.strip():
             continue
-        fields = next(csv.reader([line])) if '"' in line else line.split(",")
         try:
+            try:
+                fields = next(csv.reader([line])) if '"' in line else line.split(",")
+            except csv.Error as e:
+                raise RowError("row", f"not a CSV row: {e}") from None
             if len(fields) < ncols:
                 raise RowError(names[len(fields)], f"missing (row has {len(fields)} fields, header has {ncols})")
             if len(fields) > ncols:

@@ -1,10 +1,10 @@
 """What every trace reader shares: opening files, blocks of lines, field parsers, kept rows.
 
 Files are opened by content (gzip magic, byte-order mark), read in blocks of
-about `CHUNK_CHARS` characters split into whole lines with their physical line
-numbers; `Collector` keeps the valid rows as columns, checks timestamp order
-across blocks, and raises or counts (with `skip_bad_rows`) each bad row as a
-`TraceFormatError` naming file, line and field.
+about `CHUNK_BYTES` bytes of whole lines with their physical line numbers;
+`Collector` keeps the valid rows as columns, checks timestamp order across
+blocks, applies a time window, and raises or counts (with `skip_bad_rows`)
+each bad row as a `TraceFormatError` naming file, line and field.
 """
 from __future__ import annotations
 
@@ -12,19 +12,36 @@ import gzip
 import math
 import os
 import zlib
+from dataclasses import dataclass
 from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from simulator.traces.trace import Trace, TraceFormatError
+from simulator.traces.trace import SkippedRow, Trace, TraceFileError, TraceFormatError
 
-# Characters per read. About 30k rows of the Azure CSV: big enough to amortise
+# Bytes per read. About 25k rows of the Azure CSV: big enough to amortise
 # the per-block numpy calls, small enough that a bad row sends only one modest
 # block down the row-by-row path.
-CHUNK_CHARS = 1 << 20
-# How many skipped-row messages a Trace keeps; the count is always exact.
-MAX_REASONS = 10
+CHUNK_BYTES = 1 << 20
+# How many skipped rows a Trace keeps with their reasons (about 200 bytes each,
+# so at most ~2 MB); the count, and the count per field, are always exact.
+MAX_SKIPPED_KEPT = 10_000
 INT64_MAX = (1 << 63) - 1
+# A request's prompt or output: no model has a context near 10M tokens, and the
+# bound keeps sums over millions of requests far from int64 overflow.
+MAX_TOKENS = 10_000_000
+# Float timestamps in seconds (vidur, burstgpt): 0 .. ~317 years. A larger
+# value is a unit mistake (Unix ms read as s) or garbage, not an arrival time.
+MAX_SECONDS = 1e10
+# Echoed field values are cut to this many characters so a 1 MB field makes a
+# one-line error, not a 1 MB one.
+MAX_SHOWN = 64
+
+
+def shown(text: object) -> str:
+    """repr(text), cut to about MAX_SHOWN characters."""
+    r = repr(text) if not isinstance(text, str) or len(text) <= 4 * MAX_SHOWN else repr(text[:4 * MAX_SHOWN])
+    return r if len(r) <= MAX_SHOWN else r[:MAX_SHOWN - 4] + "...'"
 
 
 class RowError(Exception):
@@ -40,13 +57,14 @@ def parse_count(text: str, field: str) -> int:
         raise RowError(field, "empty")
     digits = s[1:] if s[0] in "+-" else s
     if not (digits.isascii() and digits.isdigit()):
-        raise RowError(field, f"not an integer: {text!r}")
-    if s[0] == "-" and int(digits) != 0:
-        raise RowError(field, f"negative: {text!r}")
-    value = int(digits)
-    if value > INT64_MAX:
-        raise RowError(field, f"too large for int64: {text!r}")
-    return value
+        raise RowError(field, f"not an integer: {shown(text)}")
+    # Measure before int(): Python refuses to convert more than 4,300 digits.
+    significant = digits.lstrip("0")
+    if s[0] == "-" and significant:
+        raise RowError(field, f"negative: {shown(text)}")
+    if len(significant) > 8 or int(significant or "0") > MAX_TOKENS:
+        raise RowError(field, f"too large: {shown(text)} (a request has at most {MAX_TOKENS:,} tokens)")
+    return int(significant or "0")
 
 
 def parse_seconds(text: str, field: str) -> float:
@@ -59,66 +77,123 @@ def parse_seconds(text: str, field: str) -> float:
             raise ValueError
         value = float(s)
     except ValueError:
-        raise RowError(field, f"not a number: {text!r}") from None
+        raise RowError(field, f"not a number: {shown(text)}") from None
     if not math.isfinite(value):
-        raise RowError(field, f"not finite: {text!r}")
+        raise RowError(field, f"not finite: {shown(text)}")
+    if not 0.0 <= value <= MAX_SECONDS:
+        raise RowError(field, f"out of range: {shown(text)} (seconds in [0, {MAX_SECONDS:g}])")
     return value
 
 
-def open_text(path: str) -> IO[str]:
+def open_bytes(path: str) -> IO[bytes]:
+    """The file's bytes, decompressed when it starts with the gzip magic."""
     if not os.path.exists(path):
-        raise FileNotFoundError(2, "trace file not found", path)
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    # utf-8-sig drops a byte-order mark; undecodable bytes become U+FFFD so the
-    # row-by-row path reports them as a bad field with a line number.
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace")
-    return open(path, "rt", encoding="utf-8-sig", errors="replace")
+        raise FileNotFoundError(f"trace file not found: {path}")
+    if os.path.isdir(path):
+        raise TraceFileError(path, "is a directory; give a trace file (CSV or JSON lines, .gz ok)")
+    try:
+        with open(path, "rb") as probe:
+            magic = probe.read(2)
+        return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    except OSError as e:
+        raise TraceFileError(path, e.strerror or str(e)) from None
+
+
+def split_lines(block: bytes) -> list[str]:
+    """A block's lines as text; undecodable bytes become U+FFFD, which the
+    row-by-row path reports as a bad field with its line number."""
+    lines = block.decode("utf-8", errors="replace").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 class Lines:
-    """Yields (first line number, complete lines) blocks; universal newlines."""
+    """Reads a trace as blocks of whole lines, with the number of the first.
 
-    def __init__(self, path: str, f: IO[str]) -> None:
+    `byte_blocks` yields (first line number, bytes ending in a newline except
+    at the end of the file), about CHUNK_BYTES each, with every line end
+    written as one b"\\n" (\\r\\n and a lone \\r are line ends too, as in
+    Python's universal newlines) and a leading UTF-8 byte-order mark dropped.
+    `blocks` yields the same lines as text.
+    """
+
+    def __init__(self, path: str, f: IO[bytes]) -> None:
         self.path = path
         self.f = f
         self.next_line = 1
 
-    def blocks(self) -> Iterator[tuple[int, list[str]]]:
-        carry = ""
+    def _read(self) -> bytes:
+        try:
+            return self.f.read(CHUNK_BYTES)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise TraceFormatError(self.path, self.next_line, "gzip",
+                                   f"corrupt or truncated gzip stream: {e}") from None
+
+    def _emit(self, block: bytes) -> tuple[int, bytes]:
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        start = self.next_line
+        self.next_line += block.count(b"\n") + (not block.endswith(b"\n"))
+        return start, block
+
+    def byte_blocks(self) -> Iterator[tuple[int, bytes]]:
+        carry = b""
+        first = True
         while True:
-            try:
-                chunk = self.f.read(CHUNK_CHARS)
-            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-                raise TraceFormatError(self.path, self.next_line, "gzip",
-                                       f"corrupt or truncated gzip stream: {e}") from None
+            chunk = self._read()
+            if first:
+                chunk = chunk.removeprefix(b"\xef\xbb\xbf")
+                first = False
             if not chunk:
                 if carry:
-                    start = self.next_line
-                    self.next_line += 1
-                    yield start, [carry]
+                    yield self._emit(carry)
                 return
-            lines = (carry + chunk).split("\n")
-            carry = lines.pop()
-            if lines:
-                start = self.next_line
-                self.next_line += len(lines)
-                yield start, lines
+            data = carry + chunk
+            # Cut after the last \n; a \r just before the cut would be cut from its \n.
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                carry = data
+                continue
+            carry = data[cut:]
+            yield self._emit(data[:cut])
+
+    def blocks(self) -> Iterator[tuple[int, list[str]]]:
+        for start, block in self.byte_blocks():
+            yield start, split_lines(block)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Rows whose time lies in [start_s, start_s + duration_s), in seconds from the first valid row."""
+
+    start_s: float = 0.0
+    duration_s: float | None = None
+
+    def native(self, unit_per_s: float) -> tuple[float, float]:
+        end = math.inf if self.duration_s is None else (self.start_s + self.duration_s) * unit_per_s
+        return self.start_s * unit_per_s, end
 
 
 class Collector:
-    """Kept columns, bad-row bookkeeping and the order check across blocks.
+    """Kept columns, bad-row bookkeeping, the order check and the time window across blocks.
 
     Clean blocks arrive as whole columns (`add_columns`); the row-by-row path
     keeps rows one at a time (`keep_row`) into lists flushed once per block,
     because a numpy array per row would cost more than parsing the row.
+    Rows before the window are read (their order is checked) but not kept;
+    the first row past it ends the reading (`full`).
     """
 
     def __init__(self, path: str, skip_bad_rows: bool, max_rows: int | None, ties_allowed: bool,
                  time_field: str | None, time_dtype: type | None,
-                 show_time: Callable[[float | int], str] = repr) -> None:
+                 show_time: Callable[[float | int], str] = repr,
+                 window: tuple[float, float] | None = None) -> None:
         self.path = path
+        self.window = window
+        self.origin: float | int | None = None
+        self.before_window = 0
+        self.past_window = False
         self.show_time = show_time
         self.skip = skip_bad_rows
         self.max_rows = max_rows
@@ -132,7 +207,8 @@ class Collector:
         self.hash_values: list[np.ndarray] = []
         self.kept = 0
         self.bad = 0
-        self.reasons: list[str] = []
+        self.skipped: list[SkippedRow] = []
+        self.bad_by_field: dict[str, int] = {}
         self.filtered = 0
         self.last_time: float | int | None = None
         self.last_time_line = 0
@@ -143,15 +219,27 @@ class Collector:
 
     @property
     def full(self) -> bool:
-        return self.max_rows is not None and self.kept >= self.max_rows
+        return self.past_window or (self.max_rows is not None and self.kept >= self.max_rows)
+
+    def _in_window(self, t: float | int) -> bool:
+        if self.origin is None:
+            self.origin = t
+        rel = t - self.origin
+        if rel >= self.window[1]:
+            self.past_window = True
+            return False
+        if rel < self.window[0]:
+            self.before_window += 1
+            return False
+        return True
 
     def bad_row(self, line: int, field: str, reason: str) -> None:
-        err = TraceFormatError(self.path, line, field, reason)
         if not self.skip:
-            raise err
+            raise TraceFormatError(self.path, line, field, reason, skippable=True)
         self.bad += 1
-        if len(self.reasons) < MAX_REASONS:
-            self.reasons.append(str(err))
+        self.bad_by_field[field] = self.bad_by_field.get(field, 0) + 1
+        if len(self.skipped) < MAX_SKIPPED_KEPT:
+            self.skipped.append(SkippedRow(line, field, reason))
 
     def check_order(self, t: float | int) -> None:
         if self.last_time is None:
@@ -172,6 +260,9 @@ class Collector:
 
     def keep_row(self, line: int, t: float | int | None, n_in: int, n_out: int,
                  hash_ids: list[int] | None = None) -> None:
+        if self.window is not None and not self._in_window(t):
+            self.last_time, self.last_time_line = t, line
+            return
         if t is not None:
             self._rows_t.append(t)
             self.last_time = t
@@ -197,7 +288,16 @@ class Collector:
 
     def add_columns(self, times: np.ndarray | None, inputs: np.ndarray, outputs: np.ndarray,
                     lines: np.ndarray) -> None:
-        """Keep validated columns; `lines` holds each row's line number. Trims to max_rows."""
+        """Keep validated columns; `lines` holds each row's line number. Trims to the window and max_rows."""
+        if self.window is not None:
+            if self.origin is None:
+                self.origin = times[0].item()
+            self.last_time, self.last_time_line = times[-1].item(), int(lines[-1])
+            rel = times - self.origin
+            lo, hi = np.searchsorted(rel, self.window, side="left")
+            self.before_window += int(lo)
+            self.past_window = hi < len(times)
+            times, inputs, outputs, lines = times[lo:hi], inputs[lo:hi], outputs[lo:hi], lines[lo:hi]
         n = len(inputs) if self.max_rows is None else min(len(inputs), self.max_rows - self.kept)
         if n <= 0:
             return
@@ -213,25 +313,40 @@ class Collector:
         self.flush_rows()
         if self.kept == 0:
             if self.bad:
-                why = f"no valid data rows: all {self.bad} data rows are bad (first: {self.reasons[0]})"
+                first = self.skipped[0]
+                why = (f"no valid data rows: all {self.bad} data rows are bad (first: line {first.line}, "
+                       f"field '{first.field}': {first.reason})")
             elif self.filtered:
                 why = f"no data rows left after dropping {self.filtered} rows with 0 output tokens"
             else:
                 why = "no data rows"
+            if self.window is not None and self.origin is not None:
+                why = f"no data rows in the time window ({self.before_window:,} rows before it)"
             raise TraceFormatError(self.path, next_line, "row", why)
+        # Each column is joined and its blocks dropped before the next one: at
+        # tens of millions of rows, holding all blocks and all joins at once
+        # would double the peak memory.
         arrival_s = None
         if time_unit_per_s is not None:
             t = np.concatenate(self.times)
+            self.times.clear()
             # Subtract in the native unit first so integer ns stay exact, then
             # divide (correctly rounded) rather than multiply by an inexact 1e-9.
-            arrival_s = (t - t[0]).astype(np.float64)
+            t -= t[0]
+            arrival_s = t.astype(np.float64)
+            del t
             if time_unit_per_s != 1.0:
                 arrival_s /= time_unit_per_s
+        inputs = np.concatenate(self.inputs)
+        self.inputs.clear()
+        outputs = np.concatenate(self.outputs)
+        self.outputs.clear()
         hash_ids = None
         if with_hashes:
             offsets = np.zeros(self.kept + 1, dtype=np.int64)
             np.cumsum(np.concatenate(self.hash_lengths), out=offsets[1:])
             hash_ids = (offsets, np.concatenate(self.hash_values))
-        return Trace(path=self.path, format=fmt, arrival_s=arrival_s, input_tokens=np.concatenate(self.inputs),
-                     output_tokens=np.concatenate(self.outputs), hash_ids=hash_ids, bad_rows=self.bad,
-                     bad_row_reasons=tuple(self.reasons), filtered_rows=self.filtered)
+        return Trace(path=self.path, format=fmt, arrival_s=arrival_s, input_tokens=inputs,
+                     output_tokens=outputs, hash_ids=hash_ids, bad_rows=self.bad,
+                     skipped_rows=tuple(self.skipped), bad_rows_by_field=tuple(sorted(self.bad_by_field.items())),
+                     filtered_rows=self.filtered, rows_before_window=self.before_window)

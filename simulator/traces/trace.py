@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,19 +21,44 @@ def builtin_trace_path() -> Path:
 
 
 class TraceFormatError(ValueError):
-    """A trace file that cannot be read as its format says, located to the field."""
+    """A trace file that cannot be read as its format says, located to the field.
 
-    def __init__(self, path: str | os.PathLike, line: int, field: str, reason: str) -> None:
+    `skippable`: the error is one data row's, which `skip_bad_rows` would skip
+    (not the header's, the compression's or the file's as a whole).
+    """
+
+    def __init__(self, path: str | os.PathLike, line: int, field: str, reason: str, skippable: bool = False) -> None:
         self.path = os.fspath(path)
         self.line = line
         self.field = field
         self.reason = reason
+        self.skippable = skippable
         super().__init__(f"{self.path}:{line}: field '{field}': {reason}")
 
     # Exceptions cross process boundaries (Ray workers, multiprocessing) by
     # pickling their constructor arguments; the default would pass only the message.
     def __reduce__(self):
-        return (type(self), (self.path, self.line, self.field, self.reason))
+        return (type(self), (self.path, self.line, self.field, self.reason, self.skippable))
+
+
+class TraceFileError(ValueError):
+    """A trace path that names no readable file (a directory, no permission)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+class SkippedRow(NamedTuple):
+    """A data row `skip_bad_rows` dropped, and why."""
+
+    line: int
+    field: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -53,8 +79,13 @@ class Trace:
     output_tokens: np.ndarray
     hash_ids: tuple[np.ndarray, np.ndarray] | None = None
     bad_rows: int = 0
-    bad_row_reasons: tuple[str, ...] = ()
+    # The first rows.MAX_SKIPPED_KEPT skipped rows, and exact counts per field.
+    skipped_rows: tuple[SkippedRow, ...] = ()
+    bad_rows_by_field: tuple[tuple[str, int], ...] = ()
     filtered_rows: int = 0
+    # Valid rows read before a time window's start and not kept: the first kept
+    # row is data row rows_before_window (0-based) when no row was bad or filtered.
+    rows_before_window: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.input_tokens)
@@ -73,6 +104,11 @@ class Trace:
                 object.__setattr__(self, name, _read_only(a))
         if self.hash_ids is not None and any(a.flags.writeable for a in self.hash_ids):
             object.__setattr__(self, "hash_ids", tuple(_read_only(a) for a in self.hash_ids))
+
+    @property
+    def bad_row_reasons(self) -> tuple[str, ...]:
+        """The kept skipped rows as `file:line: field 'name': reason` lines."""
+        return tuple(str(TraceFormatError(self.path, *row)) for row in self.skipped_rows)
 
     @property
     def rows(self) -> int:

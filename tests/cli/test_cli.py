@@ -33,9 +33,26 @@ def run_cli(args, capsys):
 def test_default_simulate_prints_the_table(capsys):
     code, out, _ = run_cli(["simulate", "--no-progress", "--requests", "3000"], capsys)
     assert code == 0
-    for text in ("TTFT", "TPOT", "end-to-end", "SLO", "goodput", "cost $", "J per output token", "wafer",
-                 "lpu-decode", "phones"):
+    for text in ("cluster demo | policy cost-aware", "TTFT", "TPOT", "end-to-end", "SLO", "goodput", "cost $",
+                 "J per output token", "kWh", "laptops", "h100", "routing: ", "cost: ", "energy: "):
         assert text in out
+
+
+def test_default_demo_routes_across_device_classes_and_bills_no_idle_pool(tmp_path, capsys):
+    """The first run a user sees: the whole built-in trace on the default cluster and policy."""
+    path = tmp_path / "s.json"
+    code, out, _ = run_cli(["simulate", "--no-progress", "--json", str(path)], capsys)
+    assert code == 0
+    s = json.loads(path.read_text())
+    laptops, h100 = s["pools"]["laptops"], s["pools"]["h100"]
+    assert s["slo_attainment"] >= 0.995 and s["completed"] == s["requests"] == 19366
+    # Both device classes serve a real share; the SLO sends the long prompts to the GPU.
+    assert laptops["share"] > 0.3 and h100["share"] > 0.5
+    assert laptops["prefill_tokens"] / laptops["requests"] * 3 < h100["prefill_tokens"] / h100["requests"]
+    # Every billed pool works for its money: under 5% of the bill pays for idle time.
+    assert all(p["requests"] > 0 for p in s["pools"].values())
+    assert s["served_cost_usd"] > 0.95 * s["cost_usd"]
+    assert "every pool served requests" in out
 
 
 @needs_shared
@@ -109,16 +126,78 @@ def test_bad_trace_rows_name_file_line_and_field(tmp_path, capsys, content, need
     assert str(path) in err and needle in err
 
 
-def test_skip_bad_rows_counts_them(tmp_path, capsys):
+def test_bad_row_error_suggests_skip_bad_rows(tmp_path, capsys):
     path = tmp_path / "bad.csv"
-    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n1.0,-4,5\n2.0,20,5\n")
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n1.0,-4,5\n")
+    code, _, err = run_cli(["simulate", "--trace", str(path), "--no-progress"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"infersched: error: {path}:3: field 'num_prefill_tokens': negative: "
+                                        "'-4' (--skip-bad-rows skips such rows)"]
+
+
+def test_skip_bad_rows_prints_ten_and_lists_all_in_the_json(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    rows = ["0.0,10,5"] + [f"{i}.5,x{i},5" for i in range(1, 13)] + ["20.0,20,5", "21.0,7"]
+    path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" + "\n".join(rows) + "\n")
     out_json = tmp_path / "s.json"
     code, _, err = run_cli(["simulate", "--trace", str(path), "--skip-bad-rows", "--json", str(out_json),
                             "--no-progress"], capsys)
     assert code == 0
     s = json.loads(out_json.read_text())
-    assert s["trace"]["bad_rows"] == 1 and s["requests"] == 2
-    assert "skipped 1" in err
+    assert s["trace"]["bad_rows"] == 13 and s["requests"] == 2
+    assert s["trace"]["bad_rows_by_field"] == {"num_prefill_tokens": 12, "num_decode_tokens": 1}
+    assert s["trace"]["skipped_rows"][0] == {"line": 3, "field": "num_prefill_tokens",
+                                             "reason": "not an integer: 'x1'"}
+    assert [r["line"] for r in s["trace"]["skipped_rows"]] == list(range(3, 15)) + [16]
+    assert s["trace"]["skipped_rows_omitted"] == 0
+    printed = [line.strip() for line in err.splitlines() if line.startswith("  " + str(path))]
+    assert printed == [f"{path}:{n}: field 'num_prefill_tokens': not an integer: 'x{n - 2}'" for n in range(3, 13)]
+    assert "skipped 13 malformed trace rows (--skip-bad-rows); the first 10:" in err
+
+
+VIDUR_WITH_BAD_TAIL = "arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,10,5\n1.0,20,5\n2.0,30,5\n2.5,40,5\n3.0,x,5\n"
+
+
+@pytest.mark.parametrize("extra, code", [
+    ([], 0),                          # replayed at trace times: only the first 3 rows are read
+    (["--rate", "5"], 0),             # synthesized at a given rate: lengths of the first 3 rows
+    (["--arrival", "poisson"], 2),    # the trace's mean rate needs every row, so the bad one is read
+])
+def test_requests_reads_only_the_rows_it_needs(tmp_path, capsys, extra, code):
+    path = tmp_path / "t.csv"
+    path.write_text(VIDUR_WITH_BAD_TAIL)
+    out_json = tmp_path / "s.json"
+    got, _, err = run_cli(["simulate", "--trace", str(path), "--requests", "3", "--json", str(out_json),
+                           "--no-progress"] + extra, capsys)
+    assert got == code, err
+    if code == 0:
+        assert json.loads(out_json.read_text())["trace"]["rows"] == 3
+    else:
+        assert f"{path}:6: field 'num_prefill_tokens'" in err
+
+
+def test_time_window_flags_select_rows_and_are_reported(tmp_path, capsys):
+    path = tmp_path / "t.csv"
+    path.write_text(VIDUR_WITH_BAD_TAIL)
+    out_json = tmp_path / "s.json"
+    code, _, err = run_cli(["simulate", "--trace", str(path), "--start", "1", "--duration", "1.5", "--json",
+                            str(out_json), "--no-progress"], capsys)
+    assert code == 0, err
+    s = json.loads(out_json.read_text())
+    assert s["requests"] == 2
+    assert {k: s["trace"][k] for k in ("rows", "start_s", "duration_s", "rows_before_window")} == {
+        "rows": 2, "start_s": 1.0, "duration_s": 1.5, "rows_before_window": 1}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp, "{}: is a directory; give a trace file (CSV or JSON lines, .gz ok)"),
+    (lambda tmp: tmp / "nope.csv", "trace file not found: {}"),
+], ids=["directory", "missing"])
+def test_unreadable_trace_is_one_line(tmp_path, capsys, make, message):
+    path = make(tmp_path)
+    code, _, err = run_cli(["simulate", "--trace", str(path), "--no-progress"], capsys)
+    assert code == 2
+    assert err.strip().splitlines() == [f"infersched: error: {message.format(path)}"]
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -93,3 +93,70 @@ def test_never_picks_the_asking_process_tree(fakes):
 def test_refuses_a_directory_that_is_not_dedicated(bad):
     done = subprocess.run([sys.executable, str(SCRIPT), bad], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and not done.stdout
+
+
+@pytest.mark.parametrize("cmdline, stage", [
+    ("/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/r/session_1/sockets/raylet", 0),
+    ("/venv/lib/ray/core/src/ray/gcs/gcs_server --log_dir=/tmp/r/session_1/logs", 2),
+    ("/venv/bin/python3 -u /venv/lib/ray/autoscaler/_private/monitor.py --logs-dir=/tmp/r/session_1/logs", 1),
+    ("ray::DashboardAgent", 1),
+    ("ray::IDLE", 1),
+    ("", 1),
+])
+def test_stop_stage_of_each_ray_process(cmdline, stage):
+    assert ray_cluster_pids.stage_of(cmdline) == stage
+
+
+def _stand_in(root: str, exe: str, on_term: str) -> subprocess.Popen:
+    """A process whose command line names the session as Ray's do, with `on_term` as its SIGTERM handler."""
+    script = f"trap '{on_term}' TERM; while :; do sleep 0.05; done"
+    return subprocess.Popen([f"{root}/session_1/{exe}", "-c", script, f"--logs-dir={root}/session_1/logs"],
+                            executable="/bin/bash")
+
+
+# On SIGTERM a raylet unregisters its node with the GCS and the autoscaler monitor writes its exit
+# there; with the GCS gone they wait on it. The stand-ins exit only while the stand-in GCS lives.
+NEEDS_GCS = "kill -0 {gcs} 2>/dev/null && exit 0; sleep 30"
+
+
+@pytest.mark.parametrize("others, killed", [
+    ({"raylet": NEEDS_GCS, "python3": NEEDS_GCS}, set()),            # Ray's order: no SIGKILL
+    ({"raylet": NEEDS_GCS, "python3": ""}, {"python3"}),             # ignores SIGTERM: killed, named
+])
+def test_stop_ends_stages_in_order_and_kills_only_what_ignores_sigterm(others, killed):
+    root = tempfile.mkdtemp(prefix="isr-test-", dir="/tmp")
+    procs = {}
+    try:
+        procs["gcs_server"] = _stand_in(root, "gcs_server", "exit 0")
+        for exe, on_term in others.items():
+            procs[exe] = _stand_in(root, exe, on_term.format(gcs=procs["gcs_server"].pid))
+        time.sleep(0.3)  # the traps are set
+        seen, stages, sigkilled = ray_cluster_pids.stop(root, grace_s=1.5)
+        assert seen >= {p.pid for p in procs.values()}
+        raylets, rest, gcs = stages
+        assert raylets == [procs["raylet"].pid] and gcs == [procs["gcs_server"].pid]
+        assert procs["python3"].pid in rest  # with the stand-ins' `sleep` children
+        # Named: what ignored SIGTERM (and the `sleep` it had just started), nothing else.
+        assert {p.pid for p in procs.values()} & set(sigkilled) == {procs[exe].pid for exe in killed}
+        for p in procs.values():
+            p.wait(timeout=5)
+        assert not ray_cluster_pids.cluster_pids(root)
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+        Path(root).rmdir()
+
+
+@pytest.mark.parametrize("argv", [["--stop", "--grace"], ["--stop", "--grace", "-1"], ["--grace", "x"],
+                                  ["--gcs-port", "1.5"]])
+def test_bad_options_print_usage(argv):
+    done = subprocess.run([sys.executable, str(SCRIPT), "/tmp/isr-none", *argv], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and "usage:" in done.stderr and not done.stdout
+
+
+def test_stop_with_nothing_running_says_so():
+    done = subprocess.run([sys.executable, str(SCRIPT), "/tmp/isr-none", "--stop"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stdout.startswith("0 of 0 processes ended on SIGTERM")

@@ -4,8 +4,9 @@ One machine, two Ray nodes (two raylets on this host): the head declares
 `device_h100-sxm: 2`, the worker node `device_b200: 1`, which is what
 deploy/clusters/live-small.yaml asks for. serve joins that cluster; each pool's
 worker actors must land on the node of their device, a trace slice replayed
-over gRPC must complete in full and reach pools on both nodes, and SIGINT
-must stop serve and its actors. Everything is real: `ray start`, the CLI as a
+over gRPC must complete in full and reach pools on both nodes, SIGINT
+must stop serve and its actors, and `stop` must end every Ray process
+without SIGKILL. Everything is real: `ray start`, the CLI as a
 subprocess, gRPC on loopback.
 """
 from __future__ import annotations
@@ -236,6 +237,22 @@ def test_sigint_stops_serve_and_its_actors(multinode, serve):
     host, port = target.rsplit(":", 1)
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_stop_ends_every_ray_process_on_sigterm(multinode):
+    """Last: `stop` sends SIGTERM to the raylets, then the rest, then the GCS; none needs SIGKILL."""
+    _, temp_dir = multinode
+    before = subprocess.run([str(SCRIPT), "pids", "--temp-dir", temp_dir], capture_output=True, text=True,
+                            timeout=60, env=_env()).stdout.split()
+    assert before, "the cluster is running"
+    done = subprocess.run([str(SCRIPT), "stop", "--temp-dir", temp_dir], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert done.returncode == 0, done.stderr
+    m = re.search(r"(\d+) of (\d+) processes ended on SIGTERM .*\(sent to 2 raylets, then \d+ others, then 1 GCS\)",
+                  done.stderr)
+    assert m and m.group(1) == m.group(2) and int(m.group(2)) >= len(before), done.stderr
+    assert "SIGKILL" not in done.stderr, done.stderr
+    assert not [pid for pid in map(int, before) if _alive(pid)]
 
 
 def _alive(pid: int) -> bool:

@@ -56,7 +56,9 @@ MIXED = [pool("h100", "h100-sxm", "llama-3.1-8b", chips_per_instance=1),
                           "less than 3/5 of the H100 time, so it is cheaper and lower-energy per request"),
     (8000, 100, (), 1, 1, "long prompt: B200 again"),
     (3000, 200, ((1, 300, 0, 0),), 0, 0, "B200 has no free decode slot (load >= 1): the H100 meets the SLO"),
-    (100, 10, ((2, 4, 0, 0),), 1, 1, "laptop slots all taken: the cheapest of the rest"),
+    (100, 10, ((2, 4, 0, 0),), 0, 1, "laptop slots all taken: the cheapest of the rest is the H100, since a "
+                                     "10-token answer is mostly fixed per-layer time the B200 does not shorten, "
+                                     "billed at $2.99/h instead of $4.99/h; the B200 still spends fewer joules"),
     (100, 10, ((1, 300, 0, 0),), 2, 0, "B200 full: the laptop is still cheapest; the H100 (700 W at "
                                        "batch 32) beats the laptop on joules"),
 ])

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from simulator.traces import csv_formats, rows as trace_rows, wallclock
-from simulator.traces import Trace, TraceFormatError, builtin_trace_path, detect_format, read_trace
+from simulator.traces import (Trace, TraceFileError, TraceFormatError, builtin_trace_path, detect_format,
+                              read_trace)
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_TRACES = REPO.parent / "shared" / "traces"
@@ -204,6 +205,25 @@ BAD_INPUTS = [
     ("json-zero-output", moon(output_length=0) + "\n", 1, "output_length", "zero"),
     ("json-decreasing", moon(timestamp=3000) + "\n" + moon(timestamp=2999) + "\n", 2, "timestamp", "decreases"),
     ("json-missing-timestamp", moon(timestamp=None) + "\n", 1, "timestamp", "missing"),
+    # Bounds: no count past 10M tokens, no timestamp out of range, no overflow anywhere.
+    ("int64-max-tokens", azure([f"{T0},9223372036854775807,2"]), 2, "ContextTokens", "at most 10,000,000"),
+    ("ten-million-and-one", azure([f"{T0},1,10000001"]), 2, "GeneratedTokens", "too large"),
+    ("five-thousand-digits", azure([f"{T0},{'9' * 5000},2"]), 2, "ContextTokens", "too large"),
+    ("year-9999", azure(["9999-12-31 23:59:59.9999999,1,2"]), 2, "TIMESTAMP", "year out of range"),
+    ("year-1969", azure(["1969-12-31 23:59:59.9999999,1,2"]), 2, "TIMESTAMP", "year out of range"),
+    ("vidur-huge", f"{VIDUR_HEADER}\n1e300,1,2\n", 2, "arrived_at", "out of range"),
+    ("vidur-negative", f"{VIDUR_HEADER}\n-0.5,1,2\n", 2, "arrived_at", "out of range"),
+    ("vidur-1e309", f"{VIDUR_HEADER}\n1e309,1,2\n", 2, "arrived_at", "not finite"),
+    ("json-deep", '{"a":' * 100_000 + "1" + "}" * 100_000 + "\n", 1, "json", "nested too deeply"),
+    ("json-deep-list", moon() + "\n" + "[" * 100_000 + "]" * 100_000 + "\n", 2, "json", "nested too deeply"),
+    ("json-1e309-ms", moon(timestamp=0) + "\n" + moon().replace('"timestamp": 0', '"timestamp": 1e309') + "\n",
+     2, "timestamp", "not a number of ms"),
+    ("json-huge-int-ms", moon(timestamp=10 ** 400) + "\n", 1, "timestamp", "not a number of ms"),
+    ("json-nan-ms", moon().replace('"timestamp": 0', '"timestamp": NaN') + "\n", 1, "timestamp", "not a number"),
+    ("json-2-63-length", moon(input_length=2 ** 63) + "\n", 1, "input_length", "too large"),
+    ("json-2-64-hash", moon(hash_ids=[1, 2 ** 64]) + "\n", 1, "hash_ids", "int64"),
+    ("json-5000-digits", moon().replace('"input_length": 5', '"input_length": ' + "7" * 5000) + "\n",
+     1, "json", "bad JSON"),
 ]
 
 
@@ -219,10 +239,22 @@ def test_bad_input_names_line_and_field(tmp_path, text, line, field, fragment):
     assert fragment in err.reason
 
 
+def test_echoed_values_are_cut_short(tmp_path):
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(write(tmp_path, azure([f"{T0},{'x' * 1_000_000},2"])))
+    assert info.value.field == "ContextTokens" and len(str(info.value)) < 200 + len(str(tmp_path))
+
+
+def test_header_too_long_for_csv_is_an_unknown_format(tmp_path):
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(write(tmp_path, '"' + "a" * 200_000 + '",b\n1,2\n'))
+    assert (info.value.line, info.value.field) == (1, "header") and len(str(info.value)) < 2000
+
+
 def test_error_survives_pickling():
-    err = pickle.loads(pickle.dumps(TraceFormatError("t.csv", 7, "ContextTokens", "negative: '-1'")))
-    assert (err.path, err.line, err.field, str(err)) == ("t.csv", 7, "ContextTokens",
-                                                        "t.csv:7: field 'ContextTokens': negative: '-1'")
+    err = pickle.loads(pickle.dumps(TraceFormatError("t.csv", 7, "ContextTokens", "negative: '-1'", skippable=True)))
+    assert (err.path, err.line, err.field, err.skippable, str(err)) == (
+        "t.csv", 7, "ContextTokens", True, "t.csv:7: field 'ContextTokens': negative: '-1'")
 
 
 @pytest.mark.parametrize("fmt,text,field,fragment", [
@@ -254,8 +286,15 @@ def test_bad_arguments(tmp_path, kwargs):
 
 def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.csv"
-    with pytest.raises(FileNotFoundError, match="nope.csv"):
+    with pytest.raises(FileNotFoundError) as info:
         read_trace(missing)
+    assert str(info.value) == f"trace file not found: {missing}"
+
+
+def test_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(TraceFileError) as info:
+        read_trace(tmp_path)
+    assert str(info.value).startswith(f"{tmp_path}: is a directory")
 
 
 def test_truncated_gzip(tmp_path):
@@ -285,10 +324,14 @@ def test_skip_bad_rows_counts_and_keeps_order(tmp_path):
     assert (np.diff(trace.arrival_s) > 0).all()
 
 
-def test_skip_bad_rows_keeps_only_ten_reasons(tmp_path):
-    rows = [f"{T0},1,2"] + [f"{T1},x,2"] * 25
+def test_skip_bad_rows_keeps_a_bounded_list_and_exact_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(trace_rows, "MAX_SKIPPED_KEPT", 10)
+    rows = [f"{T0},1,2"] + [f"{T1},x,2"] * 20 + [f"{T1},3"] * 5
     trace = read_trace(write(tmp_path, azure(rows)), skip_bad_rows=True)
-    assert (trace.rows, trace.bad_rows, len(trace.bad_row_reasons)) == (1, 25, 10)
+    assert (trace.rows, trace.bad_rows, len(trace.skipped_rows)) == (1, 25, 10)
+    assert trace.skipped_rows[0] == (3, "ContextTokens", "not an integer: 'x'")
+    assert [row.line for row in trace.skipped_rows] == list(range(3, 13))
+    assert trace.bad_rows_by_field == (("ContextTokens", 20), ("GeneratedTokens", 5))
 
 
 def test_all_rows_bad_is_still_an_error(tmp_path):
@@ -310,7 +353,7 @@ def synthetic_azure_rows(n: int, seed: int = 3) -> tuple[list[str], np.ndarray]:
 @pytest.mark.parametrize("chunk_chars", [700, 100_000], ids=["tiny-reads", "default-ish"])
 def test_bad_row_deep_in_a_large_file(tmp_path, monkeypatch, chunk_chars):
     """Line numbers stay right across read chunks and block subdivision."""
-    monkeypatch.setattr(trace_rows, "CHUNK_CHARS", chunk_chars)
+    monkeypatch.setattr(trace_rows, "CHUNK_BYTES", chunk_chars)
     rows, seconds = synthetic_azure_rows(3000)
     bad = rows.copy()
     bad[2500] = bad[2500].rsplit(",", 1)[0] + ",-7"
@@ -326,6 +369,48 @@ def test_bad_row_deep_in_a_large_file(tmp_path, monkeypatch, chunk_chars):
     assert [r.split(":")[1] for r in trace.bad_row_reasons] == ["2502", "2902"]
     np.testing.assert_allclose(trace.arrival_s, seconds[keep], rtol=0, atol=1e-9)
     assert trace.input_tokens.tolist() == [i % 977 + 1 for i in range(3000) if keep[i]]
+
+
+def column(texts: list[str]):
+    from simulator.traces.csv_columns import Block, field_bounds
+
+    block = Block(",".join(texts).encode() + b"\n")
+    fs, fe = field_bounds(block.a, len(texts))
+    return block, fs[0], fe[0]
+
+
+@pytest.mark.parametrize("texts", [
+    ["1", "9", "10", "12345678", "99999999", "10000000", "00000001", "7"],
+    ["0", "5", "42", "123", "4096", "65536", "1000000", "31415926"],
+])
+def test_swar_counts_match_int(texts):
+    from simulator.traces.csv_columns import count_column
+
+    assert count_column(*column(texts)).tolist() == [int(t) for t in texts]
+
+
+@pytest.mark.parametrize("texts", [["123456789"], ["-1"], ["+1"], [" 1"], ["1a"], ["1.0"], ["\u0661"], ["x"]])
+def test_swar_counts_refuse_what_is_not_a_short_count(texts):
+    from simulator.traces.csv_columns import count_column
+
+    assert count_column(*column(texts + ["1"])) is None
+
+
+@pytest.mark.parametrize("texts", [
+    ["0.0", "4.314579", "19.5", "0.1", "0.3", "123456789.12345", "999999999999999", "3.00000000000001"],
+    ["1", "10.25", "86399.999999", "604800.0", "0.00000000000001", "2.675", "1.005", "7"],
+])
+def test_decimals_match_float(texts):
+    from simulator.traces.csv_columns import decimal_column
+
+    assert decimal_column(*column(texts)).tolist() == [float(t) for t in texts]
+
+
+@pytest.mark.parametrize("text", ["1e5", ".5", "5.", "1.2.3", "-1.0", "1234567890123456", "nan", "1_0"])
+def test_decimals_leave_other_forms_to_float(text):
+    from simulator.traces.csv_columns import decimal_column
+
+    assert decimal_column(*column([text, "1.0"])) is None
 
 
 def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
@@ -344,11 +429,12 @@ def test_column_wise_and_row_by_row_parsers_agree(tmp_path, monkeypatch):
     ["2024-05-10 00:00:00.009930+00:00", "2024-05-10 00:00:00.009930-07:30", "2024-05-17 23:59:59.999999+14:00"],
     ["2024-05-10T00:00:00Z", "2000-02-29T12:34:56Z"],
     ["2024-05-10 00:00:00.1", "1970-01-01 00:00:00.9"],
-    ["2024-05-10 00:00:00.123456789", "2262-04-11 00:00:00.000000000"],
+    ["2024-05-10 00:00:00.123456789", "2261-12-31 23:59:59.999999999"],
 ])
 def test_vectorised_timestamps_match_row_parser(stamps):
     expected = [wallclock.parse_iso_ns(s) for s in stamps]
-    assert wallclock.iso_column(stamps).tolist() == expected
+    matrix = np.frombuffer("".join(stamps).encode(), dtype=np.uint8).reshape(len(stamps), -1)
+    assert wallclock.iso_matrix(matrix).tolist() == expected
     # numpy is an independent reference for the zone-free forms
     if not any(c in s[19:] for s in stamps for c in "+-Z"):
         ref = np.array([s.replace(" ", "T") for s in stamps], dtype="datetime64[ns]").astype(np.int64)
@@ -409,6 +495,58 @@ def test_builtin_equals_shared_conv():
     builtin = read_trace(builtin_trace_path())
     assert np.array_equal(shared.arrival_s, builtin.arrival_s)
     assert np.array_equal(shared.input_tokens, builtin.input_tokens)
+
+
+WINDOW_ROWS = [f"2024-05-10 00:00:{s:02d}.500000+00:00,{s + 1},1" for s in range(0, 60, 5)]  # 0, 5, ... 55 s
+
+
+@pytest.mark.parametrize("row_by_row", [False, True], ids=["column-wise", "row-by-row"])
+@pytest.mark.parametrize("start_s,duration_s,inputs", [
+    (0.0, 10.0, [1, 6]),
+    (10.0, 10.0, [11, 16]),
+    (12.5, None, [16, 21, 26, 31, 36, 41, 46, 51, 56]),
+    (50.0, 1000.0, [51, 56]),
+])
+def test_time_window_keeps_rows_in_it(tmp_path, monkeypatch, row_by_row, start_s, duration_s, inputs):
+    if row_by_row:
+        monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
+    trace = read_trace(write(tmp_path, azure(WINDOW_ROWS)), start_s=start_s, duration_s=duration_s)
+    assert trace.input_tokens.tolist() == inputs
+    np.testing.assert_allclose(trace.arrival_s, [5.0 * k for k in range(len(inputs))])
+    assert trace.rows_before_window == (inputs[0] - 1) // 5
+
+
+@pytest.mark.parametrize("row_by_row", [False, True], ids=["column-wise", "row-by-row"])
+def test_time_window_stops_reading_at_its_end(tmp_path, monkeypatch, row_by_row):
+    if row_by_row:
+        monkeypatch.setattr(csv_formats, "_csv_fast_block", lambda *args: False)
+    path = write(tmp_path, azure(WINDOW_ROWS + ["garbage"]))
+    assert read_trace(path, start_s=5.0, duration_s=20.0).input_tokens.tolist() == [6, 11, 16, 21]
+    with pytest.raises(TraceFormatError) as info:
+        read_trace(path, start_s=5.0)
+    assert info.value.line == 14
+
+
+def test_time_window_on_mooncake(tmp_path):
+    lines = [moon(timestamp=ms, input_length=ms // 1000 + 1) for ms in (0, 1000, 1000, 2500, 4000)]
+    trace = read_trace(write(tmp_path, "\n".join(lines) + "\n", name="t.jsonl"), start_s=1.0, duration_s=2.0)
+    assert trace.input_tokens.tolist() == [2, 2, 3] and trace.arrival_s.tolist() == [0.0, 0.0, 1.5]
+
+
+def test_empty_time_window_is_a_clear_error(tmp_path):
+    with pytest.raises(TraceFormatError, match="no data rows in the time window"):
+        read_trace(write(tmp_path, azure(WINDOW_ROWS)), start_s=1000.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"start_s": -1.0}, {"duration_s": 0.0}, {"start_s": float("nan")}])
+def test_bad_time_window_arguments(tmp_path, kwargs):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        read_trace(write(tmp_path, azure(WINDOW_ROWS)), **kwargs)
+
+
+def test_time_window_needs_timestamps(tmp_path):
+    with pytest.raises(ValueError, match="needs timestamps"):
+        read_trace(write(tmp_path, "input_tokens,output_tokens\n1,2\n"), duration_s=5.0)
 
 
 def test_trace_rejects_inconsistent_columns():

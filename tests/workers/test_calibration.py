@@ -73,10 +73,11 @@ def test_model_check_on_h100_is_within_targets():
     result = run_model_check("h100-sxm", "llama-3.1-8b", H100_CSV)
     s = result["summary"]
     assert (result["device"], result["model"], s["points"]) == ("h100-sxm", "llama-3.1-8b", 24)
-    # Targets: median |error| <= 10% latency, <= 20% energy. The fit does far better.
-    assert s["latency_median_abs_error"] <= 0.10 and s["energy_median_abs_error"] <= 0.20
-    assert s["latency_median_abs_error"] < 0.03 and s["latency_max_abs_error"] < 0.05
-    assert s["energy_median_abs_error"] < 0.07 and s["energy_max_abs_error"] < 0.12
+    # Targets: median |error| <= 5% latency, <= 10% energy.
+    assert s["latency_median_abs_error"] <= 0.05 and s["energy_median_abs_error"] <= 0.10
+    # With streaming pinned at the copy ceiling the worst point is short prefill (512 tokens, +10.8%),
+    # where eager kernel launches and streaming overlap in ways one per-layer constant cannot follow.
+    assert s["latency_max_abs_error"] < 0.12 and s["energy_max_abs_error"] < 0.12
 
 
 @needs_csv
@@ -94,7 +95,8 @@ def test_model_check_points_carry_measured_and_predicted_columns():
 def test_format_model_check_has_table_and_summary():
     text = format_model_check(run_model_check("h100-sxm", "llama-3.1-8b", H100_CSV))
     assert "pred ms" in text and "latency |error| median" in text
-    assert len(text.splitlines()) == 24 + 5
+    assert len(text.splitlines()) == 24 + 5 + 1 + len(FIT_FIELDS)
+    assert "decode_overhead_per_layer_s" in text
 
 
 @needs_csv
@@ -102,11 +104,10 @@ def test_fit_reproduces_the_catalogue_literals():
     fitted = fit_h100(H100_CSV)
     h100 = get_device("h100-sxm")
     for name in FIT_FIELDS:
-        if name == "decode_overhead_per_layer_s":
-            # The fit drives it to zero; the catalogue writes 0.0.
-            assert fitted[name] < 1e-7 and getattr(h100, name) == 0.0
-        else:
-            assert fitted[name] == pytest.approx(getattr(h100, name), rel=0.01), name
+        assert fitted[name] == pytest.approx(getattr(h100, name), rel=0.01), name
+    # One shape measured: streaming pinned at the copy ceiling, fixed time per layer fitted above it.
+    assert fitted["weight_bw_efficiency"] == pytest.approx(2.97 / 3.35)
+    assert 40e-6 < fitted["decode_overhead_per_layer_s"] < 70e-6
 
 
 @needs_csv

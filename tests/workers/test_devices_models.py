@@ -113,19 +113,36 @@ def test_load_spec_file(tmp_path, suffix):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ({"drop": "kv_heads"}, "missing required key 'kv_heads'"),
-    ({"set": ("kv_head", 2)}, "unknown key 'kv_head'"),
-    ({"set": ("layers", "two")}, "key 'layers' must be an integer"),
-    ({"set": ("layers", True)}, "key 'layers' must be an integer"),
-    ({"set": ("dtype_bytes", "bf16")}, "key 'dtype_bytes' must be a number"),
-    ({"set": ("tied_embeddings", "yes")}, "key 'tied_embeddings' must be true or false"),
-    ({"set": ("heads", 3)}, "multiple of kv_heads"),
-    ({"set": ("capability", 1.5)}, "capability must be a number in [0, 1]"),
+    ({"drop": "kv_heads"}, ": kv_heads: missing required key"),
+    ({"set": ("kv_head", 2)}, ": kv_head: unknown key"),
+    ({"set": ("layers", "two")}, ": layers: must be an integer"),
+    ({"set": ("layers", True)}, ": layers: must be an integer"),
+    ({"set": ("dtype_bytes", "bf16")}, ": dtype_bytes: must be a number"),
+    ({"set": ("tied_embeddings", "yes")}, ": tied_embeddings: must be true or false"),
+    ({"set": ("heads", 3)}, ": kv_heads: heads (3) must be a multiple of kv_heads"),
+    ({"set": ("capability", 1.5)}, ": capability: must be a number in [0, 1]"),
+    # MoE, MLA and sliding-window keys
+    ({"set": ("experts_per_token", 2)}, ": experts_per_token: needs experts"),
+    ({"set": ("experts", 8)}, ": experts_per_token: required with experts"),
+    ({"moe": {"experts_per_token": 9}}, ": experts_per_token: must be at most experts (8), got 9"),
+    ({"moe": {"experts": 0}}, ": experts: must be an integer >= 1, got 0"),
+    ({"moe": {"dense_layers": 2}}, ": dense_layers: must be below layers (2), got 2"),
+    ({"moe": {"moe_layer_step": 3}}, ": moe_layer_step: leaves no MoE layer among 2 layers"),
+    ({"moe": {"shared_experts": -1}}, ": shared_experts: must be an integer >= 0"),
+    ({"moe": {"routing_skew": -0.5}}, ": routing_skew: must be a number >= 0"),
+    ({"moe": {"expert_dtype_bytes": 0}}, ": expert_dtype_bytes: must be a positive number of bytes"),
+    ({"set": ("kv_lora_rank", 512)}, ": qk_rope_dim: MLA needs both kv_lora_rank and qk_rope_dim"),
+    ({"set": ("q_lora_rank", 64)}, ": q_lora_rank: only applies to MLA attention"),
+    ({"set": ("sliding_window_pattern", 2)}, ": sliding_window_pattern: needs sliding_window"),
+    ({"set": ("sliding_window", 0)}, ": sliding_window: must be an integer >= 1, got 0"),
+    ({"set": ("embedding_dtype_bytes", "bf16")}, ": embedding_dtype_bytes: must be a number"),
 ])
 def test_spec_file_errors_name_file_and_key(tmp_path, edit, message):
     spec = dict(GOOD_SPEC)
     if "drop" in edit:
         del spec[edit["drop"]]
+    elif "moe" in edit:
+        spec.update({"experts": 8, "experts_per_token": 2}, **edit["moe"])
     else:
         key, value = edit["set"]
         spec[key] = value
