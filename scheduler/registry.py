@@ -9,7 +9,7 @@ plugins declaring one parameter differently fails here, at import.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from scheduler.config import ClusterConfig, PolicyConfig, SloConfig
 from scheduler.framework import ParamLayer, Registry, param_catalogue, resolve_params
@@ -73,18 +73,32 @@ def accepted_params(config: PolicyConfig | str) -> frozenset[str]:
     return frozenset(param_catalogue(plugin_classes(resolve_spec(config))))
 
 
+def split_params(policies: Sequence[str], params: Mapping[str, Any], where: Fields, key: str) -> dict[str, dict]:
+    """Parameters given once for several policies (compare --param, a sweep grid's params): each
+    policy's share is the keys its plugins take; a key none of them takes fails, naming them all."""
+    taken = {name: accepted_params(name) for name in policies}
+    allowed = frozenset().union(*taken.values())
+    for k in params:
+        if k not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none (their plugins take no parameters)"
+            raise where.fail(key, f"unknown parameter {k!r} for {', '.join(policies)}; allowed: {listed}")
+    return {name: {k: v for k, v in params.items() if k in taken[name]} for name in policies}
+
+
 def build_policy(config: PolicyConfig | str, cluster_config: ClusterConfig | None = None,
-                 overrides: Mapping[str, Any] | None = None, overrides_source: str = "overrides") -> Policy:
+                 overrides: Mapping[str, Any] | None = None, overrides_source: str = "overrides",
+                 overrides_key: str = "policy.params") -> Policy:
     """The policy a config names. Parameters: the preset's, then the cluster file's
-    `policy.params`, then `overrides` (named `overrides_source` in errors, e.g. '--param'),
-    each key checked against the parameters the policy's plugins declare."""
+    `policy.params`, then `overrides` (found at `overrides_key` in `overrides_source`, e.g.
+    '--param' or a sweep grid file, for errors), each key checked against the parameters
+    the policy's plugins declare."""
     spec = resolve_spec(config)
     classes = plugin_classes(spec)
     layers = [ParamLayer(Fields(f"policy preset {spec.name!r}"), "params", dict(spec.params))]
     if isinstance(config, PolicyConfig) and config.params:
         layers.append(ParamLayer(Fields(config.source), "policy.params", dict(config.params)))
     if overrides:
-        layers.append(ParamLayer(Fields(overrides_source), "policy.params", overrides))
+        layers.append(ParamLayer(Fields(overrides_source), overrides_key, overrides))
     params = resolve_params(spec.name, classes, layers)
     slo = cluster_config.slo if cluster_config is not None else SloConfig()
 
