@@ -49,7 +49,8 @@ def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | 
     """One job per POLICY[@CLUSTER] entry, all on `workload`; every name is checked before any run."""
     from scheduler.cluster import Cluster
     from scheduler.config import ConfigError
-    from scheduler.registry import build_policy
+    from scheduler.registry import build_policy, split_params
+    from scheduler.validation import Fields
 
     if not entries:
         raise ConfigError("--policies: give at least one policy")
@@ -57,15 +58,18 @@ def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--policies: duplicate entry in {','.join(labels)}")
     base = _with_slo(_load_cluster(cluster_name), ttft_s, tpot_s)
+    names = [label.partition("@")[0] for label in labels]
+    if not all(names):
+        raise ConfigError(f"--policies: empty policy name in {','.join(labels)!r}")
+    # --param applies to every policy whose plugins take it, and must be taken by one.
+    shares = split_params(names, params or {}, Fields("--param"), "policy.params")
     jobs = []
-    for label in labels:
-        name, _, cluster = label.partition("@")
-        if not name:
-            raise ConfigError(f"--policies: empty policy name in {label!r}")
+    for label, name in zip(labels, names):
+        cluster = label.partition("@")[2]
         config = _with_slo(_load_cluster(cluster), ttft_s, tpot_s) if cluster else base
         Cluster(config)  # bad devices, models or parameters fail here, before any run
-        build_policy(name, config, overrides=params)
-        jobs.append(SimJob(label, workload, config, name, dict(params or {}), seed))
+        build_policy(name, config, overrides=shares[name], overrides_source="--param")
+        jobs.append(SimJob(label, workload, config, name, shares[name], seed))
     return jobs
 
 

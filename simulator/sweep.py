@@ -44,6 +44,9 @@ class Variant:
     config: ClusterConfig
     instances: dict
     set: dict
+    # `set: {policy.params.KEY: V}`: parameters for the grid's policies in this variant
+    # (each policy takes the keys its plugins declare), over the grid's own `params`.
+    policy_params: dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,8 @@ class Grid:
     cluster: str
     workload: WorkloadSpec  # rate and seed filled per cell
     policies: tuple[str, ...]
-    params: dict
+    params: dict  # as the grid gives them, for every policy
+    params_by_policy: dict  # policy -> the share of params its plugins take
     rates_rps: tuple[float, ...]
     seeds: tuple[int, ...]
     variants: tuple[Variant, ...]
@@ -63,8 +67,16 @@ class Grid:
         from dataclasses import replace
 
         return [SimJob(cell_label(p, v.name, r, s), replace(self.workload, rate_rps=r, seed=s), v.config, p,
-                       dict(self.params), s)
+                       self.cell_params(p, v), s)
                 for s in self.seeds for r in self.rates_rps for v in self.variants for p in self.policies]
+
+    def cell_params(self, policy: str, variant: Variant) -> dict:
+        """The grid's params for `policy`, then the variant's `policy.params` keys its plugins take."""
+        from scheduler.registry import accepted_params
+
+        taken = accepted_params(policy)
+        return {**self.params_by_policy[policy],
+                **{k: v for k, v in variant.policy_params.items() if k in taken}}
 
 
 def cell_label(policy: str, variant: str, rate_rps: float, seed: int) -> str:
@@ -163,13 +175,21 @@ def _variant(source: str, i: int, raw: Any, base: dict, cluster_path: str) -> Va
             raise _fail(source, key, f"expected a positive number of instances, got {count!r}")
         _pool(source, key, doc, pool)["instances"] = count
     sets = _mapping(source, f"{where}.set", raw.get("set"))
+    policy_params = {}
     for dotted, value in sets.items():
-        _apply_set(source, f"{where}.set", doc, dotted, value)
+        head, _, param = str(dotted).partition("policy.params.")
+        if not head and param:
+            policy_params[param] = value
+        elif str(dotted).split(".")[0] == "policy":
+            raise _fail(source, f"{where}.set.{dotted}", "the grid's `policies` name the policies; a variant may "
+                                                          "set only their parameters, as policy.params.KEY")
+        else:
+            _apply_set(source, f"{where}.set", doc, dotted, value)
     try:
         config = parse_cluster(doc, source=cluster_path)
     except ConfigError as exc:
         raise _fail(source, where, str(exc)) from None
-    return Variant(name.strip(), config, dict(instances), dict(sets))
+    return Variant(name.strip(), config, dict(instances), dict(sets), policy_params)
 
 
 def _workload(source: str, raw: Any, base_dir: Path) -> WorkloadSpec:
@@ -213,7 +233,8 @@ def _workload(source: str, raw: Any, base_dir: Path) -> WorkloadSpec:
 def parse_grid(data: Any, source: str = "<grid>", base_dir: Path | None = None) -> Grid:
     """Validate a parsed grid document; policy names and parameters are checked against every variant."""
     from scheduler.cluster import Cluster
-    from scheduler.registry import build_policy
+    from scheduler.registry import POLICIES, accepted_params, build_policy, split_params
+    from scheduler.validation import Fields
 
     base_dir = base_dir or Path.cwd()
     data = _check_keys(source, "", data, _TOP_KEYS)
@@ -246,9 +267,21 @@ def parse_grid(data: Any, source: str = "<grid>", base_dir: Path | None = None) 
             reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise _fail(source, f"variants[{i}]", str(reason)) from None
     for i, policy in enumerate(policies):
+        if policy not in POLICIES:
+            raise _fail(source, f"policies[{i}]", f"unknown policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
+    # A grid's params go to every policy whose plugins take them; each must be taken by one,
+    # and its value is checked (naming this file's 'params.KEY') before any variant is tried.
+    shares = split_params(policies, params, Fields(source), "params")
+    for policy in policies:
+        build_policy(policy, variants[0].config, overrides=shares[policy], overrides_source=source,
+                     overrides_key="params")
+    for i, v in enumerate(variants):
+        split_params(policies, v.policy_params, Fields(source), f"variants[{i}].set.policy.params")
+    for i, policy in enumerate(policies):
         for v in variants:
             try:
-                build_policy(policy, v.config, overrides=params)
+                build_policy(policy, v.config, overrides={**shares[policy], **{
+                    k: val for k, val in v.policy_params.items() if k in accepted_params(policy)}})
             except (ConfigError, KeyError, ValueError, TypeError) as exc:
                 reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
                 raise _fail(source, f"policies[{i}]", f"{reason} (variant {v.name!r})") from None
@@ -256,7 +289,7 @@ def parse_grid(data: Any, source: str = "<grid>", base_dir: Path | None = None) 
     if not isinstance(name, str):
         raise _fail(source, "name", f"expected a string, got {name!r}")
     return Grid(name, source, data["cluster"], _workload(source, data.get("workload"), base_dir), tuple(policies),
-                dict(params), tuple(float(r) for r in rates), tuple(seeds), variants)
+                dict(params), shares, tuple(float(r) for r in rates), tuple(seeds), variants)
 
 
 def load_grid(path: str | Path) -> Grid:

@@ -33,6 +33,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from workers.itl import ItlHistogram
+from workers.roles import Role
 
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
@@ -50,10 +51,8 @@ FIRST_TOKEN = 0  # prefill done, first token out; energy/cost: the prefill share
 FINISHED = 1  # last token out; energy/cost: the decode share
 JOINED = 2  # a handed-over request joined the decode batch (its prefill-side KV can be freed)
 
-# Roles, matching scheduler.types.Role (workers does not import the scheduler).
-ROLE_PREFILL = 0
-ROLE_DECODE = 1
-ROLE_BOTH = 2
+# The engine's roles are the Role enum's members (names kept for the engine's callers).
+ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH = Role.PREFILL, Role.DECODE, Role.BOTH
 
 # vLLM v1's max_num_batched_tokens for its OpenAI server on GPUs with >= 70 GiB (H100, H200,
 # MI300x): vllm/engine/arg_utils.py, EngineArgs._set_default_args_v1 (2048 on smaller GPUs).

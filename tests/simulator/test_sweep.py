@@ -51,6 +51,10 @@ def test_variants_change_the_base_cluster_before_it_is_parsed():
     ({"seeds": [0, 0]}, "seeds", "duplicate"),
     ({"seeds": [-1]}, "seeds[0]", "non-negative"),
     ({"policies": ["least-loaded", "fastest"]}, "policies[1]", "unknown policy 'fastest'"),
+    ({"params": {"detect_acuracy": 0.8}}, "params", "unknown parameter 'detect_acuracy' for least-loaded, "
+                                                     "round-robin; allowed: none (their plugins take no parameters)"),
+    ({"policies": ["least-loaded", "cascade"], "params": {"detect_accuracy": 2}}, "params.detect_accuracy",
+     "must be <= 1, got 2"),
     ({"cluster": "nowhere"}, "cluster", "no built-in cluster named 'nowhere'"),
     ({"workload": {"requests": 0}}, "workload.requests", "positive integer"),
     ({"workload": {"arrival": "trace"}}, "workload.arrival", "the grid sets the rate"),
@@ -63,6 +67,10 @@ def test_variants_change_the_base_cluster_before_it_is_parsed():
     ({"variants": [{"name": "a", "set": {"pools.h100.device": "tpu"}}]}, "variants[0]", "unknown device 'tpu'"),
     ({"variants": [{"name": "a", "set": {"slo.ttft": 1}}]}, "variants[0]", "unknown key"),
     ({"variants": [{"name": "a"}, {"name": "a"}]}, "variants[1].name", "duplicate variant name"),
+    ({"variants": [{"name": "a", "set": {"policy.name": "slo-aware"}}]}, "variants[0].set.policy.name",
+     "a variant may set only their parameters"),
+    ({"variants": [{"name": "a", "set": {"policy.params.detect_acuracy": 0.5}}]},
+     "variants[0].set.policy.params", "unknown parameter 'detect_acuracy'"),
     ({"variants": [{"instances": {"h100": 2}}]}, "variants[0].name", "non-empty name"),
 ])
 def test_grid_mistakes_name_file_key_and_reason(change, key, reason, tmp_path):
@@ -70,6 +78,21 @@ def test_grid_mistakes_name_file_key_and_reason(change, key, reason, tmp_path):
         parse_grid(small_grid(**change), "grid.yaml", tmp_path)
     assert str(err.value).startswith(f"grid.yaml: key '{key}': ")
     assert reason in str(err.value)
+
+
+def test_grid_params_go_to_the_policies_whose_plugins_take_them():
+    grid = parse_grid(small_grid(policies=["least-loaded", "cascade"], params={"detect_accuracy": 0.8}), "g.yaml")
+    assert {j.policy: j.params for j in grid.jobs()} == {"least-loaded": {}, "cascade": {"detect_accuracy": 0.8}}
+
+
+def test_a_variants_policy_params_reach_its_cells_over_the_grids():
+    grid = parse_grid(small_grid(policies=["least-loaded", "cascade"], params={"detect_accuracy": 0.8},
+                                 variants=[{"name": "base"},
+                                           {"name": "blind", "set": {"policy.params.detect_accuracy": 0.5}}]),
+                      "g.yaml")
+    params = {(j.policy, j.label.split()[1]): j.params for j in grid.jobs()}
+    assert params == {("least-loaded", "base"): {}, ("least-loaded", "blind"): {},
+                      ("cascade", "base"): {"detect_accuracy": 0.8}, ("cascade", "blind"): {"detect_accuracy": 0.5}}
 
 
 def jobs_with_one_broken(tmp_path) -> list[SimJob]:
