@@ -57,7 +57,8 @@ def run_one(budget: int, requests: int, rate: float, seed: int) -> dict:
         "events_per_request": round(result.events / requests, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "completed": s["completed"], "slo_attainment": s["slo_attainment"],
-        **{f"{key[:-2]}_{p}_s": s[key][p] for key in ("itl_s", "ttft_s", "tpot_s") for p in ("p50", "p90", "p99", "mean")},
+        **{f"{key[:-2]}_{p}_s": s[key][p]
+           for key in ("itl_s", "ttft_s", "tpot_s") for p in ("p50", "p90", "p99", "mean")},
     }
 
 

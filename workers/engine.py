@@ -152,7 +152,8 @@ class BatchEngine:
             self.prompt_blocks[rid] = block_hashes
             self.unforeseen += 1  # a copy's cache may have evicted what this one holds, or the reverse
 
-    def submit_decode(self, rid: int, input_tokens: int, output_tokens: int, first_token_s: float | None = None) -> None:
+    def submit_decode(self, rid: int, input_tokens: int, output_tokens: int,
+                      first_token_s: float | None = None) -> None:
         """A request whose KV was handed over (first token already produced, at `first_token_s`
         when known: its first inter-token gap then spans the hand-over, else it starts at the join)."""
         self.joining.append((rid, input_tokens + 1, output_tokens - 1, input_tokens + output_tokens, first_token_s))

@@ -125,8 +125,10 @@ def perf_of(model: str, device: str = "h100-sxm", chips: int = 1) -> InstancePer
     return InstancePerf(get_device(device), get_model(model), chips)
 
 
-@pytest.mark.parametrize(("model", "device", "chips"), [("qwen3-30b-a3b", "h100-sxm", 1), ("gpt-oss-20b", "h100-sxm", 1),
-                                                        ("mixtral-8x7b", "h100-sxm", 2), ("deepseek-v3", "h200", 8)])
+@pytest.mark.parametrize(("model", "device", "chips"), [
+    ("qwen3-30b-a3b", "h100-sxm", 1), ("gpt-oss-20b", "h100-sxm", 1), ("mixtral-8x7b", "h100-sxm", 2),
+    ("deepseek-v3", "h200", 8),
+])
 @pytest.mark.parametrize(("tokens", "prefix"), [(64, 0), (2048, 0), (512, 40_000)])
 def test_moe_and_windowed_mixed_reduce_to_prefill_and_decode(model, device, chips, tokens, prefix):
     perf = perf_of(model, device, chips)
