@@ -2,12 +2,15 @@
 
     python bench/economics.py                  # every experiment, 100,000 requests per run (~18 min on 2 cores)
     python bench/economics.py --requests 20000 --only hybrid,advisor
+    python bench/economics.py --parallel 2     # independent runs as Ray tasks (--address for a cluster)
 
 Every run replays the same 100,000 requests: lengths resampled from the trace's
 19,366 rows, Poisson arrivals, difficulties from the default reach table
 (simulator/quality.py), all from one seed. Writes bench/results/economics.json
 and docs/ECONOMICS.md (tables generated from the JSON; the prose around them
-is in this file, next to the numbers it describes).
+is in this file, next to the numbers it describes). Runs that do not depend on each
+other (the policies at one rate, a batch of sizing candidates) go to
+simulator/jobs.py together; the results are the same however they run.
 """
 from __future__ import annotations
 
@@ -16,24 +19,25 @@ import json
 import platform
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from infersched.cli.common import add_runtime_arguments, runtime_options  # noqa: E402
 from scheduler.cluster import Cluster  # noqa: E402
 from scheduler.config import SloConfig, load_cluster, parse_cluster  # noqa: E402
-from scheduler.registry import build_policy  # noqa: E402
-from simulator.metrics import summarize  # noqa: E402
+from simulator.jobs import SimJob, WorkloadSpec, build_workload, ray_session, run_jobs  # noqa: E402
 from simulator.sessions import reuse_stats, session_trace  # noqa: E402
-from simulator.sim import Simulation  # noqa: E402
 from simulator.traces import builtin_trace_path, read_trace  # noqa: E402
-from simulator.workload import make_workload  # noqa: E402
 
 CONV = ROOT.parent / "shared" / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
 CLUSTERS = ROOT / "deploy" / "clusters"
 SEED = 7
+RUNTIME: dict = {}  # run_jobs options from the command line
+WIDTH = [1]  # sizing candidates simulated at once: the CPUs the runs have
 
 
 def cluster_file(name: str, slo: SloConfig | None = None, **pool_instances):
@@ -54,12 +58,23 @@ def h100_cluster(name: str, slo: SloConfig, *pools):
                    "model": "llama-3.1-8b", "link_gbps": 400} for n, d, r, k in pools]})
 
 
-def run(config, policy: str, workload, params: dict | None = None) -> dict:
-    cluster = Cluster(config)
-    pol = build_policy(policy, config, overrides=params)
-    result = Simulation(cluster, pol, workload, seed=SEED).run()
-    s = summarize(result)
-    price_h = sum(p.perf.price_usd_per_s * 3600 * p.config.instances for p in cluster.pools)
+def poisson(trace, n: int, rate: float) -> WorkloadSpec:
+    """The experiment's workload at a given rate: n requests resampled from `trace`, Poisson arrivals."""
+    return WorkloadSpec(trace=trace.path, requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+
+
+def summaries(items: list[tuple]) -> list[dict]:
+    """Simulator summaries of (config, policy, workload spec, params) runs, in order; a failed run stops the bench."""
+    jobs = [SimJob(f"{config.name} {policy} {json.dumps(params or {})} at {spec.rate_rps:g} req/s", spec, config,
+                   policy, dict(params or {}), SEED) for config, policy, spec, params in items]
+    results = run_jobs(jobs, **RUNTIME)
+    if results.failures:
+        sys.exit("economics: runs failed: " + "; ".join(str(f) for f in results.failures))
+    return results.summaries
+
+
+def digest(config, policy: str, params: dict | None, s: dict) -> dict:
+    price_h = sum(p.perf.price_usd_per_s * 3600 * p.config.instances for p in Cluster(config).pools)
     keep = ("requests", "completed", "rejected", "slo_attainment", "goodput_rps", "quality", "correct", "escalations",
             "escalated_requests", "advised_requests", "cost_usd", "served_cost_usd", "energy_j", "served_energy_j",
             "energy_per_output_token_j", "queries_per_kwh", "makespan_s", "sim_wall_s", "prefill_computed_tokens",
@@ -79,6 +94,14 @@ def run(config, policy: str, workload, params: dict | None = None) -> dict:
     return out
 
 
+def run_many(items: list[tuple]) -> list[dict]:
+    return [digest(config, policy, params, s) for (config, policy, _, params), s in zip(items, summaries(items))]
+
+
+def run(config, policy: str, workload: WorkloadSpec, params: dict | None = None) -> dict:
+    return run_many([(config, policy, workload, params)])[0]
+
+
 def edge_cloud(name: str, slo: SloConfig, laptops: int, cloud_model: str, cloud_chips: int, cloud: int):
     """Owned laptops (Llama-3.1-8B int4) plus a cloud pool of H100 instances serving `cloud_model` in fp8."""
     pools = []
@@ -95,19 +118,20 @@ def smallest(make_config, counts, policy: str, trace, rate: float, params=None, 
     """The fewest instances (from `counts`, ascending) meeting `target` SLO attainment on the first
     n requests of the experiment's workload (the same seed, so the same requests); when no count
     can, the fewest within half a point of the best attainable."""
-    wl = make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+    wl = poisson(trace, n, rate)
     seen = []
-    for c in counts:
-        result = Simulation(Cluster(make_config(c)), build_policy(policy, make_config(c), overrides=params), wl,
-                            seed=SEED).run()
-        seen.append((c, summarize(result)["slo_attainment"]))
-        if seen[-1][1] >= target:
-            return c
-        # Past the knee: more instances no longer help (e.g. escalated requests miss the TTFT
-        # SLO whatever the cloud's size). Take the smallest count within half a point of the best.
-        if len(seen) >= 3 and seen[-1][1] <= seen[-3][1] + 0.001:
-            best = max(a for _, a in seen)
-            return min(k for k, a in seen if a >= best - 0.005)
+    # Candidates in batches as wide as the runs' CPUs, read in order: the answer one by one would give.
+    for lo in range(0, len(counts), WIDTH[0]):
+        batch = counts[lo:lo + WIDTH[0]]
+        for c, s in zip(batch, summaries([(make_config(c), policy, wl, params) for c in batch])):
+            seen.append((c, s["slo_attainment"]))
+            if seen[-1][1] >= target:
+                return c
+            # Past the knee: more instances no longer help (e.g. escalated requests miss the TTFT
+            # SLO whatever the cloud's size). Take the smallest count within half a point of the best.
+            if len(seen) >= 3 and seen[-1][1] <= seen[-3][1] + 0.001:
+                best = max(a for _, a in seen)
+                return min(k for k, a in seen if a >= best - 0.005)
     best = max(a for _, a in seen)
     return min(k for k, a in seen if a >= best - 0.005)
 
@@ -130,23 +154,24 @@ def hybrid(trace, n: int) -> dict:
     res = {}
     for setting, (model, chips, rate, laptops, slo) in HYBRID_SETTINGS.items():
         print(f" -- {setting}: {model} cloud at {rate:g} req/s, {laptops} laptops", flush=True)
-        wl = make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
-        out = {"rate_rps": rate, "laptops": laptops, "cloud_model": model, "workload": wl.description,
+        wl = poisson(trace, n, rate)
+        out = {"rate_rps": rate, "laptops": laptops, "cloud_model": model,
+               "workload": build_workload(wl)[1].description,
                "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s}, "sized": {}}
         counts = list(range(1, 13))
         k = smallest(lambda c: edge_cloud("cloud-only", slo, 0, model, chips, c), counts, "least-loaded", trace, rate)
         out["sized"]["cloud_only"] = k
-        out["cloud_only"] = run(edge_cloud("cloud-only", slo, 0, model, chips, k), "least-loaded", wl)
         for label, params in (("oracle", ORACLE), ("router80", ROUTER80)):
-            k = smallest(lambda c: edge_cloud("edge-cloud", slo, laptops, model, chips, c), counts, "local-first",
-                         trace, rate, params)
-            out["sized"][label] = k
-            out[label] = run(edge_cloud("edge-cloud", slo, laptops, model, chips, k), "local-first", wl, params)
-        out["router80_verifier90"] = run(edge_cloud("edge-cloud", slo, laptops, model, chips, out["sized"]["router80"]),
-                                         "local-first", wl, ROUTER80_VERIFIER90)
-        # The same cloud as cloud-only, laptops added (nothing right-sized).
-        out["oracle_same_cloud"] = run(edge_cloud("edge-cloud", slo, laptops, model, chips,
-                                                  out["sized"]["cloud_only"]), "local-first", wl, ORACLE)
+            out["sized"][label] = smallest(lambda c: edge_cloud("edge-cloud", slo, laptops, model, chips, c), counts,
+                                           "local-first", trace, rate, params)
+        edge = lambda label: edge_cloud("edge-cloud", slo, laptops, model, chips, out["sized"][label])  # noqa: E731
+        runs = {"cloud_only": (edge_cloud("cloud-only", slo, 0, model, chips, k), "least-loaded", wl, None),
+                "oracle": (edge("oracle"), "local-first", wl, ORACLE),
+                "router80": (edge("router80"), "local-first", wl, ROUTER80),
+                "router80_verifier90": (edge("router80"), "local-first", wl, ROUTER80_VERIFIER90),
+                # The same cloud as cloud-only, laptops added (nothing right-sized).
+                "oracle_same_cloud": (edge("cloud_only"), "local-first", wl, ORACLE)}
+        out.update(zip(runs, run_many(list(runs.values()))))
         res[setting] = out
     return res
 
@@ -161,8 +186,8 @@ def _advisor_cluster(executors: int, advisors: int):
 
 def advisor(trace, n: int) -> dict:
     rate = 5.0
-    wl = make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
-    res = {"rate_rps": rate, "workload": wl.description, "sized": {}}
+    wl = poisson(trace, n, rate)
+    res = {"rate_rps": rate, "workload": build_workload(wl)[1].description, "sized": {}}
     k = smallest(lambda c: cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": c}), list(range(1, 7)),
                  "least-loaded", trace, rate)
     res["sized"]["frontier_only"] = k
@@ -196,8 +221,7 @@ TIGHT = SloConfig(ttft_s=0.25, tpot_s=0.025)
 
 
 def _poisson(trace, n: int):
-    """The experiment's workload at a given rate: n requests resampled from `trace`, Poisson arrivals."""
-    return lambda rate: make_workload(trace, n_requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+    return lambda rate: poisson(trace, n, rate)
 
 
 def _sweep(workload_at, configs: list[tuple[str, object, str]], rates: list[float], target: float) -> dict:
@@ -212,10 +236,8 @@ def _sweep(workload_at, configs: list[tuple[str, object, str]], rates: list[floa
         if not alive:
             break
         wl = workload_at(rate)
-        for label, config, policy in configs:
-            if label not in alive:
-                continue
-            r = run(config, policy, wl)
+        batch = [(label, config, policy) for label, config, policy in configs if label in alive]
+        for (label, _, _), r in zip(batch, run_many([(config, policy, wl, None) for _, config, policy in batch])):
             r["rate_rps"] = rate
             out["runs"][label].append(r)
             out["price_usd_per_hour"][label] = r["price_usd_per_hour"]
@@ -264,7 +286,7 @@ def prefix(trace, n: int) -> dict:
     config = cluster_file("gpu-colocated")
 
     def sessions_at(rate: float):
-        return make_workload(session_trace(trace, n, rate, seed=SEED), seed=SEED)
+        return WorkloadSpec(trace=trace.path, requests=n, rate_rps=rate, seed=SEED, sessions=True)
 
     out = _sweep(sessions_at, [(p, config, p) for p in PREFIX_POLICIES], PREFIX_RATES, 0.99)
     # The rate only scales the arrival gaps: every rate has the same prefix structure.
@@ -272,9 +294,8 @@ def prefix(trace, n: int) -> dict:
     out.update(reuse=reuse_stats(sessions), workload=sessions.path, slack=[])
     # The load bound: affinity vs hot spots, at the highest rate prefix-aware sustains.
     rate = out["max_rate_rps"]["prefix-aware"] or PREFIX_RATES[0]
-    wl = make_workload(session_trace(trace, n, rate, seed=SEED), seed=SEED)
-    for slack in PREFIX_SLACKS:
-        r = run(config, "prefix-aware", wl, {"prefix_load_slack": slack})
+    wl = sessions_at(rate)
+    for r in run_many([(config, "prefix-aware", wl, {"prefix_load_slack": slack}) for slack in PREFIX_SLACKS]):
         r["rate_rps"] = rate
         out["slack"].append(r)
     return out
@@ -708,6 +729,7 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "economics.json"))
     ap.add_argument("--doc", default=str(ROOT / "docs" / "ECONOMICS.md"))
     ap.add_argument("--doc-only", action="store_true", help="regenerate the document from the JSON, run nothing")
+    add_runtime_arguments(ap)
     args = ap.parse_args()
     if args.doc_only:
         write_doc(json.loads(Path(args.json).read_text()), Path(args.doc))
@@ -720,11 +742,16 @@ def main() -> None:
     results["meta"] = {"trace": str(Path(trace.path).name), "trace_rows": trace.rows, "requests": args.requests,
                        "seed": SEED, "python": platform.python_version(), "machine": platform.machine(),
                        "date": time.strftime("%Y-%m-%d")}
-    for name in names:
-        print(f"== {name}", flush=True)
-        t0 = time.perf_counter()
-        results[name] = EXPERIMENTS[name](trace, args.requests)
-        results[name]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+    RUNTIME.update(runtime_options(args))
+    on_ray = args.parallel is not None or args.address is not None
+    with ray_session(args.parallel, args.address) if on_ray else nullcontext() as ray:
+        if ray is not None:
+            WIDTH[0] = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        for name in names:
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            results[name] = EXPERIMENTS[name](trace, args.requests)
+            results[name]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {path}")

@@ -5,7 +5,6 @@ can find it in the file without reading code.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,11 @@ from typing import Any
 import yaml
 
 from scheduler.types import Role
+from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
+from workers.engine import DEFAULT_TOKEN_BUDGET
 
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
-
-
-class ConfigError(ValueError):
-    """A cluster file that cannot be used; the message names file and key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +50,7 @@ class PolicyConfig:
     picker: str | None = None
     params: tuple[tuple[str, Any], ...] = ()
     staging: str | None = None  # None: the preset's; "none": one pass
+    source: str = "<inline>"  # the file the policy came from, for errors in its params
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +65,17 @@ class PoolConfig:
     link_gbps: float = 400.0  # per-instance network link for KV hand-over, gigabits/s
     price_usd_per_hour: float | None = None  # per instance; None: device price x chips
     max_batch: int = 256  # most sequences decoding at once
-    max_batch_tokens: int = 16384  # most prompt tokens in one prefill iteration
+    max_batch_tokens: int = 16384  # most prompt tokens in one prefill-first iteration
     memory_utilization: float = 0.9  # share of device memory the engine may use
+    # Chunked prefill (vLLM v1, Sarathi-Serve): each iteration runs the decode batch and fills
+    # the rest of token_budget with prompt chunks. Off: prefill-first (a prompt stalls decodes).
+    chunked_prefill: bool = False
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per iteration, decode and prompt together
+
+    @property
+    def engine_token_budget(self) -> int:
+        """The engine's token_budget argument: 0 for prefill-first."""
+        return self.token_budget if self.chunked_prefill else 0
 
     @property
     def link_bytes_per_s(self) -> float:
@@ -88,6 +95,7 @@ class ClusterConfig:
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
+    "chunked_prefill", "token_budget",
 }
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
@@ -95,131 +103,110 @@ _POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
 _SLO_KEYS = {"ttft_s", "tpot_s"}
 
 
-def _fail(source: str, key: str, reason: str) -> ConfigError:
-    return ConfigError(f"{source}: key '{key}': {reason}")
-
-
-def _number(source: str, key: str, value: Any, *, integer: bool = False, positive: bool = True,
-            allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(source, key, f"expected a number, got {value!r}")
-    if integer and not float(value).is_integer():
-        raise _fail(source, key, f"expected an integer, got {value!r}")
-    if not math.isfinite(value):
-        raise _fail(source, key, f"expected a finite number, got {value!r}")
-    if positive and (value < 0 or (value == 0 and not allow_zero)):
-        raise _fail(source, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _string(source: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(source, key, f"expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _check_keys(source: str, where: str, data: dict, allowed: set[str]) -> None:
-    for key in data:
-        if key not in allowed:
-            raise _fail(source, f"{where}{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-
-
-def _parse_pool(source: str, index: int, raw: Any) -> PoolConfig:
+def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
     where = f"pools[{index}]"
-    if not isinstance(raw, dict):
-        raise _fail(source, where, "expected a mapping")
-    _check_keys(source, where + ".", raw, _POOL_KEYS)
+    raw = v.mapping(where, raw)
+    v.known_keys(where + ".", raw, _POOL_KEYS)
     for required in ("name", "device", "instances", "model", "role"):
         if required not in raw:
-            raise _fail(source, f"{where}.{required}", "missing")
+            raise v.fail(f"{where}.{required}", "missing")
     kwargs: dict[str, Any] = {
-        "name": _string(source, f"{where}.name", raw["name"]),
-        "device": _string(source, f"{where}.device", raw["device"]),
-        "instances": _number(source, f"{where}.instances", raw["instances"], integer=True),
-        "model": _string(source, f"{where}.model", raw["model"]),
+        "name": v.string(f"{where}.name", raw["name"]),
+        "device": v.string(f"{where}.device", raw["device"]),
+        "instances": v.number(f"{where}.instances", raw["instances"], integer=True, above=0),
+        "model": v.string(f"{where}.model", raw["model"]),
     }
     try:
-        kwargs["role"] = Role.parse(_string(source, f"{where}.role", raw["role"]))
+        kwargs["role"] = Role.parse(v.string(f"{where}.role", raw["role"]))
     except ValueError as exc:
-        raise _fail(source, f"{where}.role", str(exc)) from None
+        raise v.fail(f"{where}.role", str(exc)) from None
     if raw.get("chips_per_instance", "auto") != "auto":
-        kwargs["chips_per_instance"] = _number(source, f"{where}.chips_per_instance",
-                                               raw["chips_per_instance"], integer=True)
+        kwargs["chips_per_instance"] = v.number(f"{where}.chips_per_instance", raw["chips_per_instance"],
+                                                integer=True, above=0)
     if raw.get("quantization") is not None:
-        quant = _string(source, f"{where}.quantization", raw["quantization"]).lower()
+        quant = v.string(f"{where}.quantization", raw["quantization"]).lower()
         if quant not in QUANTIZATION_BYTES:
-            raise _fail(source, f"{where}.quantization",
-                        f"unknown {quant!r}; expected one of {', '.join(QUANTIZATION_BYTES)}")
+            raise v.fail(f"{where}.quantization", f"unknown {quant!r}; expected one of {', '.join(QUANTIZATION_BYTES)}")
         kwargs["quantization"] = quant
-    for key in ("link_gbps", "max_batch", "max_batch_tokens", "memory_utilization"):
+    for key in ("link_gbps", "max_batch", "max_batch_tokens"):
         if key in raw:
-            kwargs[key] = _number(source, f"{where}.{key}", raw[key],
-                                  integer=key in ("max_batch", "max_batch_tokens"))
+            kwargs[key] = v.number(f"{where}.{key}", raw[key], integer=key != "link_gbps", above=0)
+    if "memory_utilization" in raw:
+        kwargs["memory_utilization"] = v.number(f"{where}.memory_utilization", raw["memory_utilization"],
+                                                above=0, at_most=1)
     if raw.get("price_usd_per_hour") is not None:
-        kwargs["price_usd_per_hour"] = _number(source, f"{where}.price_usd_per_hour",
-                                               raw["price_usd_per_hour"], allow_zero=True)
-    if "memory_utilization" in kwargs and kwargs["memory_utilization"] > 1.0:
-        raise _fail(source, f"{where}.memory_utilization", "must be <= 1")
-    return PoolConfig(**kwargs)
+        kwargs["price_usd_per_hour"] = v.number(f"{where}.price_usd_per_hour", raw["price_usd_per_hour"],
+                                                at_least=0)
+    _parse_chunking(v, where, raw, kwargs)
+    pool = PoolConfig(**kwargs)
+    if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
+        raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
+                     f"full decode batch (max_batch {pool.max_batch}); it must exceed max_batch")
+    return pool
 
 
-def _parse_policy(source: str, raw: Any) -> PolicyConfig:
+def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
+    """chunked_prefill and token_budget. A decode pool computes no prompts, so chunking does
+    not apply there; a budget without chunking would be ignored, so it is refused."""
+    chunked = v.flag(f"{where}.chunked_prefill", raw.get("chunked_prefill", False))
+    if chunked and kwargs["role"] == Role.DECODE:
+        raise v.fail(f"{where}.chunked_prefill", "a decode pool computes no prompts; "
+                     "set it on the prefill or colocated pools")
+    if "token_budget" in raw:
+        if not chunked:
+            raise v.fail(f"{where}.token_budget", "applies only with chunked_prefill: true "
+                         "(prefill-first iterations are capped by max_batch_tokens)")
+        kwargs["token_budget"] = v.number(f"{where}.token_budget", raw["token_budget"], integer=True, above=0)
+    kwargs["chunked_prefill"] = chunked
+
+
+def _parse_policy(v: Fields, raw: Any) -> PolicyConfig:
     if raw is None:
-        return PolicyConfig()
+        return PolicyConfig(source=v.source)
     if isinstance(raw, str):
-        return PolicyConfig(name=_string(source, "policy", raw))
-    if not isinstance(raw, dict):
-        raise _fail(source, "policy", "expected a policy name or a mapping")
-    _check_keys(source, "policy.", raw, _POLICY_KEYS)
-    name = _string(source, "policy.name", raw.get("name", "slo-aware"))
+        return PolicyConfig(name=v.string("policy", raw), source=v.source)
+    raw = v.mapping("policy", raw, "a policy name or a mapping")
+    v.known_keys("policy.", raw, _POLICY_KEYS)
+    name = v.string("policy.name", raw.get("name", "slo-aware"))
     filters = None
     if "filters" in raw:
         if not isinstance(raw["filters"], list):
-            raise _fail(source, "policy.filters", "expected a list of filter names")
-        filters = tuple(_string(source, f"policy.filters[{i}]", f) for i, f in enumerate(raw["filters"]))
+            raise v.fail("policy.filters", "expected a list of filter names")
+        filters = tuple(v.string(f"policy.filters[{i}]", f) for i, f in enumerate(raw["filters"]))
     scorers = None
     if "scorers" in raw:
-        if not isinstance(raw["scorers"], dict):
-            raise _fail(source, "policy.scorers", "expected a mapping of scorer name to weight")
-        scorers = tuple(
-            (_string(source, "policy.scorers", k), _number(source, f"policy.scorers.{k}", v, allow_zero=True))
-            for k, v in raw["scorers"].items()
-        )
-    picker = _string(source, "policy.picker", raw["picker"]) if "picker" in raw else None
-    staging = _string(source, "policy.staging", raw["staging"]) if raw.get("staging") is not None else None
-    params: tuple[tuple[str, Any], ...] = ()
-    if "params" in raw:
-        if not isinstance(raw["params"], dict):
-            raise _fail(source, "policy.params", "expected a mapping")
-        params = tuple(sorted(raw["params"].items()))
-    return PolicyConfig(name=name, filters=filters, scorers=scorers, picker=picker, params=params, staging=staging)
+        weights = v.mapping("policy.scorers", raw["scorers"], "a mapping of scorer name to weight")
+        scorers = tuple((v.string("policy.scorers", k), v.number(f"policy.scorers.{k}", w, at_least=0))
+                        for k, w in weights.items())
+    picker = v.string("policy.picker", raw["picker"]) if "picker" in raw else None
+    staging = v.string("policy.staging", raw["staging"]) if raw.get("staging") is not None else None
+    # Parameter names and values are checked when the policy is built: only the registry
+    # knows which parameters its plugins declare.
+    params = tuple(sorted(v.mapping("policy.params", raw["params"]).items())) if "params" in raw else ()
+    return PolicyConfig(name=name, filters=filters, scorers=scorers, picker=picker, params=params, staging=staging,
+                        source=v.source)
 
 
-def _parse_slo(source: str, raw: Any) -> SloConfig:
+def _parse_slo(v: Fields, raw: Any) -> SloConfig:
     if raw is None:
         return SloConfig()
-    if not isinstance(raw, dict):
-        raise _fail(source, "slo", "expected a mapping with ttft_s and tpot_s")
-    _check_keys(source, "slo.", raw, _SLO_KEYS)
-    kwargs = {k: _number(source, f"slo.{k}", v) for k, v in raw.items()}
-    return SloConfig(**kwargs)
+    raw = v.mapping("slo", raw, "a mapping with ttft_s and tpot_s")
+    v.known_keys("slo.", raw, _SLO_KEYS)
+    return SloConfig(**{k: v.number(f"slo.{k}", value, above=0) for k, value in raw.items()})
 
 
-def _parse_prefix_cache(source: str, raw: Any) -> PrefixCacheConfig:
+def _parse_prefix_cache(v: Fields, raw: Any) -> PrefixCacheConfig:
     if raw is None:
         return PrefixCacheConfig()
     if isinstance(raw, bool):
         return PrefixCacheConfig(enabled=raw)
-    if not isinstance(raw, dict):
-        raise _fail(source, "prefix_cache", "expected true/false or a mapping with enabled and block_tokens")
-    _check_keys(source, "prefix_cache.", raw, _PREFIX_CACHE_KEYS)
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _fail(source, "prefix_cache.enabled", f"expected true or false, got {enabled!r}")
+    raw = v.mapping("prefix_cache", raw, "true/false or a mapping with enabled and block_tokens")
+    v.known_keys("prefix_cache.", raw, _PREFIX_CACHE_KEYS)
+    enabled = v.flag("prefix_cache.enabled", raw.get("enabled", True))
     if "block_tokens" not in raw:
         return PrefixCacheConfig(enabled=enabled)
-    return PrefixCacheConfig(enabled=enabled, block_tokens=_number(source, "prefix_cache.block_tokens",
-                                                                   raw["block_tokens"], integer=True))
+    return PrefixCacheConfig(enabled=enabled, block_tokens=v.number("prefix_cache.block_tokens", raw["block_tokens"],
+                                                                    integer=True, above=0))
 
 
 def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
@@ -227,26 +214,27 @@ def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
     when the cluster is built, against the catalogues and the registry."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    _check_keys(source, "", data, _TOP_KEYS)
+    v = Fields(source)
+    v.known_keys("", data, _TOP_KEYS)
     if "pools" not in data:
-        raise _fail(source, "pools", "missing")
+        raise v.fail("pools", "missing")
     if not isinstance(data["pools"], list) or not data["pools"]:
-        raise _fail(source, "pools", "expected a non-empty list of pools")
-    pools = tuple(_parse_pool(source, i, raw) for i, raw in enumerate(data["pools"]))
+        raise v.fail("pools", "expected a non-empty list of pools")
+    pools = tuple(_parse_pool(v, i, raw) for i, raw in enumerate(data["pools"]))
     names = [p.name for p in pools]
     for i, name in enumerate(names):
         if name in names[:i]:
-            raise _fail(source, f"pools[{i}].name", f"duplicate pool name {name!r}")
+            raise v.fail(f"pools[{i}].name", f"duplicate pool name {name!r}")
     roles = {p.role for p in pools}
     if Role.BOTH not in roles and not {Role.PREFILL, Role.DECODE} <= roles:
-        raise _fail(source, "pools", "needs a pool with role 'both', or both a 'prefill' and a 'decode' pool")
+        raise v.fail("pools", "needs a pool with role 'both', or both a 'prefill' and a 'decode' pool")
     return ClusterConfig(
-        name=_string(source, "name", data.get("name", Path(source).stem)),
+        name=v.string("name", data.get("name", Path(source).stem)),
         pools=pools,
-        policy=_parse_policy(source, data.get("policy")),
-        slo=_parse_slo(source, data.get("slo")),
+        policy=_parse_policy(v, data.get("policy")),
+        slo=_parse_slo(v, data.get("slo")),
         source=source,
-        prefix_cache=_parse_prefix_cache(source, data.get("prefix_cache")),
+        prefix_cache=_parse_prefix_cache(v, data.get("prefix_cache")),
     )
 
 

@@ -1,7 +1,8 @@
 """Several policies on the same workload and cluster, side by side (`infersched compare`).
 
 Every policy replays the very same requests (same trace rows, arrivals and
-difficulties: the workload is built once from the seed), so differences are
+difficulties: each run builds the workload from the same spec and seed, in this
+process or in a Ray task, simulator/jobs.py), so differences are
 the policies', not sampling noise. Prints one table; writes the runs' JSON and
 a cost-vs-energy-vs-quality Pareto plot next to it.
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+
+from simulator.jobs import SimJob, WorkloadSpec
 
 DEFAULT_CLUSTER = "demo"
 
@@ -41,14 +44,13 @@ def _with_slo(config, ttft_s, tpot_s):
     return replace(config, slo=slo)
 
 
-def run_policies(entries: list[str], workload, cluster_name: str | None = None, seed: int = 0,
-                 params: dict | None = None, ttft_s: float | None = None, tpot_s: float | None = None):
-    """Run each POLICY[@CLUSTER] entry on `workload`; returns [(label, SimResult, summary)]."""
+def policy_jobs(entries: list[str], workload: WorkloadSpec, cluster_name: str | None = None, seed: int = 0,
+                params: dict | None = None, ttft_s: float | None = None, tpot_s: float | None = None) -> list[SimJob]:
+    """One job per POLICY[@CLUSTER] entry, all on `workload`; every name is checked before any run."""
     from scheduler.cluster import Cluster
     from scheduler.config import ConfigError
-    from scheduler.registry import build_policy
-    from simulator.metrics import summarize
-    from simulator.sim import Simulation
+    from scheduler.registry import build_policy, split_params
+    from scheduler.validation import Fields
 
     if not entries:
         raise ConfigError("--policies: give at least one policy")
@@ -56,22 +58,19 @@ def run_policies(entries: list[str], workload, cluster_name: str | None = None, 
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--policies: duplicate entry in {','.join(labels)}")
     base = _with_slo(_load_cluster(cluster_name), ttft_s, tpot_s)
-    # Build every cluster and policy first, so a bad name fails before any run.
-    plans = []
-    for label in labels:
-        name, _, cluster = label.partition("@")
-        if not name:
-            raise ConfigError(f"--policies: empty policy name in {label!r}")
+    names = [label.partition("@")[0] for label in labels]
+    if not all(names):
+        raise ConfigError(f"--policies: empty policy name in {','.join(labels)!r}")
+    # --param applies to every policy whose plugins take it, and must be taken by one.
+    shares = split_params(names, params or {}, Fields("--param"), "policy.params")
+    jobs = []
+    for label, name in zip(labels, names):
+        cluster = label.partition("@")[2]
         config = _with_slo(_load_cluster(cluster), ttft_s, tpot_s) if cluster else base
-        policy = build_policy(name, config, overrides=params)
-        plans.append((label, Cluster(config), policy))
-    runs = []
-    for label, cluster, policy in plans:
-        result = Simulation(cluster, policy, workload, seed=seed).run()
-        summary = summarize(result)
-        summary["label"] = label
-        runs.append((label, result, summary))
-    return runs
+        Cluster(config)  # bad devices, models or parameters fail here, before any run
+        build_policy(name, config, overrides=shares[name], overrides_source="--param")
+        jobs.append(SimJob(label, workload, config, name, shares[name], seed))
+    return jobs
 
 
 def pareto_front(summaries: list[dict]) -> list[str]:

@@ -134,7 +134,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"  rejected {count:,}: {reason}")
     lines += format_table(["latency", "p50", "p90", "p99", "mean"],
                           [[label] + [fmt_s(s[key][k]) for k in ("p50", "p90", "p99", "mean")]
-                           for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end"))],
+                           for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"),
+                                              ("e2e_s", "end-to-end")) if s.get(key) is not None],
                           align="<")
     slo = s["slo"]
     lines.append(
@@ -177,21 +178,37 @@ def format_summary(s: dict) -> str:
 
 def format_policies(width: int = 100) -> str:
     """`infersched policies`: one row per policy (name, what it does, its plugins), descriptions wrapped to
-    `width` columns and aligned after the longest name; then the plugin names."""
+    `width` columns and aligned after the longest name; then the plugin names and every parameter a
+    cluster file may set under `policy.params`, with its default, the plugins that read it and its meaning."""
     import textwrap
 
-    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS
+    from scheduler.framework import param_specs
+    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS, STAGINGS
 
     name_w = max(len("policy"), *(len(n) for n in POLICIES))
     wrap = max(width - name_w - 2, 30)
     rows = []
     for name, spec in POLICIES.items():
         scorers = ", ".join(f"{n} x{w:g}" for n, w in spec.scorers) or "-"
+        staging = f"; staging: {spec.staging}" if spec.staging else ""
         text = textwrap.wrap(spec.description, wrap) + textwrap.wrap(
-            f"filters: {', '.join(spec.filters)}; scorers: {scorers}; picker: {spec.picker}", wrap)
+            f"filters: {', '.join(spec.filters)}; scorers: {scorers}; picker: {spec.picker}{staging}", wrap)
         rows += [[name if i == 0 else "", line] for i, line in enumerate(text)] + [[]]
     lines = format_table(["policy", "what it does"], rows[:-1], align="<<")
-    lines += ["", f"filters: {', '.join(FILTERS)}", f"scorers: {', '.join(SCORERS)}", f"pickers: {', '.join(PICKERS)}"]
+    lines += ["", f"filters: {', '.join(FILTERS)}", f"scorers: {', '.join(SCORERS)}",
+              f"pickers: {', '.join(PICKERS)}", f"staging: {', '.join(STAGINGS)}", ""]
+    specs, owners = {}, {}
+    for plugin in [*FILTERS.values(), *SCORERS.values(), *PICKERS.values(), *STAGINGS.values()]:
+        for key, spec in param_specs(plugin).items():
+            specs.setdefault(key, spec)
+            owners.setdefault(key, []).append(plugin.name)
+    doc_w = max(width - 25 - 8 - 2 * 2, 30)
+    params = []
+    for key in sorted(specs):
+        text = textwrap.wrap(f"{', '.join(owners[key])}: {specs[key].doc}", doc_w)
+        params += [[key if i == 0 else "", str(specs[key].default) if i == 0 else "", line]
+                   for i, line in enumerate(text)]
+    lines += format_table(["parameter (policy.params)", "default", "read by: meaning"], params, align="<<<")
     return "\n".join(lines)
 
 

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
-from scheduler.plugins.staging import ADVICE
+from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
-from scheduler.types import Request, RequestStatus
+from scheduler.types import PassKind, Request, RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
 from simulator.workload import Workload
 from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
+from workers.itl import ItlHistogram
 
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: request id
 _SAMPLE_EVERY_MASK = 1023  # sample pool utilization every 1,024 arrivals
+_BOTH = int(Role.BOTH)
 # The arrival loop builds Request tuples positionally (tuple.__new__, a third of the cost of
 # Request(...)); a new Request field must be added there too.
 if Request._fields != ("request_id", "input_tokens", "output_tokens", "arrival_s", "min_capability",
@@ -54,11 +56,13 @@ class SimResult:
     # Multi-pass policies: passes placed per pool (an escalated or advised request counts
     # once per pass on each pool it used); None when every request was one pass.
     pool_passes: list[int] | None = None
+    # Inter-token gaps of every output token after the first, all instances together.
+    itl: ItlHistogram | None = None
 
 
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
-                 progress: bool = False, chunk_size: int = 65536):
+                 progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None):
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -78,10 +82,14 @@ class Simulation:
         # scatter per column per flush instead of several scalar writes per event.
         self._log: list = []
         self.reject_reasons: dict[str, int] = {}
-        # Multi-pass policies (cascade escalation, advisor): the request as it arrived and
-        # the stage tag of its pass in flight, per request id still in flight.
-        self.staging = getattr(policy, "staging", None)
-        self._passes: dict[int, tuple[Request, int]] = {}
+        # Multi-pass policies (cascade escalation, advisor): the request as it arrived, the
+        # staging plugin's tag for its pass in flight and that pass's number, per request id.
+        self.staging = policy.staging
+        self._passes: dict[int, tuple[Request, int, int]] = {}
+        # Every decision, with its per-plugin breakdown, when a log is attached.
+        self.decision_log = decision_log
+        if decision_log is not None:
+            policy.explain = True
         self._capability = self.snap.capability.tolist()
         self._pool_passes = [0] * len(cluster.pools)
 
@@ -111,6 +119,7 @@ class Simulation:
     def _hand_over(self, src: int, rid: int, now: float) -> None:
         rec = self.records
         out = int(rec.output_tokens[rid])
+        rec.first_token_s[rid] = now  # the flush writes it too; the decode side reads it before
         if out <= 1:  # nothing to decode: done at the first token
             self.engines[src].release(rid)
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
@@ -130,7 +139,7 @@ class Simulation:
         rec.kv_ready_s[rid] = now
         dst = int(rec.decode_instance[rid])
         eng = self.engines[dst]
-        eng.submit_decode(rid, int(rec.input_tokens[rid]), int(rec.output_tokens[rid]))
+        eng.submit_decode(rid, int(rec.input_tokens[rid]), int(rec.output_tokens[rid]), float(rec.first_token_s[rid]))
         first = len(self._log)
         if eng.poke(now, self._log):
             self._schedule_wake(dst)
@@ -138,9 +147,11 @@ class Simulation:
             self._route(dst, now, first)
         self._sync(dst, now)
 
-    def _place(self, req: Request, now: float, rng: np.random.Generator) -> str:
+    def _place(self, req: Request, now: float, rng: np.random.Generator, pass_index: int) -> str:
         """Decide and submit one pass; returns the reject reason ('' when placed)."""
         decision = self.policy.decide(req, self.snap, now, rng)
+        if self.decision_log is not None:
+            self.decision_log.write(decision, now, pass_index)
         p = decision.prefill_instance
         if p < 0:
             return decision.reject_reason or "rejected"
@@ -161,13 +172,15 @@ class Simulation:
         return ""
 
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
-        first_pass, tag = self.staging.first(req, self.snap)
-        reason = self._place(first_pass, now, rng)
+        first = self.staging.first(req, self.snap)
+        if self.decision_log is not None:
+            self.decision_log.write_pass(first, now, 0)
+        reason = self._place(first.request, now, rng, 0)
         if reason:
             self.records.status[req.request_id] = RequestStatus.REJECTED
             self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
             return
-        self._passes[req.request_id] = (req, tag)
+        self._passes[req.request_id] = (req, first.tag, 0)
 
     def _after_passes(self, first: int, now: float, rng: np.random.Generator) -> None:
         """For each pass that finished (log[first:]), start the request's next pass or settle it."""
@@ -183,15 +196,16 @@ class Simulation:
             state = self._passes.get(rid)
             if state is None:
                 continue
-            orig, tag = state
+            orig, tag, index = state
             capability = self._capability[rec.prefill_instance[rid]]
             credit = staging.credit(orig, tag, capability, self.snap)
             step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
             if step is not None:
-                req, next_tag, kind = step
-                if not self._place(req, now, rng):
-                    self._passes[rid] = (orig, next_tag)
-                    if kind == ADVICE:
+                if self.decision_log is not None:
+                    self.decision_log.write_pass(step, now, index + 1)
+                if not self._place(step.request, now, rng, index + 1):
+                    self._passes[rid] = (orig, step.tag, index + 1)
+                    if step.kind == PassKind.ADVICE:
                         rec.advised[rid] = 1
                     else:
                         rec.escalations[rid] += 1
@@ -212,7 +226,7 @@ class Simulation:
         first = len(log)
         eng.wake(t, log)
         if len(log) > first:
-            if eng.role != 2:  # disaggregated: hand-overs, joins
+            if eng.role != _BOTH:  # disaggregated: hand-overs, joins
                 self._route(payload, t, first)
             if self.staging is not None:
                 self._after_passes(first, t, rng)
@@ -266,6 +280,7 @@ class Simulation:
         log = self._log
         event = self._event
         staging = self.staging
+        decision_log = self.decision_log
         inf = math.inf
         # Request(...) through its generated __new__ costs ~0.9 us here; tuple.__new__ with
         # every field in order builds the same named tuple in ~0.3 us.
@@ -305,7 +320,7 @@ class Simulation:
                     first = len(log)
                     eng.wake(t, log)
                     if len(log) > first:
-                        if eng.role != 2:  # disaggregated: hand-overs, joins
+                        if eng.role != _BOTH:  # disaggregated: hand-overs, joins
                             self._route(payload, t, first)
                         if staging is not None:
                             self._after_passes(first, t, rng)
@@ -327,6 +342,8 @@ class Simulation:
                     continue
                 # Single-pass policies: `_place` inlined (no per-pass accounting needed).
                 decision = decide(req, snap, now, rng)
+                if decision_log is not None:
+                    decision_log.write(decision, now)
                 p = decision.prefill_instance
                 if p < 0:
                     rec.status[rid] = RequestStatus.REJECTED
@@ -364,12 +381,15 @@ class Simulation:
             PoolUsage.from_engines(pool, [engines[i] for i in pool.instances], makespan)
             for pool in self.cluster.pools
         ]
+        itl = ItlHistogram()
+        for eng in engines:
+            itl.merge(eng.itl)
         return SimResult(
             cluster=self.cluster, policy_name=self.policy.name,
             workload_description=self.workload.description, seed=self.seed, records=rec, pools=pools,
             utilization=self.utilization, makespan_s=makespan, events=n_events,
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
-            pool_passes=list(self._pool_passes) if self.staging is not None else None,
+            pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
         )
 
 

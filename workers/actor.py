@@ -44,6 +44,7 @@ class WorkerSpec:
     max_batch_tokens: int
     link_bytes_per_s: float
     prefix_block_tokens: int = 0  # prefix cache block size (0: no prefix cache)
+    token_budget: int = 0  # chunked prefill: tokens per iteration (0: prefill-first)
 
 
 class WorkerActor:
@@ -59,7 +60,8 @@ class WorkerActor:
             perf, spec.role, ScaledClock(time_scale), max_batch=spec.max_batch,
             max_batch_tokens=spec.max_batch_tokens, link_bytes_per_s=spec.link_bytes_per_s,
             worker_id=self.worker_id, pool=spec.pool, instance=spec.instance, claim_timeout_s=claim_timeout_s,
-            input_slack_s=input_slack_s, prefix_block_tokens=spec.prefix_block_tokens)
+            input_slack_s=input_slack_s, prefix_block_tokens=spec.prefix_block_tokens,
+            token_budget=spec.token_budget)
         self._links = KvLinks(self.worker, rpc_timeout_s, kv_block_tokens)
         self._scheduler = scheduler
         self._host = host

@@ -124,7 +124,7 @@ class EmulatedWorker:
                  max_batch_tokens: int = 16384, link_bytes_per_s: float = 50e9, worker_id: str = "",
                  pool: str = "", instance: int = -1, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
                  stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S, input_slack_s: float = DEFAULT_INPUT_SLACK_S,
-                 prefix_block_tokens: int = 0, kv: KvTransport | None = None):
+                 prefix_block_tokens: int = 0, token_budget: int = 0, kv: KvTransport | None = None):
         if role not in (ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH):
             raise ValueError(f"unknown role {role!r}")
         if not link_bytes_per_s > 0:
@@ -136,7 +136,8 @@ class EmulatedWorker:
         self.clock = clock
         # Prompts sent with block hashes skip the prefix this worker still caches (0: no cache).
         prefix = PrefixCache(prefix_block_tokens) if prefix_block_tokens > 0 and role != ROLE_DECODE else None
-        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix)
+        # token_budget > 0: chunked prefill with that many tokens per iteration (0: prefill-first).
+        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix, token_budget)
         self.link_bytes_per_s = float(link_bytes_per_s)
         self.worker_id = worker_id or f"{pool or 'worker'}-{uuid.uuid4().hex[:8]}"
         self.pool = pool
@@ -399,7 +400,7 @@ class EmulatedWorker:
         eng = self.engine
         if req.eid not in eng.members:
             return
-        if eng.activity == DECODE and eng.act_start_s < now:
+        if eng.activity & DECODE and eng.act_start_s < now:
             # The running segment's time was computed with this member in the batch: cut
             # it at the end of the current step and take the member out there.
             eng.poke(now, [])
@@ -407,7 +408,7 @@ class EmulatedWorker:
             self._reschedule()
             return
         eng.remove_member(req.eid)
-        if eng.activity == DECODE:  # a segment that starts now: recompute it without the member
+        if eng.activity & DECODE:  # a segment that starts now: recompute it without the member
             self._restart(now)
 
     def _restart(self, now: float) -> None:
@@ -520,7 +521,7 @@ class EmulatedWorker:
             events.clear()
             self._engine_t = max(self._engine_t, t)
             # The prompts this wake completes, with the tokens each computed (the rest came from cache).
-            prefilled = eng.prefill_batch if eng.prefix is not None and eng.activity == PREFILL else None
+            prefilled = eng.prefill_batch if eng.prefix is not None and eng.activity & PREFILL else None
             eng.wake(t, events)
             if prefilled:
                 by_eid = self._by_eid
@@ -528,7 +529,7 @@ class EmulatedWorker:
                     req = by_eid.get(eid)
                     if req is not None:
                         req.cached_tokens = inp - computed
-            if eng.last_kind == DECODE:
+            if eng.last_kind & DECODE:
                 decoded = True
             if self._remove_pending:
                 self._apply_removals(t, events)
@@ -550,7 +551,7 @@ class EmulatedWorker:
                 eng.remove_member(eid)
                 removed = True
         self._remove_pending.clear()
-        if removed and eng.activity == DECODE and eng.act_start_s == t:
+        if removed and eng.activity & DECODE and eng.act_start_s == t:
             eng.restart_activity(t, events)
 
     def _handle(self, events: list) -> None:
@@ -623,7 +624,7 @@ class EmulatedWorker:
             eng.release(req.eid)
         elif req.eid in eng.members:
             eng.remove_member(req.eid)
-            if eng.activity == DECODE and eng.act_start_s == t:
+            if eng.activity & DECODE and eng.act_start_s == t:
                 self._restart(t)
         req.state = _St.GONE
         self._forget(req)
@@ -641,9 +642,8 @@ class EmulatedWorker:
             return
         now = self.now()
         eng = self.engine
-        if eng.activity == DECODE and now > eng.act_start_s:
-            done = min(eng.act_steps, self.perf.decode_steps_within(eng.batch, eng.act_ctx0, now - eng.act_start_s))
-            step = eng.step + done
+        if eng.activity & DECODE and now > eng.act_start_s:
+            step = eng.step + eng.steps_done_by(now)
             for req in list(self._streaming):
                 self._push_progress(req, step, now)
         self._arm_tick()

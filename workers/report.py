@@ -27,7 +27,7 @@ class LoadReport:
     running: int
     kv_free: int
     busy_remaining_s: float  # modelled seconds until the current iteration ends; 0 when idle
-    activity: int  # engine activity: workers.engine IDLE, PREFILL or DECODE
+    activity: int  # engine activity: workers.engine IDLE, PREFILL, DECODE or MIXED (chunked prefill beside decode)
     busy_s: float  # modelled busy seconds since the worker started
     now_s: float  # the worker clock when the report was taken
     unix_s: float  # the same moment in Unix time

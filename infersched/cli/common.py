@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from scheduler.config import ConfigError
 from simulator.traces import FORMATS, Trace, TraceFormatError
@@ -97,15 +99,34 @@ def load_trace(args) -> Trace:
     rate = getattr(args, "rate", None)
     arrival = getattr(args, "arrival", None)
     max_rows = args.requests if rate is not None or arrival in (None, "trace") else None
-    try:
+    with skip_hint():
         trace = read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows,
                            max_rows=max_rows, start_s=args.start, duration_s=args.duration)
+    say_skipped(trace)
+    return trace
+
+
+@contextmanager
+def skip_hint():
+    """A skippable bad row's error says that --skip-bad-rows skips it."""
+    try:
+        yield
     except TraceFormatError as e:
         if not e.skippable:
             raise
         raise TraceFormatError(e.path, e.line, e.field, f"{e.reason} (--skip-bad-rows skips such rows)") from None
-    say_skipped(trace)
-    return trace
+
+
+def workload_spec(args, **more):
+    """The trace arguments as a simulator.jobs.WorkloadSpec, which reads the trace as load_trace does.
+
+    The trace path is made absolute: the runs may read it in another working directory (a Ray task's).
+    """
+    from simulator.jobs import WorkloadSpec
+
+    return WorkloadSpec(trace=str(Path(args.trace).resolve()) if args.trace else None, format=args.format,
+                        skip_bad_rows=args.skip_bad_rows, requests=args.requests, rate_rps=args.rate,
+                        arrival=args.arrival, seed=args.seed, start_s=args.start, duration_s=args.duration, **more)
 
 
 def trace_record(trace: Trace, args) -> dict:
@@ -141,3 +162,20 @@ def say_skipped(trace: Trace) -> None:
 def user_error(exc: BaseException) -> str:
     """The message for a USER_ERRORS exception (a KeyError's repr would add quotes)."""
     return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """--parallel N / --address and --no-progress, for commands that run several simulations."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--parallel", type=positive(integer=True), metavar="N",
+                       help="run the simulations as Ray tasks on a local Ray instance with N CPUs (default: one "
+                            "after another in this process; the results are the same)")
+    group.add_argument("--address", metavar="auto|HOST:PORT",
+                       help="run the simulations as Ray tasks on this existing Ray cluster, shipping this checkout "
+                            "to it (trace files outside the checkout must exist at the same path on every node)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over the runs")
+
+
+def runtime_options(args) -> dict:
+    """simulator.jobs.run_jobs keyword arguments from the flags of add_runtime_arguments."""
+    return {"parallel": args.parallel, "address": args.address, "progress": not args.no_progress}

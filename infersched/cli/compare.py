@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
+from infersched.cli.common import (DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments, runtime_options,
+                                   say_skipped, skip_hint, trace_record, workload_spec)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
                                                   "Pareto plot goes next to it (PATH with .png)")
     p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
+    add_runtime_arguments(p)
     p.set_defaults(handler=run)
     return p
 
@@ -51,46 +53,47 @@ def parse_params(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from simulator.compare import format_table, pareto_front, plot_pareto, run_policies
-    from simulator.quality import DifficultyModel, parse_table, read_difficulty_column
+    """Exit status 0; 1 when a run failed (the others are still reported and written)."""
+    from simulator.compare import format_table, pareto_front, plot_pareto, policy_jobs
+    from simulator.jobs import build_workload, report_failures, run_jobs
+    from simulator.quality import DifficultyModel, parse_table
     from simulator.report import write_json
-    from simulator.workload import make_workload
 
     params = parse_params(args.param)
-    trace = load_trace(args)
-    difficulty = None
-    if trace.format != "mooncake" and trace.bad_rows == 0 and trace.filtered_rows == 0:
-        difficulty = read_difficulty_column(trace.path)
-        if difficulty is not None:
-            # The trace may be a window (--start/--duration) or a prefix (--requests) of the file's rows.
-            difficulty = difficulty[trace.rows_before_window:trace.rows_before_window + trace.rows]
-    if difficulty is None:
-        table = parse_table(args.difficulty_table) if args.difficulty_table else None
-        difficulty = DifficultyModel(table=table, seed=args.seed) if table else DifficultyModel(seed=args.seed)
-    workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
-                             seed=args.seed, difficulty=difficulty)
-    runs = run_policies(args.policies.split(","), workload, args.cluster, seed=args.seed, params=params,
-                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
-    summaries = [s for _, _, s in runs]
+    spec = workload_spec(args, difficulty_table=parse_table(args.difficulty_table) if args.difficulty_table
+                         else None)
+    with skip_hint():
+        trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
+    say_skipped(trace)
+    jobs = policy_jobs(args.policies.split(","), spec, args.cluster, seed=args.seed, params=params,
+                       ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    results = run_jobs(jobs, **runtime_options(args))
+    summaries = results.ok()
     front = pareto_front(summaries)
-    doc = {"workload": workload.description, "seed": args.seed, "params": params, "trace": trace_record(trace, args),
+    doc = {"workload": workload.description, "seed": args.seed, "params": params,
+           "trace": {**trace_record(trace, args), "path": args.trace or trace.path},
            "difficulty": "trace column" if not isinstance(difficulty, DifficultyModel)
            else {"table": [list(p) for p in difficulty.table], "seed": difficulty.seed},
            "pareto_front": front, "runs": summaries}
+    if results.failures:
+        doc["failed_runs"] = [{"label": f.label, "error": f.error} for f in results.failures]
     written = []
+    plot = (lambda path: written.append(plot_pareto(summaries, front, path, workload.description))) if summaries \
+        else (lambda path: None)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(doc, str(out / "compare.json"))
-        written += [out / "compare.json", plot_pareto(summaries, front, out / "pareto.png", workload.description)]
+        written.append(out / "compare.json")
+        plot(out / "pareto.png")
     if args.json:
         write_json(doc, args.json)
         if args.json != "-":
             written.append(Path(args.json))
-            written.append(plot_pareto(summaries, front, Path(args.json).with_suffix(".png"), workload.description))
+            plot(Path(args.json).with_suffix(".png"))
     if args.json != "-":
         print(f"workload: {workload.description}")
         print(format_table(summaries, front))
     for p in written:
         print(f"wrote {p}", file=sys.stderr)
-    return 0
+    return report_failures(results, "compare")

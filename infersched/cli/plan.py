@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
-from infersched.cli.common import add_trace_arguments, load_trace, positive, unit_interval
+from infersched.cli.common import (add_runtime_arguments, add_trace_arguments, load_trace, positive, runtime_options,
+                                   unit_interval, workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -46,8 +48,23 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="verify the plan by simulation on the same workload (default on)")
     p.add_argument("--out", metavar="PATH", help="write the cluster YAML here (default: print it)")
     p.add_argument("--json", metavar="PATH", help="write the plan JSON to PATH ('-' for stdout)")
+    add_runtime_arguments(p)  # with --parallel/--address every round is planned ahead and verified at once
     p.set_defaults(handler=run)
     return p
+
+
+def _verify_as_jobs(spec, args, documents: list[dict]) -> list[dict]:
+    """Every round's plan simulated at once (simulator/jobs.py); a failed run stops the plan."""
+    from scheduler.config import parse_cluster
+    from simulator.jobs import SimJob, run_jobs
+    from simulator.plan import PlanError
+
+    jobs = [SimJob(f"round {i + 1}", spec, parse_cluster(doc, source=f"<plan {doc.get('name', '')}>"), "slo-aware",
+                   {}, args.seed) for i, doc in enumerate(documents)]
+    results = run_jobs(jobs, **runtime_options(args))
+    if results.failures:
+        raise PlanError("verification failed: " + "; ".join(str(f) for f in results.failures))
+    return results.summaries
 
 
 def run(args) -> int:
@@ -78,11 +95,15 @@ def run(args) -> int:
                 say(format_round(len(rounds_seen), r))
             rounds_seen.append(r)
 
+        verify_all = None
+        if args.verify and (args.parallel or args.address):
+            spec = workload_spec(args)
+            verify_all = partial(_verify_as_jobs, spec, args)
         rounds, caps, excluded = plan_and_verify(
             stats, menu, workload if args.verify else None, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
             quality_floor=args.quality_floor, objective=args.objective, energy_weight=args.energy_weight,
             headroom=args.headroom, target_attainment=args.target_attainment, max_rounds=args.max_rounds,
-            seed=args.seed, on_round=on_round)
+            seed=args.seed, on_round=on_round, verify_all=verify_all)
     except (ValueError, FileNotFoundError) as exc:
         # PlanError, ConfigError and TraceFormatError are ValueErrors; so are bad workload
         # arguments (e.g. --arrival trace with --rate).

@@ -1,21 +1,17 @@
-"""`infersched policies`: the built-in routing presets and the plugins they are made of."""
+"""`infersched policies`: the built-in routing presets, the plugins they are made of and their parameters."""
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("policies", help="list the built-in routing policies and plugins")
+    p = sub.add_parser("policies", help="list the built-in routing policies, plugins and parameters")
     p.set_defaults(handler=run)
     return p
 
 
 def run(args) -> int:
-    from scheduler.registry import FILTERS, PICKERS, POLICIES, SCORERS
+    from simulator.report import format_policies
 
-    for name, spec in POLICIES.items():
-        scorers = ", ".join(f"{n} x{w:g}" for n, w in spec.scorers) or "-"
-        print(f"{name:<14} {spec.description}\n{'':14} filters: {', '.join(spec.filters)}; scorers: {scorers}; "
-              f"picker: {spec.picker}")
-    print(f"\nfilters: {', '.join(FILTERS)}\nscorers: {', '.join(SCORERS)}\npickers: {', '.join(PICKERS)}")
+    print(format_policies())
     return 0

@@ -19,6 +19,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, requests.npz and PNG plots to DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--decision-log", metavar="FILE",
+                   help="write every placement as a JSON line to FILE: candidates, what each filter removed, "
+                        "each scorer's raw and weighted scores, the choice (format: README, Decision log)")
     p.set_defaults(handler=run)
     return p
 
@@ -26,6 +29,7 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from scheduler.cluster import Cluster
     from scheduler.config import builtin_cluster_path, load_cluster
+    from scheduler.decision_log import DecisionLog
     from scheduler.registry import build_policy
     from simulator.metrics import summarize
     from simulator.report import format_summary, write_json, write_outputs
@@ -39,7 +43,14 @@ def run(args) -> int:
     workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
                              seed=args.seed)
     progress = not args.no_progress and args.json != "-"
-    result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress).run()
+    log = DecisionLog.open(args.decision_log) if args.decision_log else None
+    try:
+        result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress, decision_log=log).run()
+    finally:
+        if log is not None:
+            log.close()
+    if log is not None:
+        print(f"wrote {log.lines:,} decision lines to {args.decision_log}", file=sys.stderr)
     summary = summarize(result)
     summary["trace"] = trace_record(trace, args)
     if args.json:

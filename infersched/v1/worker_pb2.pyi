@@ -13,9 +13,11 @@ class EngineActivity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENGINE_ACTIVITY_IDLE: _ClassVar[EngineActivity]
     ENGINE_ACTIVITY_PREFILL: _ClassVar[EngineActivity]
     ENGINE_ACTIVITY_DECODE: _ClassVar[EngineActivity]
+    ENGINE_ACTIVITY_MIXED: _ClassVar[EngineActivity]
 ENGINE_ACTIVITY_IDLE: EngineActivity
 ENGINE_ACTIVITY_PREFILL: EngineActivity
 ENGINE_ACTIVITY_DECODE: EngineActivity
+ENGINE_ACTIVITY_MIXED: EngineActivity
 
 class PrefillRequest(_message.Message):
     __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "prefix_block_hashes", "decode_address")

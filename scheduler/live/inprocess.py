@@ -110,7 +110,7 @@ class InProcessWorkerClient:
                     pool.perf, int(pool.role), clock, max_batch=pool.config.max_batch,
                     max_batch_tokens=pool.config.max_batch_tokens, link_bytes_per_s=pool.config.link_bytes_per_s,
                     worker_id=f"{pool.name}-{i}", pool=pool.name, instance=i, input_slack_s=0.0,
-                    stream_interval_s=stream_interval_s,
+                    stream_interval_s=stream_interval_s, token_budget=pool.config.engine_token_budget,
                     prefix_block_tokens=prefix.block_tokens if prefix.enabled else 0)
                 w.kv = _HandOvers(self, i)
                 w.on_engine = lambda i=i: self._moved(i)

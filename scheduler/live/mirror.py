@@ -161,7 +161,7 @@ class Mirrors:
             queued, tokens, running, kv_free, busy = 0, 0, 0, int(self.snap.kv_capacity[i]), now
         else:
             queued, tokens, running, kv_free = r.queued, r.queued_tokens, r.running, r.kv_free
-            busy = r.now_s - m.offset + r.busy_remaining_s if r.activity == PREFILL else now
+            busy = r.now_s - m.offset + r.busy_remaining_s if r.activity & PREFILL else now
         queued += len(m.pending)
         tokens += sum(p[1] for p in m.pending)
         self.snap.update(i, queued, tokens, running, kv_free, busy)

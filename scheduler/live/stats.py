@@ -144,5 +144,5 @@ def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], com
             utilization=min(1.0, sum(u.busy_s for u in mine) / instance_s) if instance_s > 0 else 0.0,
             energy_j=sum(u.energy_j for u in mine), cost_usd=sum(u.cost_usd for u in mine),
             kv_free_tokens=int(sum(kv_free[r.start:r.stop])),
-            kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop]))))
+            kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])), token_budget=pool.config.engine_token_budget))
     return out

@@ -155,6 +155,7 @@ class PoolStatsView:
     cost_usd: float
     kv_free_tokens: int
     kv_capacity_tokens: int
+    token_budget: int = 0  # chunked prefill's tokens per iteration; 0: prefill-first
 
 
 @dataclass(frozen=True, slots=True)

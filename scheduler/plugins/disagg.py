@@ -22,27 +22,39 @@ colocated otherwise), 0 for the other; weight a latency or load scorer below
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from scheduler.plugins.params import number
-from scheduler.types import Stage
+from scheduler.config import SloConfig
+from scheduler.framework import param
+from scheduler.types import Role, Stage
+
+_BOTH = int(Role.BOTH)
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalDisaggParams:
+    disagg_stall_factor: float = param(1.0, at_least=0.0, doc="stall budget as a multiple of the TPOT SLO")
+    disagg_min_prompt_tokens: int | None = param(None, at_least=0, doc="disaggregate prompts this long "
+                                                                       "(default: by predicted stall)")
+    disagg_min_wait_s: float | None = param(None, at_least=0.0, doc="prefill backlog that makes disaggregation "
+                                                                    "pay (default: a quarter of the TTFT SLO)")
 
 
 class ConditionalDisagg:
     name = "conditional-disagg"
+    Params = ConditionalDisaggParams
 
-    def __init__(self, params: dict):
-        tpot = float(params.get("tpot_slo_s", 0.1))
-        ttft = float(params.get("ttft_slo_s", 2.0))
-        self.stall_budget_s = number(params, "disagg_stall_factor", 1.0, lo=0.0) * tpot
-        self.min_prompt_tokens = (number(params, "disagg_min_prompt_tokens", 0, lo=0, integer=True)
-                                  if "disagg_min_prompt_tokens" in params else None)
-        self.min_wait_s = number(params, "disagg_min_wait_s", 0.25 * ttft, lo=0.0)
+    def __init__(self, params: ConditionalDisaggParams, slo: SloConfig):
+        self.stall_budget_s = params.disagg_stall_factor * slo.tpot_s
+        self.min_prompt_tokens = params.disagg_min_prompt_tokens
+        self.min_wait_s = 0.25 * slo.ttft_s if params.disagg_min_wait_s is None else params.disagg_min_wait_s
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         if stage == Stage.DECODE:
             return np.ones(len(cands))
-        coloc = snap.role[cands] == 2
+        coloc = snap.role[cands] == _BOTH
         if not coloc.any() or coloc.all():
             return np.ones(len(cands))
         colocated = cands[coloc]

@@ -20,9 +20,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from scheduler.cluster import ClusterSnapshot
-from scheduler.plugins.params import number
-from scheduler.types import Request, Stage
+from scheduler.config import SloConfig
+from scheduler.framework import param
+from scheduler.types import Request, Role, Stage
+
+_PREFILL_ONLY = int(Role.PREFILL)
+# Shared with local-first (scheduler/plugins/tiers.py); the registry checks they agree.
+SLO_HEADROOM_DOC = "share of the SLO predictions aim at (queueing makes them optimistic under load)"
 
 _EPS = 1e-12  # owned edge devices cost $0 per hour; keeps best / value finite
 
@@ -49,7 +56,7 @@ def predict(req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray
     # to meet a TTFT SLO, however short its prefill queue.
     meets &= snap.load[cands] < 1.0
     # A prefill-only candidate's TPOT is decided at the decode stage.
-    meets &= (step <= tpot_slo_s) | (snap.role[cands] == 0)
+    meets &= (step <= tpot_slo_s) | (snap.role[cands] == _PREFILL_ONLY)
     return prefill, share, meets, ttft
 
 
@@ -66,15 +73,21 @@ def rank(value: np.ndarray, meets: np.ndarray, ttft: np.ndarray | None, ttft_slo
     return np.where(meets, 0.5 + 0.5 * rel, fallback)
 
 
+@dataclass(frozen=True, slots=True)
+class AimedParams:
+    slo_headroom: float = param(0.5, at_least=0.01, at_most=1.0, doc=SLO_HEADROOM_DOC)
+
+
 class _AimedBelowSlo:
     """Scorers that rank placements predicted to meet the SLO, aimed below it."""
 
-    def __init__(self, params: dict):
+    Params = AimedParams
+
+    def __init__(self, params: AimedParams, slo: SloConfig):
         # Aim predictions at a share of the SLO: queueing makes the predictors optimistic
         # under load, and a policy that packs work up to the SLO misses it by that error.
-        headroom = number(params, "slo_headroom", 0.5, lo=0.01, hi=1.0)
-        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0)) * headroom
-        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1)) * headroom
+        self.ttft_slo_s = slo.ttft_s * params.slo_headroom
+        self.tpot_slo_s = slo.tpot_s * params.slo_headroom
 
 
 class PredictedCost(_AimedBelowSlo):

@@ -4,19 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 from scheduler.cluster import ClusterSnapshot
-from scheduler.types import Request, Stage
+from scheduler.framework import WithoutParams
+from scheduler.types import Request, Role, Stage
+
+_PREFILL_ONLY = int(Role.PREFILL)
 
 
-class FitsMemory:
+class FitsMemory(WithoutParams):
     """The instance's KV capacity can ever hold the request: prompt for a
     prefill-only instance; prompt plus output for decode and colocated ones
     (KV is reserved for the whole output up front, so nothing is preempted)."""
 
     name = "fits-memory"
     reason = "no instance has KV memory for prompt + output tokens"
-
-    def __init__(self, params: dict):
-        pass
 
     def mask(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
              prefill_instance: int) -> np.ndarray | None:
@@ -25,19 +25,16 @@ class FitsMemory:
             return None
         if stage == Stage.DECODE:
             return snap.kv_capacity[cands] >= need_full
-        # Role 0 (prefill-only) holds the prompt; colocated holds everything.
-        need = np.where(snap.role[cands] == 0, float(req.input_tokens), need_full)
+        # A prefill-only instance holds the prompt; a colocated one holds everything.
+        need = np.where(snap.role[cands] == _PREFILL_ONLY, float(req.input_tokens), need_full)
         return snap.kv_capacity[cands] >= need
 
 
-class ModelTier:
+class ModelTier(WithoutParams):
     """The pool's model is capable enough for the request's difficulty."""
 
     name = "model-tier"
     reason = "no pool serves a model capable enough for the request"
-
-    def __init__(self, params: dict):
-        pass
 
     def mask(self, req, snap, stage, cands, now_s, prefill_instance):
         if req.min_capability <= snap.min_capability[stage]:
@@ -45,14 +42,11 @@ class ModelTier:
         return snap.pool_capability[snap.pool[cands]] >= req.min_capability
 
 
-class SameModel:
+class SameModel(WithoutParams):
     """Decode goes where the prefill's KV can be used: a pool serving the same model."""
 
     name = "same-model"
     reason = "no decode pool serves the prefill pool's model"
-
-    def __init__(self, params: dict):
-        pass
 
     def mask(self, req, snap, stage, cands, now_s, prefill_instance):
         if stage != Stage.DECODE or snap.single_model:

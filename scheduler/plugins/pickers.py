@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from scheduler.config import SloConfig
+from scheduler.framework import NoParams, WithoutParams
 from scheduler.types import Request
 
 
-class Argmax:
+class Argmax(WithoutParams):
     """Highest weighted score; exact ties are spread over the tied instances.
 
     Ties are common (equal loads are small integers), and sending each to the
@@ -17,30 +19,28 @@ class Argmax:
     """
 
     name = "argmax"
-    _ROWS = 64
+    _ROWS = 64  # a power of two: the row is request_id & (_ROWS - 1)
     _JITTER = 1e-9  # far below any meaningful score difference (scores live in [0, 1])
 
-    def __init__(self, params: dict):
-        self._table = np.empty((self._ROWS, 0))
+    def __init__(self, params: NoParams, slo: SloConfig):
+        # Jitter rows per candidate count, built on first use: a dict look-up and an index
+        # here cost less than slicing a shared table on every pick.
+        self._rows: dict[int, list[np.ndarray]] = {}
 
-    def _jitter(self, row: int, n: int) -> np.ndarray:
-        if self._table.shape[1] < n:
-            rng = np.random.default_rng(0x5EED)
-            self._table = rng.random((self._ROWS, max(n, 64))) * self._JITTER
-        return self._table[row, :n]
+    def _build(self, n: int) -> list[np.ndarray]:
+        table = np.random.default_rng(0x5EED).random((self._ROWS, max(n, 64))) * self._JITTER
+        rows = self._rows[n] = list(table[:, :n])
+        return rows
 
     def pick(self, req: Request, cands: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> int:
-        scores = scores + self._jitter(req.request_id % self._ROWS, len(scores))
-        return int(cands[scores.argmax()])
+        rows = self._rows.get(len(scores)) or self._build(len(scores))
+        return int(cands[(scores + rows[req.request_id & (self._ROWS - 1)]).argmax()])
 
 
-class RandomTieBreak:
+class RandomTieBreak(WithoutParams):
     """Highest weighted score; ties broken by the seeded RNG so equal instances share load."""
 
     name = "random-tiebreak"
-
-    def __init__(self, params: dict):
-        pass
 
     def pick(self, req, cands, scores, rng):
         best = scores.argmax()
@@ -51,13 +51,10 @@ class RandomTieBreak:
         return int(cands[np.flatnonzero(is_top)[int(rng.integers(ties))]])
 
 
-class RoundRobin:
+class RoundRobin(WithoutParams):
     """Ignores scores: candidate (request id mod count). Pure: no counter state."""
 
     name = "round-robin"
-
-    def __init__(self, params: dict):
-        pass
 
     def pick(self, req, cands, scores, rng):
         return int(cands[req.request_id % len(cands)])

@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from scheduler.cluster import ClusterSnapshot
-from scheduler.plugins.params import number
+from scheduler.config import SloConfig
+from scheduler.framework import param
 from scheduler.types import Request, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixAffinityParams:
+    prefix_load_slack: float = param(0.25, at_least=0.0, doc="how far above the mean load (a share) affinity may "
+                                                             "lift an instance")
 
 
 class PrefixAffinity:
@@ -22,9 +31,10 @@ class PrefixAffinity:
     """
 
     name = "prefix-affinity"
+    Params = PrefixAffinityParams
 
-    def __init__(self, params: dict):
-        self.load_slack = number(params, "prefix_load_slack", 0.25, lo=0.0)
+    def __init__(self, params: PrefixAffinityParams, slo: SloConfig):
+        self.load_slack = params.prefix_load_slack
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:

@@ -1,19 +1,18 @@
-"""Scorers rank the remaining candidates; each returns values in [0, 1]."""
+"""Scorers rank the remaining candidates; each returns values in [0, 1] by construction."""
 from __future__ import annotations
 
 import numpy as np
 
 from scheduler.cluster import ClusterSnapshot
+from scheduler.config import SloConfig
+from scheduler.framework import NoParams, WithoutParams
 from scheduler.types import Request, Stage
 
 
-class LeastLoaded:
+class LeastLoaded(WithoutParams):
     """Fewer queued and running sequences per batch slot is better: 1 / (1 + load)."""
 
     name = "least-loaded"
-
-    def __init__(self, params: dict):
-        pass
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:
@@ -29,10 +28,11 @@ class PredictedLatency:
     """
 
     name = "predicted-latency"
+    Params = NoParams
 
-    def __init__(self, params: dict):
-        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0))
-        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1))
+    def __init__(self, params: NoParams, slo: SloConfig):
+        self.ttft_slo_s = slo.ttft_s
+        self.tpot_slo_s = slo.tpot_s
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         if stage == Stage.DECODE:
@@ -47,13 +47,10 @@ class PredictedLatency:
         return np.divide(slo, latency, out=latency)
 
 
-class KvHeadroom:
+class KvHeadroom(WithoutParams):
     """Share of the instance's KV memory still free."""
 
     name = "kv-headroom"
-
-    def __init__(self, params: dict):
-        pass
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
         return snap.kv_free[cands] / snap.kv_capacity[cands]

@@ -4,12 +4,11 @@ A plain policy places each request once. A staging plugin turns one request
 into a sequence of passes, each placed by the same filters, scorers and
 picker:
 
-- `first(req, snap)` -> (request to place now, stage tag);
+- `first(req, snap)` -> the first `Pass` (request to place now, tag, kind);
 - when a pass finishes, the runtime asks `credit(orig, tag, capability)` for
   the effective capability of the answer that pass delivered, and
-  `after(orig, tag, capability, correct, snap, now_s)` for the next pass:
-  (request, tag, kind) with kind "escalation" or "advice", or None when the
-  answer stands.
+  `after(orig, tag, capability, correct, snap, now_s)` for the next `Pass`
+  (kind ESCALATION or ADVICE), or None when the answer stands.
 
 `correct` is whether the delivered answer is right (credit >= difficulty).
 The runtime knows it in simulation and a verifier estimates it live; the
@@ -19,13 +18,28 @@ noise comes from a seeded hash of the request id, never from a clock or RNG.
 """
 from __future__ import annotations
 
-from scheduler.cluster import ClusterSnapshot
-from scheduler.plugins.params import number, unit_hash
-from scheduler.plugins.tiers import Router
-from scheduler.types import Request
+from dataclasses import dataclass
 
-ESCALATION = "escalation"
-ADVICE = "advice"
+from scheduler.cluster import ClusterSnapshot
+from scheduler.config import SloConfig
+from scheduler.framework import param
+from scheduler.plugins.coin import unit_hash
+from scheduler.plugins.tiers import Router, RouterParams
+from scheduler.types import Pass, PassKind, Request
+
+
+@dataclass(frozen=True, slots=True)
+class EscalateParams:
+    detect_accuracy: float = param(0.9, at_least=0.0, at_most=1.0, doc="share of answers the verifier classifies "
+                                                                       "right")
+    verifier_seed: int = param(1, at_least=0, doc="seed of which answers it misclassifies")
+    max_attempts: int = param(3, at_least=1, doc="most passes per request")
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisorParams(RouterParams):
+    advisor_plan_tokens: int = param(64, at_least=1, doc="tokens of the advisor's plan")
+    advisor_lift: float = param(0.9, at_least=0.0, at_most=1.0, doc="share of the capability gap the plan closes")
 
 
 class Escalate:
@@ -38,14 +52,15 @@ class Escalate:
     """
 
     name = "escalate"
+    Params = EscalateParams
 
-    def __init__(self, params: dict):
-        self.detect_accuracy = number(params, "detect_accuracy", 0.9, lo=0.0, hi=1.0)
-        self.seed = number(params, "verifier_seed", 1, lo=0, integer=True)
-        self.max_attempts = number(params, "max_attempts", 3, lo=1, integer=True)
+    def __init__(self, params: EscalateParams, slo: SloConfig):
+        self.detect_accuracy = params.detect_accuracy
+        self.seed = params.verifier_seed
+        self.max_attempts = params.max_attempts
 
-    def first(self, req: Request, snap: ClusterSnapshot) -> tuple[Request, int]:
-        return req, 0
+    def first(self, req: Request, snap: ClusterSnapshot) -> Pass:
+        return Pass(req, 0, PassKind.FIRST)
 
     def credit(self, orig: Request, tag: int, capability: float, snap: ClusterSnapshot) -> float:
         return capability
@@ -56,7 +71,7 @@ class Escalate:
         return (not correct) if verifier_right else correct
 
     def after(self, orig: Request, tag: int, capability: float, correct: bool, snap: ClusterSnapshot,
-              now_s: float) -> tuple[Request, int, str] | None:
+              now_s: float) -> Pass | None:
         if tag + 1 >= self.max_attempts or not self.flags(orig.request_id, tag, correct):
             return None
         tier = snap.next_tier_above(capability)
@@ -64,7 +79,7 @@ class Escalate:
             return None  # already on the top tier: the answer stands
         req = Request(orig.request_id, orig.input_tokens, orig.output_tokens, now_s,
                       max(orig.min_capability, tier), orig.block_hashes, orig.difficulty)
-        return req, tag + 1, ESCALATION
+        return Pass(req, tag + 1, PassKind.ESCALATION)
 
 
 class Advisor:
@@ -79,19 +94,20 @@ class Advisor:
     """
 
     name = "advisor"
+    Params = AdvisorParams
     _EXECUTE, _ADVISE, _ADVISED = 0, 1, 2
 
-    def __init__(self, params: dict):
-        self.plan_tokens = number(params, "advisor_plan_tokens", 64, lo=1, integer=True)
-        self.lift = number(params, "advisor_lift", 0.9, lo=0.0, hi=1.0)
+    def __init__(self, params: AdvisorParams, slo: SloConfig):
+        self.plan_tokens = params.advisor_plan_tokens
+        self.lift = params.advisor_lift
         self.router = Router(params)
 
-    def first(self, req: Request, snap: ClusterSnapshot) -> tuple[Request, int]:
+    def first(self, req: Request, snap: ClusterSnapshot) -> Pass:
         executor = snap.tiers[0]
         if snap.top_capability <= executor or self.router.judged_able(req, executor):
-            return req, self._EXECUTE
-        return Request(req.request_id, req.input_tokens, self.plan_tokens, req.arrival_s, snap.top_capability,
-                       req.block_hashes, req.difficulty), self._ADVISE
+            return Pass(req, self._EXECUTE, PassKind.FIRST)
+        return Pass(Request(req.request_id, req.input_tokens, self.plan_tokens, req.arrival_s, snap.top_capability,
+                            req.block_hashes, req.difficulty), self._ADVISE, PassKind.FIRST)
 
     def credit(self, orig: Request, tag: int, capability: float, snap: ClusterSnapshot) -> float:
         if tag == self._ADVISED:
@@ -99,9 +115,9 @@ class Advisor:
         return capability
 
     def after(self, orig: Request, tag: int, capability: float, correct: bool, snap: ClusterSnapshot,
-              now_s: float) -> tuple[Request, int, str] | None:
+              now_s: float) -> Pass | None:
         if tag != self._ADVISE:
             return None
         req = Request(orig.request_id, orig.input_tokens + self.plan_tokens, orig.output_tokens, now_s,
                       orig.min_capability, orig.block_hashes, orig.difficulty)
-        return req, self._ADVISED, ADVICE
+        return Pass(req, self._ADVISED, PassKind.ADVICE)

@@ -9,19 +9,30 @@ id (`router_seed`), so the same seed misjudges the same requests.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from scheduler.cluster import ClusterSnapshot
-from scheduler.plugins.params import number, unit_hash
+from scheduler.config import SloConfig
+from scheduler.framework import WithoutParams, param
+from scheduler.plugins.coin import unit_hash
+from scheduler.plugins.economics import SLO_HEADROOM_DOC
 from scheduler.types import Request, Stage
+
+
+@dataclass(frozen=True, slots=True)
+class RouterParams:
+    router_accuracy: float = param(1.0, at_least=0.0, at_most=1.0, doc="share of requests the router judges right")
+    router_seed: int = param(0, at_least=0, doc="seed of which requests it misjudges")
 
 
 class Router:
     """The router's judgement of whether a model of a given capability can answer a request."""
 
-    def __init__(self, params: dict):
-        self.accuracy = number(params, "router_accuracy", 1.0, lo=0.0, hi=1.0)
-        self.seed = number(params, "router_seed", 0, lo=0, integer=True)
+    def __init__(self, params: RouterParams):
+        self.accuracy = params.router_accuracy
+        self.seed = params.router_seed
 
     def misjudges(self, request_id: int) -> bool:
         return self.accuracy < 1.0 and unit_hash(request_id, self.seed) >= self.accuracy
@@ -30,15 +41,12 @@ class Router:
         return (capability >= req.difficulty) != self.misjudges(req.request_id)
 
 
-class LowestTier:
+class LowestTier(WithoutParams):
     """Keeps only the lowest model tier among the candidates (cascades start cheap; a
     raised `min_capability` on a re-served request moves it up one tier)."""
 
     name = "lowest-tier"
     reason = "no model tier left"
-
-    def __init__(self, params: dict):
-        pass
 
     def mask(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
              prefill_instance: int) -> np.ndarray | None:
@@ -48,20 +56,25 @@ class LowestTier:
         return cap == cap.min()
 
 
+@dataclass(frozen=True, slots=True)
+class LocalFirstParams(RouterParams):
+    slo_headroom: float = param(0.5, at_least=0.01, at_most=1.0, doc=SLO_HEADROOM_DOC)
+
+
 class LocalFirst:
     """Edge devices first: 1 for an edge candidate when the router judges its model capable
     enough and it is predicted to meet both SLOs; 0 for an edge candidate otherwise; 0.5
     for every cloud candidate. (KV memory is the fits-memory filter's job.)"""
 
     name = "local-first"
+    Params = LocalFirstParams
 
-    def __init__(self, params: dict):
+    def __init__(self, params: LocalFirstParams, slo: SloConfig):
         self.router = Router(params)
         # Aim predictions at a share of the SLO: queueing makes the predictors optimistic
         # under load, and a policy that packs work up to the SLO misses it by that error.
-        headroom = number(params, "slo_headroom", 0.5, lo=0.01, hi=1.0)
-        self.ttft_slo_s = float(params.get("ttft_slo_s", 2.0)) * headroom
-        self.tpot_slo_s = float(params.get("tpot_slo_s", 0.1)) * headroom
+        self.ttft_slo_s = slo.ttft_s * params.slo_headroom
+        self.tpot_slo_s = slo.tpot_s * params.slo_headroom
         self._cache = None
 
     def _static(self, snap: ClusterSnapshot, cands: np.ndarray):

@@ -9,7 +9,6 @@ an example).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 
 from scheduler.config import QUANTIZATION_BYTES
 from scheduler.types import Role
+from scheduler.validation import Fields
 from simulator.plan.stats import PlanError
 from workers.devices import DeviceSpec, UnknownDeviceError, get_device
 from workers.models import ModelSpec, ModelSpecError, UnknownModelError, load_model, with_dtype
@@ -91,53 +91,28 @@ _DEFAULT_KEYS = set(_DEFAULTS)
 _MENU_KEYS = {"name", "description", "defaults", "devices", "models", "options"}
 
 
-def _fail(source: str, key: str, reason: str) -> PlanError:
-    return PlanError(f"{source}: key '{key}': {reason}")
-
-
-def _check_keys(source: str, where: str, raw: dict, allowed: set[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            raise _fail(source, f"{where}{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-
-
-def _number(source: str, key: str, value: Any, *, integer: bool = False, allow_zero: bool = False,
-            upper: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(source, key, f"expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise _fail(source, key, f"expected a finite number, got {value!r}")
-    if integer and not float(value).is_integer():
-        raise _fail(source, key, f"expected an integer, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise _fail(source, key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    if upper is not None and value > upper:
-        raise _fail(source, key, f"must be <= {upper:g}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
-def _roles(source: str, key: str, value: Any) -> tuple[Role, ...]:
+def _roles(v: Fields, key: str, value: Any) -> tuple[Role, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
-        raise _fail(source, key, f"expected a role or a non-empty list of roles (both, prefill, decode), got {value!r}")
+        raise v.fail(key, f"expected a role or a non-empty list of roles (both, prefill, decode), got {value!r}")
     roles: list[Role] = []
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise _fail(source, f"{key}[{i}]", f"expected a role name, got {item!r}")
+            raise v.fail(f"{key}[{i}]", f"expected a role name, got {item!r}")
         try:
             role = Role.parse(item)
         except ValueError as exc:
-            raise _fail(source, f"{key}[{i}]", str(exc)) from None
+            raise v.fail(f"{key}[{i}]", str(exc)) from None
         if role not in roles:
             roles.append(role)
     return tuple(roles)
 
 
-def _chips_choice(source: str, key: str, value: Any) -> tuple[int | None, ...]:
+def _chips_choice(v: Fields, key: str, value: Any) -> tuple[int | None, ...]:
     """'auto' -> (None,); an integer -> (n,); a list of integers or 'auto' -> each."""
     items = value if isinstance(value, list) else [value]
     if not items:
-        raise _fail(source, key, "expected 'auto', an integer or a non-empty list of them")
+        raise v.fail(key, "expected 'auto', an integer or a non-empty list of them")
     out: list[int | None] = []
     for i, item in enumerate(items):
         sub = f"{key}[{i}]" if isinstance(value, list) else key
@@ -145,59 +120,57 @@ def _chips_choice(source: str, key: str, value: Any) -> tuple[int | None, ...]:
             out.append(None)
         else:
             if isinstance(item, str):
-                raise _fail(source, sub, f"expected 'auto' or a positive integer, got {item!r}")
-            out.append(_number(source, sub, item, integer=True))
+                raise v.fail(sub, f"expected 'auto' or a positive integer, got {item!r}")
+            out.append(v.number(sub, item, integer=True, above=0))
     return tuple(dict.fromkeys(out))
 
 
-def _settings(source: str, where: str, raw: dict, base: dict) -> dict:
+def _settings(v: Fields, where: str, raw: dict, base: dict) -> dict:
     """Option settings from one mapping (defaults, a device, an option) layered on `base`."""
     out = dict(base)
     if "roles" in raw:
-        out["roles"] = _roles(source, f"{where}roles", raw["roles"])
+        out["roles"] = _roles(v, f"{where}roles", raw["roles"])
     if "chips_per_instance" in raw:
-        out["chips_per_instance"] = _chips_choice(source, f"{where}chips_per_instance", raw["chips_per_instance"])
+        out["chips_per_instance"] = _chips_choice(v, f"{where}chips_per_instance", raw["chips_per_instance"])
     if "max_instances" in raw:
-        out["max_instances"] = _number(source, f"{where}max_instances", raw["max_instances"], integer=True,
-                                       allow_zero=True)
+        out["max_instances"] = v.number(f"{where}max_instances", raw["max_instances"], integer=True, at_least=0)
     for key in ("max_batch", "max_batch_tokens"):
         if key in raw:
-            out[key] = _number(source, f"{where}{key}", raw[key], integer=True)
+            out[key] = v.number(f"{where}{key}", raw[key], integer=True, above=0)
     if "link_gbps" in raw:
-        out["link_gbps"] = _number(source, f"{where}link_gbps", raw["link_gbps"])
+        out["link_gbps"] = v.number(f"{where}link_gbps", raw["link_gbps"], above=0)
     if "memory_utilization" in raw:
-        out["memory_utilization"] = _number(source, f"{where}memory_utilization", raw["memory_utilization"],
-                                            upper=1.0)
+        out["memory_utilization"] = v.number(f"{where}memory_utilization", raw["memory_utilization"],
+                                             above=0, at_most=1)
     if raw.get("price_usd_per_chip_hour") is not None:
-        out["price_usd_per_chip_hour"] = _number(source, f"{where}price_usd_per_chip_hour",
-                                                 raw["price_usd_per_chip_hour"], allow_zero=True)
+        out["price_usd_per_chip_hour"] = v.number(f"{where}price_usd_per_chip_hour", raw["price_usd_per_chip_hour"],
+                                                  at_least=0)
     if raw.get("price_usd_per_hour") is not None:
-        out["price_usd_per_hour"] = _number(source, f"{where}price_usd_per_hour", raw["price_usd_per_hour"],
-                                            allow_zero=True)
+        out["price_usd_per_hour"] = v.number(f"{where}price_usd_per_hour", raw["price_usd_per_hour"], at_least=0)
     return out
 
 
-def _device(source: str, key: str, value: Any) -> DeviceSpec:
+def _device(v: Fields, key: str, value: Any) -> DeviceSpec:
     if not isinstance(value, str) or not value.strip():
-        raise _fail(source, key, f"expected a device name, got {value!r}")
+        raise v.fail(key, f"expected a device name, got {value!r}")
     try:
         return get_device(value.strip())
     except UnknownDeviceError as exc:
-        raise _fail(source, key, str(exc)) from None
+        raise v.fail(key, str(exc)) from None
 
 
-def _model(source: str, key: str, raw: Any, menu_dir: Path) -> tuple[ModelSpec, str, str | None]:
+def _model(v: Fields, key: str, raw: Any, menu_dir: Path) -> tuple[ModelSpec, str, str | None]:
     """(spec, reference for the cluster YAML, quantization) from a model entry (name or mapping)."""
     if isinstance(raw, dict):
-        _check_keys(source, f"{key}.", raw, _MODEL_KEYS)
+        v.known_keys(f"{key}.", raw, _MODEL_KEYS)
         if "model" not in raw:
-            raise _fail(source, f"{key}.model", "missing")
+            raise v.fail(f"{key}.model", "missing")
         name, quant = raw["model"], raw.get("quantization")
         name_key = f"{key}.model"
     else:
         name, quant, name_key = raw, None, key
     if not isinstance(name, str) or not name.strip():
-        raise _fail(source, name_key, f"expected a model name or spec file, got {name!r}")
+        raise v.fail(name_key, f"expected a model name or spec file, got {name!r}")
     ref = name.strip()
     try:
         spec = load_model(ref)
@@ -205,24 +178,24 @@ def _model(source: str, key: str, raw: Any, menu_dir: Path) -> tuple[ModelSpec, 
         # A spec file may be given relative to the menu file.
         beside = menu_dir / ref
         if not beside.is_file():
-            raise _fail(source, name_key, str(exc)) from None
+            raise v.fail(name_key, str(exc)) from None
         ref = str(beside)
         try:
             spec = load_model(ref)
         except (UnknownModelError, ModelSpecError) as exc2:
-            raise _fail(source, name_key, str(exc2)) from None
+            raise v.fail(name_key, str(exc2)) from None
     except ModelSpecError as exc:
-        raise _fail(source, name_key, str(exc)) from None
+        raise v.fail(name_key, str(exc)) from None
     if quant is not None:
         if not isinstance(quant, str) or quant.lower() not in QUANTIZATION_BYTES:
-            raise _fail(source, f"{key}.quantization",
+            raise v.fail(f"{key}.quantization",
                         f"unknown {quant!r}; expected one of {', '.join(QUANTIZATION_BYTES)}")
         quant = quant.lower()
         spec = with_dtype(spec, QUANTIZATION_BYTES[quant])
     return spec, ref, quant
 
 
-def _expand(source: str, where: str, device: DeviceSpec, model: ModelSpec, ref: str, quant: str | None,
+def _expand(v: Fields, where: str, device: DeviceSpec, model: ModelSpec, ref: str, quant: str | None,
             settings: dict, explicit: bool) -> tuple[list[MenuOption], list[Excluded]]:
     """One MenuOption per chip count of a (device, model) pair; pairs that do not fit are excluded
     (an error when the menu named the pair explicitly)."""
@@ -240,19 +213,19 @@ def _expand(source: str, where: str, device: DeviceSpec, model: ModelSpec, ref: 
                           f"{settings['max_batch_tokens']} tokens of KV does not fit in any {device.name} instance "
                           f"(at most {device.max_chips_per_instance} chips)")
                 if explicit:
-                    raise PlanError(f"{source}: {where}: {reason}")
+                    raise PlanError(f"{v.source}: {where}: {reason}")
                 excluded.append(Excluded(label, None, reason))
                 continue
         try:
             perf = InstancePerf(device, model, chips, memory_utilization=mem_util)
         except ValueError as exc:
-            raise _fail(source, f"{where}.chips_per_instance", str(exc)) from None
+            raise v.fail(f"{where}.chips_per_instance", str(exc)) from None
         if perf.kv_capacity_tokens < settings["max_batch_tokens"]:
             reason = (f"{model.name} ({model.weight_bytes / 1e9:.1f} GB of weights) leaves "
                       f"{max(perf.kv_capacity_tokens, 0):,} tokens of KV in {chips} x {device.name}, fewer than "
                       f"one prefill batch ({settings['max_batch_tokens']:,})")
             if explicit:
-                raise PlanError(f"{source}: {where}: {reason}")
+                raise PlanError(f"{v.source}: {where}: {reason}")
             excluded.append(Excluded(f"{device.name}x{chips}/{model.name}", None, reason))
             continue
         if "price_usd_per_hour" in settings:
@@ -287,30 +260,31 @@ def parse_menu(data: Any, source: str = "<menu>", base_dir: str | Path | None = 
     """
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a mapping at the top level")
-    _check_keys(source, "", data, _MENU_KEYS)
+    v = Fields(source, PlanError)
+    v.known_keys("", data, _MENU_KEYS)
     menu_dir = Path(base_dir) if base_dir is not None else (Path(source).parent if source != "<menu>" else Path("."))
     defaults_raw = data.get("defaults") or {}
     if not isinstance(defaults_raw, dict):
-        raise _fail(source, "defaults", "expected a mapping")
-    _check_keys(source, "defaults.", defaults_raw, _DEFAULT_KEYS)
-    base = {**_DEFAULTS, "roles": _roles(source, "defaults.roles", _DEFAULTS["roles"]),
+        raise v.fail("defaults", "expected a mapping")
+    v.known_keys("defaults.", defaults_raw, _DEFAULT_KEYS)
+    base = {**_DEFAULTS, "roles": _roles(v, "defaults.roles", _DEFAULTS["roles"]),
             "chips_per_instance": (None,)}
-    base = _settings(source, "defaults.", defaults_raw, base)
+    base = _settings(v, "defaults.", defaults_raw, base)
 
     models_raw = data.get("models") or []
     if not isinstance(models_raw, list):
-        raise _fail(source, "models", "expected a list of models")
-    models = [_model(source, f"models[{i}]", raw, menu_dir) for i, raw in enumerate(models_raw)]
+        raise v.fail("models", "expected a list of models")
+    models = [_model(v, f"models[{i}]", raw, menu_dir) for i, raw in enumerate(models_raw)]
     devices_raw = data.get("devices") or []
     if not isinstance(devices_raw, list):
-        raise _fail(source, "devices", "expected a list of devices")
+        raise v.fail("devices", "expected a list of devices")
     options_raw = data.get("options") or []
     if not isinstance(options_raw, list):
-        raise _fail(source, "options", "expected a list of options")
+        raise v.fail("options", "expected a list of options")
     if devices_raw and not models:
-        raise _fail(source, "models", "devices are listed but no models to pair them with")
+        raise v.fail("models", "devices are listed but no models to pair them with")
     if not devices_raw and not options_raw:
-        raise _fail(source, "devices", "the menu lists no devices and no options")
+        raise v.fail("devices", "the menu lists no devices and no options")
 
     by_key: dict[tuple, MenuOption] = {}
     explicit_at: dict[tuple, str] = {}
@@ -321,53 +295,51 @@ def parse_menu(data: Any, source: str = "<menu>", base_dir: str | Path | None = 
         if isinstance(raw, str):
             raw = {"device": raw}
         if not isinstance(raw, dict):
-            raise _fail(source, where, "expected a device name or a mapping")
-        _check_keys(source, f"{where}.", raw, _DEVICE_KEYS)
+            raise v.fail(where, "expected a device name or a mapping")
+        v.known_keys(f"{where}.", raw, _DEVICE_KEYS)
         if "device" not in raw:
-            raise _fail(source, f"{where}.device", "missing")
-        device = _device(source, f"{where}.device", raw["device"])
-        settings = _settings(source, f"{where}.", raw, base)
+            raise v.fail(f"{where}.device", "missing")
+        device = _device(v, f"{where}.device", raw["device"])
+        settings = _settings(v, f"{where}.", raw, base)
         subset = raw.get("models")
         if subset is not None and (not isinstance(subset, list) or not all(isinstance(s, str) for s in subset)):
-            raise _fail(source, f"{where}.models", "expected a list of model names from `models`")
+            raise v.fail(f"{where}.models", "expected a list of model names from `models`")
         if subset is not None:
             unknown = [s for s in subset if s not in {spec.name for spec, _, _ in models} | {r for _, r, _ in models}]
             if unknown:
-                raise _fail(source, f"{where}.models", f"{unknown[0]!r} is not in the menu's models")
+                raise v.fail(f"{where}.models", f"{unknown[0]!r} is not in the menu's models")
         for m, (spec, ref, quant) in enumerate(models):
             if subset is not None and spec.name not in subset and ref not in subset:
                 continue
-            opts, exc = _expand(source, f"{where} x models[{m}]", device, spec, ref, quant, settings, False)
+            opts, exc = _expand(v, f"{where} x models[{m}]", device, spec, ref, quant, settings, False)
             excluded.extend(exc)
             for o in opts:
                 by_key[(o.device.name, o.chips, o.model.name)] = o
     for k, raw in enumerate(options_raw):
         where = f"options[{k}]"
         if not isinstance(raw, dict):
-            raise _fail(source, where, "expected a mapping with device and model")
-        _check_keys(source, f"{where}.", raw, _OPTION_KEYS)
+            raise v.fail(where, "expected a mapping with device and model")
+        v.known_keys(f"{where}.", raw, _OPTION_KEYS)
         for required in ("device", "model"):
             if required not in raw:
-                raise _fail(source, f"{where}.{required}", "missing")
+                raise v.fail(f"{where}.{required}", "missing")
         if "price_usd_per_hour" in raw and "price_usd_per_chip_hour" in raw:
-            raise _fail(source, f"{where}.price_usd_per_hour", "give price_usd_per_hour (per instance) or "
+            raise v.fail(f"{where}.price_usd_per_hour", "give price_usd_per_hour (per instance) or "
                                                                 "price_usd_per_chip_hour, not both")
-        device = _device(source, f"{where}.device", raw["device"])
-        spec, ref, quant = _model(source, where, {"model": raw["model"], **(
+        device = _device(v, f"{where}.device", raw["device"])
+        spec, ref, quant = _model(v, where, {"model": raw["model"], **(
             {"quantization": raw["quantization"]} if "quantization" in raw else {})}, menu_dir)
         all_models.setdefault(spec.name, spec)
-        settings = _settings(source, f"{where}.", raw, base)
-        opts, _ = _expand(source, where, device, spec, ref, quant, settings, True)
+        settings = _settings(v, f"{where}.", raw, base)
+        opts, _ = _expand(v, where, device, spec, ref, quant, settings, True)
         for o in opts:
             key = (o.device.name, o.chips, o.model.name)
             if key in explicit_at:
-                raise _fail(source, where, f"{o.label} is already listed as {explicit_at[key]}")
+                raise v.fail(where, f"{o.label} is already listed as {explicit_at[key]}")
             explicit_at[key] = where
             by_key[key] = o
-    name = data.get("name", Path(source).stem if source != "<menu>" else "menu")
-    if not isinstance(name, str) or not name.strip():
-        raise _fail(source, "name", f"expected a non-empty string, got {name!r}")
-    return Menu(name=name.strip(), source=source, options=tuple(by_key.values()), excluded=tuple(excluded),
+    name = v.string("name", data.get("name", Path(source).stem if source != "<menu>" else "menu"))
+    return Menu(name=name, source=source, options=tuple(by_key.values()), excluded=tuple(excluded),
                 models=tuple(all_models.values()))
 
 

@@ -182,31 +182,42 @@ def verification_digest(summary: dict) -> dict:
 def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo_s: float, tpot_slo_s: float,
                     quality_floor: float | None = None, objective: str = "cost", energy_weight: float = 0.5,
                     headroom: float = 0.7, target_attainment: float = 0.9, max_rounds: int = 3, seed: int = 0,
-                    name: str | None = None, on_round=None) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
+                    name: str | None = None, on_round=None,
+                    verify_all=None) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
     """Plan; with a workload, verify by simulation and, while SLO attainment < target, re-plan
     with headroom x HEADROOM_BACKOFF, at most `max_rounds` rounds in all. Returns every round;
     the last is the one to use (the first that met the target, or the most provisioned; when
-    a lower headroom has no feasible plan, the last round's `note` says so)."""
+    a lower headroom has no feasible plan, the last round's `note` says so).
+
+    verify_all(documents) -> summaries: verify every round's plan at once (e.g. as Ray tasks),
+    planned ahead at each headroom; the rounds returned are the same as verifying one by one."""
     check_unit("target attainment", target_attainment, zero_ok=True)
     if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
         raise PlanError(f"max rounds must be a positive integer, got {max_rounds!r}")
+    ahead = verify_all is not None and workload is not None
+    planned: list[tuple[Round, list[OptionCapacity], list[Excluded]]] = []
     rounds: list[Round] = []
     h = headroom
     caps: list[OptionCapacity] = []
     excluded: list[Excluded] = []
     cluster_name = name or f"plan-{menu.name}"
+    note = ""
     for _ in range(max_rounds):
         try:
             plan, caps, excluded = plan_cluster(stats, menu, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
                                                 quality_floor=quality_floor, objective=objective,
                                                 energy_weight=energy_weight, headroom=h)
         except PlanError as exc:
-            if not rounds:
+            if not rounds and not planned:
                 raise
             # More spare capacity does not fit the menu: keep the last plan and say why.
-            rounds[-1] = replace(rounds[-1], note=f"no re-plan at headroom {h:.2f}: {exc}")
+            note = f"no re-plan at headroom {h:.2f}: {exc}"
             break
         document = cluster_document(plan, name=cluster_name, ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s)
+        if ahead:
+            planned.append((Round(h, plan, document, None), caps, excluded))
+            h *= HEADROOM_BACKOFF
+            continue
         summary = verify_plan(document, workload, seed=seed) if workload is not None else None
         rounds.append(Round(h, plan, document, summary))
         if on_round is not None:
@@ -214,4 +225,15 @@ def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo
         if summary is None or summary["slo_attainment"] >= target_attainment:
             break
         h *= HEADROOM_BACKOFF
+    if ahead:
+        summaries = verify_all([r.document for r, _, _ in planned])
+        for (r, caps, excluded), summary in zip(planned, summaries):
+            rounds.append(replace(r, verification=summary))
+            if on_round is not None:
+                on_round(rounds[-1])
+            if summary["slo_attainment"] >= target_attainment:
+                note = ""
+                break
+    if note:
+        rounds[-1] = replace(rounds[-1], note=note)
     return rounds, caps, excluded

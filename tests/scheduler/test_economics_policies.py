@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from scheduler.cluster import Cluster
-from scheduler.config import ConfigError, parse_cluster
-from scheduler.plugins.staging import ADVICE, ESCALATION, Advisor, Escalate
+from scheduler.config import ConfigError, SloConfig, parse_cluster
+from scheduler.plugins.staging import Advisor, AdvisorParams, Escalate, EscalateParams
 from scheduler.registry import build_policy
-from scheduler.types import Request
+from scheduler.types import PassKind, Request
 
 
 def pool(name, device, model, role="both", instances=1, **kw):
@@ -108,7 +108,7 @@ EDGE_CLOUD = [pool("laptop", "m4-max", "llama-3.1-8b", quantization="int4", max_
     (0.50, 3, {"router_accuracy": 0.8}, (), 1, "hash 0.87 >= 0.8: misjudged as too hard, cloud"),
 ])
 def test_local_first(difficulty, rid, params, state, expected, why):
-    from scheduler.plugins.params import unit_hash
+    from scheduler.plugins.coin import unit_hash
 
     assert unit_hash(0, 0) < 0.8 <= unit_hash(3, 0)
     cl = make(EDGE_CLOUD)
@@ -157,30 +157,31 @@ def test_cascade_rejects_a_floor_no_tier_meets_with_a_clear_reason():
 def test_escalate_after_a_pass(capability, correct, accuracy, attempt, expected):
     cl = make(TIERS)
     snap = cl.snapshot()
-    esc = Escalate({"detect_accuracy": accuracy, "max_attempts": 3})
+    esc = Escalate(EscalateParams(detect_accuracy=accuracy, max_attempts=3), SloConfig())
     orig = Request(7, 500, 100, 0.0, difficulty=0.86)
     nxt = esc.after(orig, attempt, capability, correct, snap, 12.5)
     if expected is None:
         assert nxt is None
     else:
         req, tag, kind = nxt
-        assert (req.min_capability, tag, kind) == (expected, attempt + 1, ESCALATION)
+        assert (req.min_capability, tag, kind) == (expected, attempt + 1, PassKind.ESCALATION)
         assert (req.request_id, req.input_tokens, req.output_tokens, req.arrival_s) == (7, 500, 100, 12.5)
 
 
 def test_advisor_stages():
     cl = make(TIERS)
     snap = cl.snapshot()
-    adv = Advisor({"advisor_plan_tokens": 64, "advisor_lift": 0.5})
+    adv = Advisor(AdvisorParams(advisor_plan_tokens=64, advisor_lift=0.5), SloConfig())
     easy = Request(1, 500, 100, 0.0, difficulty=0.6)
     hard = Request(2, 500, 100, 0.0, difficulty=0.8)
-    assert adv.first(easy, snap) == (easy, 0)
-    first, tag = adv.first(hard, snap)
+    assert adv.first(easy, snap) == (easy, 0, PassKind.FIRST)
+    first, tag, kind = adv.first(hard, snap)
     # The advisor pass: the top tier reads the 500-token context and writes a 64-token plan.
-    assert (first.min_capability, first.input_tokens, first.output_tokens, tag) == (0.873, 500, 64, 1)
+    assert (first.min_capability, first.input_tokens, first.output_tokens, tag, kind) == (0.873, 500, 64, 1,
+                                                                                           PassKind.FIRST)
     req, tag2, kind = adv.after(hard, tag, 0.873, True, snap, 3.0)
     # The executor pass reads prompt + plan and writes the answer, on the lowest tier.
-    assert (req.input_tokens, req.output_tokens, req.min_capability, tag2, kind) == (564, 100, 0.0, 2, ADVICE)
+    assert (req.input_tokens, req.output_tokens, req.min_capability, tag2, kind) == (564, 100, 0.0, 2, PassKind.ADVICE)
     assert adv.after(hard, tag2, 0.694, False, snap, 9.0) is None
     # Effective capability of the advised answer: halfway (lift 0.5) from 0.694 to 0.873.
     assert adv.credit(hard, tag2, 0.694, snap) == pytest.approx(0.7835)

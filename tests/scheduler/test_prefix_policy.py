@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from scheduler.cluster import Cluster
-from scheduler.config import ConfigError, parse_cluster
-from scheduler.plugins.prefix import PrefixAffinity
+from scheduler.config import ConfigError, SloConfig, parse_cluster
+from scheduler.plugins.prefix import PrefixAffinity, PrefixAffinityParams
 from scheduler.registry import build_policy
 from scheduler.types import Request, Stage
 
@@ -67,7 +67,7 @@ def test_affinity_scores_are_the_cached_share_of_the_prompt():
     snap, engines = with_caches(cl)
     engines[0].prefix.insert((1, 2))
     engines[1].prefix.insert((1, 2, 3, 4))
-    scorer = PrefixAffinity({})
+    scorer = PrefixAffinity(PrefixAffinityParams(), SloConfig())
     cands = np.arange(3)
     req = Request(0, 1500, 10, 0.0, block_hashes=(1, 2, 3))
     # 2 blocks = 1024 of 1500 tokens; 3 blocks would be 1536 > 1499: capped at inp - 1.

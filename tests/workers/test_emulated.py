@@ -63,7 +63,9 @@ def check_engine(eng: BatchEngine) -> None:
     assert eng.batch == len(eng.members) == len(eng.finish_heap)
     assert {rid for _, rid in eng.finish_heap} == set(eng.members)
     assert eng.ctx_offset_sum == pytest.approx(sum(m[0] for m in eng.members.values()))
-    in_prefill = sum(inp + (out if eng.role == ROLE_BOTH else 0) for _, inp, out, _ in eng.prefill_batch)
+    # Admitted prompts: the running prefill-first iteration's, or every chunked one's (admitted, not done).
+    admitted = eng.prefilling if eng.token_budget else eng.prefill_batch
+    in_prefill = sum(entry[1] + (entry[2] if eng.role == ROLE_BOTH else 0) for entry in admitted)
     reserved = sum(m[1] for m in eng.members.values()) + sum(eng.held.values()) + in_prefill
     assert eng.kv_reserved == reserved
     assert eng.waiting_tokens == sum(inp for _, inp, _ in eng.waiting)
@@ -73,17 +75,19 @@ def worker(cluster, pool: str, role: int, clock=None, **kwargs) -> EmulatedWorke
     return EmulatedWorker(perf_of(cluster, pool), role, clock or VirtualClock(), input_slack_s=0.0, **kwargs)
 
 
-def test_worker_reproduces_engine_timings(cluster):
+@pytest.mark.parametrize("token_budget", [0, 512])  # prefill-first; chunked (prompts span iterations)
+def test_worker_reproduces_engine_timings(cluster, token_budget):
     """Every first token and finish lands at the modelled time the engine gives for the
-    same arrivals; each request streams every token after the first once, in order."""
-    w = worker(cluster, "b200", ROLE_BOTH)
+    same arrivals; each request streams every token after the first once, in order,
+    also those made in chunked prefill's mixed iterations."""
+    w = worker(cluster, "b200", ROLE_BOTH, token_budget=token_budget)
     clock, heard = w.clock, Heard(w.clock)
     jobs = [(f"r{i}", 300 + 250 * i, 40 + 30 * i, 0.75 * i) for i in range(6)]
     for key, inp, out, at in jobs:
         clock.call_at(at, lambda key=key, inp=inp, out=out: w.prefill(key, inp, out, heard, decode=True,
                                                                        chunk_tokens=8))
     clock.run()
-    eng = BatchEngine(w.perf, ROLE_BOTH)
+    eng = BatchEngine(w.perf, ROLE_BOTH, token_budget=token_budget)
     first, finish = {}, {}
     arrivals = sorted((at, i) for i, (_, _, _, at) in enumerate(jobs))
     while arrivals or eng.next_wake_s < math.inf:
@@ -106,6 +110,8 @@ def test_worker_reproduces_engine_timings(cluster):
         assert chunks[0][0] == 1 and sum(c for _, c in chunks) == out - 1
         assert all(a + n == b for (a, n), (b, _) in zip(chunks, chunks[1:]))
     assert w.stats().completed == len(jobs) and w.in_flight == 0 and w.engine.kv_reserved == 0
+    if token_budget:  # prompts did span iterations, beside a decoding batch
+        assert w.engine.prefill_iterations > len(jobs)
 
 
 @pytest.mark.parametrize("state", ["waiting", "prefilling", "decoding", "finished-unclaimed"])

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster
-from workers.engine import ROLE_BOTH, BatchEngine
+from workers.engine import MIXED, ROLE_BOTH, BatchEngine
 from workers.engine_state import engine_state, restore_engine
 
 
-def test_a_restored_engine_tracks_the_original():
+@pytest.mark.parametrize("token_budget", [0, 1024])  # prefill-first; chunked, mid-prompt when copied
+def test_a_restored_engine_tracks_the_original(token_budget):
     perf = next(p for p in Cluster(load_cluster(builtin_cluster_path("live-small"))).pools if p.name == "b200").perf
-    eng = BatchEngine(perf, ROLE_BOTH)
+    eng = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     for i, (inp, out) in enumerate([(900, 300), (2000, 40), (300, 700)]):
         eng.submit_prefill(i, inp, out)
     eng.poke(0.0, [])
     for _ in range(3):
         eng.wake(eng.next_wake_s, [])
-    replica = BatchEngine(perf, ROLE_BOTH)
+    if token_budget:
+        assert eng.prefilling and eng.activity == MIXED  # copied while a prompt is half computed
+    replica = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     restore_engine(replica, engine_state(eng))
     t = eng.next_wake_s - 1e-4
     for e in (eng, replica):
