@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
+from scheduler.decision_log import DecisionLog
 from scheduler.live.mirror import Mirrors
 from scheduler.live.stats import Tally, Usage, pool_stats
 from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
@@ -139,10 +140,15 @@ class SchedulerCore:
     """Policy decisions applied to workers through a WorkerClient; every request counted."""
 
     def __init__(self, cluster: Cluster, policy: Policy, options: LiveOptions, clock: Clock,
-                 workers: WorkerClient):
+                 workers: WorkerClient, decision_log: DecisionLog | None = None):
         check_live_policy(policy)
         self.cluster = cluster
         self.policy = policy
+        # Every decision with its per-plugin breakdown, as `infersched simulate
+        # --decision-log` writes it (a retry is decided, and logged, again).
+        self.decision_log = decision_log
+        if decision_log is not None:
+            policy.explain = True
         self.options = options
         self.clock = clock
         self.workers = workers
@@ -396,6 +402,8 @@ class SchedulerCore:
         t = clock.wall()
         decision = self.policy.decide(req, self.snap, now, self._rng)
         dt = clock.wall() - t
+        if self.decision_log is not None:
+            self.decision_log.write(decision, now)
         self.tally.decisions_total += 1
         self.tally.decision_s.add(dt)
         if self.on_decision is not None:

@@ -4,7 +4,9 @@
 cluster (the same engines, hand-overs and admission rules as the live
 workers) and carries work, updates and KV hand-overs between them and the
 core as clock callbacks, never re-entering the caller. Each worker reports its
-load and engine state as soon as its engine moves, so the core's mirrors are
+load and engine state as soon as its engine changes in a way the core's mirror
+could not foresee (`BatchEngine.unforeseen`: a KV joining, a release); wakes
+and admissions at their send times the mirror replays by itself, so it is
 exact at every decision. On a `VirtualClock`, `run_virtual` runs a request stream
 through a `SchedulerCore` deterministically: the same trace and seed give the
 simulator's decisions (tests/live/test_decision_contract.py).
@@ -117,6 +119,7 @@ class InProcessWorkerClient:
                 self.workers.append(w)
         self._listeners = [_Listener(self, i) for i in range(len(self.workers))]
         self._moving: set[int] = set()  # reports due at the next callback
+        self._reported = [-1] * len(self.workers)  # each engine's `unforeseen` when it last reported
 
     def register_all(self, core) -> None:
         """Register every worker with `core` (as worker actors do when they start)."""
@@ -167,13 +170,16 @@ class InProcessWorkerClient:
         self.later(lambda: self.events.on_update(instance, update))
 
     def _moved(self, instance: int) -> None:
-        if instance not in self._moving:
+        # Only a change a mirror could not foresee (BatchEngine.unforeseen) is reported:
+        # wakes and admissions at their send times the core's mirror replays by itself.
+        if self.workers[instance].engine.unforeseen != self._reported[instance] and instance not in self._moving:
             self._moving.add(instance)
             self.later(lambda: self._report(instance))
 
     def _report(self, instance: int) -> None:
         self._moving.discard(instance)
         w = self.workers[instance]
+        self._reported[instance] = w.engine.unforeseen
         self.events.on_report(instance, w.load(), w.engine_state())
 
 
