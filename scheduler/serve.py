@@ -11,13 +11,15 @@ ports close with their processes) and shuts Ray down if it started it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 
 from scheduler.cluster import Cluster
 from scheduler.config import load_cluster
-from scheduler.live.actor import RAY_NAMESPACE, SCHEDULER_ACTOR_NAME, pool_resources, start_scheduler, stop_scheduler
+from scheduler.live.actor import (DECISION_LOG_FLUSH_S, RAY_NAMESPACE, SCHEDULER_ACTOR_NAME, pool_resources,
+                                  start_scheduler, stop_scheduler)
 from scheduler.live.core import check_live_policy
 from scheduler.live.relay import check_frontends
 from scheduler.live.types import LiveOptions
@@ -40,6 +42,11 @@ def run_serve(args) -> int:
     if args.realtime_priority:
         check_priority(args.realtime_priority)
     check_frontends(args.frontends)
+    # Written by the scheduler actor, which runs on this node: a path resolved here.
+    decision_log = os.path.abspath(args.decision_log) if args.decision_log else None
+    if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
+        _say(f"error: --decision-log {args.decision_log}: directory {os.path.dirname(decision_log)} does not exist")
+        return 2
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
@@ -68,7 +75,7 @@ def run_serve(args) -> int:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
-                realtime_priority=args.realtime_priority, frontends=args.frontends)
+                realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1
@@ -81,6 +88,8 @@ def run_serve(args) -> int:
             _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
         if info["metrics"]:
             _say(f"metrics on {info['metrics']}")
+        if info["decision_log"]:
+            _say(f"decisions logged to {info['decision_log']} (flushed every {DECISION_LOG_FLUSH_S:g} s)")
         _say("Ctrl-C or SIGTERM stops it")
         while not stop.wait(HEALTH_CHECK_S):
             try:

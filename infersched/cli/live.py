@@ -39,6 +39,9 @@ def _add_serve(sub) -> None:
                    help="client-facing gRPC in N front-end processes sharing the port, relayed to the scheduler "
                         "core: takes ~0.7 ms of CPU per request off the core's event loop, for hosts with cores to "
                         "spare (default 0: the scheduler actor serves clients itself)")
+    p.add_argument("--decision-log", metavar="FILE",
+                   help="write every placement the scheduler decides as a JSON line, in the format of "
+                        "`simulate --decision-log` (flushed every second)")
     p.set_defaults(handler=run_serve)
 
 

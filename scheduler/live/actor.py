@@ -20,6 +20,7 @@ from typing import Any
 from infersched.v1 import scheduler_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import ClusterConfig, PolicyConfig
+from scheduler.decision_log import DecisionLog
 from scheduler.live.core import SchedulerCore
 from scheduler.live.metrics import Metrics
 from scheduler.live.relay import FrontendPool, check_frontends
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 RAY_NAMESPACE = "infersched"
+DECISION_LOG_FLUSH_S = 1.0
 
 
 def device_resource(device: str) -> str:
@@ -60,8 +62,9 @@ class SchedulerActor:
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
-                 frontends: int = 0):
+                 frontends: int = 0, decision_log: str | None = None):
         self.config = config
+        self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
         # port and relay to this loop (scheduler.live.relay says when that pays).
         self.frontends = check_frontends(frontends)
@@ -81,6 +84,8 @@ class SchedulerActor:
         self._server = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
+        self._decision_log: DecisionLog | None = None
+        self._flusher: asyncio.Task | None = None
         self._handles: list = []
         self._registered: list[asyncio.Event] = []
         self._reviving: set[int] = set()
@@ -109,7 +114,11 @@ class SchedulerActor:
         policy = build_policy(self.policy_config or self.config.policy, self.config)
         clock = ScaledClock(self.options.time_scale)
         self._client = GrpcWorkerClient(clock, self.options)
-        core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client)
+        if self.decision_log_path:
+            self._decision_log = DecisionLog.open(self.decision_log_path)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
+        core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client,
+                                         decision_log=self._decision_log)
         core.on_worker_failed = self._on_worker_failed
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
@@ -165,8 +174,16 @@ class SchedulerActor:
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
                  rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
 
+    async def _flush_decisions(self) -> None:
+        """Lines reach the file within DECISION_LOG_FLUSH_S (it is written through a 1 MiB
+        buffer: a write per decision would cost the event loop a system call each)."""
+        while True:
+            await asyncio.sleep(DECISION_LOG_FLUSH_S)
+            self._decision_log.flush()
+
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
                 "policy": self.core.policy.name if self.core else "", "time_scale": self.options.time_scale,
@@ -253,6 +270,10 @@ class SchedulerActor:
             self._metrics.close()
         if self._client is not None:
             await self._client.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._decision_log is not None:
+            self._decision_log.close()
         stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in self._handles]
         await asyncio.gather(*stops, return_exceptions=True)
         for handle in self._handles:

@@ -2,6 +2,7 @@
 a local Ray cluster that serve starts and shuts down, gRPC on loopback."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -12,10 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
 
+from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import builtin_cluster_path
 from scheduler.realtime import fifo_permitted
 
@@ -33,16 +36,26 @@ START_TIMEOUT_S = 90.0
 REALTIME_PRIORITY = 1 if fifo_permitted() else 0
 
 
+class Served(NamedTuple):
+    proc: subprocess.Popen
+    address: str
+    metrics: str
+    lines: list[str]
+    decisions: Path  # serve's --decision-log
+
+
 def cli(*args, timeout=120):
     return subprocess.run([*CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "2-frontends"])
-def serve(request):
-    """A running `infersched serve` (port 0: any free port), and what it printed: once
-    serving clients from the scheduler actor, once from two front-end processes."""
+def serve(request, tmp_path_factory):
+    """A running `infersched serve` (port 0: any free port, a decision log), and what it
+    printed: once serving clients from the scheduler actor, once from two front-end processes."""
+    decisions = tmp_path_factory.mktemp("serve") / "decisions.jsonl"
     proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
                              "--metrics-port", "0", "--time-scale", "0.01", "--frontends", str(request.param),
+                             "--decision-log", str(decisions),
                              *(["--realtime-priority", str(REALTIME_PRIORITY)] if REALTIME_PRIORITY else [])],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -59,7 +72,8 @@ def serve(request):
         address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
         assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
         metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
-        yield proc, address, metrics, lines
+        assert f"decisions logged to {decisions}" in "\n".join(lines)
+        yield Served(proc, address, metrics, lines, decisions)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -67,7 +81,7 @@ def serve(request):
 
 
 def test_serve_prints_where_it_listens(serve):
-    _, address, metrics, lines = serve
+    address, metrics, lines = serve.address, serve.metrics, serve.lines
     assert address.startswith("127.0.0.1:") and metrics.startswith("http://127.0.0.1:")
     assert "cluster live-small, policy slo-aware, 3 workers, time_scale 0.01" in lines[0]
     with grpc.insecure_channel(address) as channel:
@@ -76,7 +90,7 @@ def test_serve_prints_where_it_listens(serve):
 
 @pytest.mark.skipif(not REALTIME_PRIORITY, reason="this host does not allow SCHED_FIFO (needs CAP_SYS_NICE)")
 def test_realtime_priority_reaches_the_scheduler_actor_threads(serve):
-    proc, _, _, lines = serve
+    proc, lines = serve.proc, serve.lines
     assert f"scheduler threads run under SCHED_FIFO, priority {REALTIME_PRIORITY}" in "\n".join(lines)
     below = _descendants(proc.pid)
     actors = [pid for pid, cmdline in below.items() if cmdline.startswith("ray::SchedulerActor")]
@@ -110,7 +124,7 @@ def _descendants(root: int) -> dict[int, str]:
 
 
 def test_replay_prints_the_simulate_summary(serve, tmp_path):
-    _, address, _, _ = serve
+    address = serve.address
     out = tmp_path / "live.json"
     done = cli("replay", "--target", address, "--trace", str(REPO / "simulator/data/azure_conv_2023.csv.gz"),
                "--requests", "100", "--json", str(out), "--cluster", str(builtin_cluster_path("live-small")))
@@ -134,8 +148,38 @@ def test_replay_prints_the_simulate_summary(serve, tmp_path):
     assert live["pools"]["b200"]["chunked_prefill"] and live["pools"]["b200"]["token_budget"] == 8192
 
 
+def test_serve_logs_every_decision_as_simulate_does(serve):
+    """Each request served is a decision in the log (a prefill line, and a decode line when
+    it went apart), in the format of `simulate --decision-log`; lines reach the file within
+    the flush interval."""
+    address, decisions = serve.address, serve.decisions
+
+    async def send(n: int):
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            for i in range(n):
+                async for _ in stub.Generate(scheduler_pb2.GenerateRequest(prompt_length=300 + i, max_output_tokens=4),
+                                             timeout=30):
+                    pass
+            return await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10)
+
+    stats = asyncio.run(send(5))
+    deadline = time.monotonic() + 10.0
+    while True:
+        lines = [json.loads(line) for line in decisions.read_text().splitlines()]
+        if len({d["id"] for d in lines}) >= stats.decisions_total or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len({d["id"] for d in lines}) == stats.decisions_total >= 5
+    assert {d["stage"] for d in lines} <= {"prefill", "decode"}
+    last = lines[-1] if lines[-1]["stage"] == "prefill" else lines[-2]
+    assert list(last) == ["t", "id", "pass", "stage", "candidates", "removed", "scores", "total", "chosen",
+                          "colocated", "reason"]
+    assert last["chosen"] in last["candidates"] and last["reason"] == "" and last["scores"]
+
+
 def test_stats_json_and_table(serve):
-    _, address, _, _ = serve
+    address = serve.address
     done = cli("stats", "--target", address, "--json", timeout=30)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)
@@ -147,7 +191,7 @@ def test_stats_json_and_table(serve):
 
 
 def test_metrics_count_the_front_ends(serve, request):
-    _, _, metrics, _ = serve
+    metrics = serve.metrics
     text = urllib.request.urlopen(metrics, timeout=10).read().decode()
     frontends = request.node.callspec.params["serve"]
     if frontends:
@@ -180,7 +224,7 @@ def test_serve_refuses_a_multi_pass_policy_before_starting_ray():
 
 def test_sigterm_stops_cleanly(serve, request):
     """Last in this module: stopping frees the gRPC and metrics ports and leaves no actor."""
-    proc, address, metrics, lines = serve
+    proc, address, metrics, lines = serve.proc, serve.address, serve.metrics, serve.lines
     frontends = _frontend_pids(lines)
     assert len(frontends) == request.node.callspec.params["serve"]
     proc.send_signal(signal.SIGTERM)
