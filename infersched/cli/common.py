@@ -20,6 +20,7 @@ from simulator.traces import FORMATS, Trace, TraceFormatError
 SKIPPED_SHOWN = 10
 
 DEFAULT_CLUSTER = "demo"
+CLUSTER_HELP = "cluster YAML path or built-in name (see `infersched clusters`)"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
 USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)

@@ -5,8 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from infersched.cli.common import (DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments, runtime_options,
-                                   say_skipped, skip_hint, trace_record, workload_spec)
+from infersched.cli.clusters import resolve
+from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments,
+                                   runtime_options, say_skipped, skip_hint, trace_record, workload_spec)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "policy on another cluster (a YAML path or a built-in name)")
     add_trace_arguments(p, trace_help="trace file (default: the built-in Azure 2023 conversation trace)",
                         requests_help="number of requests (default: the whole trace)")
-    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
+    p.add_argument("--cluster", help=f"{CLUSTER_HELP} (default {DEFAULT_CLUSTER})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
@@ -65,7 +66,8 @@ def run(args) -> int:
     with skip_hint():
         trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
     say_skipped(trace)
-    jobs = policy_jobs(args.policies.split(","), spec, args.cluster, seed=args.seed, params=params,
+    cluster = str(resolve(args.cluster)) if args.cluster else None
+    jobs = policy_jobs(args.policies.split(","), spec, cluster, seed=args.seed, params=params,
                        ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
     results = run_jobs(jobs, **runtime_options(args))
     summaries = results.ok()

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import sys
 
-from infersched.cli.common import add_trace_arguments, load_trace, trace_record
+from infersched.cli.clusters import resolve
+from infersched.cli.common import CLUSTER_HELP, add_trace_arguments, load_trace, trace_record
+
+# The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
+DEFAULT_SERVE_CLUSTER = "live-small"
 
 
 def register(sub) -> None:
@@ -16,7 +20,8 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the live cluster on Ray and serve the scheduler over gRPC",
                        description="Start (or join) a Ray cluster, one worker actor per pool instance and the "
                                    "scheduler; serve gRPC until Ctrl-C or SIGTERM.")
-    p.add_argument("--cluster", required=True, help="cluster YAML")
+    p.add_argument("--cluster", default=DEFAULT_SERVE_CLUSTER,
+                   help=f"{CLUSTER_HELP} (default {DEFAULT_SERVE_CLUSTER}: three instances, one actor each)")
     p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
     p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
@@ -47,12 +52,11 @@ def _add_replay(sub) -> None:
                        description="Send a trace's requests open loop to a running `infersched serve`, stream "
                                    "the tokens, and print the same summary as `infersched simulate`.")
     r.add_argument("--target", default="127.0.0.1:50051", help="scheduler address (default 127.0.0.1:50051)")
-    add_trace_arguments(r, required=True, synthesis=False, trace_help="trace file (formats as for simulate)",
-                        requests_help="number of requests (default: the whole trace)")
+    add_trace_arguments(r, synthesis=False, requests_help="number of requests (default: the whole trace)")
     r.add_argument("--speedup", type=float,
                    help="divide arrival times by this (default: the server's 1 / time_scale, i.e. the trace's "
                         "own rate in modelled time)")
-    r.add_argument("--cluster", help="the served cluster YAML, for its SLO (default SLO otherwise)")
+    r.add_argument("--cluster", help=f"the served cluster ({CLUSTER_HELP}), for its SLO (default SLO otherwise)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
     r.set_defaults(handler=run_replay)
@@ -70,6 +74,7 @@ def _add_stats(sub) -> None:
 def run_serve(args) -> int:
     from scheduler.serve import run_serve as serve
 
+    args.cluster = str(resolve(args.cluster))
     return serve(args)
 
 
@@ -90,7 +95,7 @@ def run_replay(args) -> int:
         from scheduler.cluster import Cluster
         from scheduler.config import load_cluster
 
-        cluster = Cluster(load_cluster(args.cluster))
+        cluster = Cluster(load_cluster(resolve(args.cluster)))
         slo = cluster.config.slo
     quiet = args.json == "-"
     if not quiet:
