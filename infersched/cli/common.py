@@ -165,6 +165,18 @@ def user_error(exc: BaseException) -> str:
     return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
+def add_slo_arguments(p: argparse.ArgumentParser, *, default: float | None, default_text: str,
+                      tpot_default: float | None = None) -> None:
+    """--ttft-slo and --tpot-slo (seconds); the older --slo-ttft/--slo-tpot stay as hidden aliases."""
+    for stage, what, value in (("ttft", "time-to-first-token", default), ("tpot", "time-per-output-token",
+                                                                           tpot_default)):
+        shown = default_text if value is None else f"{value:g}"
+        p.add_argument(f"--{stage}-slo", type=positive(), default=value, metavar="S",
+                       help=f"{what} SLO in seconds (default {shown})")
+        p.add_argument(f"--slo-{stage}", dest=f"{stage}_slo", type=positive(), default=value,
+                       help=argparse.SUPPRESS)
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """--parallel N / --address and --no-progress, for commands that run several simulations."""
     group = p.add_mutually_exclusive_group()

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from infersched.cli.clusters import resolve
-from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments,
+from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_runtime_arguments, add_slo_arguments,
+                                   add_trace_arguments,
                                    runtime_options, say_skipped, skip_hint, trace_record, workload_spec)
 
 
@@ -28,11 +29,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--difficulty-table", metavar="C:S,...",
                    help="reach table: capability:share-of-queries-within-reach pairs (default: "
                         "simulator/quality.py, 71%% within an edge-class model's reach)")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (overrides the cluster file's)")
+    add_slo_arguments(p, default=None, default_text="the cluster file's")
     p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
                                                   "Pareto plot goes next to it (PATH with .png)")
-    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
+    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary JSON per policy "
+                                                "(LABEL.json, the summary `simulate --json` writes)")
     add_runtime_arguments(p)
     p.set_defaults(handler=run)
     return p
@@ -53,6 +54,12 @@ def parse_params(items: list[str]) -> dict:
     return params
 
 
+def summary_file_name(label: str) -> str:
+    """A run label as a file name: POLICY@CLUSTER with the cluster's path reduced to its stem."""
+    policy, _, cluster = label.partition("@")
+    return f"{policy}@{Path(cluster).stem}" if cluster else policy
+
+
 def run(args) -> int:
     """Exit status 0; 1 when a run failed (the others are still reported and written)."""
     from simulator.compare import format_table, pareto_front, plot_pareto, policy_jobs
@@ -68,7 +75,7 @@ def run(args) -> int:
     say_skipped(trace)
     cluster = str(resolve(args.cluster)) if args.cluster else None
     jobs = policy_jobs(args.policies.split(","), spec, cluster, seed=args.seed, params=params,
-                       ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+                       ttft_s=args.ttft_slo, tpot_s=args.tpot_slo)
     results = run_jobs(jobs, **runtime_options(args))
     summaries = results.ok()
     front = pareto_front(summaries)
@@ -88,6 +95,10 @@ def run(args) -> int:
         write_json(doc, str(out / "compare.json"))
         written.append(out / "compare.json")
         plot(out / "pareto.png")
+        for summary in summaries:
+            path = out / f"{summary_file_name(summary['label'])}.json"
+            write_json({**summary, "trace": doc["trace"]}, str(path))
+            written.append(path)
     if args.json:
         write_json(doc, args.json)
         if args.json != "-":

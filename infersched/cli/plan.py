@@ -11,8 +11,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from infersched.cli.common import (add_runtime_arguments, add_trace_arguments, load_trace, positive, runtime_options,
-                                   unit_interval, workload_spec)
+from infersched.cli.common import (add_runtime_arguments, add_slo_arguments, add_trace_arguments, load_trace,
+                                   positive, runtime_options, unit_interval, workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -29,9 +29,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                       "conversation", requests_help="number of requests (as for simulate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--menu", help="menu of devices and models (default deploy/plan/menu.yaml)")
-    p.add_argument("--ttft-slo", type=positive(), default=2.0, help="time-to-first-token SLO, seconds (default 2)")
-    p.add_argument("--tpot-slo", type=positive(), default=0.1,
-                   help="time-per-output-token SLO, seconds (default 0.1)")
+    add_slo_arguments(p, default=2.0, default_text="2", tpot_default=0.1)
     p.add_argument("--quality-floor", type=unit_interval(zero_ok=True),
                    help="only models with capability >= this may serve (0..1; built-ins use MMLU / 100)")
     p.add_argument("--objective", choices=OBJECTIVES, default="cost",
@@ -128,6 +126,7 @@ def run(args) -> int:
         if args.json:
             write_json(result, args.json)
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text, encoding="utf-8")
     except OSError as exc:
         print(f"infersched plan: error: cannot write the plan: {exc}", file=sys.stderr)
