@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,9 +161,21 @@ def say_skipped(trace: Trace) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+# Library parameter names in error messages, and the flags a command-line user gives them with.
+FLAG_NAMES = ((re.compile(r"\(rate_rps, --rate\)"), "(--rate)"), (re.compile(r"\bn_requests="), "--requests "),
+              (re.compile(r"\bn_requests\b"), "--requests"), (re.compile(r"\brate_rps\b"), "--rate"),
+              (re.compile(r"^seed\b"), "--seed"), (re.compile(r"\barrival process\b"), "--arrival"))
+
+
 def user_error(exc: BaseException) -> str:
-    """The message for a USER_ERRORS exception (a KeyError's repr would add quotes)."""
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    """The message for a USER_ERRORS exception, naming flags where the library names its parameters.
+
+    (A KeyError's repr would add quotes, so its first argument is the message.)
+    """
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    for pattern, flag in FLAG_NAMES:
+        text = pattern.sub(flag, text)
+    return text
 
 
 def add_slo_arguments(p: argparse.ArgumentParser, *, default: float | None, default_text: str,

@@ -71,6 +71,16 @@ def _add_stats(sub) -> None:
     s.set_defaults(handler=run_stats)
 
 
+def rpc_error(target: str, exc) -> str:
+    """One line for a failed RPC: nothing listening gets a hint to start `serve`, not gRPC's connect text."""
+    import grpc
+
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return (f"no infersched scheduler answers at {target} (start one with `infersched serve`, "
+                f"or give its address with --target HOST:PORT)")
+    return f"{target}: {exc.code().name}: {exc.details()}"
+
+
 def run_serve(args) -> int:
     from scheduler.serve import run_serve as serve
 
@@ -104,7 +114,7 @@ def run_replay(args) -> int:
         result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
                                     seed=args.seed, progress=not quiet))
     except grpc.aio.AioRpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2
     summary = live_summary(result, args.target)
     summary["trace"] = trace_record(trace, args)
@@ -135,7 +145,7 @@ def run_stats(args) -> int:
             for stats in stub.WatchStats(scheduler_pb2.WatchStatsRequest(interval_s=args.interval)):
                 print(stats_json(stats) if args.json else format_stats(stats) + "\n", flush=True)
     except grpc.RpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from infersched.cli.common import (add_runtime_arguments, add_slo_arguments, add_trace_arguments, load_trace,
-                                   positive, runtime_options, unit_interval, workload_spec)
+                                   positive, runtime_options, unit_interval, user_error, workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -105,7 +105,7 @@ def run(args) -> int:
     except (ValueError, FileNotFoundError) as exc:
         # PlanError, ConfigError and TraceFormatError are ValueErrors; so are bad workload
         # arguments (e.g. --arrival trace with --rate).
-        print(f"infersched plan: error: {exc}", file=sys.stderr)
+        print(f"infersched plan: error: {user_error(exc)}", file=sys.stderr)
         return 2
     final = rounds[-1]
     if final.note:
