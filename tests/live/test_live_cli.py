@@ -155,7 +155,7 @@ def test_metrics_count_the_front_ends(serve, request):
 
 def test_stats_error_names_the_target():
     done = cli("stats", "--target", "127.0.0.1:1", timeout=30)
-    assert done.returncode == 2 and "127.0.0.1:1: UNAVAILABLE" in done.stderr
+    assert done.returncode == 2 and "no infersched scheduler answers at 127.0.0.1:1" in done.stderr
 
 
 def test_serve_rejects_a_bad_cluster_file_before_starting_ray(tmp_path):
