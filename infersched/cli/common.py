@@ -199,9 +199,19 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--address", metavar="auto|HOST:PORT",
                        help="run the simulations as Ray tasks on this existing Ray cluster, shipping this checkout "
                             "to it (trace files outside the checkout must exist at the same path on every node)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar over the runs")
+    add_progress_argument(p)
+
+
+def show_progress(args) -> bool:
+    """A progress bar goes to stderr when it is a terminal, unless --no-progress or JSON to stdout."""
+    return not getattr(args, "no_progress", False) and getattr(args, "json", None) != "-" and sys.stderr.isatty()
+
+
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not "
+                                                              "a terminal)")
 
 
 def runtime_options(args) -> dict:
     """simulator.jobs.run_jobs keyword arguments from the flags of add_runtime_arguments."""
-    return {"parallel": args.parallel, "address": args.address, "progress": not args.no_progress}
+    return {"parallel": args.parallel, "address": args.address, "progress": show_progress(args)}

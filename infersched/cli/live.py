@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 
 from infersched.cli.clusters import resolve
-from infersched.cli.common import CLUSTER_HELP, add_trace_arguments, load_trace, trace_record
+from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
+                                   show_progress, trace_record)
 
 # The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
 DEFAULT_SERVE_CLUSTER = "live-small"
@@ -59,6 +60,7 @@ def _add_replay(sub) -> None:
     r.add_argument("--cluster", help=f"the served cluster ({CLUSTER_HELP}), for its SLO (default SLO otherwise)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    add_progress_argument(r)
     r.set_defaults(handler=run_replay)
 
 
@@ -112,7 +114,7 @@ def run_replay(args) -> int:
         print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
     try:
         result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
-                                    seed=args.seed, progress=not quiet))
+                                    seed=args.seed, progress=show_progress(args)))
     except grpc.aio.AioRpcError as exc:
         print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2

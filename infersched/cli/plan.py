@@ -12,7 +12,8 @@ from functools import partial
 from pathlib import Path
 
 from infersched.cli.common import (add_runtime_arguments, add_slo_arguments, add_trace_arguments, load_trace,
-                                   positive, runtime_options, unit_interval, user_error, workload_spec)
+                                   positive, runtime_options, show_progress, unit_interval, user_error,
+                                   workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -101,7 +102,8 @@ def run(args) -> int:
             stats, menu, workload if args.verify else None, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
             quality_floor=args.quality_floor, objective=args.objective, energy_weight=args.energy_weight,
             headroom=args.headroom, target_attainment=args.target_attainment, max_rounds=args.max_rounds,
-            seed=args.seed, on_round=on_round, verify_all=verify_all)
+            seed=args.seed, on_round=on_round, verify_all=verify_all,
+            progress=show_progress(args))
     except (ValueError, FileNotFoundError) as exc:
         # PlanError, ConfigError and TraceFormatError are ValueErrors; so are bad workload
         # arguments (e.g. --arrival trace with --rate).

@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from infersched.cli.clusters import resolve
-from infersched.cli.common import CLUSTER_HELP, DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
+from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_progress_argument, add_trace_arguments,
+                                   load_trace, show_progress, trace_record)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, requests.npz and PNG plots to DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.add_argument("--decision-log", metavar="FILE",
                    help="write every placement as a JSON line to FILE: candidates, what each filter removed, "
                         "each scorer's raw and weighted scores, the choice (format: README, Decision log)")
@@ -43,7 +44,7 @@ def run(args) -> int:
     trace = load_trace(args)
     workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
                              seed=args.seed)
-    progress = not args.no_progress and args.json != "-"
+    progress = show_progress(args)
     log = DecisionLog.open(args.decision_log) if args.decision_log else None
     try:
         result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress, decision_log=log).run()
