@@ -23,13 +23,13 @@ COMMANDS = [
 ]
 
 
-def run_on_terminal(args: list[str]) -> tuple[int, str]:
-    """Run the command with stderr on a pseudo-terminal; its exit status and what the terminal showed."""
+def run_on_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str]:
+    """Run the command with stderr (and stdout_too) on a pseudo-terminal; its exit status and what it showed."""
     main, child = pty.openpty()
     # A new pseudo-terminal is 0 columns wide, and a bar sized to it would draw nothing.
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "infersched.cli", *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=child)
+                            stdout=child if stdout_too else subprocess.DEVNULL, stderr=child)
     os.close(child)
     shown = bytearray()
     while True:

@@ -109,6 +109,17 @@ def _descendants(root: int) -> dict[int, str]:
     return out
 
 
+def test_replay_defaults_to_the_builtin_trace_with_a_bar_on_a_terminal(serve):
+    _, address, _, _ = serve
+    spec = importlib.util.spec_from_file_location("cli_progress", REPO / "tests" / "cli" / "test_progress.py")
+    progress = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(progress)
+    code, shown = progress.run_on_terminal(["replay", "--target", address, "--requests", "30"], stdout_too=True)
+    assert code == 0, shown
+    assert "replay: requests ended" in shown and "30/30" in shown and "sent " not in shown
+    assert "azure_conv_2023.csv.gz" in shown  # the workload line names the built-in trace
+
+
 def test_replay_prints_the_simulate_summary(serve, tmp_path):
     _, address, _, _ = serve
     out = tmp_path / "live.json"
