@@ -146,9 +146,10 @@ def test_stats_json_and_table(serve):
     done = cli("stats", "--target", address, "--json", timeout=30)
     assert done.returncode == 0, done.stderr
     s = json.loads(done.stdout)
-    assert int(s["requests_total"]) >= 100 and int(s.get("in_flight", 0)) == 0
-    assert int(s["requests_total"]) == int(s["requests_completed"]) + int(s.get("requests_rejected", 0)) + \
-        int(s.get("requests_failed", 0))
+    assert s["requests"] >= 100 and s["in_flight"] == 0
+    assert s["requests"] == s["completed"] + s["rejected"] + s["failed"]
+    assert isinstance(s["ttft_s"]["p50"], float) and 0 < s["ttft_s"]["samples"] <= s["completed"]
+    assert set(s["pools"]) == {"h100-prefill", "h100-decode", "b200"}
     table = cli("stats", "--target", address, timeout=30)
     assert table.returncode == 0 and "h100-decode" in table.stdout and "TTFT" in table.stdout
 
