@@ -13,7 +13,7 @@ import sys
 HEADER = """# infersched command-line reference
 
 Generated from the argparse parsers by `python -m infersched.cli.reference > docs/CLI.md`
-(tests/cli/test_reference.py fails when this file drifts from them). `infersched COMMAND --help`
+(tests/cli/test_references.py fails when this file drifts from them). `infersched COMMAND --help`
 prints the same text. Built-in cluster names for `--cluster`: `infersched clusters`.
 """
 
