@@ -328,7 +328,7 @@ class Cluster:
                 if index is not None and pool.role != Role.DECODE:
                     prefix = PrefixCache(cfg.block_tokens, i, index)
                 engines.append(BatchEngine(pool.perf, int(pool.role), pool.config.max_batch,
-                                           pool.config.max_batch_tokens, prefix))
+                                           pool.config.max_batch_tokens, prefix, pool.config.engine_token_budget))
         return engines
 
     def pool_of(self, instance: int) -> Pool:

@@ -13,6 +13,7 @@ import yaml
 
 from scheduler.types import Role
 from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
+from workers.engine import DEFAULT_TOKEN_BUDGET
 
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -64,8 +65,17 @@ class PoolConfig:
     link_gbps: float = 400.0  # per-instance network link for KV hand-over, gigabits/s
     price_usd_per_hour: float | None = None  # per instance; None: device price x chips
     max_batch: int = 256  # most sequences decoding at once
-    max_batch_tokens: int = 16384  # most prompt tokens in one prefill iteration
+    max_batch_tokens: int = 16384  # most prompt tokens in one prefill-first iteration
     memory_utilization: float = 0.9  # share of device memory the engine may use
+    # Chunked prefill (vLLM v1, Sarathi-Serve): each iteration runs the decode batch and fills
+    # the rest of token_budget with prompt chunks. Off: prefill-first (a prompt stalls decodes).
+    chunked_prefill: bool = False
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per iteration, decode and prompt together
+
+    @property
+    def engine_token_budget(self) -> int:
+        """The engine's token_budget argument: 0 for prefill-first."""
+        return self.token_budget if self.chunked_prefill else 0
 
     @property
     def link_bytes_per_s(self) -> float:
@@ -85,6 +95,7 @@ class ClusterConfig:
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
+    "chunked_prefill", "token_budget",
 }
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
@@ -126,7 +137,27 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
     if raw.get("price_usd_per_hour") is not None:
         kwargs["price_usd_per_hour"] = v.number(f"{where}.price_usd_per_hour", raw["price_usd_per_hour"],
                                                 at_least=0)
-    return PoolConfig(**kwargs)
+    _parse_chunking(v, where, raw, kwargs)
+    pool = PoolConfig(**kwargs)
+    if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
+        raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
+                     f"full decode batch (max_batch {pool.max_batch}); it must exceed max_batch")
+    return pool
+
+
+def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
+    """chunked_prefill and token_budget. A decode pool computes no prompts, so chunking does
+    not apply there; a budget without chunking would be ignored, so it is refused."""
+    chunked = v.flag(f"{where}.chunked_prefill", raw.get("chunked_prefill", False))
+    if chunked and kwargs["role"] == Role.DECODE:
+        raise v.fail(f"{where}.chunked_prefill", "a decode pool computes no prompts; "
+                     "set it on the prefill or colocated pools")
+    if "token_budget" in raw:
+        if not chunked:
+            raise v.fail(f"{where}.token_budget", "applies only with chunked_prefill: true "
+                         "(prefill-first iterations are capped by max_batch_tokens)")
+        kwargs["token_budget"] = v.number(f"{where}.token_budget", raw["token_budget"], integer=True, above=0)
+    kwargs["chunked_prefill"] = chunked
 
 
 def _parse_policy(v: Fields, raw: Any) -> PolicyConfig:

@@ -309,6 +309,7 @@ class PoolStatsView:
     cost_usd: float
     kv_free_tokens: int
     kv_capacity_tokens: int
+    token_budget: int = 0  # chunked prefill's tokens per iteration; 0: prefill-first
 
 
 @dataclass(frozen=True, slots=True)
@@ -893,7 +894,7 @@ class SchedulerCore:
             self._replica_advance(slot, now + slot.offset)
             wake = eng.next_wake_s - slot.offset if eng.activity else math.inf
             self._write_row(i, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                            eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else now)
+                            eng.kv_capacity - eng.kv_reserved, wake if eng.activity & PREFILL else now)
             if wake < self._next_wake:  # the row changes when the replica passes its next wake
                 self._next_wake = wake
             return
@@ -902,7 +903,7 @@ class SchedulerCore:
             queued, tokens, running, kv_free, busy = 0, 0, 0, int(self.snap.kv_capacity[i]), now
         else:
             queued, tokens, running, kv_free = r.queued, r.queued_tokens, r.running, r.kv_free
-            busy = self.at_unix(r.unix_s) + r.busy_remaining_s if r.activity == PREFILL else now
+            busy = self.at_unix(r.unix_s) + r.busy_remaining_s if r.activity & PREFILL else now
         queued += len(slot.pending)
         tokens += sum(p[1] for p in slot.pending)
         self._write_row(i, queued, tokens, running, kv_free, busy)
@@ -1340,7 +1341,8 @@ class SchedulerCore:
                 utilization=min(1.0, sum(u.busy_s for u in usages) / instance_s) if instance_s > 0 else 0.0,
                 energy_j=sum(u.energy_j for u in usages), cost_usd=sum(u.cost_usd for u in usages),
                 kv_free_tokens=int(sum(kv_free[r.start:r.stop])),
-                kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop]))))
+                kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])),
+                token_budget=pool.config.engine_token_budget))
         return out
 
     def stats(self) -> SchedulerStatsView:
@@ -1434,7 +1436,7 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
             chips_per_instance=p.chips_per_instance, queue_depth=p.queue_depth, running=p.running,
             completed=p.completed, prefill_tokens=p.prefill_tokens, decode_tokens=p.decode_tokens,
             utilization=p.utilization, energy_j=p.energy_j, cost_usd=p.cost_usd, kv_free_tokens=p.kv_free_tokens,
-            kv_capacity_tokens=p.kv_capacity_tokens) for p in s.pools])
+            kv_capacity_tokens=p.kv_capacity_tokens, token_budget=p.token_budget) for p in s.pools])
 
 
 def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:
@@ -1729,7 +1731,7 @@ class SchedulerActor:
         me = me or ray.get_runtime_context().current_actor
         pool = self.cluster.pool_of(instance)
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
-                          max_batch_tokens=pool.config.max_batch_tokens,
+                          max_batch_tokens=pool.config.max_batch_tokens, token_budget=pool.config.engine_token_budget,
                           link_bytes_per_s=pool.config.link_bytes_per_s,
                           prefix_block_tokens=(self.config.prefix_cache.block_tokens
                                                if self.config.prefix_cache.enabled else 0))

@@ -166,6 +166,7 @@ def summarize(result) -> dict:
     """The summary JSON of one simulation (see README for the schema)."""
     rec: RequestRecords = result.records
     cluster = result.cluster
+    itl = getattr(result, "itl", None)
     slo = cluster.config.slo
     completed = rec.status == RequestStatus.COMPLETED
     ttft = np.where(completed, rec.ttft_s(), np.nan)
@@ -226,6 +227,8 @@ def summarize(result) -> dict:
             "idle_energy_j": usage.idle_energy_j,
             "cost_usd": usage.cost_usd,
             "capability": float(pool_capability[p.index]),
+            "chunked_prefill": p.config.chunked_prefill,
+            "token_budget": p.config.token_budget if p.config.chunked_prefill else None,
             # Passes served (escalations and advice included); equals requests for one-pass policies.
             "passes": int(passes[p.index]) if passes is not None else int(served_counts[p.index]),
         }
@@ -252,6 +255,9 @@ def summarize(result) -> dict:
         "max_instance_load_ratio": max(load_ratios) if load_ratios else 1.0,
         "ttft_s": _percentiles(ttft),
         "tpot_s": _percentiles(tpot),
+        # Every output token's gap to the previous one (token-weighted, as vLLM's benchmark_serving
+        # reports ITL), from the engines' histograms: percentiles within 0.5% (workers/itl.py).
+        "itl_s": itl.summary() if itl is not None else _percentiles(np.empty(0)),
         "e2e_s": _percentiles(e2e),
         "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
         "slo_attainment": float(meets.sum() / n) if n else 0.0,

@@ -134,7 +134,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"  rejected {count:,}: {reason}")
     lines += format_table(["latency", "p50", "p90", "p99", "mean"],
                           [[label] + [fmt_s(s[key][k]) for k in ("p50", "p90", "p99", "mean")]
-                           for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end"))],
+                           for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"),
+                                              ("e2e_s", "end-to-end")) if s.get(key) is not None],
                           align="<")
     slo = s["slo"]
     lines.append(

@@ -26,6 +26,7 @@ from scheduler.types import PassKind, Request, RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
 from simulator.workload import Workload
 from workers.engine import FINISHED, FIRST_TOKEN, JOINED, PREFILL, BatchEngine
+from workers.itl import ItlHistogram
 
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: request id
@@ -55,6 +56,8 @@ class SimResult:
     # Multi-pass policies: passes placed per pool (an escalated or advised request counts
     # once per pass on each pool it used); None when every request was one pass.
     pool_passes: list[int] | None = None
+    # Inter-token gaps of every output token after the first, all instances together.
+    itl: ItlHistogram | None = None
 
 
 class Simulation:
@@ -94,13 +97,14 @@ class Simulation:
     def _sync(self, i: int, now: float) -> None:
         """Copy one engine's state into the snapshot the policy reads.
 
-        `busy_until_s` is when a new prompt could start: the end of a prefill
-        iteration, or now for a decoding or idle instance (a poke cuts a decode
-        segment at its next step, milliseconds away, not at the segment's end).
+        `busy_until_s` is when a new prompt could start: the end of an iteration
+        that computes prompts (prefill or chunked), or now for a decoding or idle
+        instance (a poke cuts a decode segment at its next step, milliseconds
+        away, not at the segment's end).
         """
         eng = self.engines[i]
         self.snap.update(i, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
+                         eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity & PREFILL else now)
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -123,6 +127,7 @@ class Simulation:
     def _hand_over(self, src: int, rid: int, now: float) -> None:
         rec = self.records
         out = int(rec.output_tokens[rid])
+        rec.first_token_s[rid] = now  # the flush writes it too; the decode side reads it before
         if out <= 1:  # nothing to decode: done at the first token
             self.engines[src].release(rid)
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
@@ -142,7 +147,7 @@ class Simulation:
         rec.kv_ready_s[rid] = now
         dst = int(rec.decode_instance[rid])
         eng = self.engines[dst]
-        eng.submit_decode(rid, int(rec.input_tokens[rid]), int(rec.output_tokens[rid]))
+        eng.submit_decode(rid, int(rec.input_tokens[rid]), int(rec.output_tokens[rid]), float(rec.first_token_s[rid]))
         first = len(self._log)
         if eng.poke(now, self._log):
             self._schedule_wake(dst)
@@ -237,7 +242,7 @@ class Simulation:
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
         self.snap.update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                         eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
+                         eng.kv_capacity - eng.kv_reserved, wake if eng.activity & PREFILL else t)
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -332,7 +337,7 @@ class Simulation:
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
                     snap_update(payload, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                                eng.kv_capacity - eng.kv_reserved, wake if eng.activity == PREFILL else t)
+                                eng.kv_capacity - eng.kv_reserved, wake if eng.activity & PREFILL else t)
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -362,7 +367,7 @@ class Simulation:
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
                 snap_update(p, len(eng.waiting) + len(eng.joining), eng.waiting_tokens, eng.batch,
-                            eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity == PREFILL else now)
+                            eng.kv_capacity - eng.kv_reserved, eng.next_wake_s if eng.activity & PREFILL else now)
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
@@ -387,12 +392,15 @@ class Simulation:
             PoolUsage.from_engines(pool, [engines[i] for i in pool.instances], makespan)
             for pool in self.cluster.pools
         ]
+        itl = ItlHistogram()
+        for eng in engines:
+            itl.merge(eng.itl)
         return SimResult(
             cluster=self.cluster, policy_name=self.policy.name,
             workload_description=self.workload.description, seed=self.seed, records=rec, pools=pools,
             utilization=self.utilization, makespan_s=makespan, events=n_events,
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
-            pool_passes=list(self._pool_passes) if self.staging is not None else None,
+            pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
         )
 
 

@@ -246,7 +246,7 @@ class LoadReport:
     running: int
     kv_free: int
     busy_remaining_s: float  # modelled seconds until the current iteration ends; 0 when idle
-    activity: int  # engine activity: 0 idle, 1 prefill, 2 decode
+    activity: int  # engine activity: 0 idle, 1 prefill, 2 decode, 3 both (chunked prefill beside decode)
     busy_s: float  # modelled busy seconds since the worker started
     now_s: float  # the worker clock when the report was taken
     unix_s: float  # the same moment in Unix time
@@ -393,7 +393,7 @@ class EmulatedWorker:
                  instance: int = -1, kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
                  claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
                  stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S,
-                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, prefix_block_tokens: int = 0):
+                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, prefix_block_tokens: int = 0, token_budget: int = 0):
         if not time_scale > 0 or not math.isfinite(time_scale):
             raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
         if role not in (ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH):
@@ -404,7 +404,8 @@ class EmulatedWorker:
         self.role = int(role)
         # Prompts sent with block hashes skip the prefix this worker still caches (0: no cache).
         prefix = PrefixCache(prefix_block_tokens) if prefix_block_tokens > 0 and role != ROLE_DECODE else None
-        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix)
+        # token_budget > 0: chunked prefill with that many tokens per iteration (0: prefill-first).
+        self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix, token_budget)
         self.time_scale = float(time_scale)
         self.link_bytes_per_s = float(link_bytes_per_s)
         self.worker_id = worker_id or f"{pool or 'worker'}-{uuid.uuid4().hex[:8]}"
@@ -679,9 +680,8 @@ class EmulatedWorker:
             return
         now = self.now()
         eng = self.engine
-        if eng.activity == DECODE and now > eng.act_start_s:
-            done = min(eng.act_steps, self.perf.decode_steps_within(eng.batch, eng.act_ctx0, now - eng.act_start_s))
-            step = eng.step + done
+        if eng.activity & DECODE and now > eng.act_start_s:
+            step = eng.step + eng.steps_done_by(now)
             for req in list(self._streaming):
                 self._push_progress(req, step, now)
         self._arm_tick()
@@ -753,7 +753,7 @@ class EmulatedWorker:
         eng = self.engine
         if req.eid not in eng.members:
             return
-        if eng.activity == DECODE and eng.act_start_s < now:
+        if eng.activity & DECODE and eng.act_start_s < now:
             # The running segment's time was computed with this member in the batch: cut
             # it at the end of the current step and take the member out there.
             eng.poke(now, [])
@@ -761,7 +761,7 @@ class EmulatedWorker:
             self._reschedule()
             return
         eng.remove_member(req.eid)
-        if eng.activity == DECODE:  # a segment that starts now: recompute it without the member
+        if eng.activity & DECODE:  # a segment that starts now: recompute it without the member
             self._restart(now)
 
     def _restart(self, now: float) -> None:
@@ -873,7 +873,7 @@ class EmulatedWorker:
             events.clear()
             self._engine_t = max(self._engine_t, t)
             # The prompts this wake completes, with the tokens each computed (the rest came from cache).
-            prefilled = eng.prefill_batch if eng.prefix is not None and eng.activity == PREFILL else None
+            prefilled = eng.prefill_batch if eng.prefix is not None and eng.activity & PREFILL else None
             eng.wake(t, events)
             if prefilled:
                 by_eid = self._by_eid
@@ -881,7 +881,7 @@ class EmulatedWorker:
                     req = by_eid.get(eid)
                     if req is not None:
                         req.cached_tokens = inp - computed
-            if eng.last_kind == DECODE:
+            if eng.last_kind & DECODE:
                 decoded = True
             if self._remove_pending:
                 self._apply_removals(t, events)
@@ -901,7 +901,7 @@ class EmulatedWorker:
                 eng.remove_member(eid)
                 removed = True
         self._remove_pending.clear()
-        if removed and eng.activity == DECODE and eng.act_start_s == t:
+        if removed and eng.activity & DECODE and eng.act_start_s == t:
             eng.restart_activity(t, events)
 
     def _handle(self, t: float, events: list) -> None:
@@ -953,7 +953,7 @@ class EmulatedWorker:
             eng.release(req.eid)
         elif req.eid in eng.members:
             eng.remove_member(req.eid)
-            if eng.activity == DECODE and eng.act_start_s == t:
+            if eng.activity & DECODE and eng.act_start_s == t:
                 self._restart(t)
         req.state = _St.GONE
         self._forget(req)
@@ -1664,6 +1664,7 @@ class WorkerSpec:
     max_batch_tokens: int
     link_bytes_per_s: float
     prefix_block_tokens: int = 0  # prefix cache block size (0: no prefix cache)
+    token_budget: int = 0  # chunked prefill: tokens per iteration (0: prefill-first)
 
 
 def resolve_host(host: str) -> tuple[str, str]:
@@ -1729,7 +1730,7 @@ class WorkerActor:
             time_scale=time_scale, link_bytes_per_s=spec.link_bytes_per_s, worker_id=self.worker_id,
             pool=spec.pool, instance=spec.instance, kv_block_tokens=kv_block_tokens,
             claim_timeout_s=claim_timeout_s, input_slack_s=input_slack_s,
-            prefix_block_tokens=spec.prefix_block_tokens)
+            prefix_block_tokens=spec.prefix_block_tokens, token_budget=spec.token_budget)
         self._scheduler = scheduler
         self._host = host
         self._rpc_timeout_s = rpc_timeout_s

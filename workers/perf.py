@@ -14,7 +14,8 @@ uniform routing (ModelSpec.experts_touched; `routing_skew` concentrates it).
 On several chips, attention and dense layers are tensor-parallel (two
 all-reduces per layer) and routed experts expert-parallel (an all-to-all to
 dispatch tokens and one to combine them per MoE layer). Sliding-window
-layers attend to at most `sliding_window` tokens per sequence.
+layers attend to at most `sliding_window` tokens per sequence. A mixed
+iteration (chunked prefill, `mixed`) runs prompt chunks beside a decode step.
 
 Dynamic energy is joules per FLOP plus joules per byte, capped so idle +
 dynamic / time never exceeds peak power; callers add idle_power_w * time.
@@ -25,8 +26,8 @@ a decode segment's step time is piecewise linear in the step index, so its
 sum is arithmetic series split where compute and memory swap, where the
 power cap starts or stops binding, or where contexts outgrow the window.
 The common case (no swap inside the segment) is inlined; the general path
-(`_decode_general`, `_decode_steps_within_general`) walks the stretches
-with the same expressions, so both give the same bits.
+(`_decode_general`, `_decode_steps_within_general`, workers/series.py) walks
+the stretches with the same expressions, so both give the same bits.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import math
 
 from workers.devices import DeviceSpec
 from workers.models import ModelSpec
+from workers.series import series, series_steps_within, sum_min_lin
 
 __all__ = ["InstancePerf", "chips_needed", "ACTIVATION_BYTES"]
 
@@ -44,70 +46,6 @@ ACTIVATION_BYTES = 2.0
 _INF = math.inf
 _sqrt = math.sqrt  # module globals: one dictionary lookup each on the hot path
 _isfinite = math.isfinite
-
-
-def _lin_sum(a: float, s: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} (a + s*k).
-
-    Evaluated in the order decode() and decode_steps_within() use inline for k0 = 0,
-    `n * a + s * ((n - 1.0) * n * 0.5)` with n a float, so they agree to the last bit."""
-    n = k1 - k0
-    if n <= 0:
-        return 0.0
-    return n * a + s * ((k0 + k1 - 1.0) * n * 0.5)
-
-
-def _crossover(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> int:
-    """First integer k in [k0, k1] at or after which line 1 (a1 + s1 k) is at least line 2,
-    assuming s1 > s2 (line 1 grows faster, so once ahead it stays ahead)."""
-    r = (a2 - a1) / (s1 - s2)
-    if r <= k0:
-        return k0
-    if r >= k1:
-        return k1
-    return int(math.ceil(r))
-
-
-def _sum_max_lin(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} max(a1 + s1 k, a2 + s2 k), exactly, in O(1)."""
-    if k1 <= k0:
-        return 0.0
-    if s1 == s2:
-        return _lin_sum(max(a1, a2), s1, k0, k1)
-    if s1 < s2:
-        a1, s1, a2, s2 = a2, s2, a1, s1
-    x = _crossover(a1, s1, a2, s2, k0, k1)
-    return _lin_sum(a2, s2, k0, x) + _lin_sum(a1, s1, x, k1)
-
-
-def _sum_min_lin(a1: float, s1: float, a2: float, s2: float, k0: int, k1: int) -> float:
-    """sum_{k=k0}^{k1-1} min(a1 + s1 k, a2 + s2 k), exactly, in O(1)."""
-    if k1 <= k0:
-        return 0.0
-    if s1 == s2:
-        return _lin_sum(min(a1, a2), s1, k0, k1)
-    if s1 < s2:
-        a1, s1, a2, s2 = a2, s2, a1, s1
-    x = _crossover(a1, s1, a2, s2, k0, k1)
-    return _lin_sum(a1, s1, k0, x) + _lin_sum(a2, s2, x, k1)
-
-
-# Stand-in for "no last step" when solving for steps that fit in a time budget.
-_NO_END = 1 << 62
-
-
-def _pieces(c0: float, cs: float, m0: float, ms: float, end: int) -> list[tuple[int, int, bool]]:
-    """Split steps [0, end) where compute (c0 + cs k) and memory (m0 + ms k) swap as the larger.
-
-    Returns (first, last + 1, compute_is_larger) stretches; at most two because both are lines.
-    """
-    if cs == ms:
-        return [(0, end, c0 >= m0)]
-    if cs > ms:
-        kink = _crossover(c0, cs, m0, ms, 0, end)
-        return [(k0, k1, c) for k0, k1, c in ((0, kink, False), (kink, end, True)) if k1 > k0]
-    kink = _crossover(m0, ms, c0, cs, 0, end)
-    return [(k0, k1, c) for k0, k1, c in ((0, kink, True), (kink, end, False)) if k1 > k0]
 
 
 class InstancePerf:
@@ -384,7 +322,7 @@ class InstancePerf:
 
         # Which of compute/memory is the larger on every step? Usually memory: it is ahead at step 0
         # and grows faster (each step adds more KV bytes to read than attention FLOPs to do).
-        # Otherwise they cross at k = r (the same test as _pieces): for r <= 0 the faster-growing
+        # Otherwise they cross at k = r (the same test as series.pieces): for r <= 0 the faster-growing
         # one is the larger on every step, for r >= steps the other one is; in between they swap
         # inside the segment and the general path splits it.
         if c0 <= m0 and cs < ms:
@@ -405,7 +343,7 @@ class InstancePerf:
         else:
             p = fixed + m0 + serial * c0
             q, wq, es_wq = m_slopes
-        half = (n - 1.0) * n * 0.5  # sum of k over the segment, as _lin_sum computes it
+        half = (n - 1.0) * n * 0.5  # sum of k over the segment, as series.lin_sum computes it
         time_s = n * p + q * half
 
         # Each step's energy is min(e0 + es*k, wp + wq*k). Usually the cap is above at step 0 and
@@ -422,7 +360,7 @@ class InstancePerf:
             elif r >= n:
                 capped = es_wq < 0.0
             else:
-                return time_s, _sum_min_lin(e0, es, wp, wq, 0, steps)
+                return time_s, sum_min_lin(e0, es, wp, wq, 0, steps)
         else:
             capped = wp < e0
         if capped:
@@ -443,30 +381,7 @@ class InstancePerf:
         fixed, c0, cs, m0, ms = self._decode_lines(terms, ctx_sum0)
         batch_f, _, _, _, _, _, e_b, e_per_kv, _, _, es, _, _ = terms
         e0 = e_b + e_per_kv * (ctx_sum0 + batch_f)
-        # Cap each step at (peak - idle) * step time: min(line, line) on each stretch.
-        w = self._dyn_cap_w
-        time_s = energy_j = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            time_s += _lin_sum(p, q, k0, k1)
-            energy_j += _sum_min_lin(e0, es, w * p, w * q, k0, k1)
-        return time_s, energy_j
-
-    def _decode_time(self, fixed: float, c0: float, cs: float, m0: float, ms: float, steps: int) -> float:
-        """decode()'s time for `steps` steps from the lines (general path)."""
-        time_s = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, steps):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            time_s += _lin_sum(p, q, k0, k1)
-        return time_s
-
-    def _step_line(self, fixed: float, c0: float, cs: float, m0: float, ms: float,
-                   c_is_max: bool) -> tuple[float, float]:
-        """Step time as p + q*k on a stretch where one of compute/memory is the larger."""
-        serial = self._serial
-        if c_is_max:
-            return fixed + c0 + serial * m0, cs + serial * ms
-        return fixed + m0 + serial * c0, ms + serial * cs
+        return series(fixed, self._serial, c0, cs, m0, ms, e0, es, self._dyn_cap_w, steps)
 
     def decode_steps_within(self, batch: int, ctx_sum0: float, time_s: float) -> int:
         """Largest k >= 0 with decode(batch, ctx_sum0, k)[0] <= time_s (closed form, exact at boundaries)."""
@@ -544,55 +459,136 @@ class InstancePerf:
 
     def _decode_steps_within_general(self, batch: int, ctx_sum0: float, time_s: float,
                                      limit: int | None = None) -> int:
-        """decode_steps_within() for any budget: solves on each stretch, then corrects the integer by
-        galloping. decode_steps_within() comes here only when its one-stretch answer does not check out.
-        With `limit`, counts steps of the starting regime only (at most `limit`)."""
+        """decode_steps_within() for any budget (series.series_steps_within). decode_steps_within() comes
+        here only when its one-stretch answer does not check out. With `limit`, counts steps of the
+        starting regime only (at most `limit`)."""
         if self._window is not None and limit is None and self._window_steps(batch, ctx_sum0) > 0:
             return self._decode_steps_within_windowed(batch, ctx_sum0, time_s)
         fixed, c0, cs, m0, ms = self._decode_lines(self._terms(batch, ctx_sum0), ctx_sum0)
-        if time_s <= 0.0:
-            return 0
-        # Step time is p + q*k on each side of the kink, so elapsed time is quadratic in k there:
-        # solve it, then settle the integer against the same closed form decode() uses.
-        k = 0
-        elapsed = 0.0
-        for k0, k1, c_is_max in _pieces(c0, cs, m0, ms, _NO_END):
-            p, q = self._step_line(fixed, c0, cs, m0, ms, c_is_max)
-            n = _steps_in_series(p + q * k0, q, time_s - elapsed)
-            if k1 >= _NO_END or k0 + n < k1:
-                k = k0 + n
-                break
-            elapsed += _lin_sum(p, q, k0, k1)
-            k = k1
-        if limit is not None:
-            return min(k, limit)
+        return series_steps_within(fixed, self._serial, c0, cs, m0, ms, time_s, limit)
 
-        def within(steps: int) -> bool:
-            return self._decode_time(fixed, c0, cs, m0, ms, steps) <= time_s
+    # --- mixed iterations (chunked prefill) ------------------------------------------
+    #
+    # One iteration computes `tokens` prompt tokens (chunks of `seqs` prompts whose already
+    # computed prefixes total `prefix_tokens`) beside one decode step of `batch` sequences: the
+    # weights the iteration's tokens touch stream once (streamed_bytes(tokens + batch): an MoE
+    # layer reads the experts both sides select), FLOPs and KV bytes add up. The fixed time and
+    # the serial share are the prefill and decode ones weighted by each side's tokens (an
+    # assumption: the calibration measured pure prefills and pure decodes, none mixed). With
+    # tokens = 0 it is a decode step, with batch = 0 a prefill. Iterations advancing one prompt
+    # by `tokens` each grow its prefix by `tokens` and its attention pairs by tokens^2, and the
+    # decode context by `batch`: lines in the iteration index within a window regime.
 
-        # Rounding in the quadratic can leave k a step off; gallop then bisect, which in
-        # practice is one or two evaluations.
-        if within(k):
-            if not within(k + 1):
-                return k
-            lo, step = k + 1, 1
-            while within(lo + step):
-                lo, step = lo + step, step * 2
-            hi = lo + step  # within(lo) and not within(hi)
-        else:
-            hi, step = k, 1
-            while hi - step > 0 and not within(hi - step):
-                hi, step = hi - step, step * 2
-            lo = max(0, hi - step)
-            if not within(lo):
-                return 0
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if within(mid):
-                lo = mid
+    def _mixed_lines(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float,
+                     seqs: int) -> tuple[float, float, float, float, float, float, float, float]:
+        """(fixed, serial, c0, cs, m0, ms, e0, es): iteration k has compute c0 + cs k, memory m0 + ms k
+        and uncapped energy e0 + es k (in the window regimes of iteration 0)."""
+        t = tokens + 0.0
+        full_pair, win_pair = self._pair_flops
+        full_kv, win_kv = self._kv_token_bytes
+        prompt_kv = t + prefix_tokens  # write the chunk, read its prefix
+        flops = self._flops_per_token * t + self._flops_per_seq * seqs + full_pair * pairs
+        flops_slope = full_pair * t * t
+        kv_bytes, kv_slope = full_kv * prompt_kv, full_kv * t
+        window = self._window
+        if window is not None:  # windowed layers: at most `window` keys per query, as many kept
+            if pairs < t * window:
+                flops, flops_slope = flops + win_pair * pairs, flops_slope + win_pair * t * t
             else:
-                hi = mid
-        return lo
+                flops += win_pair * t * window
+            if prompt_kv < seqs * window:
+                kv_bytes, kv_slope = kv_bytes + win_kv * prompt_kv, kv_slope + win_kv * t
+            else:
+                kv_bytes += win_kv * seqs * window
+        weight_bytes = self.streamed_bytes(tokens + batch)
+        s_per_flop, byte_s, kv_byte_s, e_flop, e_byte = (self._s_per_flop, self._byte_s, self._kv_byte_s,
+                                                         self._e_flop, self._e_byte)
+        c0, cs = flops * s_per_flop, flops_slope * s_per_flop
+        m0, ms = weight_bytes * byte_s + kv_bytes * kv_byte_s, kv_slope * kv_byte_s
+        e0, es = e_flop * flops + e_byte * (weight_bytes + kv_bytes), e_flop * flops_slope + e_byte * kv_slope
+        share = 0.0  # the decode side's share of the iteration's tokens
+        if batch:
+            batch_f, _, c_b, c_per_kv, m_b, kv_s, e_b, e_per_kv, cs_b, ms_b, es_b, _, _ = self._terms(batch, ctx_sum0)
+            kv0 = ctx_sum0 + batch_f
+            batch_weights = self.streamed_bytes(batch)  # in m_b and e_b; streamed once above instead
+            c0, cs = c0 + c_b + c_per_kv * kv0, cs + cs_b
+            m0, ms = m0 + (m_b - batch_weights * byte_s) + kv_s * kv0, ms + ms_b
+            e0, es = e0 + (e_b - e_byte * batch_weights) + e_per_kv * kv0, es + es_b
+            share = batch_f / (t + batch_f)
+        overhead = (1.0 - share) * self._prefill_overhead_s + share * self._decode_overhead_s
+        fixed = overhead + self._coll_fixed_s + self._coll_s_per_token * (t + batch)
+        return fixed, self._serial * share, c0, cs, m0, ms, e0, es
+
+    def _mixed_regime_steps(self, batch: int, ctx_sum0: float, tokens: int, pairs: float,
+                            prefix_tokens: float) -> int:
+        """Iterations of one prompt's chunks before a window regime changes (0: none ahead)."""
+        window = self._window
+        if window is None:
+            return 0
+        t = tokens + 0.0
+        ahead = [self._window_steps(batch, ctx_sum0)] if batch else []
+        for room, per_step in ((t * window - pairs, t * t), (window - t - prefix_tokens, t)):
+            if room > 0.0:
+                ahead.append(math.ceil(room / per_step))
+        ahead = [k for k in ahead if k > 0]
+        return min(ahead) if ahead else 0
+
+    def _advanced(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float,
+                  steps: int) -> tuple[int, float, int, float, float]:
+        """mixed()'s arguments `steps` iterations of one prompt's chunks later."""
+        return batch, ctx_sum0 + batch * steps, tokens, pairs + tokens * tokens * steps, prefix_tokens + tokens * steps
+
+    def mixed(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float, seqs: int,
+              steps: int = 1) -> tuple[float, float]:
+        """(time_s, dynamic_energy_j) of `steps` mixed iterations: prompt chunks of `tokens` tokens over
+        `seqs` prompts beside a decode step of `batch` sequences holding ctx_sum0 cached tokens.
+
+        pairs = sum over the chunks of new_i*prefix_i + new_i*(new_i+1)/2 (causal query-key pairs);
+        prefix_tokens = sum of prefix_i (tokens each chunk's prompt already holds, cached or
+        computed). Several steps advance one prompt (seqs = 1) by `tokens` each; closed form.
+        """
+        if steps <= 0:
+            return 0.0, 0.0
+        if tokens <= 0:
+            return self.decode(batch, ctx_sum0, steps)
+        if seqs < 1 or (steps > 1 and seqs != 1):
+            raise ValueError(f"mixed needs seqs >= 1 (exactly 1 over several steps), got {seqs} over {steps}")
+        fixed, serial, c0, cs, m0, ms, e0, es = self._mixed_lines(batch, ctx_sum0, tokens, pairs, prefix_tokens,
+                                                                  seqs)
+        if steps == 1:  # the common case, as series() computes one step
+            time_s = fixed + c0 + serial * m0 if c0 > m0 else fixed + m0 + serial * c0
+            cap_j = self._dyn_cap_w * time_s
+            return time_s, (e0 if e0 < cap_j else cap_j)
+        split = self._mixed_regime_steps(batch, ctx_sum0, tokens, pairs, prefix_tokens)
+        if 0 < split < steps:  # a window regime changes inside the run: two runs
+            t1, e1 = self.mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, split)
+            t2, e2 = self.mixed(*self._advanced(batch, ctx_sum0, tokens, pairs, prefix_tokens, split), 1,
+                                steps - split)
+            return t1 + t2, e1 + e2
+        return series(fixed, serial, c0, cs, m0, ms, e0, es, self._dyn_cap_w, steps)
+
+    def mixed_steps_within(self, batch: int, ctx_sum0: float, tokens: int, pairs: float, prefix_tokens: float,
+                           time_s: float) -> int:
+        """Largest k >= 0 with mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, k)[0] <= time_s."""
+        if not _isfinite(time_s):
+            raise ValueError(f"mixed_steps_within needs a finite time, got {time_s!r}")
+        if tokens <= 0:
+            return self.decode_steps_within(batch, ctx_sum0, time_s)
+        fixed, serial, c0, cs, m0, ms, _, _ = self._mixed_lines(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1)
+        split = self._mixed_regime_steps(batch, ctx_sum0, tokens, pairs, prefix_tokens)
+        if not split:
+            return series_steps_within(fixed, serial, c0, cs, m0, ms, time_s)
+        # Solve in the first regime, then in the next for the time left; settle against mixed().
+        k = series_steps_within(fixed, serial, c0, cs, m0, ms, time_s, split)
+        if k >= split:
+            rest = time_s - self.mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, split)[0]
+            k = split + self.mixed_steps_within(*self._advanced(batch, ctx_sum0, tokens, pairs, prefix_tokens, split),
+                                                rest)
+        while k > 0 and self.mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, k)[0] > time_s:
+            k -= 1
+        while self.mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, k + 1)[0] <= time_s:
+            k += 1
+        return k
 
     # --- transfer, power ---------------------------------------------------------
     def kv_transfer_s(self, tokens: int, link_bytes_per_s: float, setup_s: float | None = None) -> float:
@@ -635,23 +631,6 @@ def _collectives(device: DeviceSpec, model: ModelSpec, chips: int) -> tuple[floa
         / device.interconnect_bw_bytes_s
     per_token_s = (2 * dense + moe) * per_reduce + 2 * moe * per_a2a
     return fixed_s, per_token_s
-
-
-def _steps_in_series(p: float, q: float, budget: float) -> int:
-    """Approximate largest k with k*p + q*k*(k-1)/2 <= budget (p > 0, q >= 0); callers fix the last step."""
-    if budget <= 0.0:
-        return 0
-    # q/2 k^2 + (p - q/2) k - budget = 0
-    b = p - 0.5 * q
-    if q == 0.0:
-        return int(budget / p)
-    disc = b * b + 2.0 * q * budget
-    root = math.sqrt(disc)
-    if b >= 0.0:
-        k = 2.0 * budget / (b + root)  # avoids cancellation when q is tiny
-    else:
-        k = (root - b) / q
-    return int(k) if k < 4e18 else 1 << 62
 
 
 def chips_needed(device: DeviceSpec, model: ModelSpec, min_kv_tokens: int = 1,

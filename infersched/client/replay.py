@@ -34,6 +34,7 @@ from scheduler.control import TIME_SCALE_KEY
 from scheduler.types import RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
 from simulator.sim import SimResult
+from workers.itl import ItlHistogram
 from workers.live import SENT_KEY
 
 _STATUS = {
@@ -48,7 +49,7 @@ _ROLE = {common_pb2.ROLE_PREFILL: Role.PREFILL, common_pb2.ROLE_DECODE: Role.DEC
 
 
 def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = None):
-    """The served cluster rebuilt from GetStats (pools, devices, models, chips, roles),
+    """The served cluster rebuilt from GetStats (pools, devices, models, chips, roles, chunking),
     for the summary when no cluster file is given. Batch limits and prices are not in
     the stats, so per-pool cost comes from the server's counters, not from this; the SLO
     is not either: pass the cluster file (--cluster) for its own."""
@@ -62,9 +63,10 @@ def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = 
         base, _, label = p.model.rpartition("-")
         if p.model not in MODELS and base in MODELS and label in QUANTIZATION_BYTES:
             model, quantization = base, label  # workers.models.with_dtype names variants "<model>-<dtype>"
+        chunking = {"chunked_prefill": True, "token_budget": p.token_budget} if p.token_budget > 0 else {}
         pools.append(PoolConfig(name=p.name, device=p.device, instances=p.instances, model=model,
                                 role=_ROLE.get(p.role, Role.BOTH), chips_per_instance=p.chips_per_instance,
-                                quantization=quantization))
+                                quantization=quantization, **chunking))
     return Cluster(ClusterConfig(name=stats.cluster, pools=tuple(pools), slo=slo or SloConfig(),
                                  source=f"<served cluster {stats.cluster}>"))
 
@@ -118,6 +120,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         prefix = f"replay-{uuid.uuid4().hex[:8]}"
         reasons: dict[str, int] = {}
         counts = {"messages": 0, "tokens": 0}
+        itl = ItlHistogram()
 
         async def attempt(i: int, inp: int, out: int, due: float, hashes) -> None:
             request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
@@ -127,11 +130,14 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             # however long the client and the loopback take to deliver it.
             sent = ((SENT_KEY, repr(unix0 + (due - t0))),)
             record = None
+            chunks = []  # (first token index, tokens, emit time) as streamed
             try:
                 async for item in stub.Generate(request, timeout=rpc_timeout_s, metadata=sent):
                     counts["messages"] += 1
                     if item.HasField("tokens"):
-                        counts["tokens"] += item.tokens.token_count
+                        tokens = item.tokens
+                        counts["tokens"] += tokens.token_count
+                        chunks.append((tokens.first_token_index, tokens.token_count, tokens.emit_s))
                     if item.HasField("record"):  # the last message (with the last tokens, if they came with it)
                         record = item.record
             except grpc.aio.AioRpcError as exc:
@@ -149,6 +155,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 reasons["stream ended without a record"] = reasons.get("stream ended without a record", 0) + 1
                 return
             _store(rec, i, record, origin)
+            if rec.status[i] == RequestStatus.COMPLETED:
+                _add_gaps(itl, chunks, record.first_token_s, record.finish_s)
             if rec.status[i] == RequestStatus.REJECTED:
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
 
@@ -200,9 +208,24 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         cluster=cluster, policy_name=stats1.policy, workload_description=workload.description, seed=seed,
         records=rec, pools=pools, utilization=UtilizationTimeline([p.instances for p in pools]),
         makespan_s=makespan, events=counts["messages"], wall_s=client_wall, reject_reasons=reasons,
-        time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall,
+        time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall, itl=itl,
         send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
                          float(lateness.max())) if n else (0.0, 0.0, 0.0))
+
+
+def _add_gaps(itl: ItlHistogram, chunks: list, first_token_s: float, finish_s: float) -> None:
+    """Inter-token gaps as the client saw them: a chunk of n tokens after the first token gives
+    n gaps of (its time - the previous chunk's) / n, one per token as workers/itl.py counts them.
+    A chunk's time is when the scheduler relayed it, kept within [first token, finish] of the
+    request's record (relays trail the modelled times), so a request's gaps add up to its
+    first-to-last-token time, as in the simulator."""
+    prev = first_token_s
+    for first, count, emit_s in chunks:
+        after_first = count - 1 if first == 0 else count
+        emit_s = min(max(emit_s, prev), finish_s)
+        if after_first > 0:
+            itl.add((emit_s - prev) / after_first, after_first)
+        prev = emit_s
 
 
 def _store(rec: RequestRecords, i: int, r: scheduler_pb2.RequestRecord, origin: float) -> None:

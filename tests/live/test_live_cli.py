@@ -139,6 +139,10 @@ def test_replay_prints_the_simulate_summary(serve, tmp_path):
     assert live["completed"] == 100 and live["live"]["speedup"] == 100.0
     assert live["input_tokens"] == simulated["input_tokens"]
     assert sum(p["prefill_tokens"] for p in live["pools"].values()) == live["input_tokens"]
+    # Inter-token gaps from the streamed chunks add up, per request, to first token -> last
+    # token, as the simulator's do: the token-weighted means agree as TPOT's do.
+    assert live["itl_s"]["mean"] == pytest.approx(simulated["itl_s"]["mean"], rel=0.25)
+    assert live["pools"]["b200"]["chunked_prefill"] and live["pools"]["b200"]["token_budget"] == 8192
 
 
 def test_stats_json_and_table(serve):

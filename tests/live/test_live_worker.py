@@ -17,7 +17,7 @@ import pytest
 from infersched.v1 import worker_pb2, worker_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster
-from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
+from workers.engine import MIXED, ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
 from workers.live import (
     DECODE_KEY,
     HANDOVER_KEY,
@@ -73,7 +73,9 @@ def check_engine(eng: BatchEngine) -> None:
     assert eng.batch == len(eng.members) == len(eng.finish_heap)
     assert {rid for _, rid in eng.finish_heap} == set(eng.members)
     assert eng.ctx_offset_sum == pytest.approx(sum(m[0] for m in eng.members.values()))
-    in_prefill = sum(inp + (out if eng.role == ROLE_BOTH else 0) for _, inp, out, _ in eng.prefill_batch)
+    # Admitted prompts: the running prefill-first iteration's, or every chunked one's (admitted, not done).
+    admitted = eng.prefilling if eng.token_budget else eng.prefill_batch
+    in_prefill = sum(entry[1] + (entry[2] if eng.role == ROLE_BOTH else 0) for entry in admitted)
     reserved = sum(m[1] for m in eng.members.values()) + sum(eng.held.values()) + in_prefill
     assert eng.kv_reserved == reserved
     assert eng.waiting_tokens == sum(inp for _, inp, _ in eng.waiting)
@@ -92,14 +94,16 @@ async def drive(w: EmulatedWorker, key: str, inp: int, out: int, chunk: int = 8)
     return req.submit_s, pre, summary, tokens
 
 
-def test_worker_reproduces_engine_timings(cluster):
+@pytest.mark.parametrize("token_budget", [0, 512])  # prefill-first; chunked (prompts span iterations)
+def test_worker_reproduces_engine_timings(cluster, token_budget):
     """Every first token and finish lands at the modelled time the engine gives for
-    the same arrival times, however late the wall-clock timers fire."""
+    the same arrival times, however late the wall-clock timers fire; tokens made in
+    mixed iterations stream like those of decode segments."""
     perf = perf_of(cluster, "b200")
     jobs = [(i, 300 + 250 * i, 40 + 30 * i, 0.0015 * i) for i in range(6)]
 
     async def main():
-        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK)
+        w = EmulatedWorker(perf, ROLE_BOTH, time_scale=SCALE, input_slack_s=SLACK, token_budget=token_budget)
         w.start()
 
         async def one(i, inp, out, delay):
@@ -111,7 +115,7 @@ def test_worker_reproduces_engine_timings(cluster):
 
     w, results = run(main())
     # Replay the same arrivals through a bare engine.
-    eng = BatchEngine(perf, ROLE_BOTH)
+    eng = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     arrivals = sorted((results[i][0], i) for i in range(len(jobs)))
     first, finish = {}, {}
     while arrivals or eng.next_wake_s < math.inf:
@@ -133,6 +137,8 @@ def test_worker_reproduces_engine_timings(cluster):
         assert all(a + n == b for (a, n), (b, _) in zip(tokens, tokens[1:]))
     assert w.stats().completed == len(jobs) and w.in_flight == 0
     assert w.engine.kv_reserved == 0
+    if token_budget:  # prompts did span iterations, beside a decoding batch
+        assert w.engine.prefill_iterations > len(jobs) and w.engine.itl.tokens == sum(j[2] - 1 for j in jobs)
 
 
 @pytest.mark.parametrize("state", ["waiting", "prefilling", "decoding", "finished-unclaimed"])
@@ -278,17 +284,20 @@ def test_kv_block_must_match_block_zero():
         parse_kv_block(meta(request_id="s", block_index=1, token_start=512, token_end=900), 1, first, 512)
 
 
-def test_replica_tracks_the_worker_engine(cluster):
+@pytest.mark.parametrize("token_budget", [0, 1024])  # prefill-first; chunked, mid-prompt when copied
+def test_replica_tracks_the_worker_engine(cluster, token_budget):
     """A replica restored from engine_state and advanced in time reports the same rows
     and wakes as the engine it copies."""
     perf = perf_of(cluster, "b200")
-    eng = BatchEngine(perf, ROLE_BOTH)
+    eng = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     for i, (inp, out) in enumerate([(900, 300), (2000, 40), (300, 700)]):
         eng.submit_prefill(i, inp, out)
     eng.poke(0.0, [])
     for _ in range(3):
         eng.wake(eng.next_wake_s, [])
-    replica = BatchEngine(perf, ROLE_BOTH)
+    if token_budget:
+        assert eng.prefilling and eng.activity == MIXED  # copied while a prompt is half computed
+    replica = BatchEngine(perf, ROLE_BOTH, token_budget=token_budget)
     restore_engine(replica, engine_state(eng))
     t = eng.next_wake_s - 1e-4
     for e in (eng, replica):

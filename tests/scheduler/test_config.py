@@ -69,6 +69,39 @@ def test_missing_and_malformed_files(tmp_path):
         load_cluster(bad)
 
 
+@pytest.mark.parametrize(("changes", "key", "reason"), [
+    ({"chunked_prefill": "yes"}, "pools[0].chunked_prefill", "expected true or false"),
+    ({"role": "decode", "chunked_prefill": True}, "pools[0].chunked_prefill", "a decode pool computes no prompts"),
+    ({"token_budget": 4096}, "pools[0].token_budget", "applies only with chunked_prefill: true"),
+    ({"chunked_prefill": True, "token_budget": 0}, "pools[0].token_budget", "must be > 0"),
+    ({"chunked_prefill": True, "token_budget": 1.5}, "pools[0].token_budget", "expected an integer"),
+    ({"chunked_prefill": True, "token_budget": 256}, "pools[0].token_budget", "must exceed max_batch"),
+    ({"chunked_prefill": True, "max_batch": 8192}, "pools[0].token_budget", "must exceed max_batch"),
+])
+def test_chunked_prefill_keys_are_validated(changes, key, reason):
+    with pytest.raises(ConfigError) as err:
+        parse_cluster(doc(**changes), "c.yaml")
+    assert f"c.yaml: key '{key}'" in str(err.value) and reason in str(err.value)
+
+
+@pytest.mark.parametrize(("changes", "chunked", "engine_budget"), [
+    ({}, False, 0),  # prefill-first unless asked
+    ({"chunked_prefill": False}, False, 0),
+    ({"chunked_prefill": True}, True, 8192),  # vLLM v1's default on H100-class GPUs
+    ({"chunked_prefill": True, "token_budget": 2048}, True, 2048),
+    ({"chunked_prefill": True, "token_budget": 64, "max_batch": 16}, True, 64),
+    ({"role": "prefill", "chunked_prefill": True, "token_budget": 100}, True, 100),  # no decode batch to leave room for
+    ({"role": "decode", "chunked_prefill": False}, False, 0),
+])
+def test_chunked_prefill_keys(changes, chunked, engine_budget):
+    pools = [{**GOOD_POOL, **changes}]
+    if changes.get("role") in ("prefill", "decode"):
+        other = "decode" if changes["role"] == "prefill" else "prefill"
+        pools.append({**GOOD_POOL, "name": "q", "role": other})
+    pool = parse_cluster({"name": "t", "pools": pools}).pools[0]
+    assert (pool.chunked_prefill, pool.engine_token_budget) == (chunked, engine_budget)
+
+
 @pytest.mark.parametrize("name", ["gpu-colocated", "gpu-disagg", "hybrid"])
 def test_shipped_examples_parse(name):
     cfg = load_cluster(CLUSTERS / f"{name}.yaml")

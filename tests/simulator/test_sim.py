@@ -157,9 +157,11 @@ def test_same_seed_same_decisions(conv_trace, policy):
     assert np.array_equal(logs[0][1], logs[1][1])
 
 
-def test_events_grow_with_requests_not_tokens(conv_trace):
-    """Ten times longer outputs: same number of events per request (closed-form decode)."""
-    cl = cluster(pool(instances=4))
+@pytest.mark.parametrize("chunking", [{}, {"chunked_prefill": True}, {"chunked_prefill": True, "token_budget": 512}])
+def test_events_grow_with_requests_not_tokens(conv_trace, chunking):
+    """Ten times longer outputs, or prompts: same number of events per request (closed-form
+    decode segments, and closed-form runs of a long prompt's full chunks beside them)."""
+    cl = cluster(pool(instances=4, **chunking))
     short = make_workload(conv_trace, n_requests=2000, rate_rps=5.0, seed=3)
     long_trace = Trace(path="x", format="vidur", arrival_s=conv_trace.arrival_s,
                        input_tokens=conv_trace.input_tokens,
@@ -171,3 +173,31 @@ def test_events_grow_with_requests_not_tokens(conv_trace):
     assert res_long.records.output_tokens.sum() > 8 * short.n_requests * 100
     assert res_long.events < 1.5 * ev_short
     assert res_long.events / 2000 < 6
+    if chunking:
+        long_prompts = Trace(path="x", format="vidur", arrival_s=conv_trace.arrival_s,
+                             input_tokens=np.minimum(conv_trace.input_tokens * 10, 100_000),
+                             output_tokens=conv_trace.output_tokens)
+        res = Simulation(cl, pol, make_workload(long_prompts, n_requests=2000, rate_rps=0.5, seed=3)).run()
+        assert res.events / 2000 < 6
+        assert summarize(res)["completed"] == 2000
+
+
+def test_chunked_prefill_cuts_decode_stalls(conv_trace):
+    """Same workload on 4 colocated H100s near their capacity: chunked prefill bounds each
+    iteration, so the tail of inter-token latency falls; every output token is counted once."""
+    out = {}
+    for chunking in ({}, {"chunked_prefill": True}):
+        cl = cluster(pool(instances=4, **chunking))
+        wl = make_workload(conv_trace, n_requests=3000, rate_rps=60.0, seed=5)
+        res = Simulation(cl, build_policy("least-loaded"), wl, seed=5).run()
+        s = summarize(res)
+        rec = res.records
+        assert s["completed"] == 3000
+        done = rec.output_tokens > 1
+        assert res.itl.tokens == int((rec.output_tokens - 1).sum())
+        # Each request's gaps add up to its time from first to last token.
+        exact_mean = (rec.finish_s - rec.first_token_s)[done].sum() / (rec.output_tokens - 1)[done].sum()
+        assert s["itl_s"]["mean"] == pytest.approx(exact_mean, rel=1e-9)
+        assert s["pools"]["h100"]["chunked_prefill"] is bool(chunking)
+        out[bool(chunking)] = s["itl_s"]
+    assert out[True]["p99"] < 0.8 * out[False]["p99"]

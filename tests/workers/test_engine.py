@@ -1,13 +1,14 @@
 """BatchEngine behaviour on a performance model simple enough to check by hand:
 prefill costs 1 ms per prompt token, a decode step costs 10 ms + 1 us per
-cached context token, energy is 1 J per second of activity."""
+cached context token, a mixed (chunked-prefill) iteration the sum of its
+chunk's prefill and its decode step, energy is 1 J per second of activity."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from workers.engine import (DECODE, FINISHED, FIRST_TOKEN, IDLE, JOINED, PREFILL, ROLE_BOTH, ROLE_DECODE,
+from workers.engine import (DECODE, FINISHED, FIRST_TOKEN, IDLE, JOINED, MIXED, PREFILL, ROLE_BOTH, ROLE_DECODE,
                             ROLE_PREFILL, BatchEngine)
 
 
@@ -35,6 +36,16 @@ class HandPerf:
     def decode_steps_within(self, batch, ctx_sum0, time_s):
         k = 0
         while self.decode(batch, ctx_sum0, k + 1)[0] <= time_s:
+            k += 1
+        return k
+
+    def mixed(self, batch, ctx_sum0, tokens, pairs, prefix_tokens, seqs, steps=1):
+        t = steps * tokens * 1e-3 + (self.decode(batch, ctx_sum0, steps)[0] if batch else 0.0)
+        return t, t
+
+    def mixed_steps_within(self, batch, ctx_sum0, tokens, pairs, prefix_tokens, time_s):
+        k = 0
+        while self.mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, 1, k + 1)[0] <= time_s:
             k += 1
         return k
 
@@ -204,3 +215,149 @@ def test_cancel_waiting_and_joining_requests():
     both.submit_prefill(6, 300, 2)
     assert both.waiting_tokens == 300
     assert both.remove_waiting(6) and both.waiting_tokens == 0 and not both.remove_waiting(6)
+
+
+# ---- chunked prefill ---------------------------------------------------------------------------
+
+def chunked_run(budget=101, prompt=1000, out1=201, poke_at=None):
+    """Request 1 (10 tokens, `out1` out) decodes; request 2 (`prompt` tokens) arrives at 15 ms;
+    with `poke_at`, request 3 (50 tokens) then. Returns the engine, its events and its wakes."""
+    eng = BatchEngine(HandPerf(kv_capacity_tokens=1_000_000, per_ctx_s=0.0), ROLE_BOTH, token_budget=budget)
+    eng.submit_prefill(1, 10, out1)
+    eng.poke(0.0, [])
+    log = []
+    arrivals = [(0.015, 2, prompt)] + ([(poke_at, 3, 50)] if poke_at is not None else [])
+    wakes = 0
+    while eng.next_wake_s != math.inf:
+        if arrivals and arrivals[0][0] < eng.next_wake_s:
+            t, rid, inp = arrivals.pop(0)
+            eng.submit_prefill(rid, inp, 2)
+            eng.poke(t, [])
+            continue
+        now = eng.next_wake_s
+        events = []
+        eng.wake(now, events)
+        wakes += 1
+        log += [(now, e[0], e[1]) for e in events]
+    return eng, log, wakes
+
+
+def times(log, kind, rid):
+    return [t for t, k, r in log if k == kind and r == rid]
+
+
+def test_chunked_decode_advances_every_iteration_beside_a_long_prompt():
+    eng, log, _ = chunked_run()
+    # Request 1: first token at 10 ms, one decode step to 20 ms (request 2 arrived at 15 ms
+    # and waits for the step's end). Then 10 iterations of 100 prompt tokens beside the
+    # batch of one (budget 101), 110 ms each: request 2's first token at 1.12 s.
+    assert times(log, FIRST_TOKEN, 2) == [pytest.approx(0.02 + 10 * 0.11)]
+    # Request 1 made a token in each of those iterations: 1 + 1 + 10 by 1.12 s, then 189 steps.
+    assert times(log, FINISHED, 1) == [pytest.approx(1.12 + 189 * 0.010)]
+    assert eng.decode_tokens == 200 + 1 and eng.prefill_tokens == 1010
+    assert eng.kv_reserved == 0 and not eng.prefilling
+
+
+def test_prefill_first_stalls_the_same_batch_for_the_whole_prompt():
+    eng = BatchEngine(HandPerf(per_ctx_s=0.0), ROLE_BOTH)
+    eng.submit_prefill(1, 10, 201)
+    eng.poke(0.0, [])
+    eng.wake(0.01, [])
+    eng.submit_prefill(2, 1000, 2)
+    eng.poke(0.015, [])
+    log, _ = run_until_idle(eng)
+    assert times(log, FIRST_TOKEN, 2) == [pytest.approx(0.02 + 1.0)]
+    assert times(log, FINISHED, 1) == [pytest.approx(1.02 + 199 * 0.010)]  # 1 s without a token
+
+
+@pytest.mark.parametrize("prompt", [1000, 10_000, 100_000])
+def test_full_chunks_of_one_prompt_run_as_one_segment(prompt):
+    # Wakes: request 1's prefill, its first decode step, the run of full chunks, the
+    # iteration that finishes the prompt, request 2's decode step, request 1's tail.
+    eng, log, wakes = chunked_run(prompt=prompt, out1=prompt // 100 + 100)
+    assert wakes == 6
+    assert times(log, FIRST_TOKEN, 2) == [pytest.approx(0.02 + prompt / 100 * 0.11)]
+
+
+def test_a_member_finishing_ends_the_run_of_chunks():
+    # Request 1 finishes 5 iterations into the prompt; the budget then gives the prompt 101 a step.
+    eng, log, _ = chunked_run(prompt=1000, out1=7)
+    assert times(log, FINISHED, 1) == [pytest.approx(0.02 + 5 * 0.11)]
+    assert times(log, FIRST_TOKEN, 2) == [pytest.approx(0.02 + 5 * 0.11 + 500 * 1e-3)]
+
+
+def test_poke_during_a_run_of_chunks_changes_no_timing():
+    # Request 3 arrives mid-run: it waits behind the long prompt, and the run cut at the next
+    # iteration end resumes with the same shape.
+    plain = chunked_run()[1]
+    eng, log, wakes = chunked_run(poke_at=0.5)
+    assert times(log, FIRST_TOKEN, 2) == pytest.approx(times(plain, FIRST_TOKEN, 2))
+    # Request 3's 50 tokens go beside the batch of two (1 and 2) right after: 50 + 10 ms.
+    assert times(log, FIRST_TOKEN, 3) == [pytest.approx(1.12 + 0.06)]
+    assert times(log, FINISHED, 1) == [pytest.approx(times(plain, FINISHED, 1)[0] + 0.05)]
+
+
+def test_decode_batch_filling_the_budget_holds_prompts_until_a_finish():
+    eng = BatchEngine(HandPerf(per_ctx_s=0.0), ROLE_BOTH, token_budget=3)
+    for rid in range(3):
+        eng.submit_prefill(rid, 1, 5 + rid)
+    eng.poke(0.0, [])
+    eng.wake(eng.next_wake_s, [])  # one iteration of three 1-token prompts: three members
+    assert eng.batch == 3
+    eng.submit_prefill(9, 10, 2)
+    eng.poke(eng.act_start_s, [])
+    assert eng.activity == DECODE and eng.waiting  # no budget left for the prompt
+    log, _ = run_until_idle(eng, eng.act_start_s)
+    assert times(log, FIRST_TOKEN, 9)[0] >= times(log, FINISHED, 0)[0]
+    assert sorted(rid for _, kind, rid in log if kind == FINISHED) == [0, 1, 2, 9]
+
+
+def test_chunked_energy_and_cost_shares_add_up():
+    perf = HandPerf(per_ctx_s=1e-6, idle_w=100.0, price_s=1.0)
+    eng = BatchEngine(perf, ROLE_BOTH, token_budget=64)
+    for rid, (inp, out) in enumerate([(10, 40), (300, 5), (90, 30), (1, 1), (200, 2)]):
+        eng.submit_prefill(rid, inp, out)
+    eng.poke(0.0, [])
+    shares = {}
+    while eng.next_wake_s != math.inf:
+        events = []
+        eng.wake(eng.next_wake_s, events)
+        for kind, rid, t, e, c, start in events:
+            se, sc = shares.get(rid, (0.0, 0.0))
+            shares[rid] = (se + e, sc + c)
+    assert sum(e for e, _ in shares.values()) == pytest.approx(eng.dynamic_energy_j + 100.0 * eng.busy_s)
+    assert sum(c for _, c in shares.values()) == pytest.approx(eng.busy_s)
+    assert eng.prefill_tokens == 601 and eng.decode_tokens == 39 + 4 + 29 + 1
+
+
+def test_prefill_only_instance_chunks_a_prompt_and_holds_its_kv():
+    eng = BatchEngine(HandPerf(), ROLE_PREFILL, token_budget=100)
+    eng.submit_prefill(1, 250, 3)
+    eng.submit_prefill(2, 30, 3)
+    eng.poke(0.0, [])
+    log, end = run_until_idle(eng)
+    # Two full chunks as one run (0.2 s), then 50 tokens of 1 and all 30 of 2 together.
+    assert eng.prefill_iterations == 3
+    assert times(log, FIRST_TOKEN, 1) == times(log, FIRST_TOKEN, 2) == [pytest.approx(0.28)]
+    assert eng.held == {1: 250, 2: 30} and eng.batch == 0
+
+
+def test_cancelled_member_during_a_mixed_iteration_gives_the_prompt_its_slot_of_budget():
+    eng = BatchEngine(HandPerf(per_ctx_s=0.0), ROLE_BOTH, token_budget=52)
+    eng.submit_prefill(1, 1, 100)
+    eng.submit_prefill(2, 1, 100)
+    eng.poke(0.0, [])
+    eng.wake(eng.next_wake_s, [])  # both prompts in one iteration: two members
+    eng.submit_prefill(3, 500, 2)
+    eng.restart_activity(eng.act_start_s, [])  # the decode segment becomes chunks of 50
+    assert eng.activity == MIXED and eng.prefill_tokens_now == 50
+    eng.remove_member(2)
+    eng.restart_activity(eng.act_start_s, [])
+    assert eng.prefill_tokens_now == 51 and eng.batch == 1
+    log, _ = run_until_idle(eng, eng.act_start_s)
+    assert times(log, FINISHED, 3) and eng.kv_reserved == 0
+
+
+def test_token_budget_must_not_be_negative():
+    with pytest.raises(ValueError, match="token_budget"):
+        BatchEngine(HandPerf(), ROLE_BOTH, token_budget=-1)

@@ -8,7 +8,8 @@ import pytest
 
 from workers.devices import get_device
 from workers.models import get_model, with_dtype
-from workers.perf import InstancePerf, _sum_max_lin, _sum_min_lin, chips_needed
+from workers.perf import InstancePerf, chips_needed
+from workers.series import sum_max_lin, sum_min_lin
 
 H100 = get_device("h100-sxm")
 M8 = get_model("llama-3.1-8b")
@@ -209,8 +210,8 @@ def test_decode_is_constant_time_in_steps():
 ])
 def test_sum_of_max_and_min_of_lines(a1, s1, a2, s2, k0, k1):
     ks = range(k0, k1)
-    assert _sum_max_lin(a1, s1, a2, s2, k0, k1) == pytest.approx(sum(max(a1 + s1 * k, a2 + s2 * k) for k in ks))
-    assert _sum_min_lin(a1, s1, a2, s2, k0, k1) == pytest.approx(sum(min(a1 + s1 * k, a2 + s2 * k) for k in ks))
+    assert sum_max_lin(a1, s1, a2, s2, k0, k1) == pytest.approx(sum(max(a1 + s1 * k, a2 + s2 * k) for k in ks))
+    assert sum_min_lin(a1, s1, a2, s2, k0, k1) == pytest.approx(sum(min(a1 + s1 * k, a2 + s2 * k) for k in ks))
 
 
 def brute_steps_within(perf: InstancePerf, batch: int, ctx: float, time_s: float) -> int:
@@ -352,7 +353,7 @@ def test_decode_fast_path_matches_general_path(monkeypatch):
     # that the random cases exercise every branch.
     calls = collections.Counter()
     general = InstancePerf._decode_general
-    sum_min_lin = perf_module._sum_min_lin
+    sum_min_lin = perf_module.sum_min_lin
 
     def spy_general(self, *args):
         calls["crossover"] += 1
@@ -363,7 +364,7 @@ def test_decode_fast_path_matches_general_path(monkeypatch):
         return sum_min_lin(*args)
 
     monkeypatch.setattr(InstancePerf, "_decode_general", spy_general)
-    monkeypatch.setattr(perf_module, "_sum_min_lin", spy_sum_min_lin)
+    monkeypatch.setattr(perf_module, "sum_min_lin", spy_sum_min_lin)
     rng = random.Random(11)
     seen = collections.Counter()
     for device, model, chips in FAST_PATH_INSTANCES:

@@ -21,6 +21,10 @@ class PairsPerf(HandPerf):
         self.prefills.append((tokens, attn_pairs, seqs))
         return super().prefill(tokens, attn_pairs, seqs)
 
+    def mixed(self, batch, ctx_sum0, tokens, pairs, prefix_tokens, seqs, steps=1):
+        self.prefills.append((tokens, pairs, prefix_tokens, steps))
+        return super().mixed(batch, ctx_sum0, tokens, pairs, prefix_tokens, seqs, steps)
+
 
 def test_index_reports_each_instances_leading_blocks():
     index = PrefixIndex()
@@ -129,3 +133,18 @@ def test_cancelled_prompt_drops_its_blocks():
     eng = BatchEngine(PairsPerf(), ROLE_BOTH, prefix=PrefixCache(100))
     eng.submit_prefill(1, 300, 3, (1, 2, 3))
     assert eng.remove_waiting(1) and not eng.prompt_blocks
+
+
+def test_chunks_of_a_cached_prompt_attend_to_the_cached_prefix():
+    perf = PairsPerf()
+    eng = BatchEngine(perf, ROLE_PREFILL, prefix=PrefixCache(100), token_budget=50)
+    eng.submit_prefill(1, 300, 2, (11, 12, 13))
+    events, t = run_until_idle(eng)
+    eng.release(1)
+    # Same first two blocks (200 tokens cached), 180 new tokens in chunks of 50: three full
+    # chunks as one run, then 30; each chunk reads the prefix before it, cached or computed.
+    eng.submit_prefill(2, 380, 2, (11, 12, 99, 98))
+    run_until_idle(eng, t)
+    assert perf.prefills[-2:] == [(50, 50 * 200 + 50 * 51 / 2, 200, 3), (30, 30 * 350 + 30 * 31 / 2, 350, 1)]
+    assert eng.prefix_hit_tokens == 200 and eng.prefill_tokens == 300 + 180
+
