@@ -46,7 +46,12 @@ KEYS = {
     "pools[].link_gbps": ("Gb/s", None, "per-instance network link for KV hand-over between pools"),
     "pools[].price_usd_per_hour": ("USD/hour", "device price x chips", "price per instance; 0 for owned hardware"),
     "pools[].max_batch": ("sequences", None, "most sequences decoding at once per instance"),
-    "pools[].max_batch_tokens": ("tokens", None, "most prompt tokens in one prefill iteration"),
+    "pools[].max_batch_tokens": ("tokens", None, "most prompt tokens in one prefill-first iteration"),
+    "pools[].chunked_prefill": ("-", None, "each iteration runs the decode batch and fills the rest of "
+                                           "`token_budget` with prompt chunks (vLLM v1, Sarathi-Serve); false: "
+                                           "prefill-first. Not on decode pools"),
+    "pools[].token_budget": ("tokens", None, "tokens per chunked iteration, decode and prompt together; only with "
+                                             "`chunked_prefill: true`, above `max_batch` on colocated pools"),
     "pools[].memory_utilization": ("share (0, 1]", None, "share of device memory the engine may use "
                                                          "(weights, then KV cache)"),
     "policy.name": ("-", None, "preset name (`infersched policies`)"),
