@@ -33,7 +33,7 @@ def _load_cluster(name: str | None):
 def _with_slo(config, ttft_s, tpot_s):
     from scheduler.config import ConfigError
 
-    for flag, value in (("--slo-ttft", ttft_s), ("--slo-tpot", tpot_s)):
+    for flag, value in (("--ttft-slo", ttft_s), ("--tpot-slo", tpot_s)):
         if value is not None and not value > 0:
             raise ConfigError(f"{flag}: must be > 0, got {value}")
     slo = config.slo

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from simulator.traces import FORMATS, Trace, TraceFormatError
 SKIPPED_SHOWN = 10
 
 DEFAULT_CLUSTER = "demo"
+CLUSTER_HELP = "cluster YAML path or built-in name (see `infersched clusters`)"
 ARRIVALS = ("trace", "poisson", "gamma", "diurnal")
 # What a command reports as `infersched: error: ...` with exit status 2 instead of a traceback.
 USER_ERRORS = (ConfigError, TraceFormatError, FileNotFoundError, KeyError, ValueError)
@@ -159,9 +161,33 @@ def say_skipped(trace: Trace) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+# Library parameter names in error messages, and the flags a command-line user gives them with.
+FLAG_NAMES = ((re.compile(r"\(rate_rps, --rate\)"), "(--rate)"), (re.compile(r"\bn_requests="), "--requests "),
+              (re.compile(r"\bn_requests\b"), "--requests"), (re.compile(r"\brate_rps\b"), "--rate"),
+              (re.compile(r"^seed\b"), "--seed"), (re.compile(r"\barrival process\b"), "--arrival"))
+
+
 def user_error(exc: BaseException) -> str:
-    """The message for a USER_ERRORS exception (a KeyError's repr would add quotes)."""
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    """The message for a USER_ERRORS exception, naming flags where the library names its parameters.
+
+    (A KeyError's repr would add quotes, so its first argument is the message.)
+    """
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    for pattern, flag in FLAG_NAMES:
+        text = pattern.sub(flag, text)
+    return text
+
+
+def add_slo_arguments(p: argparse.ArgumentParser, *, default: float | None, default_text: str,
+                      tpot_default: float | None = None) -> None:
+    """--ttft-slo and --tpot-slo (seconds); the older --slo-ttft/--slo-tpot stay as hidden aliases."""
+    for stage, what, value in (("ttft", "time-to-first-token", default), ("tpot", "time-per-output-token",
+                                                                           tpot_default)):
+        shown = default_text if value is None else f"{value:g}"
+        p.add_argument(f"--{stage}-slo", type=positive(), default=value, metavar="S",
+                       help=f"{what} SLO in seconds (default {shown})")
+        p.add_argument(f"--slo-{stage}", dest=f"{stage}_slo", type=positive(), default=value,
+                       help=argparse.SUPPRESS)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -173,9 +199,19 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--address", metavar="auto|HOST:PORT",
                        help="run the simulations as Ray tasks on this existing Ray cluster, shipping this checkout "
                             "to it (trace files outside the checkout must exist at the same path on every node)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar over the runs")
+    add_progress_argument(p)
+
+
+def show_progress(args) -> bool:
+    """A progress bar goes to stderr when it is a terminal, unless --no-progress or JSON to stdout."""
+    return not getattr(args, "no_progress", False) and getattr(args, "json", None) != "-" and sys.stderr.isatty()
+
+
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not "
+                                                              "a terminal)")
 
 
 def runtime_options(args) -> dict:
     """simulator.jobs.run_jobs keyword arguments from the flags of add_runtime_arguments."""
-    return {"parallel": args.parallel, "address": args.address, "progress": not args.no_progress}
+    return {"parallel": args.parallel, "address": args.address, "progress": show_progress(args)}

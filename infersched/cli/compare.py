@@ -5,8 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from infersched.cli.common import (DEFAULT_CLUSTER, add_runtime_arguments, add_trace_arguments, runtime_options,
-                                   say_skipped, skip_hint, trace_record, workload_spec)
+from infersched.cli.clusters import resolve
+from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_runtime_arguments, add_slo_arguments,
+                                   add_trace_arguments,
+                                   runtime_options, say_skipped, skip_hint, trace_record, workload_spec)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -20,18 +22,18 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "policy on another cluster (a YAML path or a built-in name)")
     add_trace_arguments(p, trace_help="trace file (default: the built-in Azure 2023 conversation trace)",
                         requests_help="number of requests (default: the whole trace)")
-    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
+    p.add_argument("--cluster", help=f"{CLUSTER_HELP} (default {DEFAULT_CLUSTER})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
     p.add_argument("--difficulty-table", metavar="C:S,...",
                    help="reach table: capability:share-of-queries-within-reach pairs (default: "
                         "simulator/quality.py, 71%% within an edge-class model's reach)")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (overrides the cluster file's)")
-    p.add_argument("--slo-tpot", type=float, help="TPOT SLO in seconds (overrides the cluster file's)")
+    add_slo_arguments(p, default=None, default_text="the cluster file's")
     p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
                                                   "Pareto plot goes next to it (PATH with .png)")
-    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary per policy")
+    p.add_argument("--out", metavar="DIR", help="write compare.json, pareto.png and one summary JSON per policy "
+                                                "(LABEL.json, the summary `simulate --json` writes)")
     add_runtime_arguments(p)
     p.set_defaults(handler=run)
     return p
@@ -52,6 +54,12 @@ def parse_params(items: list[str]) -> dict:
     return params
 
 
+def summary_file_name(label: str) -> str:
+    """A run label as a file name: POLICY@CLUSTER with the cluster's path reduced to its stem."""
+    policy, _, cluster = label.partition("@")
+    return f"{policy}@{Path(cluster).stem}" if cluster else policy
+
+
 def run(args) -> int:
     """Exit status 0; 1 when a run failed (the others are still reported and written)."""
     from simulator.compare import format_table, pareto_front, plot_pareto, policy_jobs
@@ -65,8 +73,9 @@ def run(args) -> int:
     with skip_hint():
         trace, workload, difficulty = build_workload(spec)  # bad input fails here, before any run
     say_skipped(trace)
-    jobs = policy_jobs(args.policies.split(","), spec, args.cluster, seed=args.seed, params=params,
-                       ttft_s=args.slo_ttft, tpot_s=args.slo_tpot)
+    cluster = str(resolve(args.cluster)) if args.cluster else None
+    jobs = policy_jobs(args.policies.split(","), spec, cluster, seed=args.seed, params=params,
+                       ttft_s=args.ttft_slo, tpot_s=args.tpot_slo)
     results = run_jobs(jobs, **runtime_options(args))
     summaries = results.ok()
     front = pareto_front(summaries)
@@ -86,6 +95,10 @@ def run(args) -> int:
         write_json(doc, str(out / "compare.json"))
         written.append(out / "compare.json")
         plot(out / "pareto.png")
+        for summary in summaries:
+            path = out / f"{summary_file_name(summary['label'])}.json"
+            write_json({**summary, "trace": doc["trace"]}, str(path))
+            written.append(path)
     if args.json:
         write_json(doc, args.json)
         if args.json != "-":

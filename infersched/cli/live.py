@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import sys
 
-from infersched.cli.common import add_trace_arguments, load_trace, trace_record
+from infersched.cli.clusters import resolve
+from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
+                                   show_progress, trace_record)
+
+# The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
+DEFAULT_SERVE_CLUSTER = "live-small"
 
 
 def register(sub) -> None:
@@ -16,7 +21,8 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the live cluster on Ray and serve the scheduler over gRPC",
                        description="Start (or join) a Ray cluster, one worker actor per pool instance and the "
                                    "scheduler; serve gRPC until Ctrl-C or SIGTERM.")
-    p.add_argument("--cluster", required=True, help="cluster YAML")
+    p.add_argument("--cluster", default=DEFAULT_SERVE_CLUSTER,
+                   help=f"{CLUSTER_HELP} (default {DEFAULT_SERVE_CLUSTER}: three instances, one actor each)")
     p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
     p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
@@ -50,14 +56,14 @@ def _add_replay(sub) -> None:
                        description="Send a trace's requests open loop to a running `infersched serve`, stream "
                                    "the tokens, and print the same summary as `infersched simulate`.")
     r.add_argument("--target", default="127.0.0.1:50051", help="scheduler address (default 127.0.0.1:50051)")
-    add_trace_arguments(r, required=True, synthesis=False, trace_help="trace file (formats as for simulate)",
-                        requests_help="number of requests (default: the whole trace)")
+    add_trace_arguments(r, synthesis=False, requests_help="number of requests (default: the whole trace)")
     r.add_argument("--speedup", type=float,
                    help="divide arrival times by this (default: the server's 1 / time_scale, i.e. the trace's "
                         "own rate in modelled time)")
-    r.add_argument("--cluster", help="the served cluster YAML, for its SLO (default SLO otherwise)")
+    r.add_argument("--cluster", help=f"the served cluster ({CLUSTER_HELP}), for its SLO (default SLO otherwise)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    add_progress_argument(r)
     r.set_defaults(handler=run_replay)
 
 
@@ -70,9 +76,20 @@ def _add_stats(sub) -> None:
     s.set_defaults(handler=run_stats)
 
 
+def rpc_error(target: str, exc) -> str:
+    """One line for a failed RPC: nothing listening gets a hint to start `serve`, not gRPC's connect text."""
+    import grpc
+
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return (f"no infersched scheduler answers at {target} (start one with `infersched serve`, "
+                f"or give its address with --target HOST:PORT)")
+    return f"{target}: {exc.code().name}: {exc.details()}"
+
+
 def run_serve(args) -> int:
     from scheduler.serve import run_serve as serve
 
+    args.cluster = str(resolve(args.cluster))
     return serve(args)
 
 
@@ -93,16 +110,16 @@ def run_replay(args) -> int:
         from scheduler.cluster import Cluster
         from scheduler.config import load_cluster
 
-        cluster = Cluster(load_cluster(args.cluster))
+        cluster = Cluster(load_cluster(resolve(args.cluster)))
         slo = cluster.config.slo
     quiet = args.json == "-"
     if not quiet:
         print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
     try:
         result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
-                                    seed=args.seed, progress=not quiet))
+                                    seed=args.seed, progress=show_progress(args)))
     except grpc.aio.AioRpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2
     summary = live_summary(result, args.target)
     summary["trace"] = trace_record(trace, args)
@@ -133,7 +150,7 @@ def run_stats(args) -> int:
             for stats in stub.WatchStats(scheduler_pb2.WatchStatsRequest(interval_s=args.interval)):
                 print(stats_json(stats) if args.json else format_stats(stats) + "\n", flush=True)
     except grpc.RpcError as exc:
-        print(f"infersched: error: {args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

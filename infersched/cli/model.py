@@ -162,6 +162,7 @@ def _fit(args) -> int:
               f"Latency |error| median {check['latency_median_abs_error'] * 100:.1f}%, max "
               f"{check['latency_max_abs_error'] * 100:.1f}% over {check['points']} points.\n"
               f"Use it in a pool as `device: {args.out}`.")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = write_device_file(device, args.out, base=args.base, header=header)
     for field in FIT_FIELDS:
         pinned = f"  (pinned: {result.pinned[field]})" if field in result.pinned else ""

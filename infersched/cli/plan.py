@@ -11,8 +11,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from infersched.cli.common import (add_runtime_arguments, add_trace_arguments, load_trace, positive, runtime_options,
-                                   unit_interval, workload_spec)
+from infersched.cli.common import (add_runtime_arguments, add_slo_arguments, add_trace_arguments, load_trace,
+                                   positive, runtime_options, show_progress, unit_interval, user_error,
+                                   workload_spec)
 from simulator.plan import OBJECTIVES
 
 DEFAULT_MENU = Path(__file__).resolve().parents[2] / "deploy" / "plan" / "menu.yaml"
@@ -29,9 +30,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                       "conversation", requests_help="number of requests (as for simulate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--menu", help="menu of devices and models (default deploy/plan/menu.yaml)")
-    p.add_argument("--ttft-slo", type=positive(), default=2.0, help="time-to-first-token SLO, seconds (default 2)")
-    p.add_argument("--tpot-slo", type=positive(), default=0.1,
-                   help="time-per-output-token SLO, seconds (default 0.1)")
+    add_slo_arguments(p, default=2.0, default_text="2", tpot_default=0.1)
     p.add_argument("--quality-floor", type=unit_interval(zero_ok=True),
                    help="only models with capability >= this may serve (0..1; built-ins use MMLU / 100)")
     p.add_argument("--objective", choices=OBJECTIVES, default="cost",
@@ -103,11 +102,12 @@ def run(args) -> int:
             stats, menu, workload if args.verify else None, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo,
             quality_floor=args.quality_floor, objective=args.objective, energy_weight=args.energy_weight,
             headroom=args.headroom, target_attainment=args.target_attainment, max_rounds=args.max_rounds,
-            seed=args.seed, on_round=on_round, verify_all=verify_all)
+            seed=args.seed, on_round=on_round, verify_all=verify_all,
+            progress=show_progress(args))
     except (ValueError, FileNotFoundError) as exc:
         # PlanError, ConfigError and TraceFormatError are ValueErrors; so are bad workload
         # arguments (e.g. --arrival trace with --rate).
-        print(f"infersched plan: error: {exc}", file=sys.stderr)
+        print(f"infersched plan: error: {user_error(exc)}", file=sys.stderr)
         return 2
     final = rounds[-1]
     if final.note:
@@ -128,6 +128,7 @@ def run(args) -> int:
         if args.json:
             write_json(result, args.json)
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text, encoding="utf-8")
     except OSError as exc:
         print(f"infersched plan: error: cannot write the plan: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from infersched.cli.common import positive
 
@@ -33,6 +34,7 @@ def run(args) -> int:
     base = read_trace(args.base or builtin_trace_path())
     trace = session_trace(base, args.requests, args.rate, seed=args.seed, followup_share=args.followup_share,
                           system_prompts=args.apps)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = write_mooncake(trace, args.out)
     stats = reuse_stats(trace)
     print(f"wrote {path}: {stats['requests']:,} requests, {stats['prompt_tokens']:,} prompt tokens, "

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infersched.cli.common import DEFAULT_CLUSTER, add_trace_arguments, load_trace, trace_record
+from infersched.cli.clusters import resolve
+from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_progress_argument, add_trace_arguments,
+                                   load_trace, show_progress, trace_record)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -13,12 +15,12 @@ def register(sub) -> argparse.ArgumentParser:
         description="Replay a trace (the built-in Azure 2023 conversation trace by default) through a "
                     f"cluster (deploy/clusters/{DEFAULT_CLUSTER}.yaml by default) and print the summary.")
     add_trace_arguments(p)
-    p.add_argument("--cluster", help=f"cluster YAML (default deploy/clusters/{DEFAULT_CLUSTER}.yaml)")
+    p.add_argument("--cluster", default=DEFAULT_CLUSTER, help=f"{CLUSTER_HELP} (default {DEFAULT_CLUSTER})")
     p.add_argument("--policy", help="routing policy (overrides the cluster file's); see `infersched policies`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, requests.npz and PNG plots to DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.add_argument("--decision-log", metavar="FILE",
                    help="write every placement as a JSON line to FILE: candidates, what each filter removed, "
                         "each scorer's raw and weighted scores, the choice (format: README, Decision log)")
@@ -28,7 +30,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from scheduler.cluster import Cluster
-    from scheduler.config import builtin_cluster_path, load_cluster
+    from scheduler.config import load_cluster
     from scheduler.decision_log import DecisionLog
     from scheduler.registry import build_policy
     from simulator.metrics import summarize
@@ -36,13 +38,13 @@ def run(args) -> int:
     from simulator.sim import Simulation
     from simulator.workload import make_workload
 
-    config = load_cluster(args.cluster or builtin_cluster_path(DEFAULT_CLUSTER))
+    config = load_cluster(resolve(args.cluster))
     cluster = Cluster(config)
     policy = build_policy(args.policy or config.policy, config)
     trace = load_trace(args)
     workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
                              seed=args.seed)
-    progress = not args.no_progress and args.json != "-"
+    progress = show_progress(args)
     log = DecisionLog.open(args.decision_log) if args.decision_log else None
     try:
         result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress, decision_log=log).run()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from tqdm import tqdm
 
 from infersched.client.stats import RPC_TIMEOUT_S
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
@@ -117,7 +118,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         counts = {"messages": 0, "tokens": 0}
         itl = ItlHistogram()
 
-        async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
+        async def attempt(i: int, inp: int, out: int, due: float, hashes) -> None:
             # Stamped with its scheduled time: the request arrives then in modelled time,
             # however long the client and the loopback take to deliver it.
             request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
@@ -155,6 +156,14 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             if rec.status[i] == RequestStatus.REJECTED:
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
 
+        async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
+            try:
+                await attempt(i, inp, out, due, hashes)
+            finally:
+                bar.update(1)
+
+        bar = tqdm(total=n, unit="req", desc="replay: requests ended", disable=not progress, file=sys.stderr,
+                   leave=False, dynamic_ncols=True, mininterval=0.25)
         loop = asyncio.get_running_loop()
         wall0 = time.perf_counter()
         t0 = loop.time()
@@ -162,7 +171,6 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         origin = (unix0 - stats0.started_unix_s) / time_scale  # scheduler clock now
         tasks = []
         lateness = np.zeros(n)
-        done_mark = 0
         for chunk in workload.chunks(8192):
             base = chunk.first_id
             arrivals = chunk.arrival_s.tolist()
@@ -182,10 +190,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                     await asyncio.sleep(delay)
                 hashes = values[offsets[j]:offsets[j + 1]] if values is not None else ()
                 tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due, hashes)))
-                if progress and base + j >= done_mark:
-                    print(f"replay: sent {base + j:,} of {n:,}", file=sys.stderr)
-                    done_mark += max(1, n // 10)
         await asyncio.gather(*tasks)
+        bar.close()
         client_wall = time.perf_counter() - wall0
         stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
 

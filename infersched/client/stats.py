@@ -1,4 +1,4 @@
-"""A live scheduler's stats as `infersched stats` prints them: a table, or the proto's JSON mapping."""
+"""A live scheduler's stats as `infersched stats` prints them: a table, or JSON keyed as `simulate --json` is."""
 from __future__ import annotations
 
 import json
@@ -43,7 +43,36 @@ def format_stats(s: scheduler_pb2.SchedulerStats) -> str:
     return "\n".join(lines)
 
 
-def stats_json(s: scheduler_pb2.SchedulerStats) -> str:
-    from google.protobuf import json_format
+def latency_dict(p: common_pb2.LatencyPercentiles) -> dict:
+    """Percentiles in seconds under the simulate summary's names (p50, p90, p99, mean), and their sample count."""
+    return {"p50": p.p50_s, "p90": p.p90_s, "p99": p.p99_s, "mean": p.mean_s, "samples": p.samples}
 
-    return json.dumps(json_format.MessageToDict(s, preserving_proto_field_name=True), indent=2)
+
+def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
+    """The stats as `stats --json` prints them: numbers as numbers, keys as in `simulate --json` where the
+    meaning is the same (requests, completed, ttft_s.p50, pools.NAME.energy_j, ...).
+
+    reject_reasons counts rejections and failures by reason, as the replay summary does.
+    """
+    pools = {}
+    for p in s.pools:
+        pools[p.name] = {
+            "device": p.device, "model": p.model, "role": common_pb2.Role.Name(p.role).removeprefix("ROLE_").lower(),
+            "instances": p.instances, "chips_per_instance": p.chips_per_instance, "queue_depth": p.queue_depth,
+            "running": p.running, "completed": p.completed, "prefill_tokens": p.prefill_tokens,
+            "decode_tokens": p.decode_tokens, "utilization": p.utilization, "energy_j": p.energy_j,
+            "cost_usd": p.cost_usd, "kv_free_tokens": p.kv_free_tokens, "kv_capacity_tokens": p.kv_capacity_tokens}
+    return {
+        "cluster": s.cluster, "policy": s.policy, "uptime_s": s.uptime_s, "started_unix_s": s.started_unix_s,
+        "requests": s.requests_total, "completed": s.requests_completed, "rejected": s.requests_rejected,
+        "failed": s.requests_failed, "invalid": s.requests_invalid, "in_flight": s.in_flight,
+        "reject_reasons": dict(sorted(s.reasons.items())), "decisions": s.decisions_total,
+        "scheduling_overhead_s": latency_dict(s.scheduling_overhead_s), "ttft_s": latency_dict(s.ttft_s),
+        "tpot_s": latency_dict(s.tpot_s), "e2e_s": latency_dict(s.e2e_s), "slo_attainment": s.slo_attainment,
+        "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "energy_j": s.energy_j,
+        "cost_usd": s.cost_usd, "pools": pools,
+    }
+
+
+def stats_json(s: scheduler_pb2.SchedulerStats) -> str:
+    return json.dumps(stats_dict(s), indent=2)

@@ -139,7 +139,8 @@ def cluster_yaml(document: dict, header: str = "") -> str:
     return lines + body
 
 
-def verify_plan(document: dict, workload, *, seed: int = 0, policy: str = "slo-aware") -> dict:
+def verify_plan(document: dict, workload, *, seed: int = 0, policy: str = "slo-aware",
+                progress: bool = False) -> dict:
     """Simulate the planned cluster on `workload` with `policy`; the simulator's summary dict."""
     from scheduler.cluster import Cluster
     from scheduler.registry import build_policy
@@ -148,7 +149,7 @@ def verify_plan(document: dict, workload, *, seed: int = 0, policy: str = "slo-a
 
     config = parse_cluster(document, source=f"<plan {document.get('name', '')}>")
     cluster = Cluster(config)
-    result = Simulation(cluster, build_policy(policy, config), workload, seed=seed).run()
+    result = Simulation(cluster, build_policy(policy, config), workload, seed=seed, progress=progress).run()
     return summarize(result)
 
 
@@ -182,8 +183,8 @@ def verification_digest(summary: dict) -> dict:
 def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo_s: float, tpot_slo_s: float,
                     quality_floor: float | None = None, objective: str = "cost", energy_weight: float = 0.5,
                     headroom: float = 0.7, target_attainment: float = 0.9, max_rounds: int = 3, seed: int = 0,
-                    name: str | None = None, on_round=None,
-                    verify_all=None) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
+                    name: str | None = None, on_round=None, verify_all=None,
+                    progress: bool = False) -> tuple[list[Round], list[OptionCapacity], list[Excluded]]:
     """Plan; with a workload, verify by simulation and, while SLO attainment < target, re-plan
     with headroom x HEADROOM_BACKOFF, at most `max_rounds` rounds in all. Returns every round;
     the last is the one to use (the first that met the target, or the most provisioned; when
@@ -218,7 +219,7 @@ def plan_and_verify(stats: WorkloadStats, menu: Menu, workload=None, *, ttft_slo
             planned.append((Round(h, plan, document, None), caps, excluded))
             h *= HEADROOM_BACKOFF
             continue
-        summary = verify_plan(document, workload, seed=seed) if workload is not None else None
+        summary = verify_plan(document, workload, seed=seed, progress=progress) if workload is not None else None
         rounds.append(Round(h, plan, document, summary))
         if on_round is not None:
             on_round(rounds[-1])

@@ -1,0 +1,103 @@
+"""The cluster YAML reference, docs/CLUSTER_YAML.md, from scheduler/config.py's key lists and defaults.
+
+`python -m infersched.cli.cluster_reference > docs/CLUSTER_YAML.md` rewrites it.
+The keys are the ones the loader accepts (its known-key sets), the defaults
+are its dataclass defaults; only meaning and unit are written here, and a
+test fails when a key is added to the loader without a line here, or the file
+drifts from what this module prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from scheduler import config
+
+# (section, its key set in scheduler/config.py, the dataclass holding its defaults)
+SECTIONS = (
+    ("top level", "", config._TOP_KEYS, config.ClusterConfig),
+    ("pools[]", "pools[].", config._POOL_KEYS, config.PoolConfig),
+    ("policy", "policy.", config._POLICY_KEYS, config.PolicyConfig),
+    ("slo", "slo.", config._SLO_KEYS, config.SloConfig),
+    ("prefix_cache", "prefix_cache.", config._PREFIX_CACHE_KEYS, config.PrefixCacheConfig),
+)
+
+# key -> (unit, default where the dataclass has none or says it otherwise, meaning)
+KEYS = {
+    "name": ("-", "the file name without .yaml", "cluster name, shown in summaries and metrics"),
+    "description": ("-", "none", "one line on what the cluster is for (`infersched clusters` lists it)"),
+    "pools": ("-", "required", "list of pools, each a set of identical instances (keys below)"),
+    "policy": ("-", f"`{config.PolicyConfig().name}`",
+               "routing policy: a preset name (`infersched policies`) or a mapping (keys below)"),
+    "slo": ("-", f"`{{ttft_s: {config.SloConfig().ttft_s}, tpot_s: {config.SloConfig().tpot_s}}}`",
+            "service-level objectives (keys below)"),
+    "prefix_cache": ("-", f"`{str(config.PrefixCacheConfig().enabled).lower()}`",
+                     "per-instance prefix cache of prompt blocks: true/false or a mapping (keys below)"),
+    "pools[].name": ("-", "required", "pool name, unique in the cluster"),
+    "pools[].device": ("-", "required", "device catalogue name (`infersched model list`) or a device spec file "
+                                        "(`./my-gpu.yaml`, from `infersched model fit`)"),
+    "pools[].instances": ("count", "required", "instances in the pool (each a worker: a Ray actor when live)"),
+    "pools[].model": ("-", "required", "model name (`infersched model list`) or a model spec file"),
+    "pools[].role": ("-", "required", "`prefill`, `decode` or `both`; a cluster needs `both`, or `prefill` and "
+                                      "`decode`"),
+    "pools[].chips_per_instance": ("chips", "`auto`: the fewest that hold the model",
+                                   "devices per instance (tensor parallel)"),
+    "pools[].quantization": ("-", "the model's own dtype", "weight dtype: " + ", ".join(config.QUANTIZATION_BYTES)),
+    "pools[].link_gbps": ("Gb/s", None, "per-instance network link for KV hand-over between pools"),
+    "pools[].price_usd_per_hour": ("USD/hour", "device price x chips", "price per instance; 0 for owned hardware"),
+    "pools[].max_batch": ("sequences", None, "most sequences decoding at once per instance"),
+    "pools[].max_batch_tokens": ("tokens", None, "most prompt tokens in one prefill-first iteration"),
+    "pools[].chunked_prefill": ("-", None, "each iteration runs the decode batch and fills the rest of "
+                                           "`token_budget` with prompt chunks (vLLM v1, Sarathi-Serve); false: "
+                                           "prefill-first. Not on decode pools"),
+    "pools[].token_budget": ("tokens", None, "tokens per chunked iteration, decode and prompt together; only with "
+                                             "`chunked_prefill: true`, above `max_batch` on colocated pools"),
+    "pools[].memory_utilization": ("share (0, 1]", None, "share of device memory the engine may use "
+                                                         "(weights, then KV cache)"),
+    "policy.name": ("-", None, "preset name (`infersched policies`)"),
+    "policy.filters": ("-", "the preset's", "list of filter plugin names, replacing the preset's"),
+    "policy.scorers": ("-", "the preset's", "mapping scorer name -> weight (>= 0), replacing the preset's"),
+    "policy.picker": ("-", "the preset's", "picker plugin name"),
+    "policy.params": ("-", "the plugins' defaults", "policy parameters (`infersched policies` lists each with its "
+                                                    "default and meaning)"),
+    "policy.staging": ("-", "the preset's", "`none` for one pass, or the preset's staged placement"),
+    "slo.ttft_s": ("s", None, "time-to-first-token objective"),
+    "slo.tpot_s": ("s", None, "time-per-output-token objective"),
+    "prefix_cache.enabled": ("-", None, "cache prompt blocks per instance (requests carry block hashes)"),
+    "prefix_cache.block_tokens": ("tokens", None, "tokens per cached block; must match the trace's hashing "
+                                                  "(Mooncake: 512)"),
+}
+
+HEADER = """# Cluster YAML reference
+
+Every key `infersched` accepts in a cluster file (`--cluster`), generated by
+`python -m infersched.cli.cluster_reference > docs/CLUSTER_YAML.md` from the
+loader's key lists and defaults in `scheduler/config.py` (a test fails when
+they drift). An unknown key is an error naming its path (`pools[2].devcie`).
+The examples in `deploy/clusters/` (`infersched clusters`) use most of them.
+"""
+
+
+def _default(key: str, field_name: str, holder) -> str:
+    _, given, _ = KEYS[key]
+    if given is not None:
+        return given
+    field = next(f for f in dataclasses.fields(holder) if f.name == field_name)
+    value = field.default
+    return f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def reference() -> str:
+    lines = [HEADER]
+    for title, prefix, keys, holder in SECTIONS:
+        lines += [f"## {title}", "", "| key | unit | default | meaning |", "| --- | --- | --- | --- |"]
+        for name in sorted(keys, key=lambda k: (k != "name", KEYS[prefix + k][1] != "required", k)):
+            key = prefix + name
+            unit, _, meaning = KEYS[key]
+            lines.append(f"| `{name}` | {unit} | {_default(key, name, holder)} | {meaning} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())
