@@ -274,6 +274,10 @@ class Simulation:
         seq = self._seq
         rec = self.records
         snap_update = self.snap.update
+        # The hot paths below take each row from BatchEngine.row unbound and unpacked: a
+        # bound method and a starred call cost ~0.2 us more per write (4.6 writes per
+        # disaggregated request, ~3% of a replay).
+        engine_row = BatchEngine.row
         snap = self.snap
         engines = self.engines
         decide = self.policy.decide
@@ -327,7 +331,8 @@ class Simulation:
                     wake = eng.next_wake_s
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
-                    snap_update(payload, *eng.row(t))
+                    queued, tokens, running, kv_free, busy = engine_row(eng, t)
+                    snap_update(payload, queued, tokens, running, kv_free, busy)
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -356,7 +361,8 @@ class Simulation:
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
-                snap_update(p, *eng.row(now))
+                queued, tokens, running, kv_free, busy = engine_row(eng, now)
+                snap_update(p, queued, tokens, running, kv_free, busy)
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
