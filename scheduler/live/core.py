@@ -96,7 +96,8 @@ class _Flight:
     __slots__ = ("key", "seq", "inp", "out", "min_cap", "hashes", "ttft_slo_s", "tpot_slo_s", "arrival_s",
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
-                 "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer")
+                 "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
+                 "payload")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -106,6 +107,7 @@ class _Flight:
         self.out = inp.max_output_tokens
         self.min_cap = min_cap
         self.hashes = inp.prefix_block_hashes
+        self.payload = inp.payload
         self.ttft_slo_s = inp.ttft_slo_s
         self.tpot_slo_s = inp.tpot_slo_s
         self.arrival_s = arrival_s
@@ -284,7 +286,7 @@ class SchedulerCore:
             emit_s = fl.first_token_s if first == 0 and count == 1 else self.now()
             # Done with the decode (or with the only token): the request completes next.
             last = done and u.error is None and (fl.decodes or fl.out == 1)
-            fl.sink.tokens(TokenEvent(fl.key, first, count, emit_s, last))
+            fl.sink.tokens(TokenEvent(fl.key, first, count, emit_s, last, u.text))
         if u.error is not None:
             self._stage_failed(fl, u.error)
         elif done:
@@ -440,7 +442,8 @@ class SchedulerCore:
         work = Work(key, fl.inp, fl.out, prefill=True, decode=peer is None, sent_s=fl.t_dispatch,
                     chunk_tokens=self.options.chunk_tokens, prefix_block_hashes=fl.hashes,
                     decode_instance=d if peer is not None else -1,
-                    decode_link_bytes_per_s=peer.pool.config.link_bytes_per_s if peer is not None else 0.0)
+                    decode_link_bytes_per_s=peer.pool.config.link_bytes_per_s if peer is not None else 0.0,
+                    payload=fl.payload)
         self.mirrors.dispatched(p, fl.inp, fl.out, fl.t_dispatch, fl.hashes)
         self._start_stage(fl, key, p, "prefill", work.decode)
         self.workers.send(p, work)
@@ -476,7 +479,7 @@ class SchedulerCore:
         if at != d and fl.out > 1:  # prefilled and handed over: the decode stage follows
             self._start_stage(fl, fl.akey, d, "decode", True)
             self.workers.send(d, Work(fl.akey, fl.inp, fl.out, prefill=False, decode=True, sent_s=fl.t_dispatch,
-                                      chunk_tokens=self.options.chunk_tokens))
+                                      chunk_tokens=self.options.chunk_tokens, payload=fl.payload))
             return
         self._finish(fl, RequestStatus.COMPLETED, "")
 

@@ -13,7 +13,7 @@ from workers.work import DecodeSummary, PrefillOutcome
 
 __all__ = [
     "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "Overloaded",
-    "Percentiles", "PoolStatsView", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
+    "Percentiles", "PromptPayload", "PoolStatsView", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
     "WorkError", "WorkUpdate", "WorkerState", "WorkerView",
 ]
 
@@ -78,6 +78,16 @@ class LiveOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptPayload:
+    """What a real engine needs to run a request, carried through the core untouched:
+    the OpenAI API route and the JSON body the client sent (the HTTP front door fills
+    it; requests without one reach emulated workers only as token counts)."""
+
+    route: str  # "completions" or "chat/completions"
+    body_json: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateInput:
     request_id: str  # "" = the scheduler assigns one
     prompt_tokens: int
@@ -88,6 +98,7 @@ class GenerateInput:
     tpot_slo_s: float | None = None
     prefix_block_hashes: tuple[int, ...] = ()
     sent_unix_s: float | None = None  # when the client sent it
+    payload: PromptPayload | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,7 @@ class TokenEvent:
     # The request's last tokens: its RequestOutcome follows at once (the servicer sends
     # both in one message).
     last: bool = False
+    text: str = ""  # the tokens' text, from real engines; "" from emulated workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +234,7 @@ class Work:
     prefix_block_hashes: tuple[int, ...] = ()
     decode_instance: int = -1
     decode_link_bytes_per_s: float = 0.0
+    payload: PromptPayload | None = None  # the client's request, for real engines
 
 
 class ErrorKind(enum.Enum):
@@ -254,3 +267,4 @@ class WorkUpdate:
     emit_s: float = 0.0
     decoded: DecodeSummary | None = None
     error: WorkError | None = None
+    text: str = ""  # the text of the tokens in this update, from real engines
