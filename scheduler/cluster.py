@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.config import QUANTIZATION_BYTES, ClusterConfig, ConfigError, PoolConfig
+from scheduler.config import QUANTIZATION_BYTES, Backend, ClusterConfig, ConfigError, PoolConfig
 from scheduler.types import Role, Stage
 from workers.devices import get_device
 from workers.engine import BatchEngine
+from workers.learned_perf import LearnedPerf
 from workers.models import load_model, with_dtype
 from workers.perf import InstancePerf, chips_needed
 from workers.prefix_cache import PrefixCache, PrefixIndex
@@ -40,8 +41,10 @@ class Pool:
         return range(self.first_instance, self.first_instance + self.config.instances)
 
 
-def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf:
+def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf | LearnedPerf:
     where = f"{source}: pool '{pool.name}'"
+    if pool.backend == Backend.OPENAI and not pool.device:
+        return LearnedPerf(pool.model, pool.context_tokens, pool.price_usd_per_hour)
     try:
         device = get_device(pool.device)
     except (KeyError, ValueError) as exc:
@@ -49,7 +52,9 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
     try:
         model = load_model(pool.model)
     except (KeyError, ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"{where}: key 'model': {exc.args[0] if exc.args else exc}") from None
+        hint = ("; with device: set, the served model must be in the catalogue (or a spec file) so latency can be "
+                "predicted; leave device: out to learn it online") if pool.backend == Backend.OPENAI else ""
+        raise ConfigError(f"{where}: key 'model': {exc.args[0] if exc.args else exc}{hint}") from None
     if pool.quantization is not None:
         model = with_dtype(model, QUANTIZATION_BYTES[pool.quantization])
 
@@ -138,6 +143,7 @@ class ClusterSnapshot:
         self.pool_prefill_a_s, self.pool_prefill_b_s, self.pool_prefill_c_s = self.pool_prefill_coef.T.copy()
         self._decode_coef = [tuple(row) for row in self.pool_decode_coef[self.pool].tolist()]
         self._kv_capacity = self.kv_capacity.tolist()
+        self._learned_prefill: dict[int, dict[int, float]] = {}  # pool -> instance -> measured prefill s/token
         # Dynamic columns: separate contiguous arrays (a gather from a strided view
         # costs twice as much, and writing a strided column from a tuple more than
         # seven scalar stores).
@@ -223,6 +229,21 @@ class ClusterSnapshot:
             if tier > capability:
                 return tier
         return None
+
+    def set_learned_speed(self, i: int, prefill_s_per_token: float, decode_s_per_token: float) -> None:
+        """Instance `i` (of a pool whose speed is learned online) measured this fast: its
+        queue wait and decode step use its own figures, its pool's prefill prediction the
+        mean of the pool's instances that have measured one."""
+        self._prefill_a[i] = 0.0
+        self._prefill_b[i] = prefill_s_per_token
+        self._decode_coef[i] = (decode_s_per_token, 0.0, 0.0)
+        k = int(self.pool[i])
+        learned = self._learned_prefill.setdefault(k, {})
+        learned[i] = prefill_s_per_token
+        self.pool_prefill_a_s[k] = self.pool_prefill_c_s[k] = 0.0
+        self.pool_prefill_b_s[k] = sum(learned.values()) / len(learned)
+        self.update(i, int(self.queued_requests[i]), int(self.queued_tokens[i]), int(self.running[i]),
+                    int(self.kv_free[i]), float(self.busy_until_s[i]))
 
     def update(self, i: int, queued_requests: int, queued_tokens: int, running: int, kv_free: int,
                busy_until_s: float) -> None:

@@ -6,6 +6,7 @@ can find it in the file without reading code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,28 @@ class PolicyConfig:
     source: str = "<inline>"  # the file the policy came from, for errors in its params
 
 
+class Backend(str, Enum):
+    """What serves a pool's instances."""
+
+    EMULATED = "emulated"  # emulated workers on the device's performance model
+    OPENAI = "openai"  # real engines speaking the OpenAI HTTP API (vLLM, SGLang, llama.cpp, TGI)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchConfig:
+    """Engines `serve` starts as Ray actors, one per instance; `command` holds `{port}`
+    (and may hold `{host}`), filled in per actor."""
+
+    command: tuple[str, ...]
+    instances: int = 1
+    num_gpus: float = 1.0  # Ray places each engine on a node with this many free GPUs
+    start_timeout_s: float = 600.0  # the engine's /health must answer within this
+
+
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
-    device: str
+    device: str  # "" on an openai pool without one: its speed is learned online
     instances: int
     model: str
     role: Role
@@ -71,6 +90,10 @@ class PoolConfig:
     # the rest of token_budget with prompt chunks. Off: prefill-first (a prompt stalls decodes).
     chunked_prefill: bool = False
     token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per iteration, decode and prompt together
+    backend: Backend = Backend.EMULATED
+    endpoints: tuple[str, ...] = ()  # openai: one instance per base URL
+    launch: LaunchConfig | None = None  # openai: engines started by `serve` instead of endpoints
+    context_tokens: int = 8192  # openai without a device: the longest prompt + output one request may have
 
     @property
     def engine_token_budget(self) -> int:
@@ -95,8 +118,12 @@ class ClusterConfig:
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
-    "chunked_prefill", "token_budget",
+    "chunked_prefill", "token_budget", "backend", "endpoints", "launch", "context_tokens",
 }
+# An openai pool's keys: the engines decide batching, memory and chunking themselves.
+_OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device", "role", "price_usd_per_hour",
+                     "context_tokens", "max_batch", "chips_per_instance", "quantization", "memory_utilization"}
+_LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s"}
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
 _POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
@@ -107,6 +134,14 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
     where = f"pools[{index}]"
     raw = v.mapping(where, raw)
     v.known_keys(where + ".", raw, _POOL_KEYS)
+    backend = v.string(f"{where}.backend", raw.get("backend", Backend.EMULATED.value))
+    if backend not in {b.value for b in Backend}:
+        raise v.fail(f"{where}.backend", f"unknown {backend!r}; expected one of {', '.join(b.value for b in Backend)}")
+    if backend == Backend.OPENAI:
+        return _parse_openai_pool(v, where, raw)
+    for key in ("endpoints", "launch", "context_tokens"):
+        if key in raw:
+            raise v.fail(f"{where}.{key}", "applies only to pools with backend: openai")
     for required in ("name", "device", "instances", "model", "role"):
         if required not in raw:
             raise v.fail(f"{where}.{required}", "missing")
@@ -143,6 +178,82 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
         raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
                      f"full decode batch (max_batch {pool.max_batch}); it must exceed max_batch")
     return pool
+
+
+def _parse_openai_pool(v: Fields, where: str, raw: dict) -> PoolConfig:
+    """A pool of real engines: `endpoints` (one instance each) or `launch`, `model` the
+    name the engines serve, an optional `device` (then `model` must be in the catalogue
+    too, and latency is predicted from them), role `both`."""
+    v.known_keys(where + ".", raw, _OPENAI_POOL_KEYS)
+    for required in ("name", "model"):
+        if required not in raw:
+            raise v.fail(f"{where}.{required}", "missing")
+    if ("endpoints" in raw) == ("launch" in raw):
+        raise v.fail(f"{where}.endpoints", "an openai pool needs either endpoints (engines already running) "
+                     "or launch (engines serve starts), not both")
+    kwargs: dict[str, Any] = {"name": v.string(f"{where}.name", raw["name"]),
+                              "model": v.string(f"{where}.model", raw["model"]), "backend": Backend.OPENAI,
+                              "device": v.string(f"{where}.device", raw["device"]) if "device" in raw else ""}
+    role = v.string(f"{where}.role", raw.get("role", "both"))
+    if role != "both":
+        raise v.fail(f"{where}.role", f"an openai pool serves whole requests (role both), got {role!r}; "
+                     "docs/PD_REAL_ENGINES.md says what disaggregation on real engines would take")
+    kwargs["role"] = Role.BOTH
+    if "endpoints" in raw:
+        endpoints = raw["endpoints"]
+        if not isinstance(endpoints, list) or not endpoints:
+            raise v.fail(f"{where}.endpoints", "expected a non-empty list of base URLs (http://HOST:PORT)")
+        urls = tuple(_endpoint(v, f"{where}.endpoints[{i}]", e) for i, e in enumerate(endpoints))
+        for i, url in enumerate(urls):
+            if url in urls[:i]:
+                raise v.fail(f"{where}.endpoints[{i}]", f"duplicate endpoint {url}")
+        kwargs["endpoints"] = urls
+        kwargs["instances"] = len(urls)
+    else:
+        kwargs["launch"] = launch = _parse_launch(v, f"{where}.launch", raw["launch"])
+        kwargs["instances"] = launch.instances
+    if raw.get("price_usd_per_hour") is not None:
+        kwargs["price_usd_per_hour"] = v.number(f"{where}.price_usd_per_hour", raw["price_usd_per_hour"],
+                                                at_least=0)
+    for key in ("context_tokens", "max_batch"):
+        if key in raw:
+            kwargs[key] = v.number(f"{where}.{key}", raw[key], integer=True, above=0)
+    if not kwargs["device"]:
+        for key in ("chips_per_instance", "quantization", "memory_utilization"):
+            if key in raw:
+                raise v.fail(f"{where}.{key}", "describes the device; set device: too, or leave it out")
+    elif raw.get("chips_per_instance", "auto") != "auto":
+        kwargs["chips_per_instance"] = v.number(f"{where}.chips_per_instance", raw["chips_per_instance"],
+                                                integer=True, above=0)
+    return PoolConfig(**kwargs)
+
+
+def _endpoint(v: Fields, key: str, value: Any) -> str:
+    url = v.string(key, value).rstrip("/")
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest or "/" in rest:
+        raise v.fail(key, f"expected a base URL like http://10.0.0.5:8000 (no path), got {value!r}")
+    return url
+
+
+def _parse_launch(v: Fields, where: str, raw: Any) -> LaunchConfig:
+    raw = v.mapping(where, raw, "a mapping with command, instances and num_gpus")
+    v.known_keys(where + ".", raw, _LAUNCH_KEYS)
+    command = raw.get("command")
+    if not isinstance(command, list) or not command:
+        raise v.fail(f"{where}.command", "expected a non-empty list of arguments")
+    args = tuple(v.string(f"{where}.command[{i}]", str(a) if isinstance(a, (int, float)) else a)
+                 for i, a in enumerate(command))
+    if not any("{port}" in a for a in args):
+        raise v.fail(f"{where}.command", "must contain {port}: each engine listens on the port serve gives it")
+    kwargs: dict[str, Any] = {"command": args}
+    if "instances" in raw:
+        kwargs["instances"] = v.number(f"{where}.instances", raw["instances"], integer=True, above=0)
+    if "num_gpus" in raw:
+        kwargs["num_gpus"] = v.number(f"{where}.num_gpus", raw["num_gpus"], at_least=0)
+    if "start_timeout_s" in raw:
+        kwargs["start_timeout_s"] = v.number(f"{where}.start_timeout_s", raw["start_timeout_s"], above=0)
+    return LaunchConfig(**kwargs)
 
 
 def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:

@@ -17,7 +17,7 @@ import sys
 import threading
 
 from scheduler.cluster import Cluster
-from scheduler.config import load_cluster
+from scheduler.config import Backend, load_cluster
 from scheduler.live.actor import (DECISION_LOG_FLUSH_S, RAY_NAMESPACE, SCHEDULER_ACTOR_NAME, pool_resources,
                                   start_scheduler, stop_scheduler)
 from scheduler.live.core import check_live_policy
@@ -27,6 +27,7 @@ from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
 
 HEALTH_CHECK_S = 5.0
+DEFAULT_TIME_SCALE = 0.01  # emulated clusters run 100x faster than their hardware
 
 
 def _say(message: str) -> None:
@@ -47,7 +48,10 @@ def run_serve(args) -> int:
     if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
         _say(f"error: --decision-log {args.decision_log}: directory {os.path.dirname(decision_log)} does not exist")
         return 2
-    options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
+    time_scale = args.time_scale
+    if time_scale is None:
+        time_scale = 1.0 if any(p.backend == Backend.OPENAI for p in config.pools) else DEFAULT_TIME_SCALE
+    options = LiveOptions(time_scale=time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
     started_ray = args.address is None

@@ -26,8 +26,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
     p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
-    p.add_argument("--time-scale", type=float, default=0.01,
-                   help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
+    p.add_argument("--time-scale", type=float, default=None,
+                   help="wall seconds per modelled second (default 0.01: 100x faster than the hardware; 1 when "
+                        "the cluster has real engines, backend: openai, which run at their own speed)")
     p.add_argument("--metrics-port", type=int, default=9464,
                    help="Prometheus metrics port (default 9464; 0 = any free, -1 = off)")
     p.add_argument("--metrics-host", default="127.0.0.1",

@@ -26,7 +26,8 @@ from scheduler.live.metrics import Metrics
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
-from scheduler.live.worker_client import GrpcWorkerClient
+from scheduler.live.engine_launch import is_engine_pool, start_engine_pools, stop_engines, worker_client
+from scheduler.live.worker_client import WorkerClient
 from scheduler.types import Role
 from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 RAY_NAMESPACE = "infersched"
 DECISION_LOG_FLUSH_S = 1.0
+ENGINE_PROBE_S = 1.0  # between health probes of a failed real engine
 
 
 def device_resource(device: str) -> str:
@@ -49,6 +51,8 @@ def pool_resources(cluster: Cluster) -> dict[str, float]:
     """Custom resources a cluster's worker actors need, e.g. {"device_h100-sxm": 2.0}."""
     need: dict[str, float] = {}
     for pool in cluster.pools:
+        if is_engine_pool(pool):  # real engines: Ray places them by num_gpus
+            continue
         key = device_resource(pool.config.device)
         need[key] = need.get(key, 0.0) + float(pool.config.instances * pool.perf.chips)
     return need
@@ -80,13 +84,14 @@ class SchedulerActor:
         self.start_timeout_s = start_timeout_s
         self.core: SchedulerCore | None = None
         self.cluster: Cluster | None = None
-        self._client: GrpcWorkerClient | None = None
+        self._client: WorkerClient | None = None
         self._server = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
         self._decision_log: DecisionLog | None = None
         self._flusher: asyncio.Task | None = None
-        self._handles: list = []
+        self._handles: list = []  # per instance: its worker actor; None for real engines
+        self._engines: list = []  # engine actors started for `launch:` pools
         self._registered: list[asyncio.Event] = []
         self._reviving: set[int] = set()
         self._replaced = 0
@@ -113,7 +118,7 @@ class SchedulerActor:
         self.cluster = Cluster(self.config)
         policy = build_policy(self.policy_config or self.config.policy, self.config)
         clock = ScaledClock(self.options.time_scale)
-        self._client = GrpcWorkerClient(clock, self.options)
+        self._client = worker_client(self.cluster, clock, self.options)
         if self.decision_log_path:
             self._decision_log = DecisionLog.open(self.decision_log_path)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
@@ -139,7 +144,15 @@ class SchedulerActor:
             mport = self._metrics.serve(self.metrics_host, self.metrics_port)
             self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
-        self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
+        self._handles = [None if is_engine_pool(self.cluster.pool_of(i)) else self._create_worker(i, me)
+                         for i in range(self.cluster.n_instances)]
+        try:
+            self._engines = await start_engine_pools(core, self.cluster, self.worker_host)
+        except Exception as exc:
+            raise RuntimeError(f"real engines did not start: {exc}") from None
+        for i, handle in enumerate(self._handles):
+            if handle is None:
+                self._registered[i].set()
         try:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in self._registered)), self.start_timeout_s)
         except TimeoutError:
@@ -219,6 +232,9 @@ class SchedulerActor:
             if await self._client.probe(instance):
                 core.mark_ready(instance)
                 return
+            if self._handles[instance] is None:
+                await self._rejoin(instance)
+                return
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.start_timeout_s
             while not self._stopped and slot.state == WorkerState.FAILED and loop.time() < deadline:
@@ -244,6 +260,15 @@ class SchedulerActor:
             self._reviving.discard(instance)
             if slot.state == WorkerState.FAILED and not self._stopped:
                 log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
+
+    async def _rejoin(self, instance: int) -> None:
+        """A real engine marked FAILED rejoins when its health endpoint answers again."""
+        slot = self.core.slots[instance]
+        while not self._stopped and slot.state == WorkerState.FAILED:
+            await asyncio.sleep(ENGINE_PROBE_S)
+            if await self._client.probe(instance):
+                log.info("instance %d (%s) is healthy again", instance, slot.address)
+                self.core.mark_ready(instance)
 
     async def worker_handles(self) -> list:
         return list(self._handles)
@@ -274,9 +299,10 @@ class SchedulerActor:
             self._flusher.cancel()
         if self._decision_log is not None:
             self._decision_log.close()
-        stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in self._handles]
-        await asyncio.gather(*stops, return_exceptions=True)
-        for handle in self._handles:
+        workers = [h for h in self._handles if h is not None]
+        stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in workers]
+        await asyncio.gather(*stops, stop_engines(self._engines), return_exceptions=True)
+        for handle in workers:
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
 

@@ -46,6 +46,7 @@ from scheduler.live.worker_client import WorkerClient
 from scheduler.policy import Policy
 from scheduler.types import Request, RequestStatus, Role
 from workers.clock import Clock, Timer
+from workers.learned_perf import LearnedPerf
 from workers.report import LoadReport, WorkerState
 from workers.work import DecodeSummary, PrefillOutcome
 
@@ -291,6 +292,12 @@ class SchedulerCore:
             self._stage_failed(fl, u.error)
         elif done:
             self._stage_done(fl)
+
+    def on_speed(self, instance: int, prefill_s_per_token: float, decode_s_per_token: float) -> None:
+        """A real engine's measured speed (modelled seconds): where its pool has no device
+        to predict from, the policy's latency predictions use it."""
+        if isinstance(self.slots[instance].pool.perf, LearnedPerf):
+            self.snap.set_learned_speed(instance, prefill_s_per_token, decode_s_per_token)
 
     def on_lost(self, instance: int, error: WorkError) -> None:
         slot = self.slots[instance]
@@ -542,12 +549,15 @@ class SchedulerCore:
         if status == RequestStatus.COMPLETED:
             ttft = fl.first_token_s - fl.arrival_s
             e2e = fl.finish_s - fl.arrival_s
-            tpot = (fl.finish_s - fl.first_token_s) / (fl.out - 1) if fl.out > 1 else None
+            # Tokens streamed: all of max_output_tokens on emulated workers; a real engine
+            # may stop sooner (end of sequence, a stop string).
+            out = fl.sent
+            tpot = (fl.finish_s - fl.first_token_s) / (out - 1) if out > 1 else None
             slo = self.cluster.config.slo
             met = ttft <= (fl.ttft_slo_s or slo.ttft_s) and (tpot is None or tpot <= (fl.tpot_slo_s or slo.tpot_s))
             pools = {self.cluster.pool_of(fl.prefill_instance).index, self.cluster.pool_of(fl.decode_instance).index}
             control = (self.clock.wall() - fl.wall0) - e2e * self.clock.time_scale
-            tally.completed(fl.out, ttft, tpot, e2e, met, pools, control)
+            tally.completed(out, ttft, tpot, e2e, met, pools, control)
         else:
             fl.finish_s = self.now()
         del self._active[fl.key]
@@ -561,7 +571,7 @@ class SchedulerCore:
         placed = fl.prefill_instance >= 0
         completed = fl.status == RequestStatus.COMPLETED
         ttft = fl.first_token_s - fl.arrival_s if fl.first_token_s is not None else None
-        tpot = (fl.finish_s - fl.first_token_s) / (fl.out - 1) if completed and fl.out > 1 else None
+        tpot = (fl.finish_s - fl.first_token_s) / (fl.sent - 1) if completed and fl.sent > 1 else None
         pre_pool = self.cluster.pool_of(fl.prefill_instance) if placed else None
         dec_pool = self.cluster.pool_of(fl.decode_instance) if placed else None
         return RequestOutcome(
@@ -572,7 +582,7 @@ class SchedulerCore:
             prefill_pool=pre_pool.name if pre_pool else "", decode_pool=dec_pool.name if dec_pool else "",
             prefill_instance=fl.prefill_instance, decode_instance=fl.decode_instance,
             model=pre_pool.perf.model.name if pre_pool else "", input_tokens=fl.inp,
-            output_tokens=fl.sent if not completed else fl.out, energy_j=fl.energy_j, cost_usd=fl.cost_usd)
+            output_tokens=fl.sent, energy_j=fl.energy_j, cost_usd=fl.cost_usd)
 
     # ---- views --------------------------------------------------------------
     def workers_view(self, pool: str = "") -> list[WorkerView]:

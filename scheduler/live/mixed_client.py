@@ -1,0 +1,40 @@
+"""One WorkerClient over several: each instance's calls go to its pool's backend.
+
+A cluster may mix emulated pools (gRPC workers) with pools of real engines
+(`backend: openai`); the core drives one client, and this one hands each call
+to the client that serves the instance. Events reach the core straight from
+the inner clients.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from scheduler.live.types import Work
+from scheduler.live.worker_client import WorkerClient, WorkerEvents
+
+
+class MixedWorkerClient:
+    """WorkerClient routing by instance: `routes[instance]` serves it."""
+
+    def __init__(self, routes: list[WorkerClient]):
+        self.routes = routes
+        self.clients = list({id(c): c for c in routes}.values())
+
+    def bind(self, events: WorkerEvents) -> None:
+        for client in self.clients:
+            client.bind(events)
+
+    def connect(self, instance: int, address: str) -> None:
+        self.routes[instance].connect(instance, address)
+
+    def send(self, instance: int, work: Work) -> None:
+        self.routes[instance].send(instance, work)
+
+    def cancel(self, instance: int, key: str) -> None:
+        self.routes[instance].cancel(instance, key)
+
+    async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
+        return await self.routes[instance].probe(instance, timeout_s)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(client.close() for client in self.clients))

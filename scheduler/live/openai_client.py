@@ -1,0 +1,313 @@
+"""WorkerClient for pools of real engines that speak the OpenAI HTTP API (`backend: openai`).
+
+Each instance is one engine endpoint, reached through `workers.openai_engine`.
+A `Work` (always colocated: prefill and decode on one engine) becomes one
+streamed request: the client's own body when the work carries a
+`PromptPayload` (the HTTP front door's request), else a synthetic prompt of
+`prompt_tokens` common words (a gRPC client sends token counts only; each word
+is one token in common vocabularies). The stream's first chunk is reported as
+the prefill (TTFT measured here, in the core's modelled seconds), every chunk
+as one token with its text, the end as the decode.
+
+Prompt tokens: the engine's tokenizer endpoint counts them where it has one
+(vLLM, llama.cpp), concurrently with the stream so the request does not wait;
+otherwise an estimate. `prompt_counts` says which, per pool. Each instance's
+measured prefill rate and time per output token (EWMA) go to the core
+(`on_speed`), which uses them where the pool has no device to predict from.
+
+Failures: an engine that fails before the first token is blamed (the core
+marks it FAILED and places the request elsewhere); after tokens have streamed
+the request fails (another engine would write different text) and the engine
+is marked unreachable. A prober checks every endpoint's health each
+`probe_interval_s`; an endpoint that stops answering is marked unreachable.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+import zlib
+
+from scheduler.cluster import Cluster
+from scheduler.live.types import ErrorKind, LiveOptions, Work, WorkError, WorkUpdate
+from workers.clock import Clock
+from workers.engine import DECODE, IDLE, PREFILL
+from workers.engine_estimates import LatencyEstimator
+from workers.openai_engine import (CompletionStream, EngineError, EngineHTTPError, EngineUnreachable, OpenAIEngine,
+                                   TokenCount, TokenCountSource)
+from workers.report import LoadReport, WorkerState
+from workers.work import DecodeSummary, PrefillOutcome
+
+log = logging.getLogger(__name__)
+
+# Words that are one token each in common vocabularies (Llama, GPT, Qwen): synthetic prompts.
+SYNTHETIC_WORDS = ("the of and to in is was for on that with as by at from it an be this are which or his her "
+                   "they have had not one all their but were has more been new time first who after two when also "
+                   "into over").split()
+SYNTHETIC = "synthetic"  # prompt_counts key: prompts made here from a token count
+
+
+class _Instance:
+    """The client's view of one engine endpoint."""
+
+    __slots__ = ("instance", "pool", "address", "engine", "flights", "sent", "queued_tokens", "running",
+                 "prefill_tokens", "decode_tokens", "busy_since", "busy_s", "estimator", "healthy")
+
+    def __init__(self, instance: int, pool: str, address: str, engine: OpenAIEngine):
+        self.instance = instance
+        self.pool = pool
+        self.address = address
+        self.engine = engine
+        self.flights: dict[str, asyncio.Task] = {}
+        self.sent = 0  # works received from the core (the load report's `received`)
+        self.queued_tokens: dict[str, int] = {}  # requests not yet at their first token
+        self.running = 0
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.busy_since: float | None = None
+        self.busy_s = 0.0  # wall seconds with at least one request in flight
+        self.estimator = LatencyEstimator()
+        self.healthy = True
+
+
+class OpenAIWorkerClient:
+    """WorkerClient over OpenAI-API engines, one endpoint per instance of `instances`."""
+
+    def __init__(self, cluster: Cluster, clock: Clock, options: LiveOptions = LiveOptions(), *,
+                 probe_interval_s: float = 1.0, probe_timeout_s: float = 2.0):
+        self.cluster = cluster
+        self.clock = clock
+        self.options = options
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.events = None
+        self._links: dict[int, _Instance] = {}
+        self._prober: asyncio.Task | None = None
+        self._closing: list[asyncio.Task] = []
+        self.prompt_counts: dict[str, collections.Counter] = {}  # pool -> {"engine"|"estimate"|"synthetic": n}
+        self.closed = False
+
+    def bind(self, events) -> None:
+        self.events = events
+
+    def connect(self, instance: int, address: str) -> None:
+        old = self._links.pop(instance, None)
+        if old is not None:
+            self._drop(old)
+        pool = self.cluster.pool_of(instance)
+        engine = OpenAIEngine(address, pool.config.model, read_timeout_s=self.options.rpc_timeout_s)
+        self._links[instance] = _Instance(instance, pool.name, address, engine)
+        if self._prober is None:
+            self._prober = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    def _drop(self, link: _Instance) -> None:
+        for task in link.flights.values():
+            task.cancel()
+        self._closing.append(asyncio.get_running_loop().create_task(link.engine.close()))
+
+    def send(self, instance: int, work: Work) -> None:
+        link = self._links[instance]
+        link.sent += 1
+        link.queued_tokens[work.key] = work.prompt_tokens
+        self._busy(link)
+        task = asyncio.get_running_loop().create_task(self._run(link, work))
+        link.flights[work.key] = task
+        task.add_done_callback(lambda t, key=work.key: self._ended(link, key, t))
+
+    def cancel(self, instance: int, key: str) -> None:
+        link = self._links.get(instance)
+        task = link.flights.get(key) if link is not None else None
+        if task is not None:
+            task.cancel()  # leaving the stream closes its connection: the engine stops generating
+
+    async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
+        link = self._links.get(instance)
+        if link is None:
+            return False
+        try:
+            health = await asyncio.wait_for(link.engine.health(), max(timeout_s, self.probe_timeout_s))
+        except TimeoutError:
+            return False
+        link.healthy = health.healthy
+        if health.healthy:
+            self._report(link)
+        return health.healthy
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        tasks = [t for link in self._links.values() for t in link.flights.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(link.engine.close() for link in self._links.values()), *self._closing,
+                             return_exceptions=True)
+        self._links.clear()
+
+    # ---- one request --------------------------------------------------------
+    async def _run(self, link: _Instance, work: Work) -> None:
+        route, body, count = self._request(link, work)
+        counting = asyncio.get_running_loop().create_task(count) if count is not None else None
+        scale = self.clock.time_scale
+        sent = time.perf_counter()
+        first = last = None
+        tokens = 0
+        try:
+            stream = CompletionStream(link.engine, "/v1/" + route, body, None, chat=route == "chat/completions")
+            async with stream:
+                async for event in stream:
+                    last = event.arrival_s
+                    if first is None:
+                        first = last
+                        self._first_token(link, work.key)
+                        prompt = link.queued_tokens.get(work.key, work.prompt_tokens)
+                        outcome = PrefillOutcome(0.0, (first - sent) / scale, prompt, 0, 0.0, 0.0)
+                        self.events.on_update(link.instance, WorkUpdate(work.key, prefilled=outcome, text=event.text))
+                    else:
+                        self.events.on_update(link.instance, WorkUpdate(work.key, first_token_index=tokens,
+                                                                        token_count=1, emit_s=self.clock.now(),
+                                                                        text=event.text))
+                    tokens += 1
+            result = stream.result
+        except asyncio.CancelledError:
+            if counting is not None:
+                counting.cancel()
+            raise
+        except EngineError as exc:
+            if counting is not None:
+                counting.cancel()
+            self._failed(link, work.key, exc, tokens)
+            return
+        prompt_tokens = result.prompt_tokens if result.usage_reported else await self._counted(link, counting, work)
+        if first is None:  # the engine finished without a token (an empty answer): nothing to stream
+            outcome = PrefillOutcome(0.0, result.e2e_s / scale, prompt_tokens, 0, 0.0, 0.0)
+            self.events.on_update(link.instance, WorkUpdate(work.key, prefilled=outcome))
+            first = last = sent + result.e2e_s
+        link.prefill_tokens += prompt_tokens
+        link.decode_tokens += tokens
+        self._measured(link, prompt_tokens, first - sent, result.tpot_s)
+        decoded = DecodeSummary(0.0, (last - first) / scale, 0.0, 0.0)
+        self.events.on_update(link.instance, WorkUpdate(work.key, decoded=decoded))
+
+    def _request(self, link: _Instance, work: Work):
+        """(route, body, a coroutine counting the prompt's tokens or None) for one work."""
+        engine = link.engine
+        counts = self.prompt_counts.setdefault(link.pool, collections.Counter())
+        if work.payload is None:
+            # Varied per request, so engines with prefix caching do not serve it from cache.
+            start = zlib.crc32(work.key.encode())
+            words = [SYNTHETIC_WORDS[(start + 7 * i) % len(SYNTHETIC_WORDS)] for i in range(work.prompt_tokens - 1)]
+            counts[SYNTHETIC] += 1
+            # ignore_eos (vLLM, SGLang; others ignore it): a token-count client asked for this many tokens.
+            return "completions", {"model": engine.model, "prompt": " ".join(words) or "the",
+                                   "max_tokens": work.max_output_tokens, "temperature": 0, "ignore_eos": True}, None
+        body = json.loads(work.payload.body_json)
+        body["model"] = engine.model
+        body["max_tokens"] = work.max_output_tokens
+        if "max_completion_tokens" in body:
+            body["max_completion_tokens"] = work.max_output_tokens
+        if work.payload.route == "chat/completions":
+            return "chat/completions", body, engine.count_chat_tokens(body.get("messages") or [])
+        prompt = body.get("prompt")
+        return "completions", body, engine.count_tokens(prompt) if isinstance(prompt, str) else None
+
+    async def _counted(self, link: _Instance, counting: asyncio.Task | None, work: Work) -> int:
+        counts = self.prompt_counts[link.pool]
+        if counting is None:
+            if work.payload is not None:
+                counts[TokenCountSource.ESTIMATE.value] += 1
+            return work.prompt_tokens
+        try:
+            count: TokenCount = await counting
+        except EngineError:
+            counts[TokenCountSource.ESTIMATE.value] += 1
+            return work.prompt_tokens
+        counts[count.source.value] += 1
+        return count.tokens
+
+    def _failed(self, link: _Instance, key: str, exc: EngineError, tokens: int) -> None:
+        if tokens:
+            # Another engine would write different text: the request fails, the engine is suspect.
+            if isinstance(exc, EngineUnreachable):
+                self.events.on_unreachable(link.instance, str(exc))
+            error = WorkError(ErrorKind.INVALID, "UNAVAILABLE",
+                              f"the stream broke after {tokens} tokens and is not retried: {exc}")
+        elif isinstance(exc, EngineHTTPError) and exc.status == 429:
+            error = WorkError(ErrorKind.BUSY, "RESOURCE_EXHAUSTED", str(exc))
+        elif isinstance(exc, EngineHTTPError) and exc.status is not None and 400 <= exc.status < 500:
+            error = WorkError(ErrorKind.INVALID, "INVALID_ARGUMENT", str(exc))
+        else:
+            error = WorkError(ErrorKind.WORKER, "UNAVAILABLE", str(exc))
+        self.events.on_update(link.instance, WorkUpdate(key, error=error))
+
+    # ---- load and speed -----------------------------------------------------
+    def _first_token(self, link: _Instance, key: str) -> None:
+        link.queued_tokens.pop(key, None)
+        link.running += 1
+        self._report(link)
+
+    def _ended(self, link: _Instance, key: str, task: asyncio.Task) -> None:
+        link.flights.pop(key, None)
+        if link.queued_tokens.pop(key, None) is None:
+            link.running -= 1
+        if not link.flights and link.busy_since is not None:
+            link.busy_s += time.perf_counter() - link.busy_since
+            link.busy_since = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request %s on %s: %r", key, link.address, task.exception())
+        if not self.closed and self._links.get(link.instance) is link:
+            self._report(link)
+
+    def _busy(self, link: _Instance) -> None:
+        if link.busy_since is None:
+            link.busy_since = time.perf_counter()
+        self._report(link)
+
+    def _measured(self, link: _Instance, prompt_tokens: int, ttft_s: float, tpot_s: float | None) -> None:
+        estimator = link.estimator
+        estimator.add_prefill(prompt_tokens, ttft_s)
+        if tpot_s is not None:
+            estimator.add_decode(tpot_s)
+        est = estimator.snapshot()
+        on_speed = getattr(self.events, "on_speed", None)
+        if on_speed is not None and est.prefill_tokens_per_s:
+            scale = self.clock.time_scale
+            decode = est.decode_s_per_token if est.decode_s_per_token is not None else 0.0
+            on_speed(link.instance, 1.0 / est.prefill_tokens_per_s / scale, decode / scale)
+
+    def _report(self, link: _Instance) -> None:
+        if self.events is None:
+            return
+        queued = len(link.queued_tokens)
+        activity = (PREFILL if queued else IDLE) | (DECODE if link.running else IDLE)
+        busy_s = link.busy_s + (time.perf_counter() - link.busy_since if link.busy_since is not None else 0.0)
+        now = self.clock.now()
+        scale = self.clock.time_scale
+        kv = self.cluster.pool_of(link.instance).perf.kv_capacity_tokens
+        report = LoadReport(link.sent, queued, sum(link.queued_tokens.values()), link.running, kv, 0.0, activity,
+                            busy_s / scale, now, self.clock.to_unix(now), now, link.prefill_tokens,
+                            link.decode_tokens, 0.0, WorkerState.READY)
+        self.events.on_report(link.instance, report, None)
+
+    async def _probe_loop(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.probe_interval_s)
+            links = [link for link in self._links.values() if link.healthy]
+            results = await asyncio.gather(*(self._probe_once(link) for link in links))
+            for link, reason in zip(links, results):
+                if reason and self._links.get(link.instance) is link and not self.closed:
+                    link.healthy = False
+                    self.events.on_unreachable(link.instance, f"health probe of {link.address}: {reason}")
+
+    async def _probe_once(self, link: _Instance) -> str:
+        try:
+            health = await asyncio.wait_for(link.engine.health(), self.probe_timeout_s)
+        except TimeoutError:
+            return f"no answer within {self.probe_timeout_s:g} s"
+        return "" if health.healthy else health.detail
