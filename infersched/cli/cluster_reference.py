@@ -17,6 +17,7 @@ from scheduler import config
 SECTIONS = (
     ("top level", "", config._TOP_KEYS, config.ClusterConfig),
     ("pools[]", "pools[].", config._POOL_KEYS, config.PoolConfig),
+    ("pools[].launch (backend: openai)", "pools[].launch.", config._LAUNCH_KEYS, config.LaunchConfig),
     ("policy", "policy.", config._POLICY_KEYS, config.PolicyConfig),
     ("slo", "slo.", config._SLO_KEYS, config.SloConfig),
     ("prefix_cache", "prefix_cache.", config._PREFIX_CACHE_KEYS, config.PrefixCacheConfig),
@@ -35,11 +36,28 @@ KEYS = {
                      "per-instance prefix cache of prompt blocks: true/false or a mapping (keys below)"),
     "pools[].name": ("-", "required", "pool name, unique in the cluster"),
     "pools[].device": ("-", "required", "device catalogue name (`infersched model list`) or a device spec file "
-                                        "(`./my-gpu.yaml`, from `infersched model fit`)"),
-    "pools[].instances": ("count", "required", "instances in the pool (each a worker: a Ray actor when live)"),
-    "pools[].model": ("-", "required", "model name (`infersched model list`) or a model spec file"),
+                                        "(`./my-gpu.yaml`, from `infersched model fit`); optional on openai pools "
+                                        "(absent: their speed is learned online)"),
+    "pools[].instances": ("count", "required", "instances in the pool (each a worker: a Ray actor when live); "
+                                               "openai pools: one per endpoint or `launch.instances`"),
+    "pools[].model": ("-", "required", "model name (`infersched model list`) or a model spec file; openai pools: "
+                                       "the name the engines serve (in the catalogue too when `device` is set)"),
     "pools[].role": ("-", "required", "`prefill`, `decode` or `both`; a cluster needs `both`, or `prefill` and "
-                                      "`decode`"),
+                                      "`decode`; openai pools: `both` (the default there)"),
+    "pools[].backend": ("-", None, "`emulated` (workers on the device's performance model) or `openai` (real "
+                                   "engines speaking the OpenAI HTTP API: vLLM, SGLang, llama.cpp, TGI)"),
+    "pools[].endpoints": ("-", "none", "openai: base URLs of running engines (`http://10.0.0.5:8000`), one instance "
+                                       "each; or `launch`"),
+    "pools[].launch": ("-", "none", "openai: engines `serve` starts as Ray actors (keys below); or `endpoints`"),
+    "pools[].context_tokens": ("tokens", None, "openai without `device`: the longest prompt + output a request may "
+                                               "have (the engine's context window)"),
+    "pools[].launch.command": ("-", "required", "the engine's command line as a list; `{port}` (required) and "
+                                                "`{host}` are filled in per engine, `{python}` is the actor's "
+                                                "Python"),
+    "pools[].launch.instances": ("count", None, "engines to start, one instance each"),
+    "pools[].launch.num_gpus": ("GPUs", None, "GPUs Ray reserves per engine (Ray places engines on GPU nodes; "
+                                              "0 for CPU engines)"),
+    "pools[].launch.start_timeout_s": ("s", None, "each engine's health endpoint must answer within this"),
     "pools[].chips_per_instance": ("chips", "`auto`: the fewest that hold the model",
                                    "devices per instance (tensor parallel)"),
     "pools[].quantization": ("-", "the model's own dtype", "weight dtype: " + ", ".join(config.QUANTIZATION_BYTES)),

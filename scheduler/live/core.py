@@ -381,7 +381,9 @@ class SchedulerCore:
             raise InvalidRequest(f"field 'sent_unix_s': must be a finite time, got {inp.sent_unix_s}")
         need = inp.prompt_tokens + inp.max_output_tokens
         if not self._fits(inp.prompt_tokens, need, min_cap):
-            largest = max(p.perf.kv_capacity_tokens for p in self.cluster.pools if p.role != Role.PREFILL)
+            largest = max((p.perf.kv_capacity_tokens for p in self.cluster.pools if p.role != Role.PREFILL
+                           and (p.perf.model.capability if p.perf.model.capability is not None else 1.0) >= min_cap),
+                          default=0)
             raise InvalidRequest(
                 f"fields 'prompt_length' + 'max_output_tokens': {inp.prompt_tokens} + {inp.max_output_tokens} = "
                 f"{need} tokens of KV; no pool can hold that (largest decode or colocated pool: {largest})")

@@ -62,22 +62,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_command(model_path: Path, *, port: int | str, host: str = "127.0.0.1", n_ctx: int = 512,
+                   threads: int = 1, python: str = sys.executable) -> list[str]:
+    """The engine's command line (also what a cluster's `launch.command` runs)."""
+    return [python, "-m", "llama_cpp.server", "--model", str(model_path),
+            "--model_alias", MODEL_ALIAS, "--host", host, "--port", str(port),
+            "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            # Queue concurrent requests as a real engine serves them; by default a new
+            # request interrupts the one running.
+            "--interrupt_requests", "false"]
+
+
 @contextlib.contextmanager
 def running_llama_server(model_path: Path, log_dir: Path, *, n_ctx: int = 512,
-                         threads: int = 1) -> Iterator[LlamaServer]:
-    """A llama-cpp-python server on a free loopback port, ready when yielded.
+                         threads: int = 1, port: int | None = None) -> Iterator[LlamaServer]:
+    """A llama-cpp-python server on a loopback port (`port`, else a free one), ready
+    when yielded.
 
     One thread: the machine running the suite has few cores, and the tiny
     model needs no more.
     """
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"llama-server-{port}.log"
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-               "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
-               "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads),
-               # Queue concurrent requests as a real engine serves them; by default a new
-               # request interrupts the one running.
-               "--interrupt_requests", "false"]
+    command = server_command(model_path, port=port, n_ctx=n_ctx, threads=threads)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = LlamaServer(f"http://127.0.0.1:{port}", MODEL_ALIAS, process, log_path)

@@ -1,0 +1,221 @@
+"""`backend: openai` pools under a real `infersched serve`: real llama.cpp engines
+(llama-cpp-python's server, the tiny test model) beside an emulated pool, driven
+over the scheduler's gRPC Generate path.
+
+One serve for the module (engines are slow to start on a small host): two
+engines the test started (`endpoints:`), one engine serve launches as a Ray
+actor (`launch:`, num_gpus 0) and one emulated colocated instance. The tests
+run in file order; the last ones kill an engine and bring it back.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import grpc
+import pytest
+import yaml
+
+from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from tests.engines.llama_server import MODEL_ALIAS, running_llama_server, server_command
+
+pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "infersched.cli"]
+START_TIMEOUT_S = 180.0
+EMULATED_MODEL = "llama-3.1-8b"
+COMPLETED = common_pb2.REQUEST_STATUS_COMPLETED
+
+
+class Served(NamedTuple):
+    proc: subprocess.Popen
+    address: str
+    lines: list[str]
+    engines: dict  # pool-instance label -> LlamaServer the test started
+    model_path: Path
+    log_dir: Path
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("engines")
+    with running_llama_server(tiny_model, log_dir) as a, running_llama_server(tiny_model, log_dir) as b:
+        cluster = {
+            "name": "real-and-emulated",
+            "policy": "least-loaded",
+            "pools": [
+                {"name": "llama", "backend": "openai", "endpoints": [a.base_url, b.base_url], "model": MODEL_ALIAS,
+                 "context_tokens": 512},
+                {"name": "launched", "backend": "openai", "model": MODEL_ALIAS, "context_tokens": 512,
+                 "launch": {"command": server_command(tiny_model, port="{port}", host="{host}", python="{python}"),
+                            "instances": 1, "num_gpus": 0}},
+                {"name": "emulated", "device": "b200", "instances": 1, "model": EMULATED_MODEL, "role": "both"},
+            ],
+        }
+        path = log_dir / "cluster.yaml"
+        path.write_text(yaml.safe_dump(cluster))
+        proc = subprocess.Popen([*CLI, "serve", "--cluster", str(path), "--port", "0", "--metrics-port", "-1"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines: list[str] = []
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line.strip())
+                if "stops it" in line:
+                    break
+            address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
+            assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
+            yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
+
+
+async def _generate(stub, prompt: int, output: int, tier: str = MODEL_ALIAS):
+    """One Generate call: (record, tokens streamed)."""
+    tokens = 0
+    record = None
+    async for message in stub.Generate(scheduler_pb2.GenerateRequest(
+            prompt_length=prompt, max_output_tokens=output, model_tier=tier), timeout=120):
+        if message.HasField("tokens"):
+            tokens += message.tokens.token_count
+        if message.HasField("record"):
+            record = message.record
+    return record, tokens
+
+
+def _run(address: str, calls):
+    async def go():
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            return await calls(stub)
+    return asyncio.run(go())
+
+
+def _workers(address: str) -> dict[str, scheduler_pb2.WorkerInfo]:
+    answer = _run(address, lambda stub: stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=10))
+    return {f"{w.pool}-{w.instance}": w for w in answer.workers}
+
+
+def _stats(address: str) -> scheduler_pb2.SchedulerStats:
+    return _run(address, lambda stub: stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=10))
+
+
+def test_serve_registers_every_engine_ready(served):
+    workers = _workers(served.address)
+    assert {w.pool for w in workers.values()} == {"llama", "launched", "emulated"}
+    engines = {w.address for w in workers.values() if w.pool == "llama"}
+    assert engines == {e.base_url for e in served.engines.values()}
+    launched = next(w for w in workers.values() if w.pool == "launched")
+    assert launched.address.startswith("http://127.0.0.1:") and launched.address not in engines
+    assert all(w.state == 2 for w in workers.values()), workers  # READY
+    assert "time_scale 1" in "\n".join(served.lines)  # real engines run at their own speed
+
+
+def test_traffic_spreads_over_the_engines_and_streams_every_token(served):
+    async def calls(stub):
+        return await asyncio.gather(*(_generate(stub, 24, 12) for _ in range(12)))
+
+    results = _run(served.address, calls)
+    assert all(r.status == COMPLETED for r, _ in results), [r.reason for r, _ in results]
+    assert all(tokens == 12 == r.output_tokens for r, tokens in results)
+    pools = {r.prefill_pool for r, _ in results}
+    assert pools <= {"llama", "launched"}  # the tier is the engines' model: never the emulated pool
+    assert len({r.prefill_instance for r, _ in results}) == 3, [r.prefill_instance for r, _ in results]
+    assert all(r.ttft_s > 0 and r.tpot_s > 0 and r.finish_s > r.first_token_s for r, _ in results)
+
+
+def test_mixed_cluster_serves_emulated_and_real_pools(served):
+    async def calls(stub):
+        return await asyncio.gather(*(_generate(stub, 24, 6, tier=EMULATED_MODEL) for _ in range(16)))
+
+    results = _run(served.address, calls)
+    assert all(r.status == COMPLETED and tokens == 6 for r, tokens in results), [r.reason for r, _ in results]
+    assert {r.prefill_pool for r, _ in results} >= {"emulated", "llama"}
+
+
+def test_stats_count_every_request_by_pool(served):
+    stats = _stats(served.address)
+    assert stats.requests_total == stats.requests_completed + stats.requests_failed + stats.requests_rejected \
+        + stats.in_flight
+    assert stats.in_flight == 0 and stats.requests_failed == 0
+    pools = {p.name: p for p in stats.pools}
+    assert sum(p.completed for p in pools.values()) == stats.requests_completed >= 28
+    assert pools["llama"].decode_tokens > 0 and pools["launched"].completed > 0
+
+
+def test_prompt_beyond_the_engine_context_is_refused(served):
+    async def calls(stub):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _generate(stub, 500, 100)
+        return refused.value
+
+    error = _run(served.address, calls)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "512" in error.details()
+
+
+def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served):
+    """Kill one engine while requests stream: every request ends and is counted; those
+    that had not streamed a token fail over; the rest of the run succeeds; once an engine
+    answers on that endpoint again, it serves again."""
+    victim = served.engines["llama-1"]
+    before = _stats(served.address)
+
+    async def calls(stub):
+        first = [asyncio.ensure_future(_generate(stub, 24, 480)) for _ in range(12)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a stream running there and requests queued behind it
+            answer = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="llama"), timeout=10)
+            state = next(w for w in answer.workers if w.address == victim.base_url)
+            if state.running and state.queue_depth:
+                break
+            await asyncio.sleep(0.02)
+        victim.kill()
+        after = await asyncio.gather(*(_generate(stub, 24, 8) for _ in range(9)))
+        return await asyncio.gather(*first), after
+
+    during, after = _run(served.address, calls)
+    broken = [r for r, _ in during if r.status != COMPLETED]
+    failed_over = [r for r, _ in during if r.status == COMPLETED and r.retries]
+    assert broken and failed_over  # the kill hit a stream and requests queued behind it
+    assert all(r.prefill_pool == "llama" and "stream broke" in r.reason for r in broken), [r.reason for r in broken]
+    assert all(r.status == COMPLETED for r, _ in after), [r.reason for r, _ in after]
+    workers = _workers(served.address)
+    victim_worker = next(w for w in workers.values() if w.address == victim.base_url)
+    assert victim_worker.state == 5  # FAILED
+    stats = _stats(served.address)
+    assert stats.requests_total - before.requests_total == 21
+    assert stats.requests_completed - before.requests_completed == 21 - len(broken)
+    assert stats.requests_failed - before.requests_failed == len(broken) and stats.in_flight == 0
+
+    port = int(victim.base_url.rsplit(":", 1)[1])
+    with running_llama_server(served.model_path, served.log_dir, port=port):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _workers(served.address)[f"llama-{victim_worker.instance}"].state == 2:
+                break
+            time.sleep(0.5)
+        assert _workers(served.address)[f"llama-{victim_worker.instance}"].state == 2
+
+        async def again(stub):
+            return await asyncio.gather(*(_generate(stub, 24, 12) for _ in range(12)))
+
+        results = _run(served.address, again)
+        assert all(r.status == COMPLETED for r, _ in results)
+        assert victim_worker.instance in {r.prefill_instance for r, _ in results}
