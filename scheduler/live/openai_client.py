@@ -50,6 +50,13 @@ SYNTHETIC_WORDS = ("the of and to in is was for on that with as by at from it an
 SYNTHETIC = "synthetic"  # prompt_counts key: prompts made here from a token count
 
 
+def synthetic_prompt(key: str, tokens: int) -> str:
+    """A prompt of `tokens` tokens (the engine adds a BOS token: one word fewer), varied
+    by `key` so that engines with prefix caching do not serve it from their cache."""
+    start = zlib.crc32(key.encode())
+    return " ".join(SYNTHETIC_WORDS[(start + 7 * i) % len(SYNTHETIC_WORDS)] for i in range(max(1, tokens - 1)))
+
+
 class _Instance:
     """The client's view of one engine endpoint."""
 
@@ -200,12 +207,9 @@ class OpenAIWorkerClient:
         engine = link.engine
         counts = self.prompt_counts.setdefault(link.pool, collections.Counter())
         if work.payload is None:
-            # Varied per request, so engines with prefix caching do not serve it from cache.
-            start = zlib.crc32(work.key.encode())
-            words = [SYNTHETIC_WORDS[(start + 7 * i) % len(SYNTHETIC_WORDS)] for i in range(work.prompt_tokens - 1)]
             counts[SYNTHETIC] += 1
             # ignore_eos (vLLM, SGLang; others ignore it): a token-count client asked for this many tokens.
-            return "completions", {"model": engine.model, "prompt": " ".join(words) or "the",
+            return "completions", {"model": engine.model, "prompt": synthetic_prompt(work.key, work.prompt_tokens),
                                    "max_tokens": work.max_output_tokens, "temperature": 0, "ignore_eos": True}, None
         body = json.loads(work.payload.body_json)
         body["model"] = engine.model
