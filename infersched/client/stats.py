@@ -62,6 +62,8 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
             "running": p.running, "completed": p.completed, "prefill_tokens": p.prefill_tokens,
             "decode_tokens": p.decode_tokens, "utilization": p.utilization, "energy_j": p.energy_j,
             "cost_usd": p.cost_usd, "kv_free_tokens": p.kv_free_tokens, "kv_capacity_tokens": p.kv_capacity_tokens}
+        if p.prompt_token_counts:  # real engines: how prompt lengths were counted
+            pools[p.name]["prompt_token_counts"] = dict(sorted(p.prompt_token_counts.items()))
     return {
         "cluster": s.cluster, "policy": s.policy, "uptime_s": s.uptime_s, "started_unix_s": s.started_unix_s,
         "requests": s.requests_total, "completed": s.requests_completed, "rejected": s.requests_rejected,

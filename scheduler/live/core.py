@@ -606,7 +606,8 @@ class SchedulerCore:
             total.add(s.retired)
             total.add(s.usage)
             usages.append(total)
-        return pool_stats(self.cluster, self.snap, usages, self.tally.pool_completed, self.now())
+        return pool_stats(self.cluster, self.snap, usages, self.tally.pool_completed, self.now(),
+                          getattr(self.workers, "prompt_counts", None))
 
     def stats(self) -> SchedulerStatsView:
         pools = self.pool_stats()

@@ -36,5 +36,10 @@ class MixedWorkerClient:
     async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
         return await self.routes[instance].probe(instance, timeout_s)
 
+    @property
+    def prompt_counts(self) -> dict:
+        """Pools of real engines: prompts by how their length was counted."""
+        return {pool: counts for c in self.clients for pool, counts in getattr(c, "prompt_counts", {}).items()}
+
     async def close(self) -> None:
         await asyncio.gather(*(client.close() for client in self.clients))

@@ -93,7 +93,8 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
             chips_per_instance=p.chips_per_instance, queue_depth=p.queue_depth, running=p.running,
             completed=p.completed, prefill_tokens=p.prefill_tokens, decode_tokens=p.decode_tokens,
             utilization=p.utilization, energy_j=p.energy_j, cost_usd=p.cost_usd, kv_free_tokens=p.kv_free_tokens,
-            kv_capacity_tokens=p.kv_capacity_tokens, token_budget=p.token_budget) for p in s.pools])
+            kv_capacity_tokens=p.kv_capacity_tokens, token_budget=p.token_budget,
+            prompt_token_counts=p.prompt_token_counts) for p in s.pools])
 
 
 def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:

@@ -124,7 +124,7 @@ class Tally:
 
 
 def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], completed: list[int],
-               uptime_s: float) -> list[PoolStatsView]:
+               uptime_s: float, prompt_counts: dict | None = None) -> list[PoolStatsView]:
     """Per pool: load from the snapshot, usage summed over its instances' incarnations."""
     # Rows as Python numbers once: GetStats runs on the loop that serves Generate, and
     # numpy slice sums per pool and field cost more than the few instances they add.
@@ -144,5 +144,7 @@ def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], com
             utilization=min(1.0, sum(u.busy_s for u in mine) / instance_s) if instance_s > 0 else 0.0,
             energy_j=sum(u.energy_j for u in mine), cost_usd=sum(u.cost_usd for u in mine),
             kv_free_tokens=int(sum(kv_free[r.start:r.stop])),
-            kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])), token_budget=pool.config.engine_token_budget))
+            kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])), token_budget=pool.config.engine_token_budget,
+            prompt_token_counts=dict(prompt_counts[pool.name]) if prompt_counts and pool.name in prompt_counts
+            else None))
     return out

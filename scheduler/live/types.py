@@ -168,6 +168,8 @@ class PoolStatsView:
     kv_free_tokens: int
     kv_capacity_tokens: int
     token_budget: int = 0  # chunked prefill's tokens per iteration; 0: prefill-first
+    # Real engines: prompts by how their length was counted ("engine", "estimate", "synthetic").
+    prompt_token_counts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
