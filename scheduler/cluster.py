@@ -329,6 +329,15 @@ class Cluster:
                 raise ConfigError(f"{config.source}: pool '{p.name}': prefill pool has no decode pool "
                                   f"serving {p.perf.model.name}")
 
+    def check_predictable(self) -> None:
+        """Raise ConfigError when a pool's speed is only learned from real engines: a
+        simulation would run on the priors, which say nothing about that hardware."""
+        for p in self.pools:
+            if isinstance(p.perf, LearnedPerf):
+                raise ConfigError(f"{self.config.source}: pool '{p.name}': key 'device': missing; a real-engine "
+                                  "pool without a device has no performance model to simulate (its speed is "
+                                  "learned live); set device: (and a catalogued model) to simulate it")
+
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.pools)
 

@@ -40,6 +40,7 @@ def run(args) -> int:
 
     config = load_cluster(resolve(args.cluster))
     cluster = Cluster(config)
+    cluster.check_predictable()
     policy = build_policy(args.policy or config.policy, config)
     trace = load_trace(args)
     workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,

@@ -76,3 +76,9 @@ def test_engine_keys_are_refused_on_emulated_pools(key):
 def test_a_device_with_an_uncatalogued_model_says_how_to_learn_instead():
     with pytest.raises(ConfigError, match="leave device: out to learn it online"):
         Cluster(parse_cluster(doc(device="h100-sxm"), "real.yaml"))
+
+
+def test_simulating_a_pool_whose_speed_is_only_learned_live_is_refused():
+    with pytest.raises(ConfigError, match="pool 'vllm': key 'device': missing; a real-engine pool"):
+        Cluster(parse_cluster(doc(), "real.yaml")).check_predictable()
+    Cluster(parse_cluster(doc(device="h100-sxm", model="llama-3.1-8b"), "real.yaml")).check_predictable()
