@@ -61,7 +61,7 @@ class _Instance:
     """The client's view of one engine endpoint."""
 
     __slots__ = ("instance", "pool", "address", "engine", "flights", "sent", "queued_tokens", "running",
-                 "prefill_tokens", "decode_tokens", "busy_since", "busy_s", "estimator", "healthy")
+                 "prefill_tokens", "decode_tokens", "busy_since", "busy_s", "estimator", "healthy", "progress_s")
 
     def __init__(self, instance: int, pool: str, address: str, engine: OpenAIEngine):
         self.instance = instance
@@ -78,6 +78,7 @@ class _Instance:
         self.busy_s = 0.0  # wall seconds with at least one request in flight
         self.estimator = LatencyEstimator()
         self.healthy = True
+        self.progress_s = 0.0  # when a stream last brought a chunk (perf_counter)
 
 
 class OpenAIWorkerClient:
@@ -140,7 +141,8 @@ class OpenAIWorkerClient:
             return False
         link.healthy = health.healthy
         if health.healthy:
-            self._report(link)
+            # After the caller has marked it ready: the core ignores a FAILED instance's reports.
+            asyncio.get_running_loop().call_soon(self._report, link)
         return health.healthy
 
     async def close(self) -> None:
@@ -169,7 +171,7 @@ class OpenAIWorkerClient:
             stream = CompletionStream(link.engine, "/v1/" + route, body, None, chat=route == "chat/completions")
             async with stream:
                 async for event in stream:
-                    last = event.arrival_s
+                    last = link.progress_s = event.arrival_s
                     if first is None:
                         first = last
                         self._first_token(link, work.key)
@@ -302,7 +304,11 @@ class OpenAIWorkerClient:
     async def _probe_loop(self) -> None:
         while not self.closed:
             await asyncio.sleep(self.probe_interval_s)
-            links = [link for link in self._links.values() if link.healthy]
+            # An engine streaming right now is alive whatever its health endpoint says:
+            # llama-cpp-python answers /v1/models only between generations.
+            now = time.perf_counter()
+            links = [link for link in self._links.values()
+                     if link.healthy and not (link.flights and now - link.progress_s < self.probe_timeout_s)]
             results = await asyncio.gather(*(self._probe_once(link) for link in links))
             for link, reason in zip(links, results):
                 if reason and self._links.get(link.instance) is link and not self.closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ def served(tiny_model, tmp_path_factory):
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         lines: list[str] = []
+        launched: list[str] = []
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -75,6 +77,7 @@ def served(tiny_model, tmp_path_factory):
                     break
             address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
             assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
+            launched = [w.address for w in _workers(address).values() if w.pool == "launched"]
             yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
         finally:
             if proc.poll() is None:
@@ -84,6 +87,10 @@ def served(tiny_model, tmp_path_factory):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(30)
+        for url in launched:  # serve stopped the engines it launched
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            with socket.socket() as probe:
+                assert probe.connect_ex((host, int(port))) != 0, f"launched engine {url} outlived serve"
 
 
 async def _generate(stub, prompt: int, output: int, tier: str = MODEL_ALIAS):
@@ -177,26 +184,31 @@ def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served)
     """Kill one engine while requests stream: every request ends and is counted; those
     that had not streamed a token fail over; the rest of the run succeeds; once an engine
     answers on that endpoint again, it serves again."""
-    victim = served.engines["llama-1"]
+    by_address = {e.base_url: e for e in served.engines.values()}
     before = _stats(served.address)
+    seen = []
 
     async def calls(stub):
         first = [asyncio.ensure_future(_generate(stub, 24, 480)) for _ in range(12)]
+        victim = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # a stream running there and requests queued behind it
+        while victim is None and time.monotonic() < deadline:
+            # An engine of ours with a stream running and requests queued behind it.
             answer = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="llama"), timeout=10)
-            state = next(w for w in answer.workers if w.address == victim.base_url)
-            if state.running and state.queue_depth >= 2:
-                break
+            seen.append([(w.address, w.state, w.running, w.queue_depth) for w in answer.workers])
+            victim = next((by_address[w.address] for w in answer.workers
+                           if w.state == 2 and w.running and w.queue_depth), None)
             await asyncio.sleep(0.02)
+        assert victim is not None, seen[-5:]
         victim.kill()
         after = await asyncio.gather(*(_generate(stub, 24, 8) for _ in range(9)))
-        return await asyncio.gather(*first), after
+        return victim, await asyncio.gather(*first), after
 
-    during, after = _run(served.address, calls)
+    victim, during, after = _run(served.address, calls)
     broken = [r for r, _ in during if r.status != COMPLETED]
     failed_over = [r for r, _ in during if r.status == COMPLETED and r.retries]
-    assert broken and failed_over  # the kill hit a stream and requests queued behind it
+    # The kill hit a stream and requests queued behind it.
+    assert broken and failed_over, ([(r.prefill_instance, r.retries, r.status, r.reason) for r, _ in during], seen[-3:])
     assert all(r.prefill_pool == "llama" and "stream broke" in r.reason for r in broken), [r.reason for r in broken]
     assert all(r.status == COMPLETED for r, _ in after), [r.reason for r, _ in after]
     workers = _workers(served.address)
@@ -214,7 +226,9 @@ def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served)
             if _workers(served.address)[f"llama-{victim_worker.instance}"].state == 2:
                 break
             time.sleep(0.5)
-        assert _workers(served.address)[f"llama-{victim_worker.instance}"].state == 2
+        rejoined = _workers(served.address)[f"llama-{victim_worker.instance}"]
+        assert rejoined.state == 2
+        assert rejoined.queue_depth == rejoined.running == 0  # its row is current, not as it was when it failed
 
         async def again(stub):
             return await asyncio.gather(*(_generate(stub, 24, 12) for _ in range(12)))
@@ -222,3 +236,17 @@ def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served)
         results = _run(served.address, again)
         assert all(r.status == COMPLETED for r, _ in results)
         assert victim_worker.instance in {r.prefill_instance for r, _ in results}
+
+
+def test_a_launched_engine_that_exits_stops_serve_with_its_log(tmp_path):
+    cluster = {"name": "broken", "pools": [{
+        "name": "broken", "backend": "openai", "model": MODEL_ALIAS,
+        "launch": {"command": ["{python}", "-c", "import sys; print('no GPU here'); sys.exit(3)", "{port}"],
+                   "num_gpus": 0}}]}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    done = subprocess.run([*CLI, "serve", "--cluster", str(path), "--port", "0", "--metrics-port", "-1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert done.returncode == 1
+    assert "real engines did not start" in done.stdout and "exited with 3" in done.stdout
+    assert "no GPU here" in done.stdout
