@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,25 +43,9 @@ import yaml  # noqa: E402
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
 from scheduler.live.openai_client import synthetic_prompt  # noqa: E402
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa: E402
+from tests.engines.serve_process import start_serve, stop_serve  # noqa: E402
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
 from workers.openai_engine import OpenAIEngine  # noqa: E402
-
-START_TIMEOUT_S = 180.0
-
-
-def start_serve(cluster_path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "infersched.cli", "serve", "--cluster", str(cluster_path),
-                             "--port", "0", "--metrics-port", "-1"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "listening on " in line:
-            return proc, line.split("listening on ")[1].split()[0]
-    proc.kill()
-    raise RuntimeError("serve did not start")
 
 
 async def direct(engine: OpenAIEngine, key: str, prompt_tokens: int, output_tokens: int) -> tuple[float, float]:
@@ -137,12 +120,11 @@ def main() -> int:
                                                         "endpoints": [engine.base_url], "model": MODEL_ALIAS,
                                                         "context_tokens": 512}]}
             (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
-            proc, address = start_serve(tmp / "cluster.yaml")
+            proc, address, _ = start_serve(tmp / "cluster.yaml")
             try:
                 result = asyncio.run(measure(engine.base_url, address, args))
             finally:
-                proc.terminate()
-                proc.wait(60)
+                stop_serve(proc)
     result.update(path="grpc Generate (token counts, synthetic prompt)", pairs=args.pairs,
                   prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", load_average=os.getloadavg()[0],

@@ -6,6 +6,9 @@
     stats.py          latency windows, usage, counters, per-pool views
     worker_client.py  the WorkerClient seam and its gRPC implementation (the only worker_pb2 user here)
     inprocess.py      WorkerClient over emulated workers in this process (deterministic on a VirtualClock)
+    openai_client.py  WorkerClient over real engines speaking the OpenAI HTTP API (backend: openai pools)
+    mixed_client.py   one WorkerClient over several: emulated and real pools under one core
+    engine_launch.py  the core's client for a cluster; `launch:` engines as Ray actors; endpoint registration
     servicer.py       the Scheduler gRPC service (proto <-> core, in one place)
     metrics.py        Prometheus
     actor.py          the Ray actor: core, server, metrics, worker supervisor

@@ -10,10 +10,8 @@ run in file order; the last ones kill an engine and bring it back.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -24,12 +22,10 @@ import yaml
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server, server_command
+from tests.engines.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_serve
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "infersched.cli"]
-START_TIMEOUT_S = 180.0
 EMULATED_MODEL = "llama-3.1-8b"
 COMPLETED = common_pb2.REQUEST_STATUS_COMPLETED
 
@@ -61,32 +57,12 @@ def served(tiny_model, tmp_path_factory):
         }
         path = log_dir / "cluster.yaml"
         path.write_text(yaml.safe_dump(cluster))
-        proc = subprocess.Popen([*CLI, "serve", "--cluster", str(path), "--port", "0", "--metrics-port", "-1"],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        lines: list[str] = []
-        launched: list[str] = []
+        proc, address, lines = start_serve(path)
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line.strip())
-                if "stops it" in line:
-                    break
-            address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
-            assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
             launched = [w.address for w in _workers(address).values() if w.pool == "launched"]
             yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(30)
+            stop_serve(proc)
         for url in launched:  # serve stopped the engines it launched
             host, port = url.removeprefix("http://").rsplit(":", 1)
             with socket.socket() as probe:
