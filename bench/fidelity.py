@@ -3,10 +3,12 @@
 Every figure in the document comes from this script: published single-stream
 output speeds (tokens/s per user, batch 1) with their source and date, the
 model's prediction (`workers.predict.predict`, smallest instance that holds
-the model, 1,024-token context), the signed error, and whether the device's
-constants were fitted to that figure. Figures marked `fitted: False` were
-never used to set a constant; do not tune one to them (move a figure to
-fitted and say so instead). The H100 tables rerun `infersched model check`
+the model, 1,024-token context), the signed error, whether the source says
+speculative decoding was used, and the figure's kind: fitted (a device
+constant was set from it), not fitted (never used to set one; do not tune a
+constant to it: move it to fitted and say so instead), or superseded (serving
+software the vendor has replaced; shown, not scored). The median |error| is
+over every not-fitted figure. The H100 tables rerun `infersched model check`
 and bench/model_holdout.py's splits on ../shared/calibration.
 
     python bench/fidelity.py      # ~15 s
@@ -97,7 +99,7 @@ NO_FIGURES = {
                 "model on a stated H100 configuration without speculative decoding was found",
     "h200": "nothing fitted (H100 constants reused); no sourced single-stream figure found yet",
     "b200": "nothing fitted (H100 constants reused); NVIDIA's per-user records use speculative decoding "
-            "(not modelled), none listed",
+            "with drafts and acceptance rates they do not state, none listed",
     "m4-max": "nothing fitted; no llama.cpp figure with a pinned model, quantization and context found yet",
     "phone": "nothing fitted; no figure for the modelled NPU found yet",
 }

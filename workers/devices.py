@@ -338,10 +338,11 @@ def _b200() -> DeviceSpec:
 # from the service after its October 2024 software release (kernels rewritten, wafer IO made
 # asynchronous): Llama 3.1 8B at about 2,000 output tokens/s per user (Val Town's Cerebras
 # template, 17 Jan 2025: "2k tokens per second"; Continue's Cerebras provider page: "2000+").
-# No later figure says whether 8B is drafted; the 70B figures of the same release are (the
-# release notes say it "implements speculative decoding"), so they set nothing here.
+# No source says whether 8B is drafted. The release that took 70B to 2,100 tokens/s "also
+# implements speculative decoding", which the step model does not fit (workers/speculative.py
+# prices it; no draft or acceptance rate is published), so later 70B figures set nothing here.
 # The hop latency still comes from the launch (27 Aug 2024: 8B at 1,800, 70B on 4 CS-3 at
-# 450 tokens/s): no multi-wafer figure without speculative decoding was published after it.
+# 450 tokens/s): no later multi-wafer figure says it was served without speculative decoding.
 _WSE3_8B_TOKENS_S = 2000.0
 _WSE3_LAUNCH_8B_TOKENS_S = 1800.0
 _WSE3_LAUNCH_70B_TOKENS_S = 450.0
