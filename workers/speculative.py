@@ -2,7 +2,8 @@
 
 Per round the draft runs `k` decode steps and the target verifies the k
 proposals in one pass (a decode step plus a k-token chunk per sequence,
-`InstancePerf.mixed`). With acceptance rate `alpha` (the chance the target
+`InstancePerf.mixed`, whose fixed time blends prefill and decode overhead by
+token share: the same on wafer and LPU, eager-leaning on a GPU). With acceptance rate `alpha` (the chance the target
 accepts a drafted token, independent per token) a round yields
 (1 - alpha^(k+1)) / (1 - alpha) tokens per sequence on average (Leviathan,
 Kalman and Matias 2023, "Fast Inference from Transformers via Speculative
