@@ -1,10 +1,11 @@
 """Speculative decoding priced in the step model: a draft model proposes, the target verifies.
 
 Per round the draft runs `k` decode steps and the target verifies the k
-proposals in one pass (a decode step plus a k-token chunk per sequence,
-`InstancePerf.mixed`, whose fixed time blends prefill and decode overhead by
-token share: the same on wafer and LPU, eager-leaning on a GPU). With acceptance rate `alpha` (the chance the target
-accepts a drafted token, independent per token) a round yields
+proposals in one pass: a decode step plus a k-token chunk per sequence
+(`InstancePerf.mixed`, whose fixed time blends prefill and decode overhead
+by token share; the two are equal on wafer and LPU, so only GPUs lean
+eager). With acceptance rate `alpha` (the chance the target accepts a
+drafted token, independent per token) a round yields
 (1 - alpha^(k+1)) / (1 - alpha) tokens per sequence on average (Leviathan,
 Kalman and Matias 2023, "Fast Inference from Transformers via Speculative
 Decoding", eq. 1). A serving stack tunes k to the hardware, so k defaults to
