@@ -110,6 +110,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--serve-args", nargs="*", default=[], help="more `serve` flags, e.g. --realtime-priority 1")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "frontdoor_overhead.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="frontdoor-") as tmp:
@@ -120,12 +121,12 @@ def main() -> int:
                                                         "endpoints": [engine.base_url], "model": MODEL_ALIAS,
                                                         "context_tokens": 512}]}
             (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
-            proc, address, _ = start_serve(tmp / "cluster.yaml")
+            proc, address, _ = start_serve(tmp / "cluster.yaml", *args.serve_args)
             try:
                 result = asyncio.run(measure(engine.base_url, address, args))
             finally:
                 stop_serve(proc)
-    result.update(path="grpc Generate (token counts, synthetic prompt)", pairs=args.pairs,
+    result.update(path="grpc Generate (token counts, synthetic prompt)", serve_args=args.serve_args, pairs=args.pairs,
                   prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", load_average=os.getloadavg()[0],
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))

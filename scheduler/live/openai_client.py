@@ -183,6 +183,11 @@ class OpenAIWorkerClient:
                                                                         token_count=1, emit_s=self.clock.now(),
                                                                         text=event.text))
                     tokens += 1
+                    if tokens == 1:
+                        # Chunks already buffered are read without suspending: yield once, so the
+                        # client's stream (another task) sends the first token before the rest is
+                        # read; later tokens that arrive together go out together.
+                        await asyncio.sleep(0)
             result = stream.result
         except asyncio.CancelledError:
             if counting is not None:
