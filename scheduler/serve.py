@@ -69,6 +69,12 @@ def run_serve(args) -> int:
                 _say(f"error: the Ray cluster at {args.address} lacks resources {lacking}; start its nodes with "
                      f"`ray start ... --resources '{{\"device_<name>\": <chips>}}'`")
                 return 2
+        gpus = sum(p.launch.instances * p.launch.num_gpus for p in config.pools if p.launch is not None)
+        if gpus > ray.cluster_resources().get("GPU", 0.0):
+            # Ray would hold the engine actors until such nodes join; say so instead of waiting.
+            _say(f"error: launch: needs {gpus:g} GPUs in all and the Ray cluster has "
+                 f"{ray.cluster_resources().get('GPU', 0.0):g}; join GPU nodes (--address) or lower num_gpus")
+            return 2
         alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         # Workers on other nodes must be reachable by the scheduler and by each other.
         worker_host = "node" if alive_nodes > 1 else "127.0.0.1"

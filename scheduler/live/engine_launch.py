@@ -116,9 +116,13 @@ async def wait_healthy(handle, model: str, timeout_s: float) -> str:
     """Start the engine behind `handle` and wait until its health endpoint answers;
     returns its endpoint. Raises RuntimeError with the engine's log when it exits or
     does not answer in time."""
-    info = await handle.start.remote()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    try:
+        info = await asyncio.wait_for(handle.start.remote(), timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"the engine actor was not placed within {timeout_s:.0f} s: does the Ray cluster have "
+                           "a node with the GPUs launch.num_gpus asks for?") from None
     async with OpenAIEngine(info["endpoint"], model, connect_timeout_s=2.0, read_timeout_s=5.0) as engine:
         while True:
             if (await engine.health()).healthy:

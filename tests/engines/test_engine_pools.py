@@ -226,3 +226,16 @@ def test_a_launched_engine_that_exits_stops_serve_with_its_log(tmp_path):
     assert done.returncode == 1
     assert "real engines did not start" in done.stdout and "exited with 3" in done.stdout
     assert "no GPU here" in done.stdout
+
+
+def test_launch_asking_for_more_gpus_than_the_cluster_has_is_refused(tmp_path):
+    cluster = {"name": "gpus", "pools": [{
+        "name": "vllm", "backend": "openai", "model": MODEL_ALIAS,
+        "launch": {"command": ["vllm", "serve", "--port", "{port}"], "instances": 2, "num_gpus": 1}}]}
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    done = subprocess.run([*CLI, "serve", "--cluster", str(path), "--port", "0", "--metrics-port", "-1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    if "the Ray cluster has 0" not in done.stdout:
+        pytest.skip("this machine has GPUs")
+    assert done.returncode == 2 and "launch: needs 2 GPUs in all" in done.stdout
