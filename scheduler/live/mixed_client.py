@@ -36,6 +36,14 @@ class MixedWorkerClient:
     async def probe(self, instance: int, timeout_s: float = 1.0) -> bool:
         return await self.routes[instance].probe(instance, timeout_s)
 
+    async def count_prompt(self, model: str, route: str, body: dict):
+        """See OpenAIWorkerClient.count_prompt; None when no real-engine pool serves `model`."""
+        for client in self.clients:
+            counter = getattr(client, "count_prompt", None)
+            if counter is not None:
+                return await counter(model, route, body)
+        return None
+
     @property
     def prompt_counts(self) -> dict:
         """Pools of real engines: prompts by how their length was counted."""

@@ -145,6 +145,24 @@ class OpenAIWorkerClient:
             asyncio.get_running_loop().call_soon(self._report, link)
         return health.healthy
 
+    async def count_prompt(self, model: str, route: str, body: dict) -> TokenCount | None:
+        """The prompt length of a client's request body as an engine serving `model` counts
+        it (its tokenizer endpoint; an estimate where it has none), for a front door to put
+        in `GenerateInput.prompt_tokens` before the request is placed. None when no healthy
+        engine here serves `model`. Raises EngineError when the engine fails."""
+        link = next((link for link in self._links.values()
+                     if link.healthy and link.engine.model == model), None)
+        if link is None:
+            return None
+        if route == "chat/completions":
+            return await link.engine.count_chat_tokens(body.get("messages") or [])
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return await link.engine.count_tokens(prompt)
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return TokenCount(len(prompt), TokenCountSource.ENGINE)  # token ids: counted already
+        return None
+
     async def close(self) -> None:
         self.closed = True
         if self._prober is not None:

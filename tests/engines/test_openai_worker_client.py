@@ -147,3 +147,21 @@ def test_a_cancelled_request_stops_on_the_engine_and_is_counted(llama_engine):
     assert after.outcome.status == RequestStatus.COMPLETED
     assert stats.requests_total == 2 and stats.requests_completed == 1 and stats.requests_failed == 1
     assert stats.reasons == {"cancelled": 1}
+
+
+def test_a_front_door_can_count_a_prompt_before_placing_it(llama_engine):
+    async def go():
+        core, client = await _core(llama_engine)
+        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as direct:
+            expected = await direct.count_tokens(PROMPT)
+        counted = await client.count_prompt(llama_engine.model, "completions", {"prompt": PROMPT})
+        chat = await client.count_prompt(llama_engine.model, "chat/completions", {"messages": MESSAGES})
+        ids = await client.count_prompt(llama_engine.model, "completions", {"prompt": [5, 6, 7]})
+        other = await client.count_prompt("another-model", "completions", {"prompt": PROMPT})
+        await client.close()
+        return expected, counted, chat, ids, other
+
+    expected, counted, chat, ids, other = asyncio.run(go())
+    assert counted == expected and counted.source == TokenCountSource.ENGINE
+    assert chat.source == TokenCountSource.ESTIMATE and chat.tokens > 0
+    assert ids.tokens == 3 and other is None
