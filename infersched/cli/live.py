@@ -1,6 +1,7 @@
 """`infersched serve`, `replay` and `stats`: the live cluster, and a client that drives and watches it."""
 from __future__ import annotations
 
+import os
 import sys
 
 from infersched.cli.clusters import resolve
@@ -28,8 +29,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
     p.add_argument("--time-scale", type=float, default=0.01,
                    help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
-    p.add_argument("--metrics-port", type=int, default=9464,
-                   help="Prometheus metrics port (default 9464; 0 = any free, -1 = off)")
+    p.add_argument("--metrics-port", type=int,
+                   help="Prometheus metrics port (default 9464, or any free port when 9464 is in use; "
+                        "0 = any free, -1 = off)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 for a scraper on another "
                         "host, e.g. Prometheus in Kubernetes)")
@@ -86,7 +88,21 @@ def rpc_error(target: str, exc) -> str:
     return f"{target}: {exc.code().name}: {exc.details()}"
 
 
+def ray_auth_mode(address: str | None) -> None:
+    """Token authentication for the local Ray cluster serve starts, said explicitly.
+
+    Ray (2.59 on) turns token authentication on for a new local cluster and warns
+    on every start that it did so unless RAY_AUTH_MODE is set; the setting is read
+    once, when Ray is imported, so it goes here, before serve imports Ray. A user's
+    own RAY_AUTH_MODE wins, and a joined cluster (--address) keeps the mode its
+    drivers are told to use (deploy/local_multinode.sh prints it).
+    """
+    if address is None and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def run_serve(args) -> int:
+    ray_auth_mode(args.address)
     from scheduler.serve import run_serve as serve
 
     args.cluster = str(resolve(args.cluster))
