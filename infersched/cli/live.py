@@ -143,10 +143,6 @@ def run_replay(args) -> int:
         write_json(summary, args.json)
     if not quiet:
         print(format_summary(summary))
-        live = summary["live"]
-        print(f"live: {args.target}, time_scale {live['time_scale']:.4g} (speed-up {1 / live['time_scale']:.4g}x), "
-              f"arrivals compressed {live['speedup']:.4g}x; {live['tokens_streamed']:,} tokens streamed in "
-              f"{live['client_wall_s']:.2f} s wall")
     return 0
 
 
