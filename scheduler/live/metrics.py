@@ -36,7 +36,7 @@ from collections import Counter
 from scheduler.live.core import SchedulerCore
 from scheduler.live.relay.pool import FrontendPool
 from scheduler.live.types import RequestOutcome
-from scheduler.types import RequestStatus
+from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
 
 QUEUE_FULL = "queue full"  # SchedulerCore.submit's reason for a rejection at the queue bound
@@ -68,6 +68,13 @@ class Metrics:
         self.pool_tpot = Histogram("infersched_pool_tpot_seconds", "Time per output token after the first "
                                    "(modelled seconds) by the pool that decoded", ["pool"],
                                    buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        # Every pool's series from the start, at zero: Prometheus takes a series' first value
+        # as its start, so one born with the first requests would lose them from rate().
+        for pool in core.cluster.pools:
+            if pool.role != Role.DECODE:
+                self.pool_ttft.labels(pool.name)
+            if pool.role != Role.PREFILL:
+                self.pool_tpot.labels(pool.name)
         # Rejections by reason, counted as they come (the tally keeps rejections and failures
         # in one counter); a policy's reasons are its filters' fixed strings, so few values.
         self.rejections: Counter = Counter()
