@@ -70,11 +70,10 @@ class Metrics:
                                    buckets=self.LATENCY_BUCKETS, registry=self.registry)
         # Every pool's series from the start, at zero: Prometheus takes a series' first value
         # as its start, so one born with the first requests would lose them from rate().
-        for pool in core.cluster.pools:
-            if pool.role != Role.DECODE:
-                self.pool_ttft.labels(pool.name)
-            if pool.role != Role.PREFILL:
-                self.pool_tpot.labels(pool.name)
+        # Kept by pool name: labels() costs as much again as the observation.
+        self.pool_ttft_of = {p.name: self.pool_ttft.labels(p.name) for p in core.cluster.pools if p.role != Role.DECODE}
+        self.pool_tpot_of = {p.name: self.pool_tpot.labels(p.name) for p in core.cluster.pools
+                             if p.role != Role.PREFILL}
         # Rejections by reason, counted as they come (the tally keeps rejections and failures
         # in one counter); a policy's reasons are its filters' fixed strings, so few values.
         self.rejections: Counter = Counter()
@@ -96,11 +95,11 @@ class Metrics:
                 self.rejections[outcome.reason] += 1
             return
         self.ttft.observe(outcome.ttft_s)
-        self.pool_ttft.labels(outcome.prefill_pool).observe(outcome.ttft_s)
+        self.pool_ttft_of[outcome.prefill_pool].observe(outcome.ttft_s)
         self.e2e.observe(outcome.finish_s - outcome.arrival_s)
         if outcome.tpot_s is not None:
             self.tpot.observe(outcome.tpot_s)
-            self.pool_tpot.labels(outcome.decode_pool).observe(outcome.tpot_s)
+            self.pool_tpot_of[outcome.decode_pool].observe(outcome.tpot_s)
         self.control.observe(max(control_s, 0.0))
 
     def describe(self):
