@@ -1,12 +1,11 @@
 """`infersched serve`, `replay` and `stats`: the live cluster, and a client that drives and watches it."""
 from __future__ import annotations
 
-import os
 import sys
 
 from infersched.cli.clusters import resolve
 from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
-                                   show_progress, trace_record)
+                                   local_ray_auth, show_progress, trace_record)
 
 # The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
 DEFAULT_SERVE_CLUSTER = "live-small"
@@ -88,21 +87,9 @@ def rpc_error(target: str, exc) -> str:
     return f"{target}: {exc.code().name}: {exc.details()}"
 
 
-def ray_auth_mode(address: str | None) -> None:
-    """Token authentication for the local Ray cluster serve starts, said explicitly.
-
-    Ray (2.59 on) turns token authentication on for a new local cluster and warns
-    on every start that it did so unless RAY_AUTH_MODE is set; the setting is read
-    once, when Ray is imported, so it goes here, before serve imports Ray. A user's
-    own RAY_AUTH_MODE wins, and a joined cluster (--address) keeps the mode its
-    drivers are told to use (deploy/local_multinode.sh prints it).
-    """
-    if address is None and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-
-
 def run_serve(args) -> int:
-    ray_auth_mode(args.address)
+    if args.address is None:
+        local_ray_auth()
     from scheduler.serve import run_serve as serve
 
     args.cluster = str(resolve(args.cluster))
