@@ -24,8 +24,9 @@ by `python -m infersched.cli.metrics_reference > docs/METRICS.md`
 modelled seconds (the emulated hardware's time, as `simulate` reports them, whatever
 `--time-scale`); overheads are wall seconds. Counters are queried with their `_total`
 name, histograms through `_bucket`, `_sum` and `_count`; prometheus_client adds a
-`_created` series (Unix time) to each counter and histogram. A Grafana dashboard over
-these is `deploy/grafana/infersched.json`.
+`_created` series (Unix time) to each counter and histogram. The `process_` metrics are
+the scheduler actor's process (the one serving them). A Grafana dashboard over these is
+`deploy/grafana/infersched.json`.
 """
 
 # What each label's values are. The generator fails on a label missing here.
@@ -37,9 +38,10 @@ LABELS = {
     "state": "a worker actor's state (every state has a series, zero when no worker is in it)",
 }
 # Units from Prometheus' base-unit suffixes.
-UNITS = (("_seconds", "seconds"), ("_joules", "joules"), ("_usd", "US dollars"), ("_tokens", "tokens"),
+UNITS = (("_seconds", "seconds"), ("_bytes", "bytes"), ("_joules", "joules"), ("_usd", "US dollars"), ("_tokens", "tokens"),
          ("_ratio", "ratio 0..1"))
-OTHER_UNITS = {"infersched_time_scale": "wall seconds per modelled second"}
+OTHER_UNITS = {"infersched_time_scale": "wall seconds per modelled second", "process_max_fds": "count",
+               "process_open_fds": "count", "process_start_time_seconds": "Unix time (seconds)"}
 SKIPPED_LABELS = {"le"}  # the histogram bucket bound, not a label of the metric
 
 

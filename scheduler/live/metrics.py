@@ -28,6 +28,7 @@ registry by `python -m infersched.cli.metrics_reference`.
     infersched_workers{state}                     gauge: worker actors by state
     infersched_frontends                          gauge: front-end processes serving (with --frontends)
     infersched_frontend_restarts_total            counter: front ends replaced after dying (with --frontends)
+    process_*                                     prometheus_client's process metrics (CPU, memory, files)
 """
 from __future__ import annotations
 
@@ -49,11 +50,14 @@ class Metrics:
     OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
     def __init__(self, core: SchedulerCore, frontends: FrontendPool | None = None):
-        from prometheus_client import CollectorRegistry, Histogram
+        from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
         self.core = core
         self.frontends = frontends
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU seconds, memory, open files) of the process serving the metrics: the
+        # scheduler actor, whose CPU per request is what bounds a scheduler's throughput.
+        ProcessCollector(registry=self.registry)
         self.ttft = Histogram("infersched_ttft_seconds", "Time to first token (modelled seconds)",
                               buckets=self.LATENCY_BUCKETS, registry=self.registry)
         self.tpot = Histogram("infersched_tpot_seconds", "Time per output token after the first (modelled seconds)",

@@ -17,7 +17,7 @@ DOC = ROOT / "docs" / "METRICS.md"
 
 def documented() -> dict[str, tuple[str, ...]]:
     """Metric name -> label names, from the reference's table."""
-    rows = re.findall(r"^\| `(infersched_\w+)` \| \w+ \| ([^|]+) \|", DOC.read_text(encoding="utf-8"), re.M)
+    rows = re.findall(r"^\| `(\w+)` \| \w+ \| ([^|]+) \|", DOC.read_text(encoding="utf-8"), re.M)
     return {name: tuple(re.findall(r"`(\w+)`", labels)) for name, labels in rows}
 
 

@@ -170,7 +170,7 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 def test_serve_exports_exactly_the_metrics_the_reference_lists(serve, replayed):
     import re
 
-    listed = set(re.findall(r"^\| `(infersched_\w+)` \|", METRICS_MD.read_text(), re.M))
+    listed = set(re.findall(r"^\| `(\w+)` \|", METRICS_MD.read_text(), re.M))
     assert set(_scrape(serve)) == listed - FRONTEND_ONLY
 
 
@@ -179,7 +179,8 @@ def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(serve, replayed)
 
     scraped = _scrape(serve)
     exported = set(scraped) | {name for names in scraped.values() for name in names}
-    queried = {name for _, expr in _dashboard_queries() for name in re.findall(r"\binfersched_\w+", expr)}
+    queried = {name for _, expr in _dashboard_queries()
+               for name in re.findall(r"\b(?:infersched|process)_\w+", expr)}
     assert queried and not queried - exported, sorted(queried - exported)
     # The panels the dashboard promises, each on a metric of its own.
     for metric in ("infersched_requests_total", "infersched_pool_ttft_seconds_bucket",
