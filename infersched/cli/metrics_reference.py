@@ -38,8 +38,8 @@ LABELS = {
     "state": "a worker actor's state (every state has a series, zero when no worker is in it)",
 }
 # Units from Prometheus' base-unit suffixes.
-UNITS = (("_seconds", "seconds"), ("_bytes", "bytes"), ("_joules", "joules"), ("_usd", "US dollars"), ("_tokens", "tokens"),
-         ("_ratio", "ratio 0..1"))
+UNITS = (("_seconds", "seconds"), ("_bytes", "bytes"), ("_joules", "joules"), ("_usd", "US dollars"),
+         ("_tokens", "tokens"), ("_ratio", "ratio 0..1"))
 OTHER_UNITS = {"infersched_time_scale": "wall seconds per modelled second", "process_max_fds": "count",
                "process_open_fds": "count", "process_start_time_seconds": "Unix time (seconds)"}
 SKIPPED_LABELS = {"le"}  # the histogram bucket bound, not a label of the metric

@@ -184,7 +184,8 @@ def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(serve, replayed)
     assert queried and not queried - exported, sorted(queried - exported)
     # The panels the dashboard promises, each on a metric of its own.
     for metric in ("infersched_requests_total", "infersched_pool_ttft_seconds_bucket",
-                   "infersched_pool_tpot_seconds_bucket", "infersched_pool_queue_depth", "infersched_pool_kv_free_tokens",
+                   "infersched_pool_tpot_seconds_bucket", "infersched_pool_queue_depth",
+                   "infersched_pool_kv_free_tokens",
                    "infersched_pool_energy_joules_total", "infersched_pool_cost_usd_total",
                    "infersched_rejections_total"):
         assert metric in queried, metric
@@ -202,6 +203,7 @@ def test_every_dashboard_query_runs_in_prometheus_and_shows_the_replay(prometheu
             _wait_for(lambda: bool(_query(prometheus, expr)), what=f"{title}: a series for {expr}", timeout_s=20)
     # Per-pool TTFT percentiles: a series per pool that can prefill (live-small: h100-prefill and
     # b200) from serve's start, a positive time where prefills ran, NaN (no rate) where none did.
-    p50 = _query(prometheus, "histogram_quantile(0.5, sum by (le, pool) (rate(infersched_pool_ttft_seconds_bucket[1m])))")
+    p50 = _query(prometheus,
+                 "histogram_quantile(0.5, sum by (le, pool) (rate(infersched_pool_ttft_seconds_bucket[1m])))")
     ran = [v for v in p50 if not math.isnan(v)]
     assert len(p50) == 2 and ran and all(v > 0 for v in ran)
