@@ -5,9 +5,9 @@ A second `serve` on one host used to die with a bare "[Errno 98] Address already
 in use" from whichever server bound first, or, on the gRPC port, bind it beside
 the first. Every bind in the scheduler actor raises BindError instead, naming
 the server and the host:port, so the command line can name the flag that
-changes it. The metrics port is the one a user
-rarely chooses: when the default is taken, the metrics server takes any free
-port and says so, rather than stopping a scheduler that would otherwise run.
+changes it. The metrics port is the one a user rarely chooses: when the
+default is taken, the metrics server takes any free port and says so, rather
+than stopping a scheduler that would otherwise run.
 """
 from __future__ import annotations
 
