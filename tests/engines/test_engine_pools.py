@@ -169,11 +169,12 @@ def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served)
         victim = None
         deadline = time.monotonic() + 30
         while victim is None and time.monotonic() < deadline:
-            # An engine of ours with a stream running and requests queued behind it.
+            # An engine of ours with a stream running and requests queued behind it (two, so
+            # one is still queued if the other starts while the kill lands).
             answer = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="llama"), timeout=10)
             seen.append([(w.address, w.state, w.running, w.queue_depth) for w in answer.workers])
             victim = next((by_address[w.address] for w in answer.workers
-                           if w.state == 2 and w.running and w.queue_depth), None)
+                           if w.state == 2 and w.running and w.queue_depth >= 2), None)
             await asyncio.sleep(0.02)
         assert victim is not None, seen[-5:]
         victim.kill()
