@@ -98,7 +98,7 @@ def run_serve(args) -> int:
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
                 realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
-                security=security if security.enabled else None)
+                security=security if security.enabled else None, worker_tls=True if args.worker_tls else None)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1

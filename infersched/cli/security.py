@@ -12,6 +12,9 @@ def add_serve_security_arguments(p) -> None:
     g.add_argument("--auth-token-file", metavar="FILE",
                    help="require `authorization: Bearer <token>` (gRPC metadata, HTTP header for metrics) with "
                         "the token in FILE (one line; never printed or logged)")
+    p.add_argument("--worker-tls", action="store_true",
+                   help="mutual TLS between the scheduler and workers even on loopback (always on when workers "
+                        "bind another address, i.e. on a Ray cluster of several nodes)")
 
 
 def add_client_security_arguments(p) -> None:

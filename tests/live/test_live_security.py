@@ -1,7 +1,7 @@
 """`infersched serve` with client security, as a user runs it (separate processes, a
 local Ray cluster that serve starts, gRPC and HTTP on loopback): once with mutual
 TLS and a bearer token (the scheduler actor serving clients), once with a token
-alone in two relay front ends. `replay` and `stats` with the right flags work;
+alone in two relay front ends (and mutual TLS on the worker plane, `--worker-tls`). `replay` and `stats` with the right flags work;
 without the token they get UNAUTHENTICATED, without the CA or a client certificate
 the handshake fails; the metrics endpoint answers the token only (401 otherwise),
 over TLS in the first. The token never shows in anything serve prints (checked
@@ -106,7 +106,7 @@ def mtls_served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token_served(tmp_path_factory):
     files = write_material(tmp_path_factory.mktemp("token"))
-    served = start_serve(files, "--auth-token-file", str(files["token"]), "--frontends", "2")
+    served = start_serve(files, "--auth-token-file", str(files["token"]), "--frontends", "2", "--worker-tls")
     try:
         yield served
     finally:
@@ -137,6 +137,9 @@ def test_startup_line_names_the_real_bind_and_the_security(mtls_served, token_se
     line = next(ln for ln in token_served.lines if "listening on" in ln)
     assert f"listening on {token_served.address} (plaintext + bearer token" in line
     assert not any("warning" in ln for ln in served.lines + token_served.lines)
+    # The worker plane: tokens on loopback by default, mutual TLS when asked (--worker-tls).
+    assert "infersched: worker plane: cluster token" in served.lines
+    assert "infersched: worker plane: cluster token, mutual TLS (cluster CA)" in token_served.lines
 
 
 # (what the client leaves out, the status it gets) against mutual TLS + token.
