@@ -16,6 +16,7 @@ import pytest
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
 from tests.live.conftest import live_small, ray_local  # noqa: F401 - fixtures: a real local Ray cluster
+from tests.workers.test_worker_plane import code_of, worker_call
 from workers.security.plane import ClusterCredentials, PlaneMember
 from workers.security.tls import CertificateAuthority
 
@@ -51,15 +52,7 @@ def attempt(address: str, method: str, member: PlaneMember | None, creds: Cluste
         else:
             channel, stub = member.stub(address, worker_pb2_grpc.WorkerStub)
         async with channel:
-            call = {"Drain": lambda: stub.Drain(worker_pb2.DrainRequest(), timeout=5),
-                    "GetWorkerStats": lambda: stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(), timeout=5),
-                    "Session": lambda: stub.Session(timeout=5),
-                    "TransferKvStream": lambda: stub.TransferKvStream(timeout=5)}[method]()
-            try:
-                await (call.read() if hasattr(call, "read") else call)
-            except grpc.aio.AioRpcError as exc:
-                return exc.code()
-            return grpc.StatusCode.OK
+            return await code_of(worker_call(stub, method))
 
     return asyncio.run(main())
 

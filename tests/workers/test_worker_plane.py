@@ -76,6 +76,14 @@ async def last_updates(call, keys: set[str], last: str) -> dict[str, worker_pb2.
     return found
 
 
+def worker_call(stub, method: str, timeout_s: float = 5.0):
+    """One call of a Worker method, with empty requests (a stream's first read waits)."""
+    return {"GetWorkerStats": lambda: stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(), timeout=timeout_s),
+            "Drain": lambda: stub.Drain(worker_pb2.DrainRequest(), timeout=timeout_s),
+            "Session": lambda: stub.Session(timeout=timeout_s),
+            "TransferKvStream": lambda: stub.TransferKvStream(timeout=timeout_s)}[method]()
+
+
 async def code_of(call) -> grpc.StatusCode:
     """The status a call ends with (OK when it answers)."""
     try:
@@ -124,11 +132,7 @@ def test_who_may_call_which_worker_method(cluster, tls, who, method, expected):
             else:
                 channel, stub = caller.stub(address, worker_pb2_grpc.WorkerStub)
             async with channel:
-                call = {"GetWorkerStats": lambda: stub.GetWorkerStats(worker_pb2.WorkerStatsRequest(), timeout=5),
-                        "Drain": lambda: stub.Drain(worker_pb2.DrainRequest(), timeout=5),
-                        "Session": lambda: stub.Session(timeout=5),
-                        "TransferKvStream": lambda: stub.TransferKvStream(timeout=1)}[method]()
-                code = await code_of(call)
+                code = await code_of(worker_call(stub, method, 1.0 if method == "TransferKvStream" else 5.0))
             return code, w.state
         finally:
             await server.stop(None)
