@@ -4,7 +4,10 @@ Creation starts the worker's clock and gRPC server (Worker, health,
 reflection) on `host:0` and registers the address with the scheduler
 (`scheduler.register_worker.remote(instance, worker_id, address)`); a restart
 by Ray runs __init__ again, so a restarted worker registers itself with its
-new address. Its methods are idempotent. Use `worker_actor_class()` for the
+new address. The Worker service is for the cluster only: the credentials
+arrive as a constructor argument (workers.security.plane), and a prefill
+worker hands KV only to addresses the scheduler lists (workers.security.peers).
+Its methods are idempotent. Use `worker_actor_class()` for the
 Ray class (Ray is imported on first use).
 """
 from __future__ import annotations

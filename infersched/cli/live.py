@@ -85,6 +85,12 @@ def rpc_error(target: str, exc) -> str:
     import grpc
 
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = exc.details() or ""
+        if "handshake" in details.lower():
+            return f"TLS handshake with {target} failed ({details.rsplit(': ', 1)[-1]}): check --tls-ca"
+        if "Socket closed" in details:  # a TLS server closing a plaintext or certificate-less connection
+            return (f"{target} closed the connection: if it serves TLS, give --tls-ca (and --tls-cert/--tls-key "
+                    "when it requires client certificates)")
         return (f"no infersched scheduler answers at {target} (start one with `infersched serve`, "
                 f"or give its address with --target HOST:PORT)")
     return f"{target}: {exc.code().name}: {exc.details()}"

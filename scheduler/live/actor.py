@@ -6,7 +6,10 @@ event loop, so no locks are needed. Workers register their address when they
 start (and again after Ray restarts them). When the core marks an instance
 FAILED, the supervisor probes it (a false alarm comes back at once), waits for
 Ray to restart a crashed actor (which registers itself, or its new address is
-pulled here), or replaces an actor out of restarts.
+pulled here), or replaces an actor out of restarts. The worker plane's
+credentials (workers.security.plane) come in with the constructor arguments and
+go to each worker actor the same way; clients' TLS and token
+(workers.security.service) guard the gRPC server, front ends and metrics.
 """
 from __future__ import annotations
 

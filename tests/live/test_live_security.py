@@ -48,7 +48,7 @@ def write_material(tmp: Path) -> dict[str, Path]:
     ca, other = CertificateAuthority.generate("test CA"), CertificateAuthority.generate("other CA")
     server = ca.issue("localhost", hosts=("localhost", "127.0.0.1"))
     client, stranger = ca.issue("replay-client"), other.issue("replay-client")
-    files = {"ca": ca.cert_pem, "cert": server.cert_pem, "key": server.key_pem, "client_cert": client.cert_pem,
+    files = {"ca": ca.cert_pem, "other_ca": other.cert_pem, "cert": server.cert_pem, "key": server.key_pem, "client_cert": client.cert_pem,
              "client_key": client.key_pem, "stranger_cert": stranger.cert_pem, "stranger_key": stranger.key_pem,
              "token": (TOKEN + "\n").encode(), "wrong_token": ("x" * 40).encode()}
     paths = {}
@@ -121,7 +121,7 @@ def cli(*args, timeout=120):
 def client_flags(files, *, ca=True, cert="client", token="token") -> list[str]:
     flags = []
     if ca:
-        flags += ["--tls-ca", str(files["ca"])]
+        flags += ["--tls-ca", str(files["ca" if ca is True else ca])]
     if cert:
         flags += ["--tls-cert", str(files[f"{cert}_cert"]), "--tls-key", str(files[f"{cert}_key"])]
     if token:
@@ -147,14 +147,16 @@ MTLS_CASES = [
     ({}, None),
     ({"token": None}, "UNAUTHENTICATED"),
     ({"token": "wrong_token"}, "UNAUTHENTICATED"),
-    ({"ca": False, "cert": None}, "no infersched scheduler answers"),  # plaintext to a TLS port
-    ({"cert": None}, "no infersched scheduler answers"),  # no client certificate
-    ({"cert": "stranger"}, "no infersched scheduler answers"),  # a certificate from another CA
+    ({"ca": False, "cert": None}, "closed the connection: if it serves TLS, give --tls-ca"),  # plaintext
+    ({"cert": None}, "closed the connection"),  # no client certificate
+    ({"cert": "stranger"}, "closed the connection"),  # a certificate from another CA
+    ({"ca": "other_ca"}, "TLS handshake with"),  # the server's certificate is not from the CA given
 ]
 
 
 @pytest.mark.parametrize("left_out,refusal", MTLS_CASES,
-                         ids=["all", "no-token", "wrong-token", "plaintext", "no-client-cert", "other-ca-cert"])
+                         ids=["all", "no-token", "wrong-token", "plaintext", "no-client-cert", "other-ca-cert",
+                              "untrusted-server"])
 def test_stats_against_mutual_tls_and_a_token(mtls_served, left_out, refusal):
     served = mtls_served
     done = cli("stats", "--target", served.address, "--json", *client_flags(served.files, **left_out))
