@@ -26,6 +26,7 @@ from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
 from scheduler.live.core import SchedulerCore
 from scheduler.live.metrics import Metrics
+from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
@@ -72,8 +73,8 @@ class SchedulerActor:
     def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
-                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
-                 frontends: int = 0, decision_log: str | None = None,
+                 metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
+                 realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None,
                  credentials: ClusterCredentials | None = None, security: ServiceSecurity | None = None):
         self.config = config
         # The worker plane's credentials (workers.security.plane): made by start_scheduler in
@@ -92,6 +93,9 @@ class SchedulerActor:
         self.worker_host = worker_host
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
+        # Any free port when metrics_port is taken (serve's default port, not one the user chose).
+        self.metrics_port_fallback = metrics_port_fallback
+        self.metrics_port_taken = 0  # the requested metrics port, when it was taken and another was bound
         self.worker_max_restarts = worker_max_restarts
         self.start_timeout_s = start_timeout_s
         self.core: SchedulerCore | None = None
@@ -140,21 +144,29 @@ class SchedulerActor:
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
         bind, advertise = resolve_host(self.host)
-        if self.frontends:
-            self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
-                                           start_timeout_s=self.start_timeout_s, security=self.security)
-            port = await self._frontends.start(bind, self.port)
-        else:
-            def add(server):
-                scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-                return [SCHEDULER_SERVICE]
+        claim_check(Listener.SCHEDULER, bind, self.port)
+        try:
+            if self.frontends:
+                self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
+                                               start_timeout_s=self.start_timeout_s, security=self.security)
+                port = await self._frontends.start(bind, self.port)
+            else:
+                def add(server):
+                    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+                    return [SCHEDULER_SERVICE]
 
-            self._server, port, _ = await start_grpc_server(bind, add, port=self.port, security=self.security)
+                self._server, port, _ = await start_grpc_server(bind, add, port=self.port,
+                                                                 security=self.security)
+        except OSError as exc:
+            raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
         self.bind = f"{bind}:{port}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends)
-            mport = self._metrics.serve(self.metrics_host, self.metrics_port, self.security)
+            serve_metrics = functools.partial(self._metrics.serve, security=self.security)
+            mport, fell_back = bind_metrics(serve_metrics, self.metrics_host, self.metrics_port,
+                                            fallback=self.metrics_port_fallback)
+            self.metrics_port_taken = self.metrics_port if fell_back else 0
             scheme = "https" if self.security is not None and self.security.tls else "http"
             self.metrics_address = f"{scheme}://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
@@ -202,6 +214,7 @@ class SchedulerActor:
 
     def describe(self) -> dict:
         return {"address": self.address, "bind": self.bind, "metrics": self.metrics_address,
+                "metrics_port_taken": self.metrics_port_taken,
                 "security": self.security.describe() if self.security is not None else "plaintext",
                 "worker_tls": self.credentials.tls, "cluster": self.config.name,
                 "decision_log": self.decision_log_path or "",
