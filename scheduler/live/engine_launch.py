@@ -140,16 +140,17 @@ def is_engine_pool(pool) -> bool:
     return pool.config.backend == Backend.OPENAI
 
 
-def worker_client(cluster: Cluster, clock: Clock, options: LiveOptions):
-    """The core's WorkerClient: gRPC for emulated pools, OpenAI-API engines for openai
-    pools, one MixedWorkerClient over both when the cluster has both."""
+def worker_client(cluster: Cluster, clock: Clock, options: LiveOptions, member=None):
+    """The core's WorkerClient: gRPC for emulated pools (as `member` of the worker plane),
+    OpenAI-API engines for openai pools, one MixedWorkerClient over both when the cluster
+    has both."""
     pools = [is_engine_pool(p) for p in cluster.pools]
     if not any(pools):
-        return GrpcWorkerClient(clock, options)
+        return GrpcWorkerClient(clock, options, member=member)
     engines = OpenAIWorkerClient(cluster, clock, options)
     if all(pools):
         return engines
-    grpc_client = GrpcWorkerClient(clock, options)
+    grpc_client = GrpcWorkerClient(clock, options, member=member)
     return MixedWorkerClient([engines if is_engine_pool(cluster.pool_of(i)) else grpc_client
                               for i in range(cluster.n_instances)])
 
