@@ -48,7 +48,7 @@ def run_serve(args) -> int:
         _say(f"error: --decision-log {args.decision_log}: directory {os.path.dirname(decision_log)} does not exist")
         return 2
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
-                          max_retries=args.max_retries)
+                          max_retries=args.max_retries, max_pending_bytes=args.max_pending_bytes)
     need = pool_resources(cluster)
     started_ray = args.address is None
     if started_ray:

@@ -2,7 +2,9 @@
 http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
 
     infersched_requests_total{status}             counter: completed, rejected, failed
-    infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT
+    infersched_rejections_total{reason}           counter: rejected requests by reason code
+    infersched_failures_total{reason}             counter: failed requests by reason code
+    infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT or OUT_OF_RANGE
     infersched_requests_in_flight                 gauge
     infersched_decisions_total                    counter: policy decisions (retries included)
     infersched_ttft_seconds                       histogram, modelled seconds
@@ -84,7 +86,15 @@ class Metrics:
         requests.add_metric(["rejected"], tally.requests_rejected)
         requests.add_metric(["failed"], tally.requests_failed)
         yield requests
-        yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT",
+        # Reason codes are a fixed set: the label's values stay bounded.
+        by_reason = {RequestStatus.REJECTED: CounterMetricFamily("infersched_rejections", "Rejected requests by "
+                                                                 "reason code", labels=["reason"]),
+                     RequestStatus.FAILED: CounterMetricFamily("infersched_failures", "Failed requests by reason "
+                                                               "code", labels=["reason"])}
+        for (status, code), n in sorted(tally.reasons.items()):
+            by_reason[status].add_metric([code.name], n)
+        yield from by_reason.values()
+        yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT or OUT_OF_RANGE",
                                   value=tally.requests_invalid)
         yield GaugeMetricFamily("infersched_requests_in_flight", "Accepted requests not yet finished",
                                 value=tally.in_flight)

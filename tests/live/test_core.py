@@ -17,6 +17,7 @@ from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster, parse_cluster
 from scheduler.live.core import SchedulerCore
 from scheduler.live.inprocess import InProcessWorkerClient
+from scheduler.reasons import Reason
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
@@ -103,7 +104,8 @@ def test_retries_are_bounded_and_the_reason_is_kept():
     o = sink.outcome
     assert o.status == RequestStatus.FAILED and o.retries == 1
     assert "failed: UNAVAILABLE" in o.reason and o.reason.endswith("(after 1 retries)")
-    assert core.stats().reasons == {o.reason: 1}
+    assert o.reason_code == Reason.WORKER_FAILED
+    assert core.stats().reasons == {"WORKER_FAILED": 1}
 
 
 def test_a_cancelled_request_frees_its_worker_and_counts_as_failed():
@@ -117,7 +119,7 @@ def test_a_cancelled_request_frees_its_worker_and_counts_as_failed():
     clock.run_until(6.0)
     assert w.in_flight == 0 and w.engine.batch == 0 and w.engine.kv_reserved == 0
     stats = core.stats()
-    assert (stats.requests_failed, stats.reasons, stats.in_flight) == (1, {"cancelled": 1}, 0)
+    assert (stats.requests_failed, stats.reasons, stats.in_flight) == (1, {"CANCELLED": 1}, 0)
     assert sink.outcome is None  # the client is gone: nothing is sent to it
 
 
@@ -133,7 +135,7 @@ def test_the_queue_bound_rejects_and_counts():
     clock.run()
     stats = core.stats()
     assert (stats.requests_total, stats.requests_completed, stats.requests_rejected) == (3, 2, 1)
-    assert stats.reasons == {"queue full": 1} and sinks[2].outcome is None
+    assert stats.reasons == {"QUEUE_FULL": 1} and sinks[2].outcome is None
 
 
 @pytest.mark.parametrize("inp, field", [
