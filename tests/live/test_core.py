@@ -17,10 +17,10 @@ from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster, parse_cluster
 from scheduler.live.core import SchedulerCore
 from scheduler.live.inprocess import InProcessWorkerClient
-from scheduler.reasons import Reason
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
+from scheduler.reasons import Reason
 from scheduler.registry import build_policy
 from scheduler.types import RequestStatus
 from workers.clock import ScaledClock, VirtualClock
@@ -136,6 +136,22 @@ def test_the_queue_bound_rejects_and_counts():
     stats = core.stats()
     assert (stats.requests_total, stats.requests_completed, stats.requests_rejected) == (3, 2, 1)
     assert stats.reasons == {"QUEUE_FULL": 1} and sinks[2].outcome is None
+
+
+def test_the_pending_bytes_bound_rejects_counts_and_frees_bytes_when_requests_end():
+    core, _, clock = in_process(TWO_B200_RR, options=replace(VIRTUAL, max_pending_bytes=1000))
+    core.submit(GenerateInput("a", 100, 5, size_bytes=600), Sink())
+    with pytest.raises(Overloaded, match="600 bytes of requests are in flight; 600 more"):
+        core.submit(GenerateInput("b", 100, 5, size_bytes=600), Sink())
+    core.submit(GenerateInput("c", 100, 5, size_bytes=400), Sink())  # exactly at the bound
+    clock.run()
+    late = Sink()
+    core.submit(GenerateInput("d", 100, 5, size_bytes=1000), late)  # the first two ended: their bytes are free
+    clock.run()
+    stats = core.stats()
+    assert late.outcome.status == RequestStatus.COMPLETED
+    assert (stats.requests_total, stats.requests_completed, stats.requests_rejected) == (4, 3, 1)
+    assert stats.reasons == {"PENDING_BYTES": 1}
 
 
 @pytest.mark.parametrize("inp, field", [
