@@ -46,7 +46,7 @@ from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, In
                                   WorkError, WorkerView, WorkUpdate)
 from scheduler.live.worker_client import WorkerClient
 from scheduler.policy import Policy
-from scheduler.reasons import Reason, clip, policy_reason
+from scheduler.reasons import Reason, clip, echo, policy_reason
 from scheduler.types import Request, RequestStatus, Role
 from workers.clock import Clock, Timer
 from workers.report import LoadReport, WorkerState
@@ -332,7 +332,7 @@ class SchedulerCore:
         self._seq += 1
         key = inp.request_id or f"req-{self._seq}"
         if key in self._active:
-            raise DuplicateRequest(f"request {key!r} is already in flight")
+            raise DuplicateRequest(f"request {echo(key)} is already in flight")
         tally = self.tally
         tally.requests_total += 1
         tally.input_tokens += inp.prompt_tokens
@@ -373,7 +373,7 @@ class SchedulerCore:
             raise InvalidRequest(f"field 'min_capability': must be in [0, 1], got {min_cap}")
         if inp.model_tier:
             if inp.model_tier not in self._tiers:
-                raise InvalidRequest(f"field 'model_tier': unknown tier {inp.model_tier!r}; this cluster serves "
+                raise InvalidRequest(f"field 'model_tier': unknown tier {echo(inp.model_tier)}; this cluster serves "
                                      f"{', '.join(sorted(self._tiers))}")
             # A tier is a capability floor: a more capable model serves it too.
             min_cap = max(min_cap, self._tiers[inp.model_tier])
