@@ -17,6 +17,8 @@ class name, uncounted.
 """
 from __future__ import annotations
 
+import contextlib
+
 import grpc
 from google.protobuf import message_factory
 
@@ -115,24 +117,26 @@ def _serialize(message) -> bytes:
     return message.SerializeToString()
 
 
+async def _parsed(servicer, request_class, payload: bytes, context):
+    try:
+        return servicer.parse_request(request_class, payload)
+    except InvalidRequest as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
 def _streaming(servicer, request_class, method):
     async def handler(payload: bytes, context):
-        try:
-            request = servicer.parse_request(request_class, payload)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async for response in method(request, context):
-            yield response
+        # Closed with this handler, so a call's end reaches the servicer's stream at once.
+        async with contextlib.aclosing(method(await _parsed(servicer, request_class, payload, context),
+                                              context)) as responses:
+            async for response in responses:
+                yield response
 
     return handler
 
 
 def _unary(servicer, request_class, method):
     async def handler(payload: bytes, context):
-        try:
-            request = servicer.parse_request(request_class, payload)
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return await method(request, context)
+        return await method(await _parsed(servicer, request_class, payload, context), context)
 
     return handler
