@@ -492,7 +492,7 @@ class SchedulerCore:
             self.workers.send(d, Work(fl.akey, fl.inp, fl.out, prefill=False, decode=True, sent_s=fl.t_dispatch,
                                       chunk_tokens=self.options.chunk_tokens, payload=fl.payload))
             return
-        self._finish(fl, RequestStatus.COMPLETED, "")
+        self._finish(fl, RequestStatus.COMPLETED, "", Reason.UNSPECIFIED)
 
     def _stage_failed(self, fl: _Flight, error: WorkError) -> None:
         at = fl.at
@@ -537,8 +537,9 @@ class SchedulerCore:
         fl.energy_j += d.energy_j
         fl.cost_usd += d.cost_usd
 
-    def _finish(self, fl: _Flight, status: RequestStatus, reason: str, code: Reason = Reason.UNSPECIFIED) -> None:
-        """Count the request as ended and send its final record."""
+    def _finish(self, fl: _Flight, status: RequestStatus, reason: str, code: Reason) -> None:
+        """Count the request as ended and send its final record; `code` is `reason` as
+        one of a fixed set (UNSPECIFIED when completed)."""
         if fl.timer is not None:
             fl.timer.cancel()
             fl.timer = None
