@@ -139,7 +139,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                         record = item.record
             except grpc.aio.AioRpcError as exc:
                 status = (RequestStatus.REJECTED if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                                   grpc.StatusCode.INVALID_ARGUMENT)
+                                                                   grpc.StatusCode.INVALID_ARGUMENT,
+                                                                   grpc.StatusCode.OUT_OF_RANGE)
                           else RequestStatus.FAILED)
                 rec.status[i] = status
                 reason = f"{exc.code().name}: {exc.details()}"
