@@ -133,8 +133,8 @@ def phase(pids: list[int], run) -> dict:
     result = asyncio.run(run())
     wall = time.perf_counter() - t0
     growth = {str(pid): round(memory_mb(pid)["VmHWM"] - before[pid], 1) for pid in pids}
-    return {"result": result, "wall_s": round(wall, 2), "rss_before_mb": {str(p): round(v, 1) for p, v in before.items()},
-            "peak_rss_growth_mb": growth}
+    return {"result": result, "wall_s": round(wall, 2),
+            "rss_before_mb": {str(p): round(v, 1) for p, v in before.items()}, "peak_rss_growth_mb": growth}
 
 
 def main(argv: list[str] | None = None) -> int:

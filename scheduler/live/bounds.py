@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 
 import grpc
+import numpy as np
 from google.protobuf import message_factory
 
 from infersched.v1 import scheduler_pb2
@@ -57,27 +58,33 @@ class RequestBounds:
         self.context_tokens = None if None in contexts else max(contexts)
         self.vocab = max(m.vocab for m in models.values())
 
+    def _whose(self, tier: str) -> str:
+        return f"model {tier}" if tier in self.by_tier else "the largest among this cluster's models"
+
     def check(self, request: scheduler_pb2.GenerateRequest) -> None:
         """Raise InvalidRequest (or OutOfRange) naming the first field past its bound."""
         _check_name("request_id", request.request_id)
         _check_name("model_tier", request.model_tier)
         context, vocab = self.by_tier.get(request.model_tier, (self.context_tokens, self.vocab))
-        whose = f"model {request.model_tier}" if request.model_tier in self.by_tier else \
-            "the largest among this cluster's models"
         tokens = request.prompt_tokens
         prompt = max(len(tokens), request.prompt_length)
         if context is not None:
             if prompt > context:
                 field = "prompt_tokens" if len(tokens) > request.prompt_length else "prompt_length"
                 raise OutOfRange(f"field '{field}': {prompt:,} tokens, past the context ({context:,} tokens, "
-                                 f"{whose})")
+                                 f"{self._whose(request.model_tier)})")
             if request.max_output_tokens > context - prompt:
                 raise OutOfRange(f"field 'max_output_tokens': {request.max_output_tokens:,} after a {prompt:,}-token "
-                                 f"prompt passes the context ({context:,} tokens, {whose})")
-        if tokens and (min(tokens) < 0 or max(tokens) >= vocab):
-            bad = next(i for i, t in enumerate(tokens) if not 0 <= t < vocab)
+                                 f"prompt passes the context ({context:,} tokens, {self._whose(request.model_tier)})")
+        if tokens:
+            # One numpy pass: min() and max() over a repeated field cost ~10x more.
+            ids = np.array(tokens, dtype=np.int64)
+            outside = (ids < 0) | (ids >= vocab)
+            if not outside.any():
+                return
+            bad = int(outside.argmax())
             raise OutOfRange(f"field 'prompt_tokens': id {tokens[bad]} at index {bad} is outside the vocabulary "
-                             f"[0, {vocab:,}) of {whose}")
+                             f"[0, {vocab:,}) of {self._whose(request.model_tier)}")
 
 
 def size_bytes(request, context) -> int:
