@@ -76,6 +76,9 @@ class RequestBounds:
             if request.max_output_tokens > context - prompt:
                 raise OutOfRange(f"field 'max_output_tokens': {request.max_output_tokens:,} after a {prompt:,}-token "
                                  f"prompt passes the context ({context:,} tokens, {self._whose(request.model_tier)})")
+        if len(request.prefix_block_hashes) > max(prompt, 0):  # held while in flight: at most one per token
+            raise InvalidRequest(f"field 'prefix_block_hashes': {len(request.prefix_block_hashes):,} hashes for a "
+                                 f"{prompt:,}-token prompt (at most one per token)")
         if tokens:
             # One numpy pass: min() and max() over a repeated field cost ~10x more.
             ids = np.array(tokens, dtype=np.int64)
