@@ -107,6 +107,7 @@ class GenerateInput:
     tpot_slo_s: float | None = None
     prefix_block_hashes: tuple[int, ...] = ()
     sent_unix_s: float | None = None  # when the client sent it
+    difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
     payload: PromptPayload | None = None
     size_bytes: int = 0  # what it holds while in flight, against LiveOptions.max_pending_bytes
 
