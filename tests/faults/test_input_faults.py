@@ -212,7 +212,7 @@ def generate_requests(draw) -> scheduler_pb2.GenerateRequest:
         prompt_tokens=draw(st.lists(st.one_of(st.integers(-2**31, 2**31 - 1), st.integers(0, VOCAB - 1)),
                                     max_size=20)),
         prefix_block_hashes=draw(st.lists(st.integers(0, 2**64 - 1), max_size=5)))
-    for name in ("ttft_slo_s", "tpot_slo_s", "min_capability", "sent_unix_s"):
+    for name in ("ttft_slo_s", "tpot_slo_s", "min_capability", "sent_unix_s", "difficulty"):
         if draw(st.booleans()):
             setattr(r, name, draw(FLOAT))
     return r
