@@ -93,7 +93,7 @@ def run_serve(args) -> int:
     if time_scale is None:
         time_scale = 1.0 if any(p.backend == Backend.OPENAI for p in config.pools) else DEFAULT_TIME_SCALE
     options = LiveOptions(time_scale=time_scale, seed=args.seed, max_queue=args.max_queue,
-                          max_retries=args.max_retries)
+                          max_retries=args.max_retries, max_pending_bytes=args.max_pending_bytes)
     need = pool_resources(cluster)
     started_ray = args.address is None
     if started_ray:
