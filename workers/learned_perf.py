@@ -26,10 +26,13 @@ LEARNED_DEVICE_KIND = "engine"
 
 @dataclass(frozen=True, slots=True)
 class LearnedModel:
-    """What the scheduler knows of a model it has no spec for: its served name."""
+    """What the scheduler knows of a model it has no spec for: its served name and the
+    engine's context window; its vocabulary is unknown (any int32 token id passes)."""
 
     name: str
+    context_tokens: int
     capability: float | None = None
+    vocab: int = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,7 @@ class LearnedPerf:
     def __init__(self, model: str, context_tokens: int, price_usd_per_hour: float | None = None,
                  prefill_tokens_per_s: float = PRIOR_PREFILL_TOKENS_PER_S,
                  decode_s_per_token: float = PRIOR_DECODE_S_PER_TOKEN):
-        self.model = LearnedModel(model)
+        self.model = LearnedModel(model, int(context_tokens))
         self.device = LearnedDevice()
         self.chips = 1
         self.kv_capacity_tokens = int(context_tokens)

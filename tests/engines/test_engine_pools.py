@@ -152,8 +152,8 @@ def test_prompt_beyond_the_engine_context_is_refused(served):
         return refused.value
 
     error = _run(served.address, calls)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "512" in error.details()
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE  # the pool's context_tokens bounds the request
+    assert "passes the context (512 tokens, model tiny-llama)" in error.details()
 
 
 def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served):

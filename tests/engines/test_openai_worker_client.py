@@ -146,7 +146,7 @@ def test_a_cancelled_request_stops_on_the_engine_and_is_counted(llama_engine):
     assert streamed < 400 and left == (0, 0, 0)
     assert after.outcome.status == RequestStatus.COMPLETED
     assert stats.requests_total == 2 and stats.requests_completed == 1 and stats.requests_failed == 1
-    assert stats.reasons == {"cancelled": 1}
+    assert stats.reasons == {"CANCELLED": 1}
 
 
 def test_a_front_door_can_count_a_prompt_before_placing_it(llama_engine):
