@@ -6,8 +6,8 @@ tier's blocks, least recently used first. The prefix cache (workers/prefix_cache
 stacks them: HBM, then the instance's tiers fastest first, then the shared store.
 A block evicted from one level demotes to the next (the shared store sits behind
 every instance's last tier); a block found below HBM is promoted back into HBM
-when a prompt loads it, leaving the local tier (levels on one instance hold
-disjoint blocks) but staying in the shared store, which every instance reads.
+when a prompt loads it, leaving the local tier but staying in the shared
+store, which every instance reads.
 
 Writes (demotions) run in the background, off the prompt's critical path, as
 LMCache's and vLLM's offloading connectors do: their bytes and energy are
@@ -40,6 +40,10 @@ class KvTier:
     def read_bytes_per_s(self) -> float:
         return self.read_gb_s * GB
 
+    @property
+    def energy_j_per_byte(self) -> float:
+        return self.energy_j_per_gb / GB
+
     def capacity_blocks(self, block_bytes: float) -> int:
         return int(self.capacity_gb * GB // block_bytes) if block_bytes > 0 else 0
 
@@ -48,13 +52,14 @@ class TierLru:
     """One tier's blocks, least recently used first, at most `capacity` of them.
 
     `index` (a PrefixIndex, optional) learns which instance (`bit`) holds each block,
-    so the router sees the tier; the shared store has none (any instance reads it).
+    so the router sees the tier; the shared store needs none (any instance reads it).
     """
 
-    __slots__ = ("tier", "capacity", "blocks", "index", "bit", "written_bytes", "read_bytes")
+    __slots__ = ("tier", "capacity", "blocks", "index", "bit", "shared", "written_bytes", "read_bytes")
 
-    def __init__(self, tier: KvTier, capacity_blocks: int, index=None, bit: int = 0):
+    def __init__(self, tier: KvTier, capacity_blocks: int, index=None, bit: int = 0, shared: bool = False):
         self.tier = tier
+        self.shared = shared  # the cluster's store: a read leaves the block in place
         self.capacity = int(capacity_blocks)
         self.blocks: OrderedDict[int, None] = OrderedDict()
         self.index = index

@@ -20,10 +20,19 @@ block before it is cached too).
 holding it, kept current by every instance's cache, so a policy finds each
 candidate's cached prefix length in one pass over the request's blocks
 whatever the number of instances.
+
+Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
+`trim` demotes what it evicts, `probe` finds how far a prompt's prefix reaches
+into them, `load_below` decides whether loading beats recomputing and
+`promote`s the blocks it loads back into HBM. Each tier level has its own
+index (tier k of every instance registers in index k), so the router sees
+every level.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+
+from workers.kv_tiers import TierLru
 
 
 class PrefixIndex:
@@ -45,6 +54,36 @@ class PrefixIndex:
             holders[block] = left
         else:
             holders.pop(block, None)
+
+    def any_cached_blocks(self, blocks, others: tuple, store: "TierLru | None", everyone: int) -> dict[int, int]:
+        """As `cached_blocks`, counting a block held here, in any of the `others` indexes, or
+        in the shared `store` (then by `everyone`, the mask of all instances)."""
+        if not blocks:
+            return {}
+        holders = self.holders
+        held = store.blocks if store is not None else {}
+        depth: dict[int, int] = {}
+        alive = -1
+        k = 0
+        for block in blocks:
+            mask = everyone if block in held else holders.get(block, 0)
+            for other in others:
+                mask |= other.holders.get(block, 0)
+            still = alive & mask
+            dropped = (alive ^ still) if k else 0
+            while dropped:
+                low = dropped & -dropped
+                depth[low.bit_length() - 1] = k
+                dropped ^= low
+            alive = still
+            if not alive:
+                return depth
+            k += 1
+        while alive:
+            low = alive & -alive
+            depth[low.bit_length() - 1] = k
+            alive ^= low
+        return depth
 
     def cached_blocks(self, blocks) -> dict[int, int]:
         """Instance id -> number of leading `blocks` it holds, for instances holding at least one.
@@ -82,15 +121,25 @@ class PrefixIndex:
 class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
-    __slots__ = ("block_tokens", "bit", "index", "blocks")
+    __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
+                 "load_s")
 
-    def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None):
+    def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
+                 levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
+        """`levels`: the tiers below HBM, fastest first, the shared store (if any) last."""
         if block_tokens <= 0:
             raise ValueError(f"block_tokens must be positive, got {block_tokens}")
         self.block_tokens = int(block_tokens)
         self.bit = 1 << int(instance)
         self.index = index
         self.blocks: OrderedDict[int, None] = OrderedDict()
+        self.levels = tuple(levels)
+        self.deep = bool(self.levels)  # the hot path skips everything below HBM when False
+        self.block_bytes = float(block_bytes)
+        # Prompt tokens served from each level below HBM (the engine counts the total), and the
+        # seconds prompts spent loading them.
+        self.hit_tokens = [0] * len(self.levels)
+        self.load_s = 0.0
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -131,7 +180,117 @@ class PrefixCache:
         index = self.index
         bit = self.bit
         pop = held.popitem
+        levels = self.levels
         for _ in range(len(held) - keep):
             block, _ = pop(last=False)
             if index is not None:
                 index.discard(block, bit)
+            if levels:
+                self._demote(block)
+
+    def _demote(self, block: int) -> None:
+        """An HBM eviction moves down: into the first level with room, each level's own LRU
+        evictions one further; the store's fall out of the cache."""
+        size = self.block_bytes
+        moving = [block]
+        for level in self.levels:
+            pushed: list = []
+            for b in moving:
+                if b not in level:
+                    level.written_bytes += size
+                pushed += level.put(b)
+            if not pushed:
+                return
+            moving = pushed
+
+    def probe(self, blocks, start: int) -> list:
+        """The levels (indexes into `levels`) holding blocks[start:], one per block, up to the
+        first block no level holds. Nothing moves."""
+        found = []
+        levels = self.levels
+        for i in range(start, len(blocks)):
+            block = blocks[i]
+            for k, level in enumerate(levels):
+                if block in level.blocks:
+                    found.append(k)
+                    break
+            else:
+                break
+        return found
+
+    def load_s_of(self, found) -> float:
+        """Seconds to read the probed blocks into HBM, level by level over its own bandwidth."""
+        size = self.block_bytes
+        return sum(size / self.levels[k].tier.read_bytes_per_s for k in found)
+
+    def load_below(self, blocks, held: int, inp: int, prefill) -> tuple[int, float]:
+        """An `inp`-token prompt whose first `held` blocks are in HBM: load the part of the rest
+        (up to the end of one level's run of blocks) that makes its prefill shortest alone,
+        with the load overlapped (`prefill`: InstancePerf.prefill), or none when recomputing
+        is faster. Returns (tokens now cached, load seconds)."""
+        found = self.probe(blocks, held)
+        bt = self.block_tokens
+        base = min(held * bt, inp - 1)
+        if not found:
+            return base, 0.0
+
+        def compute_s(cached: int) -> float:
+            new = inp - cached
+            return prefill(new, new * cached + new * (new + 1) * 0.5, 1)[0]
+
+        best_s, best, best_load_s = compute_s(base), 0, 0.0
+        for cut in range(1, len(found) + 1):
+            if cut < len(found) and found[cut] == found[cut - 1]:
+                continue  # only the end of a level's run: part of a run is never better
+            load_s = self.load_s_of(found[:cut])
+            if load_s >= best_s:
+                break  # deeper cuts load more
+            t = max(compute_s(min((held + cut) * bt, inp - 1)), load_s)
+            if t < best_s:
+                best_s, best, best_load_s = t, cut, load_s
+        if not best:
+            return base, 0.0
+        taken = found[:best]
+        self.promote(blocks, held, taken)
+        cached = min((held + best) * bt, inp - 1)
+        hits = self.hit_tokens
+        for k in taken:
+            hits[k] += bt
+        hits[taken[-1]] -= (held + best) * bt - cached  # the last prompt token is always computed
+        self.load_s += best_load_s
+        return cached, best_load_s
+
+    def promote(self, blocks, start: int, found) -> None:
+        """Load blocks[start:start + len(found)] into HBM: out of the local tier holding each
+        (a copy stays in the shared store), counting bytes read; the prompt's blocks are then
+        the most recently used, head last."""
+        size = self.block_bytes
+        held = self.blocks
+        index = self.index
+        bit = self.bit
+        levels = self.levels
+        for i, k in enumerate(found):
+            block = blocks[start + i]
+            level = levels[k]
+            level.read_bytes += size
+            if not level.shared:
+                level.take(block)
+            held[block] = None
+            if index is not None:
+                index.add(block, bit)
+        move = held.move_to_end
+        for i in range(start + len(found) - 1, -1, -1):
+            move(blocks[i])
+
+
+def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
+                 tier_indexes: tuple = (), store: TierLru | None = None) -> PrefixCache:
+    """An instance's prefix cache: HBM, its `tiers` (KvTier, fastest first; tier k registers in
+    tier_indexes[k] when given) and the cluster's shared `store`."""
+    block_bytes = block_tokens * float(kv_bytes_per_token)
+    bit = 1 << int(instance)
+    levels = [TierLru(t, t.capacity_blocks(block_bytes), tier_indexes[k] if k < len(tier_indexes) else None, bit)
+              for k, t in enumerate(tiers)]
+    if store is not None:
+        levels.append(store)
+    return PrefixCache(block_tokens, instance, index, tuple(levels), block_bytes)
