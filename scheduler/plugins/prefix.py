@@ -15,6 +15,11 @@ from scheduler.types import Request, Stage
 class PrefixAffinityParams:
     prefix_load_slack: float = param(0.25, at_least=0.0, doc="how far above the mean load (a share) affinity may "
                                                              "lift an instance")
+    prefix_tier_weight: float = param(0.5, at_least=0.0, at_most=1.0,
+                                      doc="worth of a cached token in the instance's kv_tiers (host, SSD) "
+                                          "against one in its HBM")
+    prefix_store_weight: float = param(0.25, at_least=0.0, at_most=1.0,
+                                       doc="worth of a cached token only in the shared kv_store against one in HBM")
 
 
 class PrefixAffinity:
@@ -28,6 +33,12 @@ class PrefixAffinity:
     the mean by more than the slack (plus one request). Scores 0 everywhere for
     the decode stage (its KV arrives by hand-over) and for requests without
     block hashes.
+
+    With tiers below HBM (kv_tiers, kv_store) a token counts by where the
+    candidate would find it: 1 in its HBM, `prefix_tier_weight` in its own
+    tiers (a load over PCIe), `prefix_store_weight` in the shared store (a load
+    over the network, equal for every candidate but for the prefix before it),
+    0 to recompute; the prefix is the longest run of blocks found anywhere.
     """
 
     name = "prefix-affinity"
@@ -35,6 +46,8 @@ class PrefixAffinity:
 
     def __init__(self, params: PrefixAffinityParams, slo: SloConfig):
         self.load_slack = params.prefix_load_slack
+        self.tier_weight = params.prefix_tier_weight
+        self.store_weight = params.prefix_store_weight
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:
@@ -43,14 +56,25 @@ class PrefixAffinity:
         if stage == Stage.DECODE or not blocks or index is None:
             return np.zeros(len(cands))
         depth = index.cached_blocks(blocks)
-        if not depth:
+        tiers = snap.prefix_tier_indexes
+        store = snap.prefix_store
+        deep = bool(tiers) or store is not None
+        if not depth and not deep:
             return np.zeros(len(cands))
-        get = depth.get
-        cached = np.fromiter((get(c, 0) for c in cands.tolist()), dtype=np.float64, count=len(cands))
-        cached *= snap.prefix_block_tokens
         # At most inp - 1 tokens come from cache: the last prompt token is always computed.
         inp = float(req.input_tokens)
-        np.minimum(cached, inp - 1.0, out=cached)
+        cached = self._tokens(depth, cands, snap.prefix_block_tokens, inp)
+        if deep:
+            local = index.any_cached_blocks(blocks, tiers, None, 0) if tiers else depth
+            reach = index.any_cached_blocks(blocks, tiers, store, snap.all_instances_mask) if store else local
+            local_t = self._tokens(local, cands, snap.prefix_block_tokens, inp)
+            reach_t = self._tokens(reach, cands, snap.prefix_block_tokens, inp)
+            reach_t -= local_t
+            reach_t *= self.store_weight
+            local_t -= cached
+            local_t *= self.tier_weight
+            cached += local_t
+            cached += reach_t
         cached /= inp
         # Sequences on each candidate with this request added, against the bounded-loads
         # capacity ceil((1 + slack) * (total + 1) / n).
@@ -59,3 +83,13 @@ class PrefixAffinity:
         seqs += 1.0
         cached[seqs > capacity] = 0.0
         return cached
+
+    @staticmethod
+    def _tokens(depth: dict, cands: np.ndarray, block_tokens: int, inp: float) -> np.ndarray:
+        """Cached prompt tokens per candidate from its leading-block count (`depth`), capped at inp - 1."""
+        if not depth:
+            return np.zeros(len(cands))
+        get = depth.get
+        tokens = np.fromiter((get(c, 0) for c in cands.tolist()), dtype=np.float64, count=len(cands))
+        tokens *= block_tokens
+        return np.minimum(tokens, inp - 1.0, out=tokens)
