@@ -75,7 +75,7 @@ class BatchEngine:
         "act_prefix", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
         "decode_segments", "last_kind", "_idle_w", "_price_s", "prefix", "prompt_blocks", "prefix_hit_tokens",
-        "unforeseen", "itl", "last_step_s", "fresh", "load_now_s", "act_load_s",
+        "unforeseen", "itl", "last_step_s", "fresh", "load_now_s", "act_load_s", "load_plan",
     )
 
     def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384,
@@ -139,6 +139,7 @@ class BatchEngine:
         # the running chunked segment's (the tiers' energy is priced per byte in summaries).
         self.load_now_s = 0.0
         self.act_load_s = 0.0
+        self.load_plan = None  # a looked-up prompt's load from below HBM, carried out if it is admitted
         # Changes a copy of this engine fed only the same prompts at the same times
         # (submit_prefill, poke, wake) could not foresee: hand-overs, releases,
         # cancellations, prefix-cache hits. The live scheduler keeps such a copy of each
@@ -427,13 +428,21 @@ class BatchEngine:
         if not blocks or prefix is None:
             return 0
         held = prefix.match(blocks)
+        self.load_plan = None
         if prefix.deep and held < len(blocks) and held * prefix.block_tokens < inp - 1:
-            cached, load_s = prefix.load_below(blocks, held, inp, self.perf.prefill)
-            if load_s:
-                self.load_now_s += load_s
-                self.unforeseen += 1
+            cached, load_s, taken = prefix.plan_load(blocks, held, inp, self.perf.prefill)
+            if taken:
+                self.load_plan = (blocks, held, taken, cached, load_s)
             return cached
         return min(held * prefix.block_tokens, inp - 1)
+
+    def _admit_load(self) -> None:
+        """The prompt whose prefix was just looked up is admitted: carry out its planned load."""
+        plan = self.load_plan
+        self.load_plan = None
+        self.prefix.load(*plan)
+        self.load_now_s += plan[4]
+        self.unforeseen += 1
 
     def _start_next(self, now_s: float, events: list) -> None:
         self.act_start_s = now_s
@@ -483,15 +492,19 @@ class BatchEngine:
         while waiting:
             rid, inp, out = waiting[0]
             need = inp + out if role_both else inp
-            cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
-            new = inp - cached
-            if batch and tokens + new > self.max_batch_tokens:
-                break
             if self.kv_reserved + need > self.kv_capacity:
                 break
             if role_both and len(batch) >= slots:
                 break
+            # Looked up only for a prompt memory admits: a prompt waiting for memory is not
+            # looked up again at every iteration.
+            cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
+            new = inp - cached
+            if batch and tokens + new > self.max_batch_tokens:
+                break
             waiting.popleft()
+            if self.load_plan is not None:
+                self._admit_load()
             self.kv_reserved += need
             tokens += new
             taken += inp
@@ -544,6 +557,8 @@ class BatchEngine:
                 break
             cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
             waiting.popleft()
+            if self.load_plan is not None:
+                self._admit_load()
             self.waiting_tokens -= inp
             self.kv_reserved += need
             self.prefix_hit_tokens += cached

@@ -23,8 +23,8 @@ whatever the number of instances.
 
 Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
 `trim` demotes what it evicts, `probe` finds how far a prompt's prefix reaches
-into them, `load_below` decides whether loading beats recomputing and
-`promote`s the blocks it loads back into HBM. Each tier level has its own
+into them, `plan_load` decides whether loading beats recomputing and `load`
+promotes the blocks back into HBM once the prompt is admitted. Each tier level has its own
 index (tier k of every instance registers in index k), so the router sees
 every level.
 """
@@ -180,38 +180,54 @@ class PrefixCache:
         index = self.index
         bit = self.bit
         pop = held.popitem
-        levels = self.levels
+        if self.deep:
+            out = [pop(last=False)[0] for _ in range(len(held) - keep)]
+            if index is not None:
+                _discard_all(index.holders, out, bit)
+            self._demote(out)
+            return
         for _ in range(len(held) - keep):
             block, _ = pop(last=False)
             if index is not None:
                 index.discard(block, bit)
-            if levels:
-                self._demote(block)
 
-    def _demote(self, block: int) -> None:
-        """An HBM eviction moves down: into the first level with room, each level's own LRU
-        evictions one further; the store's fall out of the cache."""
+    def _demote(self, moving: list) -> None:
+        """HBM evictions (oldest first) move down: into the first level, each level's own LRU
+        evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
+        runs for every block leaving HBM."""
         size = self.block_bytes
-        moving = [block]
         for level in self.levels:
-            pushed: list = []
+            held = level.blocks
+            index = level.index
+            bit = level.bit
+            holders = index.holders if index is not None else None
+            written = 0
             for b in moving:
-                if b not in level:
-                    level.written_bytes += size
-                pushed += level.put(b)
-            if not pushed:
+                if b in held:
+                    held.move_to_end(b)
+                else:
+                    held[b] = None
+                    written += 1
+                    if holders is not None:
+                        holders[b] = holders.get(b, 0) | bit
+            level.written_bytes += written * size
+            over = len(held) - level.capacity
+            if over <= 0:
                 return
-            moving = pushed
+            pop = held.popitem
+            moving = [pop(last=False)[0] for _ in range(over)]
+            if holders is not None:
+                _discard_all(holders, moving, bit)
 
     def probe(self, blocks, start: int) -> list:
         """The levels (indexes into `levels`) holding blocks[start:], one per block, up to the
         first block no level holds. Nothing moves."""
         found = []
-        levels = self.levels
+        held = [level.blocks for level in self.levels]
         for i in range(start, len(blocks)):
             block = blocks[i]
-            for k, level in enumerate(levels):
-                if block in level.blocks:
+            for k, level in enumerate(held):
+                if block in level:
                     found.append(k)
                     break
             else:
@@ -223,16 +239,17 @@ class PrefixCache:
         size = self.block_bytes
         return sum(size / self.levels[k].tier.read_bytes_per_s for k in found)
 
-    def load_below(self, blocks, held: int, inp: int, prefill) -> tuple[int, float]:
-        """An `inp`-token prompt whose first `held` blocks are in HBM: load the part of the rest
-        (up to the end of one level's run of blocks) that makes its prefill shortest alone,
-        with the load overlapped (`prefill`: InstancePerf.prefill), or none when recomputing
-        is faster. Returns (tokens now cached, load seconds)."""
+    def plan_load(self, blocks, held: int, inp: int, prefill) -> tuple:
+        """An `inp`-token prompt whose first `held` blocks are in HBM: the part of the rest (up to
+        the end of one level's run of blocks) whose load makes its prefill shortest alone, with
+        the load overlapped (`prefill`: InstancePerf.prefill); none when recomputing is faster.
+        Returns (tokens cached with the load, load seconds, levels of the blocks to load);
+        nothing moves until `load` is called with them, when the prompt is admitted."""
         found = self.probe(blocks, held)
         bt = self.block_tokens
         base = min(held * bt, inp - 1)
         if not found:
-            return base, 0.0
+            return base, 0.0, ()
 
         def compute_s(cached: int) -> float:
             new = inp - cached
@@ -249,16 +266,18 @@ class PrefixCache:
             if t < best_s:
                 best_s, best, best_load_s = t, cut, load_s
         if not best:
-            return base, 0.0
-        taken = found[:best]
+            return base, 0.0, ()
+        return min((held + best) * bt, inp - 1), best_load_s, tuple(found[:best])
+
+    def load(self, blocks, held: int, taken, cached: int, load_s: float) -> None:
+        """Carry out a `plan_load`: promote the blocks, count the tokens each level served."""
         self.promote(blocks, held, taken)
-        cached = min((held + best) * bt, inp - 1)
         hits = self.hit_tokens
+        bt = self.block_tokens
         for k in taken:
             hits[k] += bt
-        hits[taken[-1]] -= (held + best) * bt - cached  # the last prompt token is always computed
-        self.load_s += best_load_s
-        return cached, best_load_s
+        hits[taken[-1]] -= (held + len(taken)) * bt - cached  # the last prompt token is always computed
+        self.load_s += load_s
 
     def promote(self, blocks, start: int, found) -> None:
         """Load blocks[start:start + len(found)] into HBM: out of the local tier holding each
@@ -281,6 +300,17 @@ class PrefixCache:
         move = held.move_to_end
         for i in range(start + len(found) - 1, -1, -1):
             move(blocks[i])
+
+
+def _discard_all(holders: dict, blocks: list, bit: int) -> None:
+    """PrefixIndex.discard for many blocks of one instance, inlined."""
+    get = holders.get
+    for b in blocks:
+        left = get(b, 0) & ~bit
+        if left:
+            holders[b] = left
+        else:
+            holders.pop(b, None)
 
 
 def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
