@@ -63,18 +63,10 @@ class PrefixAffinity:
             return np.zeros(len(cands))
         # At most inp - 1 tokens come from cache: the last prompt token is always computed.
         inp = float(req.input_tokens)
-        cached = self._tokens(depth, cands, snap.prefix_block_tokens, inp)
         if deep:
-            local = index.any_cached_blocks(blocks, tiers, None, 0) if tiers else depth
-            reach = index.any_cached_blocks(blocks, tiers, store, snap.all_instances_mask) if store else local
-            local_t = self._tokens(local, cands, snap.prefix_block_tokens, inp)
-            reach_t = self._tokens(reach, cands, snap.prefix_block_tokens, inp)
-            reach_t -= local_t
-            reach_t *= self.store_weight
-            local_t -= cached
-            local_t *= self.tier_weight
-            cached += local_t
-            cached += reach_t
+            cached = self._tiered_tokens(index, blocks, depth, tiers, store, snap, cands, inp)
+        else:
+            cached = self._tokens(depth, cands, snap.prefix_block_tokens, inp)
         cached /= inp
         # Sequences on each candidate with this request added, against the bounded-loads
         # capacity ceil((1 + slack) * (total + 1) / n).
@@ -83,6 +75,26 @@ class PrefixAffinity:
         seqs += 1.0
         cached[seqs > capacity] = 0.0
         return cached
+
+    def _tiered_tokens(self, index, blocks, depth: dict, tiers: tuple, store, snap: ClusterSnapshot,
+                       cands: np.ndarray, inp: float) -> np.ndarray:
+        """Weighted cached tokens per candidate: its HBM prefix, then what its own tiers extend
+        it by, then what the shared store extends that by (each level's reach a longest run)."""
+        local = index.any_cached_blocks(blocks, tiers, None, 0) if tiers else depth
+        reach = index.any_cached_blocks(blocks, tiers, store, snap.all_instances_mask) if store is not None else local
+        if not reach:
+            return np.zeros(len(cands))
+        bt = snap.prefix_block_tokens
+        cap = inp - 1.0
+        tier_w = self.tier_weight
+        store_w = self.store_weight
+        hbm_get, local_get, reach_get = depth.get, local.get, reach.get
+        out = []
+        for c in cands.tolist():
+            h = min(hbm_get(c, 0) * bt, cap)
+            t = min(local_get(c, 0) * bt, cap)
+            out.append(h + tier_w * (t - h) + store_w * (min(reach_get(c, 0) * bt, cap) - t))
+        return np.array(out)
 
     @staticmethod
     def _tokens(depth: dict, cands: np.ndarray, block_tokens: int, inp: float) -> np.ndarray:
