@@ -31,6 +31,7 @@ every level.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import repeat
 
 from workers.kv_tiers import TierLru
 
@@ -55,67 +56,60 @@ class PrefixIndex:
         else:
             holders.pop(block, None)
 
-    def any_cached_blocks(self, blocks, others: tuple, store: "TierLru | None", everyone: int) -> dict[int, int]:
-        """As `cached_blocks`, counting a block held here, in any of the `others` indexes, or
-        in the shared `store` (then by `everyone`, the mask of all instances)."""
-        if not blocks:
-            return {}
-        holders = self.holders
+    def reach_blocks(self, blocks, others: tuple, store: "TierLru | None", everyone: int) -> tuple:
+        """`cached_blocks` three ways in one walk: held here; here or in any of the `others`
+        indexes (an instance's own tiers); and also in the shared `store` (held by
+        `everyone`, the mask of all instances; None without a store)."""
+        get = self.holders.get
         held = store.blocks if store is not None else {}
-        depth: dict[int, int] = {}
-        alive = -1
-        k = 0
-        for block in blocks:
-            mask = everyone if block in held else holders.get(block, 0)
-            for other in others:
-                mask |= other.holders.get(block, 0)
-            still = alive & mask
-            dropped = (alive ^ still) if k else 0
-            while dropped:
-                low = dropped & -dropped
-                depth[low.bit_length() - 1] = k
-                dropped ^= low
-            alive = still
-            if not alive:
-                return depth
-            k += 1
-        while alive:
-            low = alive & -alive
-            depth[low.bit_length() - 1] = k
-            alive ^= low
-        return depth
+        gets = [index.holders.get for index in others]
+        hbm = []
+        local = []
+        reach = []
+        for b in blocks:
+            mask = get(b, 0)
+            hbm.append(mask)
+            for other in gets:
+                mask |= other(b, 0)
+            wide = everyone if b in held else mask
+            if not wide:
+                break  # nobody reaches past here
+            local.append(mask)
+            reach.append(wide)
+        return _leading(hbm), _leading(local), (_leading(reach) if held else None)
 
     def cached_blocks(self, blocks) -> dict[int, int]:
-        """Instance id -> number of leading `blocks` it holds, for instances holding at least one.
+        """Instance id -> number of leading `blocks` it holds, for instances holding at least one."""
+        return _leading(map(self.holders.get, blocks, repeat(0)))
 
-        The set of instances holding blocks[0..k] only shrinks with k, so the walk
-        stops at the first block nobody holds; each instance is visited once, when
-        it drops out (or at the end).
-        """
-        if not blocks:
-            return {}
-        holders = self.holders
-        alive = holders.get(blocks[0], 0)
-        depth: dict[int, int] = {}
+
+def _leading(masks) -> dict[int, int]:
+    """Instance id -> number of leading blocks held, from each block's mask of holders in order.
+
+    The set of instances holding blocks[0..k] only shrinks with k, so the walk stops at
+    the first block nobody holds; each instance is visited once, when it drops out (or
+    at the end).
+    """
+    depth: dict[int, int] = {}
+    alive = -1
+    k = 0
+    for mask in masks:
+        still = alive & mask
+        dropped = (alive ^ still) if k else 0
+        while dropped:
+            low = dropped & -dropped
+            depth[low.bit_length() - 1] = k
+            dropped ^= low
+        alive = still
         if not alive:
             return depth
-        k = 1
-        for block in blocks[1:]:
-            still = alive & holders.get(block, 0)
-            dropped = alive ^ still
-            while dropped:
-                low = dropped & -dropped
-                depth[low.bit_length() - 1] = k
-                dropped ^= low
-            alive = still
-            if not alive:
-                return depth
-            k += 1
+        k += 1
+    if k:
         while alive:
             low = alive & -alive
             depth[low.bit_length() - 1] = k
             alive ^= low
-        return depth
+    return depth
 
 
 class PrefixCache:

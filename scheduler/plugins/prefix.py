@@ -55,17 +55,16 @@ class PrefixAffinity:
         index = snap.prefix_index
         if stage == Stage.DECODE or not blocks or index is None:
             return np.zeros(len(cands))
-        depth = index.cached_blocks(blocks)
         tiers = snap.prefix_tier_indexes
         store = snap.prefix_store
-        deep = bool(tiers) or store is not None
-        if not depth and not deep:
-            return np.zeros(len(cands))
         # At most inp - 1 tokens come from cache: the last prompt token is always computed.
         inp = float(req.input_tokens)
-        if deep:
-            cached = self._tiered_tokens(index, blocks, depth, tiers, store, snap, cands, inp)
+        if tiers or store is not None:
+            cached = self._tiered_tokens(index, blocks, tiers, store, snap, cands, inp)
         else:
+            depth = index.cached_blocks(blocks)
+            if not depth:
+                return np.zeros(len(cands))
             cached = self._tokens(depth, cands, snap.prefix_block_tokens, inp)
         cached /= inp
         # Sequences on each candidate with this request added, against the bounded-loads
@@ -76,12 +75,13 @@ class PrefixAffinity:
         cached[seqs > capacity] = 0.0
         return cached
 
-    def _tiered_tokens(self, index, blocks, depth: dict, tiers: tuple, store, snap: ClusterSnapshot,
-                       cands: np.ndarray, inp: float) -> np.ndarray:
+    def _tiered_tokens(self, index, blocks, tiers: tuple, store, snap: ClusterSnapshot, cands: np.ndarray,
+                       inp: float) -> np.ndarray:
         """Weighted cached tokens per candidate: its HBM prefix, then what its own tiers extend
         it by, then what the shared store extends that by (each level's reach a longest run)."""
-        local = index.any_cached_blocks(blocks, tiers, None, 0) if tiers else depth
-        reach = index.any_cached_blocks(blocks, tiers, store, snap.all_instances_mask) if store is not None else local
+        depth, local, reach = index.reach_blocks(blocks, tiers, store, snap.all_instances_mask)
+        if reach is None:
+            reach = local
         if not reach:
             return np.zeros(len(cands))
         bt = snap.prefix_block_tokens

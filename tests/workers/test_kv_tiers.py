@@ -109,6 +109,6 @@ def test_router_index_sees_every_level_and_the_store():
     store.put(4)
     blocks = [1, 2, 3, 4, 5]
     assert hbm.cached_blocks(blocks) == {0: 2}
-    assert hbm.any_cached_blocks(blocks, (host,), None, 0b111) == {0: 2, 1: 3}
-    assert hbm.any_cached_blocks(blocks, (host,), store, 0b111) == {0: 2, 1: 4}
-    assert hbm.any_cached_blocks([4, 1], (host,), store, 0b111) == {2: 1, 0: 2, 1: 2}
+    assert hbm.reach_blocks(blocks, (host,), None, 0b111) == ({0: 2}, {0: 2, 1: 3}, None)
+    assert hbm.reach_blocks(blocks, (host,), store, 0b111) == ({0: 2}, {0: 2, 1: 3}, {0: 2, 1: 4})
+    assert hbm.reach_blocks([4, 1], (host,), store, 0b111) == ({}, {}, {2: 1, 0: 2, 1: 2})
