@@ -24,11 +24,10 @@ KV memory is reserved for prompt + output when a prompt is admitted, so a
 running request is never preempted and a waiting one simply waits. With a
 `PrefixCache` a prompt submitted with its block hashes computes only the tokens
 past its cached prefix; the cache keeps finished prompts' blocks in free KV.
-A prefix found below HBM (host, SSD, shared store: workers/kv_tiers.py) loads
-at its level's read bandwidth layer by layer while the layers before compute,
-as Mooncake and LMCache pipeline it: an iteration takes the longer of its
-compute and its loads (on the first of a chunked segment's iterations), and a
-prompt loads only the part of its prefix whose load beats recomputing it.
+A prefix below HBM (host, SSD, shared store: workers/kv_tiers.py) loads at its
+level's read bandwidth layer by layer beside compute (Mooncake, LMCache): an
+iteration (a chunked segment's first) lasts the longer of compute and loads,
+and a prompt loads only the part of its prefix that beats recomputing it.
 """
 from __future__ import annotations
 
