@@ -45,7 +45,8 @@ class LearnedPerf:
     """Duck-typed InstancePerf: prefill at a rate, decode at a time per token."""
 
     __slots__ = ("model", "device", "chips", "kv_capacity_tokens", "fits", "weight_bytes", "price_usd_per_s",
-                 "idle_power_w", "peak_power_w", "prefill_tokens_per_s", "decode_s_per_token")
+                 "idle_power_w", "peak_power_w", "prefill_tokens_per_s", "decode_s_per_token",
+                 "kv_bytes_per_token")
 
     def __init__(self, model: str, context_tokens: int, price_usd_per_hour: float | None = None,
                  prefill_tokens_per_s: float = PRIOR_PREFILL_TOKENS_PER_S,
@@ -56,6 +57,7 @@ class LearnedPerf:
         self.kv_capacity_tokens = int(context_tokens)
         self.fits = True
         self.weight_bytes = 0.0
+        self.kv_bytes_per_token = 0.0  # unknown: the engine holds its own KV (no tiers below it here)
         self.price_usd_per_s = (price_usd_per_hour or 0.0) / 3600.0
         self.idle_power_w = 0.0
         self.peak_power_w = 0.0
