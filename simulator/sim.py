@@ -92,6 +92,8 @@ class Simulation:
         self.tally = Tally(cluster, workload.n_requests)
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
+        self._n_pools = len(cluster.pools)
+        self._transfer_s: list[dict[int, float]] = [{} for _ in range(self._n_pools ** 2)]
         self._heap: list = []
         self._seq = itertools.count()
         # Engine events since the last flush, written to the records in bulk: a numpy
@@ -121,8 +123,10 @@ class Simulation:
             heapq.heappush(self._heap, (t, next(self._seq), _WAKE, i))
 
     def _route(self, i: int, now: float, first: int) -> None:
-        """Follow-on work for events of a prefill-only or decode-only engine (log[first:])."""
-        for kind, rid, *_ in self._log[first:]:
+        """Follow-on work for events of a prefill-only or decode-only engine (log[first:] as of the call)."""
+        log = self._log
+        for j in range(first, len(log)):
+            kind, rid = log[j][:2]
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
@@ -143,12 +147,20 @@ class Simulation:
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
             return
         dst = int(rec.decode_instance[k])
-        src_pool = self.cluster.instance_pool[src]
-        dst_pool = self.cluster.instance_pool[dst]
-        link = min(src_pool.config.link_bytes_per_s, dst_pool.config.link_bytes_per_s)
+        inp = int(rec.input_tokens[k])
+        # Transfer times per (source pool, destination pool) and prompt length, computed once
+        # each: the model's KV size per token is a chain of properties (~1.5 us a call).
+        pair = self.instance_pool[src] * self._n_pools + self.instance_pool[dst]
+        times = self._transfer_s[pair]
+        transfer = times.get(inp)
+        if transfer is None:
+            src_pool = self.cluster.pools[self.instance_pool[src]]
+            dst_pool = self.cluster.pools[self.instance_pool[dst]]
+            link = min(src_pool.config.link_bytes_per_s, dst_pool.config.link_bytes_per_s)
+            transfer = times[inp] = src_pool.perf.kv_transfer_s(inp, link)
         # The source's link carries one hand-over at a time (FIFO), so bursts queue.
         start = max(now, self._link_free_s[src])
-        done = start + src_pool.perf.kv_transfer_s(int(rec.input_tokens[k]), link)
+        done = start + transfer
         self._link_free_s[src] = done
         heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, rid))
 
