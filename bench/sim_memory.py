@@ -3,8 +3,8 @@
 Each size runs `infersched simulate`'s path (records bounded by the requests
 in flight, summary from the tally) in a fresh child process; its peak RSS is
 the child's own, read from the kernel's resource usage of that child
-(os.wait4), and its wall time covers workload generation, the replay and
-the summary. `--keep-records` runs the old path (every record in memory) for
+(os.wait4), as are its CPU seconds; its wall time covers workload
+generation, the replay and the summary. `--keep-records` runs the old path (every record in memory) for
 comparison; `--out` streams the records to a requests.npz as well.
 
     python bench/sim_memory.py                              # 1M, 5M, 10M
@@ -71,6 +71,8 @@ def measure(args, requests: int) -> dict:
         npz_mb = os.path.getsize(Path(tmp) / "requests.npz") / 2**20 if args.out else None
     row = json.loads(stdout.strip().splitlines()[-1])
     row["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
+    # CPU seconds of the child: on a shared machine other processes stretch wall time far more.
+    row["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     if npz_mb is not None:
         row["requests_npz_mb"] = round(npz_mb, 1)
     accounted = row["completed"] + row["rejected"] + row["failed"]
@@ -105,6 +107,7 @@ def main() -> None:
     base = rows[0]
     for row in rows:
         row["wall_over_first"] = round(row["wall_s"] / base["wall_s"], 2)
+        row["cpu_over_first"] = round(row["cpu_s"] / base["cpu_s"], 2)
         row["rss_bytes_per_request"] = round(row["peak_rss_mb"] * 2**20 / row["requests"], 1)
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d %H:%M"), "load_avg_before": [round(x, 2) for x in load0]}
