@@ -6,7 +6,8 @@ instance's `BatchEngine` advances in closed form between events. Events per
 request are O(1): an arrival, a prefill completion (shared by the batch), a
 KV hand-over for disaggregated requests, and a finish (decode segments end at
 finishes, or early when new work arrives). A million requests is a few
-million events.
+million events. Per-request records exist only for the requests in flight
+when `keep_records=False` (simulator/ledger.py).
 """
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ class Simulation:
         self._mask = self.window.mask
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self._writer = ColumnWriter(self.record_dir, workload.n_requests) if record_dir is not None else None
-        self.tally = Tally(cluster, workload.n_requests)
+        # Settled requests' summary, folded in as the window retires them (bounded runs only).
+        self.tally = Tally(cluster, workload.n_requests) if self.window.bounded else None
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
         self._n_pools = len(cluster.pools)
