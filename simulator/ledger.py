@@ -29,8 +29,8 @@ import numpy as np
 from simulator.metrics import RECORD_COLUMNS, RequestRecords
 
 PENDING = 0  # RequestStatus.PENDING
-# Rows per block read back from disk by `record_chunks`: ~100 MB of columns.
-READ_ROWS = 1 << 20
+# Rows per block read back from disk by `record_chunks`: ~28 MB of all columns.
+READ_ROWS = 1 << 18
 
 
 class RecordWindow:
@@ -118,18 +118,34 @@ class ColumnWriter:
             raise RuntimeError(f"{self.directory}: wrote {self.rows:,} request records, expected {self.n_requests:,}")
 
 
-def record_chunks(result, rows: int = READ_ROWS) -> Iterator[dict[str, np.ndarray]]:
-    """The run's per-request records as column blocks: from memory, or read back from its column files."""
+def record_chunks(result, names=tuple(RECORD_COLUMNS), rows: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The run's per-request records (columns `names`) in blocks: from memory, or read back from
+    its column files. Read with plain reads, not a memory map: mapped pages once touched count
+    in the process's resident memory for as long as the map lives."""
     if result.records is not None:
-        yield result.records.columns()
+        yield {name: getattr(result.records, name) for name in names}
         return
     directory = getattr(result, "record_dir", None)
     if directory is None:
         raise ValueError("this run kept no per-request records (run with keep_records or a record_dir)")
-    cols = {name: np.load(Path(directory) / f"{name}.npy", mmap_mode="r") for name in RECORD_COLUMNS}
-    n = len(cols["status"])
-    for lo in range(0, n, rows):
-        yield {name: np.asarray(col[lo:lo + rows]) for name, col in cols.items()}
+    rows = rows or READ_ROWS
+    files, offsets, dtypes = {}, {}, {}
+    try:
+        for name in names:
+            f = files[name] = open(Path(directory) / f"{name}.npy", "rb")
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            offsets[name], dtypes[name], n = f.tell(), dtype, shape[0]
+        for lo in range(0, n, rows):
+            block = {}
+            for name, f in files.items():
+                f.seek(offsets[name] + lo * dtypes[name].itemsize)
+                block[name] = np.fromfile(f, dtype=dtypes[name], count=min(rows, n - lo))
+            yield block
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def pack_npz(directory: Path, path: Path, instance_pool_names: list[str]) -> None:

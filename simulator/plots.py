@@ -25,15 +25,20 @@ from simulator.metrics import result_tally  # noqa: E402
 
 JOULES_PER_KWH = 3.6e6
 OCCUPANCY_BINS = 240
+# Points per CDF curve: evenly spaced order statistics (a line through ten million points
+# costs matplotlib gigabytes and looks the same).
+CDF_POINTS = 4096
 
 
 def _cdf(ax, values: np.ndarray, label: str, slo: float | None) -> None:
-    values = np.sort(values[np.isfinite(values)])
-    if len(values) == 0:
+    """`values` (finite) are sorted in place."""
+    values.sort()
+    n = len(values)
+    if n == 0:
         ax.set_title(f"{label}: no data")
         return
-    y = np.arange(1, len(values) + 1) / len(values)
-    ax.plot(values, y, lw=1.5)
+    ranks = np.unique(np.linspace(0, n - 1, min(n, CDF_POINTS)).astype(np.int64))
+    ax.plot(values[ranks], (ranks + 1) / n, lw=1.5)
     if slo is not None:
         ax.axvline(slo, color="red", ls="--", lw=1, label=f"SLO {slo:g} s")
         ax.legend(loc="lower right")
@@ -45,6 +50,7 @@ def _cdf(ax, values: np.ndarray, label: str, slo: float | None) -> None:
 
 def plot_latency_cdfs(result, path: Path) -> Path:
     tally = result_tally(result)  # the completed requests' latencies, kept for the summary
+    tally.latency_stats()  # the summary's figures first: the plots reorder the columns
     slo = result.cluster.config.slo
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     _cdf(axes[0], tally.ttft_s.filled(), "TTFT", slo.ttft_s)
@@ -84,6 +90,10 @@ def integrated_linear(start_s: np.ndarray, end_s: np.ndarray, base: np.ndarray, 
     return started - ended
 
 
+OCCUPANCY_COLUMNS = ("first_token_s", "decode_start_s", "finish_s", "decode_instance", "input_tokens",
+                     "output_tokens")
+
+
 def pool_occupancy(result, bins: int = OCCUPANCY_BINS):
     """(bin start times, batch-slot share [pools x bins], KV-memory share [pools x bins]), per pool from the
     requests that decoded there: a sequence holds one batch slot and its prompt plus the tokens generated so
@@ -96,7 +106,7 @@ def pool_occupancy(result, bins: int = OCCUPANCY_BINS):
     pool_of = np.concatenate([np.full(len(p.instances), i) for i, p in enumerate(pools)]).astype(np.int64)
     seqs = np.zeros((len(pools), bins + 1))
     tokens = np.zeros((len(pools), bins + 1))
-    for rec in record_chunks(result):
+    for rec in record_chunks(result, OCCUPANCY_COLUMNS):
         finish = rec["finish_s"]
         start = np.where(np.isfinite(rec["decode_start_s"]), rec["decode_start_s"], rec["first_token_s"])
         ok = (rec["decode_instance"] >= 0) & np.isfinite(start) & np.isfinite(finish) & (finish > start)
