@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.reasons import count_by_code
 from simulator.tally import PERCENTILES, Tally, percentiles
 
 __all__ = ["PERCENTILES", "PoolUsage", "RECORD_COLUMNS", "RequestRecords", "UtilizationTimeline", "summarize"]
@@ -220,6 +221,8 @@ def summarize(result) -> dict:
         "rejected": t.rejected,
         "failed": t.failed,
         "reject_reasons": result.reject_reasons,
+        # The same rejections by code, named as the live scheduler's GetStats counts them.
+        "reject_codes": result.reject_codes if result.reject_codes is not None else count_by_code(result.reject_reasons),
         "input_tokens": t.input_tokens,
         "output_tokens": out_tokens,
         # Prompt tokens prefilled: computed, and served from a prefix cache instead.
