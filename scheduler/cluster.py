@@ -164,6 +164,11 @@ class ClusterSnapshot:
         self.min_capability = {st: (float(self.pool_capability[self.pool[c]].min()) if len(c) else 0.0)
                                for st, c in self.candidates.items()}
         self.single_model = len(set(self.pool_model)) == 1
+        # Per stage, the one pool every candidate belongs to (-1 when several): there a prompt's
+        # predicted prefill time is one number, not a per-candidate gather.
+        self.stage_pool = {st: (int(self.pool[c[0]]) if len(c) and len(set(self.pool[c].tolist())) == 1 else -1)
+                           for st, c in self.candidates.items()}
+        self._pool_prefill_abc = [tuple(row) for row in self.pool_prefill_coef.tolist()]
         # Prefix caches' holdings, block id -> instance bitmask (workers/prefix_cache.py); set by
         # the runtime when requests carry block hashes, else None and prefix scorers stay neutral.
         self.prefix_index: PrefixIndex | None = None
@@ -283,6 +288,19 @@ class ClusterSnapshot:
         iteration's remainder plus the prompts already queued ahead of it."""
         wait = self.ready_s[cands] - now_s
         return np.maximum(wait, 0.0, out=wait)
+
+    def predicted_ttft_s(self, cands: np.ndarray, stage: Stage, now_s: float, tokens: int) -> np.ndarray:
+        """predicted_wait_s + predicted_prefill_s, fused: the scorers' hottest path (the same
+        floating-point operations in the same order, so the same bits)."""
+        ttft = self.ready_s[cands] - now_s
+        np.maximum(ttft, 0.0, out=ttft)
+        k = self.stage_pool[stage]
+        if k < 0:
+            ttft += self.predicted_prefill_s(cands, tokens)
+            return ttft
+        a, b, c = self._pool_prefill_abc[k]
+        ttft += (c * tokens + b) * tokens + a
+        return ttft
 
     def predicted_tpot_s(self, cands: np.ndarray, context_tokens: int) -> np.ndarray:
         """Decode step time on each candidate with one more sequence holding `context_tokens` of KV,

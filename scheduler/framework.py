@@ -45,7 +45,11 @@ class Filter(Protocol):
 
 
 class Scorer(Protocol):
-    """Ranks candidates; higher is better. The framework clamps to [0, 1] and applies the weight."""
+    """Ranks candidates; higher is better. The framework clamps to [0, 1] and applies the weight.
+
+    A scorer whose scores lie in [0, 1] by construction may set the class attribute
+    `bounded = True`; the framework then skips the clamp (it would change nothing).
+    """
 
     name: ClassVar[str]
 

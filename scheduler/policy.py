@@ -62,7 +62,9 @@ class Policy:
         # On: each Decision carries its Placements (what a decision log writes).
         self.explain = False
         self._filters = filters
-        self._scorers = [(s, float(w)) for s, w in scorers if w != 0.0]
+        # A scorer whose scores are in [0, 1] by construction says so (`bounded = True`), and its
+        # clamp is skipped: ~0.75 us a stage, two stages a disaggregated request.
+        self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
 
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
@@ -90,10 +92,11 @@ class Policy:
         elif n == 1:
             chosen = int(cands[0])
         else:
-            for scorer, weight in self._scorers:
+            for scorer, weight, bounded in self._scorers:
                 score = scorer.score(req, snap, stage, cands, now_s, prefill_instance)
                 raw = score.tolist() if parts is not None else None
-                _clip(score, 0.0, 1.0, out=score)  # scorers return fresh arrays, so in place is safe
+                if not bounded:
+                    _clip(score, 0.0, 1.0, out=score)  # scorers return fresh arrays, so in place is safe
                 if weight != 1.0:
                     score *= weight
                 if parts is not None:

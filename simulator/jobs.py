@@ -154,7 +154,8 @@ def run_job(job: SimJob) -> dict:
     from simulator.sim import Simulation
 
     policy = build_policy(job.policy, job.cluster, overrides=job.params or None)
-    result = Simulation(Cluster(job.cluster), policy, build_workload(job.workload)[1], seed=job.seed).run()
+    result = Simulation(Cluster(job.cluster), policy, build_workload(job.workload)[1], seed=job.seed,
+                        keep_records=False).run()
     summary = summarize(result)
     summary["label"] = job.label
     return summary

@@ -10,40 +10,41 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.types import RequestStatus
 from scheduler.reasons import count_by_code
+from simulator.tally import PERCENTILES, Tally, percentiles
 
-PERCENTILES = (50, 90, 99)
+__all__ = ["PERCENTILES", "PoolUsage", "RECORD_COLUMNS", "RequestRecords", "UtilizationTimeline", "summarize"]
+
+
+
+# Every per-request column: (dtype, value before anything happened). NaN where a stage did not happen.
+# Quality (simulator/quality.py): `difficulty` is the request's; `capability` is the effective
+# capability of the answer delivered when a staging plugin set it (NaN: the capability of the model
+# of the final prefill instance); `escalations` and `advised` count passes beyond the first, by kind.
+RECORD_COLUMNS: dict[str, tuple[type, float]] = {
+    "arrival_s": (np.float64, np.nan), "prefill_start_s": (np.float64, np.nan),
+    "first_token_s": (np.float64, np.nan), "kv_ready_s": (np.float64, np.nan),
+    "decode_start_s": (np.float64, np.nan), "finish_s": (np.float64, np.nan),
+    "input_tokens": (np.int64, 0), "output_tokens": (np.int64, 0),
+    "prefill_instance": (np.int32, -1), "decode_instance": (np.int32, -1),
+    "status": (np.int8, 0), "energy_j": (np.float64, 0.0), "cost_usd": (np.float64, 0.0),
+    "difficulty": (np.float64, 0.0), "capability": (np.float64, np.nan),
+    "escalations": (np.int8, 0), "advised": (np.int8, 0),
+}
 
 
 class RequestRecords:
-    """One row per request, stored as columns (NaN where a stage did not happen)."""
+    """One row per request, stored as columns (RECORD_COLUMNS)."""
 
     TIME_COLUMNS = ("arrival_s", "prefill_start_s", "first_token_s", "kv_ready_s", "decode_start_s", "finish_s")
 
     def __init__(self, n: int):
         self.n = n
-        for name in self.TIME_COLUMNS:
-            setattr(self, name, np.full(n, np.nan))
-        self.input_tokens = np.zeros(n, dtype=np.int64)
-        self.output_tokens = np.zeros(n, dtype=np.int64)
-        self.prefill_instance = np.full(n, -1, dtype=np.int32)
-        self.decode_instance = np.full(n, -1, dtype=np.int32)
-        self.status = np.zeros(n, dtype=np.int8)
-        self.energy_j = np.zeros(n)
-        self.cost_usd = np.zeros(n)
-        # Quality (simulator/quality.py): the request's difficulty, and the effective capability
-        # of the answer delivered when a staging plugin set it (NaN: the capability of the model
-        # of the final prefill instance). Passes beyond the first, by kind.
-        self.difficulty = np.zeros(n)
-        self.capability = np.full(n, np.nan)
-        self.escalations = np.zeros(n, dtype=np.int8)
-        self.advised = np.zeros(n, dtype=np.int8)
+        for name, (dtype, fill) in RECORD_COLUMNS.items():
+            setattr(self, name, np.full(n, fill, dtype=dtype))
 
     def columns(self) -> dict[str, np.ndarray]:
-        names = (*self.TIME_COLUMNS, "input_tokens", "output_tokens", "prefill_instance", "decode_instance",
-                 "status", "energy_j", "cost_usd", "difficulty", "capability", "escalations", "advised")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in RECORD_COLUMNS}
 
     def ttft_s(self) -> np.ndarray:
         return self.first_token_s - self.arrival_s
@@ -153,73 +154,47 @@ class UtilizationTimeline:
         return t[:-1], np.clip(util, 0.0, 1.0)
 
 
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
-    pcts = np.percentile(values, PERCENTILES)
-    out = {f"p{p}": float(v) for p, v in zip(PERCENTILES, pcts)}
-    out["mean"] = float(values.mean())
-    return out
+def result_tally(result) -> Tally:
+    """The run's summary accumulators: folded in as it ran, or from its in-memory records."""
+    tally = getattr(result, "tally", None)
+    if tally is None:
+        tally = Tally.from_records(result.cluster, result.records)
+        result.tally = tally
+    return tally
 
 
 def summarize(result) -> dict:
     """The summary JSON of one simulation (see README for the schema)."""
-    rec: RequestRecords = result.records
+    t = result_tally(result)
     cluster = result.cluster
     itl = getattr(result, "itl", None)
     slo = cluster.config.slo
-    completed = rec.status == RequestStatus.COMPLETED
-    ttft = np.where(completed, rec.ttft_s(), np.nan)
-    tpot = np.where(completed, rec.tpot_s(), np.nan)
-    e2e = np.where(completed, rec.e2e_s(), np.nan)
-    # One-token outputs have no TPOT; they meet the TPOT SLO trivially.
-    meets = completed & (ttft <= slo.ttft_s) & ~(tpot > slo.tpot_s)
     makespan = result.makespan_s
-    n = rec.n
+    n = t.n
     kv = getattr(result, "kv_tiers", None) or {}
     tier_rows = kv.get("kv_tiers", {})
     # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
     energy = sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
     cost = sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
-    out_tokens = int(rec.output_tokens[completed].sum())
-    pool_of_instance = np.array([p.index for p in cluster.pools for _ in p.instances])
-    placed = rec.prefill_instance >= 0
-    prefill_pool = pool_of_instance[rec.prefill_instance[placed]]
-    decode_pool = pool_of_instance[rec.decode_instance[placed]]
-    n_pools = len(cluster.pools)
-    prefill_counts = np.bincount(prefill_pool, minlength=n_pools)
-    decode_counts = np.bincount(decode_pool, minlength=n_pools)
-    served_counts = np.bincount(np.concatenate([prefill_pool, decode_pool[decode_pool != prefill_pool]]),
-                                minlength=n_pools)
-    placed_total = max(int(placed.sum()), 1)
-    # Quality: a completed request is answered correctly when the capability that answered
-    # it reaches its difficulty; rejected and failed requests are not answered at all.
-    pool_capability = np.array([p.perf.model.capability if p.perf.model.capability is not None else 1.0
-                                for p in cluster.pools])
-    capability = np.full(n, np.nan)
-    capability[placed] = pool_capability[prefill_pool]
-    staged = ~np.isnan(rec.capability)
-    capability[staged] = rec.capability[staged]
-    correct = completed & (capability >= rec.difficulty)
-    n_correct = int(correct.sum())
-    attributed_energy = float(rec.energy_j.sum())
+    out_tokens = t.output_tokens
+    placed_total = max(t.placed, 1)
+    n_correct = t.correct
     passes = getattr(result, "pool_passes", None)
-    # Requests per instance (prefill side) over the pool's mean: how evenly a pool is used.
-    per_instance = np.bincount(rec.prefill_instance[placed], minlength=cluster.n_instances)
+    latency = t.latency_stats()
     pools = {}
     for p, usage in zip(cluster.pools, result.pools):
-        requests_ratio = _max_over_mean(per_instance[p.instances.start:p.instances.stop].tolist())
+        # Requests per instance (prefill side) over the pool's mean: how evenly a pool is used.
+        requests_ratio = _max_over_mean(t.per_instance[p.instances.start:p.instances.stop].tolist())
         pools[p.name] = {
             "device": usage.device,
             "model": usage.model,
             "role": usage.role,
             "instances": usage.instances,
             "chips_per_instance": usage.chips_per_instance,
-            "requests": int(served_counts[p.index]),
-            "prefill_requests": int(prefill_counts[p.index]),
-            "decode_requests": int(decode_counts[p.index]),
-            "share": float(served_counts[p.index] / placed_total),
+            "requests": int(t.served_counts[p.index]),
+            "prefill_requests": int(t.prefill_counts[p.index]),
+            "decode_requests": int(t.decode_counts[p.index]),
+            "share": float(t.served_counts[p.index] / placed_total),
             "prefill_tokens": usage.prefill_tokens,
             "prefix_hit_tokens": usage.prefix_hit_tokens,
             "decode_tokens": usage.decode_tokens,
@@ -230,11 +205,11 @@ def summarize(result) -> dict:
             "energy_j": usage.energy_j,
             "idle_energy_j": usage.idle_energy_j,
             "cost_usd": usage.cost_usd,
-            "capability": float(pool_capability[p.index]),
+            "capability": float(t.pool_capability[p.index]),
             "chunked_prefill": p.config.chunked_prefill,
             "token_budget": p.config.token_budget if p.config.chunked_prefill else None,
             # Passes served (escalations and advice included); equals requests for one-pass policies.
-            "passes": int(passes[p.index]) if passes is not None else int(served_counts[p.index]),
+            "passes": int(passes[p.index]) if passes is not None else int(t.served_counts[p.index]),
         }
     hit_tokens = sum(u.prefix_hit_tokens for u in result.pools)
     prompt_tokens = hit_tokens + sum(u.prefill_tokens for u in result.pools)
@@ -245,13 +220,13 @@ def summarize(result) -> dict:
         "workload": result.workload_description,
         "seed": result.seed,
         "requests": n,
-        "completed": int(completed.sum()),
-        "rejected": int((rec.status == RequestStatus.REJECTED).sum()),
-        "failed": int((rec.status == RequestStatus.FAILED).sum()),
+        "completed": t.completed,
+        "rejected": t.rejected,
+        "failed": t.failed,
         "reject_reasons": result.reject_reasons,
         # The same rejections by code, named as the live scheduler's GetStats counts them.
         "reject_codes": result.reject_codes if result.reject_codes is not None else count_by_code(result.reject_reasons),
-        "input_tokens": int(rec.input_tokens.sum()),
+        "input_tokens": t.input_tokens,
         "output_tokens": out_tokens,
         # Prompt tokens prefilled: computed, and served from a prefix cache instead.
         "prefill_computed_tokens": prompt_tokens - hit_tokens,
@@ -262,16 +237,16 @@ def summarize(result) -> dict:
         "kv_load_s": sum(r["load_s"] for r in tier_rows.values()),
         # Requests placed on the busiest prefill-capable instance over its pool's mean (1.0 = even).
         "max_instance_load_ratio": max(load_ratios) if load_ratios else 1.0,
-        "ttft_s": _percentiles(ttft),
-        "tpot_s": _percentiles(tpot),
+        "ttft_s": latency["ttft_s"],
+        "tpot_s": latency["tpot_s"],
         # Every output token's gap to the previous one (token-weighted, as vLLM's benchmark_serving
         # reports ITL), from the engines' histograms: percentiles within 0.5% (workers/itl.py).
-        "itl_s": itl.summary() if itl is not None else _percentiles(np.empty(0)),
-        "e2e_s": _percentiles(e2e),
+        "itl_s": itl.summary() if itl is not None else percentiles(np.empty(0)),
+        "e2e_s": latency["e2e_s"],
         "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-        "slo_attainment": float(meets.sum() / n) if n else 0.0,
-        "goodput_rps": float(meets.sum() / makespan) if makespan > 0 else 0.0,
-        "throughput_rps": float(completed.sum() / makespan) if makespan > 0 else 0.0,
+        "slo_attainment": t.meets_slo / n if n else 0.0,
+        "goodput_rps": t.meets_slo / makespan if makespan > 0 else 0.0,
+        "throughput_rps": t.completed / makespan if makespan > 0 else 0.0,
         "output_tokens_per_s": float(out_tokens / makespan) if makespan > 0 else 0.0,
         "makespan_s": makespan,
         "cost_usd": cost,
@@ -279,16 +254,16 @@ def summarize(result) -> dict:
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
         # Energy attributed to requests (busy time only: idle power of provisioned but
         # unused instances is in energy_j, not here).
-        "served_energy_j": attributed_energy,
+        "served_energy_j": t.energy_j,
         # Likewise dollars: each instance's price over the time it was busy, split over the
         # requests it served (what per-use billing or a right-sized fleet would pay).
-        "served_cost_usd": float(rec.cost_usd.sum()),
+        "served_cost_usd": t.cost_usd,
         "quality": n_correct / n if n else 0.0,
         "correct": n_correct,
-        "escalations": int(rec.escalations.sum()),
-        "escalated_requests": int(np.count_nonzero(rec.escalations)),
-        "advised_requests": int(np.count_nonzero(rec.advised)),
-        "queries_per_kwh": float(completed.sum() / (energy / 3.6e6)) if energy > 0 else None,
+        "escalations": t.escalations,
+        "escalated_requests": t.escalated_requests,
+        "advised_requests": t.advised_requests,
+        "queries_per_kwh": float(t.completed / (energy / 3.6e6)) if energy > 0 else None,
         "correct_per_kwh": float(n_correct / (energy / 3.6e6)) if energy > 0 else None,
         "cost_per_correct_usd": cost / n_correct if n_correct else None,
         "cost_per_million_output_tokens_usd": cost / out_tokens * 1e6 if out_tokens else None,

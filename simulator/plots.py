@@ -20,19 +20,25 @@ matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scheduler.types import RequestStatus  # noqa: E402
+from simulator.ledger import record_chunks  # noqa: E402
+from simulator.metrics import result_tally  # noqa: E402
 
 JOULES_PER_KWH = 3.6e6
 OCCUPANCY_BINS = 240
+# Points per CDF curve: evenly spaced order statistics (a line through ten million points
+# costs matplotlib gigabytes and looks the same).
+CDF_POINTS = 4096
 
 
 def _cdf(ax, values: np.ndarray, label: str, slo: float | None) -> None:
-    values = np.sort(values[np.isfinite(values)])
-    if len(values) == 0:
+    """`values` (finite) are sorted in place."""
+    values.sort()
+    n = len(values)
+    if n == 0:
         ax.set_title(f"{label}: no data")
         return
-    y = np.arange(1, len(values) + 1) / len(values)
-    ax.plot(values, y, lw=1.5)
+    ranks = np.unique(np.linspace(0, n - 1, min(n, CDF_POINTS)).astype(np.int64))
+    ax.plot(values[ranks], (ranks + 1) / n, lw=1.5)
     if slo is not None:
         ax.axvline(slo, color="red", ls="--", lw=1, label=f"SLO {slo:g} s")
         ax.legend(loc="lower right")
@@ -43,14 +49,14 @@ def _cdf(ax, values: np.ndarray, label: str, slo: float | None) -> None:
 
 
 def plot_latency_cdfs(result, path: Path) -> Path:
-    rec = result.records
+    tally = result_tally(result)  # the completed requests' latencies, kept for the summary
+    tally.latency_stats()  # the summary's figures first: the plots reorder the columns
     slo = result.cluster.config.slo
-    done = rec.status == RequestStatus.COMPLETED
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    _cdf(axes[0], rec.ttft_s()[done], "TTFT", slo.ttft_s)
-    _cdf(axes[1], rec.tpot_s()[done], "TPOT", slo.tpot_s)
-    _cdf(axes[2], rec.e2e_s()[done], "end-to-end latency", None)
-    fig.suptitle(f"{result.cluster.config.name} / {result.policy_name}: {done.sum():,} completed requests")
+    _cdf(axes[0], tally.ttft_s.filled(), "TTFT", slo.ttft_s)
+    _cdf(axes[1], tally.tpot_s.filled(), "TPOT", slo.tpot_s)
+    _cdf(axes[2], tally.e2e_s.filled(), "end-to-end latency", None)
+    fig.suptitle(f"{result.cluster.config.name} / {result.policy_name}: {tally.completed:,} completed requests")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -84,32 +90,38 @@ def integrated_linear(start_s: np.ndarray, end_s: np.ndarray, base: np.ndarray, 
     return started - ended
 
 
+OCCUPANCY_COLUMNS = ("first_token_s", "decode_start_s", "finish_s", "decode_instance", "input_tokens",
+                     "output_tokens")
+
+
 def pool_occupancy(result, bins: int = OCCUPANCY_BINS):
     """(bin start times, batch-slot share [pools x bins], KV-memory share [pools x bins]), per pool from the
     requests that decoded there: a sequence holds one batch slot and its prompt plus the tokens generated so
-    far (linear in time) of KV from its first decode step to its last."""
-    rec = result.records
+    far (linear in time) of KV from its first decode step to its last. The integrals add up over
+    requests, so records read back from disk in blocks give the same curves as records in memory."""
     pools = result.cluster.pools
     makespan = max(float(result.makespan_s), 1e-9)
     edges = np.linspace(0.0, makespan, bins + 1)
     width = np.diff(edges)
     pool_of = np.concatenate([np.full(len(p.instances), i) for i, p in enumerate(pools)]).astype(np.int64)
-    start = np.where(np.isfinite(rec.decode_start_s), rec.decode_start_s, rec.first_token_s)
-    ok = (rec.decode_instance >= 0) & np.isfinite(start) & np.isfinite(rec.finish_s) & (rec.finish_s > start)
-    batch = np.zeros((len(pools), bins))
-    kv = np.zeros((len(pools), bins))
-    where = pool_of[np.clip(rec.decode_instance, 0, None)]
-    for i, pool in enumerate(pools):
-        sel = ok & (where == i)
-        if not sel.any():
-            continue
-        s, f = start[sel], rec.finish_s[sel]
-        n = len(pool.instances)
-        seqs = integrated_linear(s, f, np.ones(len(s)), np.zeros(len(s)), edges)
-        batch[i] = np.diff(seqs) / width / (n * pool.config.max_batch)
-        tokens = integrated_linear(s, f, rec.input_tokens[sel].astype(np.float64),
-                                   rec.output_tokens[sel] / (f - s), edges)
-        kv[i] = np.diff(tokens) / width / (n * max(pool.perf.kv_capacity_tokens, 1))
+    seqs = np.zeros((len(pools), bins + 1))
+    tokens = np.zeros((len(pools), bins + 1))
+    for rec in record_chunks(result, OCCUPANCY_COLUMNS):
+        finish = rec["finish_s"]
+        start = np.where(np.isfinite(rec["decode_start_s"]), rec["decode_start_s"], rec["first_token_s"])
+        ok = (rec["decode_instance"] >= 0) & np.isfinite(start) & np.isfinite(finish) & (finish > start)
+        where = pool_of[np.clip(rec["decode_instance"], 0, None)]
+        for i in range(len(pools)):
+            sel = ok & (where == i)
+            if not sel.any():
+                continue
+            s, f = start[sel], finish[sel]
+            seqs[i] += integrated_linear(s, f, np.ones(len(s)), np.zeros(len(s)), edges)
+            tokens[i] += integrated_linear(s, f, rec["input_tokens"][sel].astype(np.float64),
+                                           rec["output_tokens"][sel] / (f - s), edges)
+    n = np.array([len(p.instances) for p in pools], dtype=np.float64)[:, None]
+    batch = np.diff(seqs, axis=1) / width / (n * np.array([[p.config.max_batch] for p in pools]))
+    kv = np.diff(tokens, axis=1) / width / (n * np.array([[max(p.perf.kv_capacity_tokens, 1)] for p in pools]))
     return edges[:-1], np.clip(batch, 0.0, 1.0), np.clip(kv, 0.0, 1.0)
 
 
@@ -139,9 +151,8 @@ def utilization_figure(result):
     if len(busy_t):  # the last interval's value holds to the end of the run
         busy_t = np.append(busy_t, result.makespan_s)
         busy = np.concatenate([busy, busy[:, -1:]], axis=1)
-    rec = result.records
-    pool_of = [i for i, p in enumerate(pools) for _ in p.instances]
-    used = {pool_of[k] for k in np.unique(np.concatenate([rec.prefill_instance, rec.decode_instance])) if k >= 0}
+    tally = result_tally(result)
+    used = {i for i in range(len(pools)) if tally.prefill_counts[i] or tally.decode_counts[i]}
     decoders = [i for i, p in enumerate(pools) if p.role.name.lower() != "prefill"]
     prefillers = [i for i, p in enumerate(pools) if p.role.name.lower() == "prefill"]
     panels = [("decode batch slots\nheld (%)", [(i, batch[i]) for i in decoders], times),

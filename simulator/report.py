@@ -239,11 +239,15 @@ def write_outputs(result, summary: dict, out_dir: str | Path) -> list[Path]:
     written = []
     write_json(summary, str(out / "summary.json"))
     written.append(out / "summary.json")
-    names = [p.name for p in result.cluster.pools for _ in p.instances]
-    result.records.save(out / "requests.npz", names)
-    written.append(out / "requests.npz")
+    from simulator.ledger import pack_npz
     from simulator.plots import plot_latency_cdfs, plot_utilization
 
-    written.append(plot_latency_cdfs(result, out / "latency_cdf.png"))
-    written.append(plot_utilization(result, out / "utilization.png"))
-    return written
+    # Plots first: a run that streamed its records reads them back from its column files.
+    plots = [plot_latency_cdfs(result, out / "latency_cdf.png"), plot_utilization(result, out / "utilization.png")]
+    names = [p.name for p in result.cluster.pools for _ in p.instances]
+    if result.records is not None:
+        result.records.save(out / "requests.npz", names)
+    else:
+        pack_npz(result.record_dir, out / "requests.npz", names)
+    written.append(out / "requests.npz")
+    return written + plots

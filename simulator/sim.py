@@ -6,7 +6,8 @@ instance's `BatchEngine` advances in closed form between events. Events per
 request are O(1): an arrival, a prefill completion (shared by the batch), a
 KV hand-over for disaggregated requests, and a finish (decode segments end at
 finishes, or early when new work arrives). A million requests is a few
-million events.
+million events. Per-request records exist only for the requests in flight
+when `keep_records=False` (simulator/ledger.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +26,9 @@ from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
 from scheduler.types import PassKind, Request, RequestStatus, Role
 from simulator.kv_usage import kv_tier_usage
+from simulator.ledger import ColumnWriter, RecordWindow
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
+from simulator.tally import Tally
 from simulator.workload import Workload
 from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
 from workers.itl import ItlHistogram
@@ -47,7 +51,7 @@ class SimResult:
     policy_name: str
     workload_description: str
     seed: int
-    records: RequestRecords
+    records: RequestRecords | None  # None unless the run kept every record in memory
     pools: list[PoolUsage]
     utilization: UtilizationTimeline
     makespan_s: float
@@ -63,11 +67,18 @@ class SimResult:
     itl: ItlHistogram | None = None
     # Prefix-cache tiers below HBM (simulator/kv_usage.py); None where the runtime has no engines.
     kv_tiers: dict | None = None
+    # The summary's accumulators (simulator/tally.py), and the per-request column files
+    # (simulator/ledger.py) when the run streamed its records to disk.
+    tally: Tally | None = None
+    record_dir: Path | None = None
 
 
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
-                 progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None):
+                 progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None,
+                 keep_records: bool = True, record_dir: Path | None = None):
+        """keep_records=False bounds memory by the requests in flight (simulator/ledger.py): the
+        result then has no `records`, and its per-request columns go to `record_dir` if given."""
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -78,9 +89,18 @@ class Simulation:
         # Prefix caches when the requests carry block hashes (and the cluster enables them).
         self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.trace.hash_ids is not None)
         self.instance_pool = [pool.index for pool in cluster.pools for _ in pool.instances]
-        self.records = RequestRecords(workload.n_requests)
+        # Four arrival chunks of slots to start with; the window doubles if more are in flight.
+        self.window = RecordWindow(workload.n_requests, None if keep_records else 4 * chunk_size)
+        self.records = self.window.records
+        self._mask = self.window.mask
+        self.record_dir = Path(record_dir) if record_dir is not None else None
+        self._writer = ColumnWriter(self.record_dir, workload.n_requests) if record_dir is not None else None
+        # Settled requests' summary, folded in as the window retires them (bounded runs only).
+        self.tally = Tally(cluster, workload.n_requests) if self.window.bounded else None
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
+        self._n_pools = len(cluster.pools)
+        self._transfer_s: list[dict[int, float]] = [{} for _ in range(self._n_pools ** 2)]
         self._heap: list = []
         self._seq = itertools.count()
         # Engine events since the last flush, written to the records in bulk: a numpy
@@ -110,12 +130,14 @@ class Simulation:
             heapq.heappush(self._heap, (t, next(self._seq), _WAKE, i))
 
     def _route(self, i: int, now: float, first: int) -> None:
-        """Follow-on work for events of a prefill-only or decode-only engine (log[first:])."""
-        for kind, rid, *_ in self._log[first:]:
+        """Follow-on work for events of a prefill-only or decode-only engine (log[first:] as of the call)."""
+        log = self._log
+        for j in range(first, len(log)):
+            kind, rid = log[j][:2]
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
-                src = int(self.records.prefill_instance[rid])
+                src = int(self.records.prefill_instance[rid & self._mask])
                 src_eng = self.engines[src]
                 src_eng.release(rid)
                 if src_eng.poke(now, self._log):  # a prefill-only engine reports no events here
@@ -124,28 +146,38 @@ class Simulation:
 
     def _hand_over(self, src: int, rid: int, now: float) -> None:
         rec = self.records
-        out = int(rec.output_tokens[rid])
-        rec.first_token_s[rid] = now  # the flush writes it too; the decode side reads it before
+        k = rid & self._mask
+        out = int(rec.output_tokens[k])
+        rec.first_token_s[k] = now  # the flush writes it too; the decode side reads it before
         if out <= 1:  # nothing to decode: done at the first token
             self.engines[src].release(rid)
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
             return
-        dst = int(rec.decode_instance[rid])
-        src_pool = self.cluster.instance_pool[src]
-        dst_pool = self.cluster.instance_pool[dst]
-        link = min(src_pool.config.link_bytes_per_s, dst_pool.config.link_bytes_per_s)
+        dst = int(rec.decode_instance[k])
+        inp = int(rec.input_tokens[k])
+        # Transfer times per (source pool, destination pool) and prompt length, computed once
+        # each: the model's KV size per token is a chain of properties (~1.5 us a call).
+        pair = self.instance_pool[src] * self._n_pools + self.instance_pool[dst]
+        times = self._transfer_s[pair]
+        transfer = times.get(inp)
+        if transfer is None:
+            src_pool = self.cluster.pools[self.instance_pool[src]]
+            dst_pool = self.cluster.pools[self.instance_pool[dst]]
+            link = min(src_pool.config.link_bytes_per_s, dst_pool.config.link_bytes_per_s)
+            transfer = times[inp] = src_pool.perf.kv_transfer_s(inp, link)
         # The source's link carries one hand-over at a time (FIFO), so bursts queue.
         start = max(now, self._link_free_s[src])
-        done = start + src_pool.perf.kv_transfer_s(int(rec.input_tokens[rid]), link)
+        done = start + transfer
         self._link_free_s[src] = done
         heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, rid))
 
     def _kv_ready(self, rid: int, now: float) -> None:
         rec = self.records
-        rec.kv_ready_s[rid] = now
-        dst = int(rec.decode_instance[rid])
+        k = rid & self._mask
+        rec.kv_ready_s[k] = now
+        dst = int(rec.decode_instance[k])
         eng = self.engines[dst]
-        eng.submit_decode(rid, int(rec.input_tokens[rid]), int(rec.output_tokens[rid]), float(rec.first_token_s[rid]))
+        eng.submit_decode(rid, int(rec.input_tokens[k]), int(rec.output_tokens[k]), float(rec.first_token_s[k]))
         first = len(self._log)
         if eng.poke(now, self._log):
             self._schedule_wake(dst)
@@ -162,14 +194,15 @@ class Simulation:
         if p < 0:
             return decision.reject_reason or "rejected"
         rid = req.request_id
+        k = rid & self._mask
         rec = self.records
-        rec.prefill_instance[rid] = p
-        rec.decode_instance[rid] = decision.decode_instance
+        rec.prefill_instance[k] = p
+        rec.decode_instance[k] = decision.decode_instance
         self._pool_passes[self.instance_pool[p]] += 1
         if decision.decode_instance != p:
             self._pool_passes[self.instance_pool[decision.decode_instance]] += 1
-        rec.input_tokens[rid] = req.input_tokens
-        rec.output_tokens[rid] = req.output_tokens
+        rec.input_tokens[k] = req.input_tokens
+        rec.output_tokens[k] = req.output_tokens
         eng = self.engines[p]
         eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
@@ -183,7 +216,7 @@ class Simulation:
             self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
         if reason:
-            self.records.status[req.request_id] = RequestStatus.REJECTED
+            self.records.status[req.request_id & self._mask] = RequestStatus.REJECTED
             self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
             return
         self._passes[req.request_id] = (req, first.tag, 0)
@@ -203,7 +236,8 @@ class Simulation:
             if state is None:
                 continue
             orig, tag, index = state
-            capability = self._capability[rec.prefill_instance[rid]]
+            k = rid & self._mask
+            capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
             step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
             if step is not None:
@@ -212,13 +246,13 @@ class Simulation:
                 if not self._place(step.request, now, rng, index + 1):
                     self._passes[rid] = (orig, step.tag, index + 1)
                     if step.kind == PassKind.ADVICE:
-                        rec.advised[rid] = 1
+                        rec.advised[k] = 1
                     else:
-                        rec.escalations[rid] += 1
+                        rec.escalations[k] += 1
                     continue
                 # The next pass found no room: the answer delivered so far stands.
             del self._passes[rid]
-            rec.capability[rid] = credit
+            rec.capability[k] = credit
 
     def _event(self, t: float, kind: int, payload: int, rng: np.random.Generator) -> None:
         """One heap event: an instance's iteration ends, or a KV hand-over lands."""
@@ -251,7 +285,7 @@ class Simulation:
             a = np.fromiter(itertools.chain.from_iterable(self._log), dtype=np.float64, count=6 * n).reshape(n, 6)
             self._log.clear()
             kind = a[:, 0]
-            rid = a[:, 1].astype(np.int64)
+            rid = a[:, 1].astype(np.int64) & self._mask
             t = a[:, 2]
             m = kind == FIRST_TOKEN
             rec.first_token_s[rid[m]] = t[m]
@@ -263,6 +297,18 @@ class Simulation:
             rec.decode_start_s[rid[m]] = t[m]
             np.add.at(rec.energy_j, rid, a[:, 3])
             np.add.at(rec.cost_usd, rid, a[:, 4])
+
+    def _retire(self, limit: int) -> None:
+        """Hand the settled requests before `limit` (and before any multi-pass request still
+        going) to the tally and the column files, freeing their slots."""
+        if self._passes:
+            limit = min(limit, min(self._passes))
+        end = self.window.settled_until(limit)
+        if end > self.window.lo:
+            cols = self.window.retire(end)
+            self.tally.add(cols)
+            if self._writer is not None:
+                self._writer.write(cols)
 
     def _sample_utilization(self, now: float) -> None:
         busy = [0.0] * len(self.cluster.pools)
@@ -279,7 +325,9 @@ class Simulation:
         heappop = heapq.heappop
         heappush = heapq.heappush
         seq = self._seq
+        window = self.window
         rec = self.records
+        mask = self._mask
         snap_update = self.snap.update
         # Rows from BatchEngine.row, unbound and unpacked on the hot paths below: a bound
         # method and a starred call cost ~0.2 us more per write (4.6 writes per
@@ -302,10 +350,14 @@ class Simulation:
         for chunk in self.workload.chunks(self.chunk_size):
             base = chunk.first_id
             n = len(chunk.arrival_s)
-            rec.arrival_s[base:base + n] = chunk.arrival_s
-            rec.input_tokens[base:base + n] = chunk.input_tokens
-            rec.output_tokens[base:base + n] = chunk.output_tokens
-            rec.difficulty[base:base + n] = chunk.difficulty
+            if window.admit(base + n):
+                rec = self.records = window.records
+                mask = self._mask = window.mask
+            slots = window.index(base, base + n)
+            rec.arrival_s[slots] = chunk.arrival_s
+            rec.input_tokens[slots] = chunk.input_tokens
+            rec.output_tokens[slots] = chunk.output_tokens
+            rec.difficulty[slots] = chunk.difficulty
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
             outputs = chunk.output_tokens.tolist()
@@ -358,12 +410,12 @@ class Simulation:
                     decision_log.write(decision, now)
                 p = decision.prefill_instance
                 if p < 0:
-                    rec.status[rid] = RequestStatus.REJECTED
+                    rec.status[rid & mask] = RequestStatus.REJECTED
                     reason = decision.reject_reason
                     self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
                     continue
-                rec.prefill_instance[rid] = p
-                rec.decode_instance[rid] = decision.decode_instance
+                rec.prefill_instance[rid & mask] = p
+                rec.decode_instance[rid & mask] = decision.decode_instance
                 eng = engines[p]
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
@@ -373,6 +425,8 @@ class Simulation:
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
+            if window.bounded:
+                self._retire(base + n)
             bar.update(base + n)
         while heap:
             t, _, kind, payload = heappop(heap)
@@ -383,12 +437,18 @@ class Simulation:
                 self._sample_utilization(t)
         self._flush()
         bar.close()
-        pending = int(np.count_nonzero(rec.status == RequestStatus.PENDING))
-        if pending:
+        n_requests = self.workload.n_requests
+        if window.bounded:
+            self._retire(n_requests)
+        elif self._writer is not None:
+            self._writer.write(rec.columns())
+        if window.settled_until(n_requests) < n_requests:
+            pending = int(np.count_nonzero(rec.status[window.index(window.lo, n_requests)] == RequestStatus.PENDING))
             raise RuntimeError(f"simulation ended with {pending} requests neither completed nor rejected")
-        finished = rec.finish_s[rec.status == RequestStatus.COMPLETED]
-        makespan = float(finished.max()) if len(finished) else 0.0
-        makespan = max(makespan, float(rec.arrival_s[-1]) if len(rec.arrival_s) else 0.0)
+        if self._writer is not None:
+            self._writer.close()
+        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec)
+        makespan = max(tally.max_finish_s, tally.last_arrival_s)
         self._sample_utilization(makespan)
         pools = [
             PoolUsage.from_engines(pool, [engines[i] for i in pool.instances], makespan)
@@ -399,11 +459,12 @@ class Simulation:
             itl.merge(eng.itl)
         return SimResult(
             cluster=self.cluster, policy_name=self.policy.name,
-            workload_description=self.workload.description, seed=self.seed, records=rec, pools=pools,
+            workload_description=self.workload.description, seed=self.seed,
+            records=None if window.bounded else rec, pools=pools,
             utilization=self.utilization, makespan_s=makespan, events=n_events,
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
             pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
-            kv_tiers=kv_tier_usage(engines, makespan),
+            kv_tiers=kv_tier_usage(engines, makespan), tally=tally, record_dir=self.record_dir,
         )
 
 

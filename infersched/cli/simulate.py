@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from infersched.cli.clusters import resolve
 from infersched.cli.common import (CLUSTER_HELP, DEFAULT_CLUSTER, add_progress_argument, add_trace_arguments,
@@ -48,7 +49,11 @@ def run(args) -> int:
     progress = show_progress(args)
     log = DecisionLog.open(args.decision_log) if args.decision_log else None
     try:
-        result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress, decision_log=log).run()
+        # Memory follows the requests in flight: records stream to column files under --out
+        # (packed into requests.npz by write_outputs) and are not kept otherwise.
+        record_dir = Path(args.out) / ".requests.columns" if args.out else None
+        result = Simulation(cluster, policy, workload, seed=args.seed, progress=progress, decision_log=log,
+                            keep_records=False, record_dir=record_dir).run()
     finally:
         if log is not None:
             log.close()

@@ -13,6 +13,7 @@ class LeastLoaded(WithoutParams):
     """Fewer queued and running sequences per batch slot is better: 1 / (1 + load)."""
 
     name = "least-loaded"
+    bounded = True  # 1 / (1 + load) with load >= 0: the framework's clamp would change nothing
 
     def score(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
               prefill_instance: int) -> np.ndarray:
@@ -29,6 +30,7 @@ class PredictedLatency:
 
     name = "predicted-latency"
     Params = NoParams
+    bounded = True  # slo / (slo + latency) with latency >= 0
 
     def __init__(self, params: NoParams, slo: SloConfig):
         self.ttft_slo_s = slo.ttft_s
@@ -40,8 +42,7 @@ class PredictedLatency:
             latency = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
         else:
             slo = self.ttft_slo_s
-            latency = snap.predicted_wait_s(cands, now_s)
-            latency += snap.predicted_prefill_s(cands, req.input_tokens)
+            latency = snap.predicted_ttft_s(cands, stage, now_s, req.input_tokens)
         # 1 / (1 + latency / slo) == slo / (slo + latency)
         latency += slo
         return np.divide(slo, latency, out=latency)

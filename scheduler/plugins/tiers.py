@@ -105,8 +105,7 @@ class LocalFirst:
         able &= edge
         score = base.copy()
         if able.any():
-            ttft = snap.predicted_wait_s(cands, now_s)
-            ttft += snap.predicted_prefill_s(cands, req.input_tokens)
+            ttft = snap.predicted_ttft_s(cands, stage, now_s, req.input_tokens)
             able &= ttft <= self.ttft_slo_s
             able &= snap.load[cands] < 1.0  # a free decode slot (the wait predictor counts only prefill)
             able &= snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens) <= self.tpot_slo_s

@@ -149,7 +149,8 @@ def verify_plan(document: dict, workload, *, seed: int = 0, policy: str = "slo-a
 
     config = parse_cluster(document, source=f"<plan {document.get('name', '')}>")
     cluster = Cluster(config)
-    result = Simulation(cluster, build_policy(policy, config), workload, seed=seed, progress=progress).run()
+    result = Simulation(cluster, build_policy(policy, config), workload, seed=seed, progress=progress,
+                        keep_records=False).run()
     return summarize(result)
 
 
