@@ -42,6 +42,9 @@ def run_serve(args) -> int:
     if args.realtime_priority:
         check_priority(args.realtime_priority)
     check_frontends(args.frontends)
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        _say(f"error: --http-port {args.http_port}: need a port in 0..65535 (0 = any free)")
+        return 2
     # Written by the scheduler actor, which runs on this node: a path resolved here.
     decision_log = os.path.abspath(args.decision_log) if args.decision_log else None
     if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
@@ -75,7 +78,8 @@ def run_serve(args) -> int:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
-                realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log)
+                realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
+                http_port=args.http_port)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
             return 1
@@ -86,6 +90,8 @@ def run_serve(args) -> int:
                  f"pids {' '.join(map(str, info['frontend_pids']))}")
         if info["realtime_priority"]:
             _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
+        if info["http"]:
+            _say(f"OpenAI-compatible HTTP on {info['http']}/v1 (health: {info['http']}/health)")
         if info["metrics"]:
             _say(f"metrics on {info['metrics']}")
         if info["decision_log"]:

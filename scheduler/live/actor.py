@@ -1,5 +1,5 @@
 """The scheduler's Ray actor: the core on a scaled clock, its gRPC server (or front ends),
-Prometheus metrics, and the supervisor of one worker actor per pool instance.
+the OpenAI-compatible HTTP front door, Prometheus metrics, and the supervisor of one worker actor per pool instance.
 
 An async actor: the core, the gRPC servicers and the worker client share its
 event loop, so no locks are needed. Workers register their address when they
@@ -22,6 +22,7 @@ from scheduler.cluster import Cluster
 from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
 from scheduler.live.core import SchedulerCore
+from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.metrics import Metrics
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
@@ -62,7 +63,7 @@ class SchedulerActor:
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
-                 frontends: int = 0, decision_log: str | None = None):
+                 frontends: int = 0, decision_log: str | None = None, http_port: int | None = None):
         self.config = config
         self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
@@ -76,6 +77,7 @@ class SchedulerActor:
         self.worker_host = worker_host
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
+        self.http_port = http_port  # the OpenAI-compatible HTTP front door on `host`; None: off
         self.worker_max_restarts = worker_max_restarts
         self.start_timeout_s = start_timeout_s
         self.core: SchedulerCore | None = None
@@ -84,6 +86,7 @@ class SchedulerActor:
         self._server = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
+        self._http: HttpFrontDoor | None = None
         self._decision_log: DecisionLog | None = None
         self._flusher: asyncio.Task | None = None
         self._handles: list = []
@@ -94,6 +97,7 @@ class SchedulerActor:
         self._stopped = False
         self.address = ""
         self.metrics_address = ""
+        self.http_address = ""
 
     async def start(self) -> dict:
         """Start serving and create the workers; returns where it listens. Idempotent."""
@@ -134,8 +138,14 @@ class SchedulerActor:
 
             self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
         self.address = f"{advertise}:{port}"
+        if self.http_port is not None:
+            # Served from now on: GET /health answers 503 until the workers registered.
+            counter = self._client if isinstance(self._client, PromptCounter) else None
+            self._http = HttpFrontDoor(core, self.ready, counter)
+            hport = await self._http.start(bind, self.http_port)
+            self.http_address = f"http://{advertise}:{hport}"
         if self.metrics_port is not None:
-            self._metrics = Metrics(core, self._frontends)
+            self._metrics = Metrics(core, self._frontends, self._http)
             mport = self._metrics.serve(self.metrics_host, self.metrics_port)
             self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
@@ -181,8 +191,16 @@ class SchedulerActor:
             await asyncio.sleep(DECISION_LOG_FLUSH_S)
             self._decision_log.flush()
 
+    def ready(self) -> bool:
+        """The scheduler's readiness, in one place: started (every worker registered) and
+        not stopping. GET /health reports it."""
+        started = self._started
+        return (started is not None and started.done() and not started.cancelled()
+                and started.exception() is None and not self._stopped)
+
     def describe(self) -> dict:
-        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+        return {"address": self.address, "metrics": self.metrics_address, "http": self.http_address,
+                "cluster": self.config.name,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
@@ -261,6 +279,8 @@ class SchedulerActor:
         if self._stopped:
             return
         self._stopped = True
+        if self._http is not None:
+            await self._http.close()
         if self._server is not None:
             await self._server.stop(1.0)
             self._server = None
