@@ -21,6 +21,7 @@ the text (`scheduler.live.openai_api`), and GetStats says which.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -156,16 +157,11 @@ class HttpFrontDoor:
         if not self.ready():
             return _error(api.ApiError(503, "the scheduler is starting; retry when GET /health answers 200",
                                        "service_unavailable", code="not_ready"))
-        inp = req.generate_input()
         if self.counter is not None and req.prompt_source == PromptSource.ESTIMATED:
-            counted = await self.counter.count_prompt_tokens(req.model, req.payload)
-            if counted:
-                req = api.ApiRequest(req.route, req.model, req.stream, req.include_usage, counted, req.max_tokens,
-                                     PromptSource.TOKENIZED, req.payload)
-                inp = req.generate_input()
+            req = await self._count(req)
         stream = ResultStream()
         try:
-            key = core.submit(inp, stream)
+            key = core.submit(req.generate_input(), stream)
         except InvalidRequest as exc:  # counted by the core: e.g. prompt + max_tokens beyond any pool's context
             return _error(api.ApiError(400, str(exc), param="max_tokens", code="context_length_exceeded"))
         except Overloaded as exc:
@@ -181,6 +177,17 @@ class HttpFrontDoor:
         finally:
             if not finished:
                 core.cancel(key)
+
+    async def _count(self, req: api.ApiRequest) -> api.ApiRequest:
+        """The engine's count of the prompt, else the estimate stands."""
+        try:
+            counted = await self.counter.count_prompt_tokens(req.model, req.payload)
+        except Exception as exc:  # a tokenizer that fails must not fail the request
+            log.warning("counting a prompt's tokens failed (%s); using the estimate", exc)
+            return req
+        if not counted:
+            return req
+        return dataclasses.replace(req, prompt_tokens=counted, prompt_source=PromptSource.TOKENIZED)
 
     async def _whole(self, req: api.ApiRequest, stream: ResultStream) -> web.Response:
         parts: list[str] = []

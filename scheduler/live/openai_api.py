@@ -88,11 +88,9 @@ class ApiRequest:
     prompt_source: PromptSource
     payload: PromptPayload
 
-    def generate_input(self, prompt_tokens: int | None = None, source: PromptSource | None = None) -> GenerateInput:
-        """The core's input; an engine's token count replaces the estimate when given."""
-        return GenerateInput(request_id="", prompt_tokens=prompt_tokens or self.prompt_tokens,
-                             max_output_tokens=self.max_tokens, model_tier=self.model, payload=self.payload,
-                             prompt_source=source or self.prompt_source)
+    def generate_input(self) -> GenerateInput:
+        return GenerateInput(request_id="", prompt_tokens=self.prompt_tokens, max_output_tokens=self.max_tokens,
+                             model_tier=self.model, payload=self.payload, prompt_source=self.prompt_source)
 
 
 def _field(body: dict, name: str, kinds: tuple[type, ...], what: str, required: bool = False) -> Any:

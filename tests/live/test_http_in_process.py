@@ -131,3 +131,25 @@ def test_unknown_routes_answer_openai_errors(path, method, status):
     got, body, responses = asyncio.run(run())
     assert got == status and set(body["error"]) == {"message", "type", "param", "code"}
     assert sum(responses.values()) == 1
+
+
+class UnreachableTokenizer:
+    """A tokenizer endpoint that cannot be reached."""
+
+    async def count_prompt_tokens(self, model: str, payload: PromptPayload) -> int | None:
+        raise ConnectionRefusedError("tokenizer endpoint refused the connection")
+
+
+def test_a_failing_prompt_counter_leaves_the_estimate():
+    async def run():
+        core, door, base = await _front_door(UnreachableTokenizer())
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": MODEL, "prompt": "x" * 40, "max_tokens": 2}
+                async with session.post(f"{base}/v1/completions", json=body) as r:
+                    return r.status, await r.json(), core.stats()
+        finally:
+            await door.close()
+
+    status, answer, stats = asyncio.run(run())
+    assert status == 200 and answer["usage"]["prompt_tokens"] == 10 and stats.prompt_lengths == {"estimated": 1}

@@ -78,12 +78,6 @@ def test_chat_prompt_counts_message_framing_and_text_parts():
     assert req.prompt_tokens == api.REPLY_PRIMING_TOKENS + 2 * api.MESSAGE_OVERHEAD_TOKENS + 2 + 1
 
 
-def test_an_engine_count_replaces_the_estimate():
-    req = _parse(api.CHAT, {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "hi"}]})
-    inp = req.generate_input(42, PromptSource.TOKENIZED)
-    assert (inp.prompt_tokens, inp.prompt_source) == (42, PromptSource.TOKENIZED)
-
-
 def test_synthetic_text_depends_only_on_token_positions():
     whole = api.synthetic_text(0, 50)
     assert api.synthetic_text(0, 1) + api.synthetic_text(1, 16) + api.synthetic_text(17, 33) == whole
