@@ -1,5 +1,6 @@
 """The scheduler's Ray actor: the core on a scaled clock, its gRPC server (or front ends),
-the OpenAI-compatible HTTP front door, Prometheus metrics, and the supervisor of one worker actor per pool instance.
+the OpenAI-compatible HTTP front door, Prometheus metrics, and the supervisor of one
+worker actor per pool instance.
 
 An async actor: the core, the gRPC servicers and the worker client share its
 event loop, so no locks are needed. Workers register their address when they

@@ -139,7 +139,8 @@ class Metrics:
         if self.http is not None:
             responses = CounterMetricFamily("infersched_http_responses", "HTTP front door responses",
                                             labels=["path", "code"])
-            for (path, code), n in sorted(self.http.responses.items()):
+            # Copied in one C call: the event loop's thread counts while this one reads.
+            for (path, code), n in sorted(dict.copy(self.http.responses).items()):
                 responses.add_metric([path, str(code)], n)
             yield responses
 
