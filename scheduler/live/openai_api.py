@@ -11,6 +11,13 @@ body travels on to real engines as a `PromptPayload`, with `max_tokens` filled
 in where the client left it out, so engine and scheduler plan the same length.
 Emulated workers produce token counts only: `synthetic_text` gives their
 tokens text, one word per token, the same for the same token positions.
+
+A worker client of real engines posts `payload.body_json` to
+`/v1/{payload.route}` (with `model` set to its engine's name and `stream` on)
+and reports each streamed piece as a WorkUpdate with `token_count` >= 1 and
+its `text`; the first token's text rides on the update that carries
+`prefilled` (the core counts the first token there). The front door forwards
+that text as it is.
 """
 from __future__ import annotations
 
