@@ -6,6 +6,7 @@ emulated engines (scheduler.live.inprocess)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import aiohttp
@@ -17,7 +18,7 @@ from scheduler.live.core import SchedulerCore
 from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.inprocess import InProcessWorkerClient
 from scheduler.live.openai_api import synthetic_text
-from scheduler.live.types import LiveOptions, PromptPayload
+from scheduler.live.types import LiveOptions, PromptPayload, WorkUpdate
 from scheduler.registry import build_policy
 from workers.clock import ScaledClock
 
@@ -36,11 +37,23 @@ class WordCounter:
         return len(json.loads(payload.body_json)["prompt"].split())
 
 
-async def _front_door(counter=None, max_retries: int = 2):
+class TextWorkers(InProcessWorkerClient):
+    """The emulated workers, each update's tokens given text as a real engine's would be:
+    "<i>" per token i, the first token's on the update that carries `prefilled`."""
+
+    def _deliver(self, instance: int, update: WorkUpdate) -> None:
+        first, count = update.first_token_index, update.token_count
+        if update.prefilled is not None and not count:
+            first, count = 0, 1
+        text = "".join(f"<{i}>" for i in range(first, first + count))
+        super()._deliver(instance, dataclasses.replace(update, text=text))
+
+
+async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient):
     config = load_cluster(builtin_cluster_path("live-small"))
     cluster = Cluster(config)
     clock = ScaledClock(0.01)
-    workers = InProcessWorkerClient(cluster, clock)
+    workers = workers_class(cluster, clock)
     core = SchedulerCore(cluster, build_policy(config.policy, config), LiveOptions(max_retries=max_retries), clock,
                          workers)
     workers.register_all(core)
@@ -153,3 +166,26 @@ def test_a_failing_prompt_counter_leaves_the_estimate():
 
     status, answer, stats = asyncio.run(run())
     assert status == 200 and answer["usage"]["prompt_tokens"] == 10 and stats.prompt_lengths == {"estimated": 1}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engines_text_is_forwarded_as_it_is(stream):
+    async def run():
+        core, door, base = await _front_door(workers_class=TextWorkers)
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = {"model": MODEL, "prompt": "hi", "max_tokens": 40, "stream": stream}
+                async with session.post(f"{base}/v1/completions", json=body) as r:
+                    raw = await r.read()
+            return raw, core.stats()
+        finally:
+            await door.close()
+
+    raw, stats = asyncio.run(run())
+    if stream:
+        events = [json.loads(line.removeprefix(b"data: ")) for line in raw.split(b"\n\n")
+                  if line.startswith(b"data: {")]
+        text = "".join(e["choices"][0]["text"] for e in events)
+    else:
+        text = json.loads(raw)["choices"][0]["text"]
+    assert text == "".join(f"<{i}>" for i in range(40)) and stats.requests_completed == 1
