@@ -6,6 +6,7 @@ emulated engines (scheduler.live.inprocess)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 
@@ -49,7 +50,9 @@ class TextWorkers(InProcessWorkerClient):
         super()._deliver(instance, dataclasses.replace(update, text=text))
 
 
+@contextlib.asynccontextmanager
 async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient):
+    """A front door on loopback over a core with in-process workers, and a client session."""
     config = load_cluster(builtin_cluster_path("live-small"))
     cluster = Cluster(config)
     clock = ScaledClock(0.01)
@@ -59,24 +62,24 @@ async def _front_door(counter=None, max_retries: int = 2, workers_class=InProces
     workers.register_all(core)
     door = HttpFrontDoor(core, lambda: True, counter)
     port = await door.start("127.0.0.1", 0)
-    return core, door, f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield core, door, f"http://127.0.0.1:{port}", session
+    finally:
+        await door.close()
 
 
 def test_no_capacity_is_503_before_any_stream_starts():
     async def run():
-        core, door, base = await _front_door(max_retries=0)
-        try:
+        async with _front_door(max_retries=0) as (core, door, base, session):
             for slot in core.slots:
                 core.mark_failed(slot.instance, "taken down by the test")
-            async with aiohttp.ClientSession() as session:
-                answers = []
-                for stream in (False, True):
-                    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": stream}
-                    async with session.post(f"{base}/v1/completions", json=body) as r:
-                        answers.append((r.status, r.content_type, await r.json()))
+            answers = []
+            for stream in (False, True):
+                body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stream": stream}
+                async with session.post(f"{base}/v1/completions", json=body) as r:
+                    answers.append((r.status, r.content_type, await r.json()))
             return answers, core.stats()
-        finally:
-            await door.close()
 
     answers, stats = asyncio.run(run())
     for status, content_type, body in answers:
@@ -87,20 +90,16 @@ def test_no_capacity_is_503_before_any_stream_starts():
 
 def test_a_client_leaving_mid_stream_cancels_its_request():
     async def run():
-        core, door, base = await _front_door()
-        try:
-            async with aiohttp.ClientSession() as session:
-                body = {"model": MODEL, "prompt": "hi", "max_tokens": 5000, "stream": True}
-                async with session.post(f"{base}/v1/completions", json=body) as r:
-                    first = await r.content.readline()
-                    r.close()  # the connection goes with it
+        async with _front_door() as (core, door, base, session):
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 5000, "stream": True}
+            async with session.post(f"{base}/v1/completions", json=body) as r:
+                first = await r.content.readline()
+                r.close()  # the connection goes with it
             for _ in range(200):
                 if core.stats().in_flight == 0:
                     break
                 await asyncio.sleep(0.01)
             return first, core.stats()
-        finally:
-            await door.close()
 
     first, stats = asyncio.run(run())
     assert json.loads(first.removeprefix(b"data: "))["choices"][0]["text"] == synthetic_text(0, 1)
@@ -111,18 +110,14 @@ def test_a_prompt_counter_replaces_the_estimate_and_stats_say_so():
     async def run():
         counter = WordCounter()
         assert isinstance(counter, PromptCounter)
-        core, door, base = await _front_door(counter)
-        try:
-            async with aiohttp.ClientSession() as session:
-                body = {"model": MODEL, "prompt": "seven words in this prompt, counted exactly", "max_tokens": 2}
-                async with session.post(f"{base}/v1/completions", json=body) as r:
-                    answer = await r.json()
-                body["prompt"] = [1, 2, 3]  # token ids: the client's count, no engine asked
-                async with session.post(f"{base}/v1/completions", json=body) as r:
-                    ids = await r.json()
+        async with _front_door(counter) as (core, door, base, session):
+            body = {"model": MODEL, "prompt": "seven words in this prompt, counted exactly", "max_tokens": 2}
+            async with session.post(f"{base}/v1/completions", json=body) as r:
+                answer = await r.json()
+            body["prompt"] = [1, 2, 3]  # token ids: the client's count, no engine asked
+            async with session.post(f"{base}/v1/completions", json=body) as r:
+                ids = await r.json()
             return counter, answer, ids, core.stats()
-        finally:
-            await door.close()
 
     counter, answer, ids, stats = asyncio.run(run())
     assert answer["usage"]["prompt_tokens"] == 7 and ids["usage"]["prompt_tokens"] == 3
@@ -133,13 +128,9 @@ def test_a_prompt_counter_replaces_the_estimate_and_stats_say_so():
 @pytest.mark.parametrize("path, method, status", [("/v1/nothing", "GET", 404), ("/v1/completions", "GET", 405)])
 def test_unknown_routes_answer_openai_errors(path, method, status):
     async def run():
-        core, door, base = await _front_door()
-        try:
-            async with aiohttp.ClientSession() as session:
-                async with session.request(method, f"{base}{path}") as r:
-                    return r.status, await r.json(), dict(door.responses)
-        finally:
-            await door.close()
+        async with _front_door() as (core, door, base, session):
+            async with session.request(method, f"{base}{path}") as r:
+                return r.status, await r.json(), dict(door.responses)
 
     got, body, responses = asyncio.run(run())
     assert got == status and set(body["error"]) == {"message", "type", "param", "code"}
@@ -155,14 +146,10 @@ class UnreachableTokenizer:
 
 def test_a_failing_prompt_counter_leaves_the_estimate():
     async def run():
-        core, door, base = await _front_door(UnreachableTokenizer())
-        try:
-            async with aiohttp.ClientSession() as session:
-                body = {"model": MODEL, "prompt": "x" * 40, "max_tokens": 2}
-                async with session.post(f"{base}/v1/completions", json=body) as r:
-                    return r.status, await r.json(), core.stats()
-        finally:
-            await door.close()
+        async with _front_door(UnreachableTokenizer()) as (core, door, base, session):
+            body = {"model": MODEL, "prompt": "x" * 40, "max_tokens": 2}
+            async with session.post(f"{base}/v1/completions", json=body) as r:
+                return r.status, await r.json(), core.stats()
 
     status, answer, stats = asyncio.run(run())
     assert status == 200 and answer["usage"]["prompt_tokens"] == 10 and stats.prompt_lengths == {"estimated": 1}
@@ -171,15 +158,11 @@ def test_a_failing_prompt_counter_leaves_the_estimate():
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_engines_text_is_forwarded_as_it_is(stream):
     async def run():
-        core, door, base = await _front_door(workers_class=TextWorkers)
-        try:
-            async with aiohttp.ClientSession() as session:
-                body = {"model": MODEL, "prompt": "hi", "max_tokens": 40, "stream": stream}
-                async with session.post(f"{base}/v1/completions", json=body) as r:
-                    raw = await r.read()
+        async with _front_door(workers_class=TextWorkers) as (core, door, base, session):
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 40, "stream": stream}
+            async with session.post(f"{base}/v1/completions", json=body) as r:
+                raw = await r.read()
             return raw, core.stats()
-        finally:
-            await door.close()
 
     raw, stats = asyncio.run(run())
     if stream:
