@@ -25,6 +25,7 @@ from scheduler.decision_log import DecisionLog
 from scheduler.live.core import SchedulerCore
 from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.metrics import Metrics
+from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
@@ -63,8 +64,9 @@ class SchedulerActor:
     def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
-                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
-                 frontends: int = 0, decision_log: str | None = None, http_port: int | None = None):
+                 metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
+                 realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None,
+                 http_port: int | None = None):
         self.config = config
         self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
@@ -78,6 +80,9 @@ class SchedulerActor:
         self.worker_host = worker_host
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
+        # Any free port when metrics_port is taken (serve's default port, not one the user chose).
+        self.metrics_port_fallback = metrics_port_fallback
+        self.metrics_port_taken = 0  # the requested metrics port, when it was taken and another was bound
         self.http_port = http_port  # the OpenAI-compatible HTTP front door on `host`; None: off
         self.worker_max_restarts = worker_max_restarts
         self.start_timeout_s = start_timeout_s
@@ -128,26 +133,35 @@ class SchedulerActor:
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
         bind, advertise = resolve_host(self.host)
-        if self.frontends:
-            self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
-                                           start_timeout_s=self.start_timeout_s)
-            port = await self._frontends.start(bind, self.port)
-        else:
-            def add(server):
-                scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-                return [SCHEDULER_SERVICE]
+        claim_check(Listener.SCHEDULER, bind, self.port)
+        try:
+            if self.frontends:
+                self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
+                                               start_timeout_s=self.start_timeout_s)
+                port = await self._frontends.start(bind, self.port)
+            else:
+                def add(server):
+                    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+                    return [SCHEDULER_SERVICE]
 
-            self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+                self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+        except OSError as exc:
+            raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
         if self.http_port is not None:
             # Served from now on: GET /health answers 503 until the workers registered.
             counter = self._client if isinstance(self._client, PromptCounter) else None
             self._http = HttpFrontDoor(core, self.ready, counter)
-            hport = await self._http.start(bind, self.http_port)
+            try:
+                hport = await self._http.start(bind, self.http_port)
+            except OSError as exc:
+                raise BindError(Listener.HTTP, bind, self.http_port, exc.strerror or str(exc)) from None
             self.http_address = f"http://{advertise}:{hport}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends, self._http)
-            mport = self._metrics.serve(self.metrics_host, self.metrics_port)
+            mport, fell_back = bind_metrics(self._metrics.serve, self.metrics_host, self.metrics_port,
+                                            fallback=self.metrics_port_fallback)
+            self.metrics_port_taken = self.metrics_port if fell_back else 0
             self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
         self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
@@ -201,7 +215,7 @@ class SchedulerActor:
 
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "http": self.http_address,
-                "cluster": self.config.name,
+                "metrics_port_taken": self.metrics_port_taken, "cluster": self.config.name,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
