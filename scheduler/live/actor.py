@@ -16,6 +16,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 from typing import Any
 
 from infersched.v1 import scheduler_pb2_grpc
@@ -152,10 +153,12 @@ class SchedulerActor:
             # Served from now on: GET /health answers 503 until the workers registered.
             counter = self._client if isinstance(self._client, PromptCounter) else None
             self._http = HttpFrontDoor(core, self.ready, counter)
+            claim_check(Listener.HTTP, bind, self.http_port)
             try:
                 hport = await self._http.start(bind, self.http_port)
-            except OSError as exc:
-                raise BindError(Listener.HTTP, bind, self.http_port, exc.strerror or str(exc)) from None
+            except OSError as exc:  # asyncio's message wraps the errno's in its own words
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise BindError(Listener.HTTP, bind, self.http_port, reason) from None
             self.http_address = f"http://{advertise}:{hport}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends, self._http)
