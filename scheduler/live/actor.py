@@ -7,7 +7,10 @@ event loop, so no locks are needed. Workers register their address when they
 start (and again after Ray restarts them). When the core marks an instance
 FAILED, the supervisor probes it (a false alarm comes back at once), waits for
 Ray to restart a crashed actor (which registers itself, or its new address is
-pulled here), or replaces an actor out of restarts.
+pulled here), or replaces an actor out of restarts. The worker plane's
+credentials (workers.security.plane) come in with the constructor arguments and
+go to each worker actor the same way; clients' TLS and token
+(workers.security.service) guard the gRPC server, front ends and metrics.
 """
 from __future__ import annotations
 
@@ -36,12 +39,20 @@ from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
 from workers.report import WorkerState
 from workers.rpc import resolve_host, start_grpc_server
+from workers.security.plane import ClusterCredentials
+from workers.security.service import ServiceSecurity, is_loopback
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 RAY_NAMESPACE = "infersched"
 DECISION_LOG_FLUSH_S = 1.0
+
+
+def plane_credentials(worker_host: str, tls: bool | None = None) -> ClusterCredentials:
+    """Fresh worker-plane credentials; mutual TLS whenever workers bind an address other
+    hosts can reach (`tls` None), or as asked (tests select it on loopback)."""
+    return ClusterCredentials.generate(tls=not is_loopback(worker_host) if tls is None else tls)
 
 
 def device_resource(device: str) -> str:
@@ -67,8 +78,13 @@ class SchedulerActor:
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
                  realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None,
+                 credentials: ClusterCredentials | None = None, security: ServiceSecurity | None = None,
                  http_port: int | None = None):
         self.config = config
+        # The worker plane's credentials (workers.security.plane): made by start_scheduler in
+        # the driver, so a restarted actor gets the same ones back with its arguments.
+        self.credentials = credentials or plane_credentials(worker_host)
+        self.security = security  # what clients must present (TLS, token); None: plaintext, open
         self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
         # port and relay to this loop (scheduler.live.relay says when that pays).
@@ -103,6 +119,7 @@ class SchedulerActor:
         self._started: asyncio.Future | None = None
         self._stopped = False
         self.address = ""
+        self.bind = ""
         self.metrics_address = ""
         self.http_address = ""
 
@@ -124,7 +141,7 @@ class SchedulerActor:
         self.cluster = Cluster(self.config)
         policy = build_policy(self.policy_config or self.config.policy, self.config)
         clock = ScaledClock(self.options.time_scale)
-        self._client = GrpcWorkerClient(clock, self.options)
+        self._client = GrpcWorkerClient(clock, self.options, member=self.credentials.scheduler)
         if self.decision_log_path:
             self._decision_log = DecisionLog.open(self.decision_log_path)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
@@ -138,34 +155,39 @@ class SchedulerActor:
         try:
             if self.frontends:
                 self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
-                                               start_timeout_s=self.start_timeout_s)
+                                               start_timeout_s=self.start_timeout_s, security=self.security)
                 port = await self._frontends.start(bind, self.port)
             else:
                 def add(server):
                     scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
                     return [SCHEDULER_SERVICE]
 
-                self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+                self._server, port, _ = await start_grpc_server(bind, add, port=self.port,
+                                                                 security=self.security)
         except OSError as exc:
             raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
+        self.bind = f"{bind}:{port}"
         if self.http_port is not None:
             # Served from now on: GET /health answers 503 until the workers registered.
             counter = self._client if isinstance(self._client, PromptCounter) else None
-            self._http = HttpFrontDoor(core, self.ready, counter)
+            self._http = HttpFrontDoor(core, self.ready, counter, self.security)
             claim_check(Listener.HTTP, bind, self.http_port)
             try:
                 hport = await self._http.start(bind, self.http_port)
             except OSError as exc:  # asyncio's message wraps the errno's in its own words
                 reason = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise BindError(Listener.HTTP, bind, self.http_port, reason) from None
-            self.http_address = f"http://{advertise}:{hport}"
+            scheme = "https" if self.security is not None and self.security.tls else "http"
+            self.http_address = f"{scheme}://{advertise}:{hport}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends, self._http)
-            mport, fell_back = bind_metrics(self._metrics.serve, self.metrics_host, self.metrics_port,
+            serve_metrics = functools.partial(self._metrics.serve, security=self.security)
+            mport, fell_back = bind_metrics(serve_metrics, self.metrics_host, self.metrics_port,
                                             fallback=self.metrics_port_fallback)
             self.metrics_port_taken = self.metrics_port if fell_back else 0
-            self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
+            scheme = "https" if self.security is not None and self.security.tls else "http"
+            self.metrics_address = f"{scheme}://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
         self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
         try:
@@ -200,7 +222,7 @@ class SchedulerActor:
             num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
             resources={device_resource(pool.config.device): float(pool.perf.chips)},
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
-                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
+                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack, credentials=self.credentials.workers)
 
     async def _flush_decisions(self) -> None:
         """Lines reach the file within DECISION_LOG_FLUSH_S (it is written through a 1 MiB
@@ -217,8 +239,10 @@ class SchedulerActor:
                 and started.exception() is None and not self._stopped)
 
     def describe(self) -> dict:
-        return {"address": self.address, "metrics": self.metrics_address, "http": self.http_address,
-                "metrics_port_taken": self.metrics_port_taken, "cluster": self.config.name,
+        return {"address": self.address, "bind": self.bind, "metrics": self.metrics_address,
+                "http": self.http_address, "metrics_port_taken": self.metrics_port_taken,
+                "security": self.security.describe() if self.security is not None else "plaintext",
+                "worker_tls": self.credentials.tls, "cluster": self.config.name,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
@@ -281,6 +305,12 @@ class SchedulerActor:
             if slot.state == WorkerState.FAILED and not self._stopped:
                 log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
 
+    async def worker_addresses(self) -> list[str]:
+        """Where the cluster's workers serve now: the only addresses a worker hands KV to."""
+        while self.core is None:
+            await asyncio.sleep(0.01)
+        return [slot.address for slot in self.core.slots if slot.address]
+
     async def worker_handles(self) -> list:
         return list(self._handles)
 
@@ -341,6 +371,9 @@ def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s
     }
     if name:
         options["name"] = name
+    worker_tls = kwargs.pop("worker_tls", None)  # None: mutual TLS when workers bind a non-loopback address
+    if kwargs.get("credentials") is None:
+        kwargs["credentials"] = plane_credentials(kwargs.get("worker_host", "127.0.0.1"), worker_tls)
     actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
     try:
         info = ray.get(actor.start.remote(), timeout=timeout_s)

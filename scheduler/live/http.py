@@ -36,6 +36,7 @@ from scheduler.live.core import SchedulerCore
 from scheduler.live.servicer import ResultStream
 from scheduler.live.types import InvalidRequest, Overloaded, PromptPayload, PromptSource, RequestOutcome
 from scheduler.types import RequestStatus
+from workers.security.service import ServiceSecurity
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,16 @@ def _sse(obj: dict) -> bytes:
 
 class HttpFrontDoor:
     """The OpenAI API over one SchedulerCore. `ready()` is the scheduler's readiness
-    (GET /health answers 503 until it holds); `counter`, when given, counts prompts."""
+    (GET /health answers 503 until it holds); `counter`, when given, counts prompts;
+    `security`, serve's TLS and bearer token (the token is the clients' API key; every
+    route but /health, which probes call, needs it)."""
 
-    def __init__(self, core: SchedulerCore, ready: Callable[[], bool], counter: PromptCounter | None = None):
+    def __init__(self, core: SchedulerCore, ready: Callable[[], bool], counter: PromptCounter | None = None,
+                 security: ServiceSecurity | None = None):
         self.core = core
         self.ready = ready
         self.counter = counter
+        self.security = security if security is not None and security.enabled else None
         self.models = api.served_models(core.cluster)
         self.responses: Counter = Counter()  # (route pattern, HTTP status) -> responses sent
         # Wall seconds measured on each completed stream: (TTFT, TPOT or None).
@@ -101,7 +106,8 @@ class HttpFrontDoor:
         # Cancel a handler whose client went away, so its request is cancelled in the core.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        tls = self.security.ssl_context() if self.security is not None and self.security.tls else None
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self.port
@@ -113,9 +119,15 @@ class HttpFrontDoor:
 
     @web.middleware
     async def _count_and_shape_errors(self, request: web.Request, handler):
-        """Count every response by path and status; aiohttp's own 404/405 as OpenAI JSON."""
+        """Count every response by path and status; aiohttp's own 404/405 as OpenAI JSON;
+        no token, no answer (401) where serve has one."""
         try:
-            response = await handler(request)
+            if (self.security is not None and request.path != "/health"
+                    and not self.security.http_authorized(request.headers.get("Authorization"))):
+                response = _error(api.ApiError(401, "a valid API key is required: the cluster's bearer token "
+                                                    "(Authorization: Bearer TOKEN)", code="invalid_api_key"))
+            else:
+                response = await handler(request)
         except web.HTTPException as exc:
             response = _json(exc.status, api.error_body(f"{request.method} {request.path}: {exc.reason}",
                                                         "invalid_request_error"))

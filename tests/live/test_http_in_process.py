@@ -22,6 +22,8 @@ from scheduler.live.openai_api import synthetic_text
 from scheduler.live.types import LiveOptions, PromptPayload, WorkUpdate
 from scheduler.registry import build_policy
 from workers.clock import ScaledClock
+from workers.security.service import ServiceSecurity
+from workers.security.tokens import token_digest
 
 MODEL = "llama-3.1-8b"
 
@@ -51,7 +53,7 @@ class TextWorkers(InProcessWorkerClient):
 
 
 @contextlib.asynccontextmanager
-async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient):
+async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient, security=None):
     """A front door on loopback over a core with in-process workers, and a client session."""
     config = load_cluster(builtin_cluster_path("live-small"))
     cluster = Cluster(config)
@@ -60,7 +62,7 @@ async def _front_door(counter=None, max_retries: int = 2, workers_class=InProces
     core = SchedulerCore(cluster, build_policy(config.policy, config), LiveOptions(max_retries=max_retries), clock,
                          workers)
     workers.register_all(core)
-    door = HttpFrontDoor(core, lambda: True, counter)
+    door = HttpFrontDoor(core, lambda: True, counter, security)
     port = await door.start("127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as session:
@@ -172,3 +174,24 @@ def test_an_engines_text_is_forwarded_as_it_is(stream):
     else:
         text = json.loads(raw)["choices"][0]["text"]
     assert text == "".join(f"<{i}>" for i in range(40)) and stats.requests_completed == 1
+
+
+def test_with_a_token_every_route_but_health_needs_it_as_the_api_key():
+    async def run():
+        security = ServiceSecurity(token_digest=token_digest("s3cret-token"))
+        async with _front_door(security=security) as (core, door, base, session):
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+            answers = []
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret-token"}):
+                async with session.post(f"{base}/v1/completions", json=body, headers=headers) as r:
+                    answers.append((r.status, await r.json()))
+            async with session.get(f"{base}/v1/models") as r:
+                models = r.status
+            async with session.get(f"{base}/health") as r:
+                health = r.status
+            return answers, models, health, core.stats()
+
+    answers, models, health, stats = asyncio.run(run())
+    assert [status for status, _ in answers] == [401, 401, 200] and (models, health) == (401, 200)
+    assert answers[0][1]["error"]["code"] == "invalid_api_key"
+    assert stats.requests_total == 1 and stats.requests_invalid == 0
