@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from scheduler.types import RequestStatus
+from scheduler.reasons import count_by_code
 
 PERCENTILES = (50, 90, 99)
 
@@ -245,6 +246,8 @@ def summarize(result) -> dict:
         "rejected": int((rec.status == RequestStatus.REJECTED).sum()),
         "failed": int((rec.status == RequestStatus.FAILED).sum()),
         "reject_reasons": result.reject_reasons,
+        # The same rejections by code, named as the live scheduler's GetStats counts them.
+        "reject_codes": result.reject_codes if result.reject_codes is not None else count_by_code(result.reject_reasons),
         "input_tokens": int(rec.input_tokens.sum()),
         "output_tokens": out_tokens,
         # Prompt tokens prefilled: computed, and served from a prefix cache instead.

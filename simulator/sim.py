@@ -53,6 +53,8 @@ class SimResult:
     events: int
     wall_s: float
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    # Rejections by reason code name (scheduler.reasons); None: derived from reject_reasons.
+    reject_codes: dict[str, int] | None = None
     # Multi-pass policies: passes placed per pool (an escalated or advised request counts
     # once per pass on each pool it used); None when every request was one pass.
     pool_passes: list[int] | None = None

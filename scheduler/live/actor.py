@@ -22,16 +22,16 @@ import logging
 import os
 from typing import Any
 
-from infersched.v1 import scheduler_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
+from scheduler.live.bounds import add_scheduler_service
 from scheduler.live.core import SchedulerCore
 from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.metrics import Metrics
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
-from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
+from scheduler.live.servicer import SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
 from scheduler.live.worker_client import GrpcWorkerClient
 from scheduler.types import Role
@@ -159,8 +159,7 @@ class SchedulerActor:
                 port = await self._frontends.start(bind, self.port)
             else:
                 def add(server):
-                    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-                    return [SCHEDULER_SERVICE]
+                    return [add_scheduler_service(server, servicer)]
 
                 self._server, port, _ = await start_grpc_server(bind, add, port=self.port,
                                                                  security=self.security)

@@ -97,7 +97,8 @@ class ApiRequest:
 
     def generate_input(self) -> GenerateInput:
         return GenerateInput(request_id="", prompt_tokens=self.prompt_tokens, max_output_tokens=self.max_tokens,
-                             model_tier=self.model, payload=self.payload, prompt_source=self.prompt_source)
+                             model_tier=self.model, payload=self.payload, prompt_source=self.prompt_source,
+                             size_bytes=len(self.payload.body_json))
 
 
 def _field(body: dict, name: str, kinds: tuple[type, ...], what: str, required: bool = False) -> Any:

@@ -208,7 +208,7 @@ def test_burst_beyond_the_queue_bound_is_429(served):
     assert refused and len(served_ok) >= MAX_QUEUE
     assert refused[0].body["code"] == "queue_full"
     after = _stats(served)
-    assert after.reasons["queue full"] - before.reasons.get("queue full", 0) == len(refused)
+    assert after.reasons["QUEUE_FULL"] - before.reasons.get("QUEUE_FULL", 0) == len(refused)
     assert after.requests_completed - before.requests_completed == len(served_ok)
 
 

@@ -105,7 +105,7 @@ def test_a_client_leaving_mid_stream_cancels_its_request():
 
     first, stats = asyncio.run(run())
     assert json.loads(first.removeprefix(b"data: "))["choices"][0]["text"] == synthetic_text(0, 1)
-    assert stats.in_flight == 0 and stats.requests_failed == 1 and stats.reasons == {"cancelled": 1}
+    assert stats.in_flight == 0 and stats.requests_failed == 1 and stats.reasons == {"CANCELLED": 1}
 
 
 def test_a_prompt_counter_replaces_the_estimate_and_stats_say_so():
