@@ -177,8 +177,11 @@ def summarize(result) -> dict:
     meets = completed & (ttft <= slo.ttft_s) & ~(tpot > slo.tpot_s)
     makespan = result.makespan_s
     n = rec.n
-    energy = sum(p.energy_j for p in result.pools)
-    cost = sum(p.cost_usd for p in result.pools)
+    kv = getattr(result, "kv_tiers", None) or {}
+    tier_rows = kv.get("kv_tiers", {})
+    # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
+    energy = sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
+    cost = sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
     out_tokens = int(rec.output_tokens[completed].sum())
     pool_of_instance = np.array([p.index for p in cluster.pools for _ in p.instances])
     placed = rec.prefill_instance >= 0
@@ -254,6 +257,9 @@ def summarize(result) -> dict:
         "prefill_computed_tokens": prompt_tokens - hit_tokens,
         "prefix_hit_tokens": hit_tokens,
         "prefix_hit_rate": hit_tokens / prompt_tokens if prompt_tokens else 0.0,
+        "prefix_hit_tokens_by_tier": kv.get("prefix_hit_tokens_by_tier", {"hbm": hit_tokens}),
+        "kv_tiers": tier_rows,
+        "kv_load_s": sum(r["load_s"] for r in tier_rows.values()),
         # Requests placed on the busiest prefill-capable instance over its pool's mean (1.0 = even).
         "max_instance_load_ratio": max(load_ratios) if load_ratios else 1.0,
         "ttft_s": _percentiles(ttft),

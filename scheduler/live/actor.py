@@ -211,7 +211,7 @@ class SchedulerActor:
         pool = self.cluster.pool_of(instance)
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
                           max_batch_tokens=pool.config.max_batch_tokens, token_budget=pool.config.engine_token_budget,
-                          link_bytes_per_s=pool.config.link_bytes_per_s,
+                          link_bytes_per_s=pool.config.link_bytes_per_s, kv_tiers=pool.config.kv_tiers,
                           prefix_block_tokens=(self.config.prefix_cache.block_tokens
                                                if self.config.prefix_cache.enabled else 0))
         # A decode worker's input (KV) comes from a prefill worker, which itself produces
