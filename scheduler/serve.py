@@ -32,7 +32,8 @@ HEALTH_CHECK_S = 5.0
 DEFAULT_TIME_SCALE = 0.01  # emulated clusters run 100x faster than their hardware
 DEFAULT_METRICS_PORT = 9464
 # The flags that move each listener, for bind errors.
-LISTENER_FLAGS = {Listener.SCHEDULER: ("--port", "--host"), Listener.METRICS: ("--metrics-port", "--metrics-host")}
+LISTENER_FLAGS = {Listener.SCHEDULER: ("--port", "--host"), Listener.METRICS: ("--metrics-port", "--metrics-host"),
+                  Listener.HTTP: ("--http-port", "--host")}
 
 
 def _say(message: str) -> None:
@@ -74,6 +75,9 @@ def run_serve(args) -> int:
     if args.realtime_priority:
         check_priority(args.realtime_priority)
     check_frontends(args.frontends)
+    if args.http_port is not None and not 0 <= args.http_port <= 65535:
+        _say(f"error: --http-port {args.http_port}: need a port in 0..65535 (0 = any free)")
+        return 2
     # Written by the scheduler actor, which runs on this node: a path resolved here.
     decision_log = os.path.abspath(args.decision_log) if args.decision_log else None
     if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
@@ -128,7 +132,8 @@ def run_serve(args) -> int:
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=mport,
                 metrics_port_fallback=mfallback,
                 realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
-                security=security if security.enabled else None, worker_tls=True if args.worker_tls else None)
+                security=security if security.enabled else None, worker_tls=True if args.worker_tls else None,
+                http_port=args.http_port)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, BindError):
@@ -145,6 +150,8 @@ def run_serve(args) -> int:
                  f"pids {' '.join(map(str, info['frontend_pids']))}")
         if info["realtime_priority"]:
             _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
+        if info["http"]:
+            _say(f"OpenAI-compatible HTTP on {info['http']}/v1 (health: {info['http']}/health)")
         if info["metrics_port_taken"]:
             _say(f"metrics port {info['metrics_port_taken']} is in use (another serve?): took a free port instead; "
                  f"--metrics-port N chooses one")

@@ -27,6 +27,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--address", help="join this Ray cluster (auto or HOST:PORT) instead of starting a local one")
     p.add_argument("--host", default="127.0.0.1", help="address the scheduler binds (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
+    p.add_argument("--http-port", type=int, metavar="PORT",
+                   help="also serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, "
+                        "/v1/models, /health) on PORT of --host (0 = any free; default: off)")
     p.add_argument("--time-scale", type=float, default=None,
                    help="wall seconds per modelled second (default 0.01: 100x faster than the hardware; 1 when "
                         "the cluster has real engines, backend: openai, which run at their own speed)")

@@ -39,6 +39,9 @@ LABELS = {
               "memory filter left no candidate), `WORKER_FAILED`, `CANCELLED`",
     "pool": "a pool's `name` from the cluster file",
     "state": "a worker actor's state (every state has a series, zero when no worker is in it)",
+    "path": "the HTTP front door's route: `/v1/completions`, `/v1/chat/completions`, `/v1/models`, "
+            "`/v1/models/{model}`, `/health`, or `(unmatched)` for any other path",
+    "code": "the HTTP status answered (200, 400, 404, 429, 503, ...)",
 }
 # Units from Prometheus' base-unit suffixes.
 UNITS = (("_seconds", "seconds"), ("_bytes", "bytes"), ("_joules", "joules"), ("_usd", "US dollars"),
@@ -65,6 +68,7 @@ def sample_registry():
     from scheduler.cluster import Cluster
     from scheduler.config import builtin_cluster_path, load_cluster
     from scheduler.live.core import SchedulerCore
+    from scheduler.live.http import HttpFrontDoor
     from scheduler.live.inprocess import InProcessWorkerClient
     from scheduler.live.metrics import Metrics
     from scheduler.live.types import GenerateInput, LiveOptions, Overloaded
@@ -78,7 +82,9 @@ def sample_registry():
     options = replace(LiveOptions(), time_scale=1.0, max_queue=2)
     core = SchedulerCore(cluster, build_policy(config.policy, config), options, clock, client)
     client.register_all(core)
-    metrics = Metrics(core, _FrontendCount())
+    door = HttpFrontDoor(core, lambda: True)  # not listening: the families `serve --http-port` adds
+    door.responses[("/v1/completions", 200)] = 2  # what two answered HTTP requests leave
+    metrics = Metrics(core, _FrontendCount(), door)
 
     class Quiet:
         def tokens(self, event):
@@ -133,7 +139,8 @@ def render() -> str:
     lines += ["", "## Labels", ""] + [f"- `{label}`: {LABELS[label]}" for label in used]
     lines += ["", "`state` values: " + ", ".join(f"`{s.name.lower()}`" for s in WorkerState) + "."]
     lines += ["", "`infersched_frontends` and `infersched_frontend_restarts_total` are exported only by "
-                  "`serve --frontends N`.", ""]
+                  "`serve --frontends N`; `infersched_http_*` only by `serve --http-port PORT` (its wall-second "
+                  "TTFT and TPOT are measured on each streamed answer at the front door).", ""]
     return "\n".join(lines)
 
 

@@ -23,6 +23,8 @@ def format_stats(s: scheduler_pb2.SchedulerStats) -> str:
     ]
     for reason, count in sorted(s.reasons.items()):
         lines.append(f"  {count:,}: {reason}")
+    if s.prompt_lengths:
+        lines.append("prompt lengths  " + "   ".join(f"{source} {n:,}" for source, n in sorted(s.prompt_lengths.items())))
     lines += [
         f"TTFT        {lat(s.ttft_s, 1e3)}",
         f"TPOT        {lat(s.tpot_s, 1e3)}",
@@ -72,7 +74,7 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
         "scheduling_overhead_s": latency_dict(s.scheduling_overhead_s), "ttft_s": latency_dict(s.ttft_s),
         "tpot_s": latency_dict(s.tpot_s), "e2e_s": latency_dict(s.e2e_s), "slo_attainment": s.slo_attainment,
         "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "energy_j": s.energy_j,
-        "cost_usd": s.cost_usd, "pools": pools,
+        "cost_usd": s.cost_usd, "prompt_lengths": dict(sorted(s.prompt_lengths.items())), "pools": pools,
     }
 
 

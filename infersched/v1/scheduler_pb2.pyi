@@ -100,8 +100,15 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class SchedulerStats(_message.Message):
-    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools", "time_scale")
+    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools", "time_scale", "prompt_lengths")
     class ReasonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PromptLengthsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +138,7 @@ class SchedulerStats(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     TIME_SCALE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     policy: str
     cluster: str
     uptime_s: float
@@ -154,7 +162,8 @@ class SchedulerStats(_message.Message):
     cost_usd: float
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
     time_scale: float
-    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ...) -> None: ...
+    prompt_lengths: _containers.ScalarMap[str, int]
+    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ..., prompt_lengths: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PoolStats(_message.Message):
     __slots__ = ("name", "device", "model", "role", "instances", "chips_per_instance", "queue_depth", "running", "completed", "prefill_tokens", "decode_tokens", "utilization", "energy_j", "cost_usd", "kv_free_tokens", "kv_capacity_tokens", "token_budget", "prompt_token_counts")

@@ -1,5 +1,6 @@
 """The scheduler's Ray actor: the core on a scaled clock, its gRPC server (or front ends),
-Prometheus metrics, and the supervisor of one worker actor per pool instance.
+the OpenAI-compatible HTTP front door, Prometheus metrics, and the supervisor of one
+worker actor per pool instance.
 
 An async actor: the core, the gRPC servicers and the worker client share its
 event loop, so no locks are needed. Workers register their address when they
@@ -18,6 +19,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 from typing import Any
 
 from scheduler.cluster import Cluster
@@ -25,6 +27,7 @@ from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
 from scheduler.live.bounds import add_scheduler_service
 from scheduler.live.core import SchedulerCore
+from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.metrics import Metrics
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
@@ -79,7 +82,8 @@ class SchedulerActor:
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
                  realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None,
-                 credentials: ClusterCredentials | None = None, security: ServiceSecurity | None = None):
+                 credentials: ClusterCredentials | None = None, security: ServiceSecurity | None = None,
+                 http_port: int | None = None):
         self.config = config
         # The worker plane's credentials (workers.security.plane): made by start_scheduler in
         # the driver, so a restarted actor gets the same ones back with its arguments.
@@ -100,6 +104,7 @@ class SchedulerActor:
         # Any free port when metrics_port is taken (serve's default port, not one the user chose).
         self.metrics_port_fallback = metrics_port_fallback
         self.metrics_port_taken = 0  # the requested metrics port, when it was taken and another was bound
+        self.http_port = http_port  # the OpenAI-compatible HTTP front door on `host`; None: off
         self.worker_max_restarts = worker_max_restarts
         self.start_timeout_s = start_timeout_s
         self.core: SchedulerCore | None = None
@@ -108,6 +113,7 @@ class SchedulerActor:
         self._server = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
+        self._http: HttpFrontDoor | None = None
         self._decision_log: DecisionLog | None = None
         self._flusher: asyncio.Task | None = None
         self._handles: list = []  # per instance: its worker actor; None for real engines
@@ -120,6 +126,7 @@ class SchedulerActor:
         self.address = ""
         self.bind = ""
         self.metrics_address = ""
+        self.http_address = ""
 
     async def start(self) -> dict:
         """Start serving and create the workers; returns where it listens. Idempotent."""
@@ -165,8 +172,20 @@ class SchedulerActor:
             raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
         self.bind = f"{bind}:{port}"
+        if self.http_port is not None:
+            # Served from now on: GET /health answers 503 until the workers registered.
+            counter = self._client if isinstance(self._client, PromptCounter) else None
+            self._http = HttpFrontDoor(core, self.ready, counter, self.security)
+            claim_check(Listener.HTTP, bind, self.http_port)
+            try:
+                hport = await self._http.start(bind, self.http_port)
+            except OSError as exc:  # asyncio's message wraps the errno's in its own words
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise BindError(Listener.HTTP, bind, self.http_port, reason) from None
+            scheme = "https" if self.security is not None and self.security.tls else "http"
+            self.http_address = f"{scheme}://{advertise}:{hport}"
         if self.metrics_port is not None:
-            self._metrics = Metrics(core, self._frontends)
+            self._metrics = Metrics(core, self._frontends, self._http)
             serve_metrics = functools.partial(self._metrics.serve, security=self.security)
             mport, fell_back = bind_metrics(serve_metrics, self.metrics_host, self.metrics_port,
                                             fallback=self.metrics_port_fallback)
@@ -224,9 +243,16 @@ class SchedulerActor:
             await asyncio.sleep(DECISION_LOG_FLUSH_S)
             self._decision_log.flush()
 
+    def ready(self) -> bool:
+        """The scheduler's readiness, in one place: started (every worker registered) and
+        not stopping. GET /health reports it."""
+        started = self._started
+        return (started is not None and started.done() and not started.cancelled()
+                and started.exception() is None and not self._stopped)
+
     def describe(self) -> dict:
         return {"address": self.address, "bind": self.bind, "metrics": self.metrics_address,
-                "metrics_port_taken": self.metrics_port_taken,
+                "http": self.http_address, "metrics_port_taken": self.metrics_port_taken,
                 "security": self.security.describe() if self.security is not None else "plaintext",
                 "worker_tls": self.credentials.tls, "cluster": self.config.name,
                 "decision_log": self.decision_log_path or "",
@@ -325,6 +351,8 @@ class SchedulerActor:
         if self._stopped:
             return
         self._stopped = True
+        if self._http is not None:
+            await self._http.close()
         if self._server is not None:
             await self._server.stop(1.0)
             self._server = None

@@ -344,6 +344,7 @@ class SchedulerCore:
         tally = self.tally
         tally.requests_total += 1
         tally.input_tokens += inp.prompt_tokens
+        tally.prompt_sources[inp.prompt_source.value] += 1
         if self._awaiting_first >= self.options.max_queue:
             tally.finished(RequestStatus.REJECTED, Reason.QUEUE_FULL)
             raise Overloaded(f"{self._awaiting_first} requests are queued for prefill (bound "
@@ -641,7 +642,7 @@ class SchedulerCore:
             e2e_s=t.e2e.summary(), slo_attainment=t.slo_met / finished if finished else 0.0,
             input_tokens=t.input_tokens, output_tokens=t.output_tokens, energy_j=sum(p.energy_j for p in pools),
             cost_usd=sum(p.cost_usd for p in pools), pools=pools, control_overhead_s=t.control_s.summary(),
-            time_scale=self.clock.time_scale)
+            time_scale=self.clock.time_scale, prompt_lengths=dict(t.prompt_sources))
 
 
 def _error_reason(error: WorkError) -> Reason:

@@ -30,6 +30,9 @@ registry by `python -m infersched.cli.metrics_reference`.
     infersched_workers{state}                     gauge: worker actors by state
     infersched_frontends                          gauge: front-end processes serving (with --frontends)
     infersched_frontend_restarts_total            counter: front ends replaced after dying (with --frontends)
+    infersched_http_responses_total{path,code}    counter: HTTP front door responses (with --http-port)
+    infersched_http_ttft_seconds                  histogram, wall seconds to the first streamed token
+    infersched_http_tpot_seconds                  histogram, wall seconds per streamed token after the first
     process_*                                     prometheus_client's process metrics (CPU, memory, files)
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 from collections import Counter
 
 from scheduler.live.core import SchedulerCore
+from scheduler.live.http import HttpFrontDoor
 from scheduler.live.relay.pool import FrontendPool
 from scheduler.live.types import RequestOutcome
 from scheduler.types import RequestStatus, Role
@@ -50,11 +54,12 @@ class Metrics:
     LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
     OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
-    def __init__(self, core: SchedulerCore, frontends: FrontendPool | None = None):
+    def __init__(self, core: SchedulerCore, frontends: FrontendPool | None = None, http: HttpFrontDoor | None = None):
         from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
         self.core = core
         self.frontends = frontends
+        self.http = http
         self.registry = CollectorRegistry(auto_describe=True)
         # process_* (CPU seconds, memory, open files) of the process serving the metrics: the
         # scheduler actor, whose CPU per request is what bounds a scheduler's throughput.
@@ -85,6 +90,12 @@ class Metrics:
         self.control = Histogram("infersched_control_overhead_seconds",
                                  "Wall time per completed request beyond its modelled device time",
                                  buckets=self.OVERHEAD_BUCKETS, registry=self.registry)
+        if http is not None:
+            self.http_ttft = Histogram("infersched_http_ttft_seconds", "HTTP request to first streamed token (wall "
+                                       "seconds)", buckets=self.LATENCY_BUCKETS, registry=self.registry)
+            self.http_tpot = Histogram("infersched_http_tpot_seconds", "Wall seconds per streamed token after the "
+                                       "first", buckets=self.OVERHEAD_BUCKETS, registry=self.registry)
+            http.on_stream_latency = self._stream_latency
         self.registry.register(self)
         core.on_outcome = self._outcome
         core.on_decision = self.decision.observe
@@ -101,6 +112,11 @@ class Metrics:
             self.tpot.observe(outcome.tpot_s)
             self.pool_tpot_of[outcome.decode_pool].observe(outcome.tpot_s)
         self.control.observe(max(control_s, 0.0))
+
+    def _stream_latency(self, ttft_s: float, tpot_s: float | None) -> None:
+        self.http_ttft.observe(ttft_s)
+        if tpot_s is not None:
+            self.http_tpot.observe(tpot_s)
 
     def describe(self):
         return []
@@ -167,6 +183,13 @@ class Metrics:
             yield CounterMetricFamily("infersched_frontend_restarts", "Front-end processes replaced after dying",
                                       value=self.frontends.restarts)
         yield workers
+        if self.http is not None:
+            responses = CounterMetricFamily("infersched_http_responses", "HTTP front door responses",
+                                            labels=["path", "code"])
+            # Copied in one C call: the event loop's thread counts while this one reads.
+            for (path, code), n in sorted(dict.copy(self.http.responses).items()):
+                responses.add_metric([path, str(code)], n)
+            yield responses
 
     def serve(self, host: str, port: int, security: ServiceSecurity | None = None) -> int:
         """Serve on host:port (0: any free port); behind `serve`'s TLS and token when it has them."""

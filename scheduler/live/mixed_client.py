@@ -44,6 +44,14 @@ class MixedWorkerClient:
                 return await counter(model, route, body)
         return None
 
+    async def count_prompt_tokens(self, model: str, payload) -> int | None:
+        """The HTTP front door's hook: the count of the real-engine client serving `model`."""
+        for client in self.clients:
+            counter = getattr(client, "count_prompt_tokens", None)
+            if counter is not None:
+                return await counter(model, payload)
+        return None
+
     @property
     def prompt_counts(self) -> dict:
         """Pools of real engines: prompts by how their length was counted."""

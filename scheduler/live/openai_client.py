@@ -32,7 +32,7 @@ import time
 import zlib
 
 from scheduler.cluster import Cluster
-from scheduler.live.types import ErrorKind, LiveOptions, Work, WorkError, WorkUpdate
+from scheduler.live.types import ErrorKind, LiveOptions, PromptPayload, Work, WorkError, WorkUpdate
 from workers.clock import Clock
 from workers.engine import DECODE, IDLE, PREFILL
 from workers.engine_estimates import LatencyEstimator
@@ -162,6 +162,13 @@ class OpenAIWorkerClient:
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return TokenCount(len(prompt), TokenCountSource.ENGINE)  # token ids: counted already
         return None
+
+    async def count_prompt_tokens(self, model: str, payload: PromptPayload) -> int | None:
+        """The HTTP front door's hook (scheduler.live.http.PromptCounter): the engine's own
+        count of a request's prompt; None (the front door estimates) when no engine here
+        serves `model` or the engine has no tokenizer endpoint."""
+        counted = await self.count_prompt(model, payload.route, json.loads(payload.body_json))
+        return counted.tokens if counted is not None and counted.source is TokenCountSource.ENGINE else None
 
     async def close(self) -> None:
         self.closed = True

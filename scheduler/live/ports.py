@@ -21,6 +21,7 @@ class Listener(enum.Enum):
 
     SCHEDULER = "scheduler gRPC"
     METRICS = "metrics HTTP"
+    HTTP = "OpenAI-compatible HTTP"
 
 
 class BindError(Exception):

@@ -1,7 +1,7 @@
 """The client-facing `infersched.v1.Scheduler` service: the only place Scheduler protos
 meet the core. Thin: it converts proto <-> core values and delegates.
 
-Generate submits the request to the core with a `_Stream` as its sink and
+Generate submits the request to the core with a `ResultStream` as its sink and
 streams what arrives: token events that arrive together go out as one chunk,
 and the last tokens travel with the final record in one message. A call the
 client abandons cancels the request in the same step (no await on the way),
@@ -91,7 +91,7 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
         decisions_total=s.decisions_total, scheduling_overhead_s=_percentiles_proto(s.scheduling_overhead_s),
         ttft_s=_percentiles_proto(s.ttft_s), tpot_s=_percentiles_proto(s.tpot_s), e2e_s=_percentiles_proto(s.e2e_s),
         slo_attainment=s.slo_attainment, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
-        energy_j=s.energy_j, cost_usd=s.cost_usd, time_scale=s.time_scale,
+        energy_j=s.energy_j, cost_usd=s.cost_usd, time_scale=s.time_scale, prompt_lengths=s.prompt_lengths,
         pools=[scheduler_pb2.PoolStats(
             name=p.name, device=p.device, model=p.model, role=_ROLE_TO_PROTO[p.role], instances=p.instances,
             chips_per_instance=p.chips_per_instance, queue_depth=p.queue_depth, running=p.running,
@@ -108,8 +108,9 @@ def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:
         running=w.running, kv_free_tokens=w.kv_free_tokens, kv_capacity_tokens=w.kv_capacity_tokens)
 
 
-class _Stream:
-    """One Generate call's sink: what the core produced since the handler last looked."""
+class ResultStream:
+    """One request's sink (a Generate call's, an HTTP request's): what the core produced
+    since the handler last looked."""
 
     __slots__ = ("items", "waiter")
 
@@ -174,7 +175,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except InvalidRequest as exc:
             core.note_invalid(str(exc))
             await context.abort(bounds.status_of(exc), str(exc))
-        stream = _Stream()
+        stream = ResultStream()
         try:
             key = core.submit(inp, stream)
         except InvalidRequest as exc:  # counted by the core

@@ -94,6 +94,7 @@ class Tally:
         self.input_tokens = 0
         self.output_tokens = 0
         self.reasons: Counter = Counter()  # (RequestStatus, Reason) -> requests
+        self.prompt_sources: Counter = Counter()  # accepted requests by PromptSource value
         self.pool_completed = [0] * n_pools
         self.ttft, self.tpot, self.e2e = LatencyWindow(window), LatencyWindow(window), LatencyWindow(window)
         self.decision_s, self.control_s = LatencyWindow(window), LatencyWindow(window)

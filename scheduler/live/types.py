@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scheduler.reasons import Reason
 from scheduler.types import RequestStatus, Role
@@ -14,7 +14,8 @@ from workers.work import DecodeSummary, PrefillOutcome
 
 __all__ = [
     "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "OutOfRange", "Overloaded",
-    "Percentiles", "PromptPayload", "PoolStatsView", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
+    "Percentiles", "PromptPayload", "PromptSource", "PoolStatsView", "RequestOutcome", "SchedulerStatsView",
+    "TokenEvent", "Work",
     "WorkError", "WorkUpdate", "WorkerState", "WorkerView",
 ]
 
@@ -96,6 +97,14 @@ class PromptPayload:
     body_json: bytes
 
 
+class PromptSource(enum.Enum):
+    """Where a request's prompt length came from (GetStats counts requests by it)."""
+
+    CLIENT = "client"  # the client sent the length or the token ids
+    ESTIMATED = "estimated"  # estimated from the prompt's text (emulated pools have no tokenizer)
+    TOKENIZED = "tokenized"  # counted by a serving engine's tokenizer
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateInput:
     request_id: str  # "" = the scheduler assigns one
@@ -110,6 +119,7 @@ class GenerateInput:
     difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
     payload: PromptPayload | None = None
     size_bytes: int = 0  # what it holds while in flight, against LiveOptions.max_pending_bytes
+    prompt_source: PromptSource = PromptSource.CLIENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +220,7 @@ class SchedulerStatsView:
     pools: list[PoolStatsView]
     control_overhead_s: Percentiles = Percentiles()
     time_scale: float = 0.0
+    prompt_lengths: dict[str, int] = field(default_factory=dict)  # accepted requests by PromptSource value
 
 
 @dataclass(frozen=True, slots=True)

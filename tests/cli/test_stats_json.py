@@ -13,7 +13,8 @@ from infersched.v1 import common_pb2, scheduler_pb2
 ROOT = Path(__file__).resolve().parents[2]
 
 # Keys only a running scheduler has (counters of a service that is still up, queue state now).
-LIVE_ONLY = {"uptime_s", "started_unix_s", "invalid", "in_flight", "decisions", "scheduling_overhead_s"}
+LIVE_ONLY = {"uptime_s", "started_unix_s", "invalid", "in_flight", "decisions", "scheduling_overhead_s",
+             "prompt_lengths"}
 LIVE_ONLY_POOL = {"queue_depth", "running", "completed", "kv_free_tokens", "kv_capacity_tokens"}
 
 
@@ -28,6 +29,7 @@ def stats_message() -> scheduler_pb2.SchedulerStats:
         tpot_s=lat(samples=297, p50_s=0.021, p90_s=0.03, p99_s=0.045, mean_s=0.023),
         e2e_s=lat(samples=297, p50_s=4.2, p90_s=9.8, p99_s=20.5, mean_s=5.1), slo_attainment=0.95,
         input_tokens=210_000, output_tokens=35_000, energy_j=5.5e5, cost_usd=0.31,
+        prompt_lengths={"client": 290, "estimated": 10},
         pools=[scheduler_pb2.PoolStats(name="h100-decode", device="h100-sxm", model="llama-3.1-8b",
                                        role=common_pb2.ROLE_DECODE, instances=1, chips_per_instance=1, queue_depth=0,
                                        running=0, completed=297, prefill_tokens=0, decode_tokens=35_000,
@@ -48,6 +50,7 @@ def test_numbers_are_numbers():
     assert (s["requests"], s["completed"], s["rejected"], s["failed"]) == (300, 297, 2, 1)
     assert s["ttft_s"] == {"p50": 0.12, "p90": 0.35, "p99": 0.9, "mean": 0.18, "samples": 297}
     assert s["reject_codes"] == {"QUEUE_FULL": 2, "WORKER_RESTARTED": 1}
+    assert s["prompt_lengths"] == {"client": 290, "estimated": 10}
     assert s["pools"]["h100-decode"]["decode_tokens"] == 35_000 and s["pools"]["h100-decode"]["role"] == "decode"
 
 

@@ -54,7 +54,7 @@ def _read_until(proc: subprocess.Popen, marker: str, timeout_s: float) -> list[s
 @pytest.fixture(scope="module")
 def serve():
     proc = subprocess.Popen([INFERSCHED, "serve", "--cluster", str(builtin_cluster_path("live-small")),
-                             "--port", "0", "--metrics-port", "0", "--time-scale", "0.01"],
+                             "--port", "0", "--metrics-port", "0", "--http-port", "0", "--time-scale", "0.01"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

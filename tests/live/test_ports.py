@@ -84,7 +84,8 @@ def test_metrics_port_flag(requested, expected):
 
 
 @pytest.mark.parametrize("listener, flags", [(Listener.SCHEDULER, ("--port N", "--host")),
-                                             (Listener.METRICS, ("--metrics-port N", "--metrics-host"))])
+                                             (Listener.METRICS, ("--metrics-port N", "--metrics-host")),
+                                             (Listener.HTTP, ("--http-port N", "--host"))])
 def test_bind_hint_names_the_flags(listener, flags):
     hint = bind_hint(BindError(listener, "127.0.0.1", 50051, "Address already in use"))
     assert "127.0.0.1:50051" in hint and all(flag in hint for flag in flags)
@@ -97,7 +98,8 @@ def _serve(*args) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("flag, frontends", [("--port", "0"), ("--port", "2"), ("--metrics-port", "0")])
+@pytest.mark.parametrize("flag, frontends", [("--port", "0"), ("--port", "2"), ("--metrics-port", "0"),
+                                             ("--http-port", "0")])
 def test_serve_on_a_taken_port_names_it_and_the_flag(flag, frontends):
     pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
     with held_port() as port:
