@@ -57,7 +57,7 @@ def served(tiny_model, tmp_path_factory):
         }
         path = log_dir / "cluster.yaml"
         path.write_text(yaml.safe_dump(cluster))
-        proc, address, lines = start_serve(path)
+        proc, address, lines = start_serve(path, "--http-port", "0")
         try:
             launched = [w.address for w in _workers(address).values() if w.pool == "launched"]
             yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
@@ -154,6 +154,36 @@ def test_prompt_beyond_the_engine_context_is_refused(served):
     error = _run(served.address, calls)
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE  # the pool's context_tokens bounds the request
     assert "passes the context (512 tokens, model tiny-llama)" in error.details()
+
+
+def test_the_official_openai_client_reaches_the_real_engines_through_the_http_front_door(served):
+    """Chat and completions, streamed and not, through `serve --http-port` to llama.cpp:
+    the engines' own text and tokenizer counts come back, and the core counts each request."""
+    openai = pytest.importorskip("openai")
+    base_url = next(ln.split("HTTP on ")[1].split()[0] for ln in served.lines if "OpenAI-compatible HTTP on" in ln)
+    client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=120, max_retries=0)
+    before = _stats(served.address).requests_completed
+
+    chat = client.chat.completions.create(model=MODEL_ALIAS, max_tokens=8,
+                                          messages=[{"role": "user", "content": "Say hello to the tiny model."}])
+    assert chat.choices[0].message.content and chat.usage.completion_tokens == 8
+    completion = client.completions.create(model=MODEL_ALIAS, prompt="one two three four", max_tokens=6)
+    assert completion.choices[0].text and completion.usage.completion_tokens == 6
+    chunks = list(client.chat.completions.create(model=MODEL_ALIAS, max_tokens=5, stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "Stream five tokens."}]))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed and chunks[-1].usage.completion_tokens == 5
+    assert completion.usage.prompt_tokens > 0 and chat.usage.prompt_tokens > completion.usage.prompt_tokens
+
+    stats = _stats(served.address)
+    assert stats.requests_completed == before + 3
+    # The completion's prompt was counted by the engine's tokenizer; llama-cpp-python has no
+    # chat-template endpoint, so the chats' lengths are estimates, and the stats say so.
+    lengths = dict(stats.prompt_lengths)
+    assert (lengths.get("tokenized"), lengths.get("estimated")) == (1, 2), lengths
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
 
 
 def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served):
