@@ -7,6 +7,11 @@ start (and again after Ray restarts them). When the core marks an instance
 FAILED, the supervisor probes it (a false alarm comes back at once), waits for
 Ray to restart a crashed actor (which registers itself, or its new address is
 pulled here), or replaces an actor out of restarts.
+
+The actor itself may be restarted by Ray (`start_scheduler(max_restarts=N)`):
+its worker actors, which it owns, die with it; the new incarnation starts
+itself, binds the same port (so give a fixed one), and creates new workers.
+Clients meanwhile get UNAVAILABLE, then held requests until a path is READY.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import contextlib
 import functools
 import gc
 import logging
+import os
 from typing import Any
 
 from infersched.v1 import scheduler_pb2_grpc
@@ -31,7 +37,7 @@ from scheduler.types import Role
 from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
 from workers.report import WorkerState
-from workers.rpc import resolve_host, start_grpc_server
+from workers.rpc import resolve_host, set_health, start_grpc_server
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class SchedulerActor:
         self.cluster: Cluster | None = None
         self._client: GrpcWorkerClient | None = None
         self._server = None
+        self._health = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
         self._decision_log: DecisionLog | None = None
@@ -94,6 +101,11 @@ class SchedulerActor:
         self._stopped = False
         self.address = ""
         self.metrics_address = ""
+        self.restarted = _reconstructed()
+        if self.restarted:  # Ray restarted this actor: nobody else will call start()
+            import ray
+
+            ray.get_runtime_context().current_actor.start.remote()
 
     async def start(self) -> dict:
         """Start serving and create the workers; returns where it listens. Idempotent."""
@@ -115,11 +127,12 @@ class SchedulerActor:
         clock = ScaledClock(self.options.time_scale)
         self._client = GrpcWorkerClient(clock, self.options)
         if self.decision_log_path:
-            self._decision_log = DecisionLog.open(self.decision_log_path)
+            self._decision_log = DecisionLog.open(self.decision_log_path, append=self.restarted)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
         core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client,
                                          decision_log=self._decision_log)
         core.on_worker_failed = self._on_worker_failed
+        core.on_serving = self._on_serving
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
         bind, advertise = resolve_host(self.host)
@@ -132,7 +145,8 @@ class SchedulerActor:
                 scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
                 return [SCHEDULER_SERVICE]
 
-            self._server, port, _ = await start_grpc_server(bind, add, port=self.port)
+            # NOT_SERVING until the core can place a request (scheduler.live.readiness).
+            self._server, port, self._health = await start_grpc_server(bind, add, port=self.port, serving=False)
         self.address = f"{advertise}:{port}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends)
@@ -174,6 +188,12 @@ class SchedulerActor:
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
                  rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
 
+    def _on_serving(self, serving: bool) -> None:
+        if self._health is not None:
+            asyncio.get_running_loop().create_task(set_health(self._health, [SCHEDULER_SERVICE], serving))
+        if self._frontends is not None:
+            self._frontends.set_serving(serving)
+
     async def _flush_decisions(self) -> None:
         """Lines reach the file within DECISION_LOG_FLUSH_S (it is written through a 1 MiB
         buffer: a write per decision would cost the event loop a system call each)."""
@@ -183,6 +203,7 @@ class SchedulerActor:
 
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+                "pid": os.getpid(), "restarted": self.restarted, "serving": self.core.serving if self.core else False,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
@@ -281,6 +302,16 @@ class SchedulerActor:
                 ray.kill(handle, no_restart=True)
 
 
+def _reconstructed() -> bool:
+    """Whether this process is a Ray restart of the actor (False outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # not inside an actor
+        return False
+
+
 @functools.cache
 def scheduler_actor_class():
     """SchedulerActor as a Ray actor class (Ray imported on first use)."""
@@ -290,20 +321,26 @@ def scheduler_actor_class():
 
 
 def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s: float = 180.0,
-                    **kwargs: Any) -> tuple[Any, dict]:
+                    max_restarts: int = 0, wait: bool = True, **kwargs: Any) -> tuple[Any, dict]:
     """From a Ray driver: create the scheduler actor on this node and start it.
-    Returns (actor handle, describe() dict). Blocking; not for use inside actors."""
+    Returns (actor handle, describe() dict). Blocking; not for use inside actors.
+    `max_restarts`: how often Ray restarts it after its process dies (the module's
+    docstring). `wait=False` returns at once with an empty dict: the actor serves
+    (NOT_SERVING, holding requests) while its workers start."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {
-        "num_cpus": 0, "max_restarts": 0,
+        "num_cpus": 0, "max_restarts": max_restarts,
         # On this node, so a scheduler bound to 127.0.0.1 is reachable by local clients.
         "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     }
     if name:
         options["name"] = name
     actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
+    if not wait:
+        actor.start.remote()
+        return actor, {}
     try:
         info = ray.get(actor.start.remote(), timeout=timeout_s)
     except BaseException:

@@ -25,6 +25,11 @@ again, up to `max_retries` times after `retry_backoff_s`, then ends FAILED
 with the reason. Tokens the client already received are not sent again.
 `max_queue` bounds the requests accepted but not yet past prefill: beyond it
 `submit` raises Overloaded (counted as rejected, reason "queue full").
+
+Readiness (`scheduler.live.readiness`): only READY instances are candidates.
+While no path through the cluster is READY (before the workers register, or
+with all drained or failed) requests are held, within `max_queue`, for up to
+`max_hold_s`, then end FAILED; `on_serving` hears each change.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import numpy as np
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.live.mirror import Mirrors
+from scheduler.live.readiness import ServingPaths
 from scheduler.live.stats import Tally, Usage, pool_stats
 from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
                                   Overloaded, RequestOutcome, SchedulerStatsView, TokenEvent, Work,
@@ -76,7 +82,8 @@ def check_live_policy(policy: Policy) -> None:
 class _Slot:
     """The core's view of one instance's worker."""
 
-    __slots__ = ("instance", "pool", "worker_id", "address", "state", "usage", "retired", "restarts", "stages")
+    __slots__ = ("instance", "pool", "worker_id", "address", "state", "usage", "retired", "restarts", "stages",
+                 "drained")
 
     def __init__(self, instance: int, pool):
         self.instance = instance
@@ -88,6 +95,7 @@ class _Slot:
         self.retired = Usage()  # earlier incarnations of this instance
         self.restarts = 0
         self.stages: dict[str, _Flight] = {}  # stages in flight here, by attempt key
+        self.drained = False  # by an operator: out of the candidate sets until undrained
 
 
 class _Flight:
@@ -161,6 +169,10 @@ class SchedulerCore:
         self.mirrors = Mirrors(cluster, self.snap)
         self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
+        self._held: dict[str, _Flight] = {}  # waiting for an instance able to serve (`serving`)
+        self._paths = ServingPaths(cluster)
+        self.serving = False
+        self.on_serving: Callable[[bool], None] | None = None
         self._stages: dict[str, _Flight] = {}  # by attempt key
         self._seq = 0
         self._awaiting_first = 0
@@ -169,12 +181,14 @@ class SchedulerCore:
         self._slack = options.worker_slack_s / clock.time_scale
         self._timeout = options.rpc_timeout_s / clock.time_scale
         self._backoff = options.retry_backoff_s / clock.time_scale
+        self._hold_limit = options.max_hold_s / clock.time_scale
         self.on_worker_failed: Callable[[int], None] | None = None
         self.on_outcome: Callable[[RequestOutcome, float], None] | None = None
         self.on_decision: Callable[[float], None] | None = None
         # For validation: model name -> capability.
         self._tiers = {p.perf.model.name: (p.perf.model.capability if p.perf.model.capability is not None else 1.0)
                        for p in cluster.pools}
+        self._refresh_candidates()  # every instance is STARTING: none is a candidate yet
         workers.bind(self)
 
     def now(self) -> float:
@@ -193,7 +207,7 @@ class SchedulerCore:
         slot = self.slots[instance]
         if slot.worker_id == worker_id and slot.address == address:
             if slot.state == WorkerState.FAILED:
-                self._set_state(slot, WorkerState.READY)
+                self._set_state(slot, self._up_state(slot))
             return False
         if slot.stages:  # lost with the old incarnation; nobody is to blame
             self._lose(slot, WorkError(ErrorKind.RESTARTED, "UNAVAILABLE", "the worker restarted"))
@@ -205,19 +219,45 @@ class SchedulerCore:
         slot.address = address
         self.workers.connect(instance, address)
         self.mirrors.reset(instance)
-        self._set_state(slot, WorkerState.READY)
+        self._set_state(slot, self._up_state(slot))
         log.info("worker %s registered for instance %d (%s) at %s", worker_id, instance, slot.pool.name, address)
         return True
+
+    @staticmethod
+    def _up_state(slot: _Slot) -> WorkerState:
+        return WorkerState.DRAINED if slot.drained else WorkerState.READY
 
     def _set_state(self, slot: _Slot, state: WorkerState) -> None:
         if slot.state == state:
             return
         slot.state = state
+        self._refresh_candidates()
+
+    def _refresh_candidates(self) -> None:
         alive = np.array([s.state == WorkerState.READY for s in self.slots])
-        # The policy sees only live instances: a failed one leaves the candidate sets
-        # (filters' precomputed minima stay valid, since a subset only raises them).
+        # The policy sees only READY instances: a starting, drained or failed one is out of
+        # the candidate sets (filters' precomputed minima stay valid, since a subset only
+        # raises them).
         for stage, base in self._base_candidates.items():
             self.snap.candidates[stage] = base[alive[base]]
+        serving = self._paths.can_serve(alive)
+        if serving == self.serving:
+            return
+        self.serving = serving
+        log.info("scheduler %s", "serving" if serving else "not serving: no path through the cluster is ready")
+        if serving and self._held:
+            self.clock.call_at(self.now(), self._release_held)
+        if self.on_serving is not None:
+            self.on_serving(serving)
+
+    def set_drained(self, instance: int, drained: bool) -> None:
+        """An operator's drain (or undrain) of one instance; idempotent."""
+        slot = self.slots[instance]
+        slot.drained = drained
+        if drained and slot.state == WorkerState.READY:
+            self._set_state(slot, WorkerState.DRAINING if slot.stages else WorkerState.DRAINED)
+        elif not drained and slot.state in (WorkerState.DRAINING, WorkerState.DRAINED) and slot.worker_id:
+            self._set_state(slot, WorkerState.READY)
 
     def mark_failed(self, instance: int, reason: str) -> None:
         slot = self.slots[instance]
@@ -231,10 +271,11 @@ class SchedulerCore:
     def mark_ready(self, instance: int) -> None:
         slot = self.slots[instance]
         if slot.worker_id and slot.state == WorkerState.FAILED:
-            self._set_state(slot, WorkerState.READY)
+            self._set_state(slot, self._up_state(slot))
 
     def down_instances(self) -> int:
-        return sum(1 for s in self.slots if s.state != WorkerState.READY)
+        """Instances expected back by themselves (starting or failed; drained ones wait for an operator)."""
+        return sum(1 for s in self.slots if s.state in (WorkerState.STARTING, WorkerState.FAILED))
 
     # ---- events from workers (WorkerEvents) ---------------------------------
     def on_report(self, instance: int, report: LoadReport, engine_state: bytes | None) -> None:
@@ -347,6 +388,7 @@ class SchedulerCore:
             return
         if fl.akey and fl.at >= 0:
             self.workers.cancel(fl.at, fl.akey)
+        self._held.pop(key, None)
         self._end_stage(fl)
         fl.sink = None
         self._finish(fl, RequestStatus.FAILED, "cancelled")
@@ -397,6 +439,9 @@ class SchedulerCore:
         (the mirrors show the instances as they are when the prompt reaches them, which is
         when the workers admit it; transit does not age the view)."""
         fl.timer = None
+        if not self.serving:
+            self._hold(fl)
+            return
         clock = self.clock
         now = fl.arrival_s + (clock.wall() - fl.wall0)
         self.mirrors.refresh(now)
@@ -419,6 +464,24 @@ class SchedulerCore:
             return
         fl.prefill_instance, fl.decode_instance = decision.prefill_instance, decision.decode_instance
         self._dispatch(fl)
+
+    def _hold(self, fl: _Flight) -> None:
+        """No path can serve now: wait for one (`_release_held`), up to max_hold_s."""
+        self._held[fl.key] = fl
+        fl.timer = self.clock.call_at(self.now() + self._hold_limit, lambda: self._hold_expired(fl))
+
+    def _hold_expired(self, fl: _Flight) -> None:
+        fl.timer = None
+        if self._held.pop(fl.key, None) is fl:
+            self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
+                                                   "(none ready: starting, drained or failed)")
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, {}
+        for fl in held.values():
+            if fl.timer is not None:
+                fl.timer.cancel()
+            self._place(fl)
 
     def _retry_later(self, fl: _Flight) -> None:
         fl.retries += 1
@@ -461,7 +524,10 @@ class SchedulerCore:
         if fl.akey:
             self._stages.pop(fl.akey, None)
             if fl.at >= 0:
-                self.slots[fl.at].stages.pop(fl.akey, None)
+                slot = self.slots[fl.at]
+                slot.stages.pop(fl.akey, None)
+                if slot.drained and slot.state == WorkerState.DRAINING and not slot.stages:
+                    self._set_state(slot, WorkerState.DRAINED)
         fl.at = -1
 
     def _timed_out(self, fl: _Flight, key: str) -> None:
