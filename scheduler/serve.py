@@ -125,7 +125,8 @@ def run_serve(args) -> int:
         if info["decision_log"]:
             _say(f"decisions logged to {info['decision_log']} (flushed every {DECISION_LOG_FLUSH_S:g} s)")
         _say(f"ready: {len(info['workers'])} workers registered, health "
-             f"{'SERVING' if info['serving'] else 'NOT_SERVING (every worker is drained)'}")
+             f"{'SERVING' if info['serving'] else 'NOT_SERVING (every worker is drained)'} "
+             f"(scheduler actor pid {info['pid']})")
         _say("Ctrl-C or SIGTERM stops it")
         return _watch(actor, info, stop)
     finally:

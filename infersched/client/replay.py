@@ -110,6 +110,7 @@ class ReplayResult(SimResult):
     sent: int = 0
     unknown: int = 0
     stopped: str = ""
+    failure_reasons: dict | None = None  # FAILED requests by reason (the scheduler's, or "unknown: ...")
 
 
 async def replay(target: str, workload, *, speedup: float | None = None, cluster=None, slo: SloConfig | None = None,
@@ -132,13 +133,14 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             raise ValueError(f"speedup must be a positive number, got {speedup!r}")
         prefix = f"replay-{uuid.uuid4().hex[:8]}"
         reasons: dict[str, int] = {}
+        failures: dict[str, int] = {}
         counts = {"messages": 0, "tokens": 0, "unavailable_run": 0, "unknown": 0}
         stopped = asyncio.Event()
 
         def unknown(i: int) -> None:
             rec.status[i] = RequestStatus.FAILED
             counts["unknown"] += 1
-            reasons[UNKNOWN_REASON] = reasons.get(UNKNOWN_REASON, 0) + 1
+            failures[UNKNOWN_REASON] = failures.get(UNKNOWN_REASON, 0) + 1
         itl = ItlHistogram()
 
         async def attempt(i: int, inp: int, out: int, due: float, hashes) -> None:
@@ -186,6 +188,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 _add_gaps(itl, chunks, record.first_token_s, record.finish_s)
             if rec.status[i] == RequestStatus.REJECTED:
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
+            elif rec.status[i] == RequestStatus.FAILED:
+                failures[record.reason] = failures.get(record.reason, 0) + 1
 
         async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
             try:
@@ -263,7 +267,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall, itl=itl,
         send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
                          float(lateness.max())) if n else (0.0, 0.0, 0.0),
-        sent=sent, unknown=counts["unknown"], stopped=why)
+        sent=sent, unknown=counts["unknown"], stopped=why, failure_reasons=failures)
 
 
 def _first(rec: RequestRecords, k: int) -> RequestRecords:
@@ -344,5 +348,6 @@ def live_summary(result: ReplayResult, target: str) -> dict:
         "send_lateness_s": dict(zip(("p50", "p99", "max"), result.send_lateness_s)),
         "generate_rps_wall": result.records.n / result.client_wall_s if result.client_wall_s > 0 else None,
         "sent": result.sent, "unknown": result.unknown, "stopped": result.stopped or None,
+        "failure_reasons": result.failure_reasons or {},
     }
     return summary

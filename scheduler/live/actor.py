@@ -304,10 +304,14 @@ class SchedulerActor:
 
 def _reconstructed() -> bool:
     """Whether this process is a Ray restart of the actor (False outside Ray)."""
+    import warnings
+
     try:
         import ray
 
-        return ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's own property reads its deprecated actor_id
+            warnings.simplefilter("ignore")
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # not inside an actor
         return False
 

@@ -22,7 +22,11 @@ Failures: a stage that fails on a worker (or passes `rpc_timeout_s`) marks
 that instance FAILED when the worker is to blame (the policy stops seeing it;
 `on_worker_failed` hands it to the supervisor) and the request is placed
 again, up to `max_retries` times after `retry_backoff_s`, then ends FAILED
-with the reason. Tokens the client already received are not sent again.
+with the reason. A stage lost because its worker died (its session broke, it
+restarted, or the decode peer of a hand-over went away) is moved elsewhere
+without counting against `max_retries`, for up to `max_hold_s` after the
+request arrived: ten worker kills in a few seconds must not fail a request
+that met three of them. Tokens the client already received are not sent again.
 `max_queue` bounds the requests accepted but not yet past prefill: beyond it
 `submit` raises Overloaded (counted as rejected, reason "queue full").
 
@@ -105,7 +109,7 @@ class _Flight:
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
                  "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload")
+                 "payload", "moved")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -124,6 +128,7 @@ class _Flight:
         self.status = RequestStatus.PENDING
         self.reason = ""
         self.retries = 0
+        self.moved = 0  # retries after its worker died (not charged to max_retries)
         self.attempt = 0
         self.awaiting = True  # counts against the queue bound until its first token
         self.sent = 0  # output tokens already streamed to the client
@@ -344,7 +349,7 @@ class SchedulerCore:
 
     def _lose(self, slot: _Slot, error: WorkError) -> None:
         for fl in list(slot.stages.values()):
-            self._stage_failed(fl, error)
+            self._stage_failed(fl, error, worker_died=True)
 
     # ---- requests -----------------------------------------------------------
     def note_invalid(self, reason: str) -> None:
@@ -549,12 +554,13 @@ class SchedulerCore:
             return
         self._finish(fl, RequestStatus.COMPLETED, "")
 
-    def _stage_failed(self, fl: _Flight, error: WorkError) -> None:
+    def _stage_failed(self, fl: _Flight, error: WorkError, worker_died: bool = False) -> None:
         at = fl.at
         stage = fl.stage
         blamed = self.slots[at]
         if error.peer_instance >= 0 and error.peer_instance == fl.decode_instance != at:
             blamed = self.slots[error.peer_instance]
+            worker_died = worker_died or error.code == "UNAVAILABLE"  # the decode peer went away
         self._end_stage(fl)
         if error.kind == ErrorKind.RESTARTED:
             message = f"{stage} on instance {blamed.instance} ({blamed.pool.name}) was lost: {error.message}"
@@ -562,10 +568,15 @@ class SchedulerCore:
             message = f"{stage} on instance {blamed.instance} ({blamed.pool.name}) failed: {error.code}: {error.message}"
         if error.kind == ErrorKind.WORKER:
             self.mark_failed(blamed.instance, message)
-        self._failed(fl, message, retryable=error.kind != ErrorKind.INVALID)
+        self._failed(fl, message, retryable=error.kind != ErrorKind.INVALID,
+                     worker_died=worker_died or error.kind == ErrorKind.RESTARTED)
 
-    def _failed(self, fl: _Flight, message: str, retryable: bool) -> None:
-        if not retryable or fl.retries >= self.options.max_retries:
+    def _failed(self, fl: _Flight, message: str, retryable: bool, worker_died: bool = False) -> None:
+        if worker_died and self.now() - fl.arrival_s < self._hold_limit:
+            fl.moved += 1
+            self._retry_later(fl)
+            return
+        if not retryable or fl.retries - fl.moved >= self.options.max_retries:
             tail = f" (after {fl.retries} retries)" if retryable else ""
             self._finish(fl, RequestStatus.FAILED, f"{message}{tail}")
             return

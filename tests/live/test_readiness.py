@@ -158,3 +158,35 @@ def test_a_drained_instance_finishes_its_work_gets_none_new_and_stays_drained_ac
         core.submit(GenerateInput(f"again-{i}", 300, 10), sink)
     clock.run()
     assert {s.outcome.prefill_instance for s in again} == {0, 1}
+
+
+def test_stages_lost_with_their_workers_move_without_spending_the_retry_budget():
+    """Three worker deaths under one request with max_retries=1: it moves each time and
+    completes; past max_hold_s a death counts against the budget again."""
+    from scheduler.live.types import ErrorKind, WorkError
+
+    core, client, clock, _ = unregistered(TWO_B200_RR, replace(OPTIONS, max_retries=1, max_hold_s=50.0))
+    register(core, client, 0, 1)
+    sink = Sink()
+    key = core.submit(GenerateInput("survivor", 400, 3000), sink)
+    died = WorkError(ErrorKind.WORKER, "UNAVAILABLE", "Stream removed")
+    for t in (2.0, 4.0, 6.0):
+        clock.run_until(t)
+        at = core._active[key].at
+        core.on_lost(at, died)
+        core.mark_ready(at)  # back at once (a false alarm, or Ray restarted it at once)
+    clock.run()
+    o = sink.outcome
+    assert o.status == RequestStatus.COMPLETED and o.retries == 3 and sink.count == 3000
+
+    core, client, clock, _ = unregistered(TWO_B200_RR, replace(OPTIONS, max_retries=1, max_hold_s=1.0))
+    register(core, client, 0, 1)
+    late = Sink()
+    key = core.submit(GenerateInput("late", 400, 3000), late)
+    for t in (2.0, 3.0):
+        clock.run_until(t)
+        at = core._active[key].at
+        core.on_lost(at, died)
+        core.mark_ready(at)
+    clock.run()
+    assert late.outcome.status == RequestStatus.FAILED and late.outcome.reason.endswith("(after 1 retries)")
