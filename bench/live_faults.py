@@ -25,13 +25,11 @@ SIGINT (then killed by PID), so the run stops by itself.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,82 +37,34 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
+from infersched.v1 import common_pb2  # noqa: E402
+from tests.faults.live import SERVING, free_port, send_every, stats, wait_health, workers  # noqa: E402
 
 CLI = [sys.executable, "-m", "infersched.cli"]
-SERVING = health_pb2.HealthCheckResponse.SERVING
 READY_RE = re.compile(r"ready: .*\(scheduler actor pid (\d+)\)")
 STOPPED_RE = re.compile(r"sent ([\d,]+) of [\d,]+ requests, ([\d,]+) completed, ([\d,]+) unknown")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def health(address: str):
-    try:
-        with grpc.insecure_channel(address) as channel:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-    except grpc.RpcError:
-        return None
-
-
 def wait_serving(address: str, timeout_s: float) -> tuple[float, list]:
-    """Monotonic time of the first SERVING answer, and the distinct statuses seen before it."""
-    seen = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = health(address)
-        if not seen or seen[-1] != got:
-            seen.append(got)
-        if got == SERVING:
-            return time.monotonic(), seen
-        time.sleep(0.02)
-    raise RuntimeError(f"no SERVING answer from {address} within {timeout_s} s: {seen}")
-
-
-def stub_call(address: str, method: str, request):
-    with grpc.insecure_channel(address) as channel:
-        return getattr(scheduler_pb2_grpc.SchedulerStub(channel), method)(request, timeout=10)
+    """Monotonic time of the first SERVING answer, and the distinct statuses seen up to it."""
+    seen = wait_health(address, SERVING, timeout_s)
+    return time.monotonic(), seen
 
 
 def completed(address: str) -> int:
-    return stub_call(address, "GetStats", scheduler_pb2.GetStatsRequest()).requests_completed
+    return stats(address).requests_completed
 
 
 def every_10ms(address: str, n: int) -> Counter:
-    async def one(stub, i):
-        try:
-            record = None
-            async for item in stub.Generate(scheduler_pb2.GenerateRequest(
-                    request_id=f"first-{i}", prompt_length=512, max_output_tokens=32), timeout=120):
-                if item.HasField("record"):
-                    record = item.record
-            return common_pb2.RequestStatus.Name(record.status) if record else "no record"
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-
-    async def main():
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            tasks = []
-            for i in range(n):
-                await asyncio.sleep(max(0.0, t0 + i * 0.010 - loop.time()))
-                tasks.append(asyncio.ensure_future(one(stub, i)))
-            return Counter(await asyncio.gather(*tasks))
-
-    return asyncio.run(main())
+    results = send_every(address, n, 0.010, prompt_length=512, max_output_tokens=32)
+    return Counter(e.code().name if e is not None else common_pb2.RequestStatus.Name(r.status) if r else "no record"
+                   for r, e in results)
 
 
 def replay(address: str, out: Path, requests: int) -> subprocess.Popen:
@@ -145,7 +95,7 @@ def phase_kills(address: str, work: Path) -> dict:
     out = work / "kills.json"
     proc = replay(address, out, 600)
     wait_completed(address, completed(address) + 20, proc)
-    ids = [w.worker_id for w in stub_call(address, "ListWorkers", scheduler_pb2.ListWorkersRequest()).workers]
+    ids = [w.worker_id for w in workers(address)]
     killed = []
     for i in np.random.default_rng(13).permutation(len(ids))[:10].tolist():
         os.kill(int(ids[i].split("-")[-2]), signal.SIGKILL)  # <pool>-<instance>-<pid>-<hex>

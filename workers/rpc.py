@@ -61,7 +61,7 @@ async def start_grpc_server(bind: str, add_services: Callable[[grpc.aio.Server],
     """A grpc.aio server with `add_services`' services plus health and reflection, its
     health SERVING (or NOT_SERVING until the caller says otherwise: `set_health`).
     Returns (server, bound port, health servicer)."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
     server = grpc.aio.server(options=SERVER_OPTIONS)

@@ -17,7 +17,6 @@ import numpy as np
 
 from scheduler.cluster import Cluster
 from scheduler.types import Role
-from workers.report import WorkerState
 
 
 class ServingPaths:
@@ -25,13 +24,15 @@ class ServingPaths:
 
     def __init__(self, cluster: Cluster):
         roles = np.array([int(cluster.pool_of(i).role) for i in range(cluster.n_instances)])
-        models = [cluster.pool_of(i).perf.model.name for i in range(cluster.n_instances)]
+        models = np.array([cluster.pool_of(i).perf.model.name for i in range(cluster.n_instances)])
         self._both = np.flatnonzero(roles == int(Role.BOTH))
-        # Per model: (its prefill instances, its decode instances).
-        self._split = [(np.array([i for i in range(len(models)) if models[i] == m and roles[i] == int(Role.PREFILL)]),
-                        np.array([i for i in range(len(models)) if models[i] == m and roles[i] == int(Role.DECODE)]))
-                       for m in sorted(set(models))]
-        self._split = [(p, d) for p, d in self._split if len(p) and len(d)]
+        # Per model with both: (its prefill instances, its decode instances).
+        self._split = []
+        for model in sorted(set(models.tolist())):
+            prefill = np.flatnonzero((models == model) & (roles == int(Role.PREFILL)))
+            decode = np.flatnonzero((models == model) & (roles == int(Role.DECODE)))
+            if len(prefill) and len(decode):
+                self._split.append((prefill, decode))
 
     def can_serve(self, ready: np.ndarray) -> bool:
         """`ready`: one bool per instance, True for READY."""

@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from infersched.v1 import common_pb2, scheduler_pb2_grpc
 from tests.faults.live import (NOT_SERVING, SERVING, cli, cluster_config, free_port, generate, health, ray_for,
                                replay_process, send_every, stats, wait_health, workers)
 
