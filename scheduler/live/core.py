@@ -22,18 +22,14 @@ Failures: a stage that fails on a worker (or passes `rpc_timeout_s`) marks
 that instance FAILED when the worker is to blame (the policy stops seeing it;
 `on_worker_failed` hands it to the supervisor) and the request is placed
 again, up to `max_retries` times after `retry_backoff_s`, then ends FAILED
-with the reason. A stage lost because its worker died (its session broke, it
-restarted, or the decode peer of a hand-over went away) is moved elsewhere
-without counting against `max_retries`, for up to `max_hold_s` after the
-request arrived: ten worker kills in a few seconds must not fail a request
-that met three of them. Tokens the client already received are not sent again.
+with the reason; a stage lost because its worker died (session broken,
+restart, decode peer gone) moves without spending `max_retries`, within
+`max_hold_s` of arrival. Tokens the client already received are not sent again.
 `max_queue` bounds the requests accepted but not yet past prefill: beyond it
 `submit` raises Overloaded (counted as rejected, reason "queue full").
 
-Readiness (`scheduler.live.readiness`): only READY instances are candidates.
-While no path through the cluster is READY (before the workers register, or
-with all drained or failed) requests are held, within `max_queue`, for up to
-`max_hold_s`, then end FAILED; `on_serving` hears each change.
+Readiness (`scheduler.live.readiness`): only READY instances are candidates;
+while no path is READY requests are held (within `max_queue`, `max_hold_s`).
 """
 from __future__ import annotations
 
@@ -47,7 +43,7 @@ import numpy as np
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.live.mirror import Mirrors
-from scheduler.live.readiness import ServingPaths
+from scheduler.live.readiness import HeldRequests, ServingPaths
 from scheduler.live.stats import Tally, Usage, pool_stats
 from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
                                   Overloaded, RequestOutcome, SchedulerStatsView, TokenEvent, Work,
@@ -174,7 +170,6 @@ class SchedulerCore:
         self.mirrors = Mirrors(cluster, self.snap)
         self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
-        self._held: dict[str, _Flight] = {}  # waiting for an instance able to serve (`serving`)
         self._paths = ServingPaths(cluster)
         self.serving = False
         self.on_serving: Callable[[bool], None] | None = None
@@ -186,7 +181,7 @@ class SchedulerCore:
         self._slack = options.worker_slack_s / clock.time_scale
         self._timeout = options.rpc_timeout_s / clock.time_scale
         self._backoff = options.retry_backoff_s / clock.time_scale
-        self._hold_limit = options.max_hold_s / clock.time_scale
+        self._held = HeldRequests(clock, options.max_hold_s / clock.time_scale, self._hold_expired)
         self.on_worker_failed: Callable[[int], None] | None = None
         self.on_outcome: Callable[[RequestOutcome, float], None] | None = None
         self.on_decision: Callable[[float], None] | None = None
@@ -393,7 +388,7 @@ class SchedulerCore:
             return
         if fl.akey and fl.at >= 0:
             self.workers.cancel(fl.at, fl.akey)
-        self._held.pop(key, None)
+        self._held.discard(key)
         self._end_stage(fl)
         fl.sink = None
         self._finish(fl, RequestStatus.FAILED, "cancelled")
@@ -445,7 +440,7 @@ class SchedulerCore:
         when the workers admit it; transit does not age the view)."""
         fl.timer = None
         if not self.serving:
-            self._hold(fl)
+            self._held.hold(fl)
             return
         clock = self.clock
         now = fl.arrival_s + (clock.wall() - fl.wall0)
@@ -470,22 +465,12 @@ class SchedulerCore:
         fl.prefill_instance, fl.decode_instance = decision.prefill_instance, decision.decode_instance
         self._dispatch(fl)
 
-    def _hold(self, fl: _Flight) -> None:
-        """No path can serve now: wait for one (`_release_held`), up to max_hold_s."""
-        self._held[fl.key] = fl
-        fl.timer = self.clock.call_at(self.now() + self._hold_limit, lambda: self._hold_expired(fl))
-
     def _hold_expired(self, fl: _Flight) -> None:
-        fl.timer = None
-        if self._held.pop(fl.key, None) is fl:
-            self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
-                                                   "(none ready: starting, drained or failed)")
+        self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
+                                               "(none ready: starting, drained or failed)")
 
     def _release_held(self) -> None:
-        held, self._held = self._held, {}
-        for fl in held.values():
-            if fl.timer is not None:
-                fl.timer.cancel()
+        for fl in self._held.take_all():
             self._place(fl)
 
     def _retry_later(self, fl: _Flight) -> None:
@@ -572,7 +557,7 @@ class SchedulerCore:
                      worker_died=worker_died or error.kind == ErrorKind.RESTARTED)
 
     def _failed(self, fl: _Flight, message: str, retryable: bool, worker_died: bool = False) -> None:
-        if worker_died and self.now() - fl.arrival_s < self._hold_limit:
+        if worker_died and self.now() - fl.arrival_s < self._held.limit_s:
             fl.moved += 1
             self._retry_later(fl)
             return

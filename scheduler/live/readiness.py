@@ -13,10 +13,13 @@ restarts, until it is undrained.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from scheduler.cluster import Cluster
 from scheduler.types import Role
+from workers.clock import Clock
 
 
 class ServingPaths:
@@ -39,4 +42,39 @@ class ServingPaths:
         if ready[self._both].any():
             return True
         return any(ready[p].any() and ready[d].any() for p, d in self._split)
+
+
+class HeldRequests:
+    """Requests (the core's flights: `.key`, `.timer`) waiting for a path, each for at
+    most `limit_s` modelled seconds, after which `expired(flight)` is called."""
+
+    def __init__(self, clock: Clock, limit_s: float, expired: Callable[[object], None]):
+        self.limit_s = limit_s
+        self._clock = clock
+        self._expired = expired
+        self._held: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, flight) -> None:
+        self._held[flight.key] = flight
+        flight.timer = self._clock.call_at(self._clock.now() + self.limit_s, lambda: self._expire(flight))
+
+    def _expire(self, flight) -> None:
+        flight.timer = None
+        if self._held.pop(flight.key, None) is flight:
+            self._expired(flight)
+
+    def discard(self, key: str) -> None:
+        self._held.pop(key, None)
+
+    def take_all(self) -> list:
+        """Every held flight, its hold timer cancelled."""
+        held, self._held = list(self._held.values()), {}
+        for flight in held:
+            if flight.timer is not None:
+                flight.timer.cancel()
+                flight.timer = None
+        return held
 
