@@ -80,6 +80,8 @@ def run_serve(args) -> int:
     if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
         _say(f"error: --decision-log {args.decision_log}: directory {os.path.dirname(decision_log)} does not exist")
         return 2
+    if decision_log:
+        open(decision_log, "w").close()  # the scheduler appends: a restarted one keeps what was logged
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)

@@ -9,8 +9,10 @@ Ray to restart a crashed actor (which registers itself, or its new address is
 pulled here), or replaces an actor out of restarts.
 
 The actor itself may be restarted by Ray (`start_scheduler(max_restarts=N)`):
-its worker actors, which it owns, die with it; the new incarnation starts
-itself, binds the same port (so give a fixed one), and creates new workers.
+its worker actors, which it owns, die with it; every incarnation starts
+itself (a call to its own start() queued from __init__: nobody else calls it
+after a restart), binds the same port (so give a fixed one) and creates new
+workers, and appends to the decision log (which `serve` truncates first).
 Clients meanwhile get UNAVAILABLE, then held requests until a path is READY.
 """
 from __future__ import annotations
@@ -101,8 +103,7 @@ class SchedulerActor:
         self._stopped = False
         self.address = ""
         self.metrics_address = ""
-        self.restarted = _reconstructed()
-        if self.restarted:  # Ray restarted this actor: nobody else will call start()
+        if _in_actor():
             import ray
 
             ray.get_runtime_context().current_actor.start.remote()
@@ -127,7 +128,7 @@ class SchedulerActor:
         clock = ScaledClock(self.options.time_scale)
         self._client = GrpcWorkerClient(clock, self.options)
         if self.decision_log_path:
-            self._decision_log = DecisionLog.open(self.decision_log_path, append=self.restarted)
+            self._decision_log = DecisionLog.open(self.decision_log_path, append=True)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
         core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client,
                                          decision_log=self._decision_log)
@@ -203,7 +204,7 @@ class SchedulerActor:
 
     def describe(self) -> dict:
         return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
-                "pid": os.getpid(), "restarted": self.restarted, "serving": self.core.serving if self.core else False,
+                "pid": os.getpid(), "serving": self.core.serving if self.core else False,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
@@ -302,17 +303,13 @@ class SchedulerActor:
                 ray.kill(handle, no_restart=True)
 
 
-def _reconstructed() -> bool:
-    """Whether this process is a Ray restart of the actor (False outside Ray)."""
-    import warnings
-
+def _in_actor() -> bool:
+    """Whether this object is being created as a Ray actor (not as a plain object in a test)."""
     try:
         import ray
 
-        with warnings.catch_warnings():  # Ray's own property reads its deprecated actor_id
-            warnings.simplefilter("ignore")
-            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    except Exception:  # not inside an actor
+        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    except Exception:
         return False
 
 
