@@ -15,6 +15,7 @@ from typing import Any
 from workers.devices import DEVICES, DeviceSpec
 from workers.modelspec import ModelSpec
 from workers.perf import InstancePerf, chips_needed
+from workers.speculative import speculative_round
 
 __all__ = ["PredictionError", "predict", "listing", "LISTING_KV_TOKENS"]
 
@@ -33,10 +34,18 @@ def _chips_to_hold(device: DeviceSpec, model: ModelSpec, kv_tokens: int, memory_
 
 
 def predict(device: DeviceSpec, model: ModelSpec, batch: int = 1, context: int = 1024, chips: int | None = None,
-            memory_utilization: float = 0.9) -> dict[str, Any]:
-    """Per-sequence decode speed, TTFT, energy and price per output token for one instance."""
+            memory_utilization: float = 0.9, draft: ModelSpec | None = None, acceptance: float | None = None,
+            draft_tokens: int | None = None) -> dict[str, Any]:
+    """Per-sequence decode speed, TTFT, energy and price per output token for one instance.
+
+    With a `draft` model and its `acceptance` rate, decode is speculative (workers/speculative.py):
+    the draft runs on the same instance and `draft_tokens` (default: the fastest k) are verified
+    per round.
+    """
     if batch < 1 or context < 1:
         raise ValueError(f"batch and context must be >= 1, got batch={batch}, context={context}")
+    if (draft is None) != (acceptance is None):
+        raise ValueError("speculative decoding needs both a draft model and an acceptance rate")
     kv_tokens = batch * (context + 1)
     if chips is None:
         chips = chips_needed(device, model, min_kv_tokens=kv_tokens, memory_utilization=memory_utilization)
@@ -52,17 +61,29 @@ def predict(device: DeviceSpec, model: ModelSpec, batch: int = 1, context: int =
     if perf.kv_capacity_tokens < kv_tokens:
         raise PredictionError(f"{chips} x {device.name} hold {max(perf.kv_capacity_tokens, 0):,} tokens of KV "
                               f"beside {model.name}'s weights, fewer than batch x (context + 1) = {kv_tokens:,}")
-    step_s = perf.decode_step_s(batch, float(batch * context))
-    _, step_j = perf.decode(batch, float(batch * context), 1)
+    extra: dict[str, Any] = {}
+    if draft is None:
+        step_s, step_j = perf.decode(batch, float(batch * context), 1)
+        tokens = 1.0
+    else:
+        draft_chips = chips_needed(device, draft, min_kv_tokens=kv_tokens, memory_utilization=memory_utilization)
+        if draft_chips is None or draft_chips > chips:
+            raise PredictionError(f"draft {draft.name} does not fit the {chips} x {device.name} serving {model.name}")
+        draft_perf = InstancePerf(device, draft, draft_chips, memory_utilization=memory_utilization, max_seqs=batch)
+        r = speculative_round(perf, draft_perf, batch, context, acceptance, draft_tokens)
+        step_s, step_j, tokens = r.round_s, r.dynamic_energy_j, r.tokens_per_round
+        extra["speculative"] = {"draft": draft.name, "acceptance": acceptance, "draft_tokens": r.draft_tokens,
+                                "tokens_per_round": tokens}
     ttft_s = perf.prefill(context, context * (context + 1) / 2.0, 1)[0]
     joules = perf.idle_power_w * step_s + step_j
     return {
         "device": device.name, "model": model.name, "chips": chips, "batch": batch, "context": context,
-        "decode_tokens_per_s": 1.0 / step_s,
+        "decode_tokens_per_s": tokens / step_s,
         "ttft_s": ttft_s,
-        "joules_per_output_token": joules / batch,
-        "usd_per_million_output_tokens": perf.price_usd_per_s * step_s / batch * 1e6,
+        "joules_per_output_token": joules / (batch * tokens),
+        "usd_per_million_output_tokens": perf.price_usd_per_s * step_s / (batch * tokens) * 1e6,
         "kv_capacity_tokens": perf.kv_capacity_tokens,
+        **extra,
     }
 
 

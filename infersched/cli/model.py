@@ -28,6 +28,12 @@ def register(subparsers):
                     help="tokens each sequence holds, and the prompt length for TTFT (default 1024)")
     pr.add_argument("--chips", type=int, help="chips per instance (default: the fewest that hold the model "
                                               "and batch x context tokens of KV)")
+    pr.add_argument("--draft", metavar="MODEL", help="speculative decoding: draft model (built-in or spec file), "
+                                                     "run on the same instance; needs --acceptance")
+    pr.add_argument("--acceptance", type=float, help="speculative decoding: chance the model accepts a drafted "
+                                                     "token (0..1)")
+    pr.add_argument("--draft-tokens", type=int, help="speculative decoding: tokens drafted per round (default: "
+                                                     "the count with the most tokens/s)")
     pr.add_argument("--json", metavar="PATH", help="write the prediction as JSON to PATH ('-' for stdout)")
     pr.set_defaults(handler=_predict)
 
@@ -96,9 +102,14 @@ def _predict(args) -> int:
     from workers.predict import PredictionError, predict
 
     device, model = get_device(args.device), load_model(args.model)
+    if (args.draft is None) != (args.acceptance is None) or (args.draft_tokens and not args.draft):
+        print("infersched: --draft and --acceptance go together (--draft-tokens needs both)", file=sys.stderr)
+        return 2
+    draft = load_model(args.draft) if args.draft else None
     try:
-        result = predict(device, model, batch=args.batch, context=args.context, chips=args.chips)
-    except PredictionError as exc:
+        result = predict(device, model, batch=args.batch, context=args.context, chips=args.chips, draft=draft,
+                         acceptance=args.acceptance, draft_tokens=args.draft_tokens)
+    except (PredictionError, ValueError) as exc:
         print(f"infersched: {exc}", file=sys.stderr if args.json == "-" else sys.stdout)
         return 1
     if args.json:
@@ -110,6 +121,10 @@ def _predict(args) -> int:
           f"TTFT {result['ttft_s'] * 1e3:,.1f} ms, {result['joules_per_output_token']:.4g} J and "
           f"${result['usd_per_million_output_tokens']:.4g} per million output tokens, "
           f"KV capacity {result['kv_capacity_tokens']:,} tokens")
+    if "speculative" in result:
+        spec = result["speculative"]
+        print(f"speculative: {spec['draft']} drafts {spec['draft_tokens']} tokens a round at acceptance "
+              f"{spec['acceptance']:g}, {spec['tokens_per_round']:.2f} tokens per round")
     return 0
 
 

@@ -140,3 +140,16 @@ def test_moe_models_simulate_in_a_pool(tmp_path, capsys, model):
                  "--json", "-"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["completed"] == 200 and summary["failed"] == 0
+
+
+@pytest.mark.parametrize(("flags", "rc", "needle"), [
+    (["--draft", "llama-3.2-1b", "--acceptance", "0.8"], 0, '"draft": "llama-3.2-1b"'),
+    (["--draft", "llama-3.2-1b"], 2, "--draft and --acceptance go together"),
+    (["--acceptance", "0.8"], 2, "--draft and --acceptance go together"),
+    (["--draft", "llama-3.2-1b", "--acceptance", "2"], 1, "acceptance must be in [0, 1]"),
+])
+def test_predict_speculative_flags(capsys, flags, rc, needle):
+    args = ["model", "predict", "--device", "wse-3", "--model", "llama-3.1-70b", "--json", "-", *flags]
+    assert main(args) == rc
+    captured = capsys.readouterr()
+    assert needle in captured.out + captured.err

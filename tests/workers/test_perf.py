@@ -297,14 +297,22 @@ def test_groq_instance_sized_for_kv_budget():
 
 
 @pytest.mark.parametrize(("device", "model", "chips", "tokens_s"), [
-    ("wse-3", "llama-3.1-8b", 1, 1800.0),    # Cerebras Inference launch figures
-    ("wse-3", "llama-3.1-70b", 4, 450.0),
+    ("wse-3", "llama-3.1-8b", 1, 2000.0),    # Cerebras service after its Oct 2024 release
     ("groq-lpu", "llama-3.1-8b", 78, 877.0),  # Artificial Analysis, Apr 2024
     ("groq-lpu", "llama-3.1-70b", 682, 284.0),
 ])
 def test_latency_bound_devices_reproduce_vendor_throughput(device, model, chips, tokens_s):
     perf = InstancePerf(get_device(device), get_model(model), chips)
     assert 1.0 / perf.decode_step_s(1, 1000) == pytest.approx(tokens_s, rel=0.03)
+
+
+def test_wafer_hop_latency_reproduces_the_launch_70b_with_the_launch_layer_latency():
+    import dataclasses
+
+    # The hop constant is the launch fit (70B on 4 CS-3 at 450 tokens/s with 8B's 1/1800 s over 32 layers).
+    launch = dataclasses.replace(get_device("wse-3"), decode_overhead_per_layer_s=1.0 / 1800 / 32)
+    perf = InstancePerf(launch, get_model("llama-3.1-70b"), 4)
+    assert 1.0 / perf.decode_step_s(1, 1000) == pytest.approx(450.0, rel=0.03)
 
 
 def test_decode_steps_within_random_budgets():
