@@ -25,12 +25,16 @@ from scheduler.config import load_cluster
 from scheduler.live.actor import (DECISION_LOG_FLUSH_S, RAY_NAMESPACE, SCHEDULER_ACTOR_NAME, pool_resources,
                                   start_scheduler, stop_scheduler)
 from scheduler.live.core import check_live_policy
+from scheduler.live.ports import BindError, Listener
 from scheduler.live.relay import check_frontends
 from scheduler.live.types import LiveOptions
 from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
 
 HEALTH_CHECK_S = 5.0
+DEFAULT_METRICS_PORT = 9464
+# The flags that move each listener, for bind errors.
+LISTENER_FLAGS = {Listener.SCHEDULER: ("--port", "--host"), Listener.METRICS: ("--metrics-port", "--metrics-host")}
 
 
 def _say(message: str) -> None:
@@ -64,6 +68,21 @@ def _watch(actor, info: dict, stop: threading.Event) -> int:
         lost_at = None
     _say("stopping")
     return 0
+
+
+def bind_hint(error: BindError) -> str:
+    """A bind error with the flags that change the port or the address."""
+    port_flag, host_flag = LISTENER_FLAGS[error.listener]
+    return (f"{error}; choose another port with {port_flag} N ({port_flag} 0: any free port), "
+            f"or another address with {host_flag}")
+
+
+def metrics_port(requested: int | None) -> tuple[int | None, bool]:
+    """(port for the metrics server or None for off, whether a taken port falls back to any free one):
+    only serve's default falls back; a port the user names is that port or an error."""
+    if requested is None:
+        return DEFAULT_METRICS_PORT, True
+    return (None if requested < 0 else requested), False
 
 
 def run_serve(args) -> int:
@@ -103,17 +122,22 @@ def run_serve(args) -> int:
         alive_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         # Workers on other nodes must be reachable by the scheduler and by each other.
         worker_host = "node" if alive_nodes > 1 else "127.0.0.1"
-        metrics_port = None if args.metrics_port is not None and args.metrics_port < 0 else args.metrics_port
+        mport, mfallback = metrics_port(args.metrics_port)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         try:
             actor, info = start_scheduler(
                 config, name=SCHEDULER_ACTOR_NAME, policy=args.policy, options=options, host=args.host,
-                port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=metrics_port,
+                port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=mport,
+                metrics_port_fallback=mfallback,
                 realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
                 max_restarts=args.scheduler_restarts)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
-            _say(f"error: could not start the scheduler: {getattr(exc, 'cause', None) or exc}")
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, BindError):
+                _say(f"error: {bind_hint(cause)}")
+                return 2
+            _say(f"error: could not start the scheduler: {cause}")
             return 1
         _say(f"scheduler listening on {info['address']} (cluster {info['cluster']}, policy {info['policy']}, "
              f"{len(info['workers'])} workers, time_scale {info['time_scale']:g})")
@@ -122,6 +146,9 @@ def run_serve(args) -> int:
                  f"pids {' '.join(map(str, info['frontend_pids']))}")
         if info["realtime_priority"]:
             _say(f"scheduler threads run under SCHED_FIFO, priority {info['realtime_priority']}")
+        if info["metrics_port_taken"]:
+            _say(f"metrics port {info['metrics_port_taken']} is in use (another serve?): took a free port instead; "
+                 f"--metrics-port N chooses one")
         if info["metrics"]:
             _say(f"metrics on {info['metrics']}")
         if info["decision_log"]:

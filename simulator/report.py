@@ -170,9 +170,17 @@ def format_summary(s: dict) -> str:
                            "busy", "energy kWh", "cost $"], rows, align="<<<")
     lines += [""] + describe(s)
     rate = s.get("sim_requests_per_s")
-    lines += ["", f"simulated in {s['sim_wall_s']:.2f} s wall: {s['events']:,} events "
-                  f"({s['events_per_request']:.2f} per request)"
-                  + (f", {rate:,.0f} requests/s" if rate else "")]
+    rate_text = f", {rate:,.0f} requests/s" if rate else ""
+    live = s.get("live")
+    if live is None:
+        lines += ["", f"simulated in {s['sim_wall_s']:.2f} s wall: {s['events']:,} events "
+                      f"({s['events_per_request']:.2f} per request){rate_text}"]
+    else:  # `replay`: nothing was simulated; its events are the Generate streams' messages
+        lines += ["", f"replayed live against {live['target']} in {live['client_wall_s']:.2f} s wall: "
+                      f"{live['tokens_streamed']:,} tokens streamed in {s['events']:,} messages "
+                      f"({s['events_per_request']:.2f} per request){rate_text}",
+                  f"server time_scale {live['time_scale']:.4g} (its emulated hardware runs "
+                  f"{1 / live['time_scale']:.4g}x faster than real); arrivals compressed {live['speedup']:.4g}x"]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from contextlib import contextmanager
@@ -212,6 +213,21 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
                                                               "a terminal)")
 
 
+def local_ray_auth() -> None:
+    """Token authentication for a local Ray cluster this command starts, said explicitly.
+
+    Ray (2.59 on) turns token authentication on for a new local cluster and warns
+    on every start that it did so unless RAY_AUTH_MODE is set; the setting is read
+    once, when Ray is imported, so it is made before anything imports Ray. A user's
+    own RAY_AUTH_MODE wins; a joined cluster (--address) keeps the mode its drivers
+    are told to use (deploy/local_multinode.sh prints it).
+    """
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def runtime_options(args) -> dict:
     """simulator.jobs.run_jobs keyword arguments from the flags of add_runtime_arguments."""
+    if args.parallel is not None:
+        local_ray_auth()
     return {"parallel": args.parallel, "address": args.address, "progress": show_progress(args)}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import sys
 
 from infersched.cli.clusters import resolve
-from infersched.client import MAX_UNAVAILABLE
 from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
-                                   show_progress, trace_record)
+                                   local_ray_auth, show_progress, trace_record)
+from infersched.client import MAX_UNAVAILABLE
 
 # The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
 DEFAULT_SERVE_CLUSTER = "live-small"
@@ -29,8 +29,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=50051, help="scheduler gRPC port (default 50051; 0 = any free)")
     p.add_argument("--time-scale", type=float, default=0.01,
                    help="wall seconds per modelled second (default 0.01: 100x faster than the hardware)")
-    p.add_argument("--metrics-port", type=int, default=9464,
-                   help="Prometheus metrics port (default 9464; 0 = any free, -1 = off)")
+    p.add_argument("--metrics-port", type=int,
+                   help="Prometheus metrics port (default 9464, or any free port when 9464 is in use; "
+                        "0 = any free, -1 = off)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 for a scraper on another "
                         "host, e.g. Prometheus in Kubernetes)")
@@ -94,6 +95,8 @@ def rpc_error(target: str, exc) -> str:
 
 
 def run_serve(args) -> int:
+    if args.address is None:
+        local_ray_auth()
     from scheduler.serve import run_serve as serve
 
     args.cluster = str(resolve(args.cluster))
@@ -136,10 +139,6 @@ def run_replay(args) -> int:
         write_json(summary, args.json)
     if not quiet:
         print(format_summary(summary))
-        live = summary["live"]
-        print(f"live: {args.target}, time_scale {live['time_scale']:.4g} (speed-up {1 / live['time_scale']:.4g}x), "
-              f"arrivals compressed {live['speedup']:.4g}x; {live['tokens_streamed']:,} tokens streamed in "
-              f"{live['client_wall_s']:.2f} s wall")
     if result.stopped:
         completed = int((result.records.status == RequestStatus.COMPLETED).sum())
         print(f"infersched: error: replay stopped after {result.stopped} from {args.target}: sent {result.sent:,} "

@@ -143,12 +143,12 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             failures[UNKNOWN_REASON] = failures.get(UNKNOWN_REASON, 0) + 1
         itl = ItlHistogram()
 
-        async def attempt(i: int, inp: int, out: int, due: float, hashes) -> None:
+        async def attempt(i: int, inp: int, out: int, due: float, hashes, difficulty: float) -> None:
             # Stamped with its scheduled time: the request arrives then in modelled time,
             # however long the client and the loopback take to deliver it.
             request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
                                                     max_output_tokens=out, prefix_block_hashes=hashes,
-                                                    sent_unix_s=unix0 + (due - t0))
+                                                    sent_unix_s=unix0 + (due - t0), difficulty=difficulty)
             lateness[i] = loop.time() - due
             record = None
             chunks = []  # (first token index, tokens, emit time) as streamed
@@ -191,9 +191,9 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             elif rec.status[i] == RequestStatus.FAILED:
                 failures[record.reason] = failures.get(record.reason, 0) + 1
 
-        async def one(i: int, inp: int, out: int, due: float, hashes) -> None:
+        async def one(i: int, inp: int, out: int, due: float, hashes, difficulty: float) -> None:
             try:
-                await attempt(i, inp, out, due, hashes)
+                await attempt(i, inp, out, due, hashes, difficulty)
             except asyncio.CancelledError:  # still open when the replay stopped
                 unknown(i)
             finally:
@@ -213,6 +213,9 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
             outputs = chunk.output_tokens.tolist()
+            # Each row's difficulty, drawn as the simulator draws it: placements by tier scorers
+            # and the summary's quality then compare with `simulate` on the same rows.
+            difficulties = chunk.difficulty.tolist()
             # Prefix-cache block hashes (Mooncake hash_ids), when the trace has them.
             offsets = values = None
             if chunk.hash_ids is not None:
@@ -220,6 +223,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             rec.arrival_s[base:base + len(arrivals)] = chunk.arrival_s
             rec.input_tokens[base:base + len(arrivals)] = chunk.input_tokens
             rec.output_tokens[base:base + len(arrivals)] = chunk.output_tokens
+            rec.difficulty[base:base + len(arrivals)] = chunk.difficulty
             for j, arrival in enumerate(arrivals):
                 due = t0 + arrival / speedup
                 delay = due - loop.time()
@@ -229,7 +233,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 if stopped.is_set():
                     break
                 hashes = values[offsets[j]:offsets[j + 1]] if values is not None else ()
-                tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due, hashes)))
+                tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due, hashes, difficulties[j])))
             if stopped.is_set():
                 break
         why = ""

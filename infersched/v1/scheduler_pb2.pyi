@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s")
+    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s", "difficulty")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class GenerateRequest(_message.Message):
     PREFIX_BLOCK_HASHES_FIELD_NUMBER: _ClassVar[int]
     MIN_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     prompt_length: int
@@ -29,7 +30,8 @@ class GenerateRequest(_message.Message):
     prefix_block_hashes: _containers.RepeatedScalarFieldContainer[int]
     min_capability: float
     sent_unix_s: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ...) -> None: ...
+    difficulty: float
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ..., difficulty: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "record")

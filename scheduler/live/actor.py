@@ -31,6 +31,7 @@ from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
 from scheduler.live.core import SchedulerCore
 from scheduler.live.metrics import Metrics
+from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
@@ -69,8 +70,8 @@ class SchedulerActor:
     def __init__(self, config: ClusterConfig, *, policy: PolicyConfig | str | None = None,
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
-                 worker_max_restarts: int = 3, start_timeout_s: float = 120.0, realtime_priority: int = 0,
-                 frontends: int = 0, decision_log: str | None = None):
+                 metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
+                 realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None):
         self.config = config
         self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
@@ -84,6 +85,9 @@ class SchedulerActor:
         self.worker_host = worker_host
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
+        # Any free port when metrics_port is taken (serve's default port, not one the user chose).
+        self.metrics_port_fallback = metrics_port_fallback
+        self.metrics_port_taken = 0  # the requested metrics port, when it was taken and another was bound
         self.worker_max_restarts = worker_max_restarts
         self.start_timeout_s = start_timeout_s
         self.core: SchedulerCore | None = None
@@ -137,21 +141,27 @@ class SchedulerActor:
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
         bind, advertise = resolve_host(self.host)
-        if self.frontends:
-            self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
-                                           start_timeout_s=self.start_timeout_s)
-            port = await self._frontends.start(bind, self.port)
-        else:
-            def add(server):
-                scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-                return [SCHEDULER_SERVICE]
+        claim_check(Listener.SCHEDULER, bind, self.port)
+        try:
+            if self.frontends:
+                self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
+                                               start_timeout_s=self.start_timeout_s)
+                port = await self._frontends.start(bind, self.port)
+            else:
+                def add(server):
+                    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
+                    return [SCHEDULER_SERVICE]
 
-            # NOT_SERVING until the core can place a request (scheduler.live.readiness).
-            self._server, port, self._health = await start_grpc_server(bind, add, port=self.port, serving=False)
+                # NOT_SERVING until the core can place a request (scheduler.live.readiness).
+                self._server, port, self._health = await start_grpc_server(bind, add, port=self.port, serving=False)
+        except OSError as exc:
+            raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends)
-            mport = self._metrics.serve(self.metrics_host, self.metrics_port)
+            mport, fell_back = bind_metrics(self._metrics.serve, self.metrics_host, self.metrics_port,
+                                            fallback=self.metrics_port_fallback)
+            self.metrics_port_taken = self.metrics_port if fell_back else 0
             self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
         self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
@@ -203,7 +213,8 @@ class SchedulerActor:
             self._decision_log.flush()
 
     def describe(self) -> dict:
-        return {"address": self.address, "metrics": self.metrics_address, "cluster": self.config.name,
+        return {"address": self.address, "metrics": self.metrics_address,
+                "metrics_port_taken": self.metrics_port_taken, "cluster": self.config.name,
                 "pid": os.getpid(), "serving": self.core.serving if self.core else False,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,

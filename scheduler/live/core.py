@@ -105,7 +105,7 @@ class _Flight:
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
                  "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload", "moved")
+                 "payload", "difficulty", "moved")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -115,6 +115,7 @@ class _Flight:
         self.out = inp.max_output_tokens
         self.min_cap = min_cap
         self.hashes = inp.prefix_block_hashes
+        self.difficulty = inp.difficulty
         self.payload = inp.payload
         self.ttft_slo_s = inp.ttft_slo_s
         self.tpot_slo_s = inp.tpot_slo_s
@@ -402,6 +403,8 @@ class SchedulerCore:
         min_cap = inp.min_capability
         if not (math.isfinite(min_cap) and 0.0 <= min_cap <= 1.0):
             raise InvalidRequest(f"field 'min_capability': must be in [0, 1], got {min_cap}")
+        if not (math.isfinite(inp.difficulty) and 0.0 <= inp.difficulty <= 1.0):
+            raise InvalidRequest(f"field 'difficulty': must be in [0, 1], got {inp.difficulty}")
         if inp.model_tier:
             if inp.model_tier not in self._tiers:
                 raise InvalidRequest(f"field 'model_tier': unknown tier {inp.model_tier!r}; this cluster serves "
@@ -445,7 +448,7 @@ class SchedulerCore:
         clock = self.clock
         now = fl.arrival_s + (clock.wall() - fl.wall0)
         self.mirrors.refresh(now)
-        req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes)
+        req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes, fl.difficulty)
         t = clock.wall()
         decision = self.policy.decide(req, self.snap, now, self._rng)
         dt = clock.wall() - t

@@ -1,13 +1,19 @@
 """Prometheus metrics of one scheduler (prometheus_client, text format at
-http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
+http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler). Every
+metric with its labels and units: docs/METRICS.md, generated from this
+registry by `python -m infersched.cli.metrics_reference`.
 
     infersched_requests_total{status}             counter: completed, rejected, failed
+    infersched_rejections_total{reason}           counter: rejected requests by reason
     infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT
     infersched_requests_in_flight                 gauge
+    infersched_time_scale                         gauge: wall seconds per modelled second (--time-scale)
     infersched_decisions_total                    counter: policy decisions (retries included)
     infersched_ttft_seconds                       histogram, modelled seconds
     infersched_tpot_seconds                       histogram, modelled seconds
     infersched_e2e_seconds                        histogram, modelled seconds
+    infersched_pool_ttft_seconds{pool}            histogram, modelled seconds, by the pool that prefilled
+    infersched_pool_tpot_seconds{pool}            histogram, modelled seconds, by the pool that decoded
     infersched_scheduling_overhead_seconds        histogram, wall seconds in the policy per decision
     infersched_control_overhead_seconds           histogram, wall seconds per completed request
     infersched_energy_joules                      gauge, all pools since start (idle included)
@@ -17,9 +23,12 @@ http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler):
     infersched_pool_utilization_ratio{pool}       gauge
     infersched_pool_kv_free_tokens{pool}          gauge
     infersched_pool_completed_total{pool}         counter
+    infersched_pool_energy_joules_total{pool}     counter: the pool's energy since start (idle included)
+    infersched_pool_cost_usd_total{pool}          counter: the pool's cost since start
     infersched_workers{state}                     gauge: worker actors by state
     infersched_frontends                          gauge: front-end processes serving (with --frontends)
     infersched_frontend_restarts_total            counter: front ends replaced after dying (with --frontends)
+    process_*                                     prometheus_client's process metrics (CPU, memory, files)
 """
 from __future__ import annotations
 
@@ -28,8 +37,10 @@ from collections import Counter
 from scheduler.live.core import SchedulerCore
 from scheduler.live.relay.pool import FrontendPool
 from scheduler.live.types import RequestOutcome
-from scheduler.types import RequestStatus
+from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
+
+QUEUE_FULL = "queue full"  # SchedulerCore.submit's reason for a rejection at the queue bound
 
 
 class Metrics:
@@ -39,17 +50,37 @@ class Metrics:
     OVERHEAD_BUCKETS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 5e-2, 0.1, 1.0)
 
     def __init__(self, core: SchedulerCore, frontends: FrontendPool | None = None):
-        from prometheus_client import CollectorRegistry, Histogram
+        from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 
         self.core = core
         self.frontends = frontends
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU seconds, memory, open files) of the process serving the metrics: the
+        # scheduler actor, whose CPU per request is what bounds a scheduler's throughput.
+        ProcessCollector(registry=self.registry)
         self.ttft = Histogram("infersched_ttft_seconds", "Time to first token (modelled seconds)",
                               buckets=self.LATENCY_BUCKETS, registry=self.registry)
         self.tpot = Histogram("infersched_tpot_seconds", "Time per output token after the first (modelled seconds)",
                               buckets=self.LATENCY_BUCKETS, registry=self.registry)
         self.e2e = Histogram("infersched_e2e_seconds", "Arrival to last token (modelled seconds)",
                              buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        # Per pool as well as overall: a dashboard's per-pool percentiles, without a pool
+        # label on the overall histograms that would make every existing query sum first.
+        self.pool_ttft = Histogram("infersched_pool_ttft_seconds", "Time to first token (modelled seconds) by the "
+                                   "pool that ran the prefill", ["pool"], buckets=self.LATENCY_BUCKETS,
+                                   registry=self.registry)
+        self.pool_tpot = Histogram("infersched_pool_tpot_seconds", "Time per output token after the first "
+                                   "(modelled seconds) by the pool that decoded", ["pool"],
+                                   buckets=self.LATENCY_BUCKETS, registry=self.registry)
+        # Every pool's series from the start, at zero: Prometheus takes a series' first value
+        # as its start, so one born with the first requests would lose them from rate().
+        # Kept by pool name: labels() costs as much again as the observation.
+        self.pool_ttft_of = {p.name: self.pool_ttft.labels(p.name) for p in core.cluster.pools if p.role != Role.DECODE}
+        self.pool_tpot_of = {p.name: self.pool_tpot.labels(p.name) for p in core.cluster.pools
+                             if p.role != Role.PREFILL}
+        # Rejections by reason, counted as they come (the tally keeps rejections and failures
+        # in one counter); a policy's reasons are its filters' fixed strings, so few values.
+        self.rejections: Counter = Counter()
         self.decision = Histogram("infersched_scheduling_overhead_seconds",
                                   "Wall time inside the policy per decision", buckets=self.OVERHEAD_BUCKETS,
                                   registry=self.registry)
@@ -64,11 +95,15 @@ class Metrics:
 
     def _outcome(self, outcome: RequestOutcome, control_s: float) -> None:
         if outcome.status != RequestStatus.COMPLETED:
+            if outcome.status == RequestStatus.REJECTED:
+                self.rejections[outcome.reason] += 1
             return
         self.ttft.observe(outcome.ttft_s)
+        self.pool_ttft_of[outcome.prefill_pool].observe(outcome.ttft_s)
         self.e2e.observe(outcome.finish_s - outcome.arrival_s)
         if outcome.tpot_s is not None:
             self.tpot.observe(outcome.tpot_s)
+            self.pool_tpot_of[outcome.decode_pool].observe(outcome.tpot_s)
         self.control.observe(max(control_s, 0.0))
 
     def describe(self):
@@ -84,10 +119,19 @@ class Metrics:
         requests.add_metric(["rejected"], tally.requests_rejected)
         requests.add_metric(["failed"], tally.requests_failed)
         yield requests
+        rejections = CounterMetricFamily("infersched_rejections", "Rejected requests by reason", labels=["reason"])
+        # The queue bound rejects before a request is in flight: no outcome, only the tally.
+        for reason, n in sorted((self.rejections + Counter({QUEUE_FULL: tally.reasons[QUEUE_FULL]})).items()):
+            rejections.add_metric([reason], n)
+        yield rejections
         yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT",
                                   value=tally.requests_invalid)
         yield GaugeMetricFamily("infersched_requests_in_flight", "Accepted requests not yet finished",
                                 value=tally.in_flight)
+        # Counters of modelled quantities (energy, cost) grow 1 / time_scale times faster per
+        # wall second than the emulated hardware would: a dashboard's rates multiply by this.
+        yield GaugeMetricFamily("infersched_time_scale", "Wall seconds per modelled second (serve --time-scale)",
+                                value=core.clock.time_scale)
         yield CounterMetricFamily("infersched_decisions", "Policy decisions (retries included)",
                                   value=tally.decisions_total)
         pools = core.pool_stats()
@@ -105,6 +149,10 @@ class Metrics:
                                                 labels=["pool"]),
             "completed": CounterMetricFamily("infersched_pool_completed", "Completed requests that ran a stage here",
                                              labels=["pool"]),
+            "energy_j": CounterMetricFamily("infersched_pool_energy_joules", "The pool's energy since start (idle "
+                                            "included)", labels=["pool"]),
+            "cost_usd": CounterMetricFamily("infersched_pool_cost_usd", "The pool's cost since start",
+                                            labels=["pool"]),
         }
         for p in pools:
             for attr, family in families.items():

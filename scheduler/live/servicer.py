@@ -55,7 +55,8 @@ def generate_input(request: scheduler_pb2.GenerateRequest) -> GenerateInput:
         ttft_slo_s=request.ttft_slo_s if request.HasField("ttft_slo_s") else None,
         tpot_slo_s=request.tpot_slo_s if request.HasField("tpot_slo_s") else None,
         prefix_block_hashes=tuple(request.prefix_block_hashes),
-        sent_unix_s=request.sent_unix_s if request.HasField("sent_unix_s") else None)
+        sent_unix_s=request.sent_unix_s if request.HasField("sent_unix_s") else None,
+        difficulty=request.difficulty if request.HasField("difficulty") else 0.0)
 
 
 def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:

@@ -101,6 +101,7 @@ class GenerateInput:
     tpot_slo_s: float | None = None
     prefix_block_hashes: tuple[int, ...] = ()
     sent_unix_s: float | None = None  # when the client sent it
+    difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
     payload: PromptPayload | None = None
 
 

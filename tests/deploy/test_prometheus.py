@@ -4,6 +4,7 @@ replay produced. `.ci/run` installs Debian's `prometheus` when it is missing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -115,18 +116,94 @@ def _wait_for(condition, what: str, timeout_s: float = 60.0, log: Path | None = 
     raise AssertionError(f"timed out waiting for {what}" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
 
 
-def test_prometheus_sees_every_replayed_request(serve, prometheus, tmp_path):
+@pytest.fixture(scope="module")
+def replayed(serve, prometheus, tmp_path_factory) -> int:
+    """60 requests replayed through serve, all of them seen by Prometheus; returns how many completed."""
     address, _ = serve
-    out = tmp_path / "live.json"
+    out = tmp_path_factory.mktemp("replay") / "live.json"
     done = subprocess.run([INFERSCHED, "replay", "--target", address, "--trace", str(TRACE), "--requests", "60",
                            "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     completed = json.loads(out.read_text())["completed"]
-    assert completed == 60
     expr = 'infersched_requests_total{status="completed"}'
     _wait_for(lambda: _query(prometheus, expr) == [float(completed)], what=f"{expr} == {completed}")
+    return completed
+
+
+def test_prometheus_sees_every_replayed_request(prometheus, replayed):
+    completed = replayed
+    assert completed == 60
     # A histogram a dashboard plots: its count went up by the same number of requests.
     assert _query(prometheus, "infersched_ttft_seconds_count") == [float(completed)]
     # Per-pool gauges arrive labelled by pool; live-small has three pools.
     assert len(_query(prometheus, "infersched_pool_kv_free_tokens")) == 3
+
+
+# ---- the metrics reference and the Grafana dashboard against a real scrape ----------------
+
+DASHBOARD = REPO / "deploy" / "grafana" / "infersched.json"
+METRICS_MD = REPO / "docs" / "METRICS.md"
+FRONTEND_ONLY = {"infersched_frontends", "infersched_frontend_restarts_total"}  # serve --frontends N
+# What Grafana substitutes before a query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$pool": ".*"}
+
+
+def _scrape(serve) -> dict[str, set[str]]:
+    """Family name as queried (counters with _total) -> the sample names serve exports under it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, metrics_target = serve
+    with urllib.request.urlopen(f"http://{metrics_target}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    # Each counter's and histogram's `_created` series parses as a family of its own.
+    return {(f"{f.name}_total" if f.type == "counter" else f.name): {s.name for s in f.samples}
+            for f in text_string_to_metric_families(text) if not f.name.endswith("_created")}
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every target in the dashboard."""
+    board = json.loads(DASHBOARD.read_text())
+    return [(panel["title"], target["expr"]) for panel in board["panels"] for target in panel["targets"]]
+
+
+def test_serve_exports_exactly_the_metrics_the_reference_lists(serve, replayed):
+    import re
+
+    listed = set(re.findall(r"^\| `(\w+)` \|", METRICS_MD.read_text(), re.M))
+    assert set(_scrape(serve)) == listed - FRONTEND_ONLY
+
+
+def test_every_metric_the_dashboard_queries_is_in_a_live_scrape(serve, replayed):
+    import re
+
+    scraped = _scrape(serve)
+    exported = set(scraped) | {name for names in scraped.values() for name in names}
+    queried = {name for _, expr in _dashboard_queries()
+               for name in re.findall(r"\b(?:infersched|process)_\w+", expr)}
+    assert queried and not queried - exported, sorted(queried - exported)
+    # The panels the dashboard promises, each on a metric of its own.
+    for metric in ("infersched_requests_total", "infersched_pool_ttft_seconds_bucket",
+                   "infersched_pool_tpot_seconds_bucket", "infersched_pool_queue_depth",
+                   "infersched_pool_kv_free_tokens",
+                   "infersched_pool_energy_joules_total", "infersched_pool_cost_usd_total",
+                   "infersched_rejections_total"):
+        assert metric in queried, metric
+
+
+def test_every_dashboard_query_runs_in_prometheus_and_shows_the_replay(prometheus, replayed):
+    # The replay rejects nothing, so only the rejections panel may be empty.
+    may_be_empty = {"Rejections per second by reason"}
+    for title, expr in _dashboard_queries():
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert _query(prometheus, expr) is not None, f"{title}: {expr}"
+        if title not in may_be_empty:
+            # A rate needs two scrapes of a series; per-pool series are born during the replay.
+            _wait_for(lambda: bool(_query(prometheus, expr)), what=f"{title}: a series for {expr}", timeout_s=20)
+    # Per-pool TTFT percentiles: a series per pool that can prefill (live-small: h100-prefill and
+    # b200) from serve's start, a positive time where prefills ran, NaN (no rate) where none did.
+    p50 = _query(prometheus,
+                 "histogram_quantile(0.5, sum by (le, pool) (rate(infersched_pool_ttft_seconds_bucket[1m])))")
+    ran = [v for v in p50 if not math.isnan(v)]
+    assert len(p50) == 2 and ran and all(v > 0 for v in ran)

@@ -142,6 +142,7 @@ def test_the_queue_bound_rejects_and_counts():
     (GenerateInput("x", 10, 5, model_tier="gpt-9"), "model_tier"),
     (GenerateInput("x", 10, 5, ttft_slo_s=-1.0), "ttft_slo_s"),
     (GenerateInput("x", 10, 5, sent_unix_s=float("inf")), "sent_unix_s"),
+    (GenerateInput("x", 10, 5, difficulty=1.5), "difficulty"),
     (GenerateInput("x", 5_000_000, 5), "no pool can hold that"),
 ])
 def test_invalid_requests_are_refused_naming_the_field_and_counted(inp, field):
@@ -149,6 +150,24 @@ def test_invalid_requests_are_refused_naming_the_field_and_counted(inp, field):
     with pytest.raises(InvalidRequest, match=field):
         core.submit(inp, Sink())
     assert core.stats().requests_invalid == 1 and core.stats().requests_total == 0
+
+
+@pytest.mark.parametrize("difficulty, pool", [(0.3, "laptops"), (0.8, "cloud-70b")])
+def test_the_requests_difficulty_reaches_the_policy(difficulty, pool):
+    """local-first sends a request to a laptop only when its 8B model (capability 0.694)
+    reaches the request's difficulty, as the simulator's does with the trace's."""
+    config = load_cluster(builtin_cluster_path("edge-cloud"))
+    config = replace(config, policy=replace(config.policy, staging="none", params={"router_accuracy": 1.0}))
+    cluster = Cluster(config)
+    clock = VirtualClock()
+    client = InProcessWorkerClient(cluster, clock, stream_interval_s=1.0)
+    core = SchedulerCore(cluster, build_policy(config.policy, config), VIRTUAL, clock, client)
+    client.register_all(core)
+    sink = Sink()
+    core.submit(GenerateInput("q", 200, 10, difficulty=difficulty), sink)
+    clock.run()
+    assert sink.outcome.status == RequestStatus.COMPLETED
+    assert cluster.pool_of(sink.outcome.prefill_instance).name == pool
 
 
 def test_a_late_send_time_is_honoured_within_the_slack():

@@ -143,7 +143,8 @@ def test_replay_prints_the_simulate_summary(serve, tmp_path):
                "--requests", "100", "--json", str(out), "--cluster", str(builtin_cluster_path("live-small")))
     assert done.returncode == 0, done.stderr
     assert "requests 100   completed 100   rejected 0   failed 0" in done.stdout
-    assert "speed-up 100x" in done.stdout
+    assert "replayed live against" in done.stdout and "simulated in" not in done.stdout
+    assert "runs 100x faster than real" in done.stdout
     live = json.loads(out.read_text())
     sim = cli("simulate", "--trace", str(REPO / "simulator/data/azure_conv_2023.csv.gz"), "--requests", "100",
               "--cluster", str(builtin_cluster_path("live-small")), "--json", "-", "--no-progress")
@@ -154,6 +155,9 @@ def test_replay_prints_the_simulate_summary(serve, tmp_path):
     assert set(live["pools"]) == set(simulated["pools"])
     assert live["completed"] == 100 and live["live"]["speedup"] == 100.0
     assert live["input_tokens"] == simulated["input_tokens"]
+    # Each row's difficulty travels with it: answers are judged as the simulator judges them.
+    assert (live["quality"], live["correct"]) == (simulated["quality"], simulated["correct"])
+    assert live["quality"] < 1.0
     assert sum(p["prefill_tokens"] for p in live["pools"].values()) == live["input_tokens"]
     # Inter-token gaps from the streamed chunks add up, per request, to first token -> last
     # token, as the simulator's do: the token-weighted means agree as TPOT's do.
