@@ -24,6 +24,7 @@ RPC in Python has on this machine then, whatever the server does.
                                                               # client gRPC in a front-end process
     python bench/live_throughput.py --frontends 2 --client-channels 8   # the load over 8 connections, spread
                                                               # over 2 front ends (for hosts with more cores)
+    python bench/live_throughput.py --serve-flag=--worker-tls   # mutual TLS on the worker plane
     python bench/live_throughput.py --replot                 # the PNG again, from the JSON
 Writes bench/results/live_throughput.json and a plot next to it (.png). All traffic stays on 127.0.0.1;
 the run stops by itself (each step is bounded, serve is stopped with SIGINT,
@@ -393,6 +394,7 @@ def start_serve(args, log_path: Path) -> tuple[subprocess.Popen, str, str]:
         cmd += ["--realtime-priority", str(args.realtime_priority)]
     if args.frontends:
         cmd += ["--frontends", str(args.frontends)]
+    cmd += args.serve_flag
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + args.start_timeout_s
@@ -530,6 +532,8 @@ def main() -> int:
                          "the kernel spreads connections over the front ends)")
     ap.add_argument("--floor", action="store_true",
                     help="no scheduler: the same load on a do-nothing Scheduler server (the gRPC floor)")
+    ap.add_argument("--serve-flag", action="append", default=[], metavar="FLAG",
+                    help="pass FLAG on to serve (repeatable), e.g. --serve-flag=--worker-tls")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--replot", action="store_true", help="only redraw the PNG from --out's JSON")
     args = ap.parse_args()
@@ -627,7 +631,7 @@ def main() -> int:
                    "floor": args.floor,
                    "frontends": args.frontends,
                    "client_channels": args.client_channels,
-                   "realtime_priority": args.realtime_priority,
+                   "realtime_priority": args.realtime_priority, "serve_flags": args.serve_flag,
                    "time_scale": args.time_scale, "step_s": args.step_s, "warmup_s": args.warmup_s,
                    "arrivals": "poisson", "seed": args.seed,
                    "lengths": "Azure 2023 conversation trace (built-in), sampled with replacement"

@@ -30,6 +30,7 @@ from scheduler.live.relay import check_frontends
 from scheduler.live.types import LiveOptions
 from scheduler.realtime import check_priority
 from scheduler.registry import build_policy
+from workers.security.service import ServiceSecurity, is_loopback
 
 HEALTH_CHECK_S = 5.0
 DEFAULT_METRICS_PORT = 9464
@@ -85,6 +86,17 @@ def metrics_port(requested: int | None) -> tuple[int | None, bool]:
     return (None if requested < 0 else requested), False
 
 
+def exposure_warnings(host: str, metrics_host: str, security: ServiceSecurity) -> list[str]:
+    """What serving on these addresses without TLS or a token exposes (one line each)."""
+    if security.enabled:
+        return []
+    return [f"{flag} {h} without --tls-cert or --auth-token-file: anyone who can reach this address can "
+            f"{what} (plaintext, no authentication)"
+            for flag, h, what in (("--host", host, "send requests and read stats"),
+                                  ("--metrics-host", metrics_host, "read the metrics"))
+            if not is_loopback(h)]
+
+
 def run_serve(args) -> int:
     import ray
 
@@ -101,6 +113,16 @@ def run_serve(args) -> int:
         return 2
     if decision_log:
         open(decision_log, "w").close()  # the scheduler appends: a restarted one keeps what was logged
+    try:
+        # The files are read here: a bad one stops serve before Ray starts. Only the token's digest is kept.
+        security = ServiceSecurity.from_files(tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                              tls_client_ca=args.tls_client_ca, auth_token_file=args.auth_token_file)
+    except ValueError as exc:
+        _say(f"error: {exc}")
+        return 2
+    metrics_host = args.metrics_host if args.metrics_port is None or args.metrics_port >= 0 else "127.0.0.1"
+    for warning in exposure_warnings(args.host, metrics_host, security):
+        _say(f"warning: {warning}")  # before anything starts, and not only in a log: the operator decides
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
                           max_retries=args.max_retries)
     need = pool_resources(cluster)
@@ -131,6 +153,7 @@ def run_serve(args) -> int:
                 port=args.port, worker_host=worker_host, metrics_host=args.metrics_host, metrics_port=mport,
                 metrics_port_fallback=mfallback,
                 realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
+                security=security if security.enabled else None, worker_tls=True if args.worker_tls else None,
                 max_restarts=args.scheduler_restarts)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             cause = getattr(exc, "cause", None) or exc
@@ -139,8 +162,10 @@ def run_serve(args) -> int:
                 return 2
             _say(f"error: could not start the scheduler: {cause}")
             return 1
-        _say(f"scheduler listening on {info['address']} (cluster {info['cluster']}, policy {info['policy']}, "
-             f"{len(info['workers'])} workers, time_scale {info['time_scale']:g})")
+        reach = f", reachable as {info['address']}" if info["address"] != info["bind"] else ""
+        _say(f"scheduler listening on {info['bind']} ({info['security']}{reach}; cluster {info['cluster']}, "
+             f"policy {info['policy']}, {len(info['workers'])} workers, time_scale {info['time_scale']:g})")
+        _say(f"worker plane: cluster token{', mutual TLS (cluster CA)' if info['worker_tls'] else ''}")
         if info["frontends"]:
             _say(f"clients are served by {info['frontends']} front-end process(es): "
                  f"pids {' '.join(map(str, info['frontend_pids']))}")

@@ -4,7 +4,10 @@ Creation starts the worker's clock and gRPC server (Worker, health,
 reflection) on `host:0` and registers the address with the scheduler
 (`scheduler.register_worker.remote(instance, worker_id, address)`); a restart
 by Ray runs __init__ again, so a restarted worker registers itself with its
-new address. Its methods are idempotent. Use `worker_actor_class()` for the
+new address. The Worker service is for the cluster only: the credentials
+arrive as a constructor argument (workers.security.plane), and a prefill
+worker hands KV only to addresses the scheduler lists (workers.security.peers).
+Its methods are idempotent. Use `worker_actor_class()` for the
 Ray class (Ray is imported on first use).
 """
 from __future__ import annotations
@@ -25,10 +28,13 @@ from workers.emulated import DEFAULT_CLAIM_TIMEOUT_S, DEFAULT_INPUT_SLACK_S, Emu
 from workers.work import WorkerStatsView
 from workers.kv_link import DEFAULT_KV_BLOCK_TOKENS, KvLinks
 from workers.rpc import WORKER_SERVICE, resolve_host, start_grpc_server
+from workers.security.peers import PeerBook
+from workers.security.service import is_loopback
 from workers.servicer import WorkerServicer
 
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
+    from workers.security.plane import WorkerCredentials
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ class WorkerActor:
     def __init__(self, spec: WorkerSpec, perf: "InstancePerf", scheduler=None, *, host: str = "127.0.0.1",
                  time_scale: float = 0.01, rpc_timeout_s: float = 120.0,
                  claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S, kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
-                 input_slack_s: float = DEFAULT_INPUT_SLACK_S):
+                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, credentials: "WorkerCredentials | None" = None):
         self.spec = spec
         self.worker_id = f"{spec.pool}-{spec.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.worker = EmulatedWorker(
@@ -62,7 +68,11 @@ class WorkerActor:
             worker_id=self.worker_id, pool=spec.pool, instance=spec.instance, claim_timeout_s=claim_timeout_s,
             input_slack_s=input_slack_s, prefix_block_tokens=spec.prefix_block_tokens,
             token_budget=spec.token_budget)
-        self._links = KvLinks(self.worker, rpc_timeout_s, kv_block_tokens)
+        # The cluster's credentials come from the scheduler as a constructor argument
+        # (through Ray: never a command line or a log line).
+        self._credentials = credentials
+        self._links = KvLinks(self.worker, rpc_timeout_s, kv_block_tokens,
+                              credentials.member if credentials is not None else None)
         self._scheduler = scheduler
         self._host = host
         self._server: grpc.aio.Server | None = None
@@ -72,13 +82,19 @@ class WorkerActor:
 
     async def _start(self) -> str:
         bind, advertise = resolve_host(self._host)
-        servicer = WorkerServicer(self.worker, on_drain=self._not_serving)
+        credentials = self._credentials
+        if not is_loopback(bind) and (credentials is None or credentials.tls is None):
+            # Reachable from other hosts: a token over plaintext could be read off the network.
+            raise RuntimeError(f"worker {self.worker_id}: refusing to serve on {bind} without the cluster's "
+                               "mutual TLS credentials")
+        fetch = self._scheduler.worker_addresses.remote if self._scheduler is not None else None
+        servicer = WorkerServicer(self.worker, on_drain=self._not_serving, peers=PeerBook(fetch))
 
         def add(server):
             worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
             return [WORKER_SERVICE]
 
-        self._server, port, self._health = await start_grpc_server(bind, add)
+        self._server, port, self._health = await start_grpc_server(bind, add, security=credentials)
         self.address = f"{advertise}:{port}"
         if self._scheduler is not None:
             try:

@@ -33,6 +33,7 @@ from workers.rpc import status_code
 
 if TYPE_CHECKING:
     from workers.emulated import EmulatedWorker
+    from workers.security.plane import PlaneMember
     from workers.perf import InstancePerf
 
 log = logging.getLogger(__name__)
@@ -242,8 +243,9 @@ class KvLinks:
     task per hand-over (pacing its blocks, then waiting for the ack)."""
 
     def __init__(self, worker: "EmulatedWorker", rpc_timeout_s: float = 120.0,
-                 block_tokens: int = DEFAULT_KV_BLOCK_TOKENS):
+                 block_tokens: int = DEFAULT_KV_BLOCK_TOKENS, member: "PlaneMember | None" = None):
         self.worker = worker
+        self._member = member  # the cluster credentials peers are reached with (None: plaintext, no token)
         self.rpc_timeout_s = rpc_timeout_s
         self.block_tokens = block_tokens
         self._channels: dict[str, tuple[grpc.aio.Channel, worker_pb2_grpc.WorkerStub]] = {}
@@ -305,8 +307,12 @@ class KvLinks:
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
         peer = self._channels.get(address)
         if peer is None:
-            channel = grpc.aio.insecure_channel(address)
-            peer = self._channels[address] = (channel, worker_pb2_grpc.WorkerStub(channel))
+            if self._member is None:
+                channel = grpc.aio.insecure_channel(address)
+                peer = (channel, worker_pb2_grpc.WorkerStub(channel))
+            else:
+                peer = self._member.stub(address, worker_pb2_grpc.WorkerStub)
+            self._channels[address] = peer
         return peer[1]
 
     async def close(self) -> None:

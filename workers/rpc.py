@@ -9,7 +9,7 @@ in workers.report, free of gRPC.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -56,21 +56,33 @@ def resolve_host(host: str) -> tuple[str, str]:
     return host, host
 
 
+class ServerSecurity(Protocol):
+    """What a server needs of workers.security's credentials (None: plaintext, open)."""
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]: ...
+
+    def server_credentials(self) -> grpc.ServerCredentials | None: ...
+
+
 async def start_grpc_server(bind: str, add_services: Callable[[grpc.aio.Server], list[str]],
-                            port: int = 0, serving: bool = True) -> tuple[grpc.aio.Server, int, Any]:
-    """A grpc.aio server with `add_services`' services plus health and reflection, its
-    health SERVING (or NOT_SERVING until the caller says otherwise: `set_health`).
-    Returns (server, bound port, health servicer)."""
+                            port: int = 0, security: ServerSecurity | None = None,
+                            serving: bool = True) -> tuple[grpc.aio.Server, int, Any]:
+    """A grpc.aio server with `add_services`' services plus health and reflection, behind
+    `security`'s interceptors and TLS, its health SERVING (or NOT_SERVING until the caller
+    says otherwise: `set_health`). Returns (server, bound port, health servicer)."""
     from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    interceptors = security.server_interceptors() if security is not None else []
+    credentials = security.server_credentials() if security is not None else None
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors or None)
     names = add_services(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        bound = server.add_insecure_port(f"{bind}:{port}")
+        bound = (server.add_insecure_port(f"{bind}:{port}") if credentials is None
+                 else server.add_secure_port(f"{bind}:{port}", credentials))
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {bind}:{port}: {exc}") from None
     if bound == 0:

@@ -29,6 +29,7 @@ from infersched.v1 import worker_pb2, worker_pb2_grpc
 from workers.emulated import EmulatedWorker
 from workers.kv_link import KvIntake
 from workers.report import LoadReport
+from workers.security.peers import NotAPeer, PeerBook
 from workers.work import (AlreadyHeld, DecodeSummary, InvalidField, PeerFailed, PrefillOutcome, WorkerError,
                           WorkerStatsView)
 from workers.rpc import status_named
@@ -172,9 +173,11 @@ class _KvAcks:
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """infersched.v1.Worker over an EmulatedWorker (on the server's event loop)."""
 
-    def __init__(self, worker: EmulatedWorker, *, on_drain: Callable[[], Awaitable[None]] | None = None):
+    def __init__(self, worker: EmulatedWorker, *, on_drain: Callable[[], Awaitable[None]] | None = None,
+                 peers: PeerBook | None = None):
         self.worker = worker
         self._on_drain = on_drain
+        self._peers = peers  # None: any decode_address (a worker outside a cluster, in tests)
 
     # ---- Session ----------------------------------------------------------
     async def Session(self, request_iterator, context):
@@ -214,6 +217,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     if outbox.open.pop(key, None) is not None:
                         w.cancel(key)
                 for work in message.work:
+                    address = work.prefill.decode_address
+                    if (address and self._peers is not None and work.prefill.request_id not in outbox.open
+                            and not await self._peers.allows(address)):
+                        outbox.failed(work.prefill.request_id, NotAPeer(
+                            f"field 'decode_address': {address[:64]!r} is not a worker of this cluster"))
+                        continue
                     self._start(work, outbox)
         except Exception as exc:  # the stream broke (the scheduler went away): the session ends
             log.debug("worker %s: session stream ended: %r", w.worker_id, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from infersched.cli.clusters import resolve
+from infersched.cli.security import add_client_security_arguments, add_serve_security_arguments, client_security
 from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
                                    local_ray_auth, show_progress, trace_record)
 from infersched.client import MAX_UNAVAILABLE
@@ -53,6 +54,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--scheduler-restarts", type=int, default=3, metavar="N",
                    help="times Ray restarts the scheduler actor after its process dies, with new workers on the "
                         "same port (default 3; 0: serve exits instead)")
+    add_serve_security_arguments(p)
     p.set_defaults(handler=run_serve)
 
 
@@ -72,6 +74,7 @@ def _add_replay(sub) -> None:
                    help=f"stop after N UNAVAILABLE answers in a row (the scheduler is gone), write the summary of "
                         f"what was sent so far and exit 1 (default {MAX_UNAVAILABLE})")
     add_progress_argument(r)
+    add_client_security_arguments(r)
     r.set_defaults(handler=run_replay)
 
 
@@ -81,6 +84,7 @@ def _add_stats(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the stats as JSON")
     s.add_argument("--watch", action="store_true", help="stream stats until Ctrl-C")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between --watch updates (default 1)")
+    add_client_security_arguments(s)
     s.set_defaults(handler=run_stats)
 
 
@@ -89,6 +93,12 @@ def rpc_error(target: str, exc) -> str:
     import grpc
 
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = exc.details() or ""
+        if "handshake" in details.lower():
+            return f"TLS handshake with {target} failed ({details.rsplit(': ', 1)[-1]}): check --tls-ca"
+        if "Socket closed" in details:  # a TLS server closing a plaintext or certificate-less connection
+            return (f"{target} closed the connection: if it serves TLS, give --tls-ca (and --tls-cert/--tls-key "
+                    "when it requires client certificates)")
         return (f"no infersched scheduler answers at {target} (start one with `infersched serve`, "
                 f"or give its address with --target HOST:PORT)")
     return f"{target}: {exc.code().name}: {exc.details()}"
@@ -113,6 +123,7 @@ def run_replay(args) -> int:
     from simulator.report import format_summary, write_json
     from simulator.workload import make_workload
 
+    security = client_security(args)
     trace = load_trace(args)
     workload = make_workload(trace, n_requests=args.requests, seed=args.seed)
     cluster = None
@@ -128,7 +139,7 @@ def run_replay(args) -> int:
         print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
     try:
         result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
-                                    seed=args.seed, progress=show_progress(args),
+                                    seed=args.seed, progress=show_progress(args), security=security,
                                     max_unavailable=args.max_unavailable))
     except grpc.aio.AioRpcError as exc:
         print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
@@ -154,9 +165,10 @@ def run_stats(args) -> int:
     from infersched.client.stats import RPC_TIMEOUT_S, format_stats, stats_json
     from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 
+    security = client_security(args)
     try:
-        with grpc.insecure_channel(args.target) as channel:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        with security.channel(args.target) as channel:
+            stub = security.stub(scheduler_pb2_grpc.SchedulerStub, channel)
             if not args.watch:
                 stats = stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
                 print(stats_json(stats) if args.json else format_stats(stats))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from infersched.cli.live import rpc_error
+from infersched.cli.security import add_client_security_arguments, client_security
 
 
 def register(sub) -> None:
@@ -19,6 +20,7 @@ def register(sub) -> None:
                            help="one worker: its instance index (as request records name it) or its worker id "
                                 "(as the ListWorkers RPC names it)")
         which.add_argument("--pool", help="every worker of this pool")
+        add_client_security_arguments(p)
         p.set_defaults(handler=run_drain, drain=name == "drain")
 
 
@@ -39,9 +41,10 @@ def run_drain(args) -> int:
     from infersched.v1 import common_pb2, scheduler_pb2_grpc
 
     request = drain_request(args.worker, args.pool)
+    security = client_security(args)
     try:
-        with grpc.insecure_channel(args.target) as channel:
-            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        with security.channel(args.target) as channel:
+            stub = security.stub(scheduler_pb2_grpc.SchedulerStub, channel)
             call = stub.DrainWorker if args.drain else stub.UndrainWorker
             response = call(request, timeout=RPC_TIMEOUT_S)
     except grpc.RpcError as exc:

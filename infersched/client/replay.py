@@ -42,6 +42,7 @@ from scheduler.types import RequestStatus, Role
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
 from simulator.sim import SimResult
 from workers.itl import ItlHistogram
+from workers.security.service import NO_CLIENT_SECURITY, ClientSecurity
 
 _STATUS = {
     common_pb2.REQUEST_STATUS_COMPLETED: RequestStatus.COMPLETED,
@@ -115,13 +116,15 @@ class ReplayResult(SimResult):
 
 async def replay(target: str, workload, *, speedup: float | None = None, cluster=None, slo: SloConfig | None = None,
                  seed: int = 0, rpc_timeout_s: float = 600.0, progress: bool = False,
+                 security: ClientSecurity = NO_CLIENT_SECURITY,
                  max_unavailable: int = MAX_UNAVAILABLE) -> ReplayResult:
-    """Replay `workload` (simulator.workload.Workload) against the scheduler at `target`."""
+    """Replay `workload` (simulator.workload.Workload) against the scheduler at `target`,
+    with `security`'s TLS and token."""
     n = workload.n_requests
     rec = RequestRecords(n)
     options = [("grpc.max_receive_message_length", 16 << 20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+    async with security.aio_channel(target, options=options) as channel:
+        stub = security.stub(scheduler_pb2_grpc.SchedulerStub, channel)
         stats0 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
         time_scale = server_time_scale(stats0)
         if cluster is None:

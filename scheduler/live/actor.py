@@ -6,14 +6,18 @@ event loop, so no locks are needed. Workers register their address when they
 start (and again after Ray restarts them). When the core marks an instance
 FAILED, the supervisor probes it (a false alarm comes back at once), waits for
 Ray to restart a crashed actor (which registers itself, or its new address is
-pulled here), or replaces an actor out of restarts.
+pulled here), or replaces an actor out of restarts. The worker plane's
+credentials (workers.security.plane) come in with the constructor arguments and
+go to each worker actor the same way; clients' TLS and token
+(workers.security.service) guard the gRPC server, front ends and metrics.
 
 The actor itself may be restarted by Ray (`start_scheduler(max_restarts=N)`):
 its worker actors, which it owns, die with it; every incarnation starts
 itself (a call to its own start() queued from __init__: nobody else calls it
 after a restart), binds the same port (so give a fixed one) and creates new
-workers, and appends to the decision log (which `serve` truncates first).
-Clients meanwhile get UNAVAILABLE, then held requests until a path is READY.
+workers (with the same credentials, its constructor arguments), and appends to
+the decision log (which `serve` truncates first). Clients meanwhile get
+UNAVAILABLE, then held requests until a path is READY.
 """
 from __future__ import annotations
 
@@ -41,12 +45,20 @@ from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
 from workers.report import WorkerState
 from workers.rpc import resolve_host, set_health, start_grpc_server
+from workers.security.plane import ClusterCredentials
+from workers.security.service import ServiceSecurity, is_loopback
 
 log = logging.getLogger(__name__)
 
 SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 RAY_NAMESPACE = "infersched"
 DECISION_LOG_FLUSH_S = 1.0
+
+
+def plane_credentials(worker_host: str, tls: bool | None = None) -> ClusterCredentials:
+    """Fresh worker-plane credentials; mutual TLS whenever workers bind an address other
+    hosts can reach (`tls` None), or as asked (tests select it on loopback)."""
+    return ClusterCredentials.generate(tls=not is_loopback(worker_host) if tls is None else tls)
 
 
 def device_resource(device: str) -> str:
@@ -71,8 +83,13 @@ class SchedulerActor:
                  options: LiveOptions = LiveOptions(), host: str = "127.0.0.1", port: int = 50051,
                  worker_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", metrics_port: int | None = None,
                  metrics_port_fallback: bool = False, worker_max_restarts: int = 3, start_timeout_s: float = 120.0,
-                 realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None):
+                 realtime_priority: int = 0, frontends: int = 0, decision_log: str | None = None,
+                 credentials: ClusterCredentials | None = None, security: ServiceSecurity | None = None):
         self.config = config
+        # The worker plane's credentials (workers.security.plane): made by start_scheduler in
+        # the driver, so a restarted actor gets the same ones back with its arguments.
+        self.credentials = credentials or plane_credentials(worker_host)
+        self.security = security  # what clients must present (TLS, token); None: plaintext, open
         self.decision_log_path = decision_log  # absolute path on this node; None: no decision log
         # 0: this actor's event loop serves clients; N: N front-end processes share the
         # port and relay to this loop (scheduler.live.relay says when that pays).
@@ -106,6 +123,7 @@ class SchedulerActor:
         self._started: asyncio.Future | None = None
         self._stopped = False
         self.address = ""
+        self.bind = ""
         self.metrics_address = ""
         if _in_actor():
             import ray
@@ -130,7 +148,7 @@ class SchedulerActor:
         self.cluster = Cluster(self.config)
         policy = build_policy(self.policy_config or self.config.policy, self.config)
         clock = ScaledClock(self.options.time_scale)
-        self._client = GrpcWorkerClient(clock, self.options)
+        self._client = GrpcWorkerClient(clock, self.options, member=self.credentials.scheduler)
         if self.decision_log_path:
             self._decision_log = DecisionLog.open(self.decision_log_path, append=True)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
@@ -145,7 +163,7 @@ class SchedulerActor:
         try:
             if self.frontends:
                 self._frontends = FrontendPool(servicer, self.frontends, self.realtime_priority,
-                                               start_timeout_s=self.start_timeout_s)
+                                               start_timeout_s=self.start_timeout_s, security=self.security)
                 port = await self._frontends.start(bind, self.port)
             else:
                 def add(server):
@@ -153,16 +171,20 @@ class SchedulerActor:
                     return [SCHEDULER_SERVICE]
 
                 # NOT_SERVING until the core can place a request (scheduler.live.readiness).
-                self._server, port, self._health = await start_grpc_server(bind, add, port=self.port, serving=False)
+                self._server, port, self._health = await start_grpc_server(bind, add, port=self.port,
+                                                                           security=self.security, serving=False)
         except OSError as exc:
             raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
+        self.bind = f"{bind}:{port}"
         if self.metrics_port is not None:
             self._metrics = Metrics(core, self._frontends)
-            mport, fell_back = bind_metrics(self._metrics.serve, self.metrics_host, self.metrics_port,
+            serve_metrics = functools.partial(self._metrics.serve, security=self.security)
+            mport, fell_back = bind_metrics(serve_metrics, self.metrics_host, self.metrics_port,
                                             fallback=self.metrics_port_fallback)
             self.metrics_port_taken = self.metrics_port if fell_back else 0
-            self.metrics_address = f"http://{self.metrics_host}:{mport}/metrics"
+            scheme = "https" if self.security is not None and self.security.tls else "http"
+            self.metrics_address = f"{scheme}://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
         self._handles = [self._create_worker(i, me) for i in range(self.cluster.n_instances)]
         try:
@@ -197,7 +219,7 @@ class SchedulerActor:
             num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
             resources={device_resource(pool.config.device): float(pool.perf.chips)},
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
-                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack)
+                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack, credentials=self.credentials.workers)
 
     def _on_serving(self, serving: bool) -> None:
         if self._health is not None:
@@ -213,8 +235,10 @@ class SchedulerActor:
             self._decision_log.flush()
 
     def describe(self) -> dict:
-        return {"address": self.address, "metrics": self.metrics_address,
-                "metrics_port_taken": self.metrics_port_taken, "cluster": self.config.name,
+        return {"address": self.address, "bind": self.bind, "metrics": self.metrics_address,
+                "metrics_port_taken": self.metrics_port_taken,
+                "security": self.security.describe() if self.security is not None else "plaintext",
+                "worker_tls": self.credentials.tls, "cluster": self.config.name,
                 "pid": os.getpid(), "serving": self.core.serving if self.core else False,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
@@ -277,6 +301,12 @@ class SchedulerActor:
             self._reviving.discard(instance)
             if slot.state == WorkerState.FAILED and not self._stopped:
                 log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
+
+    async def worker_addresses(self) -> list[str]:
+        """Where the cluster's workers serve now: the only addresses a worker hands KV to."""
+        while self.core is None:
+            await asyncio.sleep(0.01)
+        return [slot.address for slot in self.core.slots if slot.address]
 
     async def worker_handles(self) -> list:
         return list(self._handles)
@@ -349,6 +379,9 @@ def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s
     }
     if name:
         options["name"] = name
+    worker_tls = kwargs.pop("worker_tls", None)  # None: mutual TLS when workers bind a non-loopback address
+    if kwargs.get("credentials") is None:
+        kwargs["credentials"] = plane_credentials(kwargs.get("worker_host", "127.0.0.1"), worker_tls)
     actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
     if not wait:
         actor.start.remote()

@@ -1,5 +1,6 @@
 """Prometheus metrics of one scheduler (prometheus_client, text format at
-http://METRICS_HOST:METRICS_PORT/metrics; a registry per scheduler). Every
+http(s)://METRICS_HOST:METRICS_PORT/metrics, behind `serve`'s TLS and bearer
+token when it has them; a registry per scheduler). Every
 metric with its labels and units: docs/METRICS.md, generated from this
 registry by `python -m infersched.cli.metrics_reference`.
 
@@ -39,6 +40,7 @@ from scheduler.live.relay.pool import FrontendPool
 from scheduler.live.types import RequestOutcome
 from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
+from workers.security.service import ServiceSecurity, serve_http
 
 QUEUE_FULL = "queue full"  # SchedulerCore.submit's reason for a rejection at the queue bound
 
@@ -169,10 +171,14 @@ class Metrics:
                                       value=self.frontends.restarts)
         yield workers
 
-    def serve(self, host: str, port: int) -> int:
-        from prometheus_client import start_http_server
+    def serve(self, host: str, port: int, security: ServiceSecurity | None = None) -> int:
+        """Serve on host:port (0: any free port); behind `serve`'s TLS and token when it has them."""
+        from prometheus_client import make_wsgi_app, start_http_server
 
-        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        if security is not None and security.enabled:
+            self.server, self.thread = serve_http(make_wsgi_app(self.registry), host, port, security)
+        else:
+            self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
         return self.server.server_port
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ from scheduler.live.types import ErrorKind, LiveOptions, Work, WorkError, WorkUp
 from workers.clock import Clock
 from workers.report import LoadReport, WorkerState
 from workers.rpc import status_code
+from workers.security.plane import PlaneMember
 from workers.work import DecodeSummary, PrefillOutcome
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,14 @@ class _Link:
 
     __slots__ = ("instance", "address", "channel", "stub", "session", "reported_at", "poll_failures", "down")
 
-    def __init__(self, instance: int, address: str):
+    def __init__(self, instance: int, address: str, member: PlaneMember | None = None):
         self.instance = instance
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        if member is None:  # workers outside a cluster's credentials (tests of the client alone)
+            self.channel = grpc.aio.insecure_channel(address)
+            self.stub = worker_pb2_grpc.WorkerStub(self.channel)
+        else:  # every call carries the scheduler's token; mutual TLS where the cluster uses it
+            self.channel, self.stub = member.stub(address, worker_pb2_grpc.WorkerStub)
         self.session: _Session | None = None
         self.reported_at = -math.inf  # loop time of its last report
         self.poll_failures = 0
@@ -183,9 +187,10 @@ class _Session:
 class GrpcWorkerClient:
     """WorkerClient over the Worker gRPC service (on the core's event loop)."""
 
-    def __init__(self, clock: Clock, options: LiveOptions = LiveOptions()):
+    def __init__(self, clock: Clock, options: LiveOptions = LiveOptions(), member: PlaneMember | None = None):
         self.clock = clock
         self.options = options
+        self.member = member  # the scheduler's worker-plane credentials (workers.security.plane)
         self.events: WorkerEvents | None = None
         self._links: dict[int, _Link] = {}
         self._by_address: dict[str, int] = {}
@@ -199,7 +204,7 @@ class GrpcWorkerClient:
         old = self._links.pop(instance, None)
         if old is not None:
             self._drop(old)
-        self._links[instance] = _Link(instance, address)
+        self._links[instance] = _Link(instance, address, self.member)
         self._by_address[address] = instance
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_loop())

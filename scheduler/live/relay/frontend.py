@@ -29,6 +29,7 @@ from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, HEALTH
                                        SCHEDULER_SERVICE_DESCRIPTOR, SNAPSHOT, SNAPSHOT_AGE_KEY, SNAPSHOT_LINGER_S,
                                        SNAPSHOT_MAX_AGE_S, STOP_GRACE_S, WANT, CREDIT_EVERY, FrameLink, OK_CODE,
                                        STATUS_BY_CODE)
+from workers.security.service import ServiceSecurity, security_from_frame
 
 
 class _Call:
@@ -226,7 +227,7 @@ class Frontend:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
         return [name]
 
-    async def run(self, core_socket: str, host: str, port: int) -> int:
+    async def run(self, core_socket: str, host: str, port: int, security: ServiceSecurity | None = None) -> int:
         from workers.rpc import start_grpc_server
 
         loop = self._loop = asyncio.get_running_loop()
@@ -234,7 +235,8 @@ class Frontend:
         _, self.link = await loop.create_unix_connection(lambda: FrameLink(self._on_frame, self._on_lost),
                                                         core_socket)
         try:
-            server, bound, self._health = await start_grpc_server(host, self.add_services, port=port, serving=False)
+            server, bound, self._health = await start_grpc_server(host, self.add_services, port=port,
+                                                                  security=security, serving=False)
             self._health_names = [SCHEDULER_SERVICE_DESCRIPTOR.full_name]
         except OSError as exc:
             self.link.send([FAILED, str(exc), os.getpid()])
@@ -277,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent", type=int, default=0, help="pid of the core; this process ends with it")
     ap.add_argument("--snapshot-methods", default="", help="comma-separated unary methods the core pushes "
                     "snapshots of")
+    ap.add_argument("--security-stdin", action="store_true", help="read the clients' TLS and token from stdin")
     args = ap.parse_args(argv)
+    security = security_from_frame(sys.stdin.buffer.read()) if args.security_stdin else None
     logging.basicConfig(level=logging.WARNING, format=f"{PROCESS_NAME}[%(process)d] %(levelname)s %(message)s")
     _linux_process_setup(args.parent)
     if args.realtime_priority:
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
         set_realtime_priority(args.realtime_priority)  # before gRPC starts its threads
     snapshot_methods = tuple(name for name in args.snapshot_methods.split(",") if name)
-    return asyncio.run(Frontend(snapshot_methods).run(args.core, args.host, args.port))
+    return asyncio.run(Frontend(snapshot_methods).run(args.core, args.host, args.port, security))
 
 
 if __name__ == "__main__":

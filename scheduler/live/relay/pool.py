@@ -42,6 +42,7 @@ from google.protobuf import message_factory
 from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, HEALTH, LISTENING, MESSAGE,
                                        SCHEDULER_SERVICE_DESCRIPTOR, SNAPSHOT, SNAPSHOT_INTERVAL_S, SNAPSHOT_LINGER_S, STOP_GRACE_S, STREAM_WINDOW,
                                        WANT, FrameLink, OK_CODE)
+from workers.security.service import ServiceSecurity, security_frame
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,14 @@ class FrontendPool:
     """The core's side: starts `count` front-end processes serving `servicer` on
     host:port, runs their calls against it, and restarts a front end that dies."""
 
-    def __init__(self, servicer: Any, count: int = 1, realtime_priority: int = 0, start_timeout_s: float = 60.0):
+    def __init__(self, servicer: Any, count: int = 1, realtime_priority: int = 0, start_timeout_s: float = 60.0,
+                 security: ServiceSecurity | None = None):
         if count < 1:
             raise ValueError(f"front ends: need at least 1, got {count}")
         self.count = count
         self.realtime_priority = realtime_priority
         self.start_timeout_s = start_timeout_s
+        self.security = security  # clients' TLS and token: each front end gets it on its stdin
         self.port = 0
         self.restarts = 0
         # method name -> (request class, server-streaming?, the servicer's handler)
@@ -191,9 +194,16 @@ class FrontendPool:
         argv = [sys.executable, "-m", "scheduler.live.relay.frontend", "--core", self.socket_path, "--host", self._host, "--port", str(port),
                 "--realtime-priority", str(self.realtime_priority), "--parent", str(os.getpid()),
                 "--snapshot-methods", ",".join(self._snapshot_methods)]
+        secret = security_frame(self.security) if self.security is not None and self.security.enabled else None
+        if secret is not None:  # on stdin: a key or token never shows on a command line
+            argv.append("--security-stdin")
         # Its own session: a terminal's Ctrl-C reaches serve, which stops the core, which
         # stops its front ends; they never stop on their own while the core serves.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if secret is None else subprocess.PIPE,
+                                start_new_session=True)
+        if secret is not None:
+            with proc.stdin:
+                proc.stdin.write(secret)
         fe = _Frontend(index, proc)
         self._pending.append(fe)
         exited = asyncio.ensure_future(_exit_of(proc))
