@@ -128,13 +128,40 @@ class SchedulerActor:
         if _in_actor():
             import ray
 
-            ray.get_runtime_context().current_actor.start.remote()
+            ray.get_runtime_context().current_actor.start_until_bound.remote()
 
     async def start(self) -> dict:
-        """Start serving and create the workers; returns where it listens. Idempotent."""
+        """Start serving and create the workers; returns where it listens. Idempotent; after
+        a BindError (nothing was started) the next call tries again."""
+        if self._started is not None and self._started.done() and not self._started.cancelled() \
+                and isinstance(self._started.exception(), BindError):
+            self._started = None
+            if self._flusher is not None:
+                self._flusher.cancel()
+            if self._decision_log is not None:
+                self._decision_log.close()
         if self._started is None:
             self._started = asyncio.get_running_loop().create_task(self._start())
         return await asyncio.shield(self._started)
+
+    async def start_until_bound(self) -> None:
+        """start(), again every second while its port is taken (a restarted incarnation's
+        port can be held for a moment), for up to start_timeout_s; queued by __init__."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        while True:
+            try:
+                await self.start()
+                return
+            except BindError as exc:
+                if loop.time() > deadline:
+                    log.error("scheduler did not start: %s", exc)
+                    return
+                log.warning("%s; trying again in 1 s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("scheduler did not start")
+                return
 
     async def _start(self) -> dict:
         import ray

@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "infersched.cli"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# A fresh connection per probe: channels to one target otherwise share a subchannel
+# whose reconnect backoff, grown while the scheduler was down, reaches 120 s, so a
+# scheduler back after a gap would stay unseen for minutes.
+PROBE_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 def cluster_config(name: str):
@@ -47,7 +51,7 @@ def free_port() -> int:
 def health(address: str, service: str = "", timeout_s: float = 2.0):
     """The health status, or None when nothing answers."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(address, options=PROBE_OPTIONS) as channel:
             return health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s).status
     except grpc.RpcError:
