@@ -16,7 +16,8 @@ from workers.devices import get_device
 from workers.engine import BatchEngine
 from workers.models import load_model, with_dtype
 from workers.perf import InstancePerf, chips_needed
-from workers.prefix_cache import PrefixCache, PrefixIndex
+from workers.kv_tiers import TierLru
+from workers.prefix_cache import PrefixIndex, tiered_cache
 
 @dataclass(frozen=True, slots=True)
 class Pool:
@@ -161,6 +162,11 @@ class ClusterSnapshot:
         # the runtime when requests carry block hashes, else None and prefix scorers stay neutral.
         self.prefix_index: PrefixIndex | None = None
         self.prefix_block_tokens = 0
+        # Below HBM: one index per tier position (tier k of every instance), and the shared store
+        # when the cluster serves one model (its blocks are that model's KV), else None.
+        self.prefix_tier_indexes: tuple[PrefixIndex, ...] = ()
+        self.prefix_store: TierLru | None = None
+        self.all_instances_mask = (1 << n) - 1
         self._init_economics(pools)
 
     def _init_economics(self, pools: list[Pool]) -> None:
@@ -311,25 +317,48 @@ class Cluster:
     def snapshot(self) -> ClusterSnapshot:
         return ClusterSnapshot(self.pools)
 
-    def make_engines(self, snap: ClusterSnapshot, prefix_caching: bool) -> list[BatchEngine]:
+    def make_engines(self, snap: ClusterSnapshot, prefix_caching: bool, shared_store: bool = True) -> list[BatchEngine]:
         """One engine per instance, as both runtimes model them. With `prefix_caching` (and
         the cluster's prefix_cache enabled) every prefill-capable instance gets a prefix
-        cache registered in a fresh index on `snap`, so policies see what each one holds."""
+        cache registered in a fresh index on `snap`, so policies see what each one holds,
+        with its pool's kv_tiers below HBM and, with `shared_store`, the cluster's kv_store
+        (one per model, the capacity split evenly: a block id names one model's KV)."""
         cfg = self.config.prefix_cache
         index = None
+        stores: dict[str, TierLru] = {}
         if prefix_caching and cfg.enabled:
             index = PrefixIndex()
             snap.prefix_index = index
             snap.prefix_block_tokens = cfg.block_tokens
+            snap.prefix_tier_indexes = tuple(PrefixIndex() for _ in range(max(len(p.config.kv_tiers)
+                                                                              for p in self.pools)))
+            if shared_store:
+                stores = self.make_stores()
+                if len(stores) == 1:
+                    snap.prefix_store = next(iter(stores.values()))
         engines = []
         for pool in self.pools:
             for i in pool.instances:
                 prefix = None
                 if index is not None and pool.role != Role.DECODE:
-                    prefix = PrefixCache(cfg.block_tokens, i, index)
+                    prefix = tiered_cache(cfg.block_tokens, i, index, pool.config.kv_tiers,
+                                          pool.perf.kv_bytes_per_token, snap.prefix_tier_indexes,
+                                          stores.get(pool.perf.model.name))
                 engines.append(BatchEngine(pool.perf, int(pool.role), pool.config.max_batch,
                                            pool.config.max_batch_tokens, prefix, pool.config.engine_token_budget))
         return engines
+
+    def make_stores(self) -> dict[str, TierLru]:
+        """The cluster's kv_store as one shared level per model its prefill-capable pools serve
+        (a block id names one model's KV), the capacity split evenly; {} without a store."""
+        store = self.config.kv_store
+        if store is None:
+            return {}
+        perfs = {p.perf.model.name: p.perf for p in self.pools if p.role != Role.DECODE}
+        block_tokens = self.config.prefix_cache.block_tokens
+        return {name: TierLru(store, store.capacity_blocks(block_tokens * perf.kv_bytes_per_token) // len(perfs),
+                              shared=True)
+                for name, perf in perfs.items()}
 
     def pool_of(self, instance: int) -> Pool:
         return self.instance_pool[instance]

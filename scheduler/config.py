@@ -14,6 +14,7 @@ import yaml
 from scheduler.types import Role
 from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
 from workers.engine import DEFAULT_TOKEN_BUDGET
+from workers.kv_tiers import HBM, STORE, KvTier
 
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -71,6 +72,7 @@ class PoolConfig:
     # the rest of token_budget with prompt chunks. Off: prefill-first (a prompt stalls decodes).
     chunked_prefill: bool = False
     token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per iteration, decode and prompt together
+    kv_tiers: tuple[KvTier, ...] = ()  # per-instance prefix-cache tiers below HBM, fastest first
 
     @property
     def engine_token_budget(self) -> int:
@@ -90,14 +92,17 @@ class ClusterConfig:
     slo: SloConfig = field(default_factory=SloConfig)
     source: str = "<inline>"
     prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
+    kv_store: KvTier | None = None  # cluster-wide prefix-cache store behind every instance's tiers
 
 
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
-    "chunked_prefill", "token_budget",
+    "chunked_prefill", "token_budget", "kv_tiers",
 }
-_TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache"}
+_TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache", "kv_store"}
+_KV_STORE_KEYS = {"capacity_gb", "read_gb_s", "write_gb_s", "usd_per_gb_hour", "energy_j_per_gb"}
+_KV_TIER_KEYS = _KV_STORE_KEYS | {"name"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
 _POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
 _SLO_KEYS = {"ttft_s", "tpot_s"}
@@ -138,6 +143,8 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
         kwargs["price_usd_per_hour"] = v.number(f"{where}.price_usd_per_hour", raw["price_usd_per_hour"],
                                                 at_least=0)
     _parse_chunking(v, where, raw, kwargs)
+    if raw.get("kv_tiers") is not None:
+        kwargs["kv_tiers"] = _parse_kv_tiers(v, where, raw["kv_tiers"], kwargs["role"])
     pool = PoolConfig(**kwargs)
     if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
         raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
@@ -158,6 +165,41 @@ def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
                          "(prefill-first iterations are capped by max_batch_tokens)")
         kwargs["token_budget"] = v.number(f"{where}.token_budget", raw["token_budget"], integer=True, above=0)
     kwargs["chunked_prefill"] = chunked
+
+
+def _parse_kv_tier(v: Fields, where: str, raw: Any, keys: set[str], name: str) -> KvTier:
+    """One tier's mapping: capacity and bandwidths required (> 0), prices optional (>= 0)."""
+    raw = v.mapping(where, raw, "a mapping with capacity_gb, read_gb_s and write_gb_s")
+    v.known_keys(where + ".", raw, keys)
+    for required in ("capacity_gb", "read_gb_s", "write_gb_s"):
+        if required not in raw:
+            raise v.fail(f"{where}.{required}", "missing")
+    sizes = {k: v.number(f"{where}.{k}", raw[k], above=0) for k in ("capacity_gb", "read_gb_s", "write_gb_s")}
+    prices = {k: v.number(f"{where}.{k}", raw[k], at_least=0)
+              for k in ("usd_per_gb_hour", "energy_j_per_gb") if raw.get(k) is not None}
+    return KvTier(name=name, **sizes, **prices)
+
+
+def _parse_kv_tiers(v: Fields, where: str, raw: Any, role: Role) -> tuple[KvTier, ...]:
+    """A pool's tiers below HBM, fastest first; names unique and not the reserved hbm/store."""
+    key = f"{where}.kv_tiers"
+    if not isinstance(raw, list):
+        raise v.fail(key, "expected a list of tiers, fastest first")
+    if raw and role == Role.DECODE:
+        raise v.fail(key, "a decode pool keeps no prefix cache (its KV arrives by hand-over); "
+                          "set tiers on the prefill or colocated pools")
+    tiers: list[KvTier] = []
+    for i, item in enumerate(raw):
+        at = f"{key}[{i}]"
+        if not isinstance(item, dict) or "name" not in item:
+            raise v.fail(f"{at}.name", "missing (each tier is a mapping with a name)")
+        name = v.string(f"{at}.name", item["name"])
+        if name in (HBM, STORE):
+            raise v.fail(f"{at}.name", f"{name!r} is reserved (HBM is the first level, the store is kv_store)")
+        if any(t.name == name for t in tiers):
+            raise v.fail(f"{at}.name", f"duplicate tier name {name!r}")
+        tiers.append(_parse_kv_tier(v, at, item, _KV_TIER_KEYS, name))
+    return tuple(tiers)
 
 
 def _parse_policy(v: Fields, raw: Any) -> PolicyConfig:
@@ -235,6 +277,8 @@ def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
         slo=_parse_slo(v, data.get("slo")),
         source=source,
         prefix_cache=_parse_prefix_cache(v, data.get("prefix_cache")),
+        kv_store=(None if data.get("kv_store") is None
+                  else _parse_kv_tier(v, "kv_store", data["kv_store"], _KV_STORE_KEYS, STORE)),
     )
 
 

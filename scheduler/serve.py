@@ -124,7 +124,7 @@ def run_serve(args) -> int:
     for warning in exposure_warnings(args.host, metrics_host, security):
         _say(f"warning: {warning}")  # before anything starts, and not only in a log: the operator decides
     options = LiveOptions(time_scale=args.time_scale, seed=args.seed, max_queue=args.max_queue,
-                          max_retries=args.max_retries)
+                          max_retries=args.max_retries, max_pending_bytes=args.max_pending_bytes)
     need = pool_resources(cluster)
     started_ray = args.address is None
     if started_ray:

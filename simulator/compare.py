@@ -128,7 +128,30 @@ def format_table(summaries: list[dict], front: list[str]) -> str:
                        align="<")
         lines.append("cached: share of prompt tokens served from prefix caches; computed: prompt tokens prefilled; "
                      "busiest/mean: requests on the busiest instance over its pool's mean")
+    if any(s.get("kv_tiers") for s in summaries):
+        lines += _tier_table(summaries)
     return "\n".join(lines)
+
+
+def _tier_table(summaries: list[dict]) -> list[str]:
+    """Prefix-cache tiers below HBM: where cached tokens came from, what moving and holding them cost."""
+    from simulator.report import format_table as table
+
+    names = list(dict.fromkeys(name for s in summaries for name in s.get("prefix_hit_tokens_by_tier", {})))
+    rows = []
+    for s in summaries:
+        hits = s.get("prefix_hit_tokens_by_tier", {})
+        tiers = s.get("kv_tiers", {})
+        rows.append([" " + short_label(s["label"])] + [f"{hits.get(n, 0):,}" for n in names]
+                    + [f"{sum(t['read_bytes'] for t in tiers.values()) / 1e9:,.1f}",
+                       f"{sum(t['written_bytes'] for t in tiers.values()) / 1e9:,.1f}", f"{s.get('kv_load_s', 0.0):,.1f}",
+                       f"{sum(t['energy_j'] for t in tiers.values()) / 3.6e6:,.3f}",
+                       f"{sum(t['cost_usd'] for t in tiers.values()):,.2f}"])
+    lines = table(["kv tiers"] + [f"{n} tok" for n in names] + ["read GB", "written GB", "load s", "tier kWh",
+                                                                 "tier $"], rows, align="<")
+    lines.append("<tier> tok: prompt tokens served from each level; read/written: bytes loaded into HBM and "
+                 "demoted; tier kWh and $: bytes moved and capacity held (in the kWh and cost $ above)")
+    return lines
 
 
 def plot_pareto(summaries: list[dict], front: list[str], path: Path, title: str = "") -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from scheduler.types import RequestStatus
+from scheduler.reasons import count_by_code
 
 PERCENTILES = (50, 90, 99)
 
@@ -176,8 +177,11 @@ def summarize(result) -> dict:
     meets = completed & (ttft <= slo.ttft_s) & ~(tpot > slo.tpot_s)
     makespan = result.makespan_s
     n = rec.n
-    energy = sum(p.energy_j for p in result.pools)
-    cost = sum(p.cost_usd for p in result.pools)
+    kv = getattr(result, "kv_tiers", None) or {}
+    tier_rows = kv.get("kv_tiers", {})
+    # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
+    energy = sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
+    cost = sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
     out_tokens = int(rec.output_tokens[completed].sum())
     pool_of_instance = np.array([p.index for p in cluster.pools for _ in p.instances])
     placed = rec.prefill_instance >= 0
@@ -245,12 +249,17 @@ def summarize(result) -> dict:
         "rejected": int((rec.status == RequestStatus.REJECTED).sum()),
         "failed": int((rec.status == RequestStatus.FAILED).sum()),
         "reject_reasons": result.reject_reasons,
+        # The same rejections by code, named as the live scheduler's GetStats counts them.
+        "reject_codes": result.reject_codes if result.reject_codes is not None else count_by_code(result.reject_reasons),
         "input_tokens": int(rec.input_tokens.sum()),
         "output_tokens": out_tokens,
         # Prompt tokens prefilled: computed, and served from a prefix cache instead.
         "prefill_computed_tokens": prompt_tokens - hit_tokens,
         "prefix_hit_tokens": hit_tokens,
         "prefix_hit_rate": hit_tokens / prompt_tokens if prompt_tokens else 0.0,
+        "prefix_hit_tokens_by_tier": kv.get("prefix_hit_tokens_by_tier", {"hbm": hit_tokens}),
+        "kv_tiers": tier_rows,
+        "kv_load_s": sum(r["load_s"] for r in tier_rows.values()),
         # Requests placed on the busiest prefill-capable instance over its pool's mean (1.0 = even).
         "max_instance_load_ratio": max(load_ratios) if load_ratios else 1.0,
         "ttft_s": _percentiles(ttft),

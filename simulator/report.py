@@ -162,6 +162,9 @@ def format_summary(s: dict) -> str:
             f"prefix cache: {s['prefix_hit_rate'] * 100:.1f}% of prompt tokens served from cache "
             f"({s['prefix_hit_tokens']:,} of {s['prefix_hit_tokens'] + s['prefill_computed_tokens']:,})   "
             f"busiest instance {s['max_instance_load_ratio']:.2f}x its pool's mean requests")
+    if s.get("kv_tiers"):
+        by_tier = ", ".join(f"{name} {tokens:,}" for name, tokens in s["prefix_hit_tokens_by_tier"].items())
+        lines.append(f"kv tiers: cached tokens by level: {by_tier}; {s['kv_load_s']:,.1f} s loading")
     rows = [[name, p["device"], p["role"], f"{p['instances']:,}", f"{p['requests']:,}", _pct(p["share"]),
              f"{p['prefill_tokens']:,}", f"{p['decode_tokens']:,}", f"{p['utilization'] * 100:.0f}%",
              kwh(p["energy_j"]), f"{p['cost_usd']:,.2f}"] for name, p in s["pools"].items()]

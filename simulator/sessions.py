@@ -8,7 +8,8 @@ file runs through `infersched simulate --trace` like any recorded trace, and a
 recorded Mooncake trace can replace it.
 
 The model, per request in arrival order (lengths resampled from the base
-trace, Poisson arrivals):
+trace, prompt lengths optionally scaled by `input_scale` for long-context
+studies, Poisson arrivals):
 
 - Apps. `system_prompts` applications, chosen by Zipf popularity (exponent
   `zipf_exponent`), each with a system prompt of 1..`max_system_blocks`
@@ -43,12 +44,14 @@ DEFAULT_BLOCK_TOKENS = PrefixCacheConfig().block_tokens  # 512, Mooncake's block
 def session_trace(base: Trace, n_requests: int, rate_rps: float, *, seed: int = 0,
                   block_tokens: int = DEFAULT_BLOCK_TOKENS, followup_share: float = 0.5,
                   system_prompts: int = 64, zipf_exponent: float = 1.1, max_system_blocks: int = 4,
-                  session_window: int = 1024, followup_tries: int = 8) -> Trace:
+                  session_window: int = 1024, followup_tries: int = 8, input_scale: float = 1.0) -> Trace:
     """`n_requests` requests with lengths drawn from `base` and prefix structure as in the module doc."""
     if n_requests <= 0:
         raise ValueError(f"n_requests must be positive, got {n_requests}")
     if not (math.isfinite(rate_rps) and rate_rps > 0):
         raise ValueError(f"rate_rps must be a positive number, got {rate_rps}")
+    if not (math.isfinite(input_scale) and input_scale > 0):
+        raise ValueError(f"input_scale must be a positive number, got {input_scale}")
     if not 0.0 <= followup_share <= 1.0:
         raise ValueError(f"followup_share must be in [0, 1], got {followup_share}")
     for name, value in (("block_tokens", block_tokens), ("system_prompts", system_prompts),
@@ -61,6 +64,8 @@ def session_trace(base: Trace, n_requests: int, rate_rps: float, *, seed: int = 
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, base.rows, size=n_requests)
     inputs = base.input_tokens[rows].astype(np.int64)
+    if input_scale != 1.0:
+        inputs = np.maximum(np.rint(inputs * input_scale).astype(np.int64), 1)
     outputs = base.output_tokens[rows].astype(np.int64)
     gaps = rng.exponential(1.0 / rate_rps, size=n_requests)
     gaps[0] = 0.0
@@ -115,7 +120,8 @@ def session_trace(base: Trace, n_requests: int, rate_rps: float, *, seed: int = 
     offsets = np.zeros(n_requests + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     name = (f"sessions({Path(base.path).name}, n={n_requests}, rate={rate_rps:g}, seed={seed}, "
-            f"followup={followup_share:g}, apps={system_prompts})")
+            f"followup={followup_share:g}, apps={system_prompts}"
+            f"{f', input_scale={input_scale:g}' if input_scale != 1.0 else ''})")
     return Trace(path=name, format="mooncake", arrival_s=arrival_s, input_tokens=inputs,
                  output_tokens=outputs, hash_ids=(offsets, np.asarray(values, dtype=np.int64)))
 

@@ -23,6 +23,7 @@ from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
 from scheduler.types import PassKind, Request, RequestStatus, Role
+from simulator.kv_usage import kv_tier_usage
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
 from simulator.workload import Workload
 from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
@@ -53,11 +54,15 @@ class SimResult:
     events: int
     wall_s: float
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    # Rejections by reason code name (scheduler.reasons); None: derived from reject_reasons.
+    reject_codes: dict[str, int] | None = None
     # Multi-pass policies: passes placed per pool (an escalated or advised request counts
     # once per pass on each pool it used); None when every request was one pass.
     pool_passes: list[int] | None = None
     # Inter-token gaps of every output token after the first, all instances together.
     itl: ItlHistogram | None = None
+    # Prefix-cache tiers below HBM (simulator/kv_usage.py); None where the runtime has no engines.
+    kv_tiers: dict | None = None
 
 
 class Simulation:
@@ -398,6 +403,7 @@ class Simulation:
             utilization=self.utilization, makespan_s=makespan, events=n_events,
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
             pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
+            kv_tiers=kv_tier_usage(engines, makespan),
         )
 
 

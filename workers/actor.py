@@ -51,6 +51,7 @@ class WorkerSpec:
     link_bytes_per_s: float
     prefix_block_tokens: int = 0  # prefix cache block size (0: no prefix cache)
     token_budget: int = 0  # chunked prefill: tokens per iteration (0: prefill-first)
+    kv_tiers: tuple = ()  # KvTier levels below HBM, fastest first (the shared store is not live across actors)
 
 
 class WorkerActor:
@@ -67,7 +68,7 @@ class WorkerActor:
             max_batch_tokens=spec.max_batch_tokens, link_bytes_per_s=spec.link_bytes_per_s,
             worker_id=self.worker_id, pool=spec.pool, instance=spec.instance, claim_timeout_s=claim_timeout_s,
             input_slack_s=input_slack_s, prefix_block_tokens=spec.prefix_block_tokens,
-            token_budget=spec.token_budget)
+            token_budget=spec.token_budget, kv_tiers=spec.kv_tiers)
         # The cluster's credentials come from the scheduler as a constructor argument
         # (through Ray: never a command line or a log line).
         self._credentials = credentials

@@ -35,7 +35,7 @@ from workers.clock import Clock, Timer
 from workers.engine import (DECODE, FINISHED, FIRST_TOKEN, IDLE, JOINED, PREFILL, ROLE_BOTH, ROLE_DECODE,
                             ROLE_PREFILL, BatchEngine)
 from workers.engine_state import engine_state
-from workers.prefix_cache import PrefixCache
+from workers.prefix_cache import tiered_cache
 from workers.report import LoadReport, WorkerState
 from workers.work import (AlreadyHeld, Cancelled, DecodeSummary, Draining, HandOver, InvalidField, KvListener,
                           KvTransport, NoCapacity, NotHeld, PeerFailed, PrefillOutcome, WorkerError, WorkerStatsView,
@@ -124,7 +124,8 @@ class EmulatedWorker:
                  max_batch_tokens: int = 16384, link_bytes_per_s: float = 50e9, worker_id: str = "",
                  pool: str = "", instance: int = -1, claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S,
                  stream_interval_s: float = DEFAULT_STREAM_INTERVAL_S, input_slack_s: float = DEFAULT_INPUT_SLACK_S,
-                 prefix_block_tokens: int = 0, token_budget: int = 0, kv: KvTransport | None = None):
+                 prefix_block_tokens: int = 0, token_budget: int = 0, kv: KvTransport | None = None,
+                 kv_tiers: tuple = (), kv_store=None):
         if role not in (ROLE_PREFILL, ROLE_DECODE, ROLE_BOTH):
             raise ValueError(f"unknown role {role!r}")
         if not link_bytes_per_s > 0:
@@ -134,8 +135,12 @@ class EmulatedWorker:
         self.perf = perf
         self.role = int(role)
         self.clock = clock
-        # Prompts sent with block hashes skip the prefix this worker still caches (0: no cache).
-        prefix = PrefixCache(prefix_block_tokens) if prefix_block_tokens > 0 and role != ROLE_DECODE else None
+        # Prompts sent with block hashes skip the prefix this worker still caches (0: no cache),
+        # in HBM or in its kv_tiers (KvTier) and the shared kv_store (a TierLru) below.
+        prefix = None
+        if prefix_block_tokens > 0 and role != ROLE_DECODE:
+            kv_bytes = perf.kv_bytes_per_token if kv_tiers or kv_store is not None else 0.0
+            prefix = tiered_cache(prefix_block_tokens, 0, None, kv_tiers, kv_bytes, (), kv_store)
         # token_budget > 0: chunked prefill with that many tokens per iteration (0: prefill-first).
         self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix, token_budget)
         self.link_bytes_per_s = float(link_bytes_per_s)

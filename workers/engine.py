@@ -24,6 +24,10 @@ KV memory is reserved for prompt + output when a prompt is admitted, so a
 running request is never preempted and a waiting one simply waits. With a
 `PrefixCache` a prompt submitted with its block hashes computes only the tokens
 past its cached prefix; the cache keeps finished prompts' blocks in free KV.
+A prefix below HBM (host, SSD, shared store: workers/kv_tiers.py) loads at its
+level's read bandwidth layer by layer beside compute (Mooncake, LMCache): an
+iteration (a chunked segment's first) lasts the longer of compute and loads,
+and a prompt loads only the part of its prefix that beats recomputing it.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ class BatchEngine:
         "act_prefix", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
         "decode_segments", "last_kind", "_idle_w", "_price_s", "prefix", "prompt_blocks", "prefix_hit_tokens",
-        "unforeseen", "itl", "last_step_s", "fresh",
+        "unforeseen", "itl", "last_step_s", "fresh", "load_now_s", "act_load_s", "load_plan",
     )
 
     def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384,
@@ -130,6 +134,11 @@ class BatchEngine:
         self.prefix = prefix
         self.prompt_blocks: dict = {}
         self.prefix_hit_tokens = 0
+        # Seconds of prefix loads from below HBM for the prompts an activity is starting, and
+        # the running chunked segment's (the tiers' energy is priced per byte in summaries).
+        self.load_now_s = 0.0
+        self.act_load_s = 0.0
+        self.load_plan = None  # a looked-up prompt's load from below HBM, carried out if it is admitted
         # Changes a copy of this engine fed only the same prompts at the same times
         # (submit_prefill, poke, wake) could not foresee: hand-overs, releases,
         # cancellations, prefix-cache hits. The live scheduler keeps such a copy of each
@@ -245,8 +254,11 @@ class BatchEngine:
         """(time_s, dynamic_energy_j) of the running segment's first `steps` iterations."""
         if self.activity == DECODE:
             return self.perf.decode(self.batch, self.act_ctx0, steps)
-        return self.perf.mixed(self.batch, self.act_ctx0, self.prefill_tokens_now, self.act_pairs, self.act_prefix,
+        t, e = self.perf.mixed(self.batch, self.act_ctx0, self.prefill_tokens_now, self.act_pairs, self.act_prefix,
                                len(self.act_plan), steps)
+        if self.act_load_s:
+            t += _load_excess_s(self.act_load_s, t, steps)
+        return t, e
 
     def poke(self, now_s: float, events: list) -> bool:
         """New work or freed memory: start an idle instance (appending JOINED
@@ -411,9 +423,25 @@ class BatchEngine:
         """Prompt tokens a prefix cache holds for this prompt (at least its last token is computed:
         it yields the first output token)."""
         blocks = self.prompt_blocks.get(rid)
-        if not blocks or self.prefix is None:
+        prefix = self.prefix
+        if not blocks or prefix is None:
             return 0
-        return min(self.prefix.match(blocks) * self.prefix.block_tokens, inp - 1)
+        held = prefix.match(blocks)
+        self.load_plan = None
+        if prefix.deep and held < len(blocks) and held * prefix.block_tokens < inp - 1:
+            cached, load_s, taken = prefix.plan_load(blocks, held, inp, self.perf.prefill)
+            if taken:
+                self.load_plan = (blocks, held, taken, cached, load_s)
+            return cached
+        return min(held * prefix.block_tokens, inp - 1)
+
+    def _admit_load(self) -> None:
+        """The prompt whose prefix was just looked up is admitted: carry out its planned load."""
+        plan = self.load_plan
+        self.load_plan = None
+        self.prefix.load(*plan)
+        self.load_now_s += plan[4]
+        self.unforeseen += 1
 
     def _start_next(self, now_s: float, events: list) -> None:
         self.act_start_s = now_s
@@ -463,15 +491,19 @@ class BatchEngine:
         while waiting:
             rid, inp, out = waiting[0]
             need = inp + out if role_both else inp
-            cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
-            new = inp - cached
-            if batch and tokens + new > self.max_batch_tokens:
-                break
             if self.kv_reserved + need > self.kv_capacity:
                 break
             if role_both and len(batch) >= slots:
                 break
+            # Looked up only for a prompt memory admits: a prompt waiting for memory is not
+            # looked up again at every iteration.
+            cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
+            new = inp - cached
+            if batch and tokens + new > self.max_batch_tokens:
+                break
             waiting.popleft()
+            if self.load_plan is not None:
+                self._admit_load()
             self.kv_reserved += need
             tokens += new
             taken += inp
@@ -485,6 +517,10 @@ class BatchEngine:
         if self.prefix is not None:
             self.prefix.trim(self.kv_capacity - self.kv_reserved)
         t, e = self.perf.prefill(tokens, pairs, len(batch))
+        if self.load_now_s:
+            # Layer-wise overlap: the iteration lasts the longer of compute and loading.
+            t = max(t, self.load_now_s)
+            self.load_now_s = 0.0
         self.activity = PREFILL
         self.prefill_batch = batch
         self.prefill_tokens_now = tokens
@@ -520,6 +556,8 @@ class BatchEngine:
                 break
             cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
             waiting.popleft()
+            if self.load_plan is not None:
+                self._admit_load()
             self.waiting_tokens -= inp
             self.kv_reserved += need
             self.prefix_hit_tokens += cached
@@ -559,6 +597,10 @@ class BatchEngine:
                 break
         ctx0 = self.ctx_offset_sum + self.batch * self.step
         t, e = self.perf.mixed(self.batch, ctx0, tokens, pairs, prefix, len(plan), steps)
+        self.act_load_s = self.load_now_s
+        if self.load_now_s:
+            t += _load_excess_s(self.load_now_s, t, steps)
+            self.load_now_s = 0.0
         self.activity = MIXED if self.batch else PREFILL
         self.act_plan = plan
         self.act_steps = steps
@@ -570,3 +612,10 @@ class BatchEngine:
         self.act_energy_j = e
         self.next_wake_s = now_s + t
         return True
+
+
+def _load_excess_s(load_s: float, segment_s: float, steps: int) -> float:
+    """What loading adds to a chunked segment: the load overlaps its first iteration (the
+    segment's iterations taken as equal), the rest of the segment waits for it."""
+    excess = load_s - segment_s / steps
+    return excess if excess > 0.0 else 0.0

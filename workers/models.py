@@ -61,7 +61,7 @@ def _builtin(repo: str, name: str, hf_keys: dict[str, str], notes: dict[str, str
 _LLAMA_KEYS = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
                "kv_heads": "num_key_value_heads", "ffn": "intermediate_size", "vocab": "vocab_size",
                "tied_embeddings": "tie_word_embeddings", "dtype_bytes": "torch_dtype (bf16: 2 bytes)",
-               "head_dim": "head_dim"}
+               "head_dim": "head_dim", "context_tokens": "max_position_embeddings"}
 _MOE_KEYS = dict(_LLAMA_KEYS, experts="num_local_experts", experts_per_token="num_experts_per_tok",
                  expert_ffn="intermediate_size", sliding_window="sliding_window")
 _QWEN3_MOE_KEYS = dict(_MOE_KEYS, experts="num_experts", expert_ffn="moe_intermediate_size")
@@ -81,7 +81,8 @@ _GPT_OSS_KEYS = dict(_MOE_KEYS, sliding_window_pattern="layer_types (sliding_att
 def _llama(repo: str, name: str, layers: int, hidden: int, heads: int, ffn: int, tied: bool,
            capability: float, card: str) -> ModelSpec:
     return _builtin(repo, name, _LLAMA_KEYS, {"capability": card}, layers=layers, hidden=hidden, heads=heads,
-                    kv_heads=8, ffn=ffn, vocab=128256, dtype_bytes=2, tied_embeddings=tied, capability=capability)
+                    kv_heads=8, ffn=ffn, vocab=128256, dtype_bytes=2, tied_embeddings=tied, capability=capability,
+                    context_tokens=131072)
 
 
 _FP8_NOTE = ("{repo} model card: weights released in fp8 (e4m3, 128x128 block scales); "
@@ -104,16 +105,18 @@ def _gpt_oss(name: str, layers: int, experts: int, capability: float, card: str)
     return _builtin(repo, name, _GPT_OSS_KEYS, {"capability": card, "expert_dtype_bytes": mx},
                     layers=layers, hidden=2880, heads=64, kv_heads=8, head_dim=64, ffn=2880, vocab=201088,
                     dtype_bytes=2, experts=experts, experts_per_token=4, expert_ffn=2880, sliding_window=128,
-                    sliding_window_pattern=2, expert_dtype_bytes=MXFP4_BYTES, capability=capability)
+                    sliding_window_pattern=2, expert_dtype_bytes=MXFP4_BYTES, capability=capability,
+                    context_tokens=131072)
 
 
-def _llama4(repo: str, name: str, experts: int, moe_layer_step: int, capability: float) -> ModelSpec:
+def _llama4(repo: str, name: str, experts: int, moe_layer_step: int, capability: float,
+            context_tokens: int) -> ModelSpec:
     card = (f"MMLU {capability * 100:.1f} (pretrained model, 5-shot) from the Llama 4 model card "
             "(meta-llama/Llama-4-Scout-17B-16E, 2025-04-05)")
     return _builtin(repo, name, _LLAMA4_KEYS, {"capability": card}, layers=48, hidden=5120, heads=40, kv_heads=8,
                     head_dim=128, ffn=16384, vocab=202048, dtype_bytes=2, experts=experts, experts_per_token=1,
                     shared_experts=1, expert_ffn=8192, moe_layer_step=moe_layer_step, sliding_window=8192,
-                    sliding_window_pattern=4, capability=capability)
+                    sliding_window_pattern=4, capability=capability, context_tokens=context_tokens)
 
 
 def _qwen3(repo: str, name: str, layers: int, hidden: int, heads: int, ffn: int, expert_ffn: int,
@@ -122,7 +125,7 @@ def _qwen3(repo: str, name: str, layers: int, hidden: int, heads: int, ffn: int,
             "(arXiv 2505.09388, Table 3/5)")
     return _builtin(repo, name, _QWEN3_MOE_KEYS, {"capability": card}, layers=layers, hidden=hidden, heads=heads,
                     kv_heads=4, head_dim=128, ffn=ffn, vocab=151936, dtype_bytes=2, experts=128,
-                    experts_per_token=8, expert_ffn=expert_ffn, capability=capability)
+                    experts_per_token=8, expert_ffn=expert_ffn, capability=capability, context_tokens=40960)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -140,26 +143,29 @@ MODELS: dict[str, ModelSpec] = {
                "MMLU 87.3 (instruct, 5-shot), Llama 3.1 model card"),
         _deepseek("deepseek-ai/DeepSeek-V3", "deepseek-v3", 0.885,
                   "MMLU 88.5 (chat model, EM) from the DeepSeek-V3 Technical Report (arXiv 2412.19437, Table 6)",
-                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3),
+                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3,
+                  context_tokens=163840),
         # DeepSeek-R1 is DeepSeek-V3's architecture, reasoning-trained: the same shape.
         _deepseek("deepseek-ai/DeepSeek-R1", "deepseek-r1", 0.908,
                   "MMLU 90.8 (EM) from the DeepSeek-R1 model card / report (arXiv 2501.12948, Table 4)",
-                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3),
+                  layers=61, heads=128, kv_heads=128, vocab=129280, experts=256, dense_layers=3,
+                  context_tokens=163840),
         _deepseek("moonshotai/Kimi-K2-Instruct", "kimi-k2", 0.895,
                   "MMLU 89.5 (EM) from the Kimi-K2-Instruct model card (2025-07)",
-                  layers=61, heads=64, kv_heads=64, vocab=163840, experts=384, dense_layers=1),
+                  layers=61, heads=64, kv_heads=64, vocab=163840, experts=384, dense_layers=1,
+                  context_tokens=131072),
         _qwen3("Qwen/Qwen3-235B-A22B", "qwen3-235b-a22b", 94, 4096, 64, 12288, 1536, 0.8781),
         _qwen3("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b", 48, 2048, 32, 6144, 768, 0.8138),
         _gpt_oss("gpt-oss-120b", 36, 128, 0.900,
                  "MMLU 90.0 (high reasoning) from the gpt-oss model card (OpenAI, 2025-08-05)"),
         _gpt_oss("gpt-oss-20b", 24, 32, 0.853,
                  "MMLU 85.3 (high reasoning) from the gpt-oss model card (OpenAI, 2025-08-05)"),
-        _llama4("meta-llama/Llama-4-Maverick-17B-128E", "llama-4-maverick", 128, 2, 0.855),
-        _llama4("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout", 16, 1, 0.796),
+        _llama4("meta-llama/Llama-4-Maverick-17B-128E", "llama-4-maverick", 128, 2, 0.855, 1048576),
+        _llama4("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout", 16, 1, 0.796, 10485760),
         _builtin("mistralai/Mixtral-8x7B-v0.1", "mixtral-8x7b", _MOE_KEYS,
                  {"capability": "MMLU 70.6 (5-shot) from 'Mixtral of Experts' (arXiv 2401.04088, Table 2)"},
                  layers=32, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=32000, dtype_bytes=2,
-                 experts=8, experts_per_token=2, expert_ffn=14336, capability=0.706),
+                 experts=8, experts_per_token=2, expert_ffn=14336, capability=0.706, context_tokens=32768),
     )
 }
 

@@ -42,13 +42,14 @@ OPTIONAL_KEYS: tuple[str, ...] = (
     "kv_dtype_bytes", "tied_embeddings", "capability", "head_dim",
     "experts", "experts_per_token", "shared_experts", "expert_ffn", "dense_layers", "moe_layer_step",
     "routing_skew", "kv_lora_rank", "qk_rope_dim", "q_lora_rank",
-    "sliding_window", "sliding_window_pattern", "expert_dtype_bytes", "embedding_dtype_bytes",
+    "sliding_window", "sliding_window_pattern", "expert_dtype_bytes", "embedding_dtype_bytes", "context_tokens",
 )
 _POSITIVE_INT = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")
 # Optional integers: None (unset) or >= their minimum.
 _OPTIONAL_INT_MIN = {"head_dim": 1, "experts": 1, "experts_per_token": 1, "shared_experts": 0,
                      "expert_ffn": 1, "dense_layers": 0, "moe_layer_step": 1, "kv_lora_rank": 1,
-                     "qk_rope_dim": 0, "q_lora_rank": 1, "sliding_window": 1, "sliding_window_pattern": 1}
+                     "qk_rope_dim": 0, "q_lora_rank": 1, "sliding_window": 1, "sliding_window_pattern": 1,
+                     "context_tokens": 1}
 _WIDTH_KEYS = ("dtype_bytes", "kv_dtype_bytes", "expert_dtype_bytes", "embedding_dtype_bytes")
 
 
@@ -98,6 +99,9 @@ class ModelSpec:
     sliding_window_pattern: int | None = None
     expert_dtype_bytes: float | None = None
     embedding_dtype_bytes: float | None = None
+    # Longest sequence (prompt + output) the model takes; None: not stated (no bound
+    # beyond KV memory). The live scheduler refuses longer requests.
+    context_tokens: int | None = None
     # Where each value comes from (config.json keys, model cards); not part of the value.
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 

@@ -20,10 +20,20 @@ block before it is cached too).
 holding it, kept current by every instance's cache, so a policy finds each
 candidate's cached prefix length in one pass over the request's blocks
 whatever the number of instances.
+
+Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
+`trim` demotes what it evicts, `probe` finds how far a prompt's prefix reaches
+into them, `plan_load` decides whether loading beats recomputing and `load`
+promotes the blocks back into HBM once the prompt is admitted. Each tier level has its own
+index (tier k of every instance registers in index k), so the router sees
+every level.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import repeat
+
+from workers.kv_tiers import TierLru
 
 
 class PrefixIndex:
@@ -46,51 +56,84 @@ class PrefixIndex:
         else:
             holders.pop(block, None)
 
-    def cached_blocks(self, blocks) -> dict[int, int]:
-        """Instance id -> number of leading `blocks` it holds, for instances holding at least one.
+    def reach_blocks(self, blocks, others: tuple, store: "TierLru | None", everyone: int) -> tuple:
+        """`cached_blocks` three ways in one walk: held here; here or in any of the `others`
+        indexes (an instance's own tiers); and also in the shared `store` (held by
+        `everyone`, the mask of all instances; None without a store)."""
+        get = self.holders.get
+        held = store.blocks if store is not None else {}
+        gets = [index.holders.get for index in others]
+        hbm = []
+        local = []
+        reach = []
+        for b in blocks:
+            mask = get(b, 0)
+            hbm.append(mask)
+            for other in gets:
+                mask |= other(b, 0)
+            wide = everyone if b in held else mask
+            if not wide:
+                break  # nobody reaches past here
+            local.append(mask)
+            reach.append(wide)
+        return _leading(hbm), _leading(local), (_leading(reach) if held else None)
 
-        The set of instances holding blocks[0..k] only shrinks with k, so the walk
-        stops at the first block nobody holds; each instance is visited once, when
-        it drops out (or at the end).
-        """
-        if not blocks:
-            return {}
-        holders = self.holders
-        alive = holders.get(blocks[0], 0)
-        depth: dict[int, int] = {}
+    def cached_blocks(self, blocks) -> dict[int, int]:
+        """Instance id -> number of leading `blocks` it holds, for instances holding at least one."""
+        return _leading(map(self.holders.get, blocks, repeat(0)))
+
+
+def _leading(masks) -> dict[int, int]:
+    """Instance id -> number of leading blocks held, from each block's mask of holders in order.
+
+    The set of instances holding blocks[0..k] only shrinks with k, so the walk stops at
+    the first block nobody holds; each instance is visited once, when it drops out (or
+    at the end).
+    """
+    depth: dict[int, int] = {}
+    alive = -1
+    k = 0
+    for mask in masks:
+        still = alive & mask
+        dropped = (alive ^ still) if k else 0
+        while dropped:
+            low = dropped & -dropped
+            depth[low.bit_length() - 1] = k
+            dropped ^= low
+        alive = still
         if not alive:
             return depth
-        k = 1
-        for block in blocks[1:]:
-            still = alive & holders.get(block, 0)
-            dropped = alive ^ still
-            while dropped:
-                low = dropped & -dropped
-                depth[low.bit_length() - 1] = k
-                dropped ^= low
-            alive = still
-            if not alive:
-                return depth
-            k += 1
+        k += 1
+    if k:
         while alive:
             low = alive & -alive
             depth[low.bit_length() - 1] = k
             alive ^= low
-        return depth
+    return depth
 
 
 class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
-    __slots__ = ("block_tokens", "bit", "index", "blocks")
+    __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
+                 "load_s")
 
-    def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None):
+    def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
+                 levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
+        """`levels`: the tiers below HBM, fastest first, the shared store (if any) last."""
         if block_tokens <= 0:
             raise ValueError(f"block_tokens must be positive, got {block_tokens}")
         self.block_tokens = int(block_tokens)
         self.bit = 1 << int(instance)
         self.index = index
         self.blocks: OrderedDict[int, None] = OrderedDict()
+        self.levels = tuple(levels)
+        self.deep = bool(self.levels)  # the hot path skips everything below HBM when False
+        self.block_bytes = float(block_bytes)
+        # Prompt tokens served from each level below HBM (the engine counts the total), and the
+        # seconds prompts spent loading them.
+        self.hit_tokens = [0] * len(self.levels)
+        self.load_s = 0.0
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -131,7 +174,147 @@ class PrefixCache:
         index = self.index
         bit = self.bit
         pop = held.popitem
+        if self.deep:
+            out = [pop(last=False)[0] for _ in range(len(held) - keep)]
+            if index is not None:
+                _discard_all(index.holders, out, bit)
+            self._demote(out)
+            return
         for _ in range(len(held) - keep):
             block, _ = pop(last=False)
             if index is not None:
                 index.discard(block, bit)
+
+    def _demote(self, moving: list) -> None:
+        """HBM evictions (oldest first) move down: into the first level, each level's own LRU
+        evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
+        runs for every block leaving HBM."""
+        size = self.block_bytes
+        for level in self.levels:
+            held = level.blocks
+            index = level.index
+            bit = level.bit
+            holders = index.holders if index is not None else None
+            written = 0
+            for b in moving:
+                if b in held:
+                    held.move_to_end(b)
+                else:
+                    held[b] = None
+                    written += 1
+                    if holders is not None:
+                        holders[b] = holders.get(b, 0) | bit
+            level.written_bytes += written * size
+            over = len(held) - level.capacity
+            if over <= 0:
+                return
+            pop = held.popitem
+            moving = [pop(last=False)[0] for _ in range(over)]
+            if holders is not None:
+                _discard_all(holders, moving, bit)
+
+    def probe(self, blocks, start: int) -> list:
+        """The levels (indexes into `levels`) holding blocks[start:], one per block, up to the
+        first block no level holds. Nothing moves."""
+        found = []
+        held = [level.blocks for level in self.levels]
+        for i in range(start, len(blocks)):
+            block = blocks[i]
+            for k, level in enumerate(held):
+                if block in level:
+                    found.append(k)
+                    break
+            else:
+                break
+        return found
+
+    def load_s_of(self, found) -> float:
+        """Seconds to read the probed blocks into HBM, level by level over its own bandwidth."""
+        size = self.block_bytes
+        return sum(size / self.levels[k].tier.read_bytes_per_s for k in found)
+
+    def plan_load(self, blocks, held: int, inp: int, prefill) -> tuple:
+        """An `inp`-token prompt whose first `held` blocks are in HBM: the part of the rest (up to
+        the end of one level's run of blocks) whose load makes its prefill shortest alone, with
+        the load overlapped (`prefill`: InstancePerf.prefill); none when recomputing is faster.
+        Returns (tokens cached with the load, load seconds, levels of the blocks to load);
+        nothing moves until `load` is called with them, when the prompt is admitted."""
+        found = self.probe(blocks, held)
+        bt = self.block_tokens
+        base = min(held * bt, inp - 1)
+        if not found:
+            return base, 0.0, ()
+
+        def compute_s(cached: int) -> float:
+            new = inp - cached
+            return prefill(new, new * cached + new * (new + 1) * 0.5, 1)[0]
+
+        best_s, best, best_load_s = compute_s(base), 0, 0.0
+        for cut in range(1, len(found) + 1):
+            if cut < len(found) and found[cut] == found[cut - 1]:
+                continue  # only the end of a level's run: part of a run is never better
+            load_s = self.load_s_of(found[:cut])
+            if load_s >= best_s:
+                break  # deeper cuts load more
+            t = max(compute_s(min((held + cut) * bt, inp - 1)), load_s)
+            if t < best_s:
+                best_s, best, best_load_s = t, cut, load_s
+        if not best:
+            return base, 0.0, ()
+        return min((held + best) * bt, inp - 1), best_load_s, tuple(found[:best])
+
+    def load(self, blocks, held: int, taken, cached: int, load_s: float) -> None:
+        """Carry out a `plan_load`: promote the blocks, count the tokens each level served."""
+        self.promote(blocks, held, taken)
+        hits = self.hit_tokens
+        bt = self.block_tokens
+        for k in taken:
+            hits[k] += bt
+        hits[taken[-1]] -= (held + len(taken)) * bt - cached  # the last prompt token is always computed
+        self.load_s += load_s
+
+    def promote(self, blocks, start: int, found) -> None:
+        """Load blocks[start:start + len(found)] into HBM: out of the local tier holding each
+        (a copy stays in the shared store), counting bytes read; the prompt's blocks are then
+        the most recently used, head last."""
+        size = self.block_bytes
+        held = self.blocks
+        index = self.index
+        bit = self.bit
+        levels = self.levels
+        for i, k in enumerate(found):
+            block = blocks[start + i]
+            level = levels[k]
+            level.read_bytes += size
+            if not level.shared:
+                level.take(block)
+            held[block] = None
+            if index is not None:
+                index.add(block, bit)
+        move = held.move_to_end
+        for i in range(start + len(found) - 1, -1, -1):
+            move(blocks[i])
+
+
+def _discard_all(holders: dict, blocks: list, bit: int) -> None:
+    """PrefixIndex.discard for many blocks of one instance, inlined."""
+    get = holders.get
+    for b in blocks:
+        left = get(b, 0) & ~bit
+        if left:
+            holders[b] = left
+        else:
+            holders.pop(b, None)
+
+
+def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
+                 tier_indexes: tuple = (), store: TierLru | None = None) -> PrefixCache:
+    """An instance's prefix cache: HBM, its `tiers` (KvTier, fastest first; tier k registers in
+    tier_indexes[k] when given) and the cluster's shared `store`."""
+    block_bytes = block_tokens * float(kv_bytes_per_token)
+    bit = 1 << int(instance)
+    levels = [TierLru(t, t.capacity_blocks(block_bytes), tier_indexes[k] if k < len(tier_indexes) else None, bit)
+              for k, t in enumerate(tiers)]
+    if store is not None:
+        levels.append(store)
+    return PrefixCache(block_tokens, instance, index, tuple(levels), block_bytes)

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 
 from scheduler import config
+from workers.kv_tiers import KvTier
 
 # (section, its key set in scheduler/config.py, the dataclass holding its defaults)
 SECTIONS = (
@@ -20,7 +21,22 @@ SECTIONS = (
     ("policy", "policy.", config._POLICY_KEYS, config.PolicyConfig),
     ("slo", "slo.", config._SLO_KEYS, config.SloConfig),
     ("prefix_cache", "prefix_cache.", config._PREFIX_CACHE_KEYS, config.PrefixCacheConfig),
+    ("pools[].kv_tiers[]", "pools[].kv_tiers[].", config._KV_TIER_KEYS, KvTier),
+    ("kv_store", "kv_store.", config._KV_STORE_KEYS, KvTier),
 )
+
+# The keys a tier and the store share: (unit, default, meaning).
+_TIER_KEYS = {
+    "capacity_gb": ("GB", "required", "blocks this level holds (per instance for a tier, in all for the store)"),
+    "read_gb_s": ("GB/s", "required", "bandwidth a cached prefix loads at into HBM (overlapped with compute layer "
+                                      "by layer; recomputed instead when that is faster)"),
+    "write_gb_s": ("GB/s", "required", "bandwidth blocks demote at (background writes: counted, not charged to "
+                                       "a request)"),
+    "usd_per_gb_hour": ("USD/(GB*hour)", None, "price of the capacity; 0: not priced (docs/KV_TIERS.md lists "
+                                               "sources)"),
+    "energy_j_per_gb": ("J/GB", None, "energy per GB moved in or out; 0: not priced (docs/KV_TIERS.md lists "
+                                      "sources)"),
+}
 
 # key -> (unit, default where the dataclass has none or says it otherwise, meaning)
 KEYS = {
@@ -63,6 +79,14 @@ KEYS = {
     "policy.staging": ("-", "the preset's", "`none` for one pass, or the preset's staged placement"),
     "slo.ttft_s": ("s", None, "time-to-first-token objective"),
     "slo.tpot_s": ("s", None, "time-per-output-token objective"),
+    "kv_store": ("-", "none", "cluster-wide prefix-cache store behind every instance's tiers (Mooncake Store, "
+                              "LMCache remote): a mapping (keys below)"),
+    "pools[].kv_tiers": ("-", "none", "prefix-cache tiers below HBM on each instance, fastest first: a list of "
+                                      "mappings (keys below); not on decode pools"),
+    "pools[].kv_tiers[].name": ("-", "required", "tier name, unique in the pool (not `hbm` or `store`); "
+                                                 "summaries count hits under it"),
+    **{f"pools[].kv_tiers[].{k}": spec for k, spec in _TIER_KEYS.items()},
+    **{f"kv_store.{k}": spec for k, spec in _TIER_KEYS.items()},
     "prefix_cache.enabled": ("-", None, "cache prompt blocks per instance (requests carry block hashes)"),
     "prefix_cache.block_tokens": ("tokens", None, "tokens per cached block; must match the trace's hashing "
                                                   "(Mooncake: 512)"),

@@ -40,6 +40,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the policy's tie-breaking RNG")
     p.add_argument("--max-queue", type=int, default=4096,
                    help="requests queued for prefill before RESOURCE_EXHAUSTED (default 4096)")
+    p.add_argument("--max-pending-bytes", type=int, default=256 << 20, metavar="BYTES",
+                   help="bytes of requests (messages and metadata) in flight before RESOURCE_EXHAUSTED "
+                        "(default 268435456: 256 MiB)")
     p.add_argument("--max-retries", type=int, default=2, help="re-dispatches after a worker failure (default 2)")
     p.add_argument("--realtime-priority", type=int, default=0, metavar="N",
                    help="run the scheduler actor's threads under SCHED_FIFO at priority N (1-99; Linux, needs "

@@ -3,8 +3,9 @@
 `python -m infersched.cli.metrics_reference > docs/METRICS.md` rewrites it. It
 builds the live scheduler's core in this process (emulated workers on a virtual
 clock, the live-small cluster), runs a few requests through it, one of them
-rejected at the queue bound, and reads every family the registry exports:
-name, type, help and label names come from the registry itself, so a metric
+rejected at the queue bound and one cancelled, and reads every family the
+registry exports: name, type, help and label names come from the registry
+itself, so a metric
 cannot be added, renamed or relabelled without the reference following (a test
 fails when the file drifts, and another that every metric in a real `serve`
 scrape is listed). Label meanings are written here; a label without one fails
@@ -32,8 +33,10 @@ the scheduler actor's process (the one serving them). A Grafana dashboard over t
 # What each label's values are. The generator fails on a label missing here.
 LABELS = {
     "status": "how the request ended: `completed`, `rejected` or `failed` (every request ends in one)",
-    "reason": "why the scheduler rejected it: `queue full` (over `--max-queue`) or the policy's filter "
-              "that left no candidate (e.g. `no instance has KV memory for prompt + output tokens`)",
+    "reason": "why the request was rejected or failed, as a reason code (the `ReasonCode` enum of "
+              "proto/infersched/v1/common.proto without its prefix, a fixed set): e.g. `QUEUE_FULL` (over "
+              "`--max-queue`), `PENDING_BYTES` (over `--max-pending-bytes`), `NO_KV_MEMORY` (the policy's "
+              "memory filter left no candidate), `WORKER_FAILED`, `CANCELLED`",
     "pool": "a pool's `name` from the cluster file",
     "state": "a worker actor's state (every state has a series, zero when no worker is in it)",
 }
@@ -57,7 +60,8 @@ class _FrontendCount:
 
 
 def sample_registry():
-    """A Metrics registry over an in-process core that served a few requests and rejected one."""
+    """A Metrics registry over an in-process core that served a few requests, rejected one
+    and lost one to its client."""
     from scheduler.cluster import Cluster
     from scheduler.config import builtin_cluster_path, load_cluster
     from scheduler.live.core import SchedulerCore
@@ -89,6 +93,8 @@ def sample_registry():
         core.submit(GenerateInput("over", 500, 20), Quiet())
     except Overloaded:
         pass
+    clock.run()
+    core.cancel(core.submit(GenerateInput("cancelled", 500, 20), Quiet()))  # a failure, for its family's label
     clock.run()
     return metrics.registry
 

@@ -21,6 +21,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--rate", type=positive(), default=100.0, help="mean arrival rate, requests/s (default 100)")
     p.add_argument("--followup-share", type=float, default=0.5,
                    help="share of requests that continue a recent conversation (default 0.5)")
+    p.add_argument("--input-scale", type=positive(), default=1.0,
+                   help="multiply the resampled prompt lengths (default 1; 10 on the built-in Azure "
+                        "conversation trace, mean 1,155 tokens, gives Mooncake-like ~11.5k-token prompts)")
     p.add_argument("--apps", type=int, default=64, help="applications with distinct system prompts (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=run)
@@ -33,7 +36,7 @@ def run(args) -> int:
 
     base = read_trace(args.base or builtin_trace_path())
     trace = session_trace(base, args.requests, args.rate, seed=args.seed, followup_share=args.followup_share,
-                          system_prompts=args.apps)
+                          system_prompts=args.apps, input_scale=args.input_scale)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = write_mooncake(trace, args.out)
     stats = reuse_stats(trace)

@@ -136,6 +136,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             raise ValueError(f"speedup must be a positive number, got {speedup!r}")
         prefix = f"replay-{uuid.uuid4().hex[:8]}"
         reasons: dict[str, int] = {}
+        codes: dict[str, int] = {}
         failures: dict[str, int] = {}
         counts = {"messages": 0, "tokens": 0, "unavailable_run": 0, "unknown": 0}
         stopped = asyncio.Event()
@@ -173,13 +174,16 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                     return
                 counts["unavailable_run"] = 0
                 status = (RequestStatus.REJECTED if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                                   grpc.StatusCode.INVALID_ARGUMENT)
+                                                                   grpc.StatusCode.INVALID_ARGUMENT,
+                                                                   grpc.StatusCode.OUT_OF_RANGE)
                           else RequestStatus.FAILED)
                 rec.status[i] = status
                 reason = f"{exc.code().name}: {exc.details()}"
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     reason = "queue full"
                 reasons[reason] = reasons.get(reason, 0) + 1
+                code = _status_code_name(exc)
+                codes[code] = codes.get(code, 0) + 1
                 return
             counts["unavailable_run"] = 0
             if record is None:
@@ -191,6 +195,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 _add_gaps(itl, chunks, record.first_token_s, record.finish_s)
             if rec.status[i] == RequestStatus.REJECTED:
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
+                code = common_pb2.ReasonCode.Name(record.reason_code).removeprefix("REASON_CODE_")
+                codes[code] = codes.get(code, 0) + 1
             elif rec.status[i] == RequestStatus.FAILED:
                 failures[record.reason] = failures.get(record.reason, 0) + 1
 
@@ -271,6 +277,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         cluster=cluster, policy_name=stats1.policy, workload_description=workload.description, seed=seed,
         records=rec, pools=pools, utilization=UtilizationTimeline([p.instances for p in pools]),
         makespan_s=makespan, events=counts["messages"], wall_s=client_wall, reject_reasons=reasons,
+        reject_codes=dict(sorted(codes.items())),
         time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall, itl=itl,
         send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
                          float(lateness.max())) if n else (0.0, 0.0, 0.0),
@@ -283,6 +290,14 @@ def _first(rec: RequestRecords, k: int) -> RequestRecords:
     for name, column in rec.columns().items():
         setattr(out, name, column[:k].copy())
     return out
+
+
+def _status_code_name(exc: grpc.aio.AioRpcError) -> str:
+    """A refused call's key in reject_codes: the scheduler's admission bounds by their reason
+    code names (as GetStats counts them), any other status by its name."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "PENDING_BYTES" if "--max-pending-bytes" in (exc.details() or "") else "QUEUE_FULL"
+    return exc.code().name
 
 
 def _add_gaps(itl: ItlHistogram, chunks: list, first_token_s: float, finish_s: float) -> None:

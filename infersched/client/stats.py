@@ -52,7 +52,7 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
     """The stats as `stats --json` prints them: numbers as numbers, keys as in `simulate --json` where the
     meaning is the same (requests, completed, ttft_s.p50, pools.NAME.energy_j, ...).
 
-    reject_reasons counts rejections and failures by reason, as the replay summary does.
+    reject_codes counts rejections and failures by reason code, as the simulate and replay summaries do.
     """
     pools = {}
     for p in s.pools:
@@ -66,7 +66,7 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
         "cluster": s.cluster, "policy": s.policy, "uptime_s": s.uptime_s, "started_unix_s": s.started_unix_s,
         "requests": s.requests_total, "completed": s.requests_completed, "rejected": s.requests_rejected,
         "failed": s.requests_failed, "invalid": s.requests_invalid, "in_flight": s.in_flight,
-        "reject_reasons": dict(sorted(s.reasons.items())), "decisions": s.decisions_total,
+        "reject_codes": dict(sorted(s.reasons.items())), "decisions": s.decisions_total,
         "scheduling_overhead_s": latency_dict(s.scheduling_overhead_s), "ttft_s": latency_dict(s.ttft_s),
         "tpot_s": latency_dict(s.tpot_s), "e2e_s": latency_dict(s.e2e_s), "slo_attainment": s.slo_attainment,
         "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "energy_j": s.energy_j,

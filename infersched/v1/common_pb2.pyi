@@ -14,6 +14,26 @@ class RequestStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_STATUS_REJECTED: _ClassVar[RequestStatus]
     REQUEST_STATUS_FAILED: _ClassVar[RequestStatus]
 
+class ReasonCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_CODE_UNSPECIFIED: _ClassVar[ReasonCode]
+    REASON_CODE_NO_KV_MEMORY: _ClassVar[ReasonCode]
+    REASON_CODE_NO_CAPABLE_MODEL: _ClassVar[ReasonCode]
+    REASON_CODE_NO_DECODE_FOR_MODEL: _ClassVar[ReasonCode]
+    REASON_CODE_NO_MODEL_TIER: _ClassVar[ReasonCode]
+    REASON_CODE_NO_INSTANCES: _ClassVar[ReasonCode]
+    REASON_CODE_POLICY: _ClassVar[ReasonCode]
+    REASON_CODE_QUEUE_FULL: _ClassVar[ReasonCode]
+    REASON_CODE_PENDING_BYTES: _ClassVar[ReasonCode]
+    REASON_CODE_CANCELLED: _ClassVar[ReasonCode]
+    REASON_CODE_WORKER_FAILED: _ClassVar[ReasonCode]
+    REASON_CODE_WORKER_RESTARTED: _ClassVar[ReasonCode]
+    REASON_CODE_STAGE_TIMEOUT: _ClassVar[ReasonCode]
+    REASON_CODE_NOT_READY: _ClassVar[ReasonCode]
+    REASON_CODE_WORK_REFUSED: _ClassVar[ReasonCode]
+    REASON_CODE_WORKER_BUSY: _ClassVar[ReasonCode]
+    REASON_CODE_SCHEDULER_UNAVAILABLE: _ClassVar[ReasonCode]
+
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLE_UNSPECIFIED: _ClassVar[Role]
@@ -33,6 +53,23 @@ REQUEST_STATUS_UNSPECIFIED: RequestStatus
 REQUEST_STATUS_COMPLETED: RequestStatus
 REQUEST_STATUS_REJECTED: RequestStatus
 REQUEST_STATUS_FAILED: RequestStatus
+REASON_CODE_UNSPECIFIED: ReasonCode
+REASON_CODE_NO_KV_MEMORY: ReasonCode
+REASON_CODE_NO_CAPABLE_MODEL: ReasonCode
+REASON_CODE_NO_DECODE_FOR_MODEL: ReasonCode
+REASON_CODE_NO_MODEL_TIER: ReasonCode
+REASON_CODE_NO_INSTANCES: ReasonCode
+REASON_CODE_POLICY: ReasonCode
+REASON_CODE_QUEUE_FULL: ReasonCode
+REASON_CODE_PENDING_BYTES: ReasonCode
+REASON_CODE_CANCELLED: ReasonCode
+REASON_CODE_WORKER_FAILED: ReasonCode
+REASON_CODE_WORKER_RESTARTED: ReasonCode
+REASON_CODE_STAGE_TIMEOUT: ReasonCode
+REASON_CODE_NOT_READY: ReasonCode
+REASON_CODE_WORK_REFUSED: ReasonCode
+REASON_CODE_WORKER_BUSY: ReasonCode
+REASON_CODE_SCHEDULER_UNAVAILABLE: ReasonCode
 ROLE_UNSPECIFIED: Role
 ROLE_PREFILL: Role
 ROLE_DECODE: Role

@@ -42,7 +42,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, tokens: _Optional[_Union[_common_pb2.TokenChunk, _Mapping]] = ..., record: _Optional[_Union[RequestRecord, _Mapping]] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("request_id", "status", "reason", "retries", "arrival_s", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "prefill_pool", "decode_pool", "prefill_instance", "decode_instance", "model", "input_tokens", "output_tokens", "energy_j", "cost_usd")
+    __slots__ = ("request_id", "status", "reason", "retries", "arrival_s", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "prefill_pool", "decode_pool", "prefill_instance", "decode_instance", "model", "input_tokens", "output_tokens", "energy_j", "cost_usd", "reason_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class RequestRecord(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     status: _common_pb2.RequestStatus
     reason: str
@@ -85,7 +86,8 @@ class RequestRecord(_message.Message):
     output_tokens: int
     energy_j: float
     cost_usd: float
-    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.RequestStatus, str]] = ..., reason: _Optional[str] = ..., retries: _Optional[int] = ..., arrival_s: _Optional[float] = ..., prefill_start_s: _Optional[float] = ..., prefill_end_s: _Optional[float] = ..., kv_transfer_end_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., tpot_s: _Optional[float] = ..., prefill_pool: _Optional[str] = ..., decode_pool: _Optional[str] = ..., prefill_instance: _Optional[int] = ..., decode_instance: _Optional[int] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+    reason_code: _common_pb2.ReasonCode
+    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.RequestStatus, str]] = ..., reason: _Optional[str] = ..., retries: _Optional[int] = ..., arrival_s: _Optional[float] = ..., prefill_start_s: _Optional[float] = ..., prefill_end_s: _Optional[float] = ..., kv_transfer_end_s: _Optional[float] = ..., first_token_s: _Optional[float] = ..., finish_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., tpot_s: _Optional[float] = ..., prefill_pool: _Optional[str] = ..., decode_pool: _Optional[str] = ..., prefill_instance: _Optional[int] = ..., decode_instance: _Optional[int] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., reason_code: _Optional[_Union[_common_pb2.ReasonCode, str]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

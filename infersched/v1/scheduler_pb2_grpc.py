@@ -76,8 +76,12 @@ class SchedulerServicer:
     def Generate(self, request, context):
         """Schedules one request and streams its output tokens, then exactly one
         final RequestRecord (also for rejected and failed requests, which stream
-        no tokens). A malformed request gets INVALID_ARGUMENT with a reason and
-        is counted in `requests_invalid`; a `request_id` already in flight gets
+        no tokens). A malformed request (or bytes that are no GenerateRequest)
+        gets INVALID_ARGUMENT, a value beyond the cluster's models (context,
+        vocabulary) OUT_OF_RANGE, each naming the field and its limit; both are
+        counted in `requests_invalid`. Metadata over 16 KiB is refused (by gRPC,
+        RESOURCE_EXHAUSTED); so are requests beyond the queue or pending-bytes
+        bounds (counted as rejected). A `request_id` already in flight gets
         ALREADY_EXISTS. Cancelling the call cancels the request on its workers
         (their slots and KV are freed) and counts it as FAILED ("cancelled").
         """

@@ -29,15 +29,15 @@ import logging
 import os
 from typing import Any
 
-from infersched.v1 import scheduler_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import ClusterConfig, PolicyConfig
 from scheduler.decision_log import DecisionLog
+from scheduler.live.bounds import add_scheduler_service
 from scheduler.live.core import SchedulerCore
 from scheduler.live.metrics import Metrics
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
-from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
+from scheduler.live.servicer import SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
 from scheduler.live.worker_client import GrpcWorkerClient
 from scheduler.types import Role
@@ -194,8 +194,7 @@ class SchedulerActor:
                 port = await self._frontends.start(bind, self.port)
             else:
                 def add(server):
-                    scheduler_pb2_grpc.add_SchedulerServicer_to_server(servicer, server)
-                    return [SCHEDULER_SERVICE]
+                    return [add_scheduler_service(server, servicer)]
 
                 # NOT_SERVING until the core can place a request (scheduler.live.readiness).
                 self._server, port, self._health = await start_grpc_server(bind, add, port=self.port,
@@ -236,7 +235,7 @@ class SchedulerActor:
         pool = self.cluster.pool_of(instance)
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
                           max_batch_tokens=pool.config.max_batch_tokens, token_budget=pool.config.engine_token_budget,
-                          link_bytes_per_s=pool.config.link_bytes_per_s,
+                          link_bytes_per_s=pool.config.link_bytes_per_s, kv_tiers=pool.config.kv_tiers,
                           prefix_block_tokens=(self.config.prefix_cache.block_tokens
                                                if self.config.prefix_cache.enabled else 0))
         # A decode worker's input (KV) comes from a prefill worker, which itself produces

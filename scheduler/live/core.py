@@ -25,8 +25,10 @@ again, up to `max_retries` times after `retry_backoff_s`, then ends FAILED
 with the reason; a stage lost because its worker died (session broken,
 restart, decode peer gone) moves without spending `max_retries`, within
 `max_hold_s` of arrival. Tokens the client already received are not sent again.
-`max_queue` bounds the requests accepted but not yet past prefill: beyond it
-`submit` raises Overloaded (counted as rejected, reason "queue full").
+`max_queue` bounds the requests accepted but not yet past prefill, and
+`max_pending_bytes` the bytes of requests in flight (`GenerateInput.size_bytes`):
+beyond either `submit` raises Overloaded (counted as rejected, QUEUE_FULL or
+PENDING_BYTES). Every end carries a `Reason` code and a bounded detail.
 
 Readiness (`scheduler.live.readiness`): only READY instances are candidates;
 while no path is READY requests are held (within `max_queue`, `max_hold_s`).
@@ -50,6 +52,7 @@ from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, In
                                   WorkError, WorkerView, WorkUpdate)
 from scheduler.live.worker_client import WorkerClient
 from scheduler.policy import Policy
+from scheduler.reasons import Reason, clip, echo, policy_reason
 from scheduler.types import Request, RequestStatus, Role
 from workers.clock import Clock, Timer
 from workers.report import LoadReport, WorkerState
@@ -105,7 +108,7 @@ class _Flight:
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
                  "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload", "difficulty", "moved")
+                 "payload", "difficulty", "code", "size_bytes", "moved")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -124,6 +127,8 @@ class _Flight:
         self.sink = sink
         self.status = RequestStatus.PENDING
         self.reason = ""
+        self.code = Reason.UNSPECIFIED
+        self.size_bytes = inp.size_bytes
         self.retries = 0
         self.moved = 0  # retries after its worker died (not charged to max_retries)
         self.attempt = 0
@@ -177,6 +182,7 @@ class SchedulerCore:
         self._stages: dict[str, _Flight] = {}  # by attempt key
         self._seq = 0
         self._awaiting_first = 0
+        self._pending_bytes = 0  # size_bytes of the requests in flight
         self.tally = Tally(options.latency_window, len(cluster.pools))
         # Wall-second options in modelled seconds of the core's clock.
         self._slack = options.worker_slack_s / clock.time_scale
@@ -368,17 +374,22 @@ class SchedulerCore:
         self._seq += 1
         key = inp.request_id or f"req-{self._seq}"
         if key in self._active:
-            raise DuplicateRequest(f"request {key!r} is already in flight")
+            raise DuplicateRequest(f"request {echo(key)} is already in flight")
         tally = self.tally
         tally.requests_total += 1
         tally.input_tokens += inp.prompt_tokens
         if self._awaiting_first >= self.options.max_queue:
-            tally.finished(RequestStatus.REJECTED, "queue full")
+            tally.finished(RequestStatus.REJECTED, Reason.QUEUE_FULL)
             raise Overloaded(f"{self._awaiting_first} requests are queued for prefill (bound "
                              f"{self.options.max_queue}); retry later")
+        if self._pending_bytes + inp.size_bytes > self.options.max_pending_bytes:
+            tally.finished(RequestStatus.REJECTED, Reason.PENDING_BYTES)
+            raise Overloaded(f"{self._pending_bytes:,} bytes of requests are in flight; {inp.size_bytes:,} more would "
+                             f"pass the bound ({self.options.max_pending_bytes:,}, --max-pending-bytes); retry later")
         fl = _Flight(key, self._seq - 1, inp, min_cap, arrival, wall0, sink)
         self._active[key] = fl
         self._awaiting_first += 1
+        self._pending_bytes += fl.size_bytes
         self._place(fl)
         return key
 
@@ -392,7 +403,7 @@ class SchedulerCore:
         self._held.discard(key)
         self._end_stage(fl)
         fl.sink = None
-        self._finish(fl, RequestStatus.FAILED, "cancelled")
+        self._finish(fl, RequestStatus.FAILED, "cancelled", Reason.CANCELLED)
 
     def _validate(self, inp: GenerateInput) -> float:
         """Check a request against the cluster; returns its minimum capability."""
@@ -407,7 +418,7 @@ class SchedulerCore:
             raise InvalidRequest(f"field 'difficulty': must be in [0, 1], got {inp.difficulty}")
         if inp.model_tier:
             if inp.model_tier not in self._tiers:
-                raise InvalidRequest(f"field 'model_tier': unknown tier {inp.model_tier!r}; this cluster serves "
+                raise InvalidRequest(f"field 'model_tier': unknown tier {echo(inp.model_tier)}; this cluster serves "
                                      f"{', '.join(sorted(self._tiers))}")
             # A tier is a capability floor: a more capable model serves it too.
             min_cap = max(min_cap, self._tiers[inp.model_tier])
@@ -463,14 +474,14 @@ class SchedulerCore:
                 # Possibly only because instances are down: wait for the supervisor.
                 self._retry_later(fl)
                 return
-            self._finish(fl, RequestStatus.REJECTED, decision.reject_reason)
+            self._finish(fl, RequestStatus.REJECTED, decision.reject_reason, policy_reason(decision.reject_reason))
             return
         fl.prefill_instance, fl.decode_instance = decision.prefill_instance, decision.decode_instance
         self._dispatch(fl)
 
     def _hold_expired(self, fl: _Flight) -> None:
         self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
-                                               "(none ready: starting, drained or failed)")
+                                               "(none ready: starting, drained or failed)", Reason.NOT_READY)
 
     def _release_held(self) -> None:
         for fl in self._held.take_all():
@@ -488,7 +499,7 @@ class SchedulerCore:
         peer = self.slots[d] if d != p else None
         for s in (slot, peer):
             if s is not None and (s.state != WorkerState.READY or not s.worker_id):
-                self._failed(fl, f"instance {s.instance} ({s.pool.name}) is not ready", retryable=True)
+                self._failed(fl, f"instance {s.instance} ({s.pool.name}) is not ready", True, Reason.NOT_READY)
                 return
         fl.attempt += 1
         key = f"{fl.key}#{fl.attempt}"
@@ -540,7 +551,7 @@ class SchedulerCore:
             self.workers.send(d, Work(fl.akey, fl.inp, fl.out, prefill=False, decode=True, sent_s=fl.t_dispatch,
                                       chunk_tokens=self.options.chunk_tokens, payload=fl.payload))
             return
-        self._finish(fl, RequestStatus.COMPLETED, "")
+        self._finish(fl, RequestStatus.COMPLETED, "", Reason.UNSPECIFIED)
 
     def _stage_failed(self, fl: _Flight, error: WorkError, worker_died: bool = False) -> None:
         at = fl.at
@@ -556,17 +567,17 @@ class SchedulerCore:
             message = f"{stage} on instance {blamed.instance} ({blamed.pool.name}) failed: {error.code}: {error.message}"
         if error.kind == ErrorKind.WORKER:
             self.mark_failed(blamed.instance, message)
-        self._failed(fl, message, retryable=error.kind != ErrorKind.INVALID,
+        self._failed(fl, message, error.kind != ErrorKind.INVALID, _error_reason(error),
                      worker_died=worker_died or error.kind == ErrorKind.RESTARTED)
 
-    def _failed(self, fl: _Flight, message: str, retryable: bool, worker_died: bool = False) -> None:
+    def _failed(self, fl: _Flight, message: str, retryable: bool, code: Reason, worker_died: bool = False) -> None:
         if worker_died and self.now() - fl.arrival_s < self._held.limit_s:
             fl.moved += 1
             self._retry_later(fl)
             return
         if not retryable or fl.retries - fl.moved >= self.options.max_retries:
             tail = f" (after {fl.retries} retries)" if retryable else ""
-            self._finish(fl, RequestStatus.FAILED, f"{message}{tail}")
+            self._finish(fl, RequestStatus.FAILED, f"{message}{tail}", code)
             return
         self._retry_later(fl)
 
@@ -591,18 +602,21 @@ class SchedulerCore:
         fl.energy_j += d.energy_j
         fl.cost_usd += d.cost_usd
 
-    def _finish(self, fl: _Flight, status: RequestStatus, reason: str) -> None:
-        """Count the request as ended and send its final record."""
+    def _finish(self, fl: _Flight, status: RequestStatus, reason: str, code: Reason) -> None:
+        """Count the request as ended and send its final record; `code` is `reason` as
+        one of a fixed set (UNSPECIFIED when completed)."""
         if fl.timer is not None:
             fl.timer.cancel()
             fl.timer = None
         fl.status = status
-        fl.reason = reason
+        fl.reason = clip(reason)
+        fl.code = code
         if fl.awaiting:
             fl.awaiting = False
             self._awaiting_first -= 1
+        self._pending_bytes -= fl.size_bytes
         tally = self.tally
-        tally.finished(status, reason)
+        tally.finished(status, code)
         control = 0.0
         if status == RequestStatus.COMPLETED:
             ttft = fl.first_token_s - fl.arrival_s
@@ -630,7 +644,8 @@ class SchedulerCore:
         pre_pool = self.cluster.pool_of(fl.prefill_instance) if placed else None
         dec_pool = self.cluster.pool_of(fl.decode_instance) if placed else None
         return RequestOutcome(
-            request_id=fl.key, status=fl.status, reason=fl.reason, retries=fl.retries, arrival_s=fl.arrival_s,
+            request_id=fl.key, status=fl.status, reason=fl.reason, reason_code=fl.code, retries=fl.retries,
+            arrival_s=fl.arrival_s,
             prefill_start_s=fl.prefill_start_s, prefill_end_s=fl.prefill_end_s,
             kv_transfer_end_s=fl.kv_transfer_end_s if completed else None, first_token_s=fl.first_token_s,
             finish_s=fl.finish_s, ttft_s=ttft, tpot_s=tpot,
@@ -670,9 +685,20 @@ class SchedulerCore:
             started_unix_s=self.started_unix_s, requests_total=t.requests_total,
             requests_completed=t.requests_completed, requests_rejected=t.requests_rejected,
             requests_failed=t.requests_failed, requests_invalid=t.requests_invalid, in_flight=t.in_flight,
-            reasons=dict(t.reasons), decisions_total=t.decisions_total,
+            reasons=t.reason_counts(), decisions_total=t.decisions_total,
             scheduling_overhead_s=t.decision_s.summary(), ttft_s=t.ttft.summary(), tpot_s=t.tpot.summary(),
             e2e_s=t.e2e.summary(), slo_attainment=t.slo_met / finished if finished else 0.0,
             input_tokens=t.input_tokens, output_tokens=t.output_tokens, energy_j=sum(p.energy_j for p in pools),
             cost_usd=sum(p.cost_usd for p in pools), pools=pools, control_overhead_s=t.control_s.summary(),
             time_scale=self.clock.time_scale)
+
+
+def _error_reason(error: WorkError) -> Reason:
+    """The code a failed stage ends its request with, if it is the last attempt."""
+    if error.kind == ErrorKind.RESTARTED:
+        return Reason.WORKER_RESTARTED
+    if error.kind == ErrorKind.INVALID:
+        return Reason.WORK_REFUSED
+    if error.kind == ErrorKind.BUSY:
+        return Reason.WORKER_BUSY
+    return Reason.STAGE_TIMEOUT if error.code == "DEADLINE_EXCEEDED" else Reason.WORKER_FAILED

@@ -106,6 +106,7 @@ class InProcessWorkerClient:
         self.events: WorkerEvents | None = None
         prefix = cluster.config.prefix_cache
         self.workers: list[EmulatedWorker] = []
+        stores = cluster.make_stores()  # one process: the workers share the cluster's kv_store
         for pool in cluster.pools:
             for i in pool.instances:
                 w = EmulatedWorker(
@@ -113,7 +114,8 @@ class InProcessWorkerClient:
                     max_batch_tokens=pool.config.max_batch_tokens, link_bytes_per_s=pool.config.link_bytes_per_s,
                     worker_id=f"{pool.name}-{i}", pool=pool.name, instance=i, input_slack_s=0.0,
                     stream_interval_s=stream_interval_s, token_budget=pool.config.engine_token_budget,
-                    prefix_block_tokens=prefix.block_tokens if prefix.enabled else 0)
+                    prefix_block_tokens=prefix.block_tokens if prefix.enabled else 0,
+                    kv_tiers=pool.config.kv_tiers, kv_store=stores.get(pool.perf.model.name))
                 w.kv = _HandOvers(self, i)
                 w.on_engine = lambda i=i: self._moved(i)
                 self.workers.append(w)

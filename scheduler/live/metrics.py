@@ -5,8 +5,9 @@ metric with its labels and units: docs/METRICS.md, generated from this
 registry by `python -m infersched.cli.metrics_reference`.
 
     infersched_requests_total{status}             counter: completed, rejected, failed
-    infersched_rejections_total{reason}           counter: rejected requests by reason
-    infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT
+    infersched_rejections_total{reason}           counter: rejected requests by reason code
+    infersched_failures_total{reason}             counter: failed requests by reason code
+    infersched_requests_invalid_total             counter: answered INVALID_ARGUMENT or OUT_OF_RANGE
     infersched_requests_in_flight                 gauge
     infersched_time_scale                         gauge: wall seconds per modelled second (--time-scale)
     infersched_decisions_total                    counter: policy decisions (retries included)
@@ -41,8 +42,6 @@ from scheduler.live.types import RequestOutcome
 from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
 from workers.security.service import ServiceSecurity, serve_http
-
-QUEUE_FULL = "queue full"  # SchedulerCore.submit's reason for a rejection at the queue bound
 
 
 class Metrics:
@@ -80,9 +79,6 @@ class Metrics:
         self.pool_ttft_of = {p.name: self.pool_ttft.labels(p.name) for p in core.cluster.pools if p.role != Role.DECODE}
         self.pool_tpot_of = {p.name: self.pool_tpot.labels(p.name) for p in core.cluster.pools
                              if p.role != Role.PREFILL}
-        # Rejections by reason, counted as they come (the tally keeps rejections and failures
-        # in one counter); a policy's reasons are its filters' fixed strings, so few values.
-        self.rejections: Counter = Counter()
         self.decision = Histogram("infersched_scheduling_overhead_seconds",
                                   "Wall time inside the policy per decision", buckets=self.OVERHEAD_BUCKETS,
                                   registry=self.registry)
@@ -97,8 +93,6 @@ class Metrics:
 
     def _outcome(self, outcome: RequestOutcome, control_s: float) -> None:
         if outcome.status != RequestStatus.COMPLETED:
-            if outcome.status == RequestStatus.REJECTED:
-                self.rejections[outcome.reason] += 1
             return
         self.ttft.observe(outcome.ttft_s)
         self.pool_ttft_of[outcome.prefill_pool].observe(outcome.ttft_s)
@@ -121,12 +115,15 @@ class Metrics:
         requests.add_metric(["rejected"], tally.requests_rejected)
         requests.add_metric(["failed"], tally.requests_failed)
         yield requests
-        rejections = CounterMetricFamily("infersched_rejections", "Rejected requests by reason", labels=["reason"])
-        # The queue bound rejects before a request is in flight: no outcome, only the tally.
-        for reason, n in sorted((self.rejections + Counter({QUEUE_FULL: tally.reasons[QUEUE_FULL]})).items()):
-            rejections.add_metric([reason], n)
-        yield rejections
-        yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT",
+        # Reason codes are a fixed set: the label's values stay bounded.
+        by_reason = {RequestStatus.REJECTED: CounterMetricFamily("infersched_rejections", "Rejected requests by "
+                                                                 "reason code", labels=["reason"]),
+                     RequestStatus.FAILED: CounterMetricFamily("infersched_failures", "Failed requests by reason "
+                                                               "code", labels=["reason"])}
+        for (status, code), n in sorted(tally.reasons.items()):
+            by_reason[status].add_metric([code.name], n)
+        yield from by_reason.values()
+        yield CounterMetricFamily("infersched_requests_invalid", "Requests answered INVALID_ARGUMENT or OUT_OF_RANGE",
                                   value=tally.requests_invalid)
         yield GaugeMetricFamily("infersched_requests_in_flight", "Accepted requests not yet finished",
                                 value=tally.in_flight)

@@ -5,7 +5,8 @@ Generate submits the request to the core with a `_Stream` as its sink and
 streams what arrives: token events that arrive together go out as one chunk,
 and the last tokens travel with the final record in one message. A call the
 client abandons cancels the request in the same step (no await on the way),
-which front ends' stats snapshots rely on (`scheduler.live.relay`).
+which front ends' stats snapshots rely on (`scheduler.live.relay`). Requests
+are checked against `scheduler.live.bounds` before the core sees them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import math
 import grpc
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from scheduler.live import bounds
 from scheduler.live.core import SchedulerCore
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, Overloaded, Percentiles,
                                   RequestOutcome, SchedulerStatsView, TokenEvent, WorkerView)
@@ -35,7 +37,7 @@ _STATUS_TO_PROTO = {
 }
 
 
-def generate_input(request: scheduler_pb2.GenerateRequest) -> GenerateInput:
+def generate_input(request: scheduler_pb2.GenerateRequest, size_bytes: int = 0) -> GenerateInput:
     """GenerateRequest -> core input; raises InvalidRequest naming the field."""
     length = request.prompt_length
     n = len(request.prompt_tokens)
@@ -56,7 +58,7 @@ def generate_input(request: scheduler_pb2.GenerateRequest) -> GenerateInput:
         tpot_slo_s=request.tpot_slo_s if request.HasField("tpot_slo_s") else None,
         prefix_block_hashes=tuple(request.prefix_block_hashes),
         sent_unix_s=request.sent_unix_s if request.HasField("sent_unix_s") else None,
-        difficulty=request.difficulty if request.HasField("difficulty") else 0.0)
+        difficulty=request.difficulty if request.HasField("difficulty") else 0.0, size_bytes=size_bytes)
 
 
 def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:
@@ -66,7 +68,8 @@ def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:
 
 def record_proto(o: RequestOutcome) -> scheduler_pb2.RequestRecord:
     record = scheduler_pb2.RequestRecord(
-        request_id=o.request_id, status=_STATUS_TO_PROTO[o.status], reason=o.reason, retries=o.retries,
+        request_id=o.request_id, status=_STATUS_TO_PROTO[o.status], reason=o.reason, reason_code=int(o.reason_code),
+        retries=o.retries,
         arrival_s=o.arrival_s, finish_s=o.finish_s, prefill_pool=o.prefill_pool, decode_pool=o.decode_pool,
         prefill_instance=o.prefill_instance, decode_instance=o.decode_instance, model=o.model,
         input_tokens=o.input_tokens, output_tokens=o.output_tokens, energy_j=o.energy_j, cost_usd=o.cost_usd)
@@ -155,19 +158,29 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         # while someone asks, keeping each connection's own Generate calls visible.
         self.inline_methods = {"GetStats": self.get_stats}
         self.snapshot_methods = frozenset(self.inline_methods)
+        self.bounds = bounds.RequestBounds(core.cluster)
+
+    def parse_request(self, request_class, payload: bytes):
+        """A request's bytes as its message; InvalidRequest, counted, when they are not one."""
+        try:
+            return bounds.parse(request_class, payload)
+        except InvalidRequest as exc:
+            self.core.note_invalid(str(exc))
+            raise
 
     async def Generate(self, request, context):
         core = self.core
         try:
-            inp = generate_input(request)
+            self.bounds.check(request)
+            inp = generate_input(request, bounds.size_bytes(request, context))
         except InvalidRequest as exc:
             core.note_invalid(str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(bounds.status_of(exc), str(exc))
         stream = _Stream()
         try:
             key = core.submit(inp, stream)
         except InvalidRequest as exc:  # counted by the core
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(bounds.status_of(exc), str(exc))
         except Overloaded as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except DuplicateRequest as exc:

@@ -1,6 +1,7 @@
 """The live core's counters: latency windows, usage per worker incarnation, and the
 views GetStats and Prometheus read. Every request ends completed, rejected or
-failed, and is counted once (`Tally.finished`)."""
+failed, and is counted once (`Tally.finished`), rejections and failures by their
+`Reason` code (a fixed set of keys, whatever the requests carried)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -10,6 +11,7 @@ from sortedcontainers import SortedList
 
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.live.types import Percentiles, PoolStatsView
+from scheduler.reasons import Reason
 from scheduler.types import RequestStatus
 
 
@@ -91,7 +93,7 @@ class Tally:
         self.slo_met = 0
         self.input_tokens = 0
         self.output_tokens = 0
-        self.reasons: Counter = Counter()
+        self.reasons: Counter = Counter()  # (RequestStatus, Reason) -> requests
         self.pool_completed = [0] * n_pools
         self.ttft, self.tpot, self.e2e = LatencyWindow(window), LatencyWindow(window), LatencyWindow(window)
         self.decision_s, self.control_s = LatencyWindow(window), LatencyWindow(window)
@@ -100,7 +102,7 @@ class Tally:
     def in_flight(self) -> int:
         return self.requests_total - self.requests_completed - self.requests_rejected - self.requests_failed
 
-    def finished(self, status: RequestStatus, reason: str) -> None:
+    def finished(self, status: RequestStatus, code: Reason) -> None:
         if status == RequestStatus.COMPLETED:
             self.requests_completed += 1
             return
@@ -108,7 +110,14 @@ class Tally:
             self.requests_rejected += 1
         else:
             self.requests_failed += 1
-        self.reasons[reason] += 1
+        self.reasons[status, code] += 1
+
+    def reason_counts(self) -> dict[str, int]:
+        """Rejections and failures by code name (e.g. "QUEUE_FULL")."""
+        out: Counter = Counter()
+        for (_, code), n in self.reasons.items():
+            out[code.name] += n
+        return dict(out)
 
     def completed(self, output_tokens: int, ttft_s: float, tpot_s: float | None, e2e_s: float, slo_met: bool,
                   pools: set[int], control_s: float) -> None:

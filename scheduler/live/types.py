@@ -7,12 +7,13 @@ import enum
 import math
 from dataclasses import dataclass
 
+from scheduler.reasons import Reason
 from scheduler.types import RequestStatus, Role
 from workers.report import WorkerState
 from workers.work import DecodeSummary, PrefillOutcome
 
 __all__ = [
-    "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "Overloaded",
+    "DuplicateRequest", "ErrorKind", "GenerateInput", "InvalidRequest", "LiveOptions", "OutOfRange", "Overloaded",
     "Percentiles", "PromptPayload", "PoolStatsView", "RequestOutcome", "SchedulerStatsView", "TokenEvent", "Work",
     "WorkError", "WorkUpdate", "WorkerState", "WorkerView",
 ]
@@ -20,6 +21,11 @@ __all__ = [
 
 class InvalidRequest(ValueError):
     """A malformed request: answered INVALID_ARGUMENT and counted in requests_invalid."""
+
+
+class OutOfRange(InvalidRequest):
+    """A well-formed value beyond what the cluster's models take (context, vocabulary):
+    answered OUT_OF_RANGE and counted in requests_invalid."""
 
 
 class Overloaded(Exception):
@@ -63,13 +69,16 @@ class LiveOptions:
     # each side ~0.1 ms of CPU whatever it carries; requests wait at most this long, in
     # wall time only (workers admit work at the modelled time it was sent).
     dispatch_interval_s: float = 0.005
+    # Bytes of requests in flight (GenerateInput.size_bytes) beyond which new ones are
+    # refused: memory stays bounded whatever size the requests come in.
+    max_pending_bytes: int = 256 << 20
 
     def __post_init__(self):
         _check_positive("dispatch_interval_s", self.dispatch_interval_s, allow_zero=True)
         _check_positive("worker_slack_s", self.worker_slack_s, allow_zero=True)
         for name in ("time_scale", "retry_backoff_s", "rpc_timeout_s", "stats_interval_s", "max_hold_s"):
             _check_positive(name, getattr(self, name))
-        for name in ("max_queue", "chunk_tokens", "latency_window"):
+        for name in ("max_queue", "chunk_tokens", "latency_window", "max_pending_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -103,6 +112,7 @@ class GenerateInput:
     sent_unix_s: float | None = None  # when the client sent it
     difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
     payload: PromptPayload | None = None
+    size_bytes: int = 0  # what it holds while in flight, against LiveOptions.max_pending_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +152,7 @@ class RequestOutcome:
     output_tokens: int
     energy_j: float
     cost_usd: float
+    reason_code: Reason = Reason.UNSPECIFIED  # why it was rejected or failed; `reason` says it in words
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +197,7 @@ class SchedulerStatsView:
     requests_failed: int
     requests_invalid: int
     in_flight: int
-    reasons: dict[str, int]
+    reasons: dict[str, int]  # rejections and failures by Reason name
     decisions_total: int
     scheduling_overhead_s: Percentiles
     ttft_s: Percentiles

@@ -22,7 +22,7 @@ def stats_message() -> scheduler_pb2.SchedulerStats:
     return scheduler_pb2.SchedulerStats(
         policy="slo-aware", cluster="live-small", uptime_s=12.5, started_unix_s=1.7e9, requests_total=300,
         requests_completed=297, requests_rejected=2, requests_failed=1, requests_invalid=4, in_flight=0,
-        reasons={"queue full": 2, "worker lost": 1}, decisions_total=301,
+        reasons={"QUEUE_FULL": 2, "WORKER_RESTARTED": 1}, decisions_total=301,
         scheduling_overhead_s=lat(samples=301, p50_s=2e-5, p90_s=4e-5, p99_s=1e-4, mean_s=2.5e-5),
         ttft_s=lat(samples=297, p50_s=0.12, p90_s=0.35, p99_s=0.9, mean_s=0.18),
         tpot_s=lat(samples=297, p50_s=0.021, p90_s=0.03, p99_s=0.045, mean_s=0.023),
@@ -47,7 +47,7 @@ def test_numbers_are_numbers():
     s = json.loads(stats_json(stats_message()))
     assert (s["requests"], s["completed"], s["rejected"], s["failed"]) == (300, 297, 2, 1)
     assert s["ttft_s"] == {"p50": 0.12, "p90": 0.35, "p99": 0.9, "mean": 0.18, "samples": 297}
-    assert s["reject_reasons"] == {"queue full": 2, "worker lost": 1}
+    assert s["reject_codes"] == {"QUEUE_FULL": 2, "WORKER_RESTARTED": 1}
     assert s["pools"]["h100-decode"]["decode_tokens"] == 35_000 and s["pools"]["h100-decode"]["role"] == "decode"
 
 

@@ -20,6 +20,7 @@ from scheduler.live.inprocess import InProcessWorkerClient
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
+from scheduler.reasons import Reason
 from scheduler.registry import build_policy
 from scheduler.types import RequestStatus
 from workers.clock import ScaledClock, VirtualClock
@@ -103,7 +104,8 @@ def test_retries_are_bounded_and_the_reason_is_kept():
     o = sink.outcome
     assert o.status == RequestStatus.FAILED and o.retries == 1
     assert "failed: UNAVAILABLE" in o.reason and o.reason.endswith("(after 1 retries)")
-    assert core.stats().reasons == {o.reason: 1}
+    assert o.reason_code == Reason.WORKER_FAILED
+    assert core.stats().reasons == {"WORKER_FAILED": 1}
 
 
 def test_a_cancelled_request_frees_its_worker_and_counts_as_failed():
@@ -117,7 +119,7 @@ def test_a_cancelled_request_frees_its_worker_and_counts_as_failed():
     clock.run_until(6.0)
     assert w.in_flight == 0 and w.engine.batch == 0 and w.engine.kv_reserved == 0
     stats = core.stats()
-    assert (stats.requests_failed, stats.reasons, stats.in_flight) == (1, {"cancelled": 1}, 0)
+    assert (stats.requests_failed, stats.reasons, stats.in_flight) == (1, {"CANCELLED": 1}, 0)
     assert sink.outcome is None  # the client is gone: nothing is sent to it
 
 
@@ -133,7 +135,23 @@ def test_the_queue_bound_rejects_and_counts():
     clock.run()
     stats = core.stats()
     assert (stats.requests_total, stats.requests_completed, stats.requests_rejected) == (3, 2, 1)
-    assert stats.reasons == {"queue full": 1} and sinks[2].outcome is None
+    assert stats.reasons == {"QUEUE_FULL": 1} and sinks[2].outcome is None
+
+
+def test_the_pending_bytes_bound_rejects_counts_and_frees_bytes_when_requests_end():
+    core, _, clock = in_process(TWO_B200_RR, options=replace(VIRTUAL, max_pending_bytes=1000))
+    core.submit(GenerateInput("a", 100, 5, size_bytes=600), Sink())
+    with pytest.raises(Overloaded, match="600 bytes of requests are in flight; 600 more"):
+        core.submit(GenerateInput("b", 100, 5, size_bytes=600), Sink())
+    core.submit(GenerateInput("c", 100, 5, size_bytes=400), Sink())  # exactly at the bound
+    clock.run()
+    late = Sink()
+    core.submit(GenerateInput("d", 100, 5, size_bytes=1000), late)  # the first two ended: their bytes are free
+    clock.run()
+    stats = core.stats()
+    assert late.outcome.status == RequestStatus.COMPLETED
+    assert (stats.requests_total, stats.requests_completed, stats.requests_rejected) == (4, 3, 1)
+    assert stats.reasons == {"PENDING_BYTES": 1}
 
 
 @pytest.mark.parametrize("inp, field", [

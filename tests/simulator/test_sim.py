@@ -110,6 +110,7 @@ def test_request_no_pool_can_hold_is_rejected_and_counted():
     s = summarize(res)
     assert (s["completed"], s["rejected"], s["failed"]) == (1, 1, 0)
     assert s["reject_reasons"] == {"no instance has KV memory for prompt + output tokens": 1}
+    assert s["reject_codes"] == {"NO_KV_MEMORY": 1}  # named as the live scheduler counts it
 
 
 @pytest.fixture(scope="module")

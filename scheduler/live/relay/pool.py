@@ -134,6 +134,9 @@ class FrontendPool:
         self._methods = {m.name: (message_factory.GetMessageClass(m.input_type), m.server_streaming,
                                   getattr(servicer, m.name))
                          for m in SCHEDULER_SERVICE_DESCRIPTOR.methods}
+        # The servicer's own parsing (answering and counting a request that does not
+        # parse, ValueError), if it has one.
+        self._parse = getattr(servicer, "parse_request", None)
         # Unary methods the servicer answers without awaiting anything (`inline_methods`:
         # name -> plain function of (request, context)): answered from the frame's
         # callback, with no task and no event-loop pass between the frame and the answer.
@@ -333,6 +336,11 @@ class FrontendPool:
             request_class, streaming, handler = self._methods[method]
         except KeyError:
             raise _Aborted(grpc.StatusCode.UNIMPLEMENTED, f"method {method!r} is not served") from None
+        if self._parse is not None:
+            try:
+                return self._parse(request_class, payload), streaming, handler
+            except ValueError as exc:
+                raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         try:
             return request_class.FromString(payload), streaming, handler
         except Exception as exc:  # protobuf's DecodeError, and anything a corrupt message raises
