@@ -95,8 +95,8 @@ class DecisionLog:
         self.lines = 0
 
     @classmethod
-    def open(cls, path: str | Path) -> "DecisionLog":
-        log = cls(open(path, "w", encoding="utf-8", newline="\n", buffering=1 << 20))
+    def open(cls, path: str | Path, append: bool = False) -> "DecisionLog":
+        log = cls(open(path, "a" if append else "w", encoding="utf-8", newline="\n", buffering=1 << 20))
         log._owned = True
         return log
 

@@ -4,7 +4,10 @@ Starts a local Ray cluster that declares one custom resource per device class
 (``device_<name>``, one unit per chip; see scheduler.live.actor.pool_resources),
 or joins an existing one with ``--address auto|HOST:PORT`` whose nodes must
 offer those resources. Then it starts the scheduler actor on this node, which
-creates one worker actor per pool instance, and prints where it listens. On
+creates one worker actor per pool instance, and prints where it listens and
+when it is ready (its gRPC health turns SERVING). When the scheduler actor's
+process dies, Ray restarts it (--scheduler-restarts times) with new workers on
+the same port; serve says when it is back and how long it took. On
 Ctrl-C or SIGTERM it stops the scheduler, kills every actor it created (their
 ports close with their processes) and shuts Ray down if it started it.
 """
@@ -15,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from scheduler.cluster import Cluster
 from scheduler.config import Backend, load_cluster
@@ -38,6 +42,35 @@ LISTENER_FLAGS = {Listener.SCHEDULER: ("--port", "--host"), Listener.METRICS: ("
 
 def _say(message: str) -> None:
     print(f"infersched: {message}", flush=True)
+
+
+def _watch(actor, info: dict, stop: threading.Event) -> int:
+    """Until `stop`: check the actor answers; after Ray restarted it, wait until it has
+    started again (start() is idempotent) and say so. Returns serve's exit status."""
+    import ray
+    from ray.exceptions import ActorDiedError
+
+    lost_at = None
+    while not stop.wait(HEALTH_CHECK_S if lost_at is None else 0.2):
+        try:
+            now = ray.get(actor.start.remote(), timeout=HEALTH_CHECK_S * 2 if lost_at is None else 1.0)
+        except ActorDiedError as exc:
+            _say(f"error: the scheduler actor died and is out of restarts: {exc}")
+            return 1
+        except Exception as exc:  # restarting (or too busy to answer in time): ask again
+            if lost_at is None:
+                lost_at = time.monotonic()
+                _say(f"warning: the scheduler actor is not answering ({type(exc).__name__}); waiting for Ray "
+                     "to restart it")
+            continue
+        if now["pid"] != info["pid"]:
+            gap = f" {time.monotonic() - lost_at:.1f} s after it stopped answering" if lost_at is not None else ""
+            _say(f"scheduler restarted (pid {info['pid']} -> {now['pid']}): listening on {now['address']}, "
+                 f"{len(now['workers'])} new workers registered, ready{gap}")
+            info = now
+        lost_at = None
+    _say("stopping")
+    return 0
 
 
 def bind_hint(error: BindError) -> str:
@@ -83,6 +116,8 @@ def run_serve(args) -> int:
     if decision_log and not os.path.isdir(os.path.dirname(decision_log)):
         _say(f"error: --decision-log {args.decision_log}: directory {os.path.dirname(decision_log)} does not exist")
         return 2
+    if decision_log:
+        open(decision_log, "w").close()  # the scheduler appends: a restarted one keeps what was logged
     try:
         # The files are read here: a bad one stops serve before Ray starts. Only the token's digest is kept.
         security = ServiceSecurity.from_files(tls_cert=args.tls_cert, tls_key=args.tls_key,
@@ -133,7 +168,7 @@ def run_serve(args) -> int:
                 metrics_port_fallback=mfallback,
                 realtime_priority=args.realtime_priority, frontends=args.frontends, decision_log=decision_log,
                 security=security if security.enabled else None, worker_tls=True if args.worker_tls else None,
-                http_port=args.http_port)
+                http_port=args.http_port, max_restarts=args.scheduler_restarts)
         except Exception as exc:  # Ray wraps the actor's exception; its message says what failed
             cause = getattr(exc, "cause", None) or exc
             if isinstance(cause, BindError):
@@ -159,15 +194,11 @@ def run_serve(args) -> int:
             _say(f"metrics on {info['metrics']}")
         if info["decision_log"]:
             _say(f"decisions logged to {info['decision_log']} (flushed every {DECISION_LOG_FLUSH_S:g} s)")
+        _say(f"ready: {len(info['workers'])} workers registered, health "
+             f"{'SERVING' if info['serving'] else 'NOT_SERVING (every worker is drained)'} "
+             f"(scheduler actor pid {info['pid']})")
         _say("Ctrl-C or SIGTERM stops it")
-        while not stop.wait(HEALTH_CHECK_S):
-            try:
-                ray.get(actor.ping.remote(), timeout=HEALTH_CHECK_S * 2)
-            except Exception as exc:
-                _say(f"error: the scheduler actor stopped answering: {exc}")
-                return 1
-        _say("stopping")
-        return 0
+        return _watch(actor, info, stop)
     finally:
         if actor is not None:
             try:

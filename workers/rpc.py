@@ -73,10 +73,12 @@ class ServerSecurity(Protocol):
 
 
 async def start_grpc_server(bind: str, add_services: Callable[[grpc.aio.Server], list[str]],
-                            port: int = 0, security: ServerSecurity | None = None) -> tuple[grpc.aio.Server, int, Any]:
+                            port: int = 0, security: ServerSecurity | None = None,
+                            serving: bool = True) -> tuple[grpc.aio.Server, int, Any]:
     """A grpc.aio server with `add_services`' services plus health and reflection, behind
-    `security`'s interceptors and TLS. Returns (server, bound port, health servicer)."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    `security`'s interceptors and TLS, its health SERVING (or NOT_SERVING until the caller
+    says otherwise: `set_health`). Returns (server, bound port, health servicer)."""
+    from grpc_health.v1 import health, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
     interceptors = security.server_interceptors() if security is not None else []
@@ -94,6 +96,14 @@ async def start_grpc_server(bind: str, add_services: Callable[[grpc.aio.Server],
     if bound == 0:
         raise OSError(f"cannot listen on {bind}:{port} (in use or not a local address)")
     await server.start()
-    for name in ("", *names):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await set_health(health_servicer, names, serving)
     return server, bound, health_servicer
+
+
+async def set_health(health_servicer, names: list[str], serving: bool) -> None:
+    """The server's overall status ("") and each service's in `names`."""
+    from grpc_health.v1 import health_pb2
+
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *names):
+        await health_servicer.set(name, status)

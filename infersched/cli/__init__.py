@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from infersched.cli import clusters, compare, live, model, plan, policies, sessions, simulate, sweep
+from infersched.cli import clusters, compare, live, model, operate, plan, policies, sessions, simulate, sweep
 from infersched.cli.common import USER_ERRORS, user_error
 
 # In `infersched --help` order.
-COMMANDS = (simulate, model, live, compare, plan, sweep, sessions, policies, clusters)
+COMMANDS = (simulate, model, live, operate, compare, plan, sweep, sessions, policies, clusters)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from infersched.cli.clusters import resolve
 from infersched.cli.security import add_client_security_arguments, add_serve_security_arguments, client_security
 from infersched.cli.common import (CLUSTER_HELP, add_progress_argument, add_trace_arguments, load_trace,
                                    local_ray_auth, show_progress, trace_record)
+from infersched.client import MAX_UNAVAILABLE
 
 # The smallest live example: two H100 instances (prefill, decode) and a B200, one Ray actor each.
 DEFAULT_SERVE_CLUSTER = "live-small"
@@ -57,6 +58,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--decision-log", metavar="FILE",
                    help="write every placement the scheduler decides as a JSON line, in the format of "
                         "`simulate --decision-log` (flushed every second)")
+    p.add_argument("--scheduler-restarts", type=int, default=3, metavar="N",
+                   help="times Ray restarts the scheduler actor after its process dies, with new workers on the "
+                        "same port (default 3; 0: serve exits instead)")
     add_serve_security_arguments(p)
     p.set_defaults(handler=run_serve)
 
@@ -73,6 +77,9 @@ def _add_replay(sub) -> None:
     r.add_argument("--cluster", help=f"the served cluster ({CLUSTER_HELP}), for its SLO (default SLO otherwise)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", metavar="PATH", help="write the summary JSON to PATH ('-' for stdout)")
+    r.add_argument("--max-unavailable", type=int, default=MAX_UNAVAILABLE, metavar="N",
+                   help=f"stop after N UNAVAILABLE answers in a row (the scheduler is gone), write the summary of "
+                        f"what was sent so far and exit 1 (default {MAX_UNAVAILABLE})")
     add_progress_argument(r)
     add_client_security_arguments(r)
     r.set_defaults(handler=run_replay)
@@ -119,6 +126,7 @@ def run_replay(args) -> int:
     import grpc
 
     from infersched.client.replay import live_summary, replay
+    from scheduler.types import RequestStatus
     from simulator.report import format_summary, write_json
     from simulator.workload import make_workload
 
@@ -138,7 +146,8 @@ def run_replay(args) -> int:
         print(f"replaying {workload.n_requests:,} requests to {args.target}", file=sys.stderr)
     try:
         result = asyncio.run(replay(args.target, workload, speedup=args.speedup, cluster=cluster, slo=slo,
-                                    seed=args.seed, progress=show_progress(args), security=security))
+                                    seed=args.seed, progress=show_progress(args), security=security,
+                                    max_unavailable=args.max_unavailable))
     except grpc.aio.AioRpcError as exc:
         print(f"infersched: error: {rpc_error(args.target, exc)}", file=sys.stderr)
         return 2
@@ -148,6 +157,12 @@ def run_replay(args) -> int:
         write_json(summary, args.json)
     if not quiet:
         print(format_summary(summary))
+    if result.stopped:
+        completed = int((result.records.status == RequestStatus.COMPLETED).sum())
+        print(f"infersched: error: replay stopped after {result.stopped} from {args.target}: sent {result.sent:,} "
+              f"of {workload.n_requests:,} requests, {completed:,} completed, {result.unknown:,} unknown (no final "
+              f"record){'; the summary above covers the requests sent' if not quiet else ''}", file=sys.stderr)
+        return 1
     return 0
 
 

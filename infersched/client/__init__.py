@@ -5,3 +5,6 @@ three packages: the live plane's gRPC contract, the trace readers and the
 simulator's summary (so a live replay's JSON compares field by field with
 `infersched simulate --json`).
 """
+
+# A run of this many UNAVAILABLE answers in a row stops a replay (the scheduler is gone).
+MAX_UNAVAILABLE = 20

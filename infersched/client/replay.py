@@ -10,6 +10,12 @@ The default speed-up is the server's own (1 / time_scale, which GetStats
 reports), so the cluster sees the trace's arrival rate in modelled time: what
 the simulator replays.
 
+When the scheduler goes away (`max_unavailable` UNAVAILABLE answers in a row),
+the replay stops sending, gives calls still open STOP_GRACE_S to end, and
+returns what it has: the summary covers the requests sent, and those without
+a final record count as FAILED and as `unknown` (the server may or may not
+have finished them).
+
 Pool energy, cost, tokens and utilization in the summary are the change in
 the scheduler's pool counters over the replay; idle energy and hourly cost are
 charged over the makespan, as the simulator charges them.
@@ -17,6 +23,7 @@ charged over the makespan, as the simulator charges them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -27,6 +34,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from infersched.client import MAX_UNAVAILABLE
 from infersched.client.stats import RPC_TIMEOUT_S
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import SloConfig
@@ -41,6 +49,9 @@ _STATUS = {
     common_pb2.REQUEST_STATUS_REJECTED: RequestStatus.REJECTED,
     common_pb2.REQUEST_STATUS_FAILED: RequestStatus.FAILED,
 }
+# Seconds calls still open when a replay stops get to end before they count as unknown.
+STOP_GRACE_S = 2.0
+UNKNOWN_REASON = "unknown: no final record (the scheduler was unavailable)"
 _ROLE = {common_pb2.ROLE_PREFILL: Role.PREFILL, common_pb2.ROLE_DECODE: Role.DECODE, common_pb2.ROLE_BOTH: Role.BOTH}
 
 
@@ -95,11 +106,18 @@ class ReplayResult(SimResult):
     # Wall seconds each request was sent after its scheduled time (p50, p99, max): a busy
     # client bunches arrivals, and then the cluster sees another workload than the trace.
     send_lateness_s: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Requests of the workload sent, and those of them with no final record; why the
+    # replay stopped before sending them all ("" when it did not).
+    sent: int = 0
+    unknown: int = 0
+    stopped: str = ""
+    failure_reasons: dict | None = None  # FAILED requests by reason (the scheduler's, or "unknown: ...")
 
 
 async def replay(target: str, workload, *, speedup: float | None = None, cluster=None, slo: SloConfig | None = None,
                  seed: int = 0, rpc_timeout_s: float = 600.0, progress: bool = False,
-                 security: ClientSecurity = NO_CLIENT_SECURITY) -> ReplayResult:
+                 security: ClientSecurity = NO_CLIENT_SECURITY,
+                 max_unavailable: int = MAX_UNAVAILABLE) -> ReplayResult:
     """Replay `workload` (simulator.workload.Workload) against the scheduler at `target`,
     with `security`'s TLS and token."""
     n = workload.n_requests
@@ -119,7 +137,14 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         prefix = f"replay-{uuid.uuid4().hex[:8]}"
         reasons: dict[str, int] = {}
         codes: dict[str, int] = {}
-        counts = {"messages": 0, "tokens": 0}
+        failures: dict[str, int] = {}
+        counts = {"messages": 0, "tokens": 0, "unavailable_run": 0, "unknown": 0}
+        stopped = asyncio.Event()
+
+        def unknown(i: int) -> None:
+            rec.status[i] = RequestStatus.FAILED
+            counts["unknown"] += 1
+            failures[UNKNOWN_REASON] = failures.get(UNKNOWN_REASON, 0) + 1
         itl = ItlHistogram()
 
         async def attempt(i: int, inp: int, out: int, due: float, hashes, difficulty: float) -> None:
@@ -141,6 +166,13 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                     if item.HasField("record"):  # the last message (with the last tokens, if they came with it)
                         record = item.record
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    counts["unavailable_run"] += 1
+                    if counts["unavailable_run"] >= max_unavailable:
+                        stopped.set()
+                    unknown(i)
+                    return
+                counts["unavailable_run"] = 0
                 status = (RequestStatus.REJECTED if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                                                    grpc.StatusCode.INVALID_ARGUMENT,
                                                                    grpc.StatusCode.OUT_OF_RANGE)
@@ -153,6 +185,7 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 code = _status_code_name(exc)
                 codes[code] = codes.get(code, 0) + 1
                 return
+            counts["unavailable_run"] = 0
             if record is None:
                 rec.status[i] = RequestStatus.FAILED
                 reasons["stream ended without a record"] = reasons.get("stream ended without a record", 0) + 1
@@ -164,10 +197,14 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 reasons[record.reason] = reasons.get(record.reason, 0) + 1
                 code = common_pb2.ReasonCode.Name(record.reason_code).removeprefix("REASON_CODE_")
                 codes[code] = codes.get(code, 0) + 1
+            elif rec.status[i] == RequestStatus.FAILED:
+                failures[record.reason] = failures.get(record.reason, 0) + 1
 
         async def one(i: int, inp: int, out: int, due: float, hashes, difficulty: float) -> None:
             try:
                 await attempt(i, inp, out, due, hashes, difficulty)
+            except asyncio.CancelledError:  # still open when the replay stopped
+                unknown(i)
             finally:
                 bar.update(1)
 
@@ -200,13 +237,36 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
                 due = t0 + arrival / speedup
                 delay = due - loop.time()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopped.wait(), delay)
+                if stopped.is_set():
+                    break
                 hashes = values[offsets[j]:offsets[j + 1]] if values is not None else ()
                 tasks.append(loop.create_task(one(base + j, inputs[j], outputs[j], due, hashes, difficulties[j])))
-        await asyncio.gather(*tasks)
+            if stopped.is_set():
+                break
+        why = ""
+        every = asyncio.gather(*tasks)
+        stop = loop.create_task(stopped.wait())
+        await asyncio.wait((every, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if stopped.is_set():
+            why = f"{max_unavailable} UNAVAILABLE answers in a row"
+            await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+            every.cancel()  # what is still open ends as unknown
+            with contextlib.suppress(asyncio.CancelledError):
+                await every
         bar.close()
         client_wall = time.perf_counter() - wall0
-        stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
+        stats1 = stats0
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            stats1 = await stub.GetStats(scheduler_pb2.GetStatsRequest(), timeout=STOP_GRACE_S if why
+                                         else RPC_TIMEOUT_S)
+    sent = len(tasks)
+    if sent < n:
+        rec = _first(rec, sent)
+        lateness = lateness[:sent]
+        n = sent
 
     completed = rec.status == RequestStatus.COMPLETED
     finished = rec.finish_s[completed]
@@ -220,7 +280,16 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         reject_codes=dict(sorted(codes.items())),
         time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall, itl=itl,
         send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
-                         float(lateness.max())) if n else (0.0, 0.0, 0.0))
+                         float(lateness.max())) if n else (0.0, 0.0, 0.0),
+        sent=sent, unknown=counts["unknown"], stopped=why, failure_reasons=failures)
+
+
+def _first(rec: RequestRecords, k: int) -> RequestRecords:
+    """The first `k` rows of `rec` (the requests a stopped replay sent)."""
+    out = RequestRecords(k)
+    for name, column in rec.columns().items():
+        setattr(out, name, column[:k].copy())
+    return out
 
 
 def _status_code_name(exc: grpc.aio.AioRpcError) -> str:
@@ -300,5 +369,7 @@ def live_summary(result: ReplayResult, target: str) -> dict:
         "client_wall_s": result.client_wall_s, "tokens_streamed": result.tokens_streamed,
         "send_lateness_s": dict(zip(("p50", "p99", "max"), result.send_lateness_s)),
         "generate_rps_wall": result.records.n / result.client_wall_s if result.client_wall_s > 0 else None,
+        "sent": result.sent, "unknown": result.unknown, "stopped": result.stopped or None,
+        "failure_reasons": result.failure_reasons or {},
     }
     return summary

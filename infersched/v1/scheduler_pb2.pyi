@@ -224,6 +224,24 @@ class ListWorkersResponse(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
 
+class DrainWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "instance", "pool")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    instance: int
+    pool: str
+    def __init__(self, worker_id: _Optional[str] = ..., instance: _Optional[int] = ..., pool: _Optional[str] = ...) -> None: ...
+
+class DrainWorkerResponse(_message.Message):
+    __slots__ = ("workers", "serving")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    serving: bool
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., serving: _Optional[bool] = ...) -> None: ...
+
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "instance", "pool", "device", "model", "role", "address", "state", "queue_depth", "running", "kv_free_tokens", "kv_capacity_tokens")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -11,6 +11,14 @@ pulled here), or replaces an actor out of restarts. The worker plane's
 credentials (workers.security.plane) come in with the constructor arguments and
 go to each worker actor the same way; clients' TLS and token
 (workers.security.service) guard the gRPC server, front ends and metrics.
+
+The actor itself may be restarted by Ray (`start_scheduler(max_restarts=N)`):
+its worker actors, which it owns, die with it; every incarnation starts
+itself (a call to its own start() queued from __init__: nobody else calls it
+after a restart), binds the same port (so give a fixed one) and creates new
+workers (with the same credentials, its constructor arguments), and appends to
+the decision log (which `serve` truncates first). Clients meanwhile get
+UNAVAILABLE, then held requests until a path is READY.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from scheduler.live.http import HttpFrontDoor, PromptCounter
 from scheduler.live.metrics import Metrics
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
-from scheduler.live.servicer import SchedulerServicer
+from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
 from scheduler.live.engine_launch import is_engine_pool, start_engine_pools, stop_engines, worker_client
 from scheduler.live.worker_client import WorkerClient
@@ -39,7 +47,7 @@ from scheduler.types import Role
 from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
 from workers.report import WorkerState
-from workers.rpc import resolve_host, start_grpc_server
+from workers.rpc import resolve_host, set_health, start_grpc_server
 from workers.security.plane import ClusterCredentials
 from workers.security.service import ServiceSecurity, is_loopback
 
@@ -111,6 +119,7 @@ class SchedulerActor:
         self.cluster: Cluster | None = None
         self._client: WorkerClient | None = None
         self._server = None
+        self._health = None
         self._frontends: FrontendPool | None = None
         self._metrics: Metrics | None = None
         self._http: HttpFrontDoor | None = None
@@ -127,12 +136,43 @@ class SchedulerActor:
         self.bind = ""
         self.metrics_address = ""
         self.http_address = ""
+        if _in_actor():
+            import ray
+
+            ray.get_runtime_context().current_actor.start_until_bound.remote()
 
     async def start(self) -> dict:
-        """Start serving and create the workers; returns where it listens. Idempotent."""
+        """Start serving and create the workers; returns where it listens. Idempotent; after
+        a BindError (nothing was started) the next call tries again."""
+        if self._started is not None and self._started.done() and not self._started.cancelled() \
+                and isinstance(self._started.exception(), BindError):
+            self._started = None
+            if self._flusher is not None:
+                self._flusher.cancel()
+            if self._decision_log is not None:
+                self._decision_log.close()
         if self._started is None:
             self._started = asyncio.get_running_loop().create_task(self._start())
         return await asyncio.shield(self._started)
+
+    async def start_until_bound(self) -> None:
+        """start(), again every second while its port is taken (a restarted incarnation's
+        port can be held for a moment), for up to start_timeout_s; queued by __init__."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout_s
+        while True:
+            try:
+                await self.start()
+                return
+            except BindError as exc:
+                if loop.time() > deadline:
+                    log.error("scheduler did not start: %s", exc)
+                    return
+                log.warning("%s; trying again in 1 s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("scheduler did not start")
+                return
 
     async def _start(self) -> dict:
         import ray
@@ -148,11 +188,12 @@ class SchedulerActor:
         clock = ScaledClock(self.options.time_scale)
         self._client = worker_client(self.cluster, clock, self.options, member=self.credentials.scheduler)
         if self.decision_log_path:
-            self._decision_log = DecisionLog.open(self.decision_log_path)
+            self._decision_log = DecisionLog.open(self.decision_log_path, append=True)
             self._flusher = asyncio.get_running_loop().create_task(self._flush_decisions())
         core = self.core = SchedulerCore(self.cluster, policy, self.options, clock, self._client,
                                          decision_log=self._decision_log)
         core.on_worker_failed = self._on_worker_failed
+        core.on_serving = self._on_serving
         self._registered = [asyncio.Event() for _ in core.slots]
         servicer = SchedulerServicer(core)
         bind, advertise = resolve_host(self.host)
@@ -166,8 +207,9 @@ class SchedulerActor:
                 def add(server):
                     return [add_scheduler_service(server, servicer)]
 
-                self._server, port, _ = await start_grpc_server(bind, add, port=self.port,
-                                                                 security=self.security)
+                # NOT_SERVING until the core can place a request (scheduler.live.readiness).
+                self._server, port, self._health = await start_grpc_server(bind, add, port=self.port,
+                                                                           security=self.security, serving=False)
         except OSError as exc:
             raise BindError(Listener.SCHEDULER, bind, self.port, str(exc)) from None
         self.address = f"{advertise}:{port}"
@@ -236,6 +278,12 @@ class SchedulerActor:
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
                  rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack, credentials=self.credentials.workers)
 
+    def _on_serving(self, serving: bool) -> None:
+        if self._health is not None:
+            asyncio.get_running_loop().create_task(set_health(self._health, [SCHEDULER_SERVICE], serving))
+        if self._frontends is not None:
+            self._frontends.set_serving(serving)
+
     async def _flush_decisions(self) -> None:
         """Lines reach the file within DECISION_LOG_FLUSH_S (it is written through a 1 MiB
         buffer: a write per decision would cost the event loop a system call each)."""
@@ -244,17 +292,20 @@ class SchedulerActor:
             self._decision_log.flush()
 
     def ready(self) -> bool:
-        """The scheduler's readiness, in one place: started (every worker registered) and
-        not stopping. GET /health reports it."""
+        """The scheduler's readiness, in one place: started, not stopping, and a path through
+        the cluster READY (the core's `serving`, which grpc.health.v1 reports too).
+        GET /health reports it."""
         started = self._started
         return (started is not None and started.done() and not started.cancelled()
-                and started.exception() is None and not self._stopped)
+                and started.exception() is None and not self._stopped
+                and self.core is not None and self.core.serving)
 
     def describe(self) -> dict:
         return {"address": self.address, "bind": self.bind, "metrics": self.metrics_address,
                 "http": self.http_address, "metrics_port_taken": self.metrics_port_taken,
                 "security": self.security.describe() if self.security is not None else "plaintext",
                 "worker_tls": self.credentials.tls, "cluster": self.config.name,
+                "pid": os.getpid(), "serving": self.core.serving if self.core else False,
                 "decision_log": self.decision_log_path or "",
                 "realtime_priority": self.realtime_priority, "frontends": self.frontends,
                 "frontend_pids": self._frontends.pids() if self._frontends is not None else [],
@@ -374,6 +425,16 @@ class SchedulerActor:
                 ray.kill(handle, no_restart=True)
 
 
+def _in_actor() -> bool:
+    """Whether this object is being created as a Ray actor (not as a plain object in a test)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    except Exception:
+        return False
+
+
 @functools.cache
 def scheduler_actor_class():
     """SchedulerActor as a Ray actor class (Ray imported on first use)."""
@@ -383,14 +444,17 @@ def scheduler_actor_class():
 
 
 def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s: float = 180.0,
-                    **kwargs: Any) -> tuple[Any, dict]:
+                    max_restarts: int = 0, wait: bool = True, **kwargs: Any) -> tuple[Any, dict]:
     """From a Ray driver: create the scheduler actor on this node and start it.
-    Returns (actor handle, describe() dict). Blocking; not for use inside actors."""
+    Returns (actor handle, describe() dict). Blocking; not for use inside actors.
+    `max_restarts`: how often Ray restarts it after its process dies (the module's
+    docstring). `wait=False` returns at once with an empty dict: the actor serves
+    (NOT_SERVING, holding requests) while its workers start."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {
-        "num_cpus": 0, "max_restarts": 0,
+        "num_cpus": 0, "max_restarts": max_restarts,
         # On this node, so a scheduler bound to 127.0.0.1 is reachable by local clients.
         "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     }
@@ -400,6 +464,9 @@ def start_scheduler(config: ClusterConfig, *, name: str | None = None, timeout_s
     if kwargs.get("credentials") is None:
         kwargs["credentials"] = plane_credentials(kwargs.get("worker_host", "127.0.0.1"), worker_tls)
     actor = scheduler_actor_class().options(**options).remote(config, **kwargs)
+    if not wait:
+        actor.start.remote()
+        return actor, {}
     try:
         info = ray.get(actor.start.remote(), timeout=timeout_s)
     except BaseException:

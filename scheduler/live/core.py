@@ -22,11 +22,16 @@ Failures: a stage that fails on a worker (or passes `rpc_timeout_s`) marks
 that instance FAILED when the worker is to blame (the policy stops seeing it;
 `on_worker_failed` hands it to the supervisor) and the request is placed
 again, up to `max_retries` times after `retry_backoff_s`, then ends FAILED
-with the reason. Tokens the client already received are not sent again.
+with the reason; a stage lost because its worker died (session broken,
+restart, decode peer gone) moves without spending `max_retries`, within
+`max_hold_s` of arrival. Tokens the client already received are not sent again.
 `max_queue` bounds the requests accepted but not yet past prefill, and
 `max_pending_bytes` the bytes of requests in flight (`GenerateInput.size_bytes`):
 beyond either `submit` raises Overloaded (counted as rejected, QUEUE_FULL or
 PENDING_BYTES). Every end carries a `Reason` code and a bounded detail.
+
+Readiness (`scheduler.live.readiness`): only READY instances are candidates;
+while no path is READY requests are held (within `max_queue`, `max_hold_s`).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ import numpy as np
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.live.mirror import Mirrors
+from scheduler.live.readiness import HeldRequests, ServingPaths
 from scheduler.live.stats import Tally, Usage, pool_stats
 from scheduler.live.types import (DuplicateRequest, ErrorKind, GenerateInput, InvalidRequest, LiveOptions,
                                   Overloaded, RequestOutcome, SchedulerStatsView, TokenEvent, Work,
@@ -80,7 +86,8 @@ def check_live_policy(policy: Policy) -> None:
 class _Slot:
     """The core's view of one instance's worker."""
 
-    __slots__ = ("instance", "pool", "worker_id", "address", "state", "usage", "retired", "restarts", "stages")
+    __slots__ = ("instance", "pool", "worker_id", "address", "state", "usage", "retired", "restarts", "stages",
+                 "drained")
 
     def __init__(self, instance: int, pool):
         self.instance = instance
@@ -92,6 +99,7 @@ class _Slot:
         self.retired = Usage()  # earlier incarnations of this instance
         self.restarts = 0
         self.stages: dict[str, _Flight] = {}  # stages in flight here, by attempt key
+        self.drained = False  # by an operator: out of the candidate sets until undrained
 
 
 class _Flight:
@@ -101,7 +109,7 @@ class _Flight:
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
                  "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload", "difficulty", "code", "size_bytes")
+                 "payload", "difficulty", "code", "size_bytes", "moved")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -123,6 +131,7 @@ class _Flight:
         self.code = Reason.UNSPECIFIED
         self.size_bytes = inp.size_bytes
         self.retries = 0
+        self.moved = 0  # retries after its worker died (not charged to max_retries)
         self.attempt = 0
         self.awaiting = True  # counts against the queue bound until its first token
         self.sent = 0  # output tokens already streamed to the client
@@ -168,6 +177,9 @@ class SchedulerCore:
         self.mirrors = Mirrors(cluster, self.snap)
         self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
         self._active: dict[str, _Flight] = {}
+        self._paths = ServingPaths(cluster)
+        self.serving = False
+        self.on_serving: Callable[[bool], None] | None = None
         self._stages: dict[str, _Flight] = {}  # by attempt key
         self._seq = 0
         self._awaiting_first = 0
@@ -177,12 +189,14 @@ class SchedulerCore:
         self._slack = options.worker_slack_s / clock.time_scale
         self._timeout = options.rpc_timeout_s / clock.time_scale
         self._backoff = options.retry_backoff_s / clock.time_scale
+        self._held = HeldRequests(clock, options.max_hold_s / clock.time_scale, self._hold_expired)
         self.on_worker_failed: Callable[[int], None] | None = None
         self.on_outcome: Callable[[RequestOutcome, float], None] | None = None
         self.on_decision: Callable[[float], None] | None = None
         # For validation: model name -> capability.
         self._tiers = {p.perf.model.name: (p.perf.model.capability if p.perf.model.capability is not None else 1.0)
                        for p in cluster.pools}
+        self._refresh_candidates()  # every instance is STARTING: none is a candidate yet
         workers.bind(self)
 
     def now(self) -> float:
@@ -201,7 +215,7 @@ class SchedulerCore:
         slot = self.slots[instance]
         if slot.worker_id == worker_id and slot.address == address:
             if slot.state == WorkerState.FAILED:
-                self._set_state(slot, WorkerState.READY)
+                self._set_state(slot, self._up_state(slot))
             return False
         if slot.stages:  # lost with the old incarnation; nobody is to blame
             self._lose(slot, WorkError(ErrorKind.RESTARTED, "UNAVAILABLE", "the worker restarted"))
@@ -213,19 +227,45 @@ class SchedulerCore:
         slot.address = address
         self.workers.connect(instance, address)
         self.mirrors.reset(instance)
-        self._set_state(slot, WorkerState.READY)
+        self._set_state(slot, self._up_state(slot))
         log.info("worker %s registered for instance %d (%s) at %s", worker_id, instance, slot.pool.name, address)
         return True
+
+    @staticmethod
+    def _up_state(slot: _Slot) -> WorkerState:
+        return WorkerState.DRAINED if slot.drained else WorkerState.READY
 
     def _set_state(self, slot: _Slot, state: WorkerState) -> None:
         if slot.state == state:
             return
         slot.state = state
+        self._refresh_candidates()
+
+    def _refresh_candidates(self) -> None:
         alive = np.array([s.state == WorkerState.READY for s in self.slots])
-        # The policy sees only live instances: a failed one leaves the candidate sets
-        # (filters' precomputed minima stay valid, since a subset only raises them).
+        # The policy sees only READY instances: a starting, drained or failed one is out of
+        # the candidate sets (filters' precomputed minima stay valid, since a subset only
+        # raises them).
         for stage, base in self._base_candidates.items():
             self.snap.candidates[stage] = base[alive[base]]
+        serving = self._paths.can_serve(alive)
+        if serving == self.serving:
+            return
+        self.serving = serving
+        log.info("scheduler %s", "serving" if serving else "not serving: no path through the cluster is ready")
+        if serving and self._held:
+            self.clock.call_at(self.now(), self._release_held)
+        if self.on_serving is not None:
+            self.on_serving(serving)
+
+    def set_drained(self, instance: int, drained: bool) -> None:
+        """An operator's drain (or undrain) of one instance; idempotent."""
+        slot = self.slots[instance]
+        slot.drained = drained
+        if drained and slot.state == WorkerState.READY:
+            self._set_state(slot, WorkerState.DRAINING if slot.stages else WorkerState.DRAINED)
+        elif not drained and slot.state in (WorkerState.DRAINING, WorkerState.DRAINED) and slot.worker_id:
+            self._set_state(slot, WorkerState.READY)
 
     def mark_failed(self, instance: int, reason: str) -> None:
         slot = self.slots[instance]
@@ -239,10 +279,11 @@ class SchedulerCore:
     def mark_ready(self, instance: int) -> None:
         slot = self.slots[instance]
         if slot.worker_id and slot.state == WorkerState.FAILED:
-            self._set_state(slot, WorkerState.READY)
+            self._set_state(slot, self._up_state(slot))
 
     def down_instances(self) -> int:
-        return sum(1 for s in self.slots if s.state != WorkerState.READY)
+        """Instances expected back by themselves (starting or failed; drained ones wait for an operator)."""
+        return sum(1 for s in self.slots if s.state in (WorkerState.STARTING, WorkerState.FAILED))
 
     # ---- events from workers (WorkerEvents) ---------------------------------
     def on_report(self, instance: int, report: LoadReport, engine_state: bytes | None) -> None:
@@ -317,7 +358,7 @@ class SchedulerCore:
 
     def _lose(self, slot: _Slot, error: WorkError) -> None:
         for fl in list(slot.stages.values()):
-            self._stage_failed(fl, error)
+            self._stage_failed(fl, error, worker_died=True)
 
     # ---- requests -----------------------------------------------------------
     def note_invalid(self, reason: str) -> None:
@@ -367,6 +408,7 @@ class SchedulerCore:
             return
         if fl.akey and fl.at >= 0:
             self.workers.cancel(fl.at, fl.akey)
+        self._held.discard(key)
         self._end_stage(fl)
         fl.sink = None
         self._finish(fl, RequestStatus.FAILED, "cancelled", Reason.CANCELLED)
@@ -421,6 +463,9 @@ class SchedulerCore:
         (the mirrors show the instances as they are when the prompt reaches them, which is
         when the workers admit it; transit does not age the view)."""
         fl.timer = None
+        if not self.serving:
+            self._held.hold(fl)
+            return
         clock = self.clock
         now = fl.arrival_s + (clock.wall() - fl.wall0)
         self.mirrors.refresh(now)
@@ -443,6 +488,14 @@ class SchedulerCore:
             return
         fl.prefill_instance, fl.decode_instance = decision.prefill_instance, decision.decode_instance
         self._dispatch(fl)
+
+    def _hold_expired(self, fl: _Flight) -> None:
+        self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
+                                               "(none ready: starting, drained or failed)", Reason.NOT_READY)
+
+    def _release_held(self) -> None:
+        for fl in self._held.take_all():
+            self._place(fl)
 
     def _retry_later(self, fl: _Flight) -> None:
         fl.retries += 1
@@ -485,7 +538,10 @@ class SchedulerCore:
         if fl.akey:
             self._stages.pop(fl.akey, None)
             if fl.at >= 0:
-                self.slots[fl.at].stages.pop(fl.akey, None)
+                slot = self.slots[fl.at]
+                slot.stages.pop(fl.akey, None)
+                if slot.drained and slot.state == WorkerState.DRAINING and not slot.stages:
+                    self._set_state(slot, WorkerState.DRAINED)
         fl.at = -1
 
     def _timed_out(self, fl: _Flight, key: str) -> None:
@@ -507,12 +563,13 @@ class SchedulerCore:
             return
         self._finish(fl, RequestStatus.COMPLETED, "", Reason.UNSPECIFIED)
 
-    def _stage_failed(self, fl: _Flight, error: WorkError) -> None:
+    def _stage_failed(self, fl: _Flight, error: WorkError, worker_died: bool = False) -> None:
         at = fl.at
         stage = fl.stage
         blamed = self.slots[at]
         if error.peer_instance >= 0 and error.peer_instance == fl.decode_instance != at:
             blamed = self.slots[error.peer_instance]
+            worker_died = worker_died or error.code == "UNAVAILABLE"  # the decode peer went away
         self._end_stage(fl)
         if error.kind == ErrorKind.RESTARTED:
             message = f"{stage} on instance {blamed.instance} ({blamed.pool.name}) was lost: {error.message}"
@@ -520,10 +577,15 @@ class SchedulerCore:
             message = f"{stage} on instance {blamed.instance} ({blamed.pool.name}) failed: {error.code}: {error.message}"
         if error.kind == ErrorKind.WORKER:
             self.mark_failed(blamed.instance, message)
-        self._failed(fl, message, error.kind != ErrorKind.INVALID, _error_reason(error))
+        self._failed(fl, message, error.kind != ErrorKind.INVALID, _error_reason(error),
+                     worker_died=worker_died or error.kind == ErrorKind.RESTARTED)
 
-    def _failed(self, fl: _Flight, message: str, retryable: bool, code: Reason) -> None:
-        if not retryable or fl.retries >= self.options.max_retries:
+    def _failed(self, fl: _Flight, message: str, retryable: bool, code: Reason, worker_died: bool = False) -> None:
+        if worker_died and self.now() - fl.arrival_s < self._held.limit_s:
+            fl.moved += 1
+            self._retry_later(fl)
+            return
+        if not retryable or fl.retries - fl.moved >= self.options.max_retries:
             tail = f" (after {fl.retries} retries)" if retryable else ""
             self._finish(fl, RequestStatus.FAILED, f"{message}{tail}", code)
             return

@@ -11,6 +11,7 @@ are checked against `scheduler.live.bounds` before the core sees them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 import grpc
@@ -21,6 +22,8 @@ from scheduler.live.core import SchedulerCore
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, Overloaded, Percentiles,
                                   RequestOutcome, SchedulerStatsView, TokenEvent, WorkerView)
 from scheduler.types import RequestStatus, Role
+
+log = logging.getLogger(__name__)
 
 SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
@@ -222,3 +225,31 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return scheduler_pb2.ListWorkersResponse(workers=[worker_info_proto(w) for w in workers])
+
+    async def DrainWorker(self, request, context):
+        return await self._set_drained(request, context, True)
+
+    async def UndrainWorker(self, request, context):
+        return await self._set_drained(request, context, False)
+
+    async def _set_drained(self, request, context, drained: bool) -> scheduler_pb2.DrainWorkerResponse:
+        core = self.core
+        target = request.WhichOneof("target")
+        if target is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set one of 'worker_id', 'instance' or 'pool'")
+        value = getattr(request, target)
+        views = core.workers_view()
+        if target == "instance":
+            chosen = [value] if 0 <= value < len(views) else []
+        else:
+            chosen = [w.instance for w in views if getattr(w, target) == value]
+        if not chosen:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no worker with {target} {value!r}"[:200]
+                                + " (ListWorkers or `infersched stats` names them)")
+        for instance in chosen:
+            core.set_drained(instance, drained)
+        log.warning("%s instances %s by an operator; serving: %s", "drained" if drained else "undrained",
+                    chosen, core.serving)
+        views = core.workers_view()
+        return scheduler_pb2.DrainWorkerResponse(workers=[worker_info_proto(views[i]) for i in chosen],
+                                                 serving=core.serving)

@@ -48,6 +48,9 @@ class LiveOptions:
     time_scale: float = 0.01  # modelled seconds * time_scale = wall seconds
     max_queue: int = 4096  # requests accepted but not yet past prefill
     max_retries: int = 2  # re-dispatches after worker failures before FAILED
+    # Wall seconds a request waits while no instance can serve it (workers starting, all
+    # drained or failed) before it ends FAILED; within max_queue, like any queued request.
+    max_hold_s: float = 30.0
     retry_backoff_s: float = 0.05  # wall seconds between attempts
     rpc_timeout_s: float = 120.0  # wall seconds, per stage of a request on a worker
     # Wall seconds without a report from a worker before its stats are polled. Every
@@ -74,7 +77,7 @@ class LiveOptions:
     def __post_init__(self):
         _check_positive("dispatch_interval_s", self.dispatch_interval_s, allow_zero=True)
         _check_positive("worker_slack_s", self.worker_slack_s, allow_zero=True)
-        for name in ("time_scale", "retry_backoff_s", "rpc_timeout_s", "stats_interval_s"):
+        for name in ("time_scale", "retry_backoff_s", "rpc_timeout_s", "stats_interval_s", "max_hold_s"):
             _check_positive(name, getattr(self, name))
         for name in ("max_queue", "chunk_tokens", "latency_window", "max_pending_bytes"):
             value = getattr(self, name)

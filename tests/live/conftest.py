@@ -2,6 +2,7 @@
 live-small cluster's worker actors ask for, joined by this process as a driver."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,16 @@ def live_small():
 
 @pytest.fixture(scope="module")
 def ray_local(live_small):
-    """A one-node cluster from `deploy/local_multinode.sh --head-only`.
+    """A one-node cluster from `deploy/local_multinode.sh --head-only` (`local_ray`)."""
+    from scheduler.live.actor import pool_resources
+
+    with local_ray(pool_resources(live_small[1])) as ray:
+        yield ray
+
+
+@contextlib.contextmanager
+def local_ray(resources: dict[str, float]):
+    """A one-node Ray cluster declaring `resources`, joined by this process as a driver.
 
     Not `ray.init()` in this process: that forks Ray's GCS and raylet from the
     test process, which by then runs gRPC and Ray threads left by earlier
@@ -41,7 +51,7 @@ def ray_local(live_small):
     ray = pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
     if not sys.platform.startswith("linux"):
         pytest.skip("the local cluster script targets Linux hosts")
-    from scheduler.live.actor import RAY_NAMESPACE, pool_resources
+    from scheduler.live.actor import RAY_NAMESPACE
 
     if ray.is_initialized():
         ray.shutdown()
@@ -58,7 +68,7 @@ def ray_local(live_small):
         capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     try:
         started = script("start", "--head-only", "--num-cpus", "2",
-                         "--head-resources", json.dumps(pool_resources(live_small[1])))
+                         "--head-resources", json.dumps(resources))
         assert started.returncode == 0, f"local_multinode.sh start failed:\n{started.stderr}"
         address = re.search(r"^RAY_ADDRESS=(\S+)$", started.stdout, re.M)[1]
         ray.init(address=address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING, configure_logging=False)

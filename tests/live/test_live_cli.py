@@ -84,6 +84,8 @@ def test_serve_prints_where_it_listens(serve):
     address, metrics, lines = serve.address, serve.metrics, serve.lines
     assert address.startswith("127.0.0.1:") and metrics.startswith("http://127.0.0.1:")
     assert "cluster live-small, policy slo-aware, 3 workers, time_scale 0.01" in lines[0]
+    assert any(ln.startswith("infersched: ready: 3 workers registered, health SERVING (scheduler actor pid ")
+               for ln in lines), lines
     with grpc.insecure_channel(address) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
 

@@ -129,6 +129,17 @@ async def open_held_call(stub, servicer: ProbeScheduler):
     return call, first
 
 
+async def wait_health(health, service: str, want, timeout_s: float = 10.0):
+    """The health status of `service` once it is `want` (or the last seen after `timeout_s`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        got = (await health.Check(health_pb2.HealthCheckRequest(service=service))).status
+        if got == want or loop.time() > deadline:
+            return got
+        await asyncio.sleep(0.02)
+
+
 def test_relays_streams_statuses_and_metadata_both_ways():
     async def main():
         async with serving() as (pool, _, port):
@@ -165,9 +176,16 @@ def test_relays_streams_statuses_and_metadata_both_ways():
                 assert broke.value.code() == grpc.StatusCode.UNKNOWN and "listing broke" in broke.value.details()
                 assert (await stub.GetStats(scheduler_pb2.GetStatsRequest())).requests_total == 7
 
+                # Health says what the core says: NOT_SERVING until it can serve, and after.
                 health = health_pb2_grpc.HealthStub(channel)
-                status = await health.Check(health_pb2.HealthCheckRequest(service="infersched.v1.Scheduler"))
-                assert status.status == health_pb2.HealthCheckResponse.SERVING
+                for core_serving, want in ((None, health_pb2.HealthCheckResponse.NOT_SERVING),
+                                           (True, health_pb2.HealthCheckResponse.SERVING),
+                                           (False, health_pb2.HealthCheckResponse.NOT_SERVING)):
+                    if core_serving is not None:
+                        pool.set_serving(core_serving)
+                    for service in ("", "infersched.v1.Scheduler"):
+                        got = await wait_health(health, service, want)
+                        assert got == want, (core_serving, service)
 
                 reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
                 async for answer in reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(

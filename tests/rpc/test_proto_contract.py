@@ -131,6 +131,8 @@ RPC_SHAPES = [
     ("infersched.v1.Scheduler", "GetStats", False, False),
     ("infersched.v1.Scheduler", "WatchStats", False, True),
     ("infersched.v1.Scheduler", "ListWorkers", False, False),
+    ("infersched.v1.Scheduler", "DrainWorker", False, False),
+    ("infersched.v1.Scheduler", "UndrainWorker", False, False),
     ("infersched.v1.Worker", "TransferKvStream", True, True),
     ("infersched.v1.Worker", "Drain", False, False),
     ("infersched.v1.Worker", "GetWorkerStats", False, False),

@@ -4,8 +4,10 @@ A prefill worker opens a connection to whatever `decode_address` its work
 names; unchecked, that lets a caller point it at any host and port. The book
 holds the addresses the scheduler has registered (asked from the scheduler
 actor through Ray). An address not in it triggers one refresh (a decode worker
-restarted by Ray registers a new port), at most every REFRESH_S; still
-unknown, the work is refused.
+restarted by Ray registers a new port), at most every REFRESH_S: within
+REFRESH_S of the last one it waits for the next (while workers start, a decode
+worker registers just after a prefill worker's refresh and gets work at once);
+still unknown, the work is refused.
 """
 from __future__ import annotations
 
@@ -35,14 +37,15 @@ class PeerBook:
         if self._fetch is None:
             return False
         loop = asyncio.get_running_loop()
-        if self._refreshing is None and loop.time() - self._refreshed_at >= REFRESH_S:
-            self._refreshing = loop.create_task(self._refresh())
-        if self._refreshing is not None:
-            await asyncio.shield(self._refreshing)
+        if self._refreshing is None:
+            self._refreshing = loop.create_task(self._refresh(self._refreshed_at + REFRESH_S - loop.time()))
+        await asyncio.shield(self._refreshing)
         return address in self._known
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, delay_s: float) -> None:
         try:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
             self._known = frozenset(a for a in await self._fetch() if a)
         except Exception:  # the scheduler is away: keep what is known; the caller refuses the rest
             pass

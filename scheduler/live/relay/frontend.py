@@ -2,8 +2,9 @@
 `infersched.v1.Scheduler` (taken from the service descriptor) with bytes in and
 bytes out, relaying each call to the scheduler core over its Unix socket, and
 answering snapshot methods from the core's pushed snapshots when the rules in
-`scheduler.live.relay.pool` allow. Health and reflection are served here;
-health turns NOT_SERVING when the core goes away. When the link breaks, the
+`scheduler.live.relay.pool` allow. Health and reflection are served here:
+NOT_SERVING until the core says it serves (HEALTH frames), and again when
+it says otherwise or goes away. When the link breaks, the
 front end ends its open calls UNAVAILABLE and exits; on SIGTERM it stops taking
 calls and lets the open ones finish for STOP_GRACE_S over the still-open link.
 
@@ -24,7 +25,7 @@ import sys
 
 import grpc
 
-from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, LISTENING, MESSAGE, PROCESS_NAME,
+from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, HEALTH, LISTENING, MESSAGE, PROCESS_NAME,
                                        SCHEDULER_SERVICE_DESCRIPTOR, SNAPSHOT, SNAPSHOT_AGE_KEY, SNAPSHOT_LINGER_S,
                                        SNAPSHOT_MAX_AGE_S, STOP_GRACE_S, WANT, CREDIT_EVERY, FrameLink, OK_CODE,
                                        STATUS_BY_CODE)
@@ -65,8 +66,19 @@ class Frontend:
         self._unsettled: dict[str, tuple[int, float]] = {}
         self._folded_mark = 0
         self._folded_at = 0.0
+        self._health = None  # the health servicer, once serving
+        self._health_names: list[str] = []
+
+    def _set_health(self, serving: bool) -> None:
+        from workers.rpc import set_health
+
+        if self._health is not None:
+            self._loop.create_task(set_health(self._health, self._health_names, serving))
 
     def _on_frame(self, link: FrameLink, frame: list) -> None:
+        if frame[0] == HEALTH:
+            self._set_health(bool(frame[1]))
+            return
         if frame[0] == SNAPSHOT:
             _, method, response, trailing, covered = frame
             self._snapshots[method] = (self._loop.time(), response, tuple(tuple(pair) for pair in trailing or ()),
@@ -83,6 +95,7 @@ class Frontend:
             call.waiter.set_result(None)
 
     def _on_lost(self, link: FrameLink, exc) -> None:
+        self._set_health(False)
         self._snapshots.clear()
         for call_id in list(self._calls):
             self._on_frame(link, _core_gone(call_id))
@@ -222,7 +235,9 @@ class Frontend:
         _, self.link = await loop.create_unix_connection(lambda: FrameLink(self._on_frame, self._on_lost),
                                                         core_socket)
         try:
-            server, bound, _ = await start_grpc_server(host, self.add_services, port=port, security=security)
+            server, bound, self._health = await start_grpc_server(host, self.add_services, port=port,
+                                                                  security=security, serving=False)
+            self._health_names = [SCHEDULER_SERVICE_DESCRIPTOR.full_name]
         except OSError as exc:
             self.link.send([FAILED, str(exc), os.getpid()])
             self.link.close()

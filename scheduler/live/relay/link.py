@@ -12,6 +12,8 @@
                         [END, call_id, status code, details, trailing metadata pairs]
                         [SNAPSHOT, method, response bytes, trailing metadata pairs,
                          frames received from this front end before the previous SNAPSHOT]
+                        [HEALTH, serving]              after LISTENING and on each change:
+                                                       the gRPC health status to report
 
 Every call ends with exactly one END, or with a CANCEL from the front end, after
 which the core sends nothing more for it.
@@ -26,7 +28,7 @@ import msgpack
 
 from infersched.v1 import scheduler_pb2
 
-CALL, CANCEL, LISTENING, FAILED, MESSAGE, END, CREDIT, WANT, SNAPSHOT = range(9)
+CALL, CANCEL, LISTENING, FAILED, MESSAGE, END, CREDIT, WANT, SNAPSHOT, HEALTH = range(10)
 # Stream flow control: the core stops a stream when this many of its messages have not
 # yet been taken by gRPC on the front end (which holds them to the client's HTTP/2
 # window), and the front end returns credit every CREDIT_EVERY messages. Memory per

@@ -39,8 +39,8 @@ from typing import Any
 import grpc
 from google.protobuf import message_factory
 
-from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, LISTENING, MESSAGE, SCHEDULER_SERVICE_DESCRIPTOR,
-                                       SNAPSHOT, SNAPSHOT_INTERVAL_S, SNAPSHOT_LINGER_S, STOP_GRACE_S, STREAM_WINDOW,
+from scheduler.live.relay.link import (CALL, CANCEL, CREDIT, END, FAILED, HEALTH, LISTENING, MESSAGE,
+                                       SCHEDULER_SERVICE_DESCRIPTOR, SNAPSHOT, SNAPSHOT_INTERVAL_S, SNAPSHOT_LINGER_S, STOP_GRACE_S, STREAM_WINDOW,
                                        WANT, FrameLink, OK_CODE)
 from workers.security.service import ServiceSecurity, security_frame
 
@@ -156,6 +156,14 @@ class FrontendPool:
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._serving = False  # what the front ends' health services say (set_serving)
+
+    def set_serving(self, serving: bool) -> None:
+        """The scheduler can (or cannot) serve: every front end's health says so."""
+        self._serving = serving
+        for fe in self._frontends:
+            if fe.link is not None and not fe.link.closed:
+                fe.link.send([HEALTH, serving], now=True)
 
     @property
     def socket_path(self) -> str:
@@ -268,6 +276,7 @@ class FrontendPool:
                     else:  # serving from now on: calls may follow at once
                         fe.link, link.owner = link, fe
                         self._frontends.append(fe)
+                        link.send([HEALTH, self._serving], now=True)
                         fe.listening.set_result(frame[1])
                     return
             log.error("front-end link: %s from pid %s, which this pool did not start; closing it",
