@@ -35,6 +35,7 @@ from scheduler.live import openai_api as api
 from scheduler.live.core import SchedulerCore
 from scheduler.live.servicer import ResultStream
 from scheduler.live.types import InvalidRequest, Overloaded, PromptPayload, PromptSource, RequestOutcome
+from scheduler.reasons import Reason
 from scheduler.types import RequestStatus
 from workers.security.service import ServiceSecurity
 
@@ -63,8 +64,12 @@ def _error(exc: api.ApiError) -> web.Response:
     return _json(exc.status, exc.body())
 
 
+# Failures that say the cluster had no path to serve on, not that serving went wrong.
+_NO_CAPACITY = frozenset({Reason.NOT_READY, Reason.NO_INSTANCES, Reason.SCHEDULER_UNAVAILABLE})
+
+
 def _outcome_error(outcome: RequestOutcome) -> api.ApiError:
-    if outcome.status == RequestStatus.REJECTED:
+    if outcome.status == RequestStatus.REJECTED or outcome.reason_code in _NO_CAPACITY:
         return api.ApiError(503, f"no capacity: {outcome.reason}", "service_unavailable", code="no_capacity")
     return api.ApiError(500, f"the request failed: {outcome.reason}", "server_error", code="request_failed")
 

@@ -53,13 +53,14 @@ class TextWorkers(InProcessWorkerClient):
 
 
 @contextlib.asynccontextmanager
-async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient, security=None):
+async def _front_door(counter=None, max_retries: int = 2, workers_class=InProcessWorkerClient, security=None,
+                      max_hold_s: float = 30.0):
     """A front door on loopback over a core with in-process workers, and a client session."""
     config = load_cluster(builtin_cluster_path("live-small"))
     cluster = Cluster(config)
     clock = ScaledClock(0.01)
     workers = workers_class(cluster, clock)
-    core = SchedulerCore(cluster, build_policy(config.policy, config), LiveOptions(max_retries=max_retries), clock,
+    core = SchedulerCore(cluster, build_policy(config.policy, config), LiveOptions(max_retries=max_retries, max_hold_s=max_hold_s), clock,
                          workers)
     workers.register_all(core)
     door = HttpFrontDoor(core, lambda: True, counter, security)
@@ -73,7 +74,7 @@ async def _front_door(counter=None, max_retries: int = 2, workers_class=InProces
 
 def test_no_capacity_is_503_before_any_stream_starts():
     async def run():
-        async with _front_door(max_retries=0) as (core, door, base, session):
+        async with _front_door(max_retries=0, max_hold_s=0.5) as (core, door, base, session):
             for slot in core.slots:
                 core.mark_failed(slot.instance, "taken down by the test")
             answers = []
@@ -87,7 +88,8 @@ def test_no_capacity_is_503_before_any_stream_starts():
     for status, content_type, body in answers:
         assert (status, content_type) == (503, "application/json")
         assert body["error"]["code"] == "no_capacity" and body["error"]["type"] == "service_unavailable"
-    assert stats.requests_rejected == 2 and stats.requests_total == 2
+    # Every instance down: each request ends (held, then NOT_READY, or rejected) and is counted.
+    assert stats.requests_total == 2 == stats.requests_rejected + stats.requests_failed
 
 
 def test_a_client_leaving_mid_stream_cancels_its_request():
