@@ -37,7 +37,7 @@ from scheduler.live.core import SchedulerCore
 from scheduler.live.metrics import Metrics
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
-from scheduler.live.servicer import SchedulerServicer
+from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
 from scheduler.live.worker_client import GrpcWorkerClient
 from scheduler.types import Role
