@@ -38,12 +38,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
+from scheduler.live.flight import Flight, RequestSink, Slot
 from scheduler.live.mirror import Mirrors
 from scheduler.live.readiness import HeldRequests, ServingPaths
 from scheduler.live.stats import Tally, Usage, pool_stats
@@ -54,20 +54,12 @@ from scheduler.live.worker_client import WorkerClient
 from scheduler.policy import Policy
 from scheduler.reasons import Reason, clip, echo, policy_reason
 from scheduler.types import Request, RequestStatus, Role
-from workers.clock import Clock, Timer
+from workers.clock import Clock
 from workers.learned_perf import LearnedPerf
 from workers.report import LoadReport, WorkerState
 from workers.work import DecodeSummary, PrefillOutcome
 
 log = logging.getLogger(__name__)
-
-
-class RequestSink(Protocol):
-    """Where one request's results go: token events, then exactly one outcome."""
-
-    def tokens(self, event: TokenEvent) -> None: ...
-
-    def finish(self, outcome: RequestOutcome) -> None: ...
 
 
 def check_live_policy(policy: Policy) -> None:
@@ -81,77 +73,6 @@ def check_live_policy(policy: Policy) -> None:
             "the live control plane places each request once, so it would run only the first pass. Run it "
             "with `infersched simulate` or `compare`; to serve its one-pass routing live, add `staging: none` "
             "under `policy:` in the cluster YAML")
-
-
-class _Slot:
-    """The core's view of one instance's worker."""
-
-    __slots__ = ("instance", "pool", "worker_id", "address", "state", "usage", "retired", "restarts", "stages",
-                 "drained")
-
-    def __init__(self, instance: int, pool):
-        self.instance = instance
-        self.pool = pool
-        self.worker_id = ""
-        self.address = ""
-        self.state = WorkerState.STARTING
-        self.usage = Usage()
-        self.retired = Usage()  # earlier incarnations of this instance
-        self.restarts = 0
-        self.stages: dict[str, _Flight] = {}  # stages in flight here, by attempt key
-        self.drained = False  # by an operator: out of the candidate sets until undrained
-
-
-class _Flight:
-    """One accepted request while it is in flight."""
-
-    __slots__ = ("key", "seq", "inp", "out", "min_cap", "hashes", "ttft_slo_s", "tpot_slo_s", "arrival_s",
-                 "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
-                 "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
-                 "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload", "difficulty", "code", "size_bytes", "moved")
-
-    def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
-                 sink: RequestSink):
-        self.key = key
-        self.seq = seq
-        self.inp = inp.prompt_tokens
-        self.out = inp.max_output_tokens
-        self.min_cap = min_cap
-        self.hashes = inp.prefix_block_hashes
-        self.difficulty = inp.difficulty
-        self.payload = inp.payload
-        self.ttft_slo_s = inp.ttft_slo_s
-        self.tpot_slo_s = inp.tpot_slo_s
-        self.arrival_s = arrival_s
-        self.wall0 = wall0
-        self.sink = sink
-        self.status = RequestStatus.PENDING
-        self.reason = ""
-        self.code = Reason.UNSPECIFIED
-        self.size_bytes = inp.size_bytes
-        self.retries = 0
-        self.moved = 0  # retries after its worker died (not charged to max_retries)
-        self.attempt = 0
-        self.awaiting = True  # counts against the queue bound until its first token
-        self.sent = 0  # output tokens already streamed to the client
-        self.prefill_instance = -1
-        self.decode_instance = -1
-        self.prefill_start_s: float | None = None
-        self.prefill_end_s: float | None = None
-        self.kv_transfer_end_s: float | None = None
-        self.first_token_s: float | None = None
-        self.finish_s = math.nan
-        self.energy_j = 0.0
-        self.cost_usd = 0.0
-        # The stage in flight: its attempt key, instance, whether it decodes, when it
-        # was dispatched; and its deadline (or, between attempts, the retry's) timer.
-        self.akey = ""
-        self.at = -1
-        self.stage = "prefill"
-        self.decodes = False
-        self.t_dispatch = 0.0
-        self.timer: Timer | None = None
 
 
 class SchedulerCore:
@@ -175,12 +96,12 @@ class SchedulerCore:
         self._rng = np.random.default_rng(options.seed)
         self.started_unix_s = clock.to_unix(0.0)
         self.mirrors = Mirrors(cluster, self.snap)
-        self.slots = [_Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
-        self._active: dict[str, _Flight] = {}
+        self.slots = [Slot(i, cluster.pool_of(i)) for i in range(cluster.n_instances)]
+        self._active: dict[str, Flight] = {}
         self._paths = ServingPaths(cluster)
         self.serving = False
         self.on_serving: Callable[[bool], None] | None = None
-        self._stages: dict[str, _Flight] = {}  # by attempt key
+        self._stages: dict[str, Flight] = {}  # by attempt key
         self._seq = 0
         self._awaiting_first = 0
         self._pending_bytes = 0  # size_bytes of the requests in flight
@@ -232,10 +153,10 @@ class SchedulerCore:
         return True
 
     @staticmethod
-    def _up_state(slot: _Slot) -> WorkerState:
+    def _up_state(slot: Slot) -> WorkerState:
         return WorkerState.DRAINED if slot.drained else WorkerState.READY
 
-    def _set_state(self, slot: _Slot, state: WorkerState) -> None:
+    def _set_state(self, slot: Slot, state: WorkerState) -> None:
         if slot.state == state:
             return
         slot.state = state
@@ -356,7 +277,7 @@ class SchedulerCore:
     def on_unreachable(self, instance: int, reason: str) -> None:
         self.mark_failed(instance, reason)
 
-    def _lose(self, slot: _Slot, error: WorkError) -> None:
+    def _lose(self, slot: Slot, error: WorkError) -> None:
         for fl in list(slot.stages.values()):
             self._stage_failed(fl, error, worker_died=True)
 
@@ -394,7 +315,7 @@ class SchedulerCore:
             tally.finished(RequestStatus.REJECTED, Reason.PENDING_BYTES)
             raise Overloaded(f"{self._pending_bytes:,} bytes of requests are in flight; {inp.size_bytes:,} more would "
                              f"pass the bound ({self.options.max_pending_bytes:,}, --max-pending-bytes); retry later")
-        fl = _Flight(key, self._seq - 1, inp, min_cap, arrival, wall0, sink)
+        fl = Flight(key, self._seq - 1, inp, min_cap, arrival, wall0, sink)
         self._active[key] = fl
         self._awaiting_first += 1
         self._pending_bytes += fl.size_bytes
@@ -458,7 +379,7 @@ class SchedulerCore:
                 return True
         return False
 
-    def _place(self, fl: _Flight) -> None:
+    def _place(self, fl: Flight) -> None:
         """Decide, then apply: as of the request's arrival plus the core's own time since
         (the mirrors show the instances as they are when the prompt reaches them, which is
         when the workers admit it; transit does not age the view)."""
@@ -489,7 +410,7 @@ class SchedulerCore:
         fl.prefill_instance, fl.decode_instance = decision.prefill_instance, decision.decode_instance
         self._dispatch(fl)
 
-    def _hold_expired(self, fl: _Flight) -> None:
+    def _hold_expired(self, fl: Flight) -> None:
         self._finish(fl, RequestStatus.FAILED, f"no instance could serve it within {self.options.max_hold_s:g} s "
                                                "(none ready: starting, drained or failed)", Reason.NOT_READY)
 
@@ -497,11 +418,11 @@ class SchedulerCore:
         for fl in self._held.take_all():
             self._place(fl)
 
-    def _retry_later(self, fl: _Flight) -> None:
+    def _retry_later(self, fl: Flight) -> None:
         fl.retries += 1
         fl.timer = self.clock.call_at(self.now() + self._backoff * fl.retries, lambda: self._place(fl))
 
-    def _dispatch(self, fl: _Flight) -> None:
+    def _dispatch(self, fl: Flight) -> None:
         """The request's first stage: prefill on its prefill instance (with its decode, when
         colocated; with the hand-over to its decode instance, when apart)."""
         p, d = fl.prefill_instance, fl.decode_instance
@@ -525,13 +446,13 @@ class SchedulerCore:
         self._start_stage(fl, key, p, "prefill", work.decode)
         self.workers.send(p, work)
 
-    def _start_stage(self, fl: _Flight, key: str, instance: int, stage: str, decodes: bool) -> None:
+    def _start_stage(self, fl: Flight, key: str, instance: int, stage: str, decodes: bool) -> None:
         fl.akey, fl.at, fl.stage, fl.decodes = key, instance, stage, decodes
         self._stages[key] = fl
         self.slots[instance].stages[key] = fl
         fl.timer = self.clock.call_at(self.now() + self._timeout, lambda: self._timed_out(fl, key))
 
-    def _end_stage(self, fl: _Flight) -> None:
+    def _end_stage(self, fl: Flight) -> None:
         if fl.timer is not None:
             fl.timer.cancel()
             fl.timer = None
@@ -544,7 +465,7 @@ class SchedulerCore:
                     self._set_state(slot, WorkerState.DRAINED)
         fl.at = -1
 
-    def _timed_out(self, fl: _Flight, key: str) -> None:
+    def _timed_out(self, fl: Flight, key: str) -> None:
         fl.timer = None
         if fl.akey != key or fl.at < 0:
             return
@@ -552,7 +473,7 @@ class SchedulerCore:
         self._stage_failed(fl, WorkError(ErrorKind.WORKER, "DEADLINE_EXCEEDED",
                                          f"no result within {self.options.rpc_timeout_s:g} s"))
 
-    def _stage_done(self, fl: _Flight) -> None:
+    def _stage_done(self, fl: Flight) -> None:
         at = fl.at
         self._end_stage(fl)
         d = fl.decode_instance
@@ -563,7 +484,7 @@ class SchedulerCore:
             return
         self._finish(fl, RequestStatus.COMPLETED, "", Reason.UNSPECIFIED)
 
-    def _stage_failed(self, fl: _Flight, error: WorkError, worker_died: bool = False) -> None:
+    def _stage_failed(self, fl: Flight, error: WorkError, worker_died: bool = False) -> None:
         at = fl.at
         stage = fl.stage
         blamed = self.slots[at]
@@ -580,7 +501,7 @@ class SchedulerCore:
         self._failed(fl, message, error.kind != ErrorKind.INVALID, _error_reason(error),
                      worker_died=worker_died or error.kind == ErrorKind.RESTARTED)
 
-    def _failed(self, fl: _Flight, message: str, retryable: bool, code: Reason, worker_died: bool = False) -> None:
+    def _failed(self, fl: Flight, message: str, retryable: bool, code: Reason, worker_died: bool = False) -> None:
         if worker_died and self.now() - fl.arrival_s < self._held.limit_s:
             fl.moved += 1
             self._retry_later(fl)
@@ -591,7 +512,7 @@ class SchedulerCore:
             return
         self._retry_later(fl)
 
-    def _prefilled(self, fl: _Flight, p: PrefillOutcome) -> None:
+    def _prefilled(self, fl: Flight, p: PrefillOutcome) -> None:
         if fl.awaiting:
             fl.awaiting = False
             self._awaiting_first -= 1
@@ -603,7 +524,7 @@ class SchedulerCore:
         if fl.out == 1:
             fl.finish_s = fl.prefill_end_s
 
-    def _decoded(self, fl: _Flight, d: DecodeSummary) -> None:
+    def _decoded(self, fl: Flight, d: DecodeSummary) -> None:
         if fl.kv_transfer_end_s is not None:  # disaggregated: decode starts when the KV joins the batch
             start = fl.kv_transfer_end_s + d.wait_s
         else:
@@ -612,7 +533,7 @@ class SchedulerCore:
         fl.energy_j += d.energy_j
         fl.cost_usd += d.cost_usd
 
-    def _finish(self, fl: _Flight, status: RequestStatus, reason: str, code: Reason) -> None:
+    def _finish(self, fl: Flight, status: RequestStatus, reason: str, code: Reason) -> None:
         """Count the request as ended and send its final record; `code` is `reason` as
         one of a fixed set (UNSPECIFIED when completed)."""
         if fl.timer is not None:
@@ -649,7 +570,7 @@ class SchedulerCore:
         if fl.sink is not None:
             fl.sink.finish(outcome)
 
-    def _outcome(self, fl: _Flight) -> RequestOutcome:
+    def _outcome(self, fl: Flight) -> RequestOutcome:
         placed = fl.prefill_instance >= 0
         completed = fl.status == RequestStatus.COMPLETED
         ttft = fl.first_token_s - fl.arrival_s if fl.first_token_s is not None else None
