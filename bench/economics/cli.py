@@ -28,6 +28,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.economics", description=USAGE,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=100_000)
+    ap.add_argument("--seeds", default=",".join(map(str, common.SEEDS)),
+                    help="comma-separated workload seeds, one run of each configuration per seed")
     ap.add_argument("--section", action="append", choices=list(sections), metavar="NAME",
                     help="run this section only (repeatable): " + ", ".join(sections))
     ap.add_argument("--only", help="comma-separated sections (the same as --section for each)")
@@ -57,9 +59,11 @@ def main(argv=None) -> None:
     path = Path(args.json)
     results = json.loads(path.read_text()) if path.exists() and args.names else {}
     results["meta"] = {"trace": str(Path(trace.path).name), "trace_rows": trace.rows, "requests": args.requests,
-                       "seed": common.SEED, "python": platform.python_version(), "machine": platform.machine(),
+                       "seed": common.SEED, "seeds": [int(x) for x in args.seeds.split(",")], "python": platform.python_version(), "machine": platform.machine(),
                        "date": time.strftime("%Y-%m-%d")}
     common.RUNTIME.update(runtime_options(args))
+    common.OUT_DIR[:] = [path.parent]
+    common.SEEDS[:] = [int(x) for x in args.seeds.split(",")]
     on_ray = args.parallel is not None or args.address is not None
     with ray_session(args.parallel, args.address) if on_ray else nullcontext() as ray:
         if ray is not None:

@@ -16,13 +16,15 @@ from typing import Callable
 
 from scheduler.cluster import Cluster
 from scheduler.config import SloConfig, load_cluster, parse_cluster
-from simulator.jobs import SimJob, WorkloadSpec, run_jobs
+from simulator.jobs import SimJob, WorkloadSpec, run_job, run_jobs
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CONV = ROOT.parent / "shared" / "traces" / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
 CLUSTERS = ROOT / "deploy" / "clusters"
 SEED = 7
+SEEDS = [7, 8, 9]  # one run per seed: other requests (lengths, arrivals, difficulties) each time
 RUNTIME: dict = {}  # run_jobs options from the command line
+OUT_DIR: list[Path] = []  # where the results JSON goes (plots are written beside it)
 WIDTH = [1]  # sizing candidates simulated at once: the CPUs the runs have
 
 
@@ -47,31 +49,41 @@ def cluster_file(name: str, slo: SloConfig | None = None, **pool_instances):
     return config
 
 
-def h100_cluster(name: str, slo: SloConfig, *pools):
-    """8B pools from (pool name, device, role, instances)."""
+def h100_cluster(name: str, slo: SloConfig, *pools, **pool_keys):
+    """8B pools from (pool name, device, role, instances); `pool_keys` (e.g. chunked_prefill,
+    token_budget) go to every pool."""
     return parse_cluster({
         "name": name, "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
         "pools": [{"name": n, "device": d, "role": r, "instances": k, "chips_per_instance": 1,
-                   "model": "llama-3.1-8b", "link_gbps": 400} for n, d, r, k in pools]})
+                   "model": "llama-3.1-8b", "link_gbps": 400, **pool_keys} for n, d, r, k in pools]})
 
 
-def poisson(trace, n: int, rate: float) -> WorkloadSpec:
+def poisson(trace, n: int, rate: float, seed: int = SEED) -> WorkloadSpec:
     """The experiment's workload at a given rate: n requests resampled from `trace`, Poisson arrivals."""
-    return WorkloadSpec(trace=trace.path, requests=n, rate_rps=rate, arrival="poisson", seed=SEED)
+    return WorkloadSpec(trace=trace.path, requests=n, rate_rps=rate, arrival="poisson", seed=seed)
 
 
 def summaries(items: list[tuple]) -> list[dict]:
     """Simulator summaries of (config, policy, workload spec, params) runs, in order; a failed run stops the bench."""
     jobs = [SimJob(f"{config.name} {policy} {json.dumps(params or {})} at {spec.rate_rps:g} req/s", spec, config,
-                   policy, dict(params or {}), SEED) for config, policy, spec, params in items]
-    results = run_jobs(jobs, **RUNTIME)
+                   policy, dict(params or {}), spec.seed) for config, policy, spec, params in items]
+    return summaries_of(jobs, run_job)
+
+
+def summaries_of(jobs: list, fn) -> list[dict]:
+    """fn(job) for every job, here or as Ray tasks (--parallel/--address), in order; a failure stops the bench."""
+    results = run_jobs(jobs, fn=fn, **RUNTIME)
     if results.failures:
         sys.exit("economics: runs failed: " + "; ".join(str(f) for f in results.failures))
     return results.summaries
 
 
+def price_per_hour(config) -> float:
+    return sum(p.perf.price_usd_per_s * 3600 * p.config.instances for p in Cluster(config).pools)
+
+
 def digest(config, policy: str, params: dict | None, s: dict) -> dict:
-    price_h = sum(p.perf.price_usd_per_s * 3600 * p.config.instances for p in Cluster(config).pools)
+    price_h = price_per_hour(config)
     keep = ("requests", "completed", "rejected", "slo_attainment", "goodput_rps", "quality", "correct", "escalations",
             "escalated_requests", "advised_requests", "cost_usd", "served_cost_usd", "energy_j", "served_energy_j",
             "energy_per_output_token_j", "queries_per_kwh", "makespan_s", "sim_wall_s", "prefill_computed_tokens",
