@@ -172,22 +172,3 @@ def signed(x, digits=1):
 
 def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
-
-
-def sweep_table(sw: dict, baseline: str, others: list[str]) -> list[str]:
-    rates = sw["rates_rps"]
-    labels = list(sw["runs"])
-    lines = ["| configuration | $/h | " + " | ".join(f"{r:g}" for r in rates) + " | max rate at >= 90% |",
-             "| --- | ---: | " + " | ".join("---:" for _ in rates) + " | ---: |"]
-    for label in labels:
-        by_rate = {r["rate_rps"]: r for r in sw["runs"][label]}
-        cells = [(pct(by_rate[x]["slo_attainment"]) if x in by_rate else "") for x in rates]
-        lines.append(f"| {label} | {sw['price_usd_per_hour'].get(label, 0):.2f} | " + " | ".join(cells)
-                     + f" | {sw['max_rate_rps'][label]:g} |")
-    base = sw["max_rate_rps"][baseline]
-    lines.append("")
-    for o in others:
-        ratio = sw["max_rate_rps"][o] / base if base else float("nan")
-        lines.append(f"- goodput ratio {o} / {baseline}: {ratio:.2f}x")
-    lines.append("")
-    return lines
