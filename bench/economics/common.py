@@ -84,7 +84,7 @@ def price_per_hour(config) -> float:
 
 def digest(config, policy: str, params: dict | None, s: dict) -> dict:
     price_h = price_per_hour(config)
-    keep = ("requests", "completed", "rejected", "slo_attainment", "goodput_rps", "quality", "correct", "escalations",
+    keep = ("seed", "requests", "completed", "rejected", "slo_attainment", "goodput_rps", "quality", "correct", "escalations",
             "escalated_requests", "advised_requests", "cost_usd", "served_cost_usd", "energy_j", "served_energy_j",
             "energy_per_output_token_j", "queries_per_kwh", "makespan_s", "sim_wall_s", "prefill_computed_tokens",
             "prefix_hit_tokens", "prefix_hit_rate", "max_instance_load_ratio")
