@@ -1,124 +1,165 @@
-"""Section 2: an 8B executor advised by 405B on hard requests vs frontier-only (405B), and the cascade.
+"""Section 2: an 8B executor advised by 405B on hard requests vs frontier-only (405B), the executor alone,
+and the 8B -> 70B -> 405B cascade, every fleet sized the same way on a held-out slice (fleet.py).
 
-Frontier, executor and advisor pools sized with the sizing rule (common.smallest);
-the advisor fleet takes the cheaper of one or two advisor instances.
+Multi-pool fleets are sized one pool at a time: for each count of the larger pools in a small grid
+(advisor instances; the cascade's 70B and 405B tiers), the 8B pool by the rule, then the cheapest
+whole fleet. Quality is then shown as a range over `advisor_lift` and router accuracy on the advisor
+fleet, since both are assumptions of the model rather than measurements.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
-from scheduler.cluster import Cluster
 from scheduler.config import SloConfig, parse_cluster
-from simulator.jobs import build_workload
 
-from bench.economics.common import Section, cluster_file, kwh, pct, poisson, run, smallest, verdict
+from bench.economics import common
+from bench.economics.common import Section, cluster_file, pct, poisson
+from bench.economics.fleet import at_whole, fractional, sized_family
+from bench.economics.stats import ci95
 
 ADVISOR_SLO = SloConfig(ttft_s=5.0, tpot_s=0.1)
+RATE_RPS = 5.0
+COUNTS = list(range(1, 13))
+ADVISORS = (1, 2)
+CASCADE_UPPER = ((1, 1), (2, 1), (3, 1), (2, 2))  # (70B instances, 405B instances)
+LIFTS = (0.5, 0.75, 0.9)
+ROUTER_ACCURACIES = (0.7, 0.8, 0.9, 1.0)
 
 
 def _advisor_cluster(executors: int, advisors: int):
-    return replace(cluster_file("advisor", ADVISOR_SLO, **{"executor-8b": executors, "advisor-405b": advisors}))
+    return cluster_file("advisor", ADVISOR_SLO, **{"executor-8b": executors, "advisor-405b": advisors})
+
+
+def _executor_only(executors: int):
+    return parse_cluster(
+        {"name": "executor-only", "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
+         "pools": [{"name": "executor-8b", "device": "h100-sxm", "instances": executors, "chips_per_instance": 1,
+                    "model": "llama-3.1-8b", "role": "both", "chunked_prefill": True, "token_budget": 8192}]})
+
+
+def _cascade_cluster(small: int, mid: int, top: int):
+    return cluster_file("tiers", ADVISOR_SLO, **{"tier-8b": small, "tier-70b": mid, "tier-405b": top})
+
+
+def _cheapest(options: list[tuple[object, dict]]) -> tuple[object, dict]:
+    """(key, family) with the lowest price at its whole size (ties: the first)."""
+    return min(options, key=lambda o: at_whole(o[1])[0]["price_usd_per_hour"])
 
 
 def run_section(trace, n: int) -> dict:
-    rate = 5.0
-    wl = poisson(trace, n, rate)
-    res = {"rate_rps": rate, "workload": build_workload(wl)[1].description, "sized": {}}
-    k = smallest(lambda c: cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": c}), list(range(1, 7)),
-                 "least-loaded", trace, rate)
-    res["sized"]["frontier_only"] = k
-    res["frontier_only"] = run(cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": k}), "least-loaded", wl)
+    def wl(seed):
+        return poisson(trace, n, RATE_RPS, seed)
+    res = {"rate_rps": RATE_RPS, "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s}}
+    res["frontier_only"] = sized_family(lambda c: cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": c}),
+                                        "least-loaded", None, wl, COUNTS)
+    res["executor_only"] = sized_family(_executor_only, "least-loaded", None, wl, COUNTS)
     for label, params in (("advisor", {"router_accuracy": 1.0}), ("advisor_router80", {"router_accuracy": 0.8})):
-        best = None
-        for advisors in (1, 2):
-            e = smallest(lambda c: _advisor_cluster(c, advisors), list(range(1, 9)), "advisor", trace, rate, params)
-            cfg = _advisor_cluster(e, advisors)
-            price = sum(p.perf.price_usd_per_s for p in Cluster(cfg).pools for _ in range(p.config.instances))
-            if best is None or price < best[0]:
-                best = (price, e, advisors)
-        _, e, advisors = best
-        res["sized"][label] = {"executor-8b": e, "advisor-405b": advisors}
-        res[label] = run(_advisor_cluster(e, advisors), "advisor", wl, params)
-    e = smallest(lambda c: _advisor_cluster(c, 0) if False else parse_cluster(
-        {"name": "executor-only", "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
-         "pools": [{"name": "executor-8b", "device": "h100-sxm", "instances": c, "chips_per_instance": 1,
-                    "model": "llama-3.1-8b", "role": "both"}]}), list(range(1, 9)), "least-loaded", trace, rate)
-    res["sized"]["executor_only"] = e
-    res["executor_only"] = run(parse_cluster(
-        {"name": "executor-only", "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
-         "pools": [{"name": "executor-8b", "device": "h100-sxm", "instances": e, "chips_per_instance": 1,
-                    "model": "llama-3.1-8b", "role": "both"}]}), "least-loaded", wl)
-    res["cascade_tiers"] = run(cluster_file("tiers", ADVISOR_SLO), "cascade", wl)
+        advisors, fam = _cheapest([(a, sized_family(lambda c, a=a: _advisor_cluster(c, a), "advisor", params, wl,
+                                                    COUNTS)) for a in ADVISORS])
+        res[label] = fam | {"upper": {"advisor-405b": advisors}}
+    upper, fam = _cheapest([((m, t), sized_family(lambda c, m=m, t=t: _cascade_cluster(c, m, t), "cascade", None,
+                                                  wl, COUNTS)) for m, t in CASCADE_UPPER])
+    res["cascade"] = fam | {"upper": {"tier-70b": upper[0], "tier-405b": upper[1]}}
+    # Quality as a range over the model's assumptions, on the oracle-sized advisor fleet.
+    config = _advisor_cluster(res["advisor"]["whole"], res["advisor"]["upper"]["advisor-405b"])
+    grid = [(lift, acc) for lift in LIFTS for acc in ROUTER_ACCURACIES]
+    items = [(config, "advisor", wl(seed), {"advisor_lift": lift, "router_accuracy": acc})
+             for lift, acc in grid for seed in common.SEEDS]
+    runs = [common.digest(c, p, q, s) for (c, p, _, q), s in zip(items, common.summaries(items))]
+    k = len(common.SEEDS)
+    res["assumptions"] = [{"advisor_lift": lift, "router_accuracy": acc, "runs": runs[i * k:(i + 1) * k]}
+                          for i, (lift, acc) in enumerate(grid)]
     return res
 
 
-def _table(a: dict) -> list[str]:
-    f = a["frontier_only"]
-    lines = [
-        f"{a['rate_rps']:g} req/s, SLO TTFT <= 5 s, TPOT <= 100 ms; every fleet the smallest meeting 99% "
-        "attainment on the first 20,000 requests.",
-        "",
-        "| configuration | instances | quality | of frontier quality | SLO | advised | cost $ | cost ratio | served $ "
-        "| served ratio | energy kWh |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    sized = a["sized"]
-    rows = [("frontier-only (405B fp8, 8 x H100)", "frontier_only", f"{sized['frontier_only']} x 405B"),
-            ("advisor, oracle router", "advisor",
-             f"{sized['advisor']['executor-8b']} x 8B + {sized['advisor']['advisor-405b']} x 405B"),
-            ("advisor, 80% router", "advisor_router80",
-             f"{sized['advisor_router80']['executor-8b']} x 8B + {sized['advisor_router80']['advisor-405b']} x 405B"),
-            ("executor-only (8B)", "executor_only", f"{sized['executor_only']} x 8B"),
-            ("cascade 8B -> 70B -> 405B, 90% verifier", "cascade_tiers", "4 x 8B + 2 x 70B + 1 x 405B")]
-    for name, key, inst in rows:
-        x = a[key]
-        lines.append(
-            f"| {name} | {inst} | {pct(x['quality'], 2)} | {pct(x['quality'] / f['quality'])} | "
-            f"{pct(x['slo_attainment'])} | {x['advised_requests']:,} | {x['cost_usd']:,.2f} | "
-            f"{x['cost_usd'] / f['cost_usd']:.2f} | {x['served_cost_usd']:,.2f} | "
-            f"{x['served_cost_usd'] / f['served_cost_usd']:.2f} | {kwh(x['energy_j']):.2f} |")
-    x = a["advisor"]
-    q, c = x["quality"] / f["quality"], x["cost_usd"] / f["cost_usd"]
-    lines += ["", f"Advisor vs frontier-only: {pct(q)} of frontier quality at {c:.2f}x its cost (target >= 95% at "
-                  f"<= 0.5x: {verdict(q >= 0.95 and c <= 0.5)}).", ""]
-    return lines
+NAMES = {"frontier_only": "frontier-only (405B fp8, 8 x H100)", "advisor": "advisor, oracle router",
+         "advisor_router80": "advisor, 80% router", "executor_only": "executor-only (8B)",
+         "cascade": "cascade 8B -> 70B -> 405B, 90% verifier"}
 
 
-def _advisor_notes(a: dict) -> list[str]:
-    f, x = a["frontier_only"], a["advisor"]
-    util_note = ""
-    if "pool_tokens" in x:
-        util_note = (f" The advisor pool processed {x['pool_tokens'].get('advisor-405b', 0):,} tokens against "
-                     f"{f['pool_tokens'].get('frontier-405b', 0):,} for frontier-only.")
-    q = x["quality"] / f["quality"]
-    c = x["cost_usd"] / f["cost_usd"]
-    sc = x["served_cost_usd"] / f["served_cost_usd"]
-    lines = [
-        "### What the numbers say", "",
-        f"- Quality: the advisor reaches {pct(q)} of frontier-only quality (target 95%: {verdict(q >= 0.95)}); "
-        f"{x['advised_requests']:,} of {x['requests']:,} requests were advised. The executor alone reaches "
-        f"{pct(a['executor_only']['quality'] / f['quality'])}.",
-        f"- Cost: {c:.2f}x frontier-only (target <= 0.5x: {verdict(c <= 0.5)}). The fleets are sized in whole "
-        f"instances: frontier-only needs {a['sized']['frontier_only']} x 8 H100s; the advisor fleet "
-        f"{a['sized']['advisor']['executor-8b']} x 1 H100 + {a['sized']['advisor']['advisor-405b']} x 8 H100s, and "
-        "the advisor instance, an indivisible 8-GPU unit, is busy only for the advised requests' prefill and plan. "
-        f"Counting busy time only (a fleet scaled exactly to load) the ratio is {sc:.2f}x.{util_note}",
-        f"- An 80%-accurate router drops quality to {pct(a['advisor_router80']['quality'] / f['quality'])} of "
-        "frontier: a hard request it misjudges as easy goes to the executor alone, and advice spent on an easy "
-        "one buys nothing.",
-        f"- The cascade (8B -> 70B -> 405B with a 90% verifier) reaches "
-        f"{pct(a['cascade_tiers']['quality'] / f['quality'])} of frontier quality with "
-        f"{a['cascade_tiers']['escalations']:,} escalations, at {a['cascade_tiers']['cost_usd'] / f['cost_usd']:.2f}x "
-        f"the cost on its fixed 3-tier fleet, and {pct(a['cascade_tiers']['slo_attainment'])} SLO attainment: "
-        "an escalated request's TTFT spans its failed passes.",
-        "",
-    ]
-    return lines
+def _fleet(label: str, fam: dict) -> str:
+    upper = fam.get("upper", {})
+    small = {"frontier_only": "405B", "cascade": "8B"}.get(label, "8B")
+    parts = [f"{fam['whole']} x {small}"] + [f"{v} x {k.split('-')[-1].upper()}" for k, v in upper.items()]
+    return " + ".join(parts)
 
+
+def _quality_ratio(runs, base):
+    return ci95([r["quality"] / b["quality"] for r, b in zip(runs, base)])
 
 
 def render(a: dict) -> list[str]:
-    return _table(a) + _advisor_notes(a)
+    f = at_whole(a["frontier_only"])
+    lines = [f"{a['rate_rps']:g} req/s, SLO TTFT <= {a['slo']['ttft_s']:g} s, TPOT <= {a['slo']['tpot_s'] * 1e3:g} "
+             "ms; every fleet sized by the same rule as section 1 on the held-out slice, judged on the evaluation "
+             "seeds; intervals and per-seed ratios as there. *Fractional* scales the pool the rule sizes (the 405B "
+             "frontier pool; the 8B pool of the others) to where attainment crosses the threshold; *busy-time* "
+             "prices each instance only while it runs an iteration.", "",
+             "| configuration | fleet (whole) | fractional size | quality | of frontier quality | SLO attainment "
+             "| advised | cost ratio: whole | fractional | busy-time | energy ratio: whole |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label in ("frontier_only", "advisor", "advisor_router80", "executor_only", "cascade"):
+        fam = a[label]
+        runs = at_whole(fam)
+        lines.append(
+            f"| {NAMES[label]} | {_fleet(label, fam)} | {fam['fractional_k']:.2f} | "
+            f"{ci95([r['quality'] for r in runs]).fmt('.2f', 100, '%')} | {_quality_ratio(runs, f).fmt('.1f', 100, '%')} | "
+            f"{ci95([r['slo_attainment'] for r in runs]).fmt('.1f', 100, '%')} | "
+            f"{ci95([r['advised_requests'] for r in runs]).mean:,.0f} | "
+            f"{_ratio([r['cost_usd'] for r in runs], [r['cost_usd'] for r in f])} | "
+            f"{_ratio(fractional(fam, 'cost_usd'), fractional(a['frontier_only'], 'cost_usd'))} | "
+            f"{_ratio([r['served_cost_usd'] for r in runs], [r['served_cost_usd'] for r in f])} | "
+            f"{_ratio([r['energy_j'] for r in runs], [r['energy_j'] for r in f])} |")
+    return lines + [""] + _assumptions(a) + _notes(a)
+
+
+def _ratio(xs, base) -> str:
+    return ci95([x / b for x, b in zip(xs, base)]).fmt(".2f", suffix="x")
+
+
+def _assumptions(a: dict) -> list[str]:
+    f = at_whole(a["frontier_only"])
+    lines = ["Advisor quality over its two assumptions, on the oracle-sized advisor fleet (of frontier-only quality; "
+             "the fleet, and so its cost, is the same in every cell):", "",
+             "| advisor_lift | " + " | ".join(f"router {acc:g}" for acc in ROUTER_ACCURACIES) + " |",
+             "| ---: | " + " | ".join("---:" for _ in ROUTER_ACCURACIES) + " |"]
+    for lift in LIFTS:
+        cells = [_quality_ratio(c["runs"], f).fmt(".1f", 100, "%") for c in a["assumptions"]
+                 if c["advisor_lift"] == lift]
+        lines.append(f"| {lift:g} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _notes(a: dict) -> list[str]:
+    f = at_whole(a["frontier_only"])
+    x = a["advisor"]
+    runs = at_whole(x)
+    q = _quality_ratio(runs, f)
+    cost = ci95([r["cost_usd"] / b["cost_usd"] for r, b in zip(runs, f)])
+    frac = ci95([r / b for r, b in zip(fractional(x, "cost_usd"), fractional(a["frontier_only"], "cost_usd"))])
+    qs = [_quality_ratio(c["runs"], f) for c in a["assumptions"]]
+    costs = [ci95([r["cost_usd"] / b["cost_usd"] for r, b in zip(c["runs"], f)]) for c in a["assumptions"]]
+    adv_gpus = x["upper"]["advisor-405b"] * 8 + x["whole"]
+    front_gpus = a["frontier_only"]["whole"] * 8
+    return [
+        "### What the numbers say", "",
+        f"- **Quality.** With the oracle router and the default lift the advisor reaches {q.fmt('.1f', 100, '%')} of "
+        f"frontier-only quality; over advisor_lift {LIFTS[0]:g}-{LIFTS[-1]:g} and router accuracy "
+        f"{ROUTER_ACCURACIES[0]:g}-{ROUTER_ACCURACIES[-1]:g} it ranges from {min(c.mean for c in qs):.1%} to "
+        f"{max(c.mean for c in qs):.1%} (interval bounds {min(c.lo for c in qs):.1%}-{max(c.hi for c in qs):.1%}). "
+        "The quality model makes this a function of the assumed lift: an advised answer's capability is "
+        "c_exec + lift (c_advisor - c_exec), and a request is answered when capability >= difficulty.",
+        f"- **Cost.** {cost.fmt('.2f', suffix='x')} frontier-only with whole instances ({adv_gpus} GPUs against "
+        f"{front_gpus}), {frac.fmt('.2f', suffix='x')} with a fractional fleet; across the assumption grid the "
+        f"cost ratio stays within {min(c.mean for c in costs):.3f}-{max(c.mean for c in costs):.3f}: it is set by "
+        "the fleet, not by the policy's parameters.",
+        f"- **The 80% router** drops quality to {_quality_ratio(at_whole(a['advisor_router80']), f).fmt('.1f', 100, '%')} "
+        "of frontier: a hard request misjudged as easy goes to the executor alone.",
+        f"- **The cascade**, sized like the others ({_fleet('cascade', a['cascade'])}), reaches "
+        f"{_quality_ratio(at_whole(a['cascade']), f).fmt('.1f', 100, '%')} of frontier quality at "
+        f"{_ratio([r['cost_usd'] for r in at_whole(a['cascade'])], [r['cost_usd'] for r in f])} its cost, with "
+        f"{pct(ci95([r['slo_attainment'] for r in at_whole(a['cascade'])]).mean)} SLO attainment: an escalated "
+        "request's TTFT spans its failed passes.",
+        "",
+    ]
 
 
 SECTION = Section("advisor", "Advisor vs frontier-only", run_section, render)
