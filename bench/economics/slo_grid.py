@@ -91,7 +91,10 @@ def run_curves(workload_at, configs: list[tuple[str, object, str]], rates: list[
             runs[label][str(seed)].append({
                 "rate_rps": rate, "attainment_by_tpot": s["attainment_by_tpot"],
                 "itl_p99_s": s["itl_s"]["p99"], "tpot_p99_s": s["tpot_s"]["p99"], "ttft_p99_s": s["ttft_s"]["p99"],
-                "energy_j": s["energy_j"], "cost_usd": s["cost_usd"], "completed": s["completed"]})
+                "ttft_p50_s": s["ttft_s"]["p50"], "energy_j": s["energy_j"], "cost_usd": s["cost_usd"],
+                "completed": s["completed"], "prefix_hit_rate": s["prefix_hit_rate"],
+                "prefill_computed_tokens": s["prefill_computed_tokens"],
+                "max_instance_load_ratio": s["max_instance_load_ratio"]})
             if s["attainment_by_tpot"][-1] < target:
                 alive.discard((label, seed))
     out = {"rates_rps": rates, "seeds": seeds, "tpot_slos_s": list(tpot_slos_s), "target_attainment": target,
