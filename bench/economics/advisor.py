@@ -47,7 +47,8 @@ def _cheapest(options: list[tuple[object, dict]]) -> tuple[object, dict]:
 def run_section(trace, n: int) -> dict:
     def wl(seed):
         return poisson(trace, n, RATE_RPS, seed)
-    res = {"rate_rps": RATE_RPS, "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s}}
+    res = {"rate_rps": RATE_RPS, "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
+           "advisor_params": dict(cluster_file("advisor").policy.params)}
     res["frontier_only"] = sized_family(lambda c: cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": c}),
                                         "least-loaded", None, wl, COUNTS)
     res["executor_only"] = sized_family(_executor_only, "least-loaded", None, wl, COUNTS)

@@ -16,11 +16,20 @@ from infersched.cli.common import add_runtime_arguments, runtime_options
 from simulator.jobs import ray_session
 from simulator.traces import builtin_trace_path, read_trace
 
-from bench.economics import common
+from bench.economics import common, fleet
 from bench.economics.doc import write_doc
 from bench.economics.registry import by_name
 
 USAGE = __import__("bench.economics", fromlist=["__doc__"]).__doc__
+
+
+def reach_table() -> list[tuple[str, float]]:
+    """(model, share of queries within its reach) for the built-in models the default table anchors."""
+    from simulator.quality import DEFAULT_REACH_TABLE
+    from workers.models import MODELS
+
+    by_capability = {m.capability: name for name, m in MODELS.items() if name.startswith("llama-")}
+    return [(by_capability[c], share) for c, share in DEFAULT_REACH_TABLE if c in by_capability]
 
 
 def parse_args(argv=None):
@@ -60,7 +69,9 @@ def main(argv=None) -> None:
     results = json.loads(path.read_text()) if path.exists() and args.names else {}
     results["meta"] = {"trace": str(Path(trace.path).name), "trace_rows": trace.rows, "requests": args.requests,
                        "seed": common.SEED, "seeds": [int(x) for x in args.seeds.split(",")], "python": platform.python_version(), "machine": platform.machine(),
-                       "date": time.strftime("%Y-%m-%d")}
+                       "date": time.strftime("%Y-%m-%d"), "reach_table": reach_table(),
+                       "sizing_seed": fleet.SIZING_SEED, "sizing_target": fleet.TARGET,
+                       "sizing_near_best": fleet.NEAR_BEST}
     common.RUNTIME.update(runtime_options(args))
     common.OUT_DIR[:] = [path.parent]
     common.SEEDS[:] = [int(x) for x in args.seeds.split(",")]

@@ -8,49 +8,67 @@ from pathlib import Path
 
 from bench.economics.registry import SECTIONS
 
+def _reach(meta: dict) -> str:
+    """The reach table as text: the share of queries within reach of each built-in model."""
+    rows = meta["reach_table"]
+    return ", ".join(f"{share * 100:.0f}% of {name}" for name, share in rows)
+
+
 def write_doc(results: dict, path: Path) -> None:
     meta = results["meta"]
+    advisor = results.get("advisor", {}).get("advisor_params", {})
     lines = [
         "# Routing economics: the evidence",
         "",
         f"Produced by `python -m bench.economics` ({meta['date']}, Python {meta['python']}, {meta['machine']}) from "
         f"`bench/results/economics.json`; rerun it to regenerate this file (`--doc-only` rebuilds the text from the "
-        "JSON). Every run replays the Azure 2023 conversation trace "
+        "JSON; `--section NAME` reruns one section, NAME in the heading's brackets; `--parallel N` runs the "
+        "independent simulations as Ray tasks). Every run replays the Azure 2023 conversation trace "
         f"({meta['trace_rows']:,} rows) scaled to {meta['requests']:,} requests: lengths resampled from the trace, "
-        f"Poisson arrivals, difficulties from the default reach table, all from seed {meta['seed']}, so every "
-        "configuration in a table sees the very same requests.",
+        "Poisson arrivals, difficulties from the default reach table. Each configuration runs once per evaluation "
+        f"seed ({', '.join(map(str, meta['seeds']))}: other requests each time, the same requests for every "
+        "configuration of a seed); figures are means with a 95% Student-t interval over the seeds in brackets, "
+        "and comparisons are per seed, then averaged. Every measured figure in the text is computed from the saved "
+        "results; published figures quoted for context are cited where they appear.",
         "",
         "## How quality, energy and cost are counted",
         "",
         "- **Quality.** Each request has a difficulty in [0, 1]; a model of capability c (MMLU / 100 for the "
-        "built-in Llama 3 models) answers it correctly when c >= difficulty. Difficulties are drawn from a reach "
-        "table (`simulator/quality.py`): 45% of queries within reach of Llama-3.2-1B, 62% of 3B, **71% of "
-        "Llama-3.1-8B** (the edge-class anchor from the Intelligence per Watt study), 90% of 70B, 95% of 405B; "
-        "5% beyond every model. `quality` is the share of all requests answered correctly (rejected ones are "
-        "not). A trace column `difficulty` replaces the draw.",
+        "built-in Llama 3 models) answers it correctly when c >= difficulty, so capability is a nested threshold "
+        "(a stronger model answers everything a weaker one does, and int4 keeps its bf16 capability). "
+        f"Difficulties are drawn from a reach table (`simulator/quality.py`): {_reach(meta)}; the rest beyond "
+        "every model. The 8B anchor borrows the Intelligence per Watt study's 71.3%, which is the 2025 win/tie "
+        "rate of the best local models (at most 20B active parameters) against frontier models, not a measured "
+        "Llama-3.1-8B score; the other anchors are assumptions. `quality` is the share of all requests answered "
+        "correctly (rejected ones are not). A trace column `difficulty` replaces the draw.",
         "- **Routers and verifiers.** `router_accuracy` a: the router's judgement of whether a model can answer "
         "is flipped for a share 1 - a of requests (a seeded hash of the request id). `detect_accuracy` v: the "
         "verifier classifies each answer correctly with probability v; a wrong answer it catches is re-served "
         "one tier up (an escalation, paying for both passes), and a right answer it wrongly flags is re-served "
-        "too.",
+        "too. Routers and verifiers themselves cost nothing and take no time here.",
         "- **Advisor.** On requests the router judges beyond the executor, the top tier reads the context and "
-        "writes a 64-token plan, then the executor reads prompt + plan; the advised answer's capability is "
-        "c_exec + 0.9 (c_advisor - c_exec) (`advisor_lift`, an assumption: the published Sonnet + Opus advisor "
-        "result lands near, not at, the stronger model).",
-        "- **Energy** (`energy kWh`): every provisioned instance's idle power over the run plus the "
-        "activity-dependent power of every prefill and decode iteration (the calibrated roofline power model). "
-        "**Served** energy and dollars count only busy time, split over the requests in each iteration: what a "
-        "fleet scaled exactly to its load would use. Laptops are owned (no hourly price) but their energy counts.",
+        f"writes a {advisor.get('advisor_plan_tokens', '')}-token plan, then the executor reads prompt + plan; "
+        f"the advised answer's capability is c_exec + {advisor.get('advisor_lift', '')} (c_advisor - c_exec) "
+        "(`advisor_lift`, an assumption: section 2 shows quality over a range of it).",
+        "- **Energy** (`energy kWh`): GPU (or laptop package) power only, no host or facility overhead: every "
+        "provisioned instance's idle power over the run plus the activity-dependent power of every prefill and "
+        "decode iteration (the calibrated roofline power model). **Busy-time** energy and dollars count an "
+        "instance only while it runs an iteration, split over the requests in it; a GPU running a small batch is "
+        "busy, so this is not load-proportional. **Fractional** fleets are: the pool the rule sizes is scaled to "
+        "the real-valued size where attainment crosses the rule's threshold, energy and dollars interpolated "
+        "between the whole sizes around it. Laptops are owned (no hourly price) but their energy counts.",
         "- **Cost** (`cost $`): instance price per hour x run length for every provisioned instance.",
-        "- **Sizing.** In sections 1 and 2 the cloud, frontier, executor and advisor pools are sized to the fewest "
-        "instances meeting 99% SLO attainment on the first 20,000 requests (or, where no size can, the fewest "
-        "within half a point of the best attainable), so that cheaper never means under-provisioned. Sections 3 "
-        "and 4 compare fixed fleets of equal price across arrival rates.",
+        "- **Sizing** (sections 1 and 2, `bench/economics/fleet.py`). A pool is sized on a held-out slice of "
+        f"requests (seed {meta['sizing_seed']}, no evaluation seed replays it) to the fewest whole instances "
+        f"meeting {meta['sizing_target'] * 100:g}% SLO attainment, or, where no size can, the fewest within "
+        f"{meta['sizing_near_best'] * 100:g} points of the best attainable; then judged on the evaluation seeds. "
+        "Sections 3 and 4 compare fleets of equal price across arrival rates and TPOT SLOs, each family tuned "
+        "the same way.",
         "",
     ]
     for number, section in enumerate(SECTIONS, 1):
         if section.name in results:
-            lines += [f"## {number}. {section.title}", ""] + section.render(results[section.name])
+            lines += [f"## {number}. {section.title} [{section.name}]", ""] + section.render(results[section.name])
     lines += POLICY_REFERENCE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
