@@ -2,7 +2,7 @@
 evaluation seeds), and show what the sizing rule does.
 
 `sized_family` walks the instance count k of one configuration upward on the sizing slice and stops
-where the rule (common.smallest's) picks its answer; then every k up to one past that answer runs on
+where the rule picks its answer; then every k up to one past that answer runs on
 every evaluation seed. From those runs:
   - whole: the rule's k (the fewest meeting the target, or within half a point of the best attainable
     when none does), each seed's run at that k;
@@ -24,7 +24,7 @@ NEAR_BEST = 0.005
 
 
 def rule(attainment: list[tuple[int, float]], target: float = TARGET) -> tuple[int, float]:
-    """(whole k, threshold) from (k, attainment) pairs in ascending k, as common.smallest decides."""
+    """(whole k, threshold) from (k, attainment) pairs in ascending k, as `sized_family` stops."""
     for k, a in attainment:
         if a >= target:
             return k, target
