@@ -57,7 +57,7 @@ NAMES = {"cloud_only": "cloud-only", "oracle": "local-first, oracle router",
 COUNTS = list(range(1, 13))
 
 
-def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES)) -> dict:
+def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES), every_size=False) -> dict:
     model, chips, _, laptops, slo = HYBRID_SETTINGS[setting]
     out = {}
     for label in labels:
@@ -65,7 +65,7 @@ def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES)) 
         out[label] = sized_family(
             lambda c, edge=edge: edge_cloud("edge-cloud" if edge else "cloud-only", slo, laptops if edge else 0,
                                             model, chips, c),
-            policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS)
+            policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS, every_size)
     return out
 
 
@@ -83,7 +83,8 @@ def run(trace, n: int) -> dict:
         out = {"rate_rps": rate, "laptops": laptops, "cloud_model": model,
                "workload": build_workload(poisson(trace, n, rate))[1].description,
                "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-               "families": _families(trace, n, setting, rate)}
+               # Every cloud size of the rate-swept setting, for the sizing-rule table.
+               "families": _families(trace, n, setting, rate, every_size=setting == RATE_SWEEP[0])}
         # The same cloud as cloud-only, laptops added (nothing right-sized).
         k = out["families"]["cloud_only"]["whole"]
         items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k), "local-first",
