@@ -79,9 +79,32 @@ def render(sw: dict) -> list[str]:
         lines.append(f"| {slo * 1e3:g} ms | {ci95(pf).fmt('.0f')} | {ci95(ch).fmt('.0f')} ({cl.rsplit('-', 1)[1]}) "
                      f"| {ci95(dg).fmt('.0f')} ({dl.split('-')[1].replace('p', ':').rstrip('d')}) "
                      f"| {_ratio(dg, ch).fmt('.2f', suffix='x')} | {_ratio(dg, pf).fmt('.2f', suffix='x')} |")
-    lines += [""] + _notes(sw, tuned) + ["Plot: `bench/results/economics_disagg.png` (goodput against TPOT SLO; "
+    lines += [""] + _rate_table(sw, tuned) + _notes(sw, tuned) + ["Plot: `bench/results/economics_disagg.png` (goodput against TPOT SLO; "
                                          "attainment against rate at each family's tuned variant).", ""]
     return lines
+
+
+def _attainment_at(runs_by_seed: dict, k: int) -> dict[float, float]:
+    """Mean attainment (TPOT SLO index k) per rate, over the rates every seed ran."""
+    seeds = list(runs_by_seed.values())
+    rates = set.intersection(*({r["rate_rps"] for r in runs} for runs in seeds))
+    return {x: ci95([next(r["attainment_by_tpot"][k] for r in runs if r["rate_rps"] == x) for runs in seeds]).mean
+            for x in sorted(rates)}
+
+
+def _rate_table(sw: dict, tuned: dict, k: int = 2) -> list[str]:
+    """SLO attainment against arrival rate at one TPOT SLO, for each family's variant tuned there."""
+    picks = [(family, tuned[family][k][0]) for family in FAMILIES]
+    curves = {label: _attainment_at(sw["runs"][label], k) for _, label in picks}
+    rates = sorted({x for c in curves.values() for x in c})
+    lines = [f"SLO attainment against arrival rate at TPOT <= {sw['tpot_slos_s'][k] * 1e3:g} ms (mean over the seeds; "
+             "a rate is shown while every seed ran it):", "",
+             "| variant | " + " | ".join(f"{x:g}" for x in rates) + " |",
+             "| --- | " + " | ".join("---:" for _ in rates) + " |"]
+    for _, label in picks:
+        lines.append(f"| {label} | " + " | ".join(pct(curves[label][x], 0) if x in curves[label] else ""
+                                                  for x in rates) + " |")
+    return lines + [""]
 
 
 def _ratios(sw: dict, tuned: dict) -> tuple[list, list]:
