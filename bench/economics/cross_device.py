@@ -14,7 +14,7 @@ from bench.economics.slo_grid import best_of, run_curves
 from bench.economics.stats import ci95, range_text
 from bench.economics.stats import paired_ratio as _ratio
 
-BUDGETS = (512, 1024, 2048)  # the budgets section 3 picked at some SLO in trial runs
+BUDGETS = (512, 1024, 2048, 4096)
 COLOCATED = [f"h100-colocated-15-chunked-{b}" for b in BUDGETS]
 SPLIT_H100 = "h100-disagg-9p6d"
 SPLIT_H200 = "h100p-h200d-9p5d"

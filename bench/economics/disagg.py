@@ -22,8 +22,8 @@ TTFT_SLO_S = 0.25
 TPOT_SLOS_S = (0.015, 0.02, 0.025, 0.035, 0.05, 0.1)
 TIGHT = SloConfig(ttft_s=TTFT_SLO_S, tpot_s=0.025)  # the cluster SLO (placement does not read the TPOT one)
 RATES = [100.0 + 25.0 * i for i in range(17)]  # 100-500 req/s
-BUDGETS = (512, 1024, 2048, 4096)
-SPLITS = (9, 10, 11, 12)  # prefill instances of 16 (8:8 trailed every other split in trial runs)
+BUDGETS = (512, 1024, 2048, 4096, 8192)
+SPLITS = (8, 9, 10, 11, 12)  # prefill instances of 16
 TARGET = 0.9
 GPUS = 16
 

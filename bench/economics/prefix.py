@@ -15,7 +15,7 @@ from bench.economics.common import Section, cluster_file, pct, run_many
 from bench.economics.slo_grid import run_curves
 from bench.economics.stats import ci95, paired_ratio
 
-PREFIX_RATES = [200.0, 250.0, 300.0, 350.0, 375.0, 400.0, 425.0, 450.0, 475.0, 500.0, 550.0, 600.0]
+PREFIX_RATES = [200.0, 250.0, 300.0, 350.0, 400.0, 450.0, 500.0, 550.0, 600.0, 650.0, 700.0, 750.0]
 PREFIX_POLICIES = ["least-loaded", "round-robin", "slo-aware", "prefix-aware"]
 PREFIX_SLACKS = [0.0, 0.1, 0.25, 1.0, 1e9]  # 1e9: no load bound
 TARGET = 0.99
