@@ -112,7 +112,8 @@ def headline(px: dict) -> list[str]:
         return []
     x, _, _, saved, cap = found
     return [f"- **Prefix-aware vs least-loaded** (16 H100s, session trace): {saved.fmt('.1f', 100, '%')} fewer "
-            f"prefill tokens computed at {x:g} req/s; capacity within the SLO {cap.fmt('.2f', suffix='x')}."]
+            f"prefill tokens computed at {x:g} req/s; capacity within the SLO "
+            f"{'>= ' if censored(px, px['goodput_rps']['prefix-aware'][0]) else ''}{cap.fmt('.2f', suffix='x')}."]
 
 
 def _notes(px: dict) -> list[str]:
