@@ -26,14 +26,15 @@ Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
 into them, `plan_load` decides whether loading beats recomputing and `load`
 promotes the blocks back into HBM once the prompt is admitted. Each tier level has its own
 index (tier k of every instance registers in index k), so the router sees
-every level.
+every level. A write-through store (kv_store.write: through) takes every
+prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import repeat
 
-from workers.kv_tiers import TierLru
+from workers.kv_tiers import StoreWrite, TierLru
 
 
 class PrefixIndex:
@@ -116,7 +117,7 @@ class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
     __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
-                 "load_s")
+                 "load_s", "through", "demote_to")
 
     def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
                  levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
@@ -134,6 +135,10 @@ class PrefixCache:
         # seconds prompts spent loading them.
         self.hit_tokens = [0] * len(self.levels)
         self.load_s = 0.0
+        # A write-through store (the last level) is written by every prefill, not by demotion.
+        last = self.levels[-1] if self.levels else None
+        self.through = last if last is not None and last.shared and last.tier.write == StoreWrite.THROUGH else None
+        self.demote_to = self.levels[:-1] if self.through is not None else self.levels
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -164,6 +169,36 @@ class PrefixCache:
                 held[block] = None
                 if index is not None:
                     index.add(block, bit)
+        if self.through is not None:
+            self._write_through(blocks)
+
+    def _write_through(self, blocks) -> None:
+        """A prefilled prompt's blocks into the write-through store (head last: evicted last)."""
+        store = self.through
+        held = store.blocks
+        written = 0
+        for i in range(len(blocks) - 1, -1, -1):
+            block = blocks[i]
+            if block in held:
+                held.move_to_end(block)
+            else:
+                held[block] = None
+                written += 1
+        store.written_bytes += written * self.block_bytes
+        over = len(held) - store.capacity
+        if over > 0:
+            pop = held.popitem
+            for _ in range(over):
+                pop(last=False)
+
+    def write_s(self, blocks) -> float:
+        """Seconds to write a prompt's blocks the write-through store lacks (0 without one)."""
+        store = self.through
+        if store is None:
+            return 0.0
+        held = store.blocks
+        missing = sum(1 for b in blocks if b not in held)
+        return missing * self.block_bytes / store.tier.write_bytes_per_s
 
     def trim(self, max_tokens: int) -> None:
         """Evict least recently used blocks until at most `max_tokens` are cached."""
@@ -190,7 +225,7 @@ class PrefixCache:
         evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
         runs for every block leaving HBM."""
         size = self.block_bytes
-        for level in self.levels:
+        for level in self.demote_to:
             held = level.blocks
             index = level.index
             bit = level.bit
