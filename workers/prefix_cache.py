@@ -34,7 +34,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from itertools import repeat
 
-from workers.kv_tiers import StoreWrite, TierLru
+from workers.kv_tiers import STORE, StoreWrite, TierLru
+from workers.report import TierUsage
 
 
 class PrefixIndex:
@@ -117,7 +118,7 @@ class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
     __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
-                 "load_s", "through", "demote_to")
+                 "load_s", "through", "demote_to", "read_bytes", "written_bytes")
 
     def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
                  levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
@@ -135,6 +136,9 @@ class PrefixCache:
         # seconds prompts spent loading them.
         self.hit_tokens = [0] * len(self.levels)
         self.load_s = 0.0
+        # This instance's own bytes moved per level (the shared store's level counts everyone's).
+        self.read_bytes = [0.0] * len(self.levels)
+        self.written_bytes = [0.0] * len(self.levels)
         # A write-through store (the last level) is written by every prefill, not by demotion.
         last = self.levels[-1] if self.levels else None
         self.through = last if last is not None and last.shared and last.tier.write == StoreWrite.THROUGH else None
@@ -185,6 +189,7 @@ class PrefixCache:
                 held[block] = None
                 written += 1
         store.written_bytes += written * self.block_bytes
+        self.written_bytes[-1] += written * self.block_bytes
         over = len(held) - store.capacity
         if over > 0:
             pop = held.popitem
@@ -225,7 +230,8 @@ class PrefixCache:
         evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
         runs for every block leaving HBM."""
         size = self.block_bytes
-        for level in self.demote_to:
+        mine = self.written_bytes
+        for k, level in enumerate(self.demote_to):
             held = level.blocks
             index = level.index
             bit = level.bit
@@ -240,6 +246,7 @@ class PrefixCache:
                     if holders is not None:
                         holders[b] = holders.get(b, 0) | bit
             level.written_bytes += written * size
+            mine[k] += written * size
             over = len(held) - level.capacity
             if over <= 0:
                 return
@@ -317,10 +324,12 @@ class PrefixCache:
         index = self.index
         bit = self.bit
         levels = self.levels
+        mine = self.read_bytes
         for i, k in enumerate(found):
             block = blocks[start + i]
             level = levels[k]
             level.read_bytes += size
+            mine[k] += size
             if not level.shared:
                 level.take(block)
             held[block] = None
@@ -340,6 +349,16 @@ def _discard_all(holders: dict, blocks: list, bit: int) -> None:
             holders[b] = left
         else:
             holders.pop(b, None)
+
+
+def tier_usage(prefix: PrefixCache | None) -> tuple:
+    """What this instance's levels below HBM served and moved (TierUsage each, the store last,
+    named `store`); () without tiers."""
+    if prefix is None or not prefix.deep:
+        return ()
+    return tuple(TierUsage(STORE if level.shared else level.tier.name, served, read, written)
+                 for level, served, read, written in zip(prefix.levels, prefix.hit_tokens, prefix.read_bytes,
+                                                         prefix.written_bytes))
 
 
 def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
