@@ -34,10 +34,10 @@ _TIER_KEYS = {
     "write_gb_s": ("GB/s", "required", "bandwidth blocks are written at: demotions run in the background "
                                        "(counted, not charged to a request); a write-through store's writes "
                                        "overlap the prefill layer by layer, which lasts at least their time"),
-    "usd_per_gb_hour": ("USD/(GB*hour)", None, "price of the capacity; 0: not priced (docs/KV_TIERS.md lists "
-                                               "sources)"),
-    "energy_j_per_gb": ("J/GB", None, "energy per GB moved in or out; 0: not priced (docs/KV_TIERS.md lists "
-                                      "sources)"),
+    "usd_per_gb_hour": ("USD/(GB*hour)", "the medium's, else 0", "price of the capacity; 0: not priced"),
+    "energy_j_per_gb": ("J/GB", "the medium's, else 0", "energy per GB moved in or out; 0: not priced"),
+    "medium": ("-", "none", "`dram`, `nvme` or `rdma`: price and energy per GB default to published figures "
+                            "(docs/KV_TIERS.md lists them with their sources)"),
 }
 
 # key -> (unit, default where the dataclass has none or says it otherwise, meaning)

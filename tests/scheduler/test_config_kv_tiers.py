@@ -5,6 +5,7 @@ import pytest
 
 from scheduler.config import ConfigError, parse_cluster
 from workers.kv_tiers import KvTier, StoreWrite
+from workers.tier_media import MEDIA
 
 GOOD_POOL = {"name": "p", "device": "h100-sxm", "instances": 2, "model": "llama-3.1-8b", "role": "both"}
 HOST = {"name": "host", "capacity_gb": 512, "read_gb_s": 54.5, "write_gb_s": 54.5}
@@ -25,6 +26,16 @@ def test_tiers_and_store_parse_in_order_with_optional_prices():
     assert cfg.pools[0].kv_tiers == (KvTier("host", 512.0, 54.5, 54.5),
                                      KvTier("ssd", 4000.0, 6.0, 3.0, 0.0001, 2.5))
     assert cfg.kv_store == KvTier("store", 20000.0, 25.0, 25.0, 0.0001, 0.0, StoreWrite.THROUGH)
+
+
+@pytest.mark.parametrize(("medium", "given", "energy_j_per_gb", "usd_per_gb_hour"), [
+    ("dram", {}, MEDIA["dram"].energy_j_per_gb, MEDIA["dram"].usd_per_gb_hour),
+    ("nvme", {"usd_per_gb_hour": 0.5}, MEDIA["nvme"].energy_j_per_gb, 0.5),  # a given figure wins
+])
+def test_a_medium_gives_sourced_defaults(medium, given, energy_j_per_gb, usd_per_gb_hour):
+    tier = parse_cluster(doc([{**HOST, "medium": medium, **given}])).pools[0].kv_tiers[0]
+    assert (tier.energy_j_per_gb, tier.usd_per_gb_hour) == (energy_j_per_gb, usd_per_gb_hour)
+    assert energy_j_per_gb > 0 and usd_per_gb_hour > 0
 
 
 @pytest.mark.parametrize(("write", "policy"), [("through", StoreWrite.THROUGH), ("evict", StoreWrite.EVICT)])
@@ -53,6 +64,7 @@ def test_no_tiers_by_default():
     (doc(store=[STORE]), "kv_store", "expected a mapping"),
     (doc(store={**STORE, "write": "back"}), "kv_store.write", "expected one of through, evict, got 'back'"),
     (doc([{**HOST, "write": "through"}]), "pools[0].kv_tiers[0].write", "unknown key"),
+    (doc(store={**STORE, "medium": "tape"}), "kv_store.medium", "expected one of dram, nvme, rdma, got 'tape'"),
 ])
 def test_invalid_tiers_name_the_key(data, key, reason):
     with pytest.raises(ConfigError) as err:
