@@ -27,7 +27,8 @@ past its cached prefix; the cache keeps finished prompts' blocks in free KV.
 A prefix below HBM (host, SSD, shared store: workers/kv_tiers.py) loads at its
 level's read bandwidth layer by layer beside compute (Mooncake, LMCache): an
 iteration (a chunked segment's first) lasts the longer of compute and loads,
-and a prompt loads only the part of its prefix that beats recomputing it.
+and a prompt loads only the part of its prefix that beats recomputing it; a
+write-through store takes a prompt's new blocks at its write bandwidth the same way.
 """
 from __future__ import annotations
 
