@@ -11,7 +11,9 @@ import pytest
 from scheduler.cluster import Cluster
 from scheduler.config import parse_cluster
 from scheduler.live.core import SchedulerCore
+from infersched.client.stats import stats_dict
 from scheduler.live.inprocess import InProcessWorkerClient, run_virtual
+from scheduler.live.servicer import stats_proto
 from scheduler.live.types import GenerateInput, LiveOptions
 from scheduler.registry import build_policy
 from scheduler.types import RequestStatus
@@ -75,6 +77,16 @@ def test_in_process_workers_serve_what_the_simulator_serves_from_each_level(work
     want = simulated(cfg, workload)
     assert want["store"] > 0 and want["host"] > 0
     assert live == want
+    # The same counts as GetStats and `stats --json` carry them.
+    pool = stats_dict(stats_proto(core.stats()))["pools"]["h"]
+    assert pool["prefix_hit_tokens"] == sum(want.values())
+    assert {name: t["hit_tokens"] for name, t in pool["kv_tiers"].items()} == {"host": want["host"],
+                                                                               "store": want["store"]}
+
+
+def test_write_through_serves_more_from_the_store_than_write_on_evict(workload):
+    through, evict = simulated(config("through"), workload), simulated(config("evict"), workload)
+    assert through["store"] > evict["store"] and through["hbm"] == evict["hbm"]
 
 
 @pytest.fixture(scope="module")
