@@ -162,17 +162,12 @@ class PrefixCache:
 
     def insert(self, blocks) -> None:
         """Keep a prefilled prompt's blocks (all of them most recently used, head last)."""
-        held = self.blocks
+        new = _touch_head_last(self.blocks, blocks)
         index = self.index
-        bit = self.bit
-        for i in range(len(blocks) - 1, -1, -1):
-            block = blocks[i]
-            if block in held:
-                held.move_to_end(block)
-            else:
-                held[block] = None
-                if index is not None:
-                    index.add(block, bit)
+        if index is not None:
+            bit = self.bit
+            for block in new:
+                index.add(block, bit)
         if self.through is not None:
             self._write_through(blocks)
 
@@ -180,16 +175,9 @@ class PrefixCache:
         """A prefilled prompt's blocks into the write-through store (head last: evicted last)."""
         store = self.through
         held = store.blocks
-        written = 0
-        for i in range(len(blocks) - 1, -1, -1):
-            block = blocks[i]
-            if block in held:
-                held.move_to_end(block)
-            else:
-                held[block] = None
-                written += 1
-        store.written_bytes += written * self.block_bytes
-        self.written_bytes[-1] += written * self.block_bytes
+        written = len(_touch_head_last(held, blocks)) * self.block_bytes
+        store.written_bytes += written
+        self.written_bytes[-1] += written
         over = len(held) - store.capacity
         if over > 0:
             pop = held.popitem
@@ -338,6 +326,20 @@ class PrefixCache:
         move = held.move_to_end
         for i in range(start + len(found) - 1, -1, -1):
             move(blocks[i])
+
+
+def _touch_head_last(held: OrderedDict, blocks) -> list:
+    """Make a prompt's `blocks` the most recently used of `held` (an LRU), its head last so
+    the shared start is evicted last; returns the blocks that were not held."""
+    new = []
+    for i in range(len(blocks) - 1, -1, -1):
+        block = blocks[i]
+        if block in held:
+            held.move_to_end(block)
+        else:
+            held[block] = None
+            new.append(block)
+    return new
 
 
 def _discard_all(holders: dict, blocks: list, bit: int) -> None:
