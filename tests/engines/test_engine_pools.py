@@ -22,7 +22,7 @@ import yaml
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server, server_command
-from tests.engines.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_serve
+from tests.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_process
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
@@ -58,12 +58,12 @@ def served(tiny_model, tmp_path_factory):
         }
         path = log_dir / "cluster.yaml"
         path.write_text(yaml.safe_dump(cluster))
-        proc, address, lines = start_serve(path, "--http-port", "0")
+        proc, address, lines = start_serve(path, "--metrics-port", "-1", "--http-port", "0")
         try:
             launched = [w.address for w in _workers(address).values() if w.pool == "launched"]
             yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
         finally:
-            stop_serve(proc)
+            stop_process(proc)
         for url in launched:  # serve stopped the engines it launched
             host, port = url.removeprefix("http://").rsplit(":", 1)
             with socket.socket() as probe:
