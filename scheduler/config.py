@@ -71,6 +71,7 @@ class LaunchConfig:
     instances: int = 1
     num_gpus: float = 1.0  # Ray places each engine on a node with this many free GPUs
     start_timeout_s: float = 600.0  # the engine's /health must answer within this
+    max_restarts: int = 3  # relaunches of an engine that died, with backoff, before it stays down
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ _POOL_KEYS = {
 _OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device", "role", "price_usd_per_hour",
                      "context_tokens", "max_batch", "chips_per_instance", "quantization", "memory_utilization",
                      "aliases"}
-_LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s"}
+_LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s", "max_restarts"}
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache", "kv_store", "default_model"}
 _KV_STORE_KEYS = {"capacity_gb", "read_gb_s", "write_gb_s", "usd_per_gb_hour", "energy_j_per_gb"}
 _KV_TIER_KEYS = _KV_STORE_KEYS | {"name"}
@@ -298,6 +299,8 @@ def _parse_launch(v: Fields, where: str, raw: Any) -> LaunchConfig:
         kwargs["instances"] = v.number(f"{where}.instances", raw["instances"], integer=True, above=0)
     if "num_gpus" in raw:
         kwargs["num_gpus"] = v.number(f"{where}.num_gpus", raw["num_gpus"], at_least=0)
+    if "max_restarts" in raw:
+        kwargs["max_restarts"] = v.number(f"{where}.max_restarts", raw["max_restarts"], integer=True, at_least=0)
     if "start_timeout_s" in raw:
         kwargs["start_timeout_s"] = v.number(f"{where}.start_timeout_s", raw["start_timeout_s"], above=0)
     return LaunchConfig(**kwargs)

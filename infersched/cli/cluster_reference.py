@@ -77,6 +77,9 @@ KEYS = {
     "pools[].launch.num_gpus": ("GPUs", None, "GPUs Ray reserves per engine (Ray places engines on GPU nodes; "
                                               "0 for CPU engines)"),
     "pools[].launch.start_timeout_s": ("s", None, "each engine's health endpoint must answer within this"),
+    "pools[].launch.max_restarts": ("count", None, "times an engine that died is started again (after 1, 2, 4 ... "
+                                                   "up to 30 s), as Ray's max_restarts; it is unhealthy meanwhile "
+                                                   "and rejoins when its health endpoint answers"),
     "pools[].chips_per_instance": ("chips", "`auto`: the fewest that hold the model",
                                    "devices per instance (tensor parallel)"),
     "pools[].quantization": ("-", "the model's own dtype", "weight dtype: " + ", ".join(config.QUANTIZATION_BYTES)),
