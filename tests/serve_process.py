@@ -26,25 +26,26 @@ START_TIMEOUT_S = 180.0
 READY_MARKER = "stops it"  # serve's last start-up line: "Ctrl-C (or SIGTERM) stops it"
 
 
+def word_after(lines: list[str], prefix: str) -> str | None:
+    """The word after `prefix` in the first line holding it."""
+    line = next((ln for ln in lines if prefix in ln), None)
+    return line.split(prefix, 1)[1].split()[0] if line is not None else None
+
+
 class Served(NamedTuple):
     proc: subprocess.Popen
     address: str  # the scheduler's gRPC host:port
     lines: list[str]  # what serve printed while it started
 
-    def after(self, prefix: str) -> str | None:
-        """The word after `prefix` in the first line holding it."""
-        line = next((ln for ln in self.lines if prefix in ln), None)
-        return line.split(prefix, 1)[1].split()[0] if line is not None else None
-
     @property
     def metrics(self) -> str | None:
         """The Prometheus endpoint's URL, None with --metrics-port -1."""
-        return self.after("metrics on ")
+        return word_after(self.lines, "metrics on ")
 
     @property
     def http(self) -> str | None:
         """The OpenAI base URL (http://host:port/v1), None without --http-port."""
-        return self.after("OpenAI-compatible HTTP on ")
+        return word_after(self.lines, "OpenAI-compatible HTTP on ")
 
 
 def read_until(proc: subprocess.Popen, marker: str, timeout_s: float) -> list[str]:
@@ -73,12 +74,12 @@ def start_serve(cluster: Path | str, *flags: str, checkout: Path = REPO, command
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         lines = read_until(proc, READY_MARKER, timeout_s)
-        served = Served(proc, Served(proc, "", lines).after("listening on ") or "", lines)
-        assert served.address, f"serve printed no address: {lines}"
+        address = word_after(lines, "listening on ")
+        assert address, f"serve printed no address: {lines}"
     except BaseException:
         stop_process(proc, signal.SIGKILL)
         raise
-    return served
+    return Served(proc, address, lines)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> str:

@@ -24,7 +24,7 @@ import yaml
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server, server_command
-from tests.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_process
+from tests.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_process, word_after
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
@@ -163,7 +163,7 @@ def test_the_official_openai_client_reaches_the_real_engines_through_the_http_fr
     """Chat and completions, streamed and not, through `serve --http-port` to llama.cpp:
     the engines' own text and tokenizer counts come back, and the core counts each request."""
     openai = pytest.importorskip("openai")
-    base_url = next(ln.split("HTTP on ")[1].split()[0] for ln in served.lines if "OpenAI-compatible HTTP on" in ln)
+    base_url = word_after(served.lines, "OpenAI-compatible HTTP on ")
     client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=120, max_retries=0)
     before = _stats(served.address).requests_completed
 

@@ -21,7 +21,7 @@ import pytest
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import builtin_cluster_path
 from scheduler.live.openai_api import synthetic_text
-from tests.serve_process import CLI, READY_MARKER, REPO, read_until, stop_process
+from tests.serve_process import CLI, READY_MARKER, REPO, read_until, stop_process, word_after
 
 openai = pytest.importorskip("openai", reason="the official OpenAI client: pip install -e '.[engines]'")
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
@@ -86,8 +86,7 @@ def served(tmp_path_factory):
             time.sleep(0.02)
         assert health[-1:] == [200], f"serve did not become healthy: {health[-5:]} {stop_process(proc)}"
         lines = read_until(proc, READY_MARKER, START_TIMEOUT_S)
-        grpc_address = next(ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln)
-        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
+        grpc_address, metrics = word_after(lines, "listening on "), word_after(lines, "metrics on ")
         yield Served(proc, grpc_address, base, metrics, lines, health, decisions)
     finally:
         stop_process(proc, timeout_s=30)
