@@ -17,6 +17,7 @@ from workers.engine import BatchEngine
 from workers.learned_perf import LearnedPerf
 from workers.models import load_model, with_dtype
 from workers.perf import InstancePerf, chips_needed
+from workers.speculative import SpeculativePerf
 from workers.kv_tiers import TierLru
 from workers.prefix_cache import PrefixIndex, tiered_cache
 
@@ -60,6 +61,8 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
         model = with_dtype(model, QUANTIZATION_BYTES[pool.quantization])
 
     def make(chips: int) -> InstancePerf:
+        if pool.speculative is not None:
+            return speculative_pool_perf(pool, device, model, chips, where)
         return InstancePerf(device, model, chips=chips, price_usd_per_hour=pool.price_usd_per_hour,
                             memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
 
@@ -82,6 +85,27 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
             f"{pool.chips_per_instance} x {device.name} "
             f"({pool.chips_per_instance * device.memory_bytes / 1e9:.1f} GB); raise chips_per_instance "
             "or set it to auto")
+    return perf
+
+
+def speculative_pool_perf(pool: PoolConfig, device, model, chips: int, where: str) -> SpeculativePerf:
+    """A pool's instance with its `speculative:` draft (at the pool's quantization, as the model)."""
+    key = f"{where}: key 'speculative.draft_model'"
+    try:
+        draft = load_model(pool.speculative.draft_model)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc.args[0] if exc.args else exc}") from None
+    if pool.quantization is not None:
+        draft = with_dtype(draft, QUANTIZATION_BYTES[pool.quantization])
+    try:
+        perf = SpeculativePerf(device, model, draft, pool.speculative, chips=chips,
+                               price_usd_per_hour=pool.price_usd_per_hour,
+                               memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not perf.fits:
+        raise ConfigError(f"{key}: {draft.name} beside {model.name} leaves no KV room in {chips} x {device.name}; "
+                          "raise chips_per_instance")
     return perf
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import yaml
 
+from scheduler.config_speculative import parse_speculative
 from scheduler.types import Role
 from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
 from workers.engine import DEFAULT_TOKEN_BUDGET
 from workers.kv_tiers import HBM, STORE, KvTier
+from workers.speculative import SpeculativeConfig
 
 # Bytes per weight for the `quantization` key of a pool.
 QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -96,6 +98,7 @@ class PoolConfig:
     endpoints: tuple[str, ...] = ()  # openai: one instance per base URL
     launch: LaunchConfig | None = None  # openai: engines started by `serve` instead of endpoints
     context_tokens: int = 8192  # openai without a device: the longest prompt + output one request may have
+    speculative: SpeculativeConfig | None = None  # speculative decoding (scheduler/config_speculative.py)
 
     @property
     def engine_token_budget(self) -> int:
@@ -122,6 +125,7 @@ _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
     "chunked_prefill", "token_budget", "kv_tiers", "backend", "endpoints", "launch", "context_tokens",
+    "speculative",
 }
 # An openai pool's keys: the engines decide batching, memory and chunking themselves.
 _OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device", "role", "price_usd_per_hour",
@@ -180,6 +184,8 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
     _parse_chunking(v, where, raw, kwargs)
     if raw.get("kv_tiers") is not None:
         kwargs["kv_tiers"] = _parse_kv_tiers(v, where, raw["kv_tiers"], kwargs["role"])
+    if raw.get("speculative") is not None:
+        kwargs["speculative"] = parse_speculative(v, f"{where}.speculative", raw["speculative"], kwargs["role"])
     pool = PoolConfig(**kwargs)
     if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
         raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "

@@ -12,6 +12,7 @@ import numpy as np
 
 from scheduler.reasons import count_by_code
 from simulator.tally import PERCENTILES, Tally, percentiles
+from workers.speculative import speculative_report
 
 __all__ = ["PERCENTILES", "PoolUsage", "RECORD_COLUMNS", "RequestRecords", "UtilizationTimeline", "summarize"]
 
@@ -208,6 +209,7 @@ def summarize(result) -> dict:
             "capability": float(t.pool_capability[p.index]),
             "chunked_prefill": p.config.chunked_prefill,
             "token_budget": p.config.token_budget if p.config.chunked_prefill else None,
+            "speculative": speculative_report(p.config.speculative),
             # Passes served (escalations and advice included); equals requests for one-pass policies.
             "passes": int(passes[p.index]) if passes is not None else int(t.served_counts[p.index]),
         }

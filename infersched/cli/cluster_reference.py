@@ -12,7 +12,9 @@ import dataclasses
 import sys
 
 from scheduler import config
+from scheduler.config_speculative import SPECULATIVE_KEYS
 from workers.kv_tiers import KvTier
+from workers.speculative import SpeculativeConfig
 
 # (section, its key set in scheduler/config.py, the dataclass holding its defaults)
 SECTIONS = (
@@ -23,6 +25,7 @@ SECTIONS = (
     ("slo", "slo.", config._SLO_KEYS, config.SloConfig),
     ("prefix_cache", "prefix_cache.", config._PREFIX_CACHE_KEYS, config.PrefixCacheConfig),
     ("pools[].kv_tiers[]", "pools[].kv_tiers[].", config._KV_TIER_KEYS, KvTier),
+    ("pools[].speculative", "pools[].speculative.", SPECULATIVE_KEYS, SpeculativeConfig),
     ("kv_store", "kv_store.", config._KV_STORE_KEYS, KvTier),
 )
 
@@ -105,6 +108,15 @@ KEYS = {
                                                  "summaries count hits under it"),
     **{f"pools[].kv_tiers[].{k}": spec for k, spec in _TIER_KEYS.items()},
     **{f"kv_store.{k}": spec for k, spec in _TIER_KEYS.items()},
+    "pools[].speculative": ("-", "none", "speculative decoding: a draft model proposes tokens the pool's model "
+                                         "verifies in one pass (keys below); not on prefill or openai pools"),
+    "pools[].speculative.draft_model": ("-", "required", "catalogue model or spec file sharing the pool model's "
+                                                         "tokenizer; it runs on the instance's chips (at the pool's "
+                                                         "quantization) and its weights and KV take KV room"),
+    "pools[].speculative.draft_tokens": ("tokens", "required", "tokens the draft proposes per round, 1 to 16"),
+    "pools[].speculative.acceptance": ("share [0, 1]", "required", "chance the pool's model accepts each drafted "
+                                                                   "token; a round yields (1 - a^(k+1)) / (1 - a) "
+                                                                   "tokens per sequence on average"),
     "prefix_cache.enabled": ("-", None, "cache prompt blocks per instance (requests carry block hashes)"),
     "prefix_cache.block_tokens": ("tokens", None, "tokens per cached block; must match the trace's hashing "
                                                   "(Mooncake: 512)"),
