@@ -11,6 +11,7 @@ from scheduler.cluster import Cluster
 from scheduler.config import ConfigError, parse_cluster
 from scheduler.registry import build_policy
 from simulator.metrics import summarize
+from simulator.report import format_summary
 from simulator.sim import Simulation
 from simulator.traces import Trace
 from simulator.workload import make_workload
@@ -144,6 +145,10 @@ def test_simulated_pool_with_speculation_cuts_inter_token_latency_and_counts_eve
     assert out["spec"]["pools"]["w"]["speculative"] == {**SPEC, "tokens_per_round": pytest.approx(
         expected_tokens(0.8, 4))}
     assert out["spec"]["itl_s"]["mean"] < 0.6 * out["plain"]["itl_s"]["mean"]
+    # The text summary says which pools draft, and with what.
+    assert ("speculative decoding: w drafts with llama-3.2-1b (4 tokens a round, acceptance 0.8: 3.36 tokens per "
+            "round)") in format_summary(out["spec"]).splitlines()
+    assert "speculative decoding" not in format_summary(out["plain"])
 
 
 @pytest.mark.parametrize(("changes", "key", "reason"), [
