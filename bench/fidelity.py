@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from workers.calibration import run_model_check  # noqa: E402
 from workers.devices import get_device  # noqa: E402
-from workers.models import get_model  # noqa: E402
+from workers.models import get_model, with_dtype  # noqa: E402
 from workers.predict import predict  # noqa: E402
 
 CSV = ROOT.parent / "shared" / "calibration" / "h100_llama-3.1-8b.csv"
@@ -38,6 +38,8 @@ GROQ_SPECDEC = ("Groq llama-3.1-70b-specdec release, \"from 250 T/s to 1660 T/s\
 CEREBRAS_OCT24 = ("Cerebras release \"Llama3.1-70B breaks 2,100 tokens/s\"; its notes (kernels rewritten, \"also "
                   "implements speculative decoding\") quoted at news.ycombinator.com/item?id=41942582")
 LAUNCH = "Cerebras Inference launch press release"
+NIM_70B = ("NVIDIA NIM LLM benchmarking, performance page: Llama-3.3-70b-instruct on 2 x H100 80G "
+           "(docs.nvidia.com/nim/benchmarking/llm/1.0.0/performance)")
 
 # Kinds of figure: FITTED set a device constant; TEST was never used to set one (do not tune a
 # constant to it: move it to FITTED and say so instead); SUPERSEDED describes serving software
@@ -46,7 +48,7 @@ FITTED, TEST, SUPERSEDED = "fitted", "not fitted", "superseded"
 # Speculative decoding behind a figure: the source says it was used, says it was not, or is silent.
 SPEC_YES, SPEC_NO, SPEC_UNSTATED = "yes", "no", "not stated"
 
-# (device, model, published tokens/s per user, kind, speculative decoding, source, date, note)
+# (device, model, published tokens/s per user, kind, speculative decoding, source, date, note[, setup])
 FIGURES = [
     ("wse-3", "llama-3.1-8b", 2000.0, FITTED, SPEC_UNSTATED,
      "Val Town Cerebras template: 8B, 70B and 3.3 70B \"at a jaw-dropping 2k tokens per second\" "
@@ -86,7 +88,17 @@ FIGURES = [
      "neuraplus-ai.github.io/blog/groq-lpu-vs-gpu-latency-test-results", "2026 (page as stored)", ""),
     ("groq-lpu", "mixtral-8x7b", 812.0, TEST, SPEC_UNSTATED, "100 requests to GroqCloud, median "
      "(dataku-5px.pages.dev/blog/groq-lpu-800-tokens-per-second-inference-speed)", "2024-02", ""),
+    # NVIDIA's NIM benchmarks state the whole setup; tokens/s is 1 / ITL at concurrency 1.
+    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.58, TEST, SPEC_UNSTATED, NIM_70B, "NIM 1.8.0 (page as stored, 2026)",
+     "Llama 3.3 70B; fp8, TP2; 5,000 prompt / 500 output tokens, ITL 18.58 ms",
+     {"dtype_bytes": 1.0, "chips": 2, "context": 5250}),
+    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.91, TEST, SPEC_UNSTATED, NIM_70B, "NIM 1.8.0 (page as stored, 2026)",
+     "Llama 3.3 70B; fp8, TP2; 500 prompt / 2,000 output tokens, ITL 18.91 ms",
+     {"dtype_bytes": 1.0, "chips": 2, "context": 1500}),
 ]
+# A figure's setup where its source states one (weight bytes, chips, mean context while decoding);
+# otherwise the smallest instance that holds the model at its own dtype and a 1,024-token context.
+DEFAULT_CONTEXT = 1024
 
 # Neither vendor names its draft model or acceptance rate. A figure whose source says speculative
 # decoding was used is predicted with it (workers/speculative.py, fastest draft length) over a
@@ -98,8 +110,7 @@ SPEC_ACCEPTANCE = (0.5, 0.7, 0.9)  # low, scored, high
 
 # Devices with no figure in FIGURES, and why.
 NO_FIGURES = {
-    "h100-sxm": "fitted to 24 measured points (below); no single-stream vendor figure for a named "
-                "model on a stated H100 configuration without speculative decoding was found",
+    "h100-sxm": "fitted to 24 measured points (below); NVIDIA's NIM 70B figures above are not fitted",
     "h200": "nothing fitted (H100 constants reused); no sourced single-stream figure found yet",
     "b200": "nothing fitted (H100 constants reused); NVIDIA's per-user records use speculative decoding "
             "with drafts and acceptance rates they do not state, none listed",
@@ -110,19 +121,23 @@ NO_FIGURES = {
 
 def predictions() -> list[dict]:
     rows = []
-    for device, model, published, kind, spec, source, when, note in FIGURES:
+    for device, model, published, kind, spec, source, when, note, *rest in FIGURES:
+        setup = rest[0] if rest else {}
         dev, spec_model = get_device(device), get_model(model)
-        plain = predict(dev, spec_model, batch=1, context=1024)["decode_tokens_per_s"]
-        predicted = plain
+        if "dtype_bytes" in setup:
+            spec_model = with_dtype(spec_model, setup["dtype_bytes"])
+        where = {"batch": 1, "context": setup.get("context", DEFAULT_CONTEXT), "chips": setup.get("chips")}
+        r = predict(dev, spec_model, **where)
+        predicted = plain = r["decode_tokens_per_s"]
         row = {"device": device, "model": model, "published_tokens_s": published, "plain_tokens_s": plain,
-               "kind": kind, "speculative_decoding": spec, "source": source, "date": when, "note": note}
+               "kind": kind, "speculative_decoding": spec, "source": source, "date": when, "note": note,
+               "chips": r["chips"], "context": where["context"]}
         if spec == SPEC_YES:
-            low, mid, high = (predict(dev, spec_model, batch=1, context=1024, draft=get_model(SPEC_DRAFT),
+            low, mid, high = (predict(dev, spec_model, **where, draft=get_model(SPEC_DRAFT),
                                       acceptance=a)["decode_tokens_per_s"] for a in SPEC_ACCEPTANCE)
             predicted = mid
             row["speculative_range_tokens_s"] = [low, high]
-        r = predict(dev, spec_model, batch=1, context=1024)
-        row.update(chips=r["chips"], predicted_tokens_s=predicted, error=(predicted - published) / published)
+        row.update(predicted_tokens_s=predicted, error=(predicted - published) / published)
         rows.append(row)
     return rows
 
@@ -183,7 +198,7 @@ def main() -> None:
     moe = [r for r in not_fitted if get_model(r["model"]).is_moe]
     medians = {"all": median, "without_stated_speculative_decoding": _median(unspeculative),
                "dense": _median(dense), "moe": _median(moe),
-               **{d: _median([r for r in not_fitted if r["device"] == d]) for d in ("wse-3", "groq-lpu")}}
+               **{d: _median([r for r in not_fitted if r["device"] == d]) for d in ("wse-3", "groq-lpu", "h100-sxm")}}
     speculative = [r for r in rows if r["speculative_decoding"] == SPEC_YES]
     h100_lines, h100 = h100_tables()
     doc = [
@@ -191,7 +206,8 @@ def main() -> None:
         "",
         f"Generated by `python bench/fidelity.py` on {date.today()}; every number below comes from that script.",
         "Speeds are single-stream output tokens/s per user (batch 1); predictions use",
-        "`infersched model predict --batch 1 --context 1024` (the smallest instance that holds the model).",
+        "`infersched model predict --batch 1 --context 1024` (the smallest instance that holds the model),",
+        "or the dtype, chips and mean decode context the source states (given in the row's note).",
         "A figure is *fitted* when a device constant was set from it (the source is named in",
         "`workers/devices.py`); figures *not fitted* were never used to set a constant. *Spec. decoding*",
         "says whether the source states speculative decoding was used (yes / no / not stated).",
@@ -226,7 +242,8 @@ def main() -> None:
         "misses included. Other cuts of the same rows, for reading only: without the "
         f"{len(not_fitted) - len(unspeculative)} figures whose source states speculative decoding "
         f"{medians['without_stated_speculative_decoding'] * 100:.0f}%; wafer figures only "
-        f"{medians['wse-3'] * 100:.0f}%; LPU figures only {medians['groq-lpu'] * 100:.0f}%; dense models "
+        f"{medians['wse-3'] * 100:.0f}%; LPU figures only {medians['groq-lpu'] * 100:.0f}%; H100 figures only "
+        f"{medians['h100-sxm'] * 100:.0f}%; dense models "
         f"{medians['dense'] * 100:.0f}%; MoE models {medians['moe'] * 100:.0f}%.",
         "",
         "## Figures served with speculative decoding",
@@ -243,11 +260,13 @@ def main() -> None:
           f"{'yes' if r['speculative_range_tokens_s'][0] <= r['published_tokens_s'] <= r['speculative_range_tokens_s'][1] else 'no'}"
           f" | {r['source']} | {r['date']} |" for r in speculative],
         "",
-        "Reading the misses: the LPU, fitted to April 2024 Llama 3 figures, predicts Groq's later plain",
-        "70B endpoint and its MoE speeds within the spread of the published figures. On the wafer the",
+        "Reading the misses: the H100, fitted to 24 measured points of Llama 3.1 8B in bf16 on one GPU,",
+        "predicts NVIDIA's NIM figures for a 70B in fp8 on two GPUs within 3-10%. The LPU, fitted to",
+        "April 2024 Llama 3 figures, predicts Groq's later plain 70B endpoint and its MoE speeds within",
+        "the spread of the published figures. On the wafer the",
         "structural change (layer stages pipelined across wafers; per-layer time that grows with the",
-        "bytes a layer reads) brings the MoE figures close, because a batch-1 token reads only the",
-        "experts it selects. The dense 70B and 405B and the larger MoE models stay 2 to 7 times slower",
+        "bytes a layer reads) brings gpt-oss-120b within 11-32%, because a batch-1 token reads only",
+        "the experts it selects. The dense 70B and 405B and the larger MoE models stay 2 to 7 times slower",
         "than published: the launch pair says a 70B layer takes longer than an 8B layer, while every",
         "later figure for a large model implies a faster one. The October release notes name",
         "speculative decoding as one of the changes and no later large-model figure says it ran",
