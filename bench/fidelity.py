@@ -31,7 +31,8 @@ from workers.models import get_model, with_dtype  # noqa: E402
 from workers.predict import predict  # noqa: E402
 
 CSV = ROOT.parent / "shared" / "calibration" / "h100_llama-3.1-8b.csv"
-AA_OSS = "Artificial Analysis, gpt-oss-120B (low) API providers page (artificialanalysis.ai/models/gpt-oss-120b-low/providers)"
+AA_OSS = ("Artificial Analysis, gpt-oss-120B (low) API providers page "
+          "(artificialanalysis.ai/models/gpt-oss-120b-low/providers)")
 GROQ_LIMITS = "Groq rate-limits guide quoting GroqCloud speeds (aipromptshub.co/limits/groq-rate-limits)"
 GROQ_SPECDEC = ("Groq llama-3.1-70b-specdec release, \"from 250 T/s to 1660 T/s\", Artificial Analysis measured 1,665 "
                 "(theaiobserver.com/?p=321)")
@@ -48,38 +49,47 @@ FITTED, TEST, SUPERSEDED = "fitted", "not fitted", "superseded"
 # Speculative decoding behind a figure: the source says it was used, says it was not, or is silent.
 SPEC_YES, SPEC_NO, SPEC_UNSTATED = "yes", "no", "not stated"
 
+# Serving software, where the source or its date places the figure.
+AT_LAUNCH = {"software": "Cerebras Inference launch (Aug 2024)"}
+AFTER_OCT24 = {"software": "Cerebras Inference after its Oct 2024 release"}
+
 # (device, model, published tokens/s per user, kind, speculative decoding, source, date, note[, setup])
 FIGURES = [
     ("wse-3", "llama-3.1-8b", 2000.0, FITTED, SPEC_UNSTATED,
      "Val Town Cerebras template: 8B, 70B and 3.3 70B \"at a jaw-dropping 2k tokens per second\" "
-     "(val.town/v/cory16457/cerebrasTemplate); Continue's Cerebras provider docs: \"2000+\"", "2025-01-17", ""),
+     "(val.town/v/cory16457/cerebrasTemplate); Continue's Cerebras provider docs: \"2000+\"", "2025-01-17", "",
+     AFTER_OCT24),
     ("groq-lpu", "llama-3.1-8b", 877.0, FITTED, SPEC_NO, "Artificial Analysis benchmark of Groq, Llama 3 8B",
      "2024-04", ""),
     ("groq-lpu", "llama-3.1-70b", 284.0, FITTED, SPEC_NO, "Artificial Analysis benchmark of Groq, Llama 3 70B",
      "2024-04", ""),
     ("wse-3", "llama-3.1-8b", 1800.0, SUPERSEDED, SPEC_NO, LAUNCH, "2024-08-27",
-     "launch software; with the 70B below it sets the wafer's per-layer terms"),
+     "launch software; with the 70B below it sets the wafer's per-layer terms", AT_LAUNCH),
     ("wse-3", "llama-3.1-70b", 450.0, SUPERSEDED, SPEC_NO, LAUNCH + " (4 CS-3 systems)", "2024-08-27",
      "launch software; with the 8B above it sets the per-layer terms: no later multi-wafer figure "
-     "states it ran without speculative decoding"),
-    ("wse-3", "llama-3.1-70b", 2100.0, TEST, SPEC_YES, CEREBRAS_OCT24, "2024-10-24", ""),
+     "states it ran without speculative decoding", AT_LAUNCH),
+    ("wse-3", "llama-3.1-70b", 2100.0, TEST, SPEC_YES, CEREBRAS_OCT24, "2024-10-24", "",
+     {"software": "Cerebras Inference Oct 2024 release"}),
     ("wse-3", "llama-3.1-70b", 2314.0, TEST, SPEC_UNSTATED,
      "Artificial Analysis figure quoted by Cerebras' Hagay Lupesko, as reported "
      "(anintent.com/blog/cerebras-cs-3-low-latency-inference-api)", "2025 (page as stored)",
-     "Llama 3.3 70B, the 3.1 70B shape"),
+     "Llama 3.3 70B, the 3.1 70B shape", AFTER_OCT24),
     ("wse-3", "llama-3.1-405b", 969.0, TEST, SPEC_UNSTATED, "Cerebras Llama 3.1 405B announcement, as reported "
-     "(tomshardware.com, 2024-11-20; ailearningguides.com/cerebras-llama-405b-969-tokens-second)", "2024-11-18", ""),
-    ("wse-3", "gpt-oss-120b", 1844.1, TEST, SPEC_UNSTATED, AA_OSS, "2026 (page as stored)", ""),
+     "(tomshardware.com, 2024-11-20; ailearningguides.com/cerebras-llama-405b-969-tokens-second)", "2024-11-18", "",
+     AFTER_OCT24),
+    ("wse-3", "gpt-oss-120b", 1844.1, TEST, SPEC_UNSTATED, AA_OSS, "2026 (page as stored)", "", AFTER_OCT24),
     ("wse-3", "gpt-oss-120b", 3000.0, TEST, SPEC_UNSTATED, "Cerebras gpt-oss-120b announcement, as reported "
-     "(ailearningguides.com/cerebras-llama-405b-969-tokens-second)", "2025-08", "vendor peak claim"),
+     "(ailearningguides.com/cerebras-llama-405b-969-tokens-second)", "2025-08", "vendor peak claim", AFTER_OCT24),
     ("wse-3", "llama-4-maverick", 2500.0, TEST, SPEC_UNSTATED, "Cerebras Llama 4 Maverick announcement, quoted in "
-     "news.ycombinator.com/item?id=44141728", "2025-05", ""),
+     "news.ycombinator.com/item?id=44141728", "2025-05", "", AFTER_OCT24),
     ("wse-3", "llama-4-scout", 2600.0, TEST, SPEC_UNSTATED, "Vellum LLM leaderboard, Llama 4 Scout on Cerebras "
-     "(troy-technical.com, 2026-06-06)", "2026-06", ""),
+     "(troy-technical.com, 2026-06-06)", "2026-06", "", AFTER_OCT24),
     ("wse-3", "qwen3-235b-a22b", 1500.0, TEST, SPEC_UNSTATED, "Cerebras inference docs, model page qwen-3-235b "
-     "(inference-docs.cerebras.ai/models/qwen-3-235b)", "2025 (page as stored)", ""),
-    ("groq-lpu", "llama-3.1-70b", 250.0, TEST, SPEC_NO, GROQ_SPECDEC, "2024-10", "the endpoint before specdec"),
-    ("groq-lpu", "llama-3.1-70b", 1665.0, TEST, SPEC_YES, GROQ_SPECDEC, "2024-10", "llama-3.1-70b-specdec"),
+     "(inference-docs.cerebras.ai/models/qwen-3-235b)", "2025 (page as stored)", "", AFTER_OCT24),
+    ("groq-lpu", "llama-3.1-70b", 250.0, TEST, SPEC_NO, GROQ_SPECDEC, "2024-10", "the endpoint before specdec",
+     {"software": "GroqCloud llama-3.1-70b endpoint"}),
+    ("groq-lpu", "llama-3.1-70b", 1665.0, TEST, SPEC_YES, GROQ_SPECDEC, "2024-10", "llama-3.1-70b-specdec",
+     {"software": "GroqCloud llama-3.1-70b-specdec endpoint"}),
     ("groq-lpu", "gpt-oss-120b", 476.0, TEST, SPEC_UNSTATED, "Artificial Analysis measurement of Groq, as reported "
      "(ailearningguides.com/cerebras-llama-405b-969-tokens-second)", "2025", ""),
     ("groq-lpu", "gpt-oss-120b", 500.0, TEST, SPEC_UNSTATED, GROQ_LIMITS, "2026 (page as stored)", ""),
@@ -89,16 +99,18 @@ FIGURES = [
     ("groq-lpu", "mixtral-8x7b", 812.0, TEST, SPEC_UNSTATED, "100 requests to GroqCloud, median "
      "(dataku-5px.pages.dev/blog/groq-lpu-800-tokens-per-second-inference-speed)", "2024-02", ""),
     # NVIDIA's NIM benchmarks state the whole setup; tokens/s is 1 / ITL at concurrency 1.
-    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.58, TEST, SPEC_UNSTATED, NIM_70B, "NIM 1.8.0 (page as stored, 2026)",
+    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.58, TEST, SPEC_UNSTATED, NIM_70B, "2026 (page as stored)",
      "Llama 3.3 70B; fp8, TP2; 5,000 prompt / 500 output tokens, ITL 18.58 ms",
-     {"dtype_bytes": 1.0, "chips": 2, "context": 5250}),
-    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.91, TEST, SPEC_UNSTATED, NIM_70B, "NIM 1.8.0 (page as stored, 2026)",
+     {"software": "NVIDIA NIM 1.8.0", "dtype_bytes": 1.0, "chips": 2, "context": 5250}),
+    ("h100-sxm", "llama-3.1-70b", 1000.0 / 18.91, TEST, SPEC_UNSTATED, NIM_70B, "2026 (page as stored)",
      "Llama 3.3 70B; fp8, TP2; 500 prompt / 2,000 output tokens, ITL 18.91 ms",
-     {"dtype_bytes": 1.0, "chips": 2, "context": 1500}),
+     {"software": "NVIDIA NIM 1.8.0", "dtype_bytes": 1.0, "chips": 2, "context": 1500}),
 ]
 # A figure's setup where its source states one (weight bytes, chips, mean context while decoding);
 # otherwise the smallest instance that holds the model at its own dtype and a 1,024-token context.
 DEFAULT_CONTEXT = 1024
+# Setup keys: software (the serving release, where the source or its date places it), dtype_bytes,
+# chips, context.
 
 # Neither vendor names its draft model or acceptance rate. A figure whose source says speculative
 # decoding was used is predicted with it (workers/speculative.py, fastest draft length) over a
@@ -131,7 +143,7 @@ def predictions() -> list[dict]:
         predicted = plain = r["decode_tokens_per_s"]
         row = {"device": device, "model": model, "published_tokens_s": published, "plain_tokens_s": plain,
                "kind": kind, "speculative_decoding": spec, "source": source, "date": when, "note": note,
-               "chips": r["chips"], "context": where["context"]}
+               "chips": r["chips"], "context": where["context"], "software": setup.get("software", "not stated")}
         if spec == SPEC_YES:
             low, mid, high = (predict(dev, spec_model, **where, draft=get_model(SPEC_DRAFT),
                                       acceptance=a)["decode_tokens_per_s"] for a in SPEC_ACCEPTANCE)
@@ -143,12 +155,14 @@ def predictions() -> list[dict]:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    out = ["| device | model | chips | published tok/s | predicted | error | spec. decoding | source | date |",
-           "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- |"]
+    out = ["| device | model | chips | published tok/s | predicted | error | spec. decoding | software | source "
+           "| date |",
+           "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- |"]
     for r in rows:
         note = f" ({r['note']})" if r["note"] else ""
         out.append(f"| {r['device']} | {r['model']} | {r['chips']} | {r['published_tokens_s']:,.0f} | "
                    f"{r['predicted_tokens_s']:,.0f} | {r['error'] * 100:+.0f}% | {r['speculative_decoding']} | "
+                   f"{r['software']} | "
                    f"{r['source']}{note} | {r['date']} |")
     return out
 
@@ -183,6 +197,11 @@ def h100_tables() -> tuple[list[str], dict]:
         lines.append(f"| {name} | {h['latency_median_abs_error'] * 100:.1f}% / {h['latency_max_abs_error'] * 100:.1f}% "
                      f"| {h['energy_median_abs_error'] * 100:.1f}% / {h['energy_max_abs_error'] * 100:.1f}% |")
     return lines, {"check": s, "held_out": held}
+
+
+def _in_range(row: dict) -> bool:
+    low, high = row["speculative_range_tokens_s"]
+    return low <= row["published_tokens_s"] <= high
 
 
 def _median(rows: list[dict]) -> float:
@@ -253,11 +272,12 @@ def main() -> None:
         f"length); the range spans acceptance {SPEC_ACCEPTANCE[0]} to {SPEC_ACCEPTANCE[2]}, what Leviathan,",
         "Kalman and Matias (2023, Table 3) measured across their draft/target pairs.",
         "",
-        "| device | model | published tok/s | plain prediction | speculative range | published in range | source | date |",
+        "| device | model | published tok/s | plain prediction | speculative range | published in range | source "
+        "| date |",
         "| --- | --- | ---: | ---: | ---: | --- | --- | --- |",
         *[f"| {r['device']} | {r['model']} | {r['published_tokens_s']:,.0f} | {r['plain_tokens_s']:,.0f} | "
           f"{r['speculative_range_tokens_s'][0]:,.0f}-{r['speculative_range_tokens_s'][1]:,.0f} | "
-          f"{'yes' if r['speculative_range_tokens_s'][0] <= r['published_tokens_s'] <= r['speculative_range_tokens_s'][1] else 'no'}"
+          f"{'yes' if _in_range(r) else 'no'}"
           f" | {r['source']} | {r['date']} |" for r in speculative],
         "",
         "Reading the misses: the H100, fitted to 24 measured points of Llama 3.1 8B in bf16 on one GPU,",
