@@ -182,7 +182,7 @@ def test_unusable_draft_is_a_config_error_naming_the_key(draft, reason):
 def test_live_worker_streams_every_token_at_the_speculative_engines_times():
     """The emulated worker behind live serving runs the pool's SpeculativePerf: each request's
     first token and finish land where a bare engine puts them, and every token streams once."""
-    from tests.workers.test_emulated import Heard
+    from tests.workers.test_emulated import Heard, engine_times
     from workers.clock import VirtualClock
     from workers.emulated import EmulatedWorker
 
@@ -194,19 +194,7 @@ def test_live_worker_streams_every_token_at_the_speculative_engines_times():
     for key, inp, out, at in jobs:
         w.clock.call_at(at, lambda key=key, inp=inp, out=out: w.prefill(key, inp, out, heard, decode=True))
     w.clock.run()
-    eng = BatchEngine(perf, ROLE_BOTH)
-    finish = {}
-    arrivals = [(at, i) for i, (_, _, _, at) in enumerate(jobs)]
-    while arrivals or eng.next_wake_s < float("inf"):
-        events: list = []
-        if arrivals and arrivals[0][0] < eng.next_wake_s:
-            t, i = arrivals.pop(0)
-            eng.submit_prefill(i, jobs[i][1], jobs[i][2])
-            eng.poke(t, events)
-        else:
-            t = eng.next_wake_s
-            eng.wake(t, events)
-        finish.update({ev[1]: t for ev in events if ev[0] == FINISHED})
+    _, finish = engine_times(BatchEngine(perf, ROLE_BOTH), jobs)
     for i, (key, _, out, _) in enumerate(jobs):
         (t_end, *_), = heard.of(key, "decoded")
         assert t_end == pytest.approx(finish[i], abs=1e-12)
