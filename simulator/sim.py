@@ -34,7 +34,7 @@ from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
 from workers.itl import ItlHistogram
 
 _WAKE = 0  # payload: instance id
-_KV_READY = 1  # payload: request id
+_KV_READY = 1  # payload: (request id, decode instance, input tokens, output tokens, first token s)
 _SAMPLE_EVERY_MASK = 1023  # sample pool utilization every 1,024 arrivals
 _BOTH = int(Role.BOTH)
 # The arrival loop builds Request tuples positionally (tuple.__new__, a third of the cost of
@@ -116,13 +116,28 @@ class Simulation:
         if decision_log is not None:
             policy.explain = True
         self._capability = self.snap.capability.tolist()
+        # Disaggregated passes from placement until they join a decode batch: request id ->
+        # (prefill instance, decode instance, input tokens, output tokens), so hand-overs read
+        # no record columns (a numpy scalar read plus int() costs ~0.1 us; a hand-over took 8).
+        self._split: dict[int, tuple[int, int, int, int]] = {}
+        # Instances changed since the policy last read the snapshot, with the time of their last
+        # change. Their rows are written just before the next read (`_settle`): an instance
+        # changed twice in between (a prefill instance's wake, then its release at the join) is
+        # written once, with what the last change's write would have written.
+        self._stale: dict[int, float] = {}
         self._pool_passes = [0] * len(cluster.pools)
 
     # ---- helpers ---------------------------------------------------------
-    def _sync(self, i: int, now: float) -> None:
-        """Copy one engine's state into the snapshot the policy reads."""
-        queued, tokens, running, kv_free, busy = self.engines[i].row(now)
-        self.snap.update(i, queued, tokens, running, kv_free, busy)
+    def _settle(self) -> None:
+        """Write the changed instances' rows into the snapshot (before the policy or a staging
+        plugin reads it). A row depends on the time only through an idle or decoding instance's
+        `busy_until_s` (the time of its last change), so writing it late changes nothing."""
+        update = self.snap.update
+        engines = self.engines
+        for i, t in self._stale.items():
+            queued, tokens, running, kv_free, busy = engines[i].row(t)
+            update(i, queued, tokens, running, kv_free, busy)
+        self._stale.clear()
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -137,24 +152,20 @@ class Simulation:
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
-                src = int(self.records.prefill_instance[rid & self._mask])
+                src = self._split.pop(rid)[0]
                 src_eng = self.engines[src]
                 src_eng.release(rid)
                 if src_eng.poke(now, self._log):  # a prefill-only engine reports no events here
                     self._schedule_wake(src)
-                self._sync(src, now)
+                self._stale[src] = now
 
     def _hand_over(self, src: int, rid: int, now: float) -> None:
-        rec = self.records
-        k = rid & self._mask
-        out = int(rec.output_tokens[k])
-        rec.first_token_s[k] = now  # the flush writes it too; the decode side reads it before
+        _, dst, inp, out = self._split[rid]
         if out <= 1:  # nothing to decode: done at the first token
+            del self._split[rid]
             self.engines[src].release(rid)
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
             return
-        dst = int(rec.decode_instance[k])
-        inp = int(rec.input_tokens[k])
         # Transfer times per (source pool, destination pool) and prompt length, computed once
         # each: the model's KV size per token is a chain of properties (~1.5 us a call).
         pair = self.instance_pool[src] * self._n_pools + self.instance_pool[dst]
@@ -169,21 +180,19 @@ class Simulation:
         start = max(now, self._link_free_s[src])
         done = start + transfer
         self._link_free_s[src] = done
-        heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, rid))
+        heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, (rid, dst, inp, out, now)))
 
-    def _kv_ready(self, rid: int, now: float) -> None:
-        rec = self.records
-        k = rid & self._mask
-        rec.kv_ready_s[k] = now
-        dst = int(rec.decode_instance[k])
+    def _kv_ready(self, handed: tuple[int, int, int, int, float], now: float) -> None:
+        rid, dst, inp, out, first_token_s = handed
+        self.records.kv_ready_s[rid & self._mask] = now
         eng = self.engines[dst]
-        eng.submit_decode(rid, int(rec.input_tokens[k]), int(rec.output_tokens[k]), float(rec.first_token_s[k]))
+        eng.submit_decode(rid, inp, out, first_token_s)
         first = len(self._log)
         if eng.poke(now, self._log):
             self._schedule_wake(dst)
         if len(self._log) > first:
             self._route(dst, now, first)
-        self._sync(dst, now)
+        self._stale[dst] = now
 
     def _place(self, req: Request, now: float, rng: np.random.Generator, pass_index: int) -> str:
         """Decide and submit one pass; returns the reject reason ('' when placed)."""
@@ -196,21 +205,25 @@ class Simulation:
         rid = req.request_id
         k = rid & self._mask
         rec = self.records
+        d = decision.decode_instance
         rec.prefill_instance[k] = p
-        rec.decode_instance[k] = decision.decode_instance
+        rec.decode_instance[k] = d
         self._pool_passes[self.instance_pool[p]] += 1
-        if decision.decode_instance != p:
-            self._pool_passes[self.instance_pool[decision.decode_instance]] += 1
+        if d != p:
+            self._pool_passes[self.instance_pool[d]] += 1
+            self._split[rid] = (p, d, req.input_tokens, req.output_tokens)
         rec.input_tokens[k] = req.input_tokens
         rec.output_tokens[k] = req.output_tokens
         eng = self.engines[p]
         eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
             self._schedule_wake(p)
-        self._sync(p, now)
+        self._stale[p] = now
         return ""
 
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
+        if self._stale:
+            self._settle()
         first = self.staging.first(req, self.snap)
         if self.decision_log is not None:
             self.decision_log.write_pass(first, now, 0)
@@ -236,6 +249,8 @@ class Simulation:
             if state is None:
                 continue
             orig, tag, index = state
+            if self._stale:
+                self._settle()
             k = rid & self._mask
             capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
@@ -264,6 +279,8 @@ class Simulation:
             return  # superseded: a poke moved this instance's wake
         log = self._log
         first = len(log)
+        if self._stale and self.staging is not None:
+            self._settle()  # staging reads the snapshot mid-event: this instance's row as of before it
         eng.wake(t, log)
         if len(log) > first:
             if eng.role != _BOTH:  # disaggregated: hand-overs, joins
@@ -273,8 +290,7 @@ class Simulation:
         wake = eng.next_wake_s
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
-        queued, tokens, running, kv_free, busy = eng.row(t)
-        self.snap.update(payload, queued, tokens, running, kv_free, busy)
+        self._stale[payload] = t
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -330,9 +346,11 @@ class Simulation:
         mask = self._mask
         snap_update = self.snap.update
         # Rows from BatchEngine.row, unbound and unpacked on the hot paths below: a bound
-        # method and a starred call cost ~0.2 us more per write (4.6 writes per
+        # method and a starred call cost ~0.2 us more per write (3.5 writes per
         # disaggregated request, ~3% of a replay).
         engine_row = BatchEngine.row
+        stale = self._stale
+        split = self._split
         snap = self.snap
         engines = self.engines
         decide = self.policy.decide
@@ -381,6 +399,8 @@ class Simulation:
                     if eng.next_wake_s != t:
                         continue  # superseded: a poke moved this instance's wake
                     first = len(log)
+                    if stale and staging is not None:
+                        self._settle()  # staging reads the snapshot mid-event
                     eng.wake(t, log)
                     if len(log) > first:
                         if eng.role != _BOTH:  # disaggregated: hand-overs, joins
@@ -390,8 +410,7 @@ class Simulation:
                     wake = eng.next_wake_s
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
-                    queued, tokens, running, kv_free, busy = engine_row(eng, t)
-                    snap_update(payload, queued, tokens, running, kv_free, busy)
+                    stale[payload] = t
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -405,6 +424,10 @@ class Simulation:
                         self._sample_utilization(now)
                     continue
                 # Single-pass policies: `_place` inlined (no per-pass accounting needed).
+                for i, t in stale.items():  # `_settle` inlined
+                    queued, tokens, running, kv_free, busy = engine_row(engines[i], t)
+                    snap_update(i, queued, tokens, running, kv_free, busy)
+                stale.clear()
                 decision = decide(req, snap, now, rng)
                 if decision_log is not None:
                     decision_log.write(decision, now)
@@ -414,14 +437,16 @@ class Simulation:
                     reason = decision.reject_reason
                     self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
                     continue
+                d = decision.decode_instance
                 rec.prefill_instance[rid & mask] = p
-                rec.decode_instance[rid & mask] = decision.decode_instance
+                rec.decode_instance[rid & mask] = d
+                if d != p:
+                    split[rid] = (p, d, inp, out)
                 eng = engines[p]
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
-                queued, tokens, running, kv_free, busy = engine_row(eng, now)
-                snap_update(p, queued, tokens, running, kv_free, busy)
+                stale[p] = now
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
@@ -436,6 +461,7 @@ class Simulation:
                 self._flush()
                 self._sample_utilization(t)
         self._flush()
+        self._settle()
         bar.close()
         n_requests = self.workload.n_requests
         if window.bounded:
