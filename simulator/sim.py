@@ -120,10 +120,12 @@ class Simulation:
         # (prefill instance, decode instance, input tokens, output tokens), so hand-overs read
         # no record columns (a numpy scalar read plus int() costs ~0.1 us; a hand-over took 8).
         self._split: dict[int, tuple[int, int, int, int]] = {}
-        # Instances changed since the policy last read the snapshot, with the time of their last
-        # change. Their rows are written just before the next read (`_settle`): an instance
-        # changed twice in between (a prefill instance's wake, then its release at the join) is
-        # written once, with what the last change's write would have written.
+        # Prefill-only and decode-only instances changed since the policy last read the snapshot,
+        # with the time of their last change. Their rows are written just before the next read
+        # (`_settle`): one changed twice in between (a prefill instance's wake, then its release
+        # at the join) is written once, with what the last change's write would have written.
+        # Colocated instances are written at once: they rarely change twice between two
+        # arrivals (2.44 -> 2.32 writes a request), less than the bookkeeping costs.
         self._stale: dict[int, float] = {}
         self._pool_passes = [0] * len(cluster.pools)
 
@@ -138,6 +140,15 @@ class Simulation:
             queued, tokens, running, kv_free, busy = engines[i].row(t)
             update(i, queued, tokens, running, kv_free, busy)
         self._stale.clear()
+
+    def _changed(self, i: int, now: float) -> None:
+        """Instance `i` changed at `now`: write its row (colocated) or mark it stale."""
+        eng = self.engines[i]
+        if eng.role == _BOTH:
+            queued, tokens, running, kv_free, busy = eng.row(now)
+            self.snap.update(i, queued, tokens, running, kv_free, busy)
+        else:
+            self._stale[i] = now
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -218,7 +229,7 @@ class Simulation:
         eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
             self._schedule_wake(p)
-        self._stale[p] = now
+        self._changed(p, now)
         return ""
 
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
@@ -290,7 +301,7 @@ class Simulation:
         wake = eng.next_wake_s
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
-        self._stale[payload] = t
+        self._changed(payload, t)
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -410,7 +421,11 @@ class Simulation:
                     wake = eng.next_wake_s
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
-                    stale[payload] = t
+                    if eng.role == _BOTH:
+                        queued, tokens, running, kv_free, busy = engine_row(eng, t)
+                        snap_update(payload, queued, tokens, running, kv_free, busy)
+                    else:
+                        stale[payload] = t
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -424,10 +439,11 @@ class Simulation:
                         self._sample_utilization(now)
                     continue
                 # Single-pass policies: `_place` inlined (no per-pass accounting needed).
-                for i, t in stale.items():  # `_settle` inlined
-                    queued, tokens, running, kv_free, busy = engine_row(engines[i], t)
-                    snap_update(i, queued, tokens, running, kv_free, busy)
-                stale.clear()
+                if stale:  # `_settle` inlined
+                    for i, t in stale.items():
+                        queued, tokens, running, kv_free, busy = engine_row(engines[i], t)
+                        snap_update(i, queued, tokens, running, kv_free, busy)
+                    stale.clear()
                 decision = decide(req, snap, now, rng)
                 if decision_log is not None:
                     decision_log.write(decision, now)
@@ -446,7 +462,11 @@ class Simulation:
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
-                stale[p] = now
+                if eng.role == _BOTH:
+                    queued, tokens, running, kv_free, busy = engine_row(eng, now)
+                    snap_update(p, queued, tokens, running, kv_free, busy)
+                else:
+                    stale[p] = now
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
