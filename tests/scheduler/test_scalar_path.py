@@ -8,24 +8,22 @@ import pytest
 
 import scheduler.policy as policy_module
 from scheduler.cluster import Cluster
-from scheduler.config import SloConfig, builtin_cluster_path, load_cluster, parse_cluster
-from scheduler.framework import NoParams, WithoutParams
+from scheduler.config import SloConfig, parse_cluster
+from scheduler.framework import NoParams
 from scheduler.plugins import pickers
 from scheduler.policy import Policy, PolicySpec
 from scheduler.registry import SCORERS, build_policy
 from scheduler.types import Request, Stage
+from tests.scheduler.test_framework import Fixed, loaded
 
 
 def busy(cluster: str, seed: int):
-    """A built-in cluster's snapshot with seeded queues, batches and iterations ending around t = 0.5 s."""
-    config = load_cluster(builtin_cluster_path(cluster))
-    snap = Cluster(config).snapshot()
+    """`loaded`'s snapshot with iterations ending between t = 0 and 1 s (so waits are cut at 0 or not)."""
+    config, snap = loaded(cluster, seed)
     rng = np.random.default_rng(seed)
     for i in range(snap.n_instances):
-        queued, running = int(rng.integers(0, 6)), int(rng.integers(0, 40))
-        cap = snap._kv_capacity[i]
-        snap.update(i, queued, queued * int(rng.integers(0, 900)), running,
-                    cap - min(cap, 900 * (queued + running)), float(rng.uniform(0.0, 1.0)))
+        snap.update(i, int(snap.queued_requests[i]), int(snap.queued_tokens[i]), int(snap.running[i]),
+                    int(snap.kv_free[i]), float(rng.uniform(0.0, 1.0)))
     return config, snap
 
 
@@ -63,16 +61,10 @@ def test_the_list_path_places_as_the_array_path(cluster, policy, monkeypatch):
     assert len({d[1:3] for d in decided[0]}) > 1  # the scores did tell instances apart
 
 
-class Listed(WithoutParams):
+class Listed(Fixed):
     """Given scores, whatever their range, with a list twin."""
 
     name = "listed"
-
-    def __init__(self, values):
-        self.values = values
-
-    def score(self, req, snap, stage, cands, now_s, prefill_instance):
-        return np.array(self.values[:len(cands)], dtype=np.float64)
 
     def score_list(self, req, snap, stage, cands, now_s, prefill_instance):
         return list(self.values[:len(cands)])
