@@ -70,6 +70,8 @@ class Policy:
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:
         cands = snap.candidates[stage]
+        if snap.own_device is not None and stage == Stage.PREFILL:
+            cands = snap.own_device_candidates(req.request_id)
         n = len(cands)
         reason = ""
         removed = [] if explained is not None else None
