@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from workers.devices import (_H100_DECODE_OVERHEAD_PER_LAYER_S, _H100_DECODE_SERIAL_FRACTION,
-                             _H100_PREFILL_OVERHEAD_PER_LAYER_S, _NO_COPY_MEASURED, DeviceSpec)
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from workers.devices import DeviceSpec
+
+# workers.devices builds its catalogue from m4_max() and phone() below, so they read its
+# constants when called, not when this module is imported (either may be imported first).
 
 # Llama 3.1 8B: parameters and layers (config.json), and the Q4_K_M GGUF file size.
 _LLAMA8B_PARAMS = 8.03e9
@@ -101,6 +106,9 @@ _M4_FIT = ("solved from the published 8B Q4_K_M figures in workers/edge_devices.
 
 
 def m4_max() -> DeviceSpec:
+    from workers.devices import (_H100_DECODE_OVERHEAD_PER_LAYER_S, _H100_DECODE_SERIAL_FRACTION,
+                                 _H100_PREFILL_OVERHEAD_PER_LAYER_S, _NO_COPY_MEASURED, DeviceSpec)
+
     gpu_cores = 40
     return fitted(DeviceSpec(
         name="m4-max",
@@ -179,6 +187,9 @@ _PHONE_IDLE_W, _PHONE_PEAK_W = 1.0, 8.0
 
 
 def phone() -> DeviceSpec:
+    from workers.devices import (_H100_DECODE_OVERHEAD_PER_LAYER_S, _H100_DECODE_SERIAL_FRACTION,
+                                 _H100_PREFILL_OVERHEAD_PER_LAYER_S, _NO_COPY_MEASURED, DeviceSpec)
+
     # Decode streams weights like the laptop's llama.cpp kernels (no phone decode measurement
     # for 8B was found): the laptop's fitted share of bandwidth, about 10 tokens/s for 8B.
     laptop = m4_max()
