@@ -16,7 +16,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +76,11 @@ class SimResult:
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
                  progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None,
-                 keep_records: bool = True, record_dir: Path | None = None):
+                 keep_records: bool = True, record_dir: Path | None = None, quality=None):
         """keep_records=False bounds memory by the requests in flight (simulator/ledger.py): the
-        result then has no `records`, and its per-request columns go to `record_dir` if given."""
+        result then has no `records`, and its per-request columns go to `record_dir` if given.
+        `quality`: a MatrixQuality (simulator/quality_matrix.py) judging answers by real
+        per-question results instead of the difficulty threshold; None: the threshold."""
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -96,7 +98,8 @@ class Simulation:
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self._writer = ColumnWriter(self.record_dir, workload.n_requests) if record_dir is not None else None
         # Settled requests' summary, folded in as the window retires them (bounded runs only).
-        self.tally = Tally(cluster, workload.n_requests) if self.window.bounded else None
+        self.quality = quality
+        self.tally = Tally(cluster, workload.n_requests, quality) if self.window.bounded else None
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
         self._n_pools = len(cluster.pools)
@@ -239,7 +242,8 @@ class Simulation:
             k = rid & self._mask
             capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
-            step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
+            right = credit >= orig.difficulty if self.quality is None else self.quality.correct_one(rid, credit)
+            step = staging.after(orig, tag, capability, right, self.snap, now)
             if step is not None:
                 if self.decision_log is not None:
                     self.decision_log.write_pass(step, now, index + 1)
@@ -357,6 +361,8 @@ class Simulation:
             rec.arrival_s[slots] = chunk.arrival_s
             rec.input_tokens[slots] = chunk.input_tokens
             rec.output_tokens[slots] = chunk.output_tokens
+            if self.quality is not None:  # the router's signal comes from the matrix
+                chunk = replace(chunk, difficulty=self.quality.difficulty(base, n))
             rec.difficulty[slots] = chunk.difficulty
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
@@ -447,7 +453,7 @@ class Simulation:
             raise RuntimeError(f"simulation ended with {pending} requests neither completed nor rejected")
         if self._writer is not None:
             self._writer.close()
-        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec)
+        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec, self.quality)
         makespan = max(tally.max_finish_s, tally.last_arrival_s)
         self._sample_utilization(makespan)
         pools = [
