@@ -66,6 +66,14 @@ class Policy:
         # clamp is skipped: ~0.75 us a stage, two stages a disaggregated request.
         self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
+        # Judgements a multi-pass policy pays for (scheduler/plugins/overhead.py): a router's
+        # before the first pass, a verifier's after each pass.
+        self._first_overheads = [p.first_overhead for p in [s for s, _ in scorers] + [staging]
+                                 if hasattr(p, "first_overhead")]
+
+    def first_overheads(self, req: Request) -> list:
+        """The judgements made before a request's first pass (routers), each an Overhead."""
+        return [o for o in (f(req) for f in self._first_overheads) if o is not None]
 
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:

@@ -45,9 +45,24 @@ def pool_boundary(pool, usage) -> dict:
             "host_power_share": host, "serving": pool.config.serving.value}
 
 
-def boundary_summary(cluster, usages, pool_rows: dict) -> dict:
-    """Run totals for the summary; adds each pool's boundary fields to `pool_rows` (name -> dict)."""
+def judgement_wall(device_name: str) -> float:
+    """Facility energy per board joule of a router's or verifier's instance (default PUE of its kind)."""
+    from workers.devices import get_device
+
+    device = get_device(device_name)
+    pue = DEFAULT_EDGE_PUE if device.kind == "edge" else DEFAULT_DATACENTER_PUE
+    return (1.0 + device.host_power_share) * pue
+
+
+def boundary_summary(cluster, usages, pool_rows: dict, overheads: dict | None = None) -> dict:
+    """Run totals for the summary; adds each pool's boundary fields to `pool_rows` (name -> dict).
+    Router and verifier instances (`overheads`, simulator/sim.py) are provisioned for the work:
+    their facility energy is their marginal energy too."""
     facility = marginal = 0.0
+    for row in (overheads or {}).values():
+        wall = row["energy_j"] * judgement_wall(row["device"])
+        facility += wall
+        marginal += wall
     for pool, usage in zip(cluster.pools, usages):
         row = pool_boundary(pool, usage)
         pool_rows[pool.name].update(row)

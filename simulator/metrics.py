@@ -178,8 +178,12 @@ def summarize(result) -> dict:
     kv = getattr(result, "kv_tiers", None) or {}
     tier_rows = kv.get("kv_tiers", {})
     # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
-    energy = sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
-    cost = sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
+    # Router and verifier passes (scheduler/plugins/overhead.py) run on instances of their own.
+    overheads = getattr(result, "overheads", None) or {}
+    energy = (sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
+              + sum(r["energy_j"] for r in overheads.values()))
+    cost = (sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
+            + sum(r["cost_usd"] for r in overheads.values()))
     out_tokens = t.output_tokens
     placed_total = max(t.placed, 1)
     n_correct = t.correct
@@ -256,7 +260,9 @@ def summarize(result) -> dict:
         "cost_usd": cost,
         # Board (chip) energy; the facility and marginal boundaries: simulator/energy.py.
         "energy_j": energy,
-        **boundary_summary(cluster, result.pools, pools),
+        **boundary_summary(cluster, result.pools, pools, overheads),
+        # Each judgement kind ("router", "verifier"): passes, seconds, energy_j, cost_usd, device.
+        "judgements": overheads,
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
         # Energy attributed to requests (busy time only: idle power of provisioned but
         # unused instances is in energy_j, not here).
