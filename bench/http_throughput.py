@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from live_throughput import (SUSTAIN_SHARE, _cpu_model, cpu_times, ms, pct, process_cpu,  # noqa: E402
-                             stop_serve)
+from live_measure import cpu_model, cpu_times, ms, pct, process_cpu  # noqa: E402
+from live_throughput import SUSTAIN_SHARE, stop_serve  # noqa: E402
 
 DEFAULT_CLUSTER = ROOT / "deploy" / "clusters" / "live-small.yaml"
 DEFAULT_OUT = ROOT / "bench" / "results" / "http_throughput.json"
@@ -163,7 +163,7 @@ def main() -> int:
     result = {
         "benchmark": "http_throughput", "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m": os.getloadavg()[0]},
         "request": {"route": "/v1/completions", "prompt_words": 20, "max_tokens": MAX_TOKENS, "stream": args.stream},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -144,6 +144,13 @@ def serve_http(app, host: str, port: int, security: ServiceSecurity | None):
     return server, thread
 
 
+# gRPC's default reconnect backoff grows to 120 s: a client that saw the scheduler go
+# away (a restart under Ray takes 20-40 s) could then wait two minutes after it is back.
+# Capped at 2 s, a reconnect costs one cheap connection attempt per 2 s of outage.
+RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                     ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSecurity:
     """A client's side (`replay`, `stats`): the CA to check the server with, an optional
@@ -171,11 +178,13 @@ class ClientSecurity:
                                             certificate_chain=self.cert_pem)
 
     def channel(self, target: str, options=()) -> grpc.Channel:
+        options = [*RECONNECT_OPTIONS, *options]
         if self.ca_pem is None:
             return grpc.insecure_channel(target, options=options)
         return grpc.secure_channel(target, self._credentials(), options=options)
 
     def aio_channel(self, target: str, options=()) -> grpc.aio.Channel:
+        options = [*RECONNECT_OPTIONS, *options]
         if self.ca_pem is None:
             return grpc.aio.insecure_channel(target, options=options)
         return grpc.aio.secure_channel(target, self._credentials(), options=options)
