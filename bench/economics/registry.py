@@ -5,7 +5,7 @@ adding one is that module plus one line here.
 """
 from __future__ import annotations
 
-from bench.economics import advisor, boundary, cross_device, disagg, hybrid, prefix
+from bench.economics import advisor, boundary, cross_device, disagg, hybrid, matrix_quality, prefix
 from bench.economics.common import Section
 
 SECTIONS: list[Section] = [
@@ -15,6 +15,7 @@ SECTIONS: list[Section] = [
     cross_device.SECTION,
     prefix.SECTION,
     boundary.SECTION,
+    matrix_quality.SECTION,
 ]
 
 
