@@ -35,7 +35,9 @@ def write_doc(results: dict, path: Path) -> None:
         "",
         "- **Quality.** Each request has a difficulty in [0, 1]; a model of capability c (MMLU / 100 for the "
         "built-in Llama 3 models) answers it correctly when c >= difficulty, so capability is a nested threshold "
-        "(a stronger model answers everything a weaker one does, and int4 keeps its bf16 capability). "
+        "(a stronger model answers everything a weaker one does; 4-bit weights keep 96.1% of the capability, "
+        "the Open LLM Leaderboard v2 recovery of Llama-3.1-8B-Instruct at w4a16). The quality section judges "
+        "answers by real per-question results instead. "
         f"Difficulties are drawn from a reach table (`simulator/quality.py`): {_reach(meta)}; the rest beyond "
         "every model. The 8B anchor borrows the Intelligence per Watt study's 71.3%, which is the 2025 win/tie "
         "rate of the best local models (at most 20B active parameters) against frontier models, not a measured "
@@ -45,12 +47,15 @@ def write_doc(results: dict, path: Path) -> None:
         "is flipped for a share 1 - a of requests (a seeded hash of the request id). `detect_accuracy` v: the "
         "verifier classifies each answer correctly with probability v; a wrong answer it catches is re-served "
         "one tier up (an escalation, paying for both passes), and a right answer it wrongly flags is re-served "
-        "too. Routers and verifiers themselves cost nothing and take no time here.",
+        "too. Routers and verifiers are inference passes of their own (`scheduler/plugins/overhead.py`: prefill of "
+        "the prompt, or prompt + answer, at batch 1 on their own H100 instance; 8B router, 70B verifier by "
+        "default): their time delays the next pass and their energy and dollars are counted.",
         "- **Advisor.** On requests the router judges beyond the executor, the top tier reads the context and "
         f"writes a {advisor.get('advisor_plan_tokens', '')}-token plan, then the executor reads prompt + plan; "
         f"the advised answer's capability is c_exec + {advisor.get('advisor_lift', '')} (c_advisor - c_exec) "
         "(`advisor_lift`, an assumption: section 2 shows quality over a range of it).",
-        "- **Energy** (`energy kWh`): GPU (or laptop package) power only, no host or facility overhead: every "
+        "- **Energy** (`energy kWh`): board energy, GPU (or laptop package) power (the energy-boundary section "
+        "adds host share, PUE and marginal energy): every "
         "provisioned instance's idle power over the run plus the activity-dependent power of every prefill and "
         "decode iteration (the calibrated roofline power model). **Busy-time** energy and dollars count an "
         "instance only while it runs an iteration, split over the requests in it; a GPU running a small batch is "
