@@ -17,6 +17,7 @@ assumptions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["DeviceSpec", "DEVICES", "UnknownDeviceError", "get_device", "DEVICE_KINDS"]
@@ -509,10 +510,33 @@ def _groq() -> DeviceSpec:
 
 
 # The edge devices are fitted to published measurements in their own module, which reads the
-# constants above (so it is imported here, after them).
+# constants above when its builders run (on the catalogue's first use, below).
 from workers.edge_devices import m4_max, phone  # noqa: E402
 
-DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(), _wse3(), _groq(), m4_max(), phone())}
+class _Catalogue(Mapping):
+    """The catalogue, built on first use: the edge devices are fitted on the performance model
+    (workers/perf.py), which imports this module, so they cannot be built while it loads."""
+
+    def __init__(self, *builders):
+        self._builders = builders
+        self._devices: dict[str, DeviceSpec] | None = None
+
+    def _all(self) -> dict[str, DeviceSpec]:
+        if self._devices is None:
+            self._devices = {d.name: d for d in (build() for build in self._builders)}
+        return self._devices
+
+    def __getitem__(self, name: str) -> DeviceSpec:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+DEVICES: Mapping[str, DeviceSpec] = _Catalogue(_h100, _h200, _b200, _wse3, _groq, m4_max, phone)
 
 
 def get_device(name: str) -> DeviceSpec:
