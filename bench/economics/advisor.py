@@ -13,7 +13,7 @@ from scheduler.config import SloConfig, parse_cluster
 from bench.economics import common
 from bench.economics.common import Section, cluster_file, pct, poisson
 from bench.economics.fleet import at_whole, fractional, sized_family
-from bench.economics.stats import ci95
+from bench.economics.stats import ci95, paired_ratio, range_text
 
 ADVISOR_SLO = SloConfig(ttft_s=5.0, tpot_s=0.1)
 RATE_RPS = 5.0
@@ -84,7 +84,7 @@ def _fleet(label: str, fam: dict) -> str:
 
 
 def _quality_ratio(runs, base):
-    return ci95([r["quality"] / b["quality"] for r, b in zip(runs, base)])
+    return paired_ratio([r["quality"] for r in runs], [b["quality"] for b in base])
 
 
 def render(a: dict) -> list[str]:
@@ -113,7 +113,7 @@ def render(a: dict) -> list[str]:
 
 
 def _ratio(xs, base) -> str:
-    return ci95([x / b for x, b in zip(xs, base)]).fmt(".2f", suffix="x")
+    return paired_ratio(xs, base).fmt(".2f", suffix="x")
 
 
 def _assumptions(a: dict) -> list[str]:
@@ -134,10 +134,10 @@ def _notes(a: dict) -> list[str]:
     x = a["advisor"]
     runs = at_whole(x)
     q = _quality_ratio(runs, f)
-    cost = ci95([r["cost_usd"] / b["cost_usd"] for r, b in zip(runs, f)])
-    frac = ci95([r / b for r, b in zip(fractional(x, "cost_usd"), fractional(a["frontier_only"], "cost_usd"))])
+    cost = paired_ratio([r["cost_usd"] for r in runs], [b["cost_usd"] for b in f])
+    frac = paired_ratio(fractional(x, "cost_usd"), fractional(a["frontier_only"], "cost_usd"))
     qs = [_quality_ratio(c["runs"], f) for c in a["assumptions"]]
-    costs = [ci95([r["cost_usd"] / b["cost_usd"] for r, b in zip(c["runs"], f)]) for c in a["assumptions"]]
+    costs = [paired_ratio([r["cost_usd"] for r in c["runs"]], [b["cost_usd"] for b in f]) for c in a["assumptions"]]
     adv_gpus = x["upper"]["advisor-405b"] * 8 + x["whole"]
     front_gpus = a["frontier_only"]["whole"] * 8
     return [
@@ -163,4 +163,15 @@ def _notes(a: dict) -> list[str]:
     ]
 
 
-SECTION = Section("advisor", "Advisor vs frontier-only", run_section, render)
+def headline(a: dict) -> list[str]:
+    f = at_whole(a["frontier_only"])
+    runs = at_whole(a["advisor"])
+    qs = [_quality_ratio(c["runs"], f) for c in a["assumptions"]]
+    return [f"- **Advisor vs frontier-only** ({a['rate_rps']:g} req/s): quality "
+            f"{range_text(qs, '.1f', 100, '%')} of frontier over advisor_lift {LIFTS[0]:g}-{LIFTS[-1]:g} and router "
+            f"accuracy {ROUTER_ACCURACIES[0]:g}-{ROUTER_ACCURACIES[-1]:g}; cost "
+            f"{_ratio([r['cost_usd'] for r in runs], [r['cost_usd'] for r in f])} with whole instances, "
+            f"{_ratio(fractional(a['advisor'], 'cost_usd'), fractional(a['frontier_only'], 'cost_usd'))} fractional."]
+
+
+SECTION = Section("advisor", "Advisor vs frontier-only", run_section, render, headline)

@@ -3,8 +3,7 @@
 Every section builds plain jobs (simulator/jobs.py) and runs them through
 `summaries`, so `--parallel N` / `--address` send them to Ray as independent
 tasks with a progress bar; the results are the same however they run. `digest`
-keeps the fields the document reads; `smallest` is the sizing rule;
-`sweep` walks arrival rates until a configuration falls below its target.
+keeps the fields the document reads. Sizing is fleet.py; rate and SLO curves slo_grid.py.
 """
 from __future__ import annotations
 
@@ -37,6 +36,8 @@ class Section:
     title: str
     run: Callable[..., dict]
     render: Callable[[dict], list[str]]
+    # The section's headline figures as Markdown bullets, for the summary at the top of the doc.
+    headline: Callable[[dict], list[str]] | None = None
 
 
 def cluster_file(name: str, slo: SloConfig | None = None, **pool_instances):
@@ -107,68 +108,5 @@ def run_many(items: list[tuple]) -> list[dict]:
     return [digest(config, policy, params, s) for (config, policy, _, params), s in zip(items, summaries(items))]
 
 
-def run(config, policy: str, workload: WorkloadSpec, params: dict | None = None) -> dict:
-    return run_many([(config, policy, workload, params)])[0]
-
-
-def smallest(make_config, counts, policy: str, trace, rate: float, params=None, target: float = 0.99,
-             n: int = 20_000):
-    """The fewest instances (from `counts`, ascending) meeting `target` SLO attainment on the first
-    n requests of the experiment's workload (the same seed, so the same requests); when no count
-    can, the fewest within half a point of the best attainable."""
-    wl = poisson(trace, n, rate)
-    seen = []
-    # Candidates in batches as wide as the runs' CPUs, read in order: the answer one by one would give.
-    for lo in range(0, len(counts), WIDTH[0]):
-        batch = counts[lo:lo + WIDTH[0]]
-        for c, s in zip(batch, summaries([(make_config(c), policy, wl, params) for c in batch])):
-            seen.append((c, s["slo_attainment"]))
-            if seen[-1][1] >= target:
-                return c
-            # Past the knee: more instances no longer help (e.g. escalated requests miss the TTFT
-            # SLO whatever the cloud's size). Take the smallest count within half a point of the best.
-            if len(seen) >= 3 and seen[-1][1] <= seen[-3][1] + 0.001:
-                best = max(a for _, a in seen)
-                return min(k for k, a in seen if a >= best - 0.005)
-    best = max(a for _, a in seen)
-    return min(k for k, a in seen if a >= best - 0.005)
-
-
-def sweep(workload_at, configs: list[tuple[str, object, str]], rates: list[float], target: float) -> dict:
-    """Attainment per rate per configuration (all under the first one's SLO); the highest rate
-    meeting `target` is its goodput. A configuration that misses the target is not run at
-    higher rates (attainment falls with rate); its run below target is kept to show it."""
-    slo = configs[0][1].slo
-    out = {"rates_rps": rates, "target_attainment": target, "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-           "price_usd_per_hour": {}, "runs": {label: [] for label, _, _ in configs}, "max_rate_rps": {}}
-    alive = {label for label, _, _ in configs}
-    for rate in rates:
-        if not alive:
-            break
-        wl = workload_at(rate)
-        batch = [(label, config, policy) for label, config, policy in configs if label in alive]
-        for (label, _, _), r in zip(batch, run_many([(config, policy, wl, None) for _, config, policy in batch])):
-            r["rate_rps"] = rate
-            out["runs"][label].append(r)
-            out["price_usd_per_hour"][label] = r["price_usd_per_hour"]
-            if r["slo_attainment"] < target:
-                alive.discard(label)
-    for label, runs in out["runs"].items():
-        out["max_rate_rps"][label] = max((r["rate_rps"] for r in runs if r["slo_attainment"] >= target), default=0.0)
-    return out
-
-
-def kwh(j):
-    return j / 3.6e6
-
-
 def pct(x, digits=1):
     return f"{x * 100:.{digits}f}%"
-
-
-def signed(x, digits=1):
-    return f"{x * 100:+.{digits}f}%"
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"

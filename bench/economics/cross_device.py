@@ -9,10 +9,12 @@ from dataclasses import replace
 
 from bench.economics import common
 from bench.economics.common import Section, cluster_file, h100_cluster, poisson
-from bench.economics.disagg import BUDGETS, RATES, TARGET, TIGHT, TPOT_SLOS_S, TTFT_SLO_S
+from bench.economics.disagg import RATES, TARGET, TIGHT, TPOT_SLOS_S, TTFT_SLO_S
 from bench.economics.slo_grid import best_of, run_curves
-from bench.economics.stats import ci95
+from bench.economics.stats import ci95, range_text
+from bench.economics.stats import paired_ratio as _ratio
 
+BUDGETS = (512, 1024, 2048, 4096)
 COLOCATED = [f"h100-colocated-15-chunked-{b}" for b in BUDGETS]
 SPLIT_H100 = "h100-disagg-9p6d"
 SPLIT_H200 = "h100p-h200d-9p5d"
@@ -32,10 +34,6 @@ def run(trace, n: int) -> dict:
                      TPOT_SLOS_S, TARGET)
     out["ttft_slo_s"] = TTFT_SLO_S
     return out
-
-
-def _ratio(a, b):
-    return ci95([x / y for x, y in zip(a, b) if y > 0])
 
 
 def render(sw: dict) -> list[str]:
@@ -74,4 +72,14 @@ def render(sw: dict) -> list[str]:
     return lines
 
 
-SECTION = Section("cross_device", "Cross-device disaggregation vs GPU-only", run, render)
+def headline(sw: dict) -> list[str]:
+    g = sw["goodput_rps"]
+    colocated = best_of(sw, COLOCATED)
+    ks = range(len(sw["tpot_slos_s"]))
+    return [f"- **H100 prefill + H200 decode** at about equal price: goodput "
+            f"{range_text([_ratio(g[SPLIT_H200][k], colocated[k][1]) for k in ks], suffix='x')} of tuned chunked "
+            f"colocation and {range_text([_ratio(g[SPLIT_H200][k], g[SPLIT_H100][k]) for k in ks], suffix='x')} of "
+            "the all-H100 split, over the same TPOT SLOs."]
+
+
+SECTION = Section("cross_device", "Cross-device disaggregation vs GPU-only", run, render, headline)

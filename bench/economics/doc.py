@@ -71,6 +71,11 @@ def write_doc(results: dict, path: Path) -> None:
         "the same way.",
         "",
     ]
+    heads = [line for s in SECTIONS if s.name in results and s.headline for line in s.headline(results[s.name])]
+    if heads:
+        lines[lines.index("## How quality, energy and cost are counted"):0] = [
+            "## Headlines", "", "Each as a range over the regimes named, with the widest 95% interval bounds; "
+            "the sections below give every table behind them.", ""] + heads + [""]
     for number, section in enumerate(SECTIONS, 1):
         if section.name in results:
             lines += [f"## {number}. {section.title} [{section.name}]", ""] + section.render(results[section.name])

@@ -2,14 +2,14 @@
 evaluation seeds), and show what the sizing rule does.
 
 `sized_family` walks the instance count k of one configuration upward on the sizing slice and stops
-where the rule (common.smallest's) picks its answer; then every k up to one past that answer runs on
+where the rule picks its answer; then every k up to one past that answer runs on
 every evaluation seed. From those runs:
   - whole: the rule's k (the fewest meeting the target, or within half a point of the best attainable
     when none does), each seed's run at that k;
   - fractional: a load-proportional fleet, k* = where attainment on the sizing slice crosses the same
     threshold, interpolated between whole counts; its energy and dollars are each seed's interpolated
     linearly between the runs at floor(k*) and ceil(k*) (k* = 1 when one instance already meets it);
-  - by_k: every count's runs, the sizing rule's effect laid out.
+  - by_k: the runs of the counts around it (every count with every_size), the sizing rule's effect laid out.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ NEAR_BEST = 0.005
 
 
 def rule(attainment: list[tuple[int, float]], target: float = TARGET) -> tuple[int, float]:
-    """(whole k, threshold) from (k, attainment) pairs in ascending k, as common.smallest decides."""
+    """(whole k, threshold) from (k, attainment) pairs in ascending k, as `sized_family` stops."""
     for k, a in attainment:
         if a >= target:
             return k, target
@@ -41,8 +41,10 @@ def fractional_k(attainment: list[tuple[int, float]], whole: int, threshold: flo
     return whole - 1 + (threshold - below) / (by_k[whole] - below)
 
 
-def sized_family(make_config, policy: str, params: dict | None, workload_at, counts: list[int]) -> dict:
-    """Size on the sizing slice, then run k = 1 .. whole + 1 on every evaluation seed."""
+def sized_family(make_config, policy: str, params: dict | None, workload_at, counts: list[int],
+                 every_size: bool = False) -> dict:
+    """Size on the sizing slice, then run on every evaluation seed the sizes around the rule's (whole - 1,
+    whole, whole + 1: the fractional fleet lies between the first two), or every size up to whole + 1."""
     seen: list[tuple[int, float]] = []
     for lo in range(0, len(counts), common.WIDTH[0]):
         batch = counts[lo:lo + common.WIDTH[0]]
@@ -53,7 +55,7 @@ def sized_family(make_config, policy: str, params: dict | None, workload_at, cou
             break
     whole, threshold = rule(seen)
     k_star = fractional_k(seen, whole, threshold)
-    ks = [k for k in counts if k <= whole + 1]
+    ks = [k for k in counts if k <= whole + 1 and (every_size or k >= whole - 1)]
     items = [(make_config(k), policy, workload_at(seed), params) for k in ks for seed in common.SEEDS]
     runs = [digest(config, policy, params, s) for (config, *_), s in zip(items, summaries(items))]
     by_k = {str(k): runs[i * len(common.SEEDS):(i + 1) * len(common.SEEDS)] for i, k in enumerate(ks)}

@@ -16,7 +16,8 @@ from simulator.jobs import build_workload
 from bench.economics import common
 from bench.economics.common import Section, pct, poisson
 from bench.economics.fleet import SIZING_SEED, at_whole, fractional, sized_family
-from bench.economics.stats import ci95, span
+from bench.economics.stats import ci95, range_text, span
+from bench.economics.stats import paired_change as change
 
 
 def edge_cloud(name: str, slo: SloConfig, laptops: int, cloud_model: str, cloud_chips: int, cloud: int):
@@ -56,7 +57,7 @@ NAMES = {"cloud_only": "cloud-only", "oracle": "local-first, oracle router",
 COUNTS = list(range(1, 13))
 
 
-def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES)) -> dict:
+def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES), every_size=False) -> dict:
     model, chips, _, laptops, slo = HYBRID_SETTINGS[setting]
     out = {}
     for label in labels:
@@ -64,7 +65,7 @@ def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES)) 
         out[label] = sized_family(
             lambda c, edge=edge: edge_cloud("edge-cloud" if edge else "cloud-only", slo, laptops if edge else 0,
                                             model, chips, c),
-            policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS)
+            policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS, every_size)
     return out
 
 
@@ -82,7 +83,8 @@ def run(trace, n: int) -> dict:
         out = {"rate_rps": rate, "laptops": laptops, "cloud_model": model,
                "workload": build_workload(poisson(trace, n, rate))[1].description,
                "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-               "families": _families(trace, n, setting, rate)}
+               # Every cloud size of the rate-swept setting, for the sizing-rule table.
+               "families": _families(trace, n, setting, rate, every_size=setting == RATE_SWEEP[0])}
         # The same cloud as cloud-only, laptops added (nothing right-sized).
         k = out["families"]["cloud_only"]["whole"]
         items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k), "local-first",
@@ -105,11 +107,6 @@ def run(trace, n: int) -> dict:
 
 def _mean(runs: list[dict], key: str) -> float:
     return ci95([r[key] for r in runs]).mean
-
-
-def change(runs: list[float], base: list[float]):
-    """Per-seed relative change runs / base - 1 (paired: the same requests), as an interval."""
-    return ci95([a / b - 1 for a, b in zip(runs, base)])
 
 
 def _pctci(ci, digits=1) -> str:
@@ -135,28 +132,25 @@ def _setting_table(r: dict) -> list[str]:
              "| escalations | energy kWh | energy vs cloud-only: whole | fractional | busy-time "
              "| cost vs cloud-only: whole | fractional |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    base = at_whole(fams["cloud_only"])
     for label, fam in fams.items():
-        runs = at_whole(fam)
         c = comparison(fams, label) if label != "cloud_only" else None
         cells = [_pctci(c[k]) for k in ("energy_whole", "energy_fractional", "energy_busy", "cost_whole",
                                         "cost_fractional")] if c else ["-"] * 5
-        lines.append(
-            f"| {NAMES[label]} | {fam['whole']} ({fam['fractional_k']:.2f}) | "
-            f"{pct(_mean([{'s': x['shares'].get('laptops', 0.0)} for x in runs], 's'))} | "
+        lines.append(_row(NAMES[label], f"{fam['whole']} ({fam['fractional_k']:.2f})", at_whole(fam), cells))
+    same = r["oracle_same_cloud"]
+    cells = [_pctci(change([x[k] for x in same], [x[k] for x in base])) for k in ("energy_j", "served_energy_j",
+                                                                                 "cost_usd")]
+    lines.append(_row("local-first, oracle, cloud not resized", str(fams["cloud_only"]["whole"]), same,
+                      [cells[0], "-", cells[1], cells[2], "-"]))
+    return lines + [""]
+
+
+def _row(name: str, instances: str, runs: list[dict], cells: list[str]) -> str:
+    return (f"| {name} | {instances} | {pct(_mean([{'s': x['shares'].get('laptops', 0.0)} for x in runs], 's'))} | "
             f"{ci95([x['quality'] for x in runs]).fmt('.2f', 100, '%')} | "
             f"{ci95([x['slo_attainment'] for x in runs]).fmt('.1f', 100, '%')} | "
             f"{_mean(runs, 'escalations'):,.0f} | {_mean(runs, 'energy_j') / 3.6e6:.2f} | " + " | ".join(cells) + " |")
-    same = r["oracle_same_cloud"]
-    base = at_whole(fams["cloud_only"])
-    lines.append(f"| local-first, oracle, cloud not resized | {fams['cloud_only']['whole']} | "
-                 f"{pct(_mean([{'s': x['shares'].get('laptops', 0.0)} for x in same], 's'))} | "
-                 f"{ci95([x['quality'] for x in same]).fmt('.2f', 100, '%')} | "
-                 f"{ci95([x['slo_attainment'] for x in same]).fmt('.1f', 100, '%')} | "
-                 f"{_mean(same, 'escalations'):,.0f} | {_mean(same, 'energy_j') / 3.6e6:.2f} | "
-                 f"{_pctci(change([x['energy_j'] for x in same], [x['energy_j'] for x in base]))} | - | "
-                 f"{_pctci(change([x['served_energy_j'] for x in same], [x['served_energy_j'] for x in base]))} | "
-                 f"{_pctci(change([x['cost_usd'] for x in same], [x['cost_usd'] for x in base]))} | - |")
-    return lines + [""]
 
 
 def _sizing_rule_table(fams: dict) -> list[str]:
@@ -282,4 +276,23 @@ def _notes(h: dict) -> list[str]:
     return lines
 
 
-SECTION = Section("hybrid", "Local-first hybrid vs cloud-only, at equal quality", run, render)
+def headline(h: dict) -> list[str]:
+    out = []
+    if "rate_sweep" in h:
+        sw = h["rate_sweep"]
+        for label, name in (("oracle", "oracle router"), ("router80", "80% router")):
+            cs = [comparison(f, label) for f in sw["families"].values()]
+            out.append(f"- **Local-first energy vs a 405B cloud, {name}** ({sw['rates_rps'][0]:g}-"
+                       f"{sw['rates_rps'][-1]:g} req/s): {range_text([c['energy_whole'] for c in cs], '+.1f', 100, '%')} "
+                       f"with whole 8-GPU instances, {range_text([c['energy_fractional'] for c in cs], '+.1f', 100, '%')} "
+                       "with a fractional fleet.")
+    for setting in ("cloud_70b", "cloud_70b_loose_ttft"):
+        if setting in h:
+            c = comparison(h[setting]["families"], "oracle")
+            out.append(f"- **Local-first energy vs a 70B cloud**, oracle router, TTFT <= {h[setting]['slo']['ttft_s']:g} s: "
+                       f"{_pctci(c['energy_whole'])} whole, {_pctci(c['energy_fractional'])} fractional "
+                       f"(cost {_pctci(c['cost_whole'])} whole).")
+    return out
+
+
+SECTION = Section("hybrid", "Local-first hybrid vs cloud-only, at equal quality", run, render, headline)

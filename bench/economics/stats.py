@@ -42,3 +42,24 @@ def span(intervals: Iterable[Interval]) -> tuple[float, float]:
     """The range a headline takes over several regimes: lowest lower bound to highest upper bound."""
     items = list(intervals)
     return min(i.lo for i in items), max(i.hi for i in items)
+
+
+def range_text(intervals: Iterable[Interval], spec: str = ".2f", scale: float = 1.0, suffix: str = "") -> str:
+    """'a to b (interval bounds lo to hi)': the means' range and the widest the intervals allow."""
+    items = list(intervals)
+    means = [i.mean for i in items]
+    lo, hi = span(items)
+    f = lambda v: f"{format(v * scale, spec)}{suffix}"  # noqa: E731
+    if min(means) == max(means):
+        return f"{f(means[0])} (interval {f(lo)} to {f(hi)})"
+    return f"{f(min(means))} to {f(max(means))} (interval bounds {f(lo)} to {f(hi)})"
+
+
+def paired_ratio(xs: Iterable[float], base: Iterable[float]) -> Interval:
+    """Per-seed ratio x / base (the seeds pair: the same requests on both sides), as an interval."""
+    return ci95([x / b for x, b in zip(xs, base) if b])
+
+
+def paired_change(xs: Iterable[float], base: Iterable[float]) -> Interval:
+    """Per-seed relative change x / base - 1, as an interval."""
+    return ci95([x / b - 1 for x, b in zip(xs, base) if b])

@@ -39,7 +39,7 @@ def frontier():
     common.SEEDS[:] = [7, 8]
     try:
         yield sized_family(lambda c: cluster_file("frontier", slo, **{"frontier-405b": c}), "least-loaded", None,
-                           lambda seed: poisson(trace, 400, 4.0, seed), list(range(1, 5)))
+                           lambda seed: poisson(trace, 400, 4.0, seed), list(range(1, 5)), every_size=True)
     finally:
         common.SEEDS[:] = saved
 
@@ -62,3 +62,11 @@ def test_more_instances_cost_more_and_the_fractional_fleet_lies_between(frontier
     lo, hi = by_k[str(int(k // 1))], by_k[str(-int(-k // 1))]
     for x, a, b in zip(fractional(frontier, "energy_j"), lo, hi):
         assert a["energy_j"] <= x <= b["energy_j"]
+
+
+def test_without_every_size_only_the_sizes_around_the_rule_run():
+    trace = read_trace(builtin_trace_path())
+    slo = SloConfig(ttft_s=5.0, tpot_s=0.1)
+    fam = sized_family(lambda c: cluster_file("frontier", slo, **{"frontier-405b": c}), "least-loaded", None,
+                       lambda seed: poisson(trace, 300, 8.0, seed), list(range(1, 6)))
+    assert {int(k) for k in fam["by_k"]} == {k for k in (fam["whole"] - 1, fam["whole"], fam["whole"] + 1) if k >= 1}
