@@ -97,12 +97,13 @@ POLICY_REFERENCE = [
     "SLO | `slo_headroom` (0.5: aim predictions at half the SLO) |",
     "| `energy-aware` | scorer `predicted-energy`: lowest predicted joules, likewise | `slo_headroom` |",
     "| `local-first` | scorer `local-first` (edge when within the edge model's judged reach and the SLO) + "
-    "`least-loaded` x0.1; staging `escalate` | `router_accuracy` (1.0), `router_seed` (0), `detect_accuracy` (0.9), "
-    "`verifier_seed` (1), `max_attempts` (3), `slo_headroom` |",
+    "`least-loaded` x0.1; staging `escalate` | `router_accuracy` (1.0), `router_seed` (0), `router_model` "
+    "(llama-3.1-8b), `router_device` (h100-sxm), `detect_accuracy` (0.85), `verifier_seed` (1), `verifier_model` "
+    "(llama-3.1-70b), `verifier_device` (h100-sxm), `max_attempts` (3), `slo_headroom` |",
     "| `cascade` | filter `lowest-tier`, scorer `predicted-latency`; staging `escalate` | `detect_accuracy`, "
-    "`verifier_seed`, `max_attempts` |",
+    "`verifier_seed`, `verifier_model`, `verifier_device`, `max_attempts` |",
     "| `advisor` | filter `lowest-tier`, scorer `predicted-latency`; staging `advisor` | `advisor_plan_tokens` (64), "
-    "`advisor_lift` (0.9), `router_accuracy`, `router_seed` |",
+    "`advisor_lift` (0.9), `router_accuracy`, `router_seed`, `router_model`, `router_device` |",
     "| `conditional-disagg` | scorer `conditional-disagg` + `predicted-latency` x0.5 | `disagg_stall_factor` (1.0 x "
     "TPOT SLO), `disagg_min_prompt_tokens` (derived), `disagg_min_wait_s` (TTFT SLO / 4) |",
     "| `prefix-aware` | scorer `prefix-affinity` (share of the prompt in the instance's prefix cache, 0 above the "
