@@ -5,9 +5,11 @@ conversation lengths x 10, mean ~11.5k tokens as in Mooncake's conversation trac
 multi-turn follow-ups and shared system prompts) replayed with `prefix-aware` on two
 clusters, a dense model (4 x H100, Llama-3.1-8B) and an MoE/MLA one (2 x 8-H200
 DeepSeek-V3), each with growing cache capacity: HBM only, + host DRAM, + SSD,
-+ a shared store (with and without the SSD), and a host tier too large and fast
-to matter (the simulated ceiling); the trace's reusable share (every prompt token an earlier prompt had) is
-the bound no cache can pass. Every configuration also times the replay (CPU
++ a shared store written on eviction, + a shared store written through (with and
+without the SSD), and a host tier too large and fast to matter (the simulated
+ceiling); the trace's reusable share (every prompt token an earlier prompt had)
+is the bound no cache can pass. Energy per GB and dollars per GB-hour are the
+`medium` defaults (workers/tier_media.py, sources in the doc). Every configuration also times the replay (CPU
 seconds of the process per request, best of --repeats rounds over all levels, so
 one window) against HBM only.
 
@@ -29,26 +31,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# Tier figures and where they come from (docs/KV_TIERS.md prints this table).
-HOST = {"name": "host", "capacity_gb": 128, "read_gb_s": 54.5, "write_gb_s": 54.7, "energy_j_per_gb": 0.3,
-        "usd_per_gb_hour": 0.00015}
-SSD = {"name": "ssd", "capacity_gb": 1000, "read_gb_s": 6, "write_gb_s": 3, "energy_j_per_gb": 1.3,
-       "usd_per_gb_hour": 0.000003}
-STORE = {"capacity_gb": 10000, "read_gb_s": 25, "write_gb_s": 25, "energy_j_per_gb": 0.8,
-         "usd_per_gb_hour": 0.00015}
+# Tiers: sizes per instance (the store's in all), bandwidths measured or from datasheets,
+# energy and price from each `medium` (docs/KV_TIERS.md prints both tables).
+HOST = {"name": "host", "capacity_gb": 128, "read_gb_s": 54.5, "write_gb_s": 54.7, "medium": "dram"}
+SSD = {"name": "ssd", "capacity_gb": 1000, "read_gb_s": 7.0, "write_gb_s": 4.194, "medium": "nvme"}
+# The store's capacity is set per model to the trace's working set (every distinct block).
+STORE = {"read_gb_s": 25, "write_gb_s": 25, "medium": "rdma"}
+EVICT_STORE = {**STORE, "write": "evict"}
+# The ceiling: an unbounded, instant cache every instance shares (a per-instance one would
+# miss the follow-ups routed elsewhere).
 CEILING = {"name": "host", "capacity_gb": 1e7, "read_gb_s": 1e6, "write_gb_s": 1e6}
-SOURCES = [
+CEILING_STORE = {"capacity_gb": 1e9, "read_gb_s": 1e6, "write_gb_s": 1e6}
+BANDWIDTHS = [
     ("host read/write GB/s", "54.5 / 54.7", "measured: H100 pinned host<->device copies, "
                                             "../shared/calibration/README.md (54.3-54.7 GB/s)"),
-    ("host J/GB", "0.3", "assumed: DRAM access at 20-40 pJ/bit (Horowitz, ISSCC 2014, 'Computing's energy "
-                         "problem') on the host side plus PCIe, ~0.3 J/GB"),
-    ("host $/GB-hour", "0.00015", "assumed: server DDR5 at ~$5/GB amortized over 4 years (35,040 h)"),
-    ("ssd read/write GB/s", "6 / 3", "the issue's example: one PCIe Gen4 NVMe drive per instance"),
-    ("ssd J/GB", "1.3", "assumed: ~9 W active at ~7 GB/s for a PCIe Gen4 NVMe drive"),
-    ("ssd $/GB-hour", "0.000003", "assumed: enterprise NVMe at ~$0.10/GB amortized over 4 years"),
-    ("store GB/s", "25", "the issue's example: a 200 Gb/s RDMA NIC per instance (Mooncake Store's transfer engine)"),
-    ("store J/GB", "0.8", "assumed: ~25 W for a 400 Gb/s NIC at line rate (0.5 J/GB) plus the remote DRAM"),
-    ("store $/GB-hour", "0.00015", "assumed: pooled DDR5, as host"),
+    ("ssd read/write GB/s", "7.0 / 4.194", "Solidigm D7-P5510 7.68 TB, PCIe 4.0 x4, sequential (product page)"),
+    ("store read/write GB/s", "25 / 25", "a 200 Gb/s RDMA NIC per instance (the issue's example; Mooncake "
+                                         "Store's transfer engine)"),
 ]
 CLUSTERS = {
     "dense": {"name": "h", "device": "h100-sxm", "instances": 4, "model": "llama-3.1-8b", "role": "both",
@@ -60,13 +59,23 @@ LEVELS = [  # (label, kv_tiers, kv_store)
     ("hbm", [], None),
     ("+host", [HOST], None),
     ("+host+ssd", [HOST, SSD], None),
+    ("+host+store(evict)", [HOST], EVICT_STORE),
     ("+host+store", [HOST], STORE),
     ("+host+ssd+store", [HOST, SSD], STORE),
-    ("ceiling", [CEILING], None),
+    ("ceiling", [CEILING], CEILING_STORE),
 ]
 
 
-def replay(kind: str, level: tuple, trace) -> dict:
+def working_set_gb(kind: str, unique_blocks: int) -> float:
+    """GB of KV the trace's distinct blocks take in this cluster's model (rounded up)."""
+    from scheduler.cluster import Cluster
+    from scheduler.config import parse_cluster
+
+    perf = Cluster(parse_cluster({"name": kind, "pools": [CLUSTERS[kind]]})).pools[0].perf
+    return float(-(-unique_blocks * 512 * perf.kv_bytes_per_token // 1e9))
+
+
+def replay(kind: str, level: tuple, trace, store_gb: float) -> dict:
     from scheduler.cluster import Cluster
     from scheduler.config import parse_cluster
     from scheduler.registry import build_policy
@@ -76,6 +85,8 @@ def replay(kind: str, level: tuple, trace) -> dict:
 
     label, tiers, store = level
     pool = {**CLUSTERS[kind], **({"kv_tiers": tiers} if tiers else {})}
+    if store is not None and "capacity_gb" not in store:
+        store = {**store, "capacity_gb": store_gb}
     cl = Cluster(parse_cluster({"name": f"{kind}{label}", "pools": [pool],
                                 **({"kv_store": store} if store else {})}))
     sim = Simulation(cl, build_policy("prefix-aware", cl.config), make_workload(trace))
@@ -138,7 +149,10 @@ def markdown(result: dict) -> str:
              "for: that file is generated by bench/economics.py, which another change reworks.", "",
              f"Trace: {result['trace']} ({result['requests']:,} requests, mean prompt "
              f"{result['mean_input_tokens']:,.0f} tokens); reusable share (no cache can serve more): "
-             f"{result['reusable_share']:.1%}. Policy `prefix-aware`. Machine: {result['machine']}.", "",
+             f"{result['reusable_share']:.1%}. Policy `prefix-aware`. Machine: {result['machine']}. "
+             "Per instance: host 128 GB, SSD 1,000 GB; the shared store holds the trace's working set "
+             "(every distinct block: " + ", ".join(f"{k} {v:,.0f} GB" for k, v in result["store_gb"].items())
+             + "); `ceiling` is an unbounded, instant cache shared by every instance.", "",
              "| cluster | capacity | from cache | by level (tokens) | TTFT p50 | prefill tokens computed | "
              "$ (tiers) | request kJ (tiers) | replay CPU / HBM-only |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -149,17 +163,29 @@ def markdown(result: dict) -> str:
                      f"{r['ttft_p50_s']:.2f} s | {r['prefill_computed_tokens']:,} | {r['cost_usd']:,.2f} "
                      f"({r['tier_cost_usd']:,.2f}) | {r['served_energy_j'] / 1e3:,.0f} ({r['tier_energy_j'] / 1e3:,.1f}) | "
                      f"{r['cpu_s_per_request'] / base['cpu_s_per_request']:.2f}x |")
-    lines += ["", "Tier figures and their sources (measured where a measurement exists, else stated "
-                  "assumptions with their arithmetic):", "", "| figure | value | source |", "| --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in SOURCES]
-    lines += ["", "How loading is modelled: a prefix found below HBM loads at its level's read bandwidth "
-                  "layer by layer while earlier layers compute (Mooncake, LMCache), so a prefill iteration "
-                  "takes the longer of its compute and its loads; a prompt loads the part of its prefix "
-                  "that makes it shortest and recomputes the rest. Demotions are background writes: their "
-                  "bytes and energy count, their time does not delay requests. The store sits behind each "
-                  "instance's last tier: it receives what falls out of an instance's own tiers, so where "
-                  "the SSD holds the working set it serves nothing, and it serves another instance only "
-                  "what the first one evicted.", ""]
+    lines += ["", "Bandwidths:", "", "| figure | value | source |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in BANDWIDTHS]
+    lines += ["", "Energy per GB moved and dollars per GB-hour of capacity: the `medium` defaults "
+                  "(workers/tier_media.py; a cluster file's `energy_j_per_gb` / `usd_per_gb_hour` override them). "
+                  "Figures marked assumed are stated assumptions where a datasheet was not at hand:", "",
+              "| medium | J/GB moved | energy source | $/GB-hour | price source |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {m['name']} | {m['energy_j_per_gb']:.3f} | {m['energy_source']} | {m['usd_per_gb_hour']:.6f} | "
+              f"{m['price_source']} |" for m in result["media"]]
+    lines += ["", "How loading and writing are modelled: a prefix found below HBM loads at its level's read "
+                  "bandwidth layer by layer while earlier layers compute (Mooncake, LMCache), so a prefill "
+                  "iteration takes the longer of its compute and its KV moves; a prompt loads the part of "
+                  "its prefix that makes it shortest and recomputes the rest. Demotions into an instance's "
+                  "tiers are background writes: their bytes and energy count, their time does not delay "
+                  "requests. The store is written through by default, as Mooncake Store and LMCache do "
+                  "(LMCache stores the KV of every reusable text so each is prefilled once, "
+                  "https://docs.lmcache.ai/; vLLM's Mooncake store connector puts each prefill's blocks, "
+                  "deduplicated by hash, https://docs.vllm.ai/en/latest/features/mooncake_store_connector_usage/, "
+                  "layer by layer beside compute in its layerwise mode, "
+                  "https://docs.vllm.ai/projects/ascend/en/latest/user_guide/feature_guide/layerwise_kv_pool.html): "
+                  "a prefill's new blocks are written at the store's write bandwidth beside compute and the "
+                  "prefill lasts at least that long. `+host+store(evict)` writes the store only with what "
+                  "falls out of an instance's last tier, so it serves another instance only what the first "
+                  "one evicted.", ""]
     lines += result["comparison"]
     return "\n".join(lines) + "\n"
 
@@ -171,9 +197,11 @@ COMPARISON = [
     "SLO-aware scheduling with early rejection are the others); LMCache's README reports 3-10x delay savings "
     "and GPU cycle reduction with vLLM in multi-round QA and RAG, where whole long contexts repeat. Here the "
     "gain is bounded by the trace's reusable share (multi-turn follow-ups and system prompts on resampled "
-    "lengths), the cluster is fixed, the store holds only what overflows an instance's own tiers (both "
-    "systems write it on every prefill), and TTFT includes queueing at a fixed arrival rate, so the figures "
-    "are smaller and depend on how loaded the HBM-only cluster is.",
+    "lengths, about a quarter of prompt tokens), the cluster and the arrival rate are fixed rather than "
+    "pushed to an SLO limit (Mooncake's throughput gains are measured at the load where the baseline "
+    "breaks its SLOs), TTFT includes queueing, and the HBM-only baseline already has an in-HBM prefix "
+    "cache with prefix-aware routing (LMCache's baseline is vLLM without cross-request reuse in several "
+    "of its benchmarks), so the figures here are smaller and depend on how loaded the HBM-only cluster is.",
 ]
 
 
@@ -187,17 +215,20 @@ def main() -> int:
     args = ap.parse_args()
     from simulator.sessions import reuse_stats, session_trace
     from simulator.traces import builtin_trace_path, read_trace
+    from workers.tier_media import MEDIA
 
     trace = session_trace(read_trace(builtin_trace_path()), args.requests, args.rate, seed=args.seed,
                           input_scale=10)
     stats = reuse_stats(trace)
     rows = []
+    store_gb = {}
     for kind in CLUSTERS:
+        store_gb[kind] = working_set_gb(kind, stats["unique_blocks"])
         # Rounds over every level in turn: each level's best wall time comes from the same window.
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
             for level in LEVELS:
-                s = replay(kind, level, trace)
+                s = replay(kind, level, trace, store_gb[kind])
                 if level[0] not in best or s["replay_cpu_s"] < best[level[0]]["replay_cpu_s"]:
                     best[level[0]] = s
         for level in LEVELS:
@@ -208,9 +239,11 @@ def main() -> int:
                   f"cpu/req {r['cpu_s_per_request'] * 1e6:.0f} us", flush=True)
     result = {"command": "python bench/kv_tiers.py " + " ".join(sys.argv[1:]), "trace": trace.path,
               "requests": trace.rows, "mean_input_tokens": float(trace.input_tokens.mean()),
-              "reusable_share": stats["reusable_share"],
+              "reusable_share": stats["reusable_share"], "store_gb": store_gb,
               "machine": f"{platform.machine()} {platform.processor() or ''} (shared 2-core machine)".strip(),
-              "rows": rows, "comparison": COMPARISON}
+              "rows": rows, "comparison": COMPARISON,
+              "media": [{"name": m.name, "energy_j_per_gb": m.energy_j_per_gb, "usd_per_gb_hour": m.usd_per_gb_hour,
+                         "energy_source": m.energy_source, "price_source": m.price_source} for m in MEDIA.values()]}
     out = ROOT / "bench" / "results"
     (out / "kv_tiers.json").write_text(json.dumps(result, indent=1) + "\n")
     plot(rows, stats["reusable_share"], out / "kv_tiers.png")

@@ -15,7 +15,8 @@ import yaml
 from scheduler.types import Role
 from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
 from workers.engine import DEFAULT_TOKEN_BUDGET
-from workers.kv_tiers import HBM, STORE, KvTier
+from workers.kv_tiers import HBM, STORE, KvTier, StoreWrite
+from workers.tier_media import MEDIA
 
 # Bytes per weight for the `quantization` key of a pool. q4_k_m is llama.cpp's GGUF Q4_K_M as
 # laptops run it: 4.89 bits per weight (a Llama-3.1-8B file is 4.92 GB; workers/edge_devices.py).
@@ -150,8 +151,8 @@ _OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device"
                      "context_tokens", "max_batch", "chips_per_instance", "quantization", "memory_utilization"}
 _LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s"}
 _TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache", "kv_store"}
-_KV_STORE_KEYS = {"capacity_gb", "read_gb_s", "write_gb_s", "usd_per_gb_hour", "energy_j_per_gb"}
-_KV_TIER_KEYS = _KV_STORE_KEYS | {"name"}
+_KV_TIER_KEYS = {"name", "capacity_gb", "read_gb_s", "write_gb_s", "usd_per_gb_hour", "energy_j_per_gb", "medium"}
+_KV_STORE_KEYS = (_KV_TIER_KEYS - {"name"}) | {"write"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
 _POLICY_KEYS = {"name", "filters", "scorers", "picker", "params", "staging"}
 _SLO_KEYS = {"ttft_s", "tpot_s"}
@@ -328,9 +329,21 @@ def _parse_kv_tier(v: Fields, where: str, raw: Any, keys: set[str], name: str) -
         if required not in raw:
             raise v.fail(f"{where}.{required}", "missing")
     sizes = {k: v.number(f"{where}.{k}", raw[k], above=0) for k in ("capacity_gb", "read_gb_s", "write_gb_s")}
-    prices = {k: v.number(f"{where}.{k}", raw[k], at_least=0)
-              for k in ("usd_per_gb_hour", "energy_j_per_gb") if raw.get(k) is not None}
-    return KvTier(name=name, **sizes, **prices)
+    prices = {}
+    if raw.get("medium") is not None:  # sourced defaults (workers/tier_media.py), overridden below
+        medium = MEDIA.get(raw["medium"])
+        if medium is None:
+            raise v.fail(f"{where}.medium", f"expected one of {', '.join(MEDIA)}, got {raw['medium']!r}")
+        prices = {"usd_per_gb_hour": medium.usd_per_gb_hour, "energy_j_per_gb": medium.energy_j_per_gb}
+    prices.update({k: v.number(f"{where}.{k}", raw[k], at_least=0)
+                   for k in ("usd_per_gb_hour", "energy_j_per_gb") if raw.get(k) is not None})
+    if "write" not in keys:
+        return KvTier(name=name, **sizes, **prices)
+    # The store is written through by default, as Mooncake Store and LMCache do (docs/KV_TIERS.md).
+    write = raw.get("write", StoreWrite.THROUGH.value)
+    if write not in {w.value for w in StoreWrite}:
+        raise v.fail(f"{where}.write", f"expected one of {', '.join(w.value for w in StoreWrite)}, got {write!r}")
+    return KvTier(name=name, **sizes, **prices, write=StoreWrite(write))
 
 
 def _parse_kv_tiers(v: Fields, where: str, raw: Any, role: Role) -> tuple[KvTier, ...]:

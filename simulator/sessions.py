@@ -146,8 +146,9 @@ def reuse_stats(trace: Trace, block_tokens: int = DEFAULT_BLOCK_TOKENS) -> dict:
         reusable += min(k * block_tokens, max(inputs[i] - 1, 0))
         seen.update(ids[off[i]:off[i + 1]])
     total = int(trace.input_tokens.sum())
+    # Distinct blocks: the working set a cache must hold to serve every reuse.
     return {"requests": trace.rows, "prompt_tokens": total, "reusable_prefix_tokens": reusable,
-            "reusable_share": reusable / total if total else 0.0}
+            "reusable_share": reusable / total if total else 0.0, "unique_blocks": len(seen)}
 
 
 def write_mooncake(trace: Trace, path: str | Path) -> Path:

@@ -27,10 +27,12 @@ from workers.clock import ScaledClock
 from workers.emulated import DEFAULT_CLAIM_TIMEOUT_S, DEFAULT_INPUT_SLACK_S, EmulatedWorker
 from workers.work import WorkerStatsView
 from workers.kv_link import DEFAULT_KV_BLOCK_TOKENS, KvLinks
+from workers.kv_tiers import KvTier
 from workers.rpc import WORKER_SERVICE, resolve_host, start_grpc_server
 from workers.security.peers import PeerBook
 from workers.security.service import is_loopback
 from workers.servicer import WorkerServicer
+from workers.shared_store import RemoteStore
 
 if TYPE_CHECKING:
     from workers.perf import InstancePerf
@@ -51,7 +53,9 @@ class WorkerSpec:
     link_bytes_per_s: float
     prefix_block_tokens: int = 0  # prefix cache block size (0: no prefix cache)
     token_budget: int = 0  # chunked prefill: tokens per iteration (0: prefill-first)
-    kv_tiers: tuple = ()  # KvTier levels below HBM, fastest first (the shared store is not live across actors)
+    kv_tiers: tuple = ()  # KvTier levels below HBM, fastest first
+    kv_store: KvTier | None = None  # the cluster's store, held by a StoreService actor (workers/shared_store.py)
+    kv_store_blocks: int = 0  # its capacity in this model's blocks
 
 
 class WorkerActor:
@@ -60,15 +64,20 @@ class WorkerActor:
     def __init__(self, spec: WorkerSpec, perf: "InstancePerf", scheduler=None, *, host: str = "127.0.0.1",
                  time_scale: float = 0.01, rpc_timeout_s: float = 120.0,
                  claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S, kv_block_tokens: int = DEFAULT_KV_BLOCK_TOKENS,
-                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, credentials: "WorkerCredentials | None" = None):
+                 input_slack_s: float = DEFAULT_INPUT_SLACK_S, credentials: "WorkerCredentials | None" = None,
+                 store=None):
+        """`store`: the StoreService actor holding spec.kv_store (None: no shared store)."""
         self.spec = spec
         self.worker_id = f"{spec.pool}-{spec.instance}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        shared = None
+        if store is not None and spec.kv_store is not None:
+            shared = RemoteStore(spec.kv_store, spec.kv_store_blocks, store, perf.model.name)
         self.worker = EmulatedWorker(
             perf, spec.role, ScaledClock(time_scale), max_batch=spec.max_batch,
             max_batch_tokens=spec.max_batch_tokens, link_bytes_per_s=spec.link_bytes_per_s,
             worker_id=self.worker_id, pool=spec.pool, instance=spec.instance, claim_timeout_s=claim_timeout_s,
             input_slack_s=input_slack_s, prefix_block_tokens=spec.prefix_block_tokens,
-            token_budget=spec.token_budget, kv_tiers=spec.kv_tiers)
+            token_budget=spec.token_budget, kv_tiers=spec.kv_tiers, kv_store=shared)
         # The cluster's credentials come from the scheduler as a constructor argument
         # (through Ray: never a command line or a log line).
         self._credentials = credentials

@@ -35,7 +35,7 @@ from workers.clock import Clock, Timer
 from workers.engine import (DECODE, FINISHED, FIRST_TOKEN, IDLE, JOINED, PREFILL, ROLE_BOTH, ROLE_DECODE,
                             ROLE_PREFILL, BatchEngine)
 from workers.engine_state import engine_state
-from workers.prefix_cache import tiered_cache
+from workers.prefix_cache import tier_usage, tiered_cache
 from workers.report import LoadReport, WorkerState
 from workers.work import (AlreadyHeld, Cancelled, DecodeSummary, Draining, HandOver, InvalidField, KvListener,
                           KvTransport, NoCapacity, NotHeld, PeerFailed, PrefillOutcome, WorkerError, WorkerStatsView,
@@ -143,6 +143,9 @@ class EmulatedWorker:
             prefix = tiered_cache(prefix_block_tokens, 0, None, kv_tiers, kv_bytes, (), kv_store)
         # token_budget > 0: chunked prefill with that many tokens per iteration (0: prefill-first).
         self.engine = BatchEngine(perf, role, max_batch, max_batch_tokens, prefix, token_budget)
+        # A store held by another process (workers/shared_store.py): its servicer asks it which
+        # blocks a prompt will find before the prompt reaches the engine. None: nothing to ask.
+        self.store_lookup = getattr(kv_store, "lookup", None)
         self.link_bytes_per_s = float(link_bytes_per_s)
         self.worker_id = worker_id or f"{pool or 'worker'}-{uuid.uuid4().hex[:8]}"
         self.pool = pool
@@ -449,7 +452,7 @@ class EmulatedWorker:
         return LoadReport(self.received, len(eng.waiting) + len(eng.joining), int(eng.waiting_tokens), eng.batch,
                           eng.kv_capacity - eng.kv_reserved, busy, eng.activity, eng.busy_s, now,
                           self.clock.to_unix(now), self._engine_t, eng.prefill_tokens, eng.decode_tokens,
-                          eng.dynamic_energy_j, self.state)
+                          eng.dynamic_energy_j, self.state, eng.prefix_hit_tokens, tier_usage(eng.prefix))
 
     def engine_state(self) -> bytes:
         return engine_state(self.engine)

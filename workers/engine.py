@@ -27,7 +27,8 @@ past its cached prefix; the cache keeps finished prompts' blocks in free KV.
 A prefix below HBM (host, SSD, shared store: workers/kv_tiers.py) loads at its
 level's read bandwidth layer by layer beside compute (Mooncake, LMCache): an
 iteration (a chunked segment's first) lasts the longer of compute and loads,
-and a prompt loads only the part of its prefix that beats recomputing it.
+and a prompt loads only the part of its prefix that beats recomputing it; a
+write-through store takes a prompt's new blocks at its write bandwidth the same way.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ class BatchEngine:
         "act_prefix", "energy_acc_j", "cost_acc_usd",
         "busy_s", "dynamic_energy_j", "prefill_tokens", "decode_tokens", "prefill_iterations",
         "decode_segments", "last_kind", "_idle_w", "_price_s", "prefix", "prompt_blocks", "prefix_hit_tokens",
-        "unforeseen", "itl", "last_step_s", "fresh", "load_now_s", "act_load_s", "load_plan",
+        "unforeseen", "itl", "last_step_s", "fresh", "load_now_s", "act_load_s", "load_plan", "write_now_s",
     )
 
     def __init__(self, perf: "InstancePerf", role: int, max_batch: int = 256, max_batch_tokens: int = 16384,
@@ -139,6 +140,9 @@ class BatchEngine:
         self.load_now_s = 0.0
         self.act_load_s = 0.0
         self.load_plan = None  # a looked-up prompt's load from below HBM, carried out if it is admitted
+        # Seconds of write-through to the shared store for the prompts an activity is starting: it
+        # overlaps compute layer by layer like loads, on the other direction of the link.
+        self.write_now_s = 0.0
         # Changes a copy of this engine fed only the same prompts at the same times
         # (submit_prefill, poke, wake) could not foresee: hand-overs, releases,
         # cancellations, prefix-cache hits. The live scheduler keeps such a copy of each
@@ -435,13 +439,26 @@ class BatchEngine:
             return cached
         return min(held * prefix.block_tokens, inp - 1)
 
-    def _admit_load(self) -> None:
-        """The prompt whose prefix was just looked up is admitted: carry out its planned load."""
+    def _admit_prefix(self, rid: int) -> None:
+        """The prompt whose prefix was just looked up is admitted: carry out its planned load,
+        and time the write of its blocks to a write-through store."""
         plan = self.load_plan
-        self.load_plan = None
-        self.prefix.load(*plan)
-        self.load_now_s += plan[4]
-        self.unforeseen += 1
+        if plan is not None:
+            self.load_plan = None
+            self.prefix.load(*plan)
+            self.load_now_s += plan[4]
+            self.unforeseen += 1
+        if self.prefix.through is not None:
+            blocks = self.prompt_blocks.get(rid)
+            if blocks:
+                self.write_now_s += self.prefix.write_s(blocks)
+
+    def _transfer_s(self) -> float:
+        """Seconds the starting activity's loads and writes take (reads and writes run on
+        the two directions of a link at once), taken out of the engine."""
+        t = self.load_now_s if self.load_now_s > self.write_now_s else self.write_now_s
+        self.load_now_s = self.write_now_s = 0.0
+        return t
 
     def _start_next(self, now_s: float, events: list) -> None:
         self.act_start_s = now_s
@@ -502,8 +519,8 @@ class BatchEngine:
             if batch and tokens + new > self.max_batch_tokens:
                 break
             waiting.popleft()
-            if self.load_plan is not None:
-                self._admit_load()
+            if self.prompt_blocks:
+                self._admit_prefix(rid)
             self.kv_reserved += need
             tokens += new
             taken += inp
@@ -517,10 +534,9 @@ class BatchEngine:
         if self.prefix is not None:
             self.prefix.trim(self.kv_capacity - self.kv_reserved)
         t, e = self.perf.prefill(tokens, pairs, len(batch))
-        if self.load_now_s:
-            # Layer-wise overlap: the iteration lasts the longer of compute and loading.
-            t = max(t, self.load_now_s)
-            self.load_now_s = 0.0
+        if self.load_now_s or self.write_now_s:
+            # Layer-wise overlap: the iteration lasts the longer of compute and moving KV.
+            t = max(t, self._transfer_s())
         self.activity = PREFILL
         self.prefill_batch = batch
         self.prefill_tokens_now = tokens
@@ -556,8 +572,8 @@ class BatchEngine:
                 break
             cached = self._cached_prefix(rid, inp) if self.prompt_blocks else 0
             waiting.popleft()
-            if self.load_plan is not None:
-                self._admit_load()
+            if self.prompt_blocks:
+                self._admit_prefix(rid)
             self.waiting_tokens -= inp
             self.kv_reserved += need
             self.prefix_hit_tokens += cached
@@ -597,10 +613,9 @@ class BatchEngine:
                 break
         ctx0 = self.ctx_offset_sum + self.batch * self.step
         t, e = self.perf.mixed(self.batch, ctx0, tokens, pairs, prefix, len(plan), steps)
-        self.act_load_s = self.load_now_s
-        if self.load_now_s:
-            t += _load_excess_s(self.load_now_s, t, steps)
-            self.load_now_s = 0.0
+        self.act_load_s = self._transfer_s() if self.load_now_s or self.write_now_s else 0.0
+        if self.act_load_s:
+            t += _load_excess_s(self.act_load_s, t, steps)
         self.activity = MIXED if self.batch else PREFILL
         self.act_plan = plan
         self.act_steps = steps

@@ -9,20 +9,31 @@ every instance's last tier); a block found below HBM is promoted back into HBM
 when a prompt loads it, leaving the local tier but staying in the shared
 store, which every instance reads.
 
-Writes (demotions) run in the background, off the prompt's critical path, as
-LMCache's and vLLM's offloading connectors do: their bytes and energy are
-counted, their time is not charged to a request.
+Demotions run in the background, off the prompt's critical path, as LMCache's
+and vLLM's offloading connectors do: their bytes and energy are counted, their
+time is not charged to a request. The store's `write` policy says when it is
+written: `through` (Mooncake Store, LMCache: every prefill puts its blocks,
+layer by layer beside compute, so a prefill lasts at least its write time) or
+`evict` (it only takes what falls out of an instance's last tier).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 
 GB = 1e9
 
 # Names with a fixed meaning in summaries (`prefix_hit_tokens_by_tier`), so not usable for a tier.
 HBM = "hbm"
 STORE = "store"
+
+
+class StoreWrite(str, Enum):
+    """When the shared store is written (kv_store.write)."""
+
+    THROUGH = "through"  # every prefill's blocks, as they are computed
+    EVICT = "evict"  # what falls out of an instance's last tier
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +46,15 @@ class KvTier:
     write_gb_s: float
     usd_per_gb_hour: float = 0.0
     energy_j_per_gb: float = 0.0
+    write: StoreWrite = StoreWrite.EVICT  # the store's policy; a tier below HBM takes evictions only
 
     @property
     def read_bytes_per_s(self) -> float:
         return self.read_gb_s * GB
+
+    @property
+    def write_bytes_per_s(self) -> float:
+        return self.write_gb_s * GB
 
     @property
     def energy_j_per_byte(self) -> float:

@@ -26,14 +26,16 @@ Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
 into them, `plan_load` decides whether loading beats recomputing and `load`
 promotes the blocks back into HBM once the prompt is admitted. Each tier level has its own
 index (tier k of every instance registers in index k), so the router sees
-every level.
+every level. A write-through store (kv_store.write: through) takes every
+prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from itertools import repeat
 
-from workers.kv_tiers import TierLru
+from workers.kv_tiers import STORE, StoreWrite, TierLru
+from workers.report import TierUsage
 
 
 class PrefixIndex:
@@ -116,7 +118,7 @@ class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
     __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
-                 "load_s")
+                 "load_s", "through", "demote_to", "read_bytes", "written_bytes")
 
     def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
                  levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
@@ -134,6 +136,13 @@ class PrefixCache:
         # seconds prompts spent loading them.
         self.hit_tokens = [0] * len(self.levels)
         self.load_s = 0.0
+        # This instance's own bytes moved per level (the shared store's level counts everyone's).
+        self.read_bytes = [0.0] * len(self.levels)
+        self.written_bytes = [0.0] * len(self.levels)
+        # A write-through store (the last level) is written by every prefill, not by demotion.
+        last = self.levels[-1] if self.levels else None
+        self.through = last if last is not None and last.shared and last.tier.write == StoreWrite.THROUGH else None
+        self.demote_to = self.levels[:-1] if self.through is not None else self.levels
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -153,17 +162,36 @@ class PrefixCache:
 
     def insert(self, blocks) -> None:
         """Keep a prefilled prompt's blocks (all of them most recently used, head last)."""
-        held = self.blocks
+        new = _touch_head_last(self.blocks, blocks)
         index = self.index
-        bit = self.bit
-        for i in range(len(blocks) - 1, -1, -1):
-            block = blocks[i]
-            if block in held:
-                held.move_to_end(block)
-            else:
-                held[block] = None
-                if index is not None:
-                    index.add(block, bit)
+        if index is not None:
+            bit = self.bit
+            for block in new:
+                index.add(block, bit)
+        if self.through is not None:
+            self._write_through(blocks)
+
+    def _write_through(self, blocks) -> None:
+        """A prefilled prompt's blocks into the write-through store (head last: evicted last)."""
+        store = self.through
+        held = store.blocks
+        written = len(_touch_head_last(held, blocks)) * self.block_bytes
+        store.written_bytes += written
+        self.written_bytes[-1] += written
+        over = len(held) - store.capacity
+        if over > 0:
+            pop = held.popitem
+            for _ in range(over):
+                pop(last=False)
+
+    def write_s(self, blocks) -> float:
+        """Seconds to write a prompt's blocks the write-through store lacks (0 without one)."""
+        store = self.through
+        if store is None:
+            return 0.0
+        held = store.blocks
+        missing = sum(1 for b in blocks if b not in held)
+        return missing * self.block_bytes / store.tier.write_bytes_per_s
 
     def trim(self, max_tokens: int) -> None:
         """Evict least recently used blocks until at most `max_tokens` are cached."""
@@ -190,7 +218,8 @@ class PrefixCache:
         evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
         runs for every block leaving HBM."""
         size = self.block_bytes
-        for level in self.levels:
+        mine = self.written_bytes
+        for k, level in enumerate(self.demote_to):
             held = level.blocks
             index = level.index
             bit = level.bit
@@ -205,6 +234,7 @@ class PrefixCache:
                     if holders is not None:
                         holders[b] = holders.get(b, 0) | bit
             level.written_bytes += written * size
+            mine[k] += written * size
             over = len(held) - level.capacity
             if over <= 0:
                 return
@@ -282,10 +312,12 @@ class PrefixCache:
         index = self.index
         bit = self.bit
         levels = self.levels
+        mine = self.read_bytes
         for i, k in enumerate(found):
             block = blocks[start + i]
             level = levels[k]
             level.read_bytes += size
+            mine[k] += size
             if not level.shared:
                 level.take(block)
             held[block] = None
@@ -294,6 +326,20 @@ class PrefixCache:
         move = held.move_to_end
         for i in range(start + len(found) - 1, -1, -1):
             move(blocks[i])
+
+
+def _touch_head_last(held: OrderedDict, blocks) -> list:
+    """Make a prompt's `blocks` the most recently used of `held` (an LRU), its head last so
+    the shared start is evicted last; returns the blocks that were not held."""
+    new = []
+    for i in range(len(blocks) - 1, -1, -1):
+        block = blocks[i]
+        if block in held:
+            held.move_to_end(block)
+        else:
+            held[block] = None
+            new.append(block)
+    return new
 
 
 def _discard_all(holders: dict, blocks: list, bit: int) -> None:
@@ -305,6 +351,16 @@ def _discard_all(holders: dict, blocks: list, bit: int) -> None:
             holders[b] = left
         else:
             holders.pop(b, None)
+
+
+def tier_usage(prefix: PrefixCache | None) -> tuple:
+    """What this instance's levels below HBM served and moved (TierUsage each, the store last,
+    named `store`); () without tiers."""
+    if prefix is None or not prefix.deep:
+        return ()
+    return tuple(TierUsage(STORE if level.shared else level.tier.name, served, read, written)
+                 for level, served, read, written in zip(prefix.levels, prefix.hit_tokens, prefix.read_bytes,
+                                                         prefix.written_bytes))
 
 
 def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,

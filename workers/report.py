@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class WorkerState(enum.IntEnum):
@@ -15,6 +16,15 @@ class WorkerState(enum.IntEnum):
     DRAINING = 3
     DRAINED = 4
     FAILED = 5
+
+
+class TierUsage(NamedTuple):
+    """One prefix-cache level below HBM: prompt tokens it served, bytes read and written."""
+
+    name: str  # the pool's tier name; "store" for the cluster's kv_store
+    hit_tokens: int
+    read_bytes: float
+    written_bytes: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +46,5 @@ class LoadReport:
     decode_tokens: int = 0
     dynamic_energy_j: float = 0.0  # activity-dependent energy since the worker started
     state: WorkerState = WorkerState.READY
+    prefix_hit_tokens: int = 0  # prompt tokens served from the prefix cache, every level
+    kv_tiers: tuple[TierUsage, ...] = ()  # the levels below HBM, the store last

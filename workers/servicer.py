@@ -25,10 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import msgpack
 
-from infersched.v1 import worker_pb2, worker_pb2_grpc
+from infersched.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from workers.emulated import EmulatedWorker
 from workers.kv_link import KvIntake
-from workers.report import LoadReport
+from workers.report import LoadReport, TierUsage
 from workers.security.peers import NotAPeer, PeerBook
 from workers.work import (AlreadyHeld, DecodeSummary, InvalidField, PeerFailed, PrefillOutcome, WorkerError,
                           WorkerStatsView)
@@ -46,7 +46,13 @@ def load_report_proto(r: LoadReport) -> worker_pb2.LoadReport:
         received=r.received, queued=r.queued, queued_tokens=r.queued_tokens, running=r.running,
         kv_free_tokens=r.kv_free, busy_remaining_s=r.busy_remaining_s, activity=r.activity, busy_s=r.busy_s,
         now_s=r.now_s, unix_s=r.unix_s, engine_s=r.engine_s, prefill_tokens=r.prefill_tokens,
-        decode_tokens=r.decode_tokens, dynamic_energy_j=r.dynamic_energy_j, state=int(r.state))
+        decode_tokens=r.decode_tokens, dynamic_energy_j=r.dynamic_energy_j, state=int(r.state),
+        prefix_hit_tokens=r.prefix_hit_tokens, kv_tiers=[tier_usage_proto(t) for t in r.kv_tiers])
+
+
+def tier_usage_proto(t: TierUsage) -> common_pb2.KvTierUsage:
+    return common_pb2.KvTierUsage(name=t.name, hit_tokens=t.hit_tokens, read_bytes=t.read_bytes,
+                                  written_bytes=t.written_bytes)
 
 
 def worker_stats_proto(s: WorkerStatsView) -> worker_pb2.WorkerStats:
@@ -170,6 +176,19 @@ class _KvAcks:
             self.answer(worker_pb2.KvStreamResult(request_id=key, error=work_error(error)))
 
 
+async def _look_up_store(w: EmulatedWorker, works) -> None:
+    """Ask the shared store which blocks of these prompts it holds before the engine sees them
+    (workers/shared_store.py); a store that does not answer leaves the worker's view as it was."""
+    prompts = [list(work.prefill.prefix_block_hashes) for work in works
+               if work.HasField("prefill") and work.prefill.prefix_block_hashes]
+    if not prompts:
+        return
+    try:
+        await w.store_lookup(prompts)
+    except Exception as exc:
+        log.warning("worker %s: the shared KV store did not answer: %r", w.worker_id, exc)
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     """infersched.v1.Worker over an EmulatedWorker (on the server's event loop)."""
 
@@ -216,6 +235,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 for key in message.cancel_request_ids:
                     if outbox.open.pop(key, None) is not None:
                         w.cancel(key)
+                if w.store_lookup is not None:
+                    await _look_up_store(w, message.work)
                 for work in message.work:
                     address = work.prefill.decode_address
                     if (address and self._peers is not None and work.prefill.request_id not in outbox.open

@@ -31,12 +31,13 @@ _TIER_KEYS = {
     "capacity_gb": ("GB", "required", "blocks this level holds (per instance for a tier, in all for the store)"),
     "read_gb_s": ("GB/s", "required", "bandwidth a cached prefix loads at into HBM (overlapped with compute layer "
                                       "by layer; recomputed instead when that is faster)"),
-    "write_gb_s": ("GB/s", "required", "bandwidth blocks demote at (background writes: counted, not charged to "
-                                       "a request)"),
-    "usd_per_gb_hour": ("USD/(GB*hour)", None, "price of the capacity; 0: not priced (docs/KV_TIERS.md lists "
-                                               "sources)"),
-    "energy_j_per_gb": ("J/GB", None, "energy per GB moved in or out; 0: not priced (docs/KV_TIERS.md lists "
-                                      "sources)"),
+    "write_gb_s": ("GB/s", "required", "bandwidth blocks are written at: demotions run in the background "
+                                       "(counted, not charged to a request); a write-through store's writes "
+                                       "overlap the prefill layer by layer, which lasts at least their time"),
+    "usd_per_gb_hour": ("USD/(GB*hour)", "the medium's, else 0", "price of the capacity; 0: not priced"),
+    "energy_j_per_gb": ("J/GB", "the medium's, else 0", "energy per GB moved in or out; 0: not priced"),
+    "medium": ("-", "none", "`dram`, `nvme` or `rdma`: price and energy per GB default to published figures "
+                            "(docs/KV_TIERS.md lists them with their sources)"),
 }
 
 # key -> (unit, default where the dataclass has none or says it otherwise, meaning)
@@ -112,6 +113,9 @@ KEYS = {
                                                  "summaries count hits under it"),
     **{f"pools[].kv_tiers[].{k}": spec for k, spec in _TIER_KEYS.items()},
     **{f"kv_store.{k}": spec for k, spec in _TIER_KEYS.items()},
+    "kv_store.write": ("-", "`through`", "when the store is written: `through`, by every prefill as its KV is "
+                                         "computed (Mooncake Store, LMCache), or `evict`, only with what falls out "
+                                         "of an instance's last tier"),
     "prefix_cache.enabled": ("-", None, "cache prompt blocks per instance (requests carry block hashes)"),
     "prefix_cache.block_tokens": ("tokens", None, "tokens per cached block; must match the trace's hashing "
                                                   "(Mooncake: 512)"),

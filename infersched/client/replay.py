@@ -39,6 +39,7 @@ from infersched.client.stats import RPC_TIMEOUT_S
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import SloConfig
 from scheduler.types import RequestStatus, Role
+from simulator.kv_usage import live_kv_tier_usage
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline, summarize
 from simulator.sim import SimResult
 from workers.itl import ItlHistogram
@@ -281,7 +282,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
         time_scale=time_scale, speedup=speedup, tokens_streamed=counts["tokens"], client_wall_s=client_wall, itl=itl,
         send_lateness_s=(float(np.percentile(lateness, 50)), float(np.percentile(lateness, 99)),
                          float(lateness.max())) if n else (0.0, 0.0, 0.0),
-        sent=sent, unknown=counts["unknown"], stopped=why, failure_reasons=failures)
+        sent=sent, unknown=counts["unknown"], stopped=why, failure_reasons=failures,
+        kv_tiers=_tier_usage(cluster, stats0, stats1, makespan))
 
 
 def _first(rec: RequestRecords, k: int) -> RequestRecords:
@@ -358,8 +360,27 @@ def _pool_usage(cluster, stats0, stats1, makespan_s: float) -> list[PoolUsage]:
             instances=n, chips_per_instance=p.chips_per_instance, busy_s=busy, dynamic_energy_j=dynamic,
             idle_energy_j=idle_w * n * makespan_s, cost_usd=price_per_s * n * makespan_s,
             prefill_tokens=p.prefill_tokens - b.prefill_tokens, decode_tokens=p.decode_tokens - b.decode_tokens,
+            prefix_hit_tokens=p.prefix_hit_tokens - b.prefix_hit_tokens,
             utilization=min(1.0, busy / (n * makespan_s)) if makespan_s > 0 else 0.0))
     return out
+
+
+def _tier_usage(cluster, stats0, stats1, makespan_s: float) -> dict | None:
+    """Prompt tokens each prefix-cache level served, and what the tiers moved, over the replay
+    (the workers' counts, stats1 less stats0); None when no pool has levels below HBM."""
+    counts: dict[str, list] = {}
+    hits = 0
+    for stats, sign in ((stats1, 1), (stats0, -1)):
+        for p in stats.pools:
+            hits += sign * p.prefix_hit_tokens
+            for t in p.kv_tiers:
+                row = counts.setdefault(t.name, [0, 0.0, 0.0])
+                row[0] += sign * t.hit_tokens
+                row[1] += sign * t.read_bytes
+                row[2] += sign * t.written_bytes
+    if not counts:
+        return None
+    return live_kv_tier_usage(cluster, hits, counts, makespan_s)
 
 
 def live_summary(result: ReplayResult, target: str) -> dict:

@@ -64,6 +64,10 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
             "running": p.running, "completed": p.completed, "prefill_tokens": p.prefill_tokens,
             "decode_tokens": p.decode_tokens, "utilization": p.utilization, "energy_j": p.energy_j,
             "cost_usd": p.cost_usd, "kv_free_tokens": p.kv_free_tokens, "kv_capacity_tokens": p.kv_capacity_tokens}
+        pools[p.name]["prefix_hit_tokens"] = p.prefix_hit_tokens
+        if p.kv_tiers:  # prefix-cache levels below HBM: what each served and moved
+            pools[p.name]["kv_tiers"] = {t.name: {"hit_tokens": t.hit_tokens, "read_bytes": t.read_bytes,
+                                                  "written_bytes": t.written_bytes} for t in p.kv_tiers}
         if p.prompt_token_counts:  # real engines: how prompt lengths were counted
             pools[p.name]["prompt_token_counts"] = dict(sorted(p.prompt_token_counts.items()))
     return {

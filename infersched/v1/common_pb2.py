@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainfersched/v1/common.proto\x12\rinfersched.v1\"s\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x19\n\x11\x66irst_token_index\x18\x04 \x01(\x05\x12\x0e\n\x06\x65mit_s\x18\x05 \x01(\x01\"b\n\x12LatencyPercentiles\x12\x0f\n\x07samples\x18\x01 \x01(\x04\x12\r\n\x05p50_s\x18\x02 \x01(\x01\x12\r\n\x05p90_s\x18\x03 \x01(\x01\x12\r\n\x05p99_s\x18\x04 \x01(\x01\x12\x0e\n\x06mean_s\x18\x05 \x01(\x01*\x85\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x01\x12\x1b\n\x17REQUEST_STATUS_REJECTED\x10\x02\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x03*\x96\x04\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18REASON_CODE_NO_KV_MEMORY\x10\x01\x12 \n\x1cREASON_CODE_NO_CAPABLE_MODEL\x10\x02\x12#\n\x1fREASON_CODE_NO_DECODE_FOR_MODEL\x10\x03\x12\x1d\n\x19REASON_CODE_NO_MODEL_TIER\x10\x04\x12\x1c\n\x18REASON_CODE_NO_INSTANCES\x10\x05\x12\x16\n\x12REASON_CODE_POLICY\x10\x06\x12\x1a\n\x16REASON_CODE_QUEUE_FULL\x10\x07\x12\x1d\n\x19REASON_CODE_PENDING_BYTES\x10\x08\x12\x19\n\x15REASON_CODE_CANCELLED\x10\t\x12\x1d\n\x19REASON_CODE_WORKER_FAILED\x10\n\x12 \n\x1cREASON_CODE_WORKER_RESTARTED\x10\x0b\x12\x1d\n\x19REASON_CODE_STAGE_TIMEOUT\x10\x0c\x12\x19\n\x15REASON_CODE_NOT_READY\x10\r\x12\x1c\n\x18REASON_CODE_WORK_REFUSED\x10\x0e\x12\x1b\n\x17REASON_CODE_WORKER_BUSY\x10\x0f\x12%\n!REASON_CODE_SCHEDULER_UNAVAILABLE\x10\x10*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02\x12\r\n\tROLE_BOTH\x10\x03*\xac\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03\x12\x18\n\x14WORKER_STATE_DRAINED\x10\x04\x12\x17\n\x13WORKER_STATE_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ainfersched/v1/common.proto\x12\rinfersched.v1\"s\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x19\n\x11\x66irst_token_index\x18\x04 \x01(\x05\x12\x0e\n\x06\x65mit_s\x18\x05 \x01(\x01\"b\n\x12LatencyPercentiles\x12\x0f\n\x07samples\x18\x01 \x01(\x04\x12\r\n\x05p50_s\x18\x02 \x01(\x01\x12\r\n\x05p90_s\x18\x03 \x01(\x01\x12\r\n\x05p99_s\x18\x04 \x01(\x01\x12\x0e\n\x06mean_s\x18\x05 \x01(\x01\"Z\n\x0bKvTierUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nhit_tokens\x18\x02 \x01(\x04\x12\x12\n\nread_bytes\x18\x03 \x01(\x01\x12\x15\n\rwritten_bytes\x18\x04 \x01(\x01*\x85\x01\n\rRequestStatus\x12\x1e\n\x1aREQUEST_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18REQUEST_STATUS_COMPLETED\x10\x01\x12\x1b\n\x17REQUEST_STATUS_REJECTED\x10\x02\x12\x19\n\x15REQUEST_STATUS_FAILED\x10\x03*\x96\x04\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18REASON_CODE_NO_KV_MEMORY\x10\x01\x12 \n\x1cREASON_CODE_NO_CAPABLE_MODEL\x10\x02\x12#\n\x1fREASON_CODE_NO_DECODE_FOR_MODEL\x10\x03\x12\x1d\n\x19REASON_CODE_NO_MODEL_TIER\x10\x04\x12\x1c\n\x18REASON_CODE_NO_INSTANCES\x10\x05\x12\x16\n\x12REASON_CODE_POLICY\x10\x06\x12\x1a\n\x16REASON_CODE_QUEUE_FULL\x10\x07\x12\x1d\n\x19REASON_CODE_PENDING_BYTES\x10\x08\x12\x19\n\x15REASON_CODE_CANCELLED\x10\t\x12\x1d\n\x19REASON_CODE_WORKER_FAILED\x10\n\x12 \n\x1cREASON_CODE_WORKER_RESTARTED\x10\x0b\x12\x1d\n\x19REASON_CODE_STAGE_TIMEOUT\x10\x0c\x12\x19\n\x15REASON_CODE_NOT_READY\x10\r\x12\x1c\n\x18REASON_CODE_WORK_REFUSED\x10\x0e\x12\x1b\n\x17REASON_CODE_WORKER_BUSY\x10\x0f\x12%\n!REASON_CODE_SCHEDULER_UNAVAILABLE\x10\x10*N\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x10\n\x0cROLE_PREFILL\x10\x01\x12\x0f\n\x0bROLE_DECODE\x10\x02\x12\r\n\tROLE_BOTH\x10\x03*\xac\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x16\n\x12WORKER_STATE_READY\x10\x02\x12\x19\n\x15WORKER_STATE_DRAINING\x10\x03\x12\x18\n\x14WORKER_STATE_DRAINED\x10\x04\x12\x17\n\x13WORKER_STATE_FAILED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'infersched.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATUS']._serialized_start=263
-  _globals['_REQUESTSTATUS']._serialized_end=396
-  _globals['_REASONCODE']._serialized_start=399
-  _globals['_REASONCODE']._serialized_end=933
-  _globals['_ROLE']._serialized_start=935
-  _globals['_ROLE']._serialized_end=1013
-  _globals['_WORKERSTATE']._serialized_start=1016
-  _globals['_WORKERSTATE']._serialized_end=1188
+  _globals['_REQUESTSTATUS']._serialized_start=355
+  _globals['_REQUESTSTATUS']._serialized_end=488
+  _globals['_REASONCODE']._serialized_start=491
+  _globals['_REASONCODE']._serialized_end=1025
+  _globals['_ROLE']._serialized_start=1027
+  _globals['_ROLE']._serialized_end=1105
+  _globals['_WORKERSTATE']._serialized_start=1108
+  _globals['_WORKERSTATE']._serialized_end=1280
   _globals['_TOKENCHUNK']._serialized_start=45
   _globals['_TOKENCHUNK']._serialized_end=160
   _globals['_LATENCYPERCENTILES']._serialized_start=162
   _globals['_LATENCYPERCENTILES']._serialized_end=260
+  _globals['_KVTIERUSAGE']._serialized_start=262
+  _globals['_KVTIERUSAGE']._serialized_end=352
 # @@protoc_insertion_point(module_scope)

@@ -108,3 +108,15 @@ class LatencyPercentiles(_message.Message):
     p99_s: float
     mean_s: float
     def __init__(self, samples: _Optional[int] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ..., p99_s: _Optional[float] = ..., mean_s: _Optional[float] = ...) -> None: ...
+
+class KvTierUsage(_message.Message):
+    __slots__ = ("name", "hit_tokens", "read_bytes", "written_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    READ_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hit_tokens: int
+    read_bytes: float
+    written_bytes: float
+    def __init__(self, name: _Optional[str] = ..., hit_tokens: _Optional[int] = ..., read_bytes: _Optional[float] = ..., written_bytes: _Optional[float] = ...) -> None: ...

@@ -180,7 +180,7 @@ class WorkerStats(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., pool: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., now_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., busy_until_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., completed: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., load: _Optional[_Union[LoadReport, _Mapping]] = ..., engine_state: _Optional[bytes] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("received", "queued", "queued_tokens", "running", "kv_free_tokens", "busy_remaining_s", "activity", "busy_s", "now_s", "unix_s", "engine_s", "prefill_tokens", "decode_tokens", "dynamic_energy_j", "state")
+    __slots__ = ("received", "queued", "queued_tokens", "running", "kv_free_tokens", "busy_remaining_s", "activity", "busy_s", "now_s", "unix_s", "engine_s", "prefill_tokens", "decode_tokens", "dynamic_energy_j", "state", "prefix_hit_tokens", "kv_tiers")
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +196,8 @@ class LoadReport(_message.Message):
     DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DYNAMIC_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_TIERS_FIELD_NUMBER: _ClassVar[int]
     received: int
     queued: int
     queued_tokens: int
@@ -211,7 +213,9 @@ class LoadReport(_message.Message):
     decode_tokens: int
     dynamic_energy_j: float
     state: _common_pb2.WorkerState
-    def __init__(self, received: _Optional[int] = ..., queued: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., busy_remaining_s: _Optional[float] = ..., activity: _Optional[_Union[EngineActivity, str]] = ..., busy_s: _Optional[float] = ..., now_s: _Optional[float] = ..., unix_s: _Optional[float] = ..., engine_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., dynamic_energy_j: _Optional[float] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ...) -> None: ...
+    prefix_hit_tokens: int
+    kv_tiers: _containers.RepeatedCompositeFieldContainer[_common_pb2.KvTierUsage]
+    def __init__(self, received: _Optional[int] = ..., queued: _Optional[int] = ..., queued_tokens: _Optional[int] = ..., running: _Optional[int] = ..., kv_free_tokens: _Optional[int] = ..., busy_remaining_s: _Optional[float] = ..., activity: _Optional[_Union[EngineActivity, str]] = ..., busy_s: _Optional[float] = ..., now_s: _Optional[float] = ..., unix_s: _Optional[float] = ..., engine_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., dynamic_energy_j: _Optional[float] = ..., state: _Optional[_Union[_common_pb2.WorkerState, str]] = ..., prefix_hit_tokens: _Optional[int] = ..., kv_tiers: _Optional[_Iterable[_Union[_common_pb2.KvTierUsage, _Mapping]]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("work", "cancel_request_ids")

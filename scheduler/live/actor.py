@@ -47,6 +47,7 @@ from scheduler.types import Role
 from workers.actor import WorkerSpec, worker_actor_class
 from workers.clock import ScaledClock
 from workers.report import WorkerState
+from workers.shared_store import store_actor_class
 from workers.rpc import resolve_host, set_health, start_grpc_server
 from workers.security.plane import ClusterCredentials
 from workers.security.service import ServiceSecurity, is_loopback
@@ -127,6 +128,8 @@ class SchedulerActor:
         self._flusher: asyncio.Task | None = None
         self._handles: list = []  # per instance: its worker actor; None for real engines
         self._engines: list = []  # engine actors started for `launch:` pools
+        self._store = None  # the StoreService actor holding the cluster's kv_store (workers/shared_store.py)
+        self._stores: dict = {}  # model -> the store level's (tier, capacity in blocks)
         self._registered: list[asyncio.Event] = []
         self._reviving: set[int] = set()
         self._replaced = 0
@@ -235,6 +238,7 @@ class SchedulerActor:
             scheme = "https" if self.security is not None and self.security.tls else "http"
             self.metrics_address = f"{scheme}://{self.metrics_host}:{mport}/metrics"
         me = ray.get_runtime_context().current_actor
+        self._store = self._create_store()
         self._handles = [None if is_engine_pool(self.cluster.pool_of(i)) else self._create_worker(i, me)
                          for i in range(self.cluster.n_instances)]
         try:
@@ -259,16 +263,27 @@ class SchedulerActor:
         gc.freeze()
         return self.describe()
 
+    def _create_store(self):
+        """One actor holds the cluster's kv_store for every worker (None without one), owned
+        by this actor: it dies with it, and with the workers that wrote to it."""
+        if not self.config.prefix_cache.enabled:
+            return None
+        self._stores = {model: (level.tier, level.capacity) for model, level in self.cluster.make_stores().items()}
+        return store_actor_class().remote(self._stores) if self._stores else None
+
     def _create_worker(self, instance: int, me=None):
         import ray
 
         me = me or ray.get_runtime_context().current_actor
         pool = self.cluster.pool_of(instance)
+        store = (self._stores.get(pool.perf.model.name) if self._store is not None and pool.role != Role.DECODE
+                 else None)
         spec = WorkerSpec(pool=pool.name, instance=instance, role=int(pool.role), max_batch=pool.config.max_batch,
                           max_batch_tokens=pool.config.max_batch_tokens, token_budget=pool.config.engine_token_budget,
                           link_bytes_per_s=pool.config.link_bytes_per_s, kv_tiers=pool.config.kv_tiers,
                           prefix_block_tokens=(self.config.prefix_cache.block_tokens
-                                               if self.config.prefix_cache.enabled else 0))
+                                               if self.config.prefix_cache.enabled else 0),
+                          kv_store=store[0] if store else None, kv_store_blocks=store[1] if store else 0)
         # A decode worker's input (KV) comes from a prefill worker, which itself produces
         # its first tokens one slack late: decode workers run two slacks behind.
         slack = self.options.worker_slack_s * (2 if pool.role == Role.DECODE else 1)
@@ -276,7 +291,8 @@ class SchedulerActor:
             num_cpus=0, max_restarts=self.worker_max_restarts, max_task_retries=0,
             resources={device_resource(pool.config.device): float(pool.perf.chips)},
         ).remote(spec, pool.perf, me, host=self.worker_host, time_scale=self.options.time_scale,
-                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack, credentials=self.credentials.workers)
+                 rpc_timeout_s=self.options.rpc_timeout_s, input_slack_s=slack, credentials=self.credentials.workers,
+                 store=self._store if store else None)
 
     def _on_serving(self, serving: bool) -> None:
         if self._health is not None:
@@ -420,7 +436,7 @@ class SchedulerActor:
         workers = [h for h in self._handles if h is not None]
         stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in workers]
         await asyncio.gather(*stops, stop_engines(self._engines), return_exceptions=True)
-        for handle in workers:
+        for handle in workers + ([self._store] if self._store is not None else []):
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
 

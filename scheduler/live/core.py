@@ -222,6 +222,8 @@ class SchedulerCore:
         u.busy_s = report.busy_s
         u.prefill_tokens = report.prefill_tokens
         u.decode_tokens = report.decode_tokens
+        u.prefix_hit_tokens = report.prefix_hit_tokens
+        u.kv_tiers = report.kv_tiers
         u.uptime_s = report.now_s
         u.energy_j = report.dynamic_energy_j + perf.idle_power_w * report.now_s
         u.cost_usd = perf.price_usd_per_s * report.now_s

@@ -22,6 +22,7 @@ from scheduler.live.core import SchedulerCore
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, Overloaded, Percentiles,
                                   RequestOutcome, SchedulerStatsView, TokenEvent, WorkerView)
 from scheduler.types import RequestStatus, Role
+from workers.servicer import tier_usage_proto
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
             completed=p.completed, prefill_tokens=p.prefill_tokens, decode_tokens=p.decode_tokens,
             utilization=p.utilization, energy_j=p.energy_j, cost_usd=p.cost_usd, kv_free_tokens=p.kv_free_tokens,
             kv_capacity_tokens=p.kv_capacity_tokens, token_budget=p.token_budget,
-            prompt_token_counts=p.prompt_token_counts) for p in s.pools])
+            prompt_token_counts=p.prompt_token_counts, prefix_hit_tokens=p.prefix_hit_tokens,
+            kv_tiers=[tier_usage_proto(t) for t in p.kv_tiers]) for p in s.pools])
 
 
 def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:

@@ -4,6 +4,7 @@ failed, and is counted once (`Tally.finished`), rejections and failures by their
 `Reason` code (a fixed set of keys, whatever the requests carried)."""
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.live.types import Percentiles, PoolStatsView
 from scheduler.reasons import Reason
 from scheduler.types import RequestStatus
+from workers.report import TierUsage
 
 
 class LatencyWindow:
@@ -70,8 +72,12 @@ class Usage:
     cost_usd: float = 0.0
     busy_s: float = 0.0
     uptime_s: float = 0.0
+    prefix_hit_tokens: int = 0
+    kv_tiers: tuple = ()  # TierUsage per level below HBM, as the worker last reported them
 
     def add(self, other: "Usage") -> None:
+        self.kv_tiers = add_tiers(self.kv_tiers, other.kv_tiers)
+        self.prefix_hit_tokens += other.prefix_hit_tokens
         self.prefill_tokens += other.prefill_tokens
         self.decode_tokens += other.decode_tokens
         self.energy_j += other.energy_j
@@ -133,6 +139,17 @@ class Tally:
         self.control_s.add(control_s)
 
 
+def add_tiers(a: tuple, b: tuple) -> tuple:
+    """Two lists of TierUsage summed level by level, by name, in order of first appearance."""
+    total = {t.name: list(t) for t in a}
+    for t in b:
+        row = total.setdefault(t.name, [t.name, 0, 0.0, 0.0])
+        row[1] += t.hit_tokens
+        row[2] += t.read_bytes
+        row[3] += t.written_bytes
+    return tuple(TierUsage(*row) for row in total.values())
+
+
 def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], completed: list[int],
                uptime_s: float, prompt_counts: dict | None = None) -> list[PoolStatsView]:
     """Per pool: load from the snapshot, usage summed over its instances' incarnations."""
@@ -156,5 +173,6 @@ def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], com
             kv_free_tokens=int(sum(kv_free[r.start:r.stop])),
             kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])), token_budget=pool.config.engine_token_budget,
             prompt_token_counts=dict(prompt_counts[pool.name]) if prompt_counts and pool.name in prompt_counts
-            else None))
+            else None, prefix_hit_tokens=sum(u.prefix_hit_tokens for u in mine),
+            kv_tiers=functools.reduce(add_tiers, (u.kv_tiers for u in mine), ())))
     return out

@@ -195,6 +195,8 @@ class PoolStatsView:
     token_budget: int = 0  # chunked prefill's tokens per iteration; 0: prefill-first
     # Real engines: prompts by how their length was counted ("engine", "estimate", "synthetic").
     prompt_token_counts: dict[str, int] | None = None
+    prefix_hit_tokens: int = 0  # served from prefix caches, every level
+    kv_tiers: tuple = ()  # workers.report.TierUsage per level below HBM, the store last
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import grpc
 from infersched.v1 import worker_pb2, worker_pb2_grpc
 from scheduler.live.types import ErrorKind, LiveOptions, Work, WorkError, WorkUpdate
 from workers.clock import Clock
-from workers.report import LoadReport, WorkerState
+from workers.report import LoadReport, TierUsage, WorkerState
 from workers.rpc import status_code
 from workers.security.plane import PlaneMember
 from workers.work import DecodeSummary, PrefillOutcome
@@ -87,7 +87,9 @@ def error_kind(status: str) -> ErrorKind:
 def load_report(p: worker_pb2.LoadReport) -> LoadReport:
     return LoadReport(p.received, p.queued, p.queued_tokens, p.running, p.kv_free_tokens, p.busy_remaining_s,
                       p.activity, p.busy_s, p.now_s, p.unix_s, p.engine_s, p.prefill_tokens, p.decode_tokens,
-                      p.dynamic_energy_j, WorkerState(p.state) if p.state else WorkerState.READY)
+                      p.dynamic_energy_j, WorkerState(p.state) if p.state else WorkerState.READY,
+                      p.prefix_hit_tokens,
+                      tuple(TierUsage(t.name, t.hit_tokens, t.read_bytes, t.written_bytes) for t in p.kv_tiers))
 
 
 class _Link:

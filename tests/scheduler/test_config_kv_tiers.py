@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from scheduler.config import ConfigError, parse_cluster
-from workers.kv_tiers import KvTier
+from workers.kv_tiers import KvTier, StoreWrite
+from workers.tier_media import MEDIA
 
 GOOD_POOL = {"name": "p", "device": "h100-sxm", "instances": 2, "model": "llama-3.1-8b", "role": "both"}
 HOST = {"name": "host", "capacity_gb": 512, "read_gb_s": 54.5, "write_gb_s": 54.5}
@@ -24,7 +25,22 @@ def test_tiers_and_store_parse_in_order_with_optional_prices():
     cfg = parse_cluster(doc([HOST, SSD], STORE))
     assert cfg.pools[0].kv_tiers == (KvTier("host", 512.0, 54.5, 54.5),
                                      KvTier("ssd", 4000.0, 6.0, 3.0, 0.0001, 2.5))
-    assert cfg.kv_store == KvTier("store", 20000.0, 25.0, 25.0, 0.0001, 0.0)
+    assert cfg.kv_store == KvTier("store", 20000.0, 25.0, 25.0, 0.0001, 0.0, StoreWrite.THROUGH)
+
+
+@pytest.mark.parametrize(("medium", "given", "energy_j_per_gb", "usd_per_gb_hour"), [
+    ("dram", {}, MEDIA["dram"].energy_j_per_gb, MEDIA["dram"].usd_per_gb_hour),
+    ("nvme", {"usd_per_gb_hour": 0.5}, MEDIA["nvme"].energy_j_per_gb, 0.5),  # a given figure wins
+])
+def test_a_medium_gives_sourced_defaults(medium, given, energy_j_per_gb, usd_per_gb_hour):
+    tier = parse_cluster(doc([{**HOST, "medium": medium, **given}])).pools[0].kv_tiers[0]
+    assert (tier.energy_j_per_gb, tier.usd_per_gb_hour) == (energy_j_per_gb, usd_per_gb_hour)
+    assert energy_j_per_gb > 0 and usd_per_gb_hour > 0
+
+
+@pytest.mark.parametrize(("write", "policy"), [("through", StoreWrite.THROUGH), ("evict", StoreWrite.EVICT)])
+def test_store_write_policy_parses(write, policy):
+    assert parse_cluster(doc(store={**STORE, "write": write})).kv_store.write == policy
 
 
 def test_no_tiers_by_default():
@@ -46,6 +62,9 @@ def test_no_tiers_by_default():
     (doc(store={**STORE, "name": "x"}), "kv_store.name", "unknown key"),
     (doc(store={**STORE, "write_gb_s": float("inf")}), "kv_store.write_gb_s", "finite"),
     (doc(store=[STORE]), "kv_store", "expected a mapping"),
+    (doc(store={**STORE, "write": "back"}), "kv_store.write", "expected one of through, evict, got 'back'"),
+    (doc([{**HOST, "write": "through"}]), "pools[0].kv_tiers[0].write", "unknown key"),
+    (doc(store={**STORE, "medium": "tape"}), "kv_store.medium", "expected one of dram, nvme, rdma, got 'tape'"),
 ])
 def test_invalid_tiers_name_the_key(data, key, reason):
     with pytest.raises(ConfigError) as err:

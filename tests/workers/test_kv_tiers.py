@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers.engine import ROLE_BOTH, BatchEngine
-from workers.kv_tiers import KvTier, TierLru
+from workers.kv_tiers import KvTier, StoreWrite, TierLru
 from workers.prefix_cache import PrefixIndex, tiered_cache
 
 from tests.workers.test_engine import HandPerf
@@ -21,8 +21,9 @@ class KvPerf(HandPerf):
     kv_bytes_per_token = KV_BYTES
 
 
-def tier(name, blocks=100, read_gb_s=1.0):
-    return KvTier(name, capacity_gb=blocks * BLOCK * KV_BYTES / 1e9, read_gb_s=read_gb_s, write_gb_s=read_gb_s)
+def tier(name, blocks=100, read_gb_s=1.0, write_gb_s=None, write=StoreWrite.EVICT):
+    return KvTier(name, capacity_gb=blocks * BLOCK * KV_BYTES / 1e9, read_gb_s=read_gb_s,
+                  write_gb_s=read_gb_s if write_gb_s is None else write_gb_s, write=write)
 
 
 def engine(tiers, store=None, token_budget=0, instance=0, index=None, tier_indexes=()):
@@ -88,6 +89,44 @@ def test_the_shared_store_serves_blocks_another_instance_evicted():
     run_until_idle(b)
     assert b.prefix_hit_tokens == 400 and b.prefix.hit_tokens == [400]
     assert 1 in store and store.read_bytes == 4e5  # a read leaves the shared copy
+
+
+def test_a_write_through_store_takes_every_prefill_once_and_serves_other_instances():
+    store = TierLru(tier("store", write=StoreWrite.THROUGH), 100, shared=True)
+    a = engine((), store, instance=0)
+    b = engine((), store, instance=1)
+    a.submit_prefill(1, 400, 1, (1, 2, 3, 4))
+    run_until_idle(a)
+    # Written at the prefill, before anything is evicted from a's HBM.
+    assert list(store.blocks) == [4, 3, 2, 1] and 1 in a.prefix.blocks and store.written_bytes == 4e5
+    b.submit_prefill(2, 500, 1, (1, 2, 3, 4, 5))
+    run_until_idle(b)
+    assert b.prefix.hit_tokens == [400] and store.read_bytes == 4e5
+    assert store.written_bytes == 5e5  # only block 5 was new: a block is written once
+
+
+@pytest.mark.parametrize(("write", "write_gb_s", "prefill_s", "stored"), [
+    (StoreWrite.THROUGH, 1.0, 0.400, [4, 3, 2, 1]),  # 0.4 ms of writing hides under 400 ms of compute
+    (StoreWrite.THROUGH, 0.0005, 0.800, [4, 3, 2, 1]),  # 4e5 bytes at 0.5 MB/s: the prefill waits 800 ms
+    (StoreWrite.EVICT, 0.0005, 0.400, []),  # nothing is written until HBM evicts it
+])
+def test_write_through_costs_the_prefill_its_write_time(write, write_gb_s, prefill_s, stored):
+    store = TierLru(tier("store", write_gb_s=write_gb_s, write=write), 100, shared=True)
+    eng = engine((), store)
+    eng.submit_prefill(1, 400, 1, (1, 2, 3, 4))
+    eng.poke(0.0, [])
+    assert eng.next_wake_s == pytest.approx(prefill_s)
+    run_until_idle(eng)
+    assert list(store.blocks) == stored
+
+
+def test_a_write_through_store_takes_no_demotions():
+    store = TierLru(tier("store", blocks=2, write=StoreWrite.THROUGH), 2, shared=True)
+    cache = tiered_cache(BLOCK, 0, None, (tier("host", 2),), KV_BYTES, (), store)
+    cache.insert([1, 2, 3])  # written through: the store keeps the two most recent (head last)
+    cache.trim(0)
+    host = cache.levels[0]
+    assert list(store.blocks) == [2, 1] and list(host.blocks) == [2, 1] and store.written_bytes == 3e5
 
 
 def test_hit_tokens_stop_short_of_the_last_prompt_token():
