@@ -10,8 +10,8 @@ from dataclasses import replace
 from bench.economics import common
 from bench.economics.common import Section, cluster_file, h100_cluster, poisson
 from bench.economics.disagg import RATES, TARGET, TIGHT, TPOT_SLOS_S, TTFT_SLO_S
-from bench.economics.slo_grid import best_of, run_curves
-from bench.economics.stats import ci95, range_text
+from bench.economics.slo_grid import best_of, goodput_text, run_curves
+from bench.economics.stats import range_text
 from bench.economics.stats import paired_ratio as _ratio
 
 BUDGETS = (512, 1024, 2048, 4096)
@@ -29,6 +29,10 @@ def configs():
         (SPLIT_H200, replace(cluster_file("cross-device"), slo=TIGHT), "slo-aware")]
 
 
+def _colocated(sw: dict) -> list[str]:
+    return [label for label in COLOCATED if label in sw["runs"]]
+
+
 def run(trace, n: int) -> dict:
     out = run_curves(lambda rate, seed: poisson(trace, n, rate, seed), configs(), RATES, common.SEEDS,
                      TPOT_SLOS_S, TARGET)
@@ -39,10 +43,10 @@ def run(trace, n: int) -> dict:
 def render(sw: dict) -> list[str]:
     price = sw["price_usd_per_hour"]
     g = sw["goodput_rps"]
-    colocated = best_of(sw, COLOCATED)
+    colocated = best_of(sw, _colocated(sw))
     lines = ["Prefill on H100s (compute per dollar), decode on H200s (more bandwidth per dollar), against H100-only "
-             f"fleets at about the same price: 15 colocated H100s with chunked prefill (${price[COLOCATED[0]]:.2f}/h, "
-             f"budget tuned over {', '.join(map(str, BUDGETS))} at each SLO), 9 + 6 split H100s "
+             f"fleets at about the same price: 15 colocated H100s with chunked prefill (${price[_colocated(sw)[0]]:.2f}/h, "
+             f"budget tuned over {', '.join(x.rsplit('-', 1)[1] for x in _colocated(sw))} at each SLO), 9 + 6 split H100s "
              f"(${price[SPLIT_H100]:.2f}/h), 9 H100 + 5 H200 (${price[SPLIT_H200]:.2f}/h). Same TTFT SLO, rates, "
              "seeds and goodput definition as section 3.", "",
              "| TPOT SLO | colocated req/s (budget) | H100 split req/s | H100 + H200 split req/s "
@@ -50,8 +54,8 @@ def render(sw: dict) -> list[str]:
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for k, slo in enumerate(sw["tpot_slos_s"]):
         label, col = colocated[k]
-        lines.append(f"| {slo * 1e3:g} ms | {ci95(col).fmt('.0f')} ({label.rsplit('-', 1)[1]}) | "
-                     f"{ci95(g[SPLIT_H100][k]).fmt('.0f')} | {ci95(g[SPLIT_H200][k]).fmt('.0f')} | "
+        lines.append(f"| {slo * 1e3:g} ms | {goodput_text(sw, col)} ({label.rsplit('-', 1)[1]}) | "
+                     f"{goodput_text(sw, g[SPLIT_H100][k])} | {goodput_text(sw, g[SPLIT_H200][k])} | "
                      f"{_ratio(g[SPLIT_H200][k], col).fmt('.2f', suffix='x')} | "
                      f"{_ratio(g[SPLIT_H200][k], g[SPLIT_H100][k]).fmt('.2f', suffix='x')} |")
     ks = range(len(sw["tpot_slos_s"]))
@@ -74,7 +78,7 @@ def render(sw: dict) -> list[str]:
 
 def headline(sw: dict) -> list[str]:
     g = sw["goodput_rps"]
-    colocated = best_of(sw, COLOCATED)
+    colocated = best_of(sw, _colocated(sw))
     ks = range(len(sw["tpot_slos_s"]))
     return [f"- **H100 prefill + H200 decode** at about equal price: goodput "
             f"{range_text([_ratio(g[SPLIT_H200][k], colocated[k][1]) for k in ks], suffix='x')} of tuned chunked "

@@ -14,7 +14,7 @@ from scheduler.config import SloConfig
 
 from bench.economics import common
 from bench.economics.common import Section, h100_cluster, pct, poisson
-from bench.economics.slo_grid import best_of, run_curves
+from bench.economics.slo_grid import best_of, goodput_text, run_curves
 from bench.economics.stats import ci95, range_text
 from bench.economics.stats import paired_ratio as _ratio
 
@@ -56,8 +56,13 @@ def run(trace, n: int) -> dict:
     return out
 
 
+def _family(sw: dict, family: str) -> list[str]:
+    """The family's variants that the saved results hold (the doc follows the results, not the constants)."""
+    return [label for label in FAMILIES[family] if label in sw["runs"]]
+
+
 def _tuned(sw: dict) -> dict:
-    return {family: best_of(sw, labels) for family, labels in FAMILIES.items()}
+    return {family: best_of(sw, _family(sw, family)) for family in FAMILIES}
 
 
 def render(sw: dict) -> list[str]:
@@ -68,16 +73,17 @@ def render(sw: dict) -> list[str]:
              "interpolated between the grid's rates "
              f"({sw['rates_rps'][0]:g}-{sw['rates_rps'][-1]:g} req/s, step {sw['rates_rps'][1] - sw['rates_rps'][0]:g}). "
              f"Each family is tuned the same way, at every SLO: chunked prefill over token budgets "
-             f"{', '.join(map(str, BUDGETS))}; disaggregation over prefill:decode splits "
-             f"{', '.join(f'{p}:{GPUS - p}' for p in SPLITS)}. Mean over seeds {', '.join(map(str, sw['seeds']))} "
+             f"{', '.join(x.rsplit('-', 1)[1] for x in _family(sw, 'chunked'))}; disaggregation over prefill:decode "
+             f"splits {', '.join(x.split('-')[1].replace('p', ':').rstrip('d') for x in _family(sw, 'disaggregated'))}. "
+             f"Mean over seeds {', '.join(map(str, sw['seeds']))} "
              "with the 95% interval in brackets; ratios are per seed (the same requests), then averaged.", "",
              "| TPOT SLO | prefill-first req/s | chunked req/s (budget) | disaggregated req/s (P:D) "
              "| disagg / chunked | disagg / prefill-first |",
              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for k, slo in enumerate(slos):
         (_, pf), (cl, ch), (dl, dg) = (tuned[f][k] for f in ("prefill-first", "chunked", "disaggregated"))
-        lines.append(f"| {slo * 1e3:g} ms | {ci95(pf).fmt('.0f')} | {ci95(ch).fmt('.0f')} ({cl.rsplit('-', 1)[1]}) "
-                     f"| {ci95(dg).fmt('.0f')} ({dl.split('-')[1].replace('p', ':').rstrip('d')}) "
+        lines.append(f"| {slo * 1e3:g} ms | {goodput_text(sw, pf)} | {goodput_text(sw, ch)} ({cl.rsplit('-', 1)[1]}) "
+                     f"| {goodput_text(sw, dg)} ({dl.split('-')[1].replace('p', ':').rstrip('d')}) "
                      f"| {_ratio(dg, ch).fmt('.2f', suffix='x')} | {_ratio(dg, pf).fmt('.2f', suffix='x')} |")
     lines += [""] + _rate_table(sw, tuned) + _notes(sw, tuned) + ["Plot: `bench/results/economics_disagg.png` (goodput against TPOT SLO; "
                                          "attainment against rate at each family's tuned variant).", ""]
@@ -152,7 +158,7 @@ def _notes(sw: dict, tuned: dict) -> list[str]:
 def _itl_note(sw: dict) -> list[str]:
     """Chunked vs prefill-first inter-token latency at the highest rate every seed of both ran."""
     pf = sw["runs"]["colocated-prefill-first"]
-    best = max(FAMILIES["chunked"], key=lambda label: ci95(sw["goodput_rps"][label][2]).mean)
+    best = max(_family(sw, "chunked"), key=lambda label: ci95(sw["goodput_rps"][label][2]).mean)
     ch = sw["runs"][best]
     common_rates = set.intersection(*({r["rate_rps"] for r in runs} for runs in (*pf.values(), *ch.values())))
     if not common_rates:

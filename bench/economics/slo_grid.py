@@ -119,6 +119,16 @@ def goodputs(curves: dict) -> dict:
     return out
 
 
+def censored(curves: dict, values: list[float]) -> bool:
+    """True when some seed never fell below the target on the grid: its goodput is the top rate, a lower bound."""
+    return any(v >= curves["rates_rps"][-1] for v in values)
+
+
+def goodput_text(curves: dict, values: list[float], spec: str = ".0f") -> str:
+    """The interval of goodputs, marked '>=' when the grid's top rate bounds it."""
+    return (">= " if censored(curves, values) else "") + ci95(values).fmt(spec)
+
+
 def best_of(curves: dict, labels: list[str]) -> list[tuple[str, list[float]]]:
     """For each TPOT SLO, the label among `labels` with the highest mean goodput over the seeds, and its
     goodputs: every family tuned the same way (its best variant at each SLO)."""
