@@ -1,35 +1,42 @@
 """Front-door overhead: what going through infersched adds over calling the engine directly.
 
 One real engine (llama-cpp-python's server with the tiny test model the engine
-tests write; nothing is downloaded), and `infersched serve` with one
-`backend: openai` pool on it (time_scale 1). The same requests go both ways,
-one at a time and alternating (direct, then through infersched), so both see
-the same engine state and machine load:
-- direct: POST /v1/completions, streamed, through `workers.openai_engine` (aiohttp);
-- through infersched: the scheduler's gRPC Generate with token counts (the
-  HTTP front door had not landed when this was written), which the pool sends
-  to the engine as the same synthetic prompt (`synthetic_prompt` of the
-  request's attempt key, which this script sets) with the same parameters.
-Reported: p50 of TTFT and end-to-end time as the client sees them on each path,
-and their differences (the added latency). llama.cpp reuses the previous
-prompt's KV, so the second request of a pair is faster: the order alternates
-and the p50s are compared, not per-pair differences. Target: p50 added latency
-<= 2 ms.
+tests write; nothing is downloaded), and `infersched serve --http-port` with one
+`backend: openai` pool on it (time_scale 1). Requests go one at a time, each
+iteration once down every path, the order rotating, so all paths see the same
+engine and machine load:
+- `direct`: POST /v1/completions, streamed, through `workers.openai_engine` (aiohttp);
+- `grpc`: the scheduler's gRPC Generate with token counts; the pool sends the
+  engine a synthetic prompt of that length (`synthetic_prompt`);
+- with `--http`: `openai_direct`, the official `openai` client streaming from the
+  engine, and `openai_http`, the same client through `serve --http-port` (the
+  front door forwards the client's prompt text to the engine);
+- with `--baseline DIR`: `grpc_baseline` (and `openai_http_baseline`), the same
+  through a second `serve` run from another checkout (another commit), so a
+  change is measured before and after in one window.
+Every prompt starts with another word than the one sent before it (64 tokens of
+one-token words), so llama.cpp reuses no KV and every request runs cold.
+Reported: p50 TTFT and end-to-end time as the client sees them on each path,
+the added latency (p50 through minus p50 of its direct path) and the p50 of the
+per-iteration differences. Target: p50 added latency <= 2 ms.
 
-    python bench/frontdoor_overhead.py                 # 200 pairs, 64-token prompts, 16 tokens out
-    python bench/frontdoor_overhead.py --pairs 500 --output-tokens 4
+    python bench/frontdoor_overhead.py                 # 200 iterations, gRPC path only
+    python bench/frontdoor_overhead.py --http --pairs 150
+    python bench/frontdoor_overhead.py --baseline /tmp/before --pairs 150   # A/B against another checkout
 Writes bench/results/frontdoor_overhead.json.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +48,10 @@ import grpc  # noqa: E402
 import yaml  # noqa: E402
 
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc  # noqa: E402
-from scheduler.live.openai_client import synthetic_prompt  # noqa: E402
+from scheduler.live.openai_client import SYNTHETIC_WORDS, synthetic_prompt  # noqa: E402
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa: E402
-from tests.engines.serve_process import start_serve, stop_serve  # noqa: E402
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
+from tests.serve_process import served_process  # noqa: E402
 from workers.openai_engine import OpenAIEngine  # noqa: E402
 
 
@@ -61,74 +68,148 @@ async def direct(engine: OpenAIEngine, key: str, prompt_tokens: int, output_toke
     return first - sent, time.perf_counter() - sent
 
 
-async def through(stub, request_id: str, prompt_tokens: int, output_tokens: int) -> tuple[float, float]:
-    """(TTFT, end-to-end) seconds of the same request through the scheduler's Generate."""
+async def through(stub, request_id: str, prompt_tokens: int, output_tokens: int) -> tuple[float, float, float]:
+    """(TTFT, end-to-end, record) seconds of the same request through the scheduler's
+    Generate: end-to-end when the call has closed (its status), record when the message
+    with the last tokens and the request's record arrived."""
     sent = time.perf_counter()
-    first = None
+    first = record = None
     async for message in stub.Generate(scheduler_pb2.GenerateRequest(
             request_id=request_id, prompt_length=prompt_tokens, max_output_tokens=output_tokens), timeout=60):
         if first is None and message.HasField("tokens"):
             first = time.perf_counter()
-        if message.HasField("record") and message.record.status != 1:
-            raise RuntimeError(f"request {request_id} did not complete: {message.record.reason}")
+        if message.HasField("record"):
+            record = time.perf_counter()
+            if message.record.status != 1:
+                raise RuntimeError(f"request {request_id} did not complete: {message.record.reason}")
+    return first - sent, time.perf_counter() - sent, record - sent
+
+
+async def openai_stream(client, prompt: str, output_tokens: int) -> tuple[float, float]:
+    """(TTFT, end-to-end) seconds of one streamed completion with the official client."""
+    sent = time.perf_counter()
+    first = None
+    stream = await client.completions.create(model=MODEL_ALIAS, prompt=prompt, max_tokens=output_tokens,
+                                             temperature=0, stream=True, extra_body={"ignore_eos": True})
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter()
     return first - sent, time.perf_counter() - sent
 
 
-async def measure(engine_url: str, address: str, args) -> dict:
-    rows = []
-    async with OpenAIEngine(engine_url, MODEL_ALIAS) as engine, grpc.aio.insecure_channel(address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+class ColdKeys:
+    """Names whose synthetic prompts start with another word than the prompt made just
+    before (see `synthetic_prompt`): llama.cpp then reuses no KV from the last request."""
+
+    def __init__(self):
+        self.last = None
+        self.n = 0
+
+    def __call__(self, prefix: str, suffix: str = "") -> str:
+        while True:
+            self.n += 1
+            name = f"{prefix}-{self.n}"
+            start = zlib.crc32((name + suffix).encode()) % len(SYNTHETIC_WORDS)
+            if start != self.last:
+                self.last = start
+                return name
+
+
+# Each through path and the direct path it is compared with.
+BASE = {"grpc": "direct", "grpc_baseline": "direct", "openai_http": "openai_direct",
+        "openai_http_baseline": "openai_direct"}
+
+
+async def measure(engine_url: str, served: dict[str, tuple[str, str]], args) -> dict:
+    """`served`: label ("" or "_baseline") -> (gRPC address, HTTP base URL) of a serve."""
+    import openai
+
+    keys = ColdKeys()
+    async with contextlib.AsyncExitStack() as stack:
+        engine = await stack.enter_async_context(OpenAIEngine(engine_url, MODEL_ALIAS))
+        paths = {"direct": lambda: direct(engine, keys("direct"), args.prompt_tokens, args.output_tokens)}
+        for label, (address, http) in served.items():
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            # The attempt key the scheduler gives the first attempt, `<request id>#1`, seeds its prompt.
+            paths["grpc" + label] = (lambda stub=stub: through(stub, keys("grpc", "#1"), args.prompt_tokens,
+                                                               args.output_tokens))
+            if args.http:
+                client = openai.AsyncOpenAI(base_url=http, api_key="unused", max_retries=0, timeout=60)
+                paths["openai_http" + label] = (lambda client=client: openai_stream(
+                    client, synthetic_prompt(keys("http"), args.prompt_tokens), args.output_tokens))
+        if args.http:
+            client = openai.AsyncOpenAI(base_url=engine_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+            paths["openai_direct"] = lambda: openai_stream(client, synthetic_prompt(keys("http"), args.prompt_tokens),
+                                                           args.output_tokens)
+        names = list(paths)
+        rows = {name: [] for name in names}
         for i in range(args.warmup + args.pairs):
-            request_id = f"bench-{i}"
-            key = f"{request_id}#1"  # the attempt key the scheduler gives the first attempt
-            # llama.cpp reuses the KV of the previous request's longest common prefix: the
-            # second of a pair runs on a warm prompt, so the order alternates.
-            if i % 2:
-                t = await through(stub, request_id, args.prompt_tokens, args.output_tokens)
-                d = await direct(engine, key, args.prompt_tokens, args.output_tokens)
-            else:
-                d = await direct(engine, key, args.prompt_tokens, args.output_tokens)
-                t = await through(stub, request_id, args.prompt_tokens, args.output_tokens)
-            if i >= args.warmup:
-                rows.append((*d, *t))
-    a = np.array(rows)
+            shift = i % len(names)  # rotate which path goes first
+            for name in names[shift:] + names[:shift]:
+                t = await paths[name]()
+                if i >= args.warmup:
+                    rows[name].append(t)
+    a = {name: np.array(r) for name, r in rows.items()}
 
     def p50_ms(x):
         return round(float(np.percentile(x, 50)) * 1e3, 3)
 
-    result = {"direct_ttft_ms_p50": p50_ms(a[:, 0]), "direct_e2e_ms_p50": p50_ms(a[:, 1]),
-              "through_ttft_ms_p50": p50_ms(a[:, 2]), "through_e2e_ms_p50": p50_ms(a[:, 3])}
-    # The added latency: p50 through minus p50 direct (each path ran first in half the pairs).
-    result["added_ttft_ms_p50"] = round(result["through_ttft_ms_p50"] - result["direct_ttft_ms_p50"], 3)
-    result["added_e2e_ms_p50"] = round(result["through_e2e_ms_p50"] - result["direct_e2e_ms_p50"], 3)
+    result = {}
+    for name in names:
+        result[f"{name}_ttft_ms_p50"] = p50_ms(a[name][:, 0])
+        result[f"{name}_e2e_ms_p50"] = p50_ms(a[name][:, 1])
+        if a[name].shape[1] > 2:
+            result[f"{name}_record_ms_p50"] = p50_ms(a[name][:, 2])
+    for name in names:
+        if name in BASE:
+            base = BASE[name]
+            prefix = "" if name == "grpc" else name + "_"  # `added_*` is the gRPC path's, as before
+            for i, what in enumerate(("ttft", "e2e")):
+                result[f"{prefix}added_{what}_ms_p50"] = round(
+                    result[f"{name}_{what}_ms_p50"] - result[f"{base}_{what}_ms_p50"], 3)
+                # Both requests of an iteration ran cold a moment apart: the p50 of their
+                # differences is a second, less load-sensitive view of the same quantity.
+                result[f"{prefix}iteration_added_{what}_ms_p50"] = p50_ms(a[name][:, i] - a[base][:, i])
+    result["paths"] = names
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=200)
+    parser.add_argument("--pairs", type=int, default=200, help="iterations (one request down every path each)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--http", action="store_true", help="also the official openai client, direct and through "
+                                                            "serve --http-port")
+    parser.add_argument("--baseline", type=Path, help="another checkout: a second serve runs from it, measured "
+                                                      "in the same rotation (before/after a change)")
     parser.add_argument("--serve-args", nargs="*", default=[], help="more `serve` flags, e.g. --realtime-priority 1")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "frontdoor_overhead.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="frontdoor-") as tmp:
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="frontdoor-") as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         model = write_tiny_llama(tmp / "tiny-llama.gguf")
-        with running_llama_server(model, tmp) as engine:
-            cluster = {"name": "one-engine", "pools": [{"name": "llama", "backend": "openai",
-                                                        "endpoints": [engine.base_url], "model": MODEL_ALIAS,
-                                                        "context_tokens": 512}]}
-            (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
-            proc, address, _ = start_serve(tmp / "cluster.yaml", *args.serve_args)
-            try:
-                result = asyncio.run(measure(engine.base_url, address, args))
-            finally:
-                stop_serve(proc)
-    result.update(path="grpc Generate (token counts, synthetic prompt)", serve_args=args.serve_args, pairs=args.pairs,
-                  prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores", load_average=os.getloadavg()[0],
+        engine = stack.enter_context(running_llama_server(model, tmp))
+        cluster = {"name": "one-engine", "pools": [{"name": "llama", "backend": "openai",
+                                                    "endpoints": [engine.base_url], "model": MODEL_ALIAS,
+                                                    "context_tokens": 512}]}
+        (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
+        served = {}
+        for label, checkout in (("", ROOT), ("_baseline", args.baseline)):
+            if checkout is None:
+                continue
+            serve = stack.enter_context(served_process(tmp / "cluster.yaml", "--metrics-port", "-1", "--http-port", "0",
+                                                       *args.serve_args,
+                                                       checkout=checkout.resolve()))
+            served[label] = (serve.address, serve.http)
+        result = asyncio.run(measure(engine.base_url, served, args))
+    result.update(baseline=str(args.baseline) if args.baseline else None, serve_args=args.serve_args,
+                  pairs=args.pairs, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
+                  machine=f"{platform.machine()}, {os.cpu_count()} cores",
+                  load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

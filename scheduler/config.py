@@ -91,6 +91,7 @@ class LaunchConfig:
     instances: int = 1
     num_gpus: float = 1.0  # Ray places each engine on a node with this many free GPUs
     start_timeout_s: float = 600.0  # the engine's /health must answer within this
+    max_restarts: int = 3  # relaunches of an engine that died, with backoff, before it stays down
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class PoolConfig:
     endpoints: tuple[str, ...] = ()  # openai: one instance per base URL
     launch: LaunchConfig | None = None  # openai: engines started by `serve` instead of endpoints
     context_tokens: int = 8192  # openai without a device: the longest prompt + output one request may have
+    aliases: tuple[str, ...] = ()  # other names clients may ask for this pool's model by (the OpenAI API's `model`)
     pue: float | None = None  # facility power usage effectiveness; None: by device kind (see above)
     serving: Serving = Serving.POOLED
 
@@ -138,19 +140,21 @@ class ClusterConfig:
     source: str = "<inline>"
     prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
     kv_store: KvTier | None = None  # cluster-wide prefix-cache store behind every instance's tiers
+    default_model: str | None = None  # the model (or alias) of HTTP requests that name none
 
 
 _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
-    "chunked_prefill", "token_budget", "kv_tiers", "backend", "endpoints", "launch", "context_tokens",
+    "chunked_prefill", "token_budget", "kv_tiers", "backend", "endpoints", "launch", "context_tokens", "aliases",
     "pue", "serving",
 }
 # An openai pool's keys: the engines decide batching, memory and chunking themselves.
 _OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device", "role", "price_usd_per_hour",
-                     "context_tokens", "max_batch", "chips_per_instance", "quantization", "memory_utilization"}
-_LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s"}
-_TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache", "kv_store"}
+                     "context_tokens", "max_batch", "chips_per_instance", "quantization", "memory_utilization",
+                     "aliases"}
+_LAUNCH_KEYS = {"command", "instances", "num_gpus", "start_timeout_s", "max_restarts"}
+_TOP_KEYS = {"name", "pools", "policy", "slo", "description", "prefix_cache", "kv_store", "default_model"}
 _KV_TIER_KEYS = {"name", "capacity_gb", "read_gb_s", "write_gb_s", "usd_per_gb_hour", "energy_j_per_gb", "medium"}
 _KV_STORE_KEYS = (_KV_TIER_KEYS - {"name"}) | {"write"}
 _PREFIX_CACHE_KEYS = {"enabled", "block_tokens"}
@@ -204,6 +208,7 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
     _parse_boundary(v, where, raw, kwargs)
     if raw.get("kv_tiers") is not None:
         kwargs["kv_tiers"] = _parse_kv_tiers(v, where, raw["kv_tiers"], kwargs["role"])
+    kwargs["aliases"] = _parse_aliases(v, where, raw)
     pool = PoolConfig(**kwargs)
     if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
         raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
@@ -256,7 +261,43 @@ def _parse_openai_pool(v: Fields, where: str, raw: dict) -> PoolConfig:
     elif raw.get("chips_per_instance", "auto") != "auto":
         kwargs["chips_per_instance"] = v.number(f"{where}.chips_per_instance", raw["chips_per_instance"],
                                                 integer=True, above=0)
+    kwargs["aliases"] = _parse_aliases(v, where, raw)
     return PoolConfig(**kwargs)
+
+
+def _parse_aliases(v: Fields, where: str, raw: dict) -> tuple[str, ...]:
+    """A pool's other names for its model (as vLLM's --served-model-name takes several)."""
+    if raw.get("aliases") is None:
+        return ()
+    aliases = raw["aliases"]
+    if not isinstance(aliases, list):
+        raise v.fail(f"{where}.aliases", f"expected a list of names, got {aliases!r}")
+    names = tuple(v.string(f"{where}.aliases[{i}]", a) for i, a in enumerate(aliases))
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise v.fail(f"{where}.aliases[{i}]", f"duplicate alias {name!r}")
+        if name == raw.get("model"):
+            raise v.fail(f"{where}.aliases[{i}]", f"{name!r} is the pool's model itself")
+    return names
+
+
+def _check_model_names(v: Fields, pools: tuple[PoolConfig, ...], default: Any) -> str | None:
+    """Every name a client may ask for means one model: an alias is no other pool's
+    model and no alias of another model; `default_model` is one of the names."""
+    owner: dict[str, str] = {p.model: p.model for p in pools}  # served name -> the model it means
+    for i, pool in enumerate(pools):
+        for j, alias in enumerate(pool.aliases):
+            meant = owner.setdefault(alias, pool.model)
+            if meant != pool.model:
+                other = "the model of another pool" if alias in {p.model for p in pools} else f"an alias of {meant!r}"
+                raise v.fail(f"pools[{i}].aliases[{j}]", f"{alias!r} is already {other}; one name, one model")
+    if default is None:
+        return None
+    default = v.string("default_model", default)
+    if default not in owner:
+        raise v.fail("default_model", f"{default!r} is no pool's model or alias; the pools serve "
+                     f"{', '.join(sorted(owner))}")
+    return default
 
 
 def _endpoint(v: Fields, key: str, value: Any) -> str:
@@ -282,6 +323,8 @@ def _parse_launch(v: Fields, where: str, raw: Any) -> LaunchConfig:
         kwargs["instances"] = v.number(f"{where}.instances", raw["instances"], integer=True, above=0)
     if "num_gpus" in raw:
         kwargs["num_gpus"] = v.number(f"{where}.num_gpus", raw["num_gpus"], at_least=0)
+    if "max_restarts" in raw:
+        kwargs["max_restarts"] = v.number(f"{where}.max_restarts", raw["max_restarts"], integer=True, at_least=0)
     if "start_timeout_s" in raw:
         kwargs["start_timeout_s"] = v.number(f"{where}.start_timeout_s", raw["start_timeout_s"], above=0)
     return LaunchConfig(**kwargs)
@@ -445,6 +488,7 @@ def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
         prefix_cache=_parse_prefix_cache(v, data.get("prefix_cache")),
         kv_store=(None if data.get("kv_store") is None
                   else _parse_kv_tier(v, "kv_store", data["kv_store"], _KV_STORE_KEYS, STORE)),
+        default_model=_check_model_names(v, pools, data.get("default_model")),
     )
 
 

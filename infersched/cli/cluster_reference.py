@@ -66,6 +66,9 @@ KEYS = {
     "pools[].endpoints": ("-", "none", "openai: base URLs of running engines (`http://10.0.0.5:8000`), one instance "
                                        "each; or `launch`"),
     "pools[].launch": ("-", "none", "openai: engines `serve` starts as Ray actors (keys below); or `endpoints`"),
+    "pools[].aliases": ("-", "none", "other names clients may ask for the pool's model by (the OpenAI API's "
+                                     "`model`, as vLLM's `--served-model-name` takes several); each name means one "
+                                     "model cluster-wide, and `GET /v1/models` lists them"),
     "pools[].context_tokens": ("tokens", None, "openai without `device`: the longest prompt + output a request may "
                                                "have (the engine's context window)"),
     "pools[].launch.command": ("-", "required", "the engine's command line as a list; `{port}` (required) and "
@@ -75,6 +78,9 @@ KEYS = {
     "pools[].launch.num_gpus": ("GPUs", None, "GPUs Ray reserves per engine (Ray places engines on GPU nodes; "
                                               "0 for CPU engines)"),
     "pools[].launch.start_timeout_s": ("s", None, "each engine's health endpoint must answer within this"),
+    "pools[].launch.max_restarts": ("count", None, "times an engine that died is started again (after 1, 2, 4 ... "
+                                                   "up to 30 s), as Ray's max_restarts; it is unhealthy meanwhile "
+                                                   "and rejoins when its health endpoint answers"),
     "pools[].chips_per_instance": ("chips", "`auto`: the fewest that hold the model",
                                    "devices per instance (tensor parallel)"),
     "pools[].quantization": ("-", "the model's own dtype", "weight dtype: " + ", ".join(config.QUANTIZATION_BYTES)),
@@ -105,6 +111,8 @@ KEYS = {
     "policy.staging": ("-", "the preset's", "`none` for one pass, or the preset's staged placement"),
     "slo.ttft_s": ("s", None, "time-to-first-token objective"),
     "slo.tpot_s": ("s", None, "time-per-output-token objective"),
+    "default_model": ("-", "none", "the model (or alias) that answers HTTP requests naming no `model`; without "
+                                   "it such a request is a 400"),
     "kv_store": ("-", "none", "cluster-wide prefix-cache store behind every instance's tiers (Mooncake Store, "
                               "LMCache remote): a mapping (keys below)"),
     "pools[].kv_tiers": ("-", "none", "prefix-cache tiers below HBM on each instance, fastest first: a list of "

@@ -23,6 +23,7 @@ UNAVAILABLE, then held requests until a path is READY.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import gc
@@ -41,7 +42,8 @@ from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.live.relay import FrontendPool, check_frontends
 from scheduler.live.servicer import SCHEDULER_SERVICE, SchedulerServicer
 from scheduler.live.types import LiveOptions, SchedulerStatsView
-from scheduler.live.engine_launch import is_engine_pool, start_engine_pools, stop_engines, worker_client
+from scheduler.live.engine_launch import (engine_label, is_engine_pool, relaunch, start_engine_pools, stop_engines,
+                                         wait_healthy, worker_client)
 from scheduler.live.worker_client import WorkerClient
 from scheduler.types import Role
 from workers.actor import WorkerSpec, worker_actor_class
@@ -58,6 +60,7 @@ SCHEDULER_ACTOR_NAME = "infersched-scheduler"
 RAY_NAMESPACE = "infersched"
 DECISION_LOG_FLUSH_S = 1.0
 ENGINE_PROBE_S = 1.0  # between health probes of a failed real engine
+ENGINE_BACKOFF_S = (1.0, 30.0)  # before relaunching a dead engine: the first wait, doubling up to the second
 
 
 def plane_credentials(worker_host: str, tls: bool | None = None) -> ClusterCredentials:
@@ -127,7 +130,8 @@ class SchedulerActor:
         self._decision_log: DecisionLog | None = None
         self._flusher: asyncio.Task | None = None
         self._handles: list = []  # per instance: its worker actor; None for real engines
-        self._engines: list = []  # engine actors started for `launch:` pools
+        self._engines: dict = {}  # instance -> its engine actor, for `launch:` pools
+        self._relaunches: collections.Counter = collections.Counter()  # instance -> engines relaunched
         self._store = None  # the StoreService actor holding the cluster's kv_store (workers/shared_store.py)
         self._stores: dict = {}  # model -> the store level's (tier, capacity in blocks)
         self._registered: list[asyncio.Event] = []
@@ -388,13 +392,44 @@ class SchedulerActor:
                 log.error("instance %d did not come back within %.0f s", instance, self.start_timeout_s)
 
     async def _rejoin(self, instance: int) -> None:
-        """A real engine marked FAILED rejoins when its health endpoint answers again."""
+        """A real engine marked FAILED rejoins when its health endpoint answers again; one
+        that serve launched and that has died is launched again first (`_relaunch`)."""
         slot = self.core.slots[instance]
         while not self._stopped and slot.state == WorkerState.FAILED:
             await asyncio.sleep(ENGINE_PROBE_S)
             if await self._client.probe(instance):
                 log.info("instance %d (%s) is healthy again", instance, slot.address)
                 self.core.mark_ready(instance)
+            elif instance in self._engines and not await self._relaunch(instance):
+                return
+
+    async def _relaunch(self, instance: int) -> bool:
+        """Launch instance's dead engine again after a backoff and register it at its new
+        endpoint; False once it has used up `launch.max_restarts` (it stays FAILED)."""
+        launch = self.cluster.pool_of(instance).config.launch
+        done = self._relaunches[instance]
+        if done >= launch.max_restarts:
+            log.error("the engine of instance %d died and has been relaunched %d times (launch.max_restarts); "
+                      "it stays down", instance, done)
+            return False
+        first, cap = ENGINE_BACKOFF_S
+        backoff_s = min(first * 2 ** done, cap)
+        label = engine_label(self.cluster, instance)
+        handle = await relaunch(self._engines[instance], launch, label, self.worker_host, backoff_s)
+        if handle is None:  # still running: keep probing it
+            return True
+        self._engines[instance] = handle  # stopped with the others at the end, whatever happens next
+        self._relaunches[instance] += 1
+        try:
+            endpoint = await wait_healthy(handle, self.cluster.pool_of(instance).config.model, launch.start_timeout_s)
+        except RuntimeError as exc:  # exited again or never answered: the next round decides
+            log.error("the relaunched engine of instance %d did not come up: %s", instance, exc)
+            return True
+        if not self._stopped:
+            log.warning("the engine of instance %d died; relaunched (%d of %d) at %s", instance,
+                        self._relaunches[instance], launch.max_restarts, endpoint)
+            self.core.register(instance, label, endpoint)
+        return True
 
     async def worker_addresses(self) -> list[str]:
         """Where the cluster's workers serve now: the only addresses a worker hands KV to."""
@@ -435,7 +470,7 @@ class SchedulerActor:
             self._decision_log.close()
         workers = [h for h in self._handles if h is not None]
         stops = [asyncio.wait_for(h.stop.remote(), 5.0) for h in workers]
-        await asyncio.gather(*stops, stop_engines(self._engines), return_exceptions=True)
+        await asyncio.gather(*stops, stop_engines(self._engines.values()), return_exceptions=True)
         for handle in workers + ([self._store] if self._store is not None else []):
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)

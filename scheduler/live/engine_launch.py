@@ -8,6 +8,13 @@ engine binds: 127.0.0.1 on a one-node cluster, the node's IP otherwise. The
 scheduler waits for each engine's health endpoint, then uses it as that
 instance's endpoint. The child dies with the actor (SIGKILL on the actor
 process's death, Linux) and on `stop`.
+
+An engine that dies later (its process exits, or its actor is lost) is
+relaunched by `relaunch`: the scheduler actor's supervisor calls it for a
+FAILED instance whose engine has exited, at most `launch.max_restarts` times
+with a doubling backoff (Ray's max_restarts for the engine process); the
+instance stays FAILED meanwhile and registers at the new endpoint once
+healthy.
 """
 from __future__ import annotations
 
@@ -74,6 +81,12 @@ class EngineActor:
             self.endpoint = f"http://{host}:{port}"
         return self.info()
 
+    def restart(self) -> dict:
+        """Start the engine again (on a fresh port) after its process exited."""
+        self.stop()
+        self.process = None
+        return self.start()
+
     def info(self) -> dict:
         code = self.process.poll() if self.process is not None else None
         return {"endpoint": self.endpoint, "pid": self.process.pid if self.process else 0, "exit_code": code,
@@ -105,11 +118,31 @@ def engine_actor_class():
     return ray.remote(EngineActor)
 
 
-def launch_engines(launch: LaunchConfig, pool: str, host: str) -> list:
-    """Create one EngineActor per instance of the pool (Ray places them)."""
-    cls = engine_actor_class()
-    return [cls.options(num_cpus=0, num_gpus=launch.num_gpus, max_restarts=0).remote(
-        launch.command, host, f"{pool}-{i}") for i in range(launch.instances)]
+def launch_engine(launch: LaunchConfig, label: str, host: str):
+    """Create one EngineActor (Ray places it)."""
+    return engine_actor_class().options(num_cpus=0, num_gpus=launch.num_gpus, max_restarts=0).remote(
+        launch.command, host, label)
+
+
+async def relaunch(handle, launch: LaunchConfig, label: str, host: str, backoff_s: float):
+    """Start a dead engine again after `backoff_s`: its process in the same actor, or in
+    a new actor when the old one is gone. Returns the actor that runs it now (then
+    `wait_healthy`), or None when the engine is still running (the instance failed for
+    another reason: its probe decides)."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        if (await asyncio.wait_for(handle.info.remote(), 10.0))["exit_code"] is None:
+            return None
+        await asyncio.sleep(backoff_s)
+        await asyncio.wait_for(handle.restart.remote(), 30.0)
+        return handle
+    except (RayActorError, TimeoutError):
+        with contextlib.suppress(Exception):
+            ray.kill(handle, no_restart=True)
+    await asyncio.sleep(backoff_s)
+    return launch_engine(launch, label, host)
 
 
 async def wait_healthy(handle, model: str, timeout_s: float) -> str:
@@ -155,11 +188,11 @@ def worker_client(cluster: Cluster, clock: Clock, options: LiveOptions, member=N
                               for i in range(cluster.n_instances)])
 
 
-async def start_engine_pools(core, cluster: Cluster, host: str) -> list:
+async def start_engine_pools(core, cluster: Cluster, host: str) -> dict:
     """Register every openai pool's instances with the core: the configured endpoints
     (one that does not answer its first probe starts FAILED, and rejoins once healthy),
-    or engines launched as Ray actors once healthy. Returns the launched actors."""
-    launched: list = []
+    or engines launched as Ray actors once healthy. Returns the launched actors by instance."""
+    launched: dict = {}
     waits = []
     for pool in cluster.pools:
         if not is_engine_pool(pool):
@@ -169,14 +202,13 @@ async def start_engine_pools(core, cluster: Cluster, host: str) -> list:
             for k, endpoint in zip(pool.instances, config.endpoints):
                 core.register(k, f"{pool.name}-{k - pool.first_instance}", endpoint)
             continue
-        handles = launch_engines(config.launch, pool.name, host)
-        launched += handles
-        waits += [(k, pool.name, wait_healthy(h, config.model, config.launch.start_timeout_s))
-                  for k, h in zip(pool.instances, handles)]
+        for k in pool.instances:
+            launched[k] = handle = launch_engine(config.launch, engine_label(cluster, k), host)
+            waits.append((k, pool.name, wait_healthy(handle, config.model, config.launch.start_timeout_s)))
     try:
         endpoints = await asyncio.gather(*(w for _, _, w in waits))
     except BaseException:
-        await stop_engines(launched)
+        await stop_engines(launched.values())
         raise
     for (k, name, _), endpoint in zip(waits, endpoints):
         core.register(k, f"{name}-{k - cluster.pool_of(k).first_instance}", endpoint)
@@ -188,9 +220,16 @@ async def start_engine_pools(core, cluster: Cluster, host: str) -> list:
     return launched
 
 
-async def stop_engines(handles: list) -> None:
+def engine_label(cluster: Cluster, instance: int) -> str:
+    """`<pool>-<index in the pool>`: the engine's log file name and worker id."""
+    pool = cluster.pool_of(instance)
+    return f"{pool.name}-{instance - pool.first_instance}"
+
+
+async def stop_engines(handles) -> None:
     import ray
 
+    handles = list(handles)
     await asyncio.gather(*(asyncio.wait_for(h.stop.remote(), 20.0) for h in handles), return_exceptions=True)
     for handle in handles:
         with contextlib.suppress(Exception):

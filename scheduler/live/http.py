@@ -91,6 +91,7 @@ class HttpFrontDoor:
         self.counter = counter
         self.security = security if security is not None and security.enabled else None
         self.models = api.served_models(core.cluster)
+        self.default_model = api.default_model(core.cluster)
         self.responses: Counter = Counter()  # (route pattern, HTTP status) -> responses sent
         # Wall seconds measured on each completed stream: (TTFT, TPOT or None).
         self.on_stream_latency: Callable[[float, float | None], None] | None = None
@@ -167,7 +168,7 @@ class HttpFrontDoor:
         t0 = time.perf_counter()
         core = self.core
         try:
-            req = api.parse_request(route, await request.read(), self.models)
+            req = api.parse_request(route, await request.read(), self.models, self.default_model)
         except api.ApiError as exc:
             core.note_invalid(exc.message)
             return _error(exc)
@@ -213,7 +214,7 @@ class HttpFrontDoor:
                 if isinstance(item, RequestOutcome):
                     if item.status != RequestStatus.COMPLETED:
                         return _error(_outcome_error(item))
-                    body = api.response(req, api.new_id(req.route), int(time.time()), req.model, "".join(parts),
+                    body = api.response(req, api.new_id(req.route), int(time.time()), req.name, "".join(parts),
                                         item.output_tokens)
                     return _json(200, body)
                 parts.append(item.text or api.synthetic_text(item.first_token_index, item.token_count))
@@ -223,7 +224,7 @@ class HttpFrontDoor:
         items = await stream.take()
         if isinstance(items[0], RequestOutcome) and items[0].status != RequestStatus.COMPLETED:
             return _error(_outcome_error(items[0]))
-        rid, created, model = api.new_id(req.route), int(time.time()), req.model
+        rid, created, model = api.new_id(req.route), int(time.time()), req.name
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         first = True

@@ -67,19 +67,36 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 def served_models(cluster: Cluster) -> dict[str, str]:
     """Model names clients may ask for -> the tier the core routes them by: every
-    pool's model (a pool serving a more capable model may serve it too, as with
-    Generate's model_tier). The one place that maps names to pools."""
-    return {pool.perf.model.name: pool.perf.model.name for pool in cluster.pools}
+    pool's model and its `aliases` (a pool serving a more capable model may serve it
+    too, as with Generate's model_tier). The one place that maps names to pools."""
+    names: dict[str, str] = {}
+    for pool in cluster.pools:
+        model = pool.perf.model.name
+        names[model] = model
+        for alias in pool.config.aliases:
+            names[alias] = model
+    return names
+
+
+def default_model(cluster: Cluster) -> str | None:
+    """The name a request without `model` is served as: the cluster's `default_model`."""
+    default = cluster.config.default_model
+    for pool in cluster.pools:  # named by a pool's model spec file: that model's own name
+        if default == pool.config.model:
+            return pool.perf.model.name
+    return default
 
 
 def models_list(cluster: Cluster, created: int) -> dict:
-    """GET /v1/models: OpenAI's list format, with the pools serving each model."""
+    """GET /v1/models: OpenAI's list format, one entry per name a client may use (each
+    model and alias; `root` is the model an alias means), with the pools serving it."""
     pools: dict[str, list[str]] = {}
     for pool in cluster.pools:
         pools.setdefault(pool.perf.model.name, []).append(pool.name)
     return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": created, "owned_by": cluster.config.name, "pools": names}
-        for name, names in pools.items()]}
+        {"id": name, "object": "model", "created": created, "owned_by": cluster.config.name, "root": model,
+         "pools": pools[model]}
+        for name, model in served_models(cluster).items()]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +104,14 @@ class ApiRequest:
     """One parsed request: what the core gets, and how to answer."""
 
     route: str
-    model: str
+    model: str  # the model (tier) the core routes by
     stream: bool
     include_usage: bool
     prompt_tokens: int
     max_tokens: int
     prompt_source: PromptSource
     payload: PromptPayload
+    name: str = ""  # the name the client asked for (an alias, or the default model): answers carry it
 
     def generate_input(self) -> GenerateInput:
         return GenerateInput(request_id="", prompt_tokens=self.prompt_tokens, max_output_tokens=self.max_tokens,
@@ -163,15 +181,19 @@ def _messages(body: dict) -> None:
                            param=f"messages[{i}].content", code="invalid_type")
 
 
-def parse_request(route: str, raw: bytes, models: dict[str, str]) -> ApiRequest:
-    """An HTTP body -> ApiRequest; raises ApiError (400 malformed, 404 unknown model)."""
+def parse_request(route: str, raw: bytes, models: dict[str, str], default: str | None = None) -> ApiRequest:
+    """An HTTP body -> ApiRequest; raises ApiError (400 malformed, 404 unknown model).
+    `models` from `served_models`; `default` answers a body without `model`."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    model = _field(body, "model", (str,), "a string", required=True)
+    model = _field(body, "model", (str,), "a string") or default
+    if model is None:
+        raise ApiError(400, "field 'model' is required: this cluster has no default_model; it serves "
+                       f"{', '.join(sorted(models))}", param="model", code="missing_field")
     if route == COMPLETIONS:
         counted, source = _prompt(body)
     else:
@@ -197,7 +219,7 @@ def parse_request(route: str, raw: bytes, models: dict[str, str]) -> ApiRequest:
                        param="model", code="model_not_found")
     prompt_tokens = counted if counted is not None else estimate_prompt_tokens(route, body)
     return ApiRequest(route, tier, stream, include_usage, prompt_tokens, max_tokens, source,
-                      PromptPayload(route, raw))
+                      PromptPayload(route, raw), model)
 
 
 def synthetic_text(first_index: int, count: int) -> str:

@@ -199,10 +199,11 @@ class OpenAIWorkerClient:
                     last = link.progress_s = event.arrival_s
                     if first is None:
                         first = last
-                        self._first_token(link, work.key)
                         prompt = link.queued_tokens.get(work.key, work.prompt_tokens)
                         outcome = PrefillOutcome(0.0, (first - sent) / scale, prompt, 0, 0.0, 0.0)
                         self.events.on_update(link.instance, WorkUpdate(work.key, prefilled=outcome, text=event.text))
+                        # The load report after the token: the client's stream is woken first.
+                        self._first_token(link, work.key)
                     else:
                         self.events.on_update(link.instance, WorkUpdate(work.key, first_token_index=tokens,
                                                                         token_count=1, emit_s=self.clock.now(),

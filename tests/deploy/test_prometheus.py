@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.config import builtin_cluster_path
+from tests.serve_process import REPO, served_process
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 PROMETHEUS = shutil.which("prometheus")
@@ -25,7 +25,6 @@ pytestmark = pytest.mark.skipif(PROMETHEUS is None,
                                 reason="the Prometheus server is not installed (apt-get install prometheus; "
                                        ".ci/run installs it)")
 
-REPO = Path(__file__).resolve().parents[2]
 INFERSCHED = str(Path(sys.executable).parent / "infersched")
 TRACE = REPO / "simulator" / "data" / "azure_conv_2023.csv.gz"
 START_TIMEOUT_S = 90.0
@@ -38,38 +37,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _read_until(proc: subprocess.Popen, marker: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.strip())
-        if marker in line:
-            return lines
-    raise AssertionError(f"no {marker!r} in {lines}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")
-
-
 @pytest.fixture(scope="module")
 def serve():
-    proc = subprocess.Popen([INFERSCHED, "serve", "--cluster", str(builtin_cluster_path("live-small")),
-                             "--port", "0", "--metrics-port", "0", "--http-port", "0", "--time-scale", "0.01"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = _read_until(proc, "stops it", START_TIMEOUT_S)
-        address = next(ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln)
-        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
-        yield address, urllib.parse.urlsplit(metrics).netloc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+    with served_process(builtin_cluster_path("live-small"), "--metrics-port", "0", "--http-port", "0",
+                        "--time-scale", "0.01", command=(INFERSCHED,), timeout_s=START_TIMEOUT_S) as served:
+        yield served.address, urllib.parse.urlsplit(served.metrics).netloc
 
 
 @pytest.fixture(scope="module")

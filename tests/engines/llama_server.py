@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.serve_process import stop_process
+
 MODEL_ALIAS = "tiny-llama"
 START_TIMEOUT_S = 120.0
 SKIP_REASON = ("llama-cpp-python's server is not installed "
@@ -92,15 +94,7 @@ def running_llama_server(model_path: Path, log_dir: Path, *, n_ctx: int = 512,
         _wait_ready(server)
         yield server
     finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(30)
+        stop_process(process, timeout_s=30)
 
 
 def _wait_ready(server: LlamaServer) -> None:

@@ -10,6 +10,8 @@ run in file order; the last ones kill an engine and bring it back.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -22,7 +24,7 @@ import yaml
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server, server_command
-from tests.engines.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_serve
+from tests.serve_process import CLI, REPO, START_TIMEOUT_S, start_serve, stop_process, word_after
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
@@ -58,12 +60,12 @@ def served(tiny_model, tmp_path_factory):
         }
         path = log_dir / "cluster.yaml"
         path.write_text(yaml.safe_dump(cluster))
-        proc, address, lines = start_serve(path, "--http-port", "0")
+        proc, address, lines = start_serve(path, "--metrics-port", "-1", "--http-port", "0")
         try:
             launched = [w.address for w in _workers(address).values() if w.pool == "launched"]
             yield Served(proc, address, lines, {"llama-0": a, "llama-1": b}, tiny_model, log_dir)
         finally:
-            stop_serve(proc)
+            stop_process(proc)
         for url in launched:  # serve stopped the engines it launched
             host, port = url.removeprefix("http://").rsplit(":", 1)
             with socket.socket() as probe:
@@ -161,7 +163,7 @@ def test_the_official_openai_client_reaches_the_real_engines_through_the_http_fr
     """Chat and completions, streamed and not, through `serve --http-port` to llama.cpp:
     the engines' own text and tokenizer counts come back, and the core counts each request."""
     openai = pytest.importorskip("openai")
-    base_url = next(ln.split("HTTP on ")[1].split()[0] for ln in served.lines if "OpenAI-compatible HTTP on" in ln)
+    base_url = word_after(served.lines, "OpenAI-compatible HTTP on ")
     client = openai.OpenAI(base_url=base_url, api_key="unused", timeout=120, max_retries=0)
     before = _stats(served.address).requests_completed
 
@@ -246,6 +248,67 @@ def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served)
         results = _run(served.address, again)
         assert all(r.status == COMPLETED for r, _ in results)
         assert victim_worker.instance in {r.prefill_instance for r, _ in results}
+
+
+def _engine_pid(base_url: str) -> int:
+    """The pid of the llama-cpp-python server listening on base_url's port (its command line)."""
+    port = base_url.rsplit(":", 1)[1]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"llama_cpp.server" in args and port.encode() in args:
+                return int(entry.name)
+    raise AssertionError(f"no engine process serves {base_url}")
+
+
+def test_a_launched_engine_killed_mid_run_is_relaunched_and_rejoins(served):
+    """Kill the engine serve launched while requests stream: every request ends (completed,
+    failed over, or failed) and is counted; serve starts the engine again on a new port,
+    the instance is unhealthy meanwhile and serves again once its health probe passes."""
+    before = _stats(served.address)
+    old = next(w for w in _workers(served.address).values() if w.pool == "launched")
+    pid = _engine_pid(old.address)
+    seen = []
+
+    async def calls(stub):
+        wave = [asyncio.ensure_future(_generate(stub, 24, 480)) for _ in range(FIRST_WAVE)]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the launched engine streams, with requests behind it
+            answer = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(pool="launched"), timeout=10)
+            seen.append([(w.state, w.running, w.queue_depth) for w in answer.workers])
+            if any(w.running and w.queue_depth for w in answer.workers):
+                break
+            await asyncio.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        return await asyncio.gather(*wave)
+
+    during = _run(served.address, calls)
+    broken = [r for r, _ in during if r.status != COMPLETED]
+    assert broken, ([(r.prefill_pool, r.retries, r.reason) for r, _ in during], seen[-3:])
+    assert all(r.prefill_pool == "launched" and "stream broke" in r.reason for r in broken), [r.reason for r in broken]
+    stats = _stats(served.address)
+    assert stats.requests_total - before.requests_total == FIRST_WAVE and stats.in_flight == 0
+    assert stats.requests_completed - before.requests_completed == FIRST_WAVE - len(broken)
+    assert stats.requests_failed - before.requests_failed == len(broken)
+
+    deadline = time.monotonic() + 180  # a backoff, a new llama.cpp process, its health probe
+    while time.monotonic() < deadline:
+        now = _workers(served.address)[f"launched-{old.instance}"]
+        if now.state == 2 and now.address != old.address:
+            break
+        time.sleep(0.5)
+    assert now.state == 2 and now.address != old.address, now
+    assert _engine_pid(now.address) != pid
+
+    async def again(stub):
+        return await asyncio.gather(*(_generate(stub, 24, 12) for _ in range(12)))
+
+    results = _run(served.address, again)
+    assert all(r.status == COMPLETED for r, _ in results), [r.reason for r, _ in results]
+    assert old.instance in {r.prefill_instance for r, _ in results}
 
 
 def test_a_launched_engine_that_exits_stops_serve_with_its_log(tmp_path):

@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +21,11 @@ import pytest
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import builtin_cluster_path
 from scheduler.live.openai_api import synthetic_text
+from tests.serve_process import CLI, READY_MARKER, REPO, read_until, stop_process, word_after
 
 openai = pytest.importorskip("openai", reason="the official OpenAI client: pip install -e '.[engines]'")
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
-REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
 MAX_QUEUE = 4  # small, so a burst is refused with 429 (requests wait >= 0.1 s for their first token)
 MODEL = "llama-3.1-8b"
@@ -71,7 +70,7 @@ def served(tmp_path_factory):
     port = _free_port()
     decisions = tmp_path_factory.mktemp("http") / "decisions.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infersched.cli", "serve", "--cluster", str(builtin_cluster_path("live-small")),
+        [*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")),
          "--port", "0", "--metrics-port", "0", "--http-port", str(port), "--max-queue", str(MAX_QUEUE),
          "--decision-log", str(decisions)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -85,21 +84,12 @@ def served(tmp_path_factory):
             except OSError:  # not listening yet
                 pass
             time.sleep(0.02)
-        lines = []
-        while proc.poll() is None and not any("stops it" in ln for ln in lines):
-            lines.append(proc.stdout.readline().strip())
-        assert health[-1:] == [200], f"serve did not become healthy: {lines} {health[-5:]}"
-        grpc_address = next(ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln)
-        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
+        assert health[-1:] == [200], f"serve did not become healthy: {health[-5:]} {stop_process(proc)}"
+        lines = read_until(proc, READY_MARKER, START_TIMEOUT_S)
+        grpc_address, metrics = word_after(lines, "listening on "), word_after(lines, "metrics on ")
         yield Served(proc, grpc_address, base, metrics, lines, health, decisions)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, timeout_s=30)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ import pytest
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.config import builtin_cluster_path
 from scheduler.realtime import fifo_permitted
+from tests.serve_process import CLI, start_serve, stop_process
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("ray_cluster_pids", REPO / "deploy" / "ray_cluster_pids.py")
 ray_cluster_pids = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ray_cluster_pids)
-CLI = [sys.executable, "-m", "infersched.cli"]
 START_TIMEOUT_S = 90.0
 
 
@@ -53,31 +52,15 @@ def serve(request, tmp_path_factory):
     """A running `infersched serve` (port 0: any free port, a decision log), and what it
     printed: once serving clients from the scheduler actor, once from two front-end processes."""
     decisions = tmp_path_factory.mktemp("serve") / "decisions.jsonl"
-    proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
-                             "--metrics-port", "0", "--time-scale", "0.01", "--frontends", str(request.param),
-                             "--decision-log", str(decisions),
-                             *(["--realtime-priority", str(REALTIME_PRIORITY)] if REALTIME_PRIORITY else [])],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    deadline = time.monotonic() + START_TIMEOUT_S
+    served = start_serve(builtin_cluster_path("live-small"), "--metrics-port", "0", "--time-scale", "0.01",
+                         "--frontends", str(request.param), "--decision-log", str(decisions),
+                         *(["--realtime-priority", str(REALTIME_PRIORITY)] if REALTIME_PRIORITY else []),
+                         timeout_s=START_TIMEOUT_S)
     try:
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.strip())
-            if "stops it" in line:
-                break
-        address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
-        assert address, f"serve did not start: {lines} {proc.stderr.read() if proc.poll() is not None else ''}"
-        metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
-        assert f"decisions logged to {decisions}" in "\n".join(lines)
-        yield Served(proc, address, metrics, lines, decisions)
+        assert f"decisions logged to {decisions}" in "\n".join(served.lines)
+        yield Served(served.proc, served.address, served.metrics, served.lines, decisions)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        stop_process(served.proc, signal.SIGKILL)
 
 
 def test_serve_prints_where_it_listens(serve):

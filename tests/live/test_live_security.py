@@ -9,11 +9,9 @@ when each serve stops). Test
 certificates are made here with `cryptography` (workers.security.tls)."""
 from __future__ import annotations
 
-import os
+import signal
 import ssl
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,12 +22,12 @@ import pytest
 from scheduler.config import builtin_cluster_path
 from scheduler.serve import exposure_warnings
 from workers.security.service import ServiceSecurity
+from tests import serve_process
+from tests.serve_process import CLI, REPO
 from workers.security.tls import CertificateAuthority
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
 
-REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "infersched.cli"]
 START_TIMEOUT_S = 120.0
 TOKEN = "s3cret-" + "7" * 40
 
@@ -58,43 +56,21 @@ def write_material(tmp: Path) -> dict[str, Path]:
     return paths
 
 
-def start_serve(files: dict[str, Path], *flags: str) -> Served:
-    proc = subprocess.Popen([*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")), "--port", "0",
-                             "--metrics-port", "0", "--time-scale", "0.01", *flags],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line.strip())
-        if "stops it" in line:
-            break
-    address = next((ln.split("listening on ")[1].split()[0] for ln in lines if "listening on" in ln), None)
-    if address is None:
-        proc.kill()
-        raise AssertionError(f"serve did not start: {lines} {proc.communicate(timeout=30)[1]}")
-    metrics = next(ln.split("metrics on ")[1] for ln in lines if "metrics on" in ln)
-    return Served(proc, address, metrics, lines, files)
+def serve_with(files: dict[str, Path], *flags: str) -> Served:
+    served = serve_process.start_serve(builtin_cluster_path("live-small"), "--metrics-port", "0", "--time-scale",
+                                       "0.01", *flags, timeout_s=START_TIMEOUT_S)
+    return Served(served.proc, served.address, served.metrics, served.lines, files)
 
 
 def stop_serve(served: Served) -> str:
     """Stop serve (SIGINT) and return everything it printed."""
-    served.proc.send_signal(2)
-    try:
-        out, err = served.proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        served.proc.kill()
-        out, err = served.proc.communicate(timeout=30)
-    return "\n".join(served.lines) + out + err
+    return "\n".join(served.lines) + serve_process.stop_process(served.proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
 def mtls_served(tmp_path_factory):
     files = write_material(tmp_path_factory.mktemp("mtls"))
-    served = start_serve(files, "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"]),
+    served = serve_with(files, "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"]),
                          "--tls-client-ca", str(files["ca"]), "--auth-token-file", str(files["token"]))
     try:
         yield served
@@ -106,7 +82,7 @@ def mtls_served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token_served(tmp_path_factory):
     files = write_material(tmp_path_factory.mktemp("token"))
-    served = start_serve(files, "--auth-token-file", str(files["token"]), "--frontends", "2", "--worker-tls")
+    served = serve_with(files, "--auth-token-file", str(files["token"]), "--frontends", "2", "--worker-tls")
     try:
         yield served
     finally:

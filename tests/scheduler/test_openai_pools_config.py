@@ -59,6 +59,8 @@ def test_launch_gives_the_instance_count():
     ({"endpoints": None, "launch": {**LAUNCH, "instances": 0}}, "pools[0].launch.instances", "must be > 0"),
     ({"endpoints": None, "launch": {**LAUNCH, "num_gpus": -1}}, "pools[0].launch.num_gpus", "must be >= 0"),
     ({"endpoints": None, "launch": {**LAUNCH, "gpus": 1}}, "pools[0].launch.gpus", "unknown key"),
+    ({"endpoints": None, "launch": {**LAUNCH, "max_restarts": -1}}, "pools[0].launch.max_restarts", "must be >= 0"),
+    ({"endpoints": None, "launch": {**LAUNCH, "max_restarts": 1.5}}, "pools[0].launch.max_restarts", "integer"),
 ])
 def test_openai_pool_errors_name_the_key(changes, key, reason):
     with pytest.raises(ConfigError) as err:
