@@ -6,11 +6,12 @@ Both runtimes (simulator and live control plane) build a `Cluster` and keep its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from scheduler.config import QUANTIZATION_BYTES, Backend, ClusterConfig, ConfigError, PoolConfig
+from scheduler.config import (QUANTIZATION_BYTES, QUANTIZATION_CAPABILITY, Backend, ClusterConfig, ConfigError,
+                              PoolConfig, Serving)
 from scheduler.types import Role, Stage
 from workers.devices import get_device
 from workers.engine import BatchEngine
@@ -58,6 +59,8 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
         raise ConfigError(f"{where}: key 'model': {exc.args[0] if exc.args else exc}{hint}") from None
     if pool.quantization is not None:
         model = with_dtype(model, QUANTIZATION_BYTES[pool.quantization])
+        if model.capability is not None and pool.quantization in QUANTIZATION_CAPABILITY:
+            model = replace(model, capability=model.capability * QUANTIZATION_CAPABILITY[pool.quantization])
 
     def make(chips: int) -> InstancePerf:
         return InstancePerf(device, model, chips=chips, price_usd_per_hour=pool.price_usd_per_hour,
@@ -185,6 +188,24 @@ class ClusterSnapshot:
         self.prefix_store: TierLru | None = None
         self.all_instances_mask = (1 << n) - 1
         self._init_economics(pools)
+        self._init_own_devices(pools)
+
+    def _init_own_devices(self, pools: list[Pool]) -> None:
+        """Own-device pools (`serving: own-device`): instance k of such a pool is user k's device,
+        and request r belongs to user r mod instances, so it may use only that one instance
+        there. `own_device` is None when no pool serves that way (the common case costs nothing)."""
+        own = [(p.first_instance, p.config.instances) for p in pools if p.config.serving == Serving.OWN_DEVICE]
+        self.own_device: tuple[tuple[int, int], ...] | None = tuple(own) or None
+        if own:
+            in_own = np.zeros(self.n_instances, dtype=bool)
+            for first, count in own:
+                in_own[first:first + count] = True
+            self._shared_prefill = self.candidates[Stage.PREFILL][~in_own[self.candidates[Stage.PREFILL]]]
+
+    def own_device_candidates(self, request_id: int) -> np.ndarray:
+        """The prefill candidates of one request: every pooled instance plus its user's own devices."""
+        mine = [first + request_id % count for first, count in self.own_device]
+        return np.sort(np.concatenate([self._shared_prefill, np.array(mine, dtype=self._shared_prefill.dtype)]))
 
     def _init_economics(self, pools: list[Pool]) -> None:
         """Static columns the tier, cost and energy plugins read (computed once per cluster).

@@ -111,9 +111,10 @@ class WithoutParams:
 
 
 def param(default: Any, *, above: float | None = None, at_least: float | None = None, at_most: float | None = None,
-          doc: str = "") -> Any:
-    """A parameter field: its default and bounds (> above, >= at_least, <= at_most) and what it means."""
-    return field(default=default, metadata={"bounds": (above, at_least, at_most), "doc": doc})
+          doc: str = "", valid: Any = None) -> Any:
+    """A parameter field: its default and bounds (> above, >= at_least, <= at_most) and what it means.
+    `valid(value)` returns the reason a value is wrong (e.g. an unknown model name), or None."""
+    return field(default=default, metadata={"bounds": (above, at_least, at_most), "doc": doc, "valid": valid})
 
 
 class ParamSpec(NamedTuple):
@@ -125,6 +126,7 @@ class ParamSpec(NamedTuple):
     bounds: tuple[float | None, float | None, float | None]  # above, at_least, at_most
     doc: str = ""
     owner: str = ""
+    valid: Any = None  # value -> reason it is wrong, or None
 
     def same_as(self, other: "ParamSpec") -> bool:
         return self[:4] == other[:4]
@@ -135,7 +137,11 @@ class ParamSpec(NamedTuple):
         if self.kind is bool:
             return v.flag(key, value)
         if self.kind is str:
-            return v.string(key, value)
+            value = v.string(key, value)
+            reason = self.valid(value) if self.valid is not None else None
+            if reason:
+                raise v.fail(key, reason)
+            return value
         above, at_least, at_most = self.bounds
         return v.number(key, value, integer=self.kind is int, above=above, at_least=at_least, at_most=at_most)
 
@@ -150,7 +156,7 @@ def param_specs(plugin: type) -> dict[str, ParamSpec]:
             raise TypeError(f"{plugin.__name__}.Params.{f.name}: every parameter needs a default")
         meta = f.metadata
         specs[f.name] = ParamSpec(kind, optional, f.default, meta.get("bounds", (None, None, None)),
-                                  meta.get("doc", ""), plugin.name)
+                                  meta.get("doc", ""), plugin.name, meta.get("valid"))
     return specs
 
 

@@ -72,10 +72,20 @@ class Policy:
         self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
         self._scalar = hasattr(picker, "pick_list") and all(hasattr(s, "score_list") for s, _, _ in self._scorers)
+        # Judgements a multi-pass policy pays for (scheduler/plugins/overhead.py): a router's
+        # before the first pass, a verifier's after each pass.
+        self._first_overheads = [p.first_overhead for p in [s for s, _ in scorers] + [staging]
+                                 if hasattr(p, "first_overhead")]
+
+    def first_overheads(self, req: Request) -> list:
+        """The judgements made before a request's first pass (routers), each an Overhead."""
+        return [o for o in (f(req) for f in self._first_overheads) if o is not None]
 
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:
         cands = snap.candidates[stage]
+        if snap.own_device is not None and stage == Stage.PREFILL:
+            cands = snap.own_device_candidates(req.request_id)
         n = len(cands)
         reason = ""
         removed = [] if explained is not None else None

@@ -16,7 +16,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from workers.itl import ItlHistogram
 
 _WAKE = 0  # payload: instance id
 _KV_READY = 1  # payload: (request id, decode instance, input tokens, output tokens, first token s)
+_DEFERRED = 2  # payload: request id whose next pass waits for a router's or verifier's judgement
 _SAMPLE_EVERY_MASK = 1023  # sample pool utilization every 1,024 arrivals
 _BOTH = int(Role.BOTH)
 # The arrival loop builds Request tuples positionally (tuple.__new__, a third of the cost of
@@ -71,14 +72,19 @@ class SimResult:
     # (simulator/ledger.py) when the run streamed its records to disk.
     tally: Tally | None = None
     record_dir: Path | None = None
+    # Router and verifier judgements (scheduler/plugins/overhead.py): kind -> passes, seconds,
+    # energy_j, cost_usd and device; empty when the policy judges nothing.
+    overheads: dict = field(default_factory=dict)
 
 
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
                  progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None,
-                 keep_records: bool = True, record_dir: Path | None = None):
+                 keep_records: bool = True, record_dir: Path | None = None, quality=None):
         """keep_records=False bounds memory by the requests in flight (simulator/ledger.py): the
-        result then has no `records`, and its per-request columns go to `record_dir` if given."""
+        result then has no `records`, and its per-request columns go to `record_dir` if given.
+        `quality`: a MatrixQuality (simulator/quality_matrix.py) judging answers by real
+        per-question results instead of the difficulty threshold; None: the threshold."""
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -96,7 +102,8 @@ class Simulation:
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self._writer = ColumnWriter(self.record_dir, workload.n_requests) if record_dir is not None else None
         # Settled requests' summary, folded in as the window retires them (bounded runs only).
-        self.tally = Tally(cluster, workload.n_requests) if self.window.bounded else None
+        self.quality = quality
+        self.tally = Tally(cluster, workload.n_requests, quality) if self.window.bounded else None
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
         self._n_pools = len(cluster.pools)
@@ -128,6 +135,11 @@ class Simulation:
         # arrivals (2.44 -> 2.32 writes a request), less than the bookkeeping costs.
         self._stale: dict[int, float] = {}
         self._pool_passes = [0] * len(cluster.pools)
+        # Passes waiting for a judgement: request id -> (request as it arrived, pass, pass number).
+        self._deferred: dict[int, tuple] = {}
+        self._settling: dict[int, tuple] = {}  # deferred re-serves: the answer that stands if they find no room
+        self._overheads: dict[str, dict] = {}
+        self._check_overhead = getattr(self.staging, "check_overhead", None)
 
     # ---- helpers ---------------------------------------------------------
     def _settle(self) -> None:
@@ -232,10 +244,36 @@ class Simulation:
         self._changed(p, now)
         return ""
 
+    def _charge(self, rid: int, overheads) -> float:
+        """Book judgements on the request and the run; the seconds they add before its next pass."""
+        delay = 0.0
+        k = rid & self._mask
+        for o in overheads:
+            if o is None:
+                continue
+            row = self._overheads.setdefault(o.kind, {"passes": 0, "seconds": 0.0, "energy_j": 0.0,
+                                                      "cost_usd": 0.0, "device": o.device})
+            row["passes"] += 1
+            row["seconds"] += o.seconds
+            row["energy_j"] += o.energy_j
+            row["cost_usd"] += o.cost_usd
+            self.records.energy_j[k] += o.energy_j
+            self.records.cost_usd[k] += o.cost_usd
+            delay += o.seconds
+        return delay
+
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
         if self._stale:
             self._settle()
         first = self.staging.first(req, self.snap)
+        delay = self._charge(req.request_id, self.policy.first_overheads(req))
+        if delay > 0.0:  # the router reads the prompt before the first pass is placed
+            self._deferred[req.request_id] = (req, first, 0)
+            heapq.heappush(self._heap, (now + delay, next(self._seq), _DEFERRED, req.request_id))
+            return
+        self._place_first(req, first, now, rng)
+
+    def _place_first(self, req: Request, first, now: float, rng: np.random.Generator) -> None:
         if self.decision_log is not None:
             self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
@@ -245,12 +283,41 @@ class Simulation:
             return
         self._passes[req.request_id] = (req, first.tag, 0)
 
+    def _place_next(self, orig: Request, step, index: int, now: float, rng: np.random.Generator) -> bool:
+        """Place a request's next pass; False when it found no room (the answer so far stands)."""
+        if self.decision_log is not None:
+            self.decision_log.write_pass(step, now, index)
+        if self._place(step.request, now, rng, index):
+            return False
+        rid = orig.request_id
+        self._passes[rid] = (orig, step.tag, index)
+        k = rid & self._mask
+        if step.kind == PassKind.ADVICE:
+            self.records.advised[k] = 1
+        else:
+            self.records.escalations[k] += 1
+        return True
+
+    def _deferred_pass(self, rid: int, now: float, rng: np.random.Generator) -> None:
+        """A judgement finished: place the pass that waited for it."""
+        if self._stale:
+            self._settle()  # the policy reads the snapshot
+        orig, step, index = self._deferred.pop(rid)
+        if index == 0:
+            self._place_first(orig, step, now, rng)
+            return
+        _, _, credit = self._settling.pop(rid)
+        if not self._place_next(orig, step, index, now, rng):
+            self.records.capability[rid & self._mask] = credit  # no room: the answer so far stands
+
     def _after_passes(self, first: int, now: float, rng: np.random.Generator) -> None:
-        """For each pass that finished (log[first:]), start the request's next pass or settle it."""
+        """For each pass that finished (log[first:]), start the request's next pass or settle it;
+        a verifier's judgement (when the policy pays for one) delays the next pass."""
         log = self._log
         end = len(log)
         rec = self.records
         staging = self.staging
+        check = self._check_overhead
         for i in range(first, end):
             ev = log[i]
             if ev[0] != FINISHED:
@@ -265,25 +332,28 @@ class Simulation:
             k = rid & self._mask
             capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
-            step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
+            delay = self._charge(rid, (check(orig, tag),)) if check is not None else 0.0
+            right = credit >= orig.difficulty if self.quality is None else self.quality.correct_one(rid, credit)
+            step = staging.after(orig, tag, capability, right, self.snap, now + delay)
+            del self._passes[rid]
             if step is not None:
-                if self.decision_log is not None:
-                    self.decision_log.write_pass(step, now, index + 1)
-                if not self._place(step.request, now, rng, index + 1):
-                    self._passes[rid] = (orig, step.tag, index + 1)
-                    if step.kind == PassKind.ADVICE:
-                        rec.advised[k] = 1
-                    else:
-                        rec.escalations[k] += 1
+                if delay > 0.0:
+                    self._deferred[rid] = (orig, step, index + 1)
+                    self._settling[rid] = (orig, tag, credit)
+                    heapq.heappush(self._heap, (now + delay, next(self._seq), _DEFERRED, rid))
+                    continue
+                if self._place_next(orig, step, index + 1, now, rng):
                     continue
                 # The next pass found no room: the answer delivered so far stands.
-            del self._passes[rid]
             rec.capability[k] = credit
 
     def _event(self, t: float, kind: int, payload: int, rng: np.random.Generator) -> None:
         """One heap event: an instance's iteration ends, or a KV hand-over lands."""
         if kind != _WAKE:
-            self._kv_ready(payload, t)
+            if kind == _KV_READY:
+                self._kv_ready(payload, t)
+            else:
+                self._deferred_pass(payload, t, rng)
             return
         eng = self.engines[payload]
         if eng.next_wake_s != t:
@@ -327,9 +397,11 @@ class Simulation:
 
     def _retire(self, limit: int) -> None:
         """Hand the settled requests before `limit` (and before any multi-pass request still
-        going) to the tally and the column files, freeing their slots."""
+        going, or waiting for a judgement) to the tally and the column files, freeing their slots."""
         if self._passes:
             limit = min(limit, min(self._passes))
+        if self._deferred:
+            limit = min(limit, min(self._deferred))
         end = self.window.settled_until(limit)
         if end > self.window.lo:
             cols = self.window.retire(end)
@@ -386,6 +458,8 @@ class Simulation:
             rec.arrival_s[slots] = chunk.arrival_s
             rec.input_tokens[slots] = chunk.input_tokens
             rec.output_tokens[slots] = chunk.output_tokens
+            if self.quality is not None:  # the router's signal comes from the matrix
+                chunk = replace(chunk, difficulty=self.quality.difficulty(base, n))
             rec.difficulty[slots] = chunk.difficulty
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
@@ -402,7 +476,10 @@ class Simulation:
                     t, _, kind, payload = heappop(heap)
                     n_events += 1
                     if kind != _WAKE:
-                        self._kv_ready(payload, t)
+                        if kind == _KV_READY:
+                            self._kv_ready(payload, t)
+                        else:
+                            self._deferred_pass(payload, t, rng)
                         continue
                     # `_event` inlined: this branch runs ~2.6 times per request, and the
                     # call plus attribute look-ups cost ~5-10% of the whole replay.
@@ -493,7 +570,7 @@ class Simulation:
             raise RuntimeError(f"simulation ended with {pending} requests neither completed nor rejected")
         if self._writer is not None:
             self._writer.close()
-        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec)
+        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec, self.quality)
         makespan = max(tally.max_finish_s, tally.last_arrival_s)
         self._sample_utilization(makespan)
         pools = [
@@ -511,6 +588,7 @@ class Simulation:
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
             pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
             kv_tiers=kv_tier_usage(engines, makespan), tally=tally, record_dir=self.record_dir,
+            overheads={k: dict(v) for k, v in self._overheads.items()},
         )
 
 
