@@ -17,6 +17,7 @@ assumptions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["DeviceSpec", "DEVICES", "UnknownDeviceError", "get_device", "DEVICE_KINDS", "PARALLELISMS"]
@@ -83,6 +84,10 @@ class DeviceSpec:
     measured_copy_bw_bytes_s: float | None = None
     # One of PARALLELISMS; with "pipeline" collective_latency_s is the latency of one stage boundary.
     parallelism: str = "tensor"
+    # Power drawn outside the chip's own counters while it serves, as a share of the chip's energy:
+    # the host (CPUs, switches, NICs, fans, power-supply losses) of a server, the DRAM, fabric and
+    # adapter of a laptop. Facility energy is (1 + host_power_share) x chip energy x the pool's PUE.
+    host_power_share: float = 0.0
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +109,8 @@ class DeviceSpec:
         if not 0.0 <= self.decode_serial_fraction <= 1.0:
             raise ValueError(f"device {self.name!r}: decode_serial_fraction must be in [0, 1]")
         for key in ("prefill_overhead_per_layer_s", "decode_overhead_per_layer_s", "collective_latency_s",
-                    "energy_per_flop_j", "energy_per_byte_j", "kv_transfer_setup_s", "interconnect_bw_bytes_s"):
+                    "energy_per_flop_j", "energy_per_byte_j", "kv_transfer_setup_s", "interconnect_bw_bytes_s",
+                    "host_power_share"):
             value = getattr(self, key)
             if not (value >= 0) or not math.isfinite(value):
                 raise ValueError(f"device {self.name!r}: {key} must be >= 0, got {value!r}")
@@ -175,6 +181,14 @@ def _amortized_usd_per_hour(purchase_usd: float) -> float:
     return purchase_usd / (_AMORTIZATION_YEARS * _HOURS_PER_YEAR)
 
 
+# Host power: an 8-GPU HGX/DGX H100 system is rated 10.2 kW maximum (NVIDIA DGX H100 user guide,
+# power specifications) against 8 x 700 W of GPUs; the rest (CPUs, NVSwitches, NICs, fans,
+# power-supply losses) is 0.82 of the GPUs' power at full load. The share at full load is used
+# at every load: an upper end (hosts idle lower), stated as such in docs/ECONOMICS.md.
+_HGX_H100_HOST_SHARE = (10.2e3 - 8 * 700.0) / (8 * 700.0)
+_DGX_B200_HOST_SHARE = (14.3e3 - 8 * 1000.0) / (8 * 1000.0)
+_HGX_HOST_NOTE = ("DGX H100 user guide: 10.2 kW maximum system power vs 8 x 700 W of GPUs: "
+                  "(10.2 - 5.6) / 5.6 = 0.82 (the full-load share, used at every load)")
 _SCALED_ENERGY_NOTE = ("derived: H100 fitted energy scaled by this chip's (peak - idle) power "
                        "per FLOP/s (per byte/s for bytes); no measurements of its own")
 _NO_COPY_MEASURED = "not measured on this device; efficiencies are bounded by the datasheet bandwidth"
@@ -205,6 +219,7 @@ def _h100() -> DeviceSpec:
         energy_per_flop_j=_H100_ENERGY_PER_FLOP_J,
         energy_per_byte_j=_H100_ENERGY_PER_BYTE_J,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_HGX_H100_HOST_SHARE,
         measured_copy_bw_bytes_s=_H100_COPY_BW,
         sources={
             "bf16_flops": "NVIDIA H100 Tensor Core GPU datasheet: 989 TFLOP/s dense BF16 (SXM)",
@@ -233,6 +248,7 @@ def _h100() -> DeviceSpec:
             "measured_copy_bw_bytes_s": "measured device-to-device copy, 2.96-2.98 TB/s read + written "
                                         "(../shared/calibration/README.md)",
             "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": _HGX_HOST_NOTE,
         },
     )
 
@@ -263,6 +279,7 @@ def _h200() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_HGX_H100_HOST_SHARE,
         sources={
             "bf16_flops": "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 (same GH100 compute as H100 SXM)",
             "fp8_flops": "NVIDIA H200 datasheet: 1,979 TFLOP/s dense FP8",
@@ -287,6 +304,7 @@ def _h200() -> DeviceSpec:
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
             "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": _HGX_HOST_NOTE + " (DGX H200: the same 10.2 kW)",
         },
     )
 
@@ -318,6 +336,7 @@ def _b200() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_DGX_B200_HOST_SHARE,
         sources={
             "bf16_flops": "NVIDIA HGX B200 datasheet: 2.25 PFLOP/s dense FP16/BF16 per GPU",
             "fp8_flops": "NVIDIA HGX B200 datasheet: 4.5 PFLOP/s dense FP8 per GPU",
@@ -342,6 +361,7 @@ def _b200() -> DeviceSpec:
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
             "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": "DGX B200 user guide: about 14.3 kW maximum system power vs 8 x 1,000 W of GPUs: (14.3 - 8) / 8",
         },
     )
 
@@ -413,6 +433,7 @@ def _wse3() -> DeviceSpec:
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=1e-3,
         parallelism="pipeline",
+        host_power_share=0.0,
         sources={
             "bf16_flops": "Cerebras WSE-3 announcement (Mar 2024): 125 PFLOP/s peak AI compute; "
                           "vendor peak, no separate dense figure published",
@@ -446,6 +467,7 @@ def _wse3() -> DeviceSpec:
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
+            "host_power_share": "none: the CS-3 system power (23 kW) is the peak_power_w already",
         },
     )
 
@@ -491,6 +513,7 @@ def _groq() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=1e-3,
+        host_power_share=0.0,
         sources={
             "bf16_flops": "Groq GroqChip product brief: 188 TFLOP/s FP16",
             "fp8_flops": "Groq GroqChip product brief: 750 TOPS INT8 (no fp8; int8 used for 8-bit weights)",
@@ -518,123 +541,39 @@ def _groq() -> DeviceSpec:
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
             "parallelism": "assumption: every layer sharded over the chips with per-layer all-reduces, "
                            "as the two-point fit above assumes",
+            "host_power_share": "not counted: no GroqNode/GroqRack system power figure per chip is published",
         },
     )
 
 
-def _m4_max() -> DeviceSpec:
-    idle_w, peak_w, flops, bw = 7.0, 90.0, 18.4e12, 546e9
-    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    gpu_cores = 40
-    return DeviceSpec(
-        name="m4-max",
-        kind="edge",
-        bf16_flops=flops,
-        fp8_flops=None,
-        memory_bytes=96e9,
-        memory_bw_bytes_s=bw,
-        interconnect_bw_bytes_s=0.0,
-        idle_power_w=idle_w,
-        peak_power_w=peak_w,
-        price_usd_per_hour=None,
-        max_chips_per_instance=1,
-        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
-        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
-        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS * gpu_cores / _H100_SMS,
-        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
-        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
-        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
-        collective_latency_s=0.0,
-        energy_per_flop_j=e_flop,
-        energy_per_byte_j=e_byte,
-        kv_transfer_setup_s=5e-3,
-        sources={
-            "bf16_flops": "M4 Max 40-core GPU: about 18.4 TFLOP/s FP32 (40 cores x 128 ALUs x 2 x 1.8 GHz); "
-                          "FP16 runs at the same rate",
-            "fp8_flops": "Apple GPUs have no fp8 matrix units",
-            "memory_bytes": "Apple M4 Max: up to 128 GB unified memory; macOS lets the GPU wire about 75% "
-                            "of it by default, 96 GB",
-            "memory_bw_bytes_s": "Apple M4 Max press release (Oct 2024): 546 GB/s memory bandwidth",
-            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
-            "idle_power_w": "approximate: MacBook Pro M4 Max package idle with a model resident, a few watts",
-            "peak_power_w": "approximate: M4 Max package power under full GPU load (Notebookcheck review)",
-            "price_usd_per_hour": "owned device, not billed per hour",
-            "max_chips_per_instance": "one laptop",
-            "compute_efficiency": "reused from the H100 fit (no Apple measurements)",
-            "weight_bw_efficiency": "reused from the H100 fit; llama.cpp reaches a similar share of the "
-                                    "546 GB/s in batch-1 decode",
-            "kv_bw_efficiency": "reused from the H100 fit (no Apple measurements)",
-            "attn_parallel_units": "H100 fit scaled by parallel cores, 40 GPU cores / 132 SMs",
-            "decode_serial_fraction": "reused from the H100 fit (no Apple measurements)",
-            "prefill_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
-            "decode_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
-            "collective_latency_s": "single device; no collectives",
-            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
-            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
-            "kv_transfer_setup_s": "assumption: a LAN/Wi-Fi round trip and connection setup, about 5 ms",
-            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
-            "parallelism": "single device; no model splitting",
-        },
-    )
+# The edge devices are fitted to published measurements in their own module, which reads the
+# constants above when its builders run (on the catalogue's first use, below).
+from workers.edge_devices import m4_max, phone  # noqa: E402
+
+class _Catalogue(Mapping):
+    """The catalogue, built on first use: the edge devices are fitted on the performance model
+    (workers/perf.py), which imports this module, so they cannot be built while it loads."""
+
+    def __init__(self, *builders):
+        self._builders = builders
+        self._devices: dict[str, DeviceSpec] | None = None
+
+    def _all(self) -> dict[str, DeviceSpec]:
+        if self._devices is None:
+            self._devices = {d.name: d for d in (build() for build in self._builders)}
+        return self._devices
+
+    def __getitem__(self, name: str) -> DeviceSpec:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-def _phone() -> DeviceSpec:
-    idle_w, peak_w, flops, bw = 1.0, 8.0, 22e12, 76.8e9
-    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    return DeviceSpec(
-        name="phone",
-        kind="edge",
-        bf16_flops=flops,
-        fp8_flops=45e12,
-        memory_bytes=8e9,
-        memory_bw_bytes_s=bw,
-        interconnect_bw_bytes_s=0.0,
-        idle_power_w=idle_w,
-        peak_power_w=peak_w,
-        price_usd_per_hour=None,
-        max_chips_per_instance=1,
-        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
-        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
-        attn_parallel_units=8.0,
-        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
-        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
-        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
-        collective_latency_s=0.0,
-        energy_per_flop_j=e_flop,
-        energy_per_byte_j=e_byte,
-        kv_transfer_setup_s=30e-3,
-        sources={
-            "bf16_flops": "assumption: half the INT8 rate for FP16 on the Hexagon NPU",
-            "fp8_flops": "Snapdragon 8 Gen 3 Hexagon NPU: about 45 TOPS INT8 (widely reported vendor-class figure)",
-            "memory_bytes": "flagship phone with 16 GB LPDDR5X; assumption: about half is available "
-                            "to one foreground model, 8 GB",
-            "memory_bw_bytes_s": "Snapdragon 8 Gen 3 product brief: LPDDR5X at 4,800 MHz on a 64-bit bus, 76.8 GB/s",
-            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
-            "idle_power_w": "approximate: SoC + DRAM with screen on and a model resident, about 1 W",
-            "peak_power_w": "approximate: sustained flagship SoC power before thermal throttling, about 8 W",
-            "price_usd_per_hour": "owned device, not billed per hour",
-            "max_chips_per_instance": "one phone",
-            "compute_efficiency": "reused from the H100 fit (no NPU measurements)",
-            "weight_bw_efficiency": "reused from the H100 fit; Qualcomm's demos of 7B int4 at ~20 tokens/s "
-                                    "imply a similar share of bandwidth",
-            "kv_bw_efficiency": "reused from the H100 fit (no NPU measurements)",
-            "attn_parallel_units": "assumption: one sequence's 8 KV heads fill the NPU's vector units",
-            "decode_serial_fraction": "reused from the H100 fit (no NPU measurements)",
-            "prefill_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
-            "decode_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
-            "collective_latency_s": "single device; no collectives",
-            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
-            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
-            "kv_transfer_setup_s": "assumption: mobile network round trip and connection setup, about 30 ms",
-            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
-            "parallelism": "single device; no model splitting",
-        },
-    )
-
-
-DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(), _wse3(), _groq(), _m4_max(), _phone())}
+DEVICES: Mapping[str, DeviceSpec] = _Catalogue(_h100, _h200, _b200, _wse3, _groq, m4_max, phone)
 
 
 def get_device(name: str) -> DeviceSpec:

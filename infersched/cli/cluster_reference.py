@@ -98,6 +98,13 @@ KEYS = {
                                              "`chunked_prefill: true`, above `max_batch` on colocated pools"),
     "pools[].memory_utilization": ("share (0, 1]", None, "share of device memory the engine may use "
                                                          "(weights, then KV cache)"),
+    "pools[].pue": ("ratio >= 1", f"{config.DEFAULT_DATACENTER_PUE} (datacenter devices), "
+                                  f"{config.DEFAULT_EDGE_PUE} (edge)",
+                    "facility power usage effectiveness: `facility_energy_j` = board energy x (1 + the device's "
+                    "host_power_share) x pue (simulator/energy.py)"),
+    "pools[].serving": ("-", "`pooled`", "`pooled` (any request may use any instance) or `own-device` (instance "
+                                         "k is user k's device and serves only request ids = k mod instances, one "
+                                         "at a time: max_batch 1, role both; idle power counts only while serving)"),
     "policy.name": ("-", None, "preset name (`infersched policies`)"),
     "policy.filters": ("-", "the preset's", "list of filter plugin names, replacing the preset's"),
     "policy.scorers": ("-", "the preset's", "mapping scorer name -> weight (>= 0), replacing the preset's"),

@@ -1,0 +1,72 @@
+"""Fleet sizing for the economics sections: the rule, the fractional size, and held-out evaluation on real
+(small) simulations."""
+from __future__ import annotations
+
+import pytest
+
+from bench.economics import common, fleet
+from bench.economics.common import cluster_file, poisson
+from bench.economics.fleet import at_whole, fractional, fractional_k, rule, sized_family
+from scheduler.config import SloConfig
+from simulator.traces import builtin_trace_path, read_trace
+
+
+@pytest.mark.parametrize("attainment, expected", [
+    ([(1, 0.50), (2, 0.995), (3, 1.0)], (2, 0.99)),  # the fewest meeting the target
+    ([(1, 0.90), (2, 0.96), (3, 0.962), (4, 0.962)], (2, 0.962 - 0.005)),  # none can: within half a point of best
+    ([(1, 0.999)], (1, 0.99)),
+])
+def test_rule_picks_the_fewest_meeting_the_target_or_near_the_best(attainment, expected):
+    k, threshold = rule(attainment)
+    assert k == expected[0]
+    assert threshold == pytest.approx(expected[1])
+
+
+@pytest.mark.parametrize("attainment, whole, threshold, expected", [
+    ([(1, 0.80), (2, 1.0)], 2, 0.99, 1 + 0.19 / 0.20),  # crosses just below 2
+    ([(1, 0.995)], 1, 0.99, 1.0),  # one instance already meets it
+    ([(2, 0.5), (3, 0.99)], 3, 0.99, 3.0),  # exactly at the threshold
+])
+def test_fractional_size_interpolates_the_crossing(attainment, whole, threshold, expected):
+    assert fractional_k(attainment, whole, threshold) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    trace = read_trace(builtin_trace_path())
+    slo = SloConfig(ttft_s=5.0, tpot_s=0.1)
+    saved = list(common.SEEDS)
+    common.SEEDS[:] = [7, 8]
+    try:
+        yield sized_family(lambda c: cluster_file("frontier", slo, **{"frontier-405b": c}), "least-loaded", None,
+                           lambda seed: poisson(trace, 400, 4.0, seed), list(range(1, 5)), every_size=True)
+    finally:
+        common.SEEDS[:] = saved
+
+
+def test_fleet_is_sized_on_a_held_out_slice_and_judged_on_the_evaluation_seeds(frontier):
+    assert frontier["sizing_seed"] == fleet.SIZING_SEED not in (7, 8)
+    assert [r["seed"] for r in at_whole(frontier)] == [7, 8]
+    sizes = [k for k, _ in frontier["sizing"]]
+    assert sizes == sorted(sizes) and frontier["whole"] in sizes
+    # Every size up to one past the rule's runs on every evaluation seed.
+    assert sorted(map(int, frontier["by_k"])) == list(range(1, frontier["whole"] + 2))
+    assert frontier["whole"] - 1 <= frontier["fractional_k"] <= frontier["whole"]
+
+
+def test_more_instances_cost_more_and_the_fractional_fleet_lies_between(frontier):
+    by_k = frontier["by_k"]
+    costs = [sum(r["cost_usd"] for r in by_k[str(k)]) for k in sorted(map(int, by_k))]
+    assert costs == sorted(costs)
+    k = frontier["fractional_k"]
+    lo, hi = by_k[str(int(k // 1))], by_k[str(-int(-k // 1))]
+    for x, a, b in zip(fractional(frontier, "energy_j"), lo, hi):
+        assert a["energy_j"] <= x <= b["energy_j"]
+
+
+def test_without_every_size_only_the_sizes_around_the_rule_run():
+    trace = read_trace(builtin_trace_path())
+    slo = SloConfig(ttft_s=5.0, tpot_s=0.1)
+    fam = sized_family(lambda c: cluster_file("frontier", slo, **{"frontier-405b": c}), "least-loaded", None,
+                       lambda seed: poisson(trace, 300, 8.0, seed), list(range(1, 6)))
+    assert {int(k) for k in fam["by_k"]} == {k for k in (fam["whole"] - 1, fam["whole"], fam["whole"] + 1) if k >= 1}
