@@ -6,17 +6,19 @@ Both runtimes (simulator and live control plane) build a `Cluster` and keep its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from scheduler.config import QUANTIZATION_BYTES, Backend, ClusterConfig, ConfigError, PoolConfig
+from scheduler.config import (QUANTIZATION_BYTES, QUANTIZATION_CAPABILITY, Backend, ClusterConfig, ConfigError,
+                              PoolConfig, Serving)
 from scheduler.types import Role, Stage
 from workers.devices import get_device
 from workers.engine import BatchEngine
 from workers.learned_perf import LearnedPerf
 from workers.models import load_model, with_dtype
 from workers.perf import InstancePerf, chips_needed
+from workers.speculative import SpeculativePerf
 from workers.kv_tiers import TierLru
 from workers.prefix_cache import PrefixIndex, tiered_cache
 
@@ -58,8 +60,12 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
         raise ConfigError(f"{where}: key 'model': {exc.args[0] if exc.args else exc}{hint}") from None
     if pool.quantization is not None:
         model = with_dtype(model, QUANTIZATION_BYTES[pool.quantization])
+        if model.capability is not None and pool.quantization in QUANTIZATION_CAPABILITY:
+            model = replace(model, capability=model.capability * QUANTIZATION_CAPABILITY[pool.quantization])
 
     def make(chips: int) -> InstancePerf:
+        if pool.speculative is not None:
+            return speculative_pool_perf(pool, device, model, chips, where)
         return InstancePerf(device, model, chips=chips, price_usd_per_hour=pool.price_usd_per_hour,
                             memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
 
@@ -82,6 +88,27 @@ def build_pool_perf(pool: PoolConfig, source: str = "<cluster>") -> InstancePerf
             f"{pool.chips_per_instance} x {device.name} "
             f"({pool.chips_per_instance * device.memory_bytes / 1e9:.1f} GB); raise chips_per_instance "
             "or set it to auto")
+    return perf
+
+
+def speculative_pool_perf(pool: PoolConfig, device, model, chips: int, where: str) -> SpeculativePerf:
+    """A pool's instance with its `speculative:` draft (at the pool's quantization, as the model)."""
+    key = f"{where}: key 'speculative.draft_model'"
+    try:
+        draft = load_model(pool.speculative.draft_model)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc.args[0] if exc.args else exc}") from None
+    if pool.quantization is not None:
+        draft = with_dtype(draft, QUANTIZATION_BYTES[pool.quantization])
+    try:
+        perf = SpeculativePerf(device, model, draft, pool.speculative, chips=chips,
+                               price_usd_per_hour=pool.price_usd_per_hour,
+                               memory_utilization=pool.memory_utilization, max_seqs=pool.max_batch)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not perf.fits:
+        raise ConfigError(f"{key}: {draft.name} beside {model.name} leaves no KV room in {chips} x {device.name}; "
+                          "raise chips_per_instance")
     return perf
 
 
@@ -150,6 +177,12 @@ class ClusterSnapshot:
         # seven scalar stores).
         for name in self.DYNAMIC_COLUMNS:
             setattr(self, name, np.zeros(n))
+        # Python-list copies of the columns the scalar predictors read (`*_list` below): on a
+        # stage of a few candidates, list arithmetic beats numpy's ~0.5 us per call.
+        self._ready = [0.0] * n
+        self._tpot_base = [0.0] * n
+        self._tpot_per_token = [0.0] * n
+        self._pool_list = self.pool.tolist()
         for i in range(n):
             self.update(i, 0, 0, 0, self._kv_capacity[i], 0.0)
         # Candidate sets per stage, fixed by role.
@@ -179,6 +212,24 @@ class ClusterSnapshot:
         self.prefix_store: TierLru | None = None
         self.all_instances_mask = (1 << n) - 1
         self._init_economics(pools)
+        self._init_own_devices(pools)
+
+    def _init_own_devices(self, pools: list[Pool]) -> None:
+        """Own-device pools (`serving: own-device`): instance k of such a pool is user k's device,
+        and request r belongs to user r mod instances, so it may use only that one instance
+        there. `own_device` is None when no pool serves that way (the common case costs nothing)."""
+        own = [(p.first_instance, p.config.instances) for p in pools if p.config.serving == Serving.OWN_DEVICE]
+        self.own_device: tuple[tuple[int, int], ...] | None = tuple(own) or None
+        if own:
+            in_own = np.zeros(self.n_instances, dtype=bool)
+            for first, count in own:
+                in_own[first:first + count] = True
+            self._shared_prefill = self.candidates[Stage.PREFILL][~in_own[self.candidates[Stage.PREFILL]]]
+
+    def own_device_candidates(self, request_id: int) -> np.ndarray:
+        """The prefill candidates of one request: every pooled instance plus its user's own devices."""
+        mine = [first + request_id % count for first, count in self.own_device]
+        return np.sort(np.concatenate([self._shared_prefill, np.array(mine, dtype=self._shared_prefill.dtype)]))
 
     def _init_economics(self, pools: list[Pool]) -> None:
         """Static columns the tier, cost and energy plugins read (computed once per cluster).
@@ -253,6 +304,7 @@ class ClusterSnapshot:
         learned[i] = prefill_s_per_token
         self.pool_prefill_a_s[k] = self.pool_prefill_c_s[k] = 0.0
         self.pool_prefill_b_s[k] = sum(learned.values()) / len(learned)
+        self._pool_prefill_abc[k] = (0.0, float(self.pool_prefill_b_s[k]), 0.0)
         self.update(i, int(self.queued_requests[i]), int(self.queued_tokens[i]), int(self.running[i]),
                     int(self.kv_free[i]), float(self.busy_until_s[i]))
 
@@ -268,12 +320,13 @@ class ClusterSnapshot:
         load = (queued_requests + running) * self._inv_max_batch[i]
         self.load[i] = load
         self.load_score[i] = 1.0 / (1.0 + load)
-        self.ready_s[i] = ready
+        self.ready_s[i] = self._ready[i] = ready
         d, e, f = self._decode_coef[i]
         # A queue for decode slots delays the first decode step; charge it as extra TPOT.
         queue_factor = 1.0 + queued_requests * self._inv_max_batch[i]
-        self.tpot_base_s[i] = (d + (running + 1.0) * e + (self._kv_capacity[i] - kv_free) * f) * queue_factor
-        self.tpot_per_token_s[i] = f * queue_factor
+        self.tpot_base_s[i] = self._tpot_base[i] = (
+            (d + (running + 1.0) * e + (self._kv_capacity[i] - kv_free) * f) * queue_factor)
+        self.tpot_per_token_s[i] = self._tpot_per_token[i] = f * queue_factor
 
     def predicted_prefill_s(self, cands: np.ndarray, tokens: int) -> np.ndarray:
         """Prefill time of a `tokens`-long prompt alone on each candidate (computed per pool, then spread)."""
@@ -308,6 +361,27 @@ class ClusterSnapshot:
         tpot = self.tpot_per_token_s[cands] * float(context_tokens)
         tpot += self.tpot_base_s[cands]
         return tpot
+
+    # Scalar twins of the predictors above, over a list of candidate ids: the same
+    # floating-point operations in the same order (IEEE doubles either way), so the same bits.
+    def predicted_ttft_list(self, cands: list[int], stage: Stage, now_s: float, tokens: int) -> list[float]:
+        """`predicted_ttft_s` as a list (r > now exactly when r - now > 0 for finite doubles)."""
+        k = self.stage_pool[stage]
+        if k >= 0:
+            a, b, c = self._pool_prefill_abc[k]
+            prefill = (c * tokens + b) * tokens + a
+            return [(r - now_s if r > now_s else 0.0) + prefill for r in map(self._ready.__getitem__, cands)]
+        by_pool = [(c * tokens + b) * tokens + a for a, b, c in self._pool_prefill_abc]
+        ready = self._ready
+        pool = self._pool_list
+        return [(ready[i] - now_s if ready[i] > now_s else 0.0) + by_pool[pool[i]] for i in cands]
+
+    def predicted_tpot_list(self, cands: list[int], context_tokens: int) -> list[float]:
+        """`predicted_tpot_s` as a list."""
+        base = self._tpot_base
+        per_token = self._tpot_per_token
+        x = float(context_tokens)
+        return [per_token[i] * x + base[i] for i in cands]
 
 
 def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:

@@ -12,14 +12,35 @@ from typing import Any
 
 import yaml
 
+from scheduler.config_speculative import parse_speculative
 from scheduler.types import Role
 from scheduler.validation import ConfigError, Fields  # ConfigError: callers import it from here too
 from workers.engine import DEFAULT_TOKEN_BUDGET
 from workers.kv_tiers import HBM, STORE, KvTier, StoreWrite
+from workers.speculative import SpeculativeConfig
 from workers.tier_media import MEDIA
 
-# Bytes per weight for the `quantization` key of a pool.
-QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+# Bytes per weight for the `quantization` key of a pool. q4_k_m is llama.cpp's GGUF Q4_K_M as
+# laptops run it: 4.89 bits per weight (a Llama-3.1-8B file is 4.92 GB; workers/edge_devices.py).
+QUANTIZATION_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "q4_k_m": 4.89 / 8}
+# Capability kept at 4-bit weights: Meta-Llama-3.1-8B-Instruct-quantized.w4a16 recovers 96.1% of
+# the bf16 model's Open LLM Leaderboard v2 average (98.9% on v1, 93.0% on Arena-Hard; Neural
+# Magic / Red Hat AI model card, 2024). 8-bit weights recover ~100% there and keep their capability.
+QUANTIZATION_CAPABILITY = {"int4": 0.961, "q4_k_m": 0.961}
+
+
+class Serving(str, Enum):
+    """Who a pool's instances serve."""
+
+    POOLED = "pooled"  # any request may go to any instance (a fleet, or owned devices pooled as one)
+    OWN_DEVICE = "own-device"  # instance k is one user's device: it serves only that user's requests
+
+
+# Power usage effectiveness when a pool sets none: datacenter devices at the Uptime Institute
+# Global Data Center Survey 2024 average (1.56; hyperscalers report less, e.g. Google's 2023
+# fleet 1.10: set `pue:` per pool); edge devices sit in rooms that are not cooled for them (1.0).
+DEFAULT_DATACENTER_PUE = 1.56
+DEFAULT_EDGE_PUE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +120,9 @@ class PoolConfig:
     launch: LaunchConfig | None = None  # openai: engines started by `serve` instead of endpoints
     context_tokens: int = 8192  # openai without a device: the longest prompt + output one request may have
     aliases: tuple[str, ...] = ()  # other names clients may ask for this pool's model by (the OpenAI API's `model`)
+    speculative: SpeculativeConfig | None = None  # speculative decoding (scheduler/config_speculative.py)
+    pue: float | None = None  # facility power usage effectiveness; None: by device kind (see above)
+    serving: Serving = Serving.POOLED
 
     @property
     def engine_token_budget(self) -> int:
@@ -126,6 +150,8 @@ _POOL_KEYS = {
     "name", "device", "instances", "model", "role", "chips_per_instance", "quantization",
     "link_gbps", "price_usd_per_hour", "max_batch", "max_batch_tokens", "memory_utilization",
     "chunked_prefill", "token_budget", "kv_tiers", "backend", "endpoints", "launch", "context_tokens", "aliases",
+    "speculative",
+    "pue", "serving",
 }
 # An openai pool's keys: the engines decide batching, memory and chunking themselves.
 _OPENAI_POOL_KEYS = {"name", "backend", "endpoints", "launch", "model", "device", "role", "price_usd_per_hour",
@@ -183,9 +209,12 @@ def _parse_pool(v: Fields, index: int, raw: Any) -> PoolConfig:
         kwargs["price_usd_per_hour"] = v.number(f"{where}.price_usd_per_hour", raw["price_usd_per_hour"],
                                                 at_least=0)
     _parse_chunking(v, where, raw, kwargs)
+    _parse_boundary(v, where, raw, kwargs)
     if raw.get("kv_tiers") is not None:
         kwargs["kv_tiers"] = _parse_kv_tiers(v, where, raw["kv_tiers"], kwargs["role"])
     kwargs["aliases"] = _parse_aliases(v, where, raw)
+    if raw.get("speculative") is not None:
+        kwargs["speculative"] = parse_speculative(v, f"{where}.speculative", raw["speculative"], kwargs["role"])
     pool = PoolConfig(**kwargs)
     if pool.chunked_prefill and pool.role == Role.BOTH and pool.token_budget <= pool.max_batch:
         raise v.fail(f"{where}.token_budget", f"{pool.token_budget} leaves no room for prompt chunks beside a "
@@ -320,6 +349,25 @@ def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
                          "(prefill-first iterations are capped by max_batch_tokens)")
         kwargs["token_budget"] = v.number(f"{where}.token_budget", raw["token_budget"], integer=True, above=0)
     kwargs["chunked_prefill"] = chunked
+
+
+def _parse_boundary(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
+    """pue (>= 1) and serving (pooled | own-device: one user per instance, batch 1, role both)."""
+    if raw.get("pue") is not None:
+        kwargs["pue"] = v.number(f"{where}.pue", raw["pue"], at_least=1)
+    if "serving" not in raw:
+        return
+    serving = v.string(f"{where}.serving", raw["serving"])
+    if serving not in {s.value for s in Serving}:
+        raise v.fail(f"{where}.serving", f"unknown {serving!r}; expected one of {', '.join(s.value for s in Serving)}")
+    if serving == Serving.OWN_DEVICE:
+        if kwargs["role"] != Role.BOTH:
+            raise v.fail(f"{where}.serving", "an own-device pool serves whole requests (role both)")
+        if raw.get("max_batch", 1) != 1:
+            raise v.fail(f"{where}.max_batch", "an own-device pool serves its user's requests one at a time "
+                         "(max_batch 1, the Intelligence-per-Watt study's setting)")
+        kwargs["max_batch"] = 1
+    kwargs["serving"] = Serving(serving)
 
 
 def _parse_kv_tier(v: Fields, where: str, raw: Any, keys: set[str], name: str) -> KvTier:

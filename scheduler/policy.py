@@ -15,6 +15,7 @@ the decision itself, and the simulator makes one decision per request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import add
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,10 @@ except ImportError:  # pragma: no cover - numpy 1.26
     from numpy.core.umath import clip as _clip
 
 _BOTH = int(Role.BOTH)
+# Up to this many candidates a stage is scored on Python lists when every plugin of the
+# policy has a list twin (`score_list`, `pick_list`): a numpy call costs ~0.3-1 us whatever
+# its size, list arithmetic ~30-60 ns an element, so lists win on small stages.
+SCALAR_MAX_CANDIDATES = 16
 # Decision(...) through its generated __new__ costs ~0.4 us; tuple.__new__ with every field
 # in order builds the same named tuple in ~0.15 us, once per request on the simulator's path.
 _new = tuple.__new__
@@ -66,10 +71,21 @@ class Policy:
         # clamp is skipped: ~0.75 us a stage, two stages a disaggregated request.
         self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
+        self._scalar = hasattr(picker, "pick_list") and all(hasattr(s, "score_list") for s, _, _ in self._scorers)
+        # Judgements a multi-pass policy pays for (scheduler/plugins/overhead.py): a router's
+        # before the first pass, a verifier's after each pass.
+        self._first_overheads = [p.first_overhead for p in [s for s, _ in scorers] + [staging]
+                                 if hasattr(p, "first_overhead")]
+
+    def first_overheads(self, req: Request) -> list:
+        """The judgements made before a request's first pass (routers), each an Overhead."""
+        return [o for o in (f(req) for f in self._first_overheads) if o is not None]
 
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:
         cands = snap.candidates[stage]
+        if snap.own_device is not None and stage == Stage.PREFILL:
+            cands = snap.own_device_candidates(req.request_id)
         n = len(cands)
         reason = ""
         removed = [] if explained is not None else None
@@ -91,6 +107,8 @@ class Policy:
             reason = reason or f"no {stage.name.lower()} instances"
         elif n == 1:
             chosen = int(cands[0])
+        elif parts is None and self._scalar and n <= SCALAR_MAX_CANDIDATES:
+            chosen = self._place_scalar(req, snap, stage, cands.tolist(), now_s, rng, prefill_instance)
         else:
             for scorer, weight, bounded in self._scorers:
                 score = scorer.score(req, snap, stage, cands, now_s, prefill_instance)
@@ -112,6 +130,22 @@ class Policy:
             explained.append(Placement(stage, tuple(cands.tolist()), tuple(removed), tuple(parts),
                                        tuple(total.tolist()) if total is not None else (), chosen, reason))
         return chosen, reason
+
+    def _place_scalar(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: list[int], now_s: float,
+                      rng: np.random.Generator, prefill_instance: int) -> int:
+        """The weighted sum and the pick on lists: the array path's operations on the same
+        doubles in the same order, so the same choice for finite scores."""
+        total = None
+        for scorer, weight, bounded in self._scorers:
+            score = scorer.score_list(req, snap, stage, cands, now_s, prefill_instance)
+            if not bounded:  # np.clip: max(x, 0) then min(., 1), NaN passing through
+                score = [(x if x < 1.0 else 1.0) if x > 0.0 else (0.0 if x == x else x) for x in score]
+            if weight != 1.0:
+                score = [x * weight for x in score]
+            total = score if total is None else list(map(add, total, score))
+        if total is None:
+            total = [0.0] * len(cands)
+        return self._picker.pick_list(req, cands, total, rng)
 
     def decide(self, req: Request, snap: ClusterSnapshot, now_s: float, rng: np.random.Generator) -> Decision:
         explained = [] if self.explain else None

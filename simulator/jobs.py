@@ -96,6 +96,10 @@ class SimJob:
     policy: str
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # A per-question correctness matrix (simulator/quality_matrix.py) judging answers instead of
+    # the difficulty threshold, and catalogue model -> matrix column where the names differ.
+    quality_matrix: str | None = None
+    quality_columns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +158,15 @@ def run_job(job: SimJob) -> dict:
     from simulator.sim import Simulation
 
     policy = build_policy(job.policy, job.cluster, overrides=job.params or None)
-    result = Simulation(Cluster(job.cluster), policy, build_workload(job.workload)[1], seed=job.seed,
-                        keep_records=False).run()
+    cluster = Cluster(job.cluster)
+    quality = None
+    if job.quality_matrix is not None:
+        from simulator.quality_matrix import CorrectnessMatrix, MatrixQuality
+
+        quality = MatrixQuality(CorrectnessMatrix.read_csv(job.quality_matrix), cluster, dict(job.quality_columns),
+                                seed=job.workload.seed)
+    result = Simulation(cluster, policy, build_workload(job.workload)[1], seed=job.seed, keep_records=False,
+                        quality=quality).run()
     summary = summarize(result)
     summary["label"] = job.label
     return summary

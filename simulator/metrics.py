@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from scheduler.config import Serving
 from scheduler.reasons import count_by_code
+from simulator.energy import boundary_summary
 from simulator.tally import PERCENTILES, Tally, percentiles
+from workers.speculative import speculative_report
 
 __all__ = ["PERCENTILES", "PoolUsage", "RECORD_COLUMNS", "RequestRecords", "UtilizationTimeline", "summarize"]
 
@@ -97,7 +100,9 @@ class PoolUsage:
             name=pool.name, device=perf.device.name, model=perf.model.name, role=pool.role.name.lower(),
             instances=n, chips_per_instance=perf.chips, busy_s=busy,
             dynamic_energy_j=sum(e.dynamic_energy_j for e in engines),
-            idle_energy_j=perf.idle_power_w * makespan_s * n,
+            # A user's own device is on for its user anyway: it is charged idle power only while
+            # it serves. Every other instance is provisioned for the run.
+            idle_energy_j=perf.idle_power_w * (busy if pool.config.serving == Serving.OWN_DEVICE else makespan_s * n),
             # Provisioned instances are paid for by the hour, busy or not.
             cost_usd=perf.price_usd_per_s * makespan_s * n,
             prefill_tokens=sum(e.prefill_tokens for e in engines),
@@ -174,8 +179,12 @@ def summarize(result) -> dict:
     kv = getattr(result, "kv_tiers", None) or {}
     tier_rows = kv.get("kv_tiers", {})
     # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
-    energy = sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
-    cost = sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
+    # Router and verifier passes (scheduler/plugins/overhead.py) run on instances of their own.
+    overheads = getattr(result, "overheads", None) or {}
+    energy = (sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
+              + sum(r["energy_j"] for r in overheads.values()))
+    cost = (sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
+            + sum(r["cost_usd"] for r in overheads.values()))
     out_tokens = t.output_tokens
     placed_total = max(t.placed, 1)
     n_correct = t.correct
@@ -208,6 +217,7 @@ def summarize(result) -> dict:
             "capability": float(t.pool_capability[p.index]),
             "chunked_prefill": p.config.chunked_prefill,
             "token_budget": p.config.token_budget if p.config.chunked_prefill else None,
+            "speculative": speculative_report(p.config.speculative),
             # Passes served (escalations and advice included); equals requests for one-pass policies.
             "passes": int(passes[p.index]) if passes is not None else int(t.served_counts[p.index]),
         }
@@ -250,7 +260,11 @@ def summarize(result) -> dict:
         "output_tokens_per_s": float(out_tokens / makespan) if makespan > 0 else 0.0,
         "makespan_s": makespan,
         "cost_usd": cost,
+        # Board (chip) energy; the facility and marginal boundaries: simulator/energy.py.
         "energy_j": energy,
+        **boundary_summary(cluster, result.pools, pools, overheads),
+        # Each judgement kind ("router", "verifier"): passes, seconds, energy_j, cost_usd, device.
+        "judgements": overheads,
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
         # Energy attributed to requests (busy time only: idle power of provisioned but
         # unused instances is in energy_j, not here).

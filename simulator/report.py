@@ -171,6 +171,11 @@ def format_summary(s: dict) -> str:
     lines.append("")
     lines += format_table(["pool", "device", "role", "inst", "requests", "share", "prefill tok", "decode tok",
                            "busy", "energy kWh", "cost $"], rows, align="<<<")
+    drafted = [f"{name} drafts with {sp['draft_model']} ({sp['draft_tokens']} tokens a round, acceptance "
+               f"{sp['acceptance']:g}: {sp['tokens_per_round']:.2f} tokens per round)"
+               for name, p in s["pools"].items() if (sp := p.get("speculative"))]
+    if drafted:
+        lines.append("speculative decoding: " + "; ".join(drafted))
     lines += [""] + describe(s)
     rate = s.get("sim_requests_per_s")
     rate_text = f", {rate:,.0f} requests/s" if rate else ""

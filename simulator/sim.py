@@ -16,7 +16,7 @@ import itertools
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,8 @@ from workers.engine import FINISHED, FIRST_TOKEN, JOINED, BatchEngine
 from workers.itl import ItlHistogram
 
 _WAKE = 0  # payload: instance id
-_KV_READY = 1  # payload: request id
+_KV_READY = 1  # payload: (request id, decode instance, input tokens, output tokens, first token s)
+_DEFERRED = 2  # payload: request id whose next pass waits for a router's or verifier's judgement
 _SAMPLE_EVERY_MASK = 1023  # sample pool utilization every 1,024 arrivals
 _BOTH = int(Role.BOTH)
 # The arrival loop builds Request tuples positionally (tuple.__new__, a third of the cost of
@@ -71,14 +72,19 @@ class SimResult:
     # (simulator/ledger.py) when the run streamed its records to disk.
     tally: Tally | None = None
     record_dir: Path | None = None
+    # Router and verifier judgements (scheduler/plugins/overhead.py): kind -> passes, seconds,
+    # energy_j, cost_usd and device; empty when the policy judges nothing.
+    overheads: dict = field(default_factory=dict)
 
 
 class Simulation:
     def __init__(self, cluster: Cluster, policy: Policy, workload: Workload, *, seed: int = 0,
                  progress: bool = False, chunk_size: int = 65536, decision_log: DecisionLog | None = None,
-                 keep_records: bool = True, record_dir: Path | None = None):
+                 keep_records: bool = True, record_dir: Path | None = None, quality=None):
         """keep_records=False bounds memory by the requests in flight (simulator/ledger.py): the
-        result then has no `records`, and its per-request columns go to `record_dir` if given."""
+        result then has no `records`, and its per-request columns go to `record_dir` if given.
+        `quality`: a MatrixQuality (simulator/quality_matrix.py) judging answers by real
+        per-question results instead of the difficulty threshold; None: the threshold."""
         self.cluster = cluster
         self.policy = policy
         self.workload = workload
@@ -96,7 +102,8 @@ class Simulation:
         self.record_dir = Path(record_dir) if record_dir is not None else None
         self._writer = ColumnWriter(self.record_dir, workload.n_requests) if record_dir is not None else None
         # Settled requests' summary, folded in as the window retires them (bounded runs only).
-        self.tally = Tally(cluster, workload.n_requests) if self.window.bounded else None
+        self.quality = quality
+        self.tally = Tally(cluster, workload.n_requests, quality) if self.window.bounded else None
         self.utilization = UtilizationTimeline([p.config.instances for p in cluster.pools])
         self._link_free_s = [0.0] * cluster.n_instances  # per prefill instance's outbound link
         self._n_pools = len(cluster.pools)
@@ -116,13 +123,44 @@ class Simulation:
         if decision_log is not None:
             policy.explain = True
         self._capability = self.snap.capability.tolist()
+        # Disaggregated passes from placement until they join a decode batch: request id ->
+        # (prefill instance, decode instance, input tokens, output tokens), so hand-overs read
+        # no record columns (a numpy scalar read plus int() costs ~0.1 us; a hand-over took 8).
+        self._split: dict[int, tuple[int, int, int, int]] = {}
+        # Prefill-only and decode-only instances changed since the policy last read the snapshot,
+        # with the time of their last change. Their rows are written just before the next read
+        # (`_settle`): one changed twice in between (a prefill instance's wake, then its release
+        # at the join) is written once, with what the last change's write would have written.
+        # Colocated instances are written at once: they rarely change twice between two
+        # arrivals (2.44 -> 2.32 writes a request), less than the bookkeeping costs.
+        self._stale: dict[int, float] = {}
         self._pool_passes = [0] * len(cluster.pools)
+        # Passes waiting for a judgement: request id -> (request as it arrived, pass, pass number).
+        self._deferred: dict[int, tuple] = {}
+        self._settling: dict[int, tuple] = {}  # deferred re-serves: the answer that stands if they find no room
+        self._overheads: dict[str, dict] = {}
+        self._check_overhead = getattr(self.staging, "check_overhead", None)
 
     # ---- helpers ---------------------------------------------------------
-    def _sync(self, i: int, now: float) -> None:
-        """Copy one engine's state into the snapshot the policy reads."""
-        queued, tokens, running, kv_free, busy = self.engines[i].row(now)
-        self.snap.update(i, queued, tokens, running, kv_free, busy)
+    def _settle(self) -> None:
+        """Write the changed instances' rows into the snapshot (before the policy or a staging
+        plugin reads it). A row depends on the time only through an idle or decoding instance's
+        `busy_until_s` (the time of its last change), so writing it late changes nothing."""
+        update = self.snap.update
+        engines = self.engines
+        for i, t in self._stale.items():
+            queued, tokens, running, kv_free, busy = engines[i].row(t)
+            update(i, queued, tokens, running, kv_free, busy)
+        self._stale.clear()
+
+    def _changed(self, i: int, now: float) -> None:
+        """Instance `i` changed at `now`: write its row (colocated) or mark it stale."""
+        eng = self.engines[i]
+        if eng.role == _BOTH:
+            queued, tokens, running, kv_free, busy = eng.row(now)
+            self.snap.update(i, queued, tokens, running, kv_free, busy)
+        else:
+            self._stale[i] = now
 
     def _schedule_wake(self, i: int) -> None:
         t = self.engines[i].next_wake_s
@@ -137,24 +175,20 @@ class Simulation:
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
-                src = int(self.records.prefill_instance[rid & self._mask])
+                src = self._split.pop(rid)[0]
                 src_eng = self.engines[src]
                 src_eng.release(rid)
                 if src_eng.poke(now, self._log):  # a prefill-only engine reports no events here
                     self._schedule_wake(src)
-                self._sync(src, now)
+                self._stale[src] = now
 
     def _hand_over(self, src: int, rid: int, now: float) -> None:
-        rec = self.records
-        k = rid & self._mask
-        out = int(rec.output_tokens[k])
-        rec.first_token_s[k] = now  # the flush writes it too; the decode side reads it before
+        _, dst, inp, out = self._split[rid]
         if out <= 1:  # nothing to decode: done at the first token
+            del self._split[rid]
             self.engines[src].release(rid)
             self._log.append((FINISHED, rid, now, 0.0, 0.0, now))
             return
-        dst = int(rec.decode_instance[k])
-        inp = int(rec.input_tokens[k])
         # Transfer times per (source pool, destination pool) and prompt length, computed once
         # each: the model's KV size per token is a chain of properties (~1.5 us a call).
         pair = self.instance_pool[src] * self._n_pools + self.instance_pool[dst]
@@ -169,21 +203,19 @@ class Simulation:
         start = max(now, self._link_free_s[src])
         done = start + transfer
         self._link_free_s[src] = done
-        heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, rid))
+        heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, (rid, dst, inp, out, now)))
 
-    def _kv_ready(self, rid: int, now: float) -> None:
-        rec = self.records
-        k = rid & self._mask
-        rec.kv_ready_s[k] = now
-        dst = int(rec.decode_instance[k])
+    def _kv_ready(self, handed: tuple[int, int, int, int, float], now: float) -> None:
+        rid, dst, inp, out, first_token_s = handed
+        self.records.kv_ready_s[rid & self._mask] = now
         eng = self.engines[dst]
-        eng.submit_decode(rid, int(rec.input_tokens[k]), int(rec.output_tokens[k]), float(rec.first_token_s[k]))
+        eng.submit_decode(rid, inp, out, first_token_s)
         first = len(self._log)
         if eng.poke(now, self._log):
             self._schedule_wake(dst)
         if len(self._log) > first:
             self._route(dst, now, first)
-        self._sync(dst, now)
+        self._stale[dst] = now
 
     def _place(self, req: Request, now: float, rng: np.random.Generator, pass_index: int) -> str:
         """Decide and submit one pass; returns the reject reason ('' when placed)."""
@@ -196,22 +228,52 @@ class Simulation:
         rid = req.request_id
         k = rid & self._mask
         rec = self.records
+        d = decision.decode_instance
         rec.prefill_instance[k] = p
-        rec.decode_instance[k] = decision.decode_instance
+        rec.decode_instance[k] = d
         self._pool_passes[self.instance_pool[p]] += 1
-        if decision.decode_instance != p:
-            self._pool_passes[self.instance_pool[decision.decode_instance]] += 1
+        if d != p:
+            self._pool_passes[self.instance_pool[d]] += 1
+            self._split[rid] = (p, d, req.input_tokens, req.output_tokens)
         rec.input_tokens[k] = req.input_tokens
         rec.output_tokens[k] = req.output_tokens
         eng = self.engines[p]
         eng.submit_prefill(rid, req.input_tokens, req.output_tokens, req.block_hashes)
         if eng.poke(now, self._log):
             self._schedule_wake(p)
-        self._sync(p, now)
+        self._changed(p, now)
         return ""
 
+    def _charge(self, rid: int, overheads) -> float:
+        """Book judgements on the request and the run; the seconds they add before its next pass."""
+        delay = 0.0
+        k = rid & self._mask
+        for o in overheads:
+            if o is None:
+                continue
+            row = self._overheads.setdefault(o.kind, {"passes": 0, "seconds": 0.0, "energy_j": 0.0,
+                                                      "cost_usd": 0.0, "device": o.device})
+            row["passes"] += 1
+            row["seconds"] += o.seconds
+            row["energy_j"] += o.energy_j
+            row["cost_usd"] += o.cost_usd
+            self.records.energy_j[k] += o.energy_j
+            self.records.cost_usd[k] += o.cost_usd
+            delay += o.seconds
+        return delay
+
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
+        if self._stale:
+            self._settle()
         first = self.staging.first(req, self.snap)
+        delay = self._charge(req.request_id, self.policy.first_overheads(req))
+        if delay > 0.0:  # the router reads the prompt before the first pass is placed
+            self._deferred[req.request_id] = (req, first, 0)
+            heapq.heappush(self._heap, (now + delay, next(self._seq), _DEFERRED, req.request_id))
+            return
+        self._place_first(req, first, now, rng)
+
+    def _place_first(self, req: Request, first, now: float, rng: np.random.Generator) -> None:
         if self.decision_log is not None:
             self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
@@ -221,12 +283,41 @@ class Simulation:
             return
         self._passes[req.request_id] = (req, first.tag, 0)
 
+    def _place_next(self, orig: Request, step, index: int, now: float, rng: np.random.Generator) -> bool:
+        """Place a request's next pass; False when it found no room (the answer so far stands)."""
+        if self.decision_log is not None:
+            self.decision_log.write_pass(step, now, index)
+        if self._place(step.request, now, rng, index):
+            return False
+        rid = orig.request_id
+        self._passes[rid] = (orig, step.tag, index)
+        k = rid & self._mask
+        if step.kind == PassKind.ADVICE:
+            self.records.advised[k] = 1
+        else:
+            self.records.escalations[k] += 1
+        return True
+
+    def _deferred_pass(self, rid: int, now: float, rng: np.random.Generator) -> None:
+        """A judgement finished: place the pass that waited for it."""
+        if self._stale:
+            self._settle()  # the policy reads the snapshot
+        orig, step, index = self._deferred.pop(rid)
+        if index == 0:
+            self._place_first(orig, step, now, rng)
+            return
+        _, _, credit = self._settling.pop(rid)
+        if not self._place_next(orig, step, index, now, rng):
+            self.records.capability[rid & self._mask] = credit  # no room: the answer so far stands
+
     def _after_passes(self, first: int, now: float, rng: np.random.Generator) -> None:
-        """For each pass that finished (log[first:]), start the request's next pass or settle it."""
+        """For each pass that finished (log[first:]), start the request's next pass or settle it;
+        a verifier's judgement (when the policy pays for one) delays the next pass."""
         log = self._log
         end = len(log)
         rec = self.records
         staging = self.staging
+        check = self._check_overhead
         for i in range(first, end):
             ev = log[i]
             if ev[0] != FINISHED:
@@ -236,34 +327,41 @@ class Simulation:
             if state is None:
                 continue
             orig, tag, index = state
+            if self._stale:
+                self._settle()
             k = rid & self._mask
             capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
-            step = staging.after(orig, tag, capability, credit >= orig.difficulty, self.snap, now)
+            delay = self._charge(rid, (check(orig, tag),)) if check is not None else 0.0
+            right = credit >= orig.difficulty if self.quality is None else self.quality.correct_one(rid, credit)
+            step = staging.after(orig, tag, capability, right, self.snap, now + delay)
+            del self._passes[rid]
             if step is not None:
-                if self.decision_log is not None:
-                    self.decision_log.write_pass(step, now, index + 1)
-                if not self._place(step.request, now, rng, index + 1):
-                    self._passes[rid] = (orig, step.tag, index + 1)
-                    if step.kind == PassKind.ADVICE:
-                        rec.advised[k] = 1
-                    else:
-                        rec.escalations[k] += 1
+                if delay > 0.0:
+                    self._deferred[rid] = (orig, step, index + 1)
+                    self._settling[rid] = (orig, tag, credit)
+                    heapq.heappush(self._heap, (now + delay, next(self._seq), _DEFERRED, rid))
+                    continue
+                if self._place_next(orig, step, index + 1, now, rng):
                     continue
                 # The next pass found no room: the answer delivered so far stands.
-            del self._passes[rid]
             rec.capability[k] = credit
 
     def _event(self, t: float, kind: int, payload: int, rng: np.random.Generator) -> None:
         """One heap event: an instance's iteration ends, or a KV hand-over lands."""
         if kind != _WAKE:
-            self._kv_ready(payload, t)
+            if kind == _KV_READY:
+                self._kv_ready(payload, t)
+            else:
+                self._deferred_pass(payload, t, rng)
             return
         eng = self.engines[payload]
         if eng.next_wake_s != t:
             return  # superseded: a poke moved this instance's wake
         log = self._log
         first = len(log)
+        if self._stale and self.staging is not None:
+            self._settle()  # staging reads the snapshot mid-event: this instance's row as of before it
         eng.wake(t, log)
         if len(log) > first:
             if eng.role != _BOTH:  # disaggregated: hand-overs, joins
@@ -273,8 +371,7 @@ class Simulation:
         wake = eng.next_wake_s
         if wake < math.inf:
             heapq.heappush(self._heap, (wake, next(self._seq), _WAKE, payload))
-        queued, tokens, running, kv_free, busy = eng.row(t)
-        self.snap.update(payload, queued, tokens, running, kv_free, busy)
+        self._changed(payload, t)
 
     def _flush(self) -> None:
         """Write logged events into the records."""
@@ -300,9 +397,11 @@ class Simulation:
 
     def _retire(self, limit: int) -> None:
         """Hand the settled requests before `limit` (and before any multi-pass request still
-        going) to the tally and the column files, freeing their slots."""
+        going, or waiting for a judgement) to the tally and the column files, freeing their slots."""
         if self._passes:
             limit = min(limit, min(self._passes))
+        if self._deferred:
+            limit = min(limit, min(self._deferred))
         end = self.window.settled_until(limit)
         if end > self.window.lo:
             cols = self.window.retire(end)
@@ -330,9 +429,11 @@ class Simulation:
         mask = self._mask
         snap_update = self.snap.update
         # Rows from BatchEngine.row, unbound and unpacked on the hot paths below: a bound
-        # method and a starred call cost ~0.2 us more per write (4.6 writes per
+        # method and a starred call cost ~0.2 us more per write (3.5 writes per
         # disaggregated request, ~3% of a replay).
         engine_row = BatchEngine.row
+        stale = self._stale
+        split = self._split
         snap = self.snap
         engines = self.engines
         decide = self.policy.decide
@@ -357,6 +458,8 @@ class Simulation:
             rec.arrival_s[slots] = chunk.arrival_s
             rec.input_tokens[slots] = chunk.input_tokens
             rec.output_tokens[slots] = chunk.output_tokens
+            if self.quality is not None:  # the router's signal comes from the matrix
+                chunk = replace(chunk, difficulty=self.quality.difficulty(base, n))
             rec.difficulty[slots] = chunk.difficulty
             arrivals = chunk.arrival_s.tolist()
             inputs = chunk.input_tokens.tolist()
@@ -373,7 +476,10 @@ class Simulation:
                     t, _, kind, payload = heappop(heap)
                     n_events += 1
                     if kind != _WAKE:
-                        self._kv_ready(payload, t)
+                        if kind == _KV_READY:
+                            self._kv_ready(payload, t)
+                        else:
+                            self._deferred_pass(payload, t, rng)
                         continue
                     # `_event` inlined: this branch runs ~2.6 times per request, and the
                     # call plus attribute look-ups cost ~5-10% of the whole replay.
@@ -381,6 +487,8 @@ class Simulation:
                     if eng.next_wake_s != t:
                         continue  # superseded: a poke moved this instance's wake
                     first = len(log)
+                    if stale and staging is not None:
+                        self._settle()  # staging reads the snapshot mid-event
                     eng.wake(t, log)
                     if len(log) > first:
                         if eng.role != _BOTH:  # disaggregated: hand-overs, joins
@@ -390,8 +498,11 @@ class Simulation:
                     wake = eng.next_wake_s
                     if wake < inf:
                         heappush(heap, (wake, next(seq), _WAKE, payload))
-                    queued, tokens, running, kv_free, busy = engine_row(eng, t)
-                    snap_update(payload, queued, tokens, running, kv_free, busy)
+                    if eng.role == _BOTH:
+                        queued, tokens, running, kv_free, busy = engine_row(eng, t)
+                        snap_update(payload, queued, tokens, running, kv_free, busy)
+                    else:
+                        stale[payload] = t
                 rid = base + j
                 n_events += 1
                 inp = inputs[j]
@@ -405,6 +516,11 @@ class Simulation:
                         self._sample_utilization(now)
                     continue
                 # Single-pass policies: `_place` inlined (no per-pass accounting needed).
+                if stale:  # `_settle` inlined
+                    for i, t in stale.items():
+                        queued, tokens, running, kv_free, busy = engine_row(engines[i], t)
+                        snap_update(i, queued, tokens, running, kv_free, busy)
+                    stale.clear()
                 decision = decide(req, snap, now, rng)
                 if decision_log is not None:
                     decision_log.write(decision, now)
@@ -414,14 +530,20 @@ class Simulation:
                     reason = decision.reject_reason
                     self.reject_reasons[reason] = self.reject_reasons.get(reason, 0) + 1
                     continue
+                d = decision.decode_instance
                 rec.prefill_instance[rid & mask] = p
-                rec.decode_instance[rid & mask] = decision.decode_instance
+                rec.decode_instance[rid & mask] = d
+                if d != p:
+                    split[rid] = (p, d, inp, out)
                 eng = engines[p]
                 eng.submit_prefill(rid, inp, out, blocks)
                 if eng.poke(now, log):  # prefill-capable engines report no events on a poke
                     heappush(heap, (eng.next_wake_s, next(seq), _WAKE, p))
-                queued, tokens, running, kv_free, busy = engine_row(eng, now)
-                snap_update(p, queued, tokens, running, kv_free, busy)
+                if eng.role == _BOTH:
+                    queued, tokens, running, kv_free, busy = engine_row(eng, now)
+                    snap_update(p, queued, tokens, running, kv_free, busy)
+                else:
+                    stale[p] = now
                 if not rid & _SAMPLE_EVERY_MASK:
                     self._sample_utilization(now)
             self._flush()
@@ -436,6 +558,7 @@ class Simulation:
                 self._flush()
                 self._sample_utilization(t)
         self._flush()
+        self._settle()
         bar.close()
         n_requests = self.workload.n_requests
         if window.bounded:
@@ -447,7 +570,7 @@ class Simulation:
             raise RuntimeError(f"simulation ended with {pending} requests neither completed nor rejected")
         if self._writer is not None:
             self._writer.close()
-        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec)
+        tally = self.tally if window.bounded else Tally.from_records(self.cluster, rec, self.quality)
         makespan = max(tally.max_finish_s, tally.last_arrival_s)
         self._sample_utilization(makespan)
         pools = [
@@ -465,6 +588,7 @@ class Simulation:
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
             pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
             kv_tiers=kv_tier_usage(engines, makespan), tally=tally, record_dir=self.record_dir,
+            overheads={k: dict(v) for k, v in self._overheads.items()},
         )
 
 

@@ -56,11 +56,12 @@ def percentiles(values: np.ndarray, *, in_place: bool = False) -> dict[str, floa
 class Tally:
     """Summary accumulators for one run (see the module docstring)."""
 
-    def __init__(self, cluster, n_requests: int):
+    def __init__(self, cluster, n_requests: int, quality=None):
         self.pool_of_instance = np.array([p.index for p in cluster.pools for _ in p.instances], dtype=np.int64)
         self.pool_capability = np.array([p.perf.model.capability if p.perf.model.capability is not None else 1.0
                                          for p in cluster.pools])
         self.slo = cluster.config.slo
+        self.quality = quality  # a MatrixQuality, or None: capability >= difficulty
         n_pools = len(cluster.pools)
         self.n = 0
         self.completed = self.rejected = self.failed = 0
@@ -81,8 +82,8 @@ class Tally:
         self._stats: dict | None = None
 
     @classmethod
-    def from_records(cls, cluster, records) -> "Tally":
-        tally = cls(cluster, records.n)
+    def from_records(cls, cluster, records, quality=None) -> "Tally":
+        tally = cls(cluster, records.n, quality)
         tally.add(records.columns())
         return tally
 
@@ -91,6 +92,7 @@ class Tally:
         status = cols["status"]
         if not len(status):
             return
+        first_id = self.n
         self.n += len(status)
         completed = status == _COMPLETED
         n_completed = int(completed.sum())
@@ -133,7 +135,10 @@ class Tally:
         capability[placed] = self.pool_capability[prefill_pool]
         staged = ~np.isnan(cols["capability"])
         capability[staged] = cols["capability"][staged]
-        self.correct += int((completed & (capability >= cols["difficulty"])).sum())
+        if self.quality is None:
+            self.correct += int((completed & (capability >= cols["difficulty"])).sum())
+        else:
+            self.correct += int((completed & self.quality.correct(first_id, capability)).sum())
         self.energy_j += float(cols["energy_j"].sum())
         self.cost_usd += float(cols["cost_usd"].sum())
         self.escalations += int(cols["escalations"].sum())

@@ -61,7 +61,7 @@ def load_device_file(path: str | Path) -> DeviceSpec:
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise DeviceFileError(f"{path}: sources: must map field names to strings")
             values["sources"] = {**values.get("sources", {}), **value}
-        elif key in ("name", "kind"):
+        elif key in ("name", "kind", "parallelism"):
             if not isinstance(value, str) or not value:
                 raise DeviceFileError(f"{path}: {key}: must be a non-empty string, got {value!r}")
             values[key] = value

@@ -17,11 +17,16 @@ assumptions.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["DeviceSpec", "DEVICES", "UnknownDeviceError", "get_device", "DEVICE_KINDS"]
+__all__ = ["DeviceSpec", "DEVICES", "UnknownDeviceError", "get_device", "DEVICE_KINDS", "PARALLELISMS"]
 
 DEVICE_KINDS: tuple[str, ...] = ("gpu", "wafer", "lpu", "edge")
+# How an instance of several chips splits a model: "tensor" shards every layer over all chips
+# (all-reduces per layer, chips stream in parallel); "pipeline" gives each chip a contiguous
+# stage of layers, so a pass crosses chips-1 boundaries and the stages run one after another.
+PARALLELISMS: tuple[str, ...] = ("tensor", "pipeline")
 
 # Hours in an average year, to turn a purchase price into an hourly amortized cost.
 _HOURS_PER_YEAR = 8766.0
@@ -77,11 +82,20 @@ class DeviceSpec:
     # Measured device-to-device copy bandwidth (bytes read + written per second): no stream reads
     # faster, so it bounds weight_bw_efficiency and kv_bw_efficiency. None where not measured.
     measured_copy_bw_bytes_s: float | None = None
+    # One of PARALLELISMS; with "pipeline" collective_latency_s is the latency of one stage boundary.
+    parallelism: str = "tensor"
+    # Power drawn outside the chip's own counters while it serves, as a share of the chip's energy:
+    # the host (CPUs, switches, NICs, fans, power-supply losses) of a server, the DRAM, fabric and
+    # adapter of a laptop. Facility energy is (1 + host_power_share) x chip energy x the pool's PUE.
+    host_power_share: float = 0.0
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:
             raise ValueError(f"device {self.name!r}: kind must be one of {DEVICE_KINDS}, got {self.kind!r}")
+        if self.parallelism not in PARALLELISMS:
+            raise ValueError(f"device {self.name!r}: parallelism must be one of {PARALLELISMS}, "
+                             f"got {self.parallelism!r}")
         positive = ("bf16_flops", "memory_bytes", "memory_bw_bytes_s", "peak_power_w", "compute_efficiency",
                     "weight_bw_efficiency", "kv_bw_efficiency", "attn_parallel_units")
         for key in positive:
@@ -95,7 +109,8 @@ class DeviceSpec:
         if not 0.0 <= self.decode_serial_fraction <= 1.0:
             raise ValueError(f"device {self.name!r}: decode_serial_fraction must be in [0, 1]")
         for key in ("prefill_overhead_per_layer_s", "decode_overhead_per_layer_s", "collective_latency_s",
-                    "energy_per_flop_j", "energy_per_byte_j", "kv_transfer_setup_s", "interconnect_bw_bytes_s"):
+                    "energy_per_flop_j", "energy_per_byte_j", "kv_transfer_setup_s", "interconnect_bw_bytes_s",
+                    "host_power_share"):
             value = getattr(self, key)
             if not (value >= 0) or not math.isfinite(value):
                 raise ValueError(f"device {self.name!r}: {key} must be >= 0, got {value!r}")
@@ -166,6 +181,14 @@ def _amortized_usd_per_hour(purchase_usd: float) -> float:
     return purchase_usd / (_AMORTIZATION_YEARS * _HOURS_PER_YEAR)
 
 
+# Host power: an 8-GPU HGX/DGX H100 system is rated 10.2 kW maximum (NVIDIA DGX H100 user guide,
+# power specifications) against 8 x 700 W of GPUs; the rest (CPUs, NVSwitches, NICs, fans,
+# power-supply losses) is 0.82 of the GPUs' power at full load. The share at full load is used
+# at every load: an upper end (hosts idle lower), stated as such in docs/ECONOMICS.md.
+_HGX_H100_HOST_SHARE = (10.2e3 - 8 * 700.0) / (8 * 700.0)
+_DGX_B200_HOST_SHARE = (14.3e3 - 8 * 1000.0) / (8 * 1000.0)
+_HGX_HOST_NOTE = ("DGX H100 user guide: 10.2 kW maximum system power vs 8 x 700 W of GPUs: "
+                  "(10.2 - 5.6) / 5.6 = 0.82 (the full-load share, used at every load)")
 _SCALED_ENERGY_NOTE = ("derived: H100 fitted energy scaled by this chip's (peak - idle) power "
                        "per FLOP/s (per byte/s for bytes); no measurements of its own")
 _NO_COPY_MEASURED = "not measured on this device; efficiencies are bounded by the datasheet bandwidth"
@@ -196,6 +219,7 @@ def _h100() -> DeviceSpec:
         energy_per_flop_j=_H100_ENERGY_PER_FLOP_J,
         energy_per_byte_j=_H100_ENERGY_PER_BYTE_J,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_HGX_H100_HOST_SHARE,
         measured_copy_bw_bytes_s=_H100_COPY_BW,
         sources={
             "bf16_flops": "NVIDIA H100 Tensor Core GPU datasheet: 989 TFLOP/s dense BF16 (SXM)",
@@ -223,6 +247,8 @@ def _h100() -> DeviceSpec:
                                    "sub-millisecond in Mooncake/NIXL reports",
             "measured_copy_bw_bytes_s": "measured device-to-device copy, 2.96-2.98 TB/s read + written "
                                         "(../shared/calibration/README.md)",
+            "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": _HGX_HOST_NOTE,
         },
     )
 
@@ -253,6 +279,7 @@ def _h200() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_HGX_H100_HOST_SHARE,
         sources={
             "bf16_flops": "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 (same GH100 compute as H100 SXM)",
             "fp8_flops": "NVIDIA H200 datasheet: 1,979 TFLOP/s dense FP8",
@@ -276,6 +303,8 @@ def _h200() -> DeviceSpec:
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
+            "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": _HGX_HOST_NOTE + " (DGX H200: the same 10.2 kW)",
         },
     )
 
@@ -307,6 +336,7 @@ def _b200() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=0.5e-3,
+        host_power_share=_DGX_B200_HOST_SHARE,
         sources={
             "bf16_flops": "NVIDIA HGX B200 datasheet: 2.25 PFLOP/s dense FP16/BF16 per GPU",
             "fp8_flops": "NVIDIA HGX B200 datasheet: 4.5 PFLOP/s dense FP8 per GPU",
@@ -330,35 +360,55 @@ def _b200() -> DeviceSpec:
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: as for h100-sxm",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
+            "parallelism": "tensor parallelism inside one NVLink domain (the default of vLLM and TensorRT-LLM)",
+            "host_power_share": "DGX B200 user guide: about 14.3 kW maximum system power vs 8 x 1,000 W of GPUs: (14.3 - 8) / 8",
         },
     )
 
 
-# Cerebras throughput figures behind the wafer's fixed latencies. The per-layer latency comes
-# from the service after its October 2024 software release (kernels rewritten, wafer IO made
-# asynchronous): Llama 3.1 8B at about 2,000 output tokens/s per user (Val Town's Cerebras
-# template, 17 Jan 2025: "2k tokens per second"; Continue's Cerebras provider page: "2000+").
-# No source says whether 8B is drafted. The release that took 70B to 2,100 tokens/s "also
-# implements speculative decoding", which the step model does not fit (workers/speculative.py
-# prices it; no draft or acceptance rate is published), so later 70B figures set nothing here.
-# The hop latency still comes from the launch (27 Aug 2024: 8B at 1,800, 70B on 4 CS-3 at
-# 450 tokens/s): no later multi-wafer figure says it was served without speculative decoding.
+# Cerebras throughput figures behind the wafer's constants. Since Cerebras spreads a model over
+# CS-3 systems a stage of layers per wafer ("70B models fit on as few as four systems"), a pass
+# is a pipeline: per layer a fixed latency plus its weights read from SRAM at an effective
+# per-wafer bandwidth, and one hop per wafer boundary. The launch (27 Aug 2024: Llama 3.1 8B at
+# 1,800 tokens/s on one wafer, 70B at 450 on four, both without speculative decoding) is the
+# only pair of plain figures of two sizes from one software release, so it sets both terms. The
+# October 2024 release rewrote the kernels and took 8B to about 2,000 tokens/s (Val Town's
+# Cerebras template, 17 Jan 2025: "2k tokens per second"; Continue's provider page: "2000+");
+# both terms are scaled by that one ratio (assumption: the rewrite sped them alike). The same
+# release "also implements speculative decoding", priced separately (workers/speculative.py).
 _WSE3_8B_TOKENS_S = 2000.0
 _WSE3_LAUNCH_8B_TOKENS_S = 1800.0
 _WSE3_LAUNCH_70B_TOKENS_S = 450.0
+# Assumption: one wafer boundary (Ethernet RDMA through the cluster fabric) costs about 10 us;
+# it is 1.4% of a 70B pass, so the fit barely depends on it.
+_WSE3_HOP_S = 10e-6
+_WSE3_MEMORY_BW = 21e15
+_WSE3_LINK_BW = 150e9
+
+
+def _wse3_layer_terms() -> tuple[float, float]:
+    """(fixed seconds per layer, effective weight-read bandwidth in bytes/s) of today's software.
+
+    Solves the launch pair, 32a + W8/B = 1/1800 and 80a + W70/B + 3 hops = 1/450 (W: the
+    weight bytes a batch-1 pass reads), then scales a and 1/B by 1,800/2,000.
+    """
+    from workers.models import get_model  # models never import devices: no cycle
+
+    m8, m70 = get_model("llama-3.1-8b"), get_model("llama-3.1-70b")
+    w8, w70 = m8.dense_streamed_bytes, m70.dense_streamed_bytes
+    hops_s = 3 * (_WSE3_HOP_S + m70.hidden * 2.0 / _WSE3_LINK_BW)
+    t8, t70 = 1.0 / _WSE3_LAUNCH_8B_TOKENS_S, 1.0 / _WSE3_LAUNCH_70B_TOKENS_S - hops_s
+    ratio = m70.layers / m8.layers
+    s_per_byte = (t70 - ratio * t8) / (w70 - ratio * w8)
+    per_layer_s = (t8 - w8 * s_per_byte) / m8.layers
+    speedup = _WSE3_8B_TOKENS_S / _WSE3_LAUNCH_8B_TOKENS_S
+    return per_layer_s / speedup, speedup / s_per_byte
 
 
 def _wse3() -> DeviceSpec:
-    idle_w, peak_w, flops, bw = 7000.0, 23000.0, 125e15, 21e15
+    idle_w, peak_w, flops, bw = 7000.0, 23000.0, 125e15, _WSE3_MEMORY_BW
     e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    # Batch-1 decode on the wafer is latency-bound, not bandwidth-bound: streaming 16 GB of
-    # weights at 21 PB/s takes ~1 us, so nearly all of the 1/2000 s per token is fixed
-    # per-layer latency (32 layers in 8B).
-    decode_per_layer_s = (1.0 / _WSE3_8B_TOKENS_S) / 32
-    # 70B spans 4 wafers (141 GB bf16 over 44 GB each): at launch, 80 layers of the launch
-    # per-layer latency plus 2 all-reduces per layer of log2(4) = 2 hops added up to 1/450 s.
-    launch_per_layer_s = (1.0 / _WSE3_LAUNCH_8B_TOKENS_S) / 32
-    hop_s = ((1.0 / _WSE3_LAUNCH_70B_TOKENS_S) - 80 * launch_per_layer_s) / (2 * 80 * 2)
+    decode_per_layer_s, layer_bw = _wse3_layer_terms()
     return DeviceSpec(
         name="wse-3",
         kind="wafer",
@@ -366,22 +416,24 @@ def _wse3() -> DeviceSpec:
         fp8_flops=None,
         memory_bytes=44e9,
         memory_bw_bytes_s=bw,
-        interconnect_bw_bytes_s=150e9,
+        interconnect_bw_bytes_s=_WSE3_LINK_BW,
         idle_power_w=idle_w,
         peak_power_w=peak_w,
         price_usd_per_hour=_amortized_usd_per_hour(2.5e6),
         max_chips_per_instance=64,
         compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
+        weight_bw_efficiency=layer_bw / bw,
         kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
         attn_parallel_units=1.0,
         decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
         prefill_overhead_per_layer_s=decode_per_layer_s,
         decode_overhead_per_layer_s=decode_per_layer_s,
-        collective_latency_s=hop_s,
+        collective_latency_s=_WSE3_HOP_S,
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=1e-3,
+        parallelism="pipeline",
+        host_power_share=0.0,
         sources={
             "bf16_flops": "Cerebras WSE-3 announcement (Mar 2024): 125 PFLOP/s peak AI compute; "
                           "vendor peak, no separate dense figure published",
@@ -394,23 +446,28 @@ def _wse3() -> DeviceSpec:
             "price_usd_per_hour": "assumption: CS-3 at about US$2.5M (press estimates) amortized over 3 years 24x7",
             "max_chips_per_instance": "assumption: a few dozen CS-3 systems per model deployment",
             "compute_efficiency": "reused from the H100 fit (no wafer measurements)",
-            "weight_bw_efficiency": "reused from the H100 fit (no wafer measurements)",
+            "weight_bw_efficiency": "solved with decode_overhead_per_layer_s from the launch pair (8B at 1,800 "
+                                    "tokens/s on 1 wafer, 70B at 450 on 4, Aug 2024) and scaled by the "
+                                    "post-Oct-2024 8B figure (2,000 tokens/s); a batch-1 pass reads each "
+                                    "layer's weights at this share of 21 PB/s",
             "kv_bw_efficiency": "reused from the H100 fit (no wafer measurements)",
             "attn_parallel_units": "assumption: dataflow cores hold the KV cache in place, "
                                    "no launch-occupancy penalty at small batch",
             "decode_serial_fraction": "reused from the H100 fit (no wafer measurements)",
             "prefill_overhead_per_layer_s": "assumption: same per-layer latency as decode",
-            "decode_overhead_per_layer_s": "set so Llama 3.1 8B batch-1 decode gives 2,000 tokens/s "
-                                           "(Cerebras service after its Oct 2024 release, as quoted by "
-                                           "Val Town, Jan 2025, and Continue's provider docs)",
-            "collective_latency_s": "set so Llama 3.1 70B on 4 wafers gave 450 tokens/s with the launch "
-                                    "per-layer latency (Cerebras Inference launch, Aug 2024; superseded "
-                                    "software, but no later multi-wafer figure without speculative "
-                                    "decoding exists)",
+            "decode_overhead_per_layer_s": "solved with weight_bw_efficiency from the Cerebras Inference "
+                                           "launch pair (Aug 2024), scaled so Llama 3.1 8B batch-1 decode "
+                                           "gives 2,000 tokens/s (Cerebras service after its Oct 2024 "
+                                           "release, as quoted by Val Town, Jan 2025, and Continue's docs)",
+            "collective_latency_s": "assumption: about 10 us per wafer boundary (Ethernet RDMA); a pass "
+                                    "crosses chips-1 boundaries (pipeline of layer stages)",
+            "parallelism": "Cerebras: \"20B models fit on a single CS-3 while 70B models fit on as few as "
+                           "four systems\", a stage of layers per wafer (Cerebras Inference launch blog)",
             "energy_per_flop_j": _SCALED_ENERGY_NOTE,
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
+            "host_power_share": "none: the CS-3 system power (23 kW) is the peak_power_w already",
         },
     )
 
@@ -456,6 +513,7 @@ def _groq() -> DeviceSpec:
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
         kv_transfer_setup_s=1e-3,
+        host_power_share=0.0,
         sources={
             "bf16_flops": "Groq GroqChip product brief: 188 TFLOP/s FP16",
             "fp8_flops": "Groq GroqChip product brief: 750 TOPS INT8 (no fp8; int8 used for 8-bit weights)",
@@ -481,121 +539,41 @@ def _groq() -> DeviceSpec:
             "energy_per_byte_j": _SCALED_ENERGY_NOTE,
             "kv_transfer_setup_s": "assumption: Ethernet RDMA transfer setup, about 1 ms",
             "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
+            "parallelism": "assumption: every layer sharded over the chips with per-layer all-reduces, "
+                           "as the two-point fit above assumes",
+            "host_power_share": "not counted: no GroqNode/GroqRack system power figure per chip is published",
         },
     )
 
 
-def _m4_max() -> DeviceSpec:
-    idle_w, peak_w, flops, bw = 7.0, 90.0, 18.4e12, 546e9
-    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    gpu_cores = 40
-    return DeviceSpec(
-        name="m4-max",
-        kind="edge",
-        bf16_flops=flops,
-        fp8_flops=None,
-        memory_bytes=96e9,
-        memory_bw_bytes_s=bw,
-        interconnect_bw_bytes_s=0.0,
-        idle_power_w=idle_w,
-        peak_power_w=peak_w,
-        price_usd_per_hour=None,
-        max_chips_per_instance=1,
-        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
-        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
-        attn_parallel_units=_H100_ATTN_PARALLEL_UNITS * gpu_cores / _H100_SMS,
-        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
-        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
-        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
-        collective_latency_s=0.0,
-        energy_per_flop_j=e_flop,
-        energy_per_byte_j=e_byte,
-        kv_transfer_setup_s=5e-3,
-        sources={
-            "bf16_flops": "M4 Max 40-core GPU: about 18.4 TFLOP/s FP32 (40 cores x 128 ALUs x 2 x 1.8 GHz); "
-                          "FP16 runs at the same rate",
-            "fp8_flops": "Apple GPUs have no fp8 matrix units",
-            "memory_bytes": "Apple M4 Max: up to 128 GB unified memory; macOS lets the GPU wire about 75% "
-                            "of it by default, 96 GB",
-            "memory_bw_bytes_s": "Apple M4 Max press release (Oct 2024): 546 GB/s memory bandwidth",
-            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
-            "idle_power_w": "approximate: MacBook Pro M4 Max package idle with a model resident, a few watts",
-            "peak_power_w": "approximate: M4 Max package power under full GPU load (Notebookcheck review)",
-            "price_usd_per_hour": "owned device, not billed per hour",
-            "max_chips_per_instance": "one laptop",
-            "compute_efficiency": "reused from the H100 fit (no Apple measurements)",
-            "weight_bw_efficiency": "reused from the H100 fit; llama.cpp reaches a similar share of the "
-                                    "546 GB/s in batch-1 decode",
-            "kv_bw_efficiency": "reused from the H100 fit (no Apple measurements)",
-            "attn_parallel_units": "H100 fit scaled by parallel cores, 40 GPU cores / 132 SMs",
-            "decode_serial_fraction": "reused from the H100 fit (no Apple measurements)",
-            "prefill_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
-            "decode_overhead_per_layer_s": "reused from the H100 fit (no Apple measurements)",
-            "collective_latency_s": "single device; no collectives",
-            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
-            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
-            "kv_transfer_setup_s": "assumption: a LAN/Wi-Fi round trip and connection setup, about 5 ms",
-            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
-        },
-    )
+# The edge devices are fitted to published measurements in their own module, which reads the
+# constants above when its builders run (on the catalogue's first use, below).
+from workers.edge_devices import m4_max, phone  # noqa: E402
+
+class _Catalogue(Mapping):
+    """The catalogue, built on first use: the edge devices are fitted on the performance model
+    (workers/perf.py), which imports this module, so they cannot be built while it loads."""
+
+    def __init__(self, *builders):
+        self._builders = builders
+        self._devices: dict[str, DeviceSpec] | None = None
+
+    def _all(self) -> dict[str, DeviceSpec]:
+        if self._devices is None:
+            self._devices = {d.name: d for d in (build() for build in self._builders)}
+        return self._devices
+
+    def __getitem__(self, name: str) -> DeviceSpec:
+        return self._all()[name]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-def _phone() -> DeviceSpec:
-    idle_w, peak_w, flops, bw = 1.0, 8.0, 22e12, 76.8e9
-    e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    return DeviceSpec(
-        name="phone",
-        kind="edge",
-        bf16_flops=flops,
-        fp8_flops=45e12,
-        memory_bytes=8e9,
-        memory_bw_bytes_s=bw,
-        interconnect_bw_bytes_s=0.0,
-        idle_power_w=idle_w,
-        peak_power_w=peak_w,
-        price_usd_per_hour=None,
-        max_chips_per_instance=1,
-        compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
-        kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
-        attn_parallel_units=8.0,
-        decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
-        prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
-        decode_overhead_per_layer_s=_H100_DECODE_OVERHEAD_PER_LAYER_S,
-        collective_latency_s=0.0,
-        energy_per_flop_j=e_flop,
-        energy_per_byte_j=e_byte,
-        kv_transfer_setup_s=30e-3,
-        sources={
-            "bf16_flops": "assumption: half the INT8 rate for FP16 on the Hexagon NPU",
-            "fp8_flops": "Snapdragon 8 Gen 3 Hexagon NPU: about 45 TOPS INT8 (widely reported vendor-class figure)",
-            "memory_bytes": "flagship phone with 16 GB LPDDR5X; assumption: about half is available "
-                            "to one foreground model, 8 GB",
-            "memory_bw_bytes_s": "Snapdragon 8 Gen 3 product brief: LPDDR5X at 4,800 MHz on a 64-bit bus, 76.8 GB/s",
-            "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
-            "idle_power_w": "approximate: SoC + DRAM with screen on and a model resident, about 1 W",
-            "peak_power_w": "approximate: sustained flagship SoC power before thermal throttling, about 8 W",
-            "price_usd_per_hour": "owned device, not billed per hour",
-            "max_chips_per_instance": "one phone",
-            "compute_efficiency": "reused from the H100 fit (no NPU measurements)",
-            "weight_bw_efficiency": "reused from the H100 fit; Qualcomm's demos of 7B int4 at ~20 tokens/s "
-                                    "imply a similar share of bandwidth",
-            "kv_bw_efficiency": "reused from the H100 fit (no NPU measurements)",
-            "attn_parallel_units": "assumption: one sequence's 8 KV heads fill the NPU's vector units",
-            "decode_serial_fraction": "reused from the H100 fit (no NPU measurements)",
-            "prefill_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
-            "decode_overhead_per_layer_s": "reused from the H100 fit (no NPU measurements)",
-            "collective_latency_s": "single device; no collectives",
-            "energy_per_flop_j": _SCALED_ENERGY_NOTE,
-            "energy_per_byte_j": _SCALED_ENERGY_NOTE,
-            "kv_transfer_setup_s": "assumption: mobile network round trip and connection setup, about 30 ms",
-            "measured_copy_bw_bytes_s": _NO_COPY_MEASURED,
-        },
-    )
-
-
-DEVICES: dict[str, DeviceSpec] = {d.name: d for d in (_h100(), _h200(), _b200(), _wse3(), _groq(), _m4_max(), _phone())}
+DEVICES: Mapping[str, DeviceSpec] = _Catalogue(_h100, _h200, _b200, _wse3, _groq, m4_max, phone)
 
 
 def get_device(name: str) -> DeviceSpec:

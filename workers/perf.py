@@ -13,7 +13,8 @@ experts its tokens select: E * (1 - (1 - k/E)^tokens) per MoE layer under
 uniform routing (ModelSpec.experts_touched; `routing_skew` concentrates it).
 On several chips, attention and dense layers are tensor-parallel (two
 all-reduces per layer) and routed experts expert-parallel (an all-to-all to
-dispatch tokens and one to combine them per MoE layer). Sliding-window
+dispatch tokens and one to combine them per MoE layer); pipeline-parallel devices
+(the wafer) instead pay one hop per stage boundary. Sliding-window
 layers attend to at most `sliding_window` tokens per sequence. A mixed
 iteration (chunked prefill, `mixed`) runs prompt chunks beside a decode step.
 
@@ -115,9 +116,12 @@ class InstancePerf:
 
         # 8-bit (or narrower) weights run on the 8-bit tensor cores where the chip has them.
         peak_flops = device.fp8_flops if (model.dtype_bytes <= 1 and device.fp8_flops) else device.bf16_flops
-        self._s_per_flop = 1.0 / (device.compute_efficiency * peak_flops * n)
-        self._byte_s = 1.0 / (device.weight_bw_efficiency * device.memory_bw_bytes_s * n)
-        self._kv_byte_s = 1.0 / (device.kv_bw_efficiency * device.memory_bw_bytes_s * n)
+        # Tensor-parallel chips work on every layer at once; pipeline stages take a pass in turn,
+        # so a pass sees one chip's rates (no micro-batching across stages is modelled).
+        par = n if device.parallelism == "tensor" else 1.0
+        self._s_per_flop = 1.0 / (device.compute_efficiency * peak_flops * par)
+        self._byte_s = 1.0 / (device.weight_bw_efficiency * device.memory_bw_bytes_s * par)
+        self._kv_byte_s = 1.0 / (device.kv_bw_efficiency * device.memory_bw_bytes_s * par)
         self._flops_per_token = model.flops_per_token
         self._flops_per_seq = model.lm_head_flops
         # (full-attention layers, windowed layers): FLOPs per query-key pair, KV bytes per token.
@@ -618,11 +622,16 @@ def _collectives(device: DeviceSpec, model: ModelSpec, chips: int) -> tuple[floa
     the MLP) of tokens * hidden activations; a ring moves 2(n-1)/n of the data per chip and a
     tree needs log2(n) latency hops. A MoE layer's MLP all-reduce becomes expert parallelism's
     dispatch and combine all-to-alls: each token's activations go to its k experts, (n-1)/n
-    of them on other chips, and come back.
+    of them on other chips, and come back. Pipeline-parallel devices keep whole layers (experts
+    included) on one stage: a pass pays one hop per stage boundary instead.
     """
     if chips == 1:
         return 0.0, 0.0
     n = float(chips)
+    if device.parallelism == "pipeline":
+        # Stage boundaries: each token's hidden activations cross chips-1 links once per pass.
+        return (n - 1.0) * device.collective_latency_s, \
+            (n - 1.0) * model.hidden * ACTIVATION_BYTES / device.interconnect_bw_bytes_s
     hops = math.log2(n) * device.collective_latency_s
     per_reduce = 2.0 * (n - 1.0) / n * model.hidden * ACTIVATION_BYTES / device.interconnect_bw_bytes_s
     moe, dense = model.moe_layers, model.layers - model.moe_layers

@@ -35,7 +35,9 @@ def write_doc(results: dict, path: Path) -> None:
         "",
         "- **Quality.** Each request has a difficulty in [0, 1]; a model of capability c (MMLU / 100 for the "
         "built-in Llama 3 models) answers it correctly when c >= difficulty, so capability is a nested threshold "
-        "(a stronger model answers everything a weaker one does, and int4 keeps its bf16 capability). "
+        "(a stronger model answers everything a weaker one does; 4-bit weights keep 96.1% of the capability, "
+        "the Open LLM Leaderboard v2 recovery of Llama-3.1-8B-Instruct at w4a16). The quality section judges "
+        "answers by real per-question results instead. "
         f"Difficulties are drawn from a reach table (`simulator/quality.py`): {_reach(meta)}; the rest beyond "
         "every model. The 8B anchor borrows the Intelligence per Watt study's 71.3%, which is the 2025 win/tie "
         "rate of the best local models (at most 20B active parameters) against frontier models, not a measured "
@@ -45,12 +47,15 @@ def write_doc(results: dict, path: Path) -> None:
         "is flipped for a share 1 - a of requests (a seeded hash of the request id). `detect_accuracy` v: the "
         "verifier classifies each answer correctly with probability v; a wrong answer it catches is re-served "
         "one tier up (an escalation, paying for both passes), and a right answer it wrongly flags is re-served "
-        "too. Routers and verifiers themselves cost nothing and take no time here.",
+        "too. Routers and verifiers are inference passes of their own (`scheduler/plugins/overhead.py`: prefill of "
+        "the prompt, or prompt + answer, at batch 1 on their own H100 instance; 8B router, 70B verifier by "
+        "default): their time delays the next pass and their energy and dollars are counted.",
         "- **Advisor.** On requests the router judges beyond the executor, the top tier reads the context and "
         f"writes a {advisor.get('advisor_plan_tokens', '')}-token plan, then the executor reads prompt + plan; "
         f"the advised answer's capability is c_exec + {advisor.get('advisor_lift', '')} (c_advisor - c_exec) "
         "(`advisor_lift`, an assumption: section 2 shows quality over a range of it).",
-        "- **Energy** (`energy kWh`): GPU (or laptop package) power only, no host or facility overhead: every "
+        "- **Energy** (`energy kWh`): board energy, GPU (or laptop package) power (the energy-boundary section "
+        "adds host share, PUE and marginal energy): every "
         "provisioned instance's idle power over the run plus the activity-dependent power of every prefill and "
         "decode iteration (the calibrated roofline power model). **Busy-time** energy and dollars count an "
         "instance only while it runs an iteration, split over the requests in it; a GPU running a small batch is "
@@ -92,12 +97,13 @@ POLICY_REFERENCE = [
     "SLO | `slo_headroom` (0.5: aim predictions at half the SLO) |",
     "| `energy-aware` | scorer `predicted-energy`: lowest predicted joules, likewise | `slo_headroom` |",
     "| `local-first` | scorer `local-first` (edge when within the edge model's judged reach and the SLO) + "
-    "`least-loaded` x0.1; staging `escalate` | `router_accuracy` (1.0), `router_seed` (0), `detect_accuracy` (0.9), "
-    "`verifier_seed` (1), `max_attempts` (3), `slo_headroom` |",
+    "`least-loaded` x0.1; staging `escalate` | `router_accuracy` (1.0), `router_seed` (0), `router_model` "
+    "(llama-3.1-8b), `router_device` (h100-sxm), `detect_accuracy` (0.85), `verifier_seed` (1), `verifier_model` "
+    "(llama-3.1-70b), `verifier_device` (h100-sxm), `max_attempts` (3), `slo_headroom` |",
     "| `cascade` | filter `lowest-tier`, scorer `predicted-latency`; staging `escalate` | `detect_accuracy`, "
-    "`verifier_seed`, `max_attempts` |",
+    "`verifier_seed`, `verifier_model`, `verifier_device`, `max_attempts` |",
     "| `advisor` | filter `lowest-tier`, scorer `predicted-latency`; staging `advisor` | `advisor_plan_tokens` (64), "
-    "`advisor_lift` (0.9), `router_accuracy`, `router_seed` |",
+    "`advisor_lift` (0.9), `router_accuracy`, `router_seed`, `router_model`, `router_device` |",
     "| `conditional-disagg` | scorer `conditional-disagg` + `predicted-latency` x0.5 | `disagg_stall_factor` (1.0 x "
     "TPOT SLO), `disagg_min_prompt_tokens` (derived), `disagg_min_wait_s` (TTFT SLO / 4) |",
     "| `prefix-aware` | scorer `prefix-affinity` (share of the prompt in the instance's prefix cache, 0 above the "

@@ -5,7 +5,7 @@ adding one is that module plus one line here.
 """
 from __future__ import annotations
 
-from bench.economics import advisor, cross_device, disagg, hybrid, prefix
+from bench.economics import advisor, boundary, cross_device, disagg, hybrid, matrix_quality, prefix
 from bench.economics.common import Section
 
 SECTIONS: list[Section] = [
@@ -14,6 +14,8 @@ SECTIONS: list[Section] = [
     disagg.SECTION,
     cross_device.SECTION,
     prefix.SECTION,
+    boundary.SECTION,
+    matrix_quality.SECTION,
 ]
 
 

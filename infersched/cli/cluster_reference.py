@@ -12,7 +12,9 @@ import dataclasses
 import sys
 
 from scheduler import config
+from scheduler.config_speculative import SPECULATIVE_KEYS
 from workers.kv_tiers import KvTier
+from workers.speculative import SpeculativeConfig
 
 # (section, its key set in scheduler/config.py, the dataclass holding its defaults)
 SECTIONS = (
@@ -23,6 +25,7 @@ SECTIONS = (
     ("slo", "slo.", config._SLO_KEYS, config.SloConfig),
     ("prefix_cache", "prefix_cache.", config._PREFIX_CACHE_KEYS, config.PrefixCacheConfig),
     ("pools[].kv_tiers[]", "pools[].kv_tiers[].", config._KV_TIER_KEYS, KvTier),
+    ("pools[].speculative", "pools[].speculative.", SPECULATIVE_KEYS, SpeculativeConfig),
     ("kv_store", "kv_store.", config._KV_STORE_KEYS, KvTier),
 )
 
@@ -95,6 +98,13 @@ KEYS = {
                                              "`chunked_prefill: true`, above `max_batch` on colocated pools"),
     "pools[].memory_utilization": ("share (0, 1]", None, "share of device memory the engine may use "
                                                          "(weights, then KV cache)"),
+    "pools[].pue": ("ratio >= 1", f"{config.DEFAULT_DATACENTER_PUE} (datacenter devices), "
+                                  f"{config.DEFAULT_EDGE_PUE} (edge)",
+                    "facility power usage effectiveness: `facility_energy_j` = board energy x (1 + the device's "
+                    "host_power_share) x pue (simulator/energy.py)"),
+    "pools[].serving": ("-", "`pooled`", "`pooled` (any request may use any instance) or `own-device` (instance "
+                                         "k is user k's device and serves only request ids = k mod instances, one "
+                                         "at a time: max_batch 1, role both; idle power counts only while serving)"),
     "policy.name": ("-", None, "preset name (`infersched policies`)"),
     "policy.filters": ("-", "the preset's", "list of filter plugin names, replacing the preset's"),
     "policy.scorers": ("-", "the preset's", "mapping scorer name -> weight (>= 0), replacing the preset's"),
@@ -114,6 +124,15 @@ KEYS = {
                                                  "summaries count hits under it"),
     **{f"pools[].kv_tiers[].{k}": spec for k, spec in _TIER_KEYS.items()},
     **{f"kv_store.{k}": spec for k, spec in _TIER_KEYS.items()},
+    "pools[].speculative": ("-", "none", "speculative decoding: a draft model proposes tokens the pool's model "
+                                         "verifies in one pass (keys below); not on prefill or openai pools"),
+    "pools[].speculative.draft_model": ("-", "required", "catalogue model or spec file sharing the pool model's "
+                                                         "tokenizer; it runs on the instance's chips (at the pool's "
+                                                         "quantization) and its weights and KV take KV room"),
+    "pools[].speculative.draft_tokens": ("tokens", "required", "tokens the draft proposes per round, 1 to 16"),
+    "pools[].speculative.acceptance": ("share [0, 1]", "required", "chance the pool's model accepts each drafted "
+                                                                   "token; a round yields (1 - a^(k+1)) / (1 - a) "
+                                                                   "tokens per sequence on average"),
     "kv_store.write": ("-", "`through`", "when the store is written: `through`, by every prefill as its KV is "
                                          "computed (Mooncake Store, LMCache), or `evict`, only with what falls out "
                                          "of an instance's last tier"),

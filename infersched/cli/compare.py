@@ -28,7 +28,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="policy parameter for every run, e.g. router_accuracy=0.8 (repeatable)")
     p.add_argument("--difficulty-table", metavar="C:S,...",
                    help="reach table: capability:share-of-queries-within-reach pairs (default: "
-                        "simulator/quality.py, 71%% within an edge-class model's reach)")
+                        "simulator/quality.py, an assumed 71%% within an edge-class model's reach)")
     add_slo_arguments(p, default=None, default_text="the cluster file's")
     p.add_argument("--json", metavar="PATH", help="write the comparison JSON to PATH ('-' for stdout); the "
                                                   "Pareto plot goes next to it (PATH with .png)")

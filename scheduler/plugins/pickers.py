@@ -1,6 +1,8 @@
 """Pickers choose one candidate from the weighted scores."""
 from __future__ import annotations
 
+from operator import add
+
 import numpy as np
 
 from scheduler.config import SloConfig
@@ -24,17 +26,29 @@ class Argmax(WithoutParams):
 
     def __init__(self, params: NoParams, slo: SloConfig):
         # Jitter rows per candidate count, built on first use: a dict look-up and an index
-        # here cost less than slicing a shared table on every pick.
+        # here cost less than slicing a shared table on every pick. The same rows as lists
+        # for `pick_list`.
         self._rows: dict[int, list[np.ndarray]] = {}
+        self._row_lists: dict[int, list[list[float]]] = {}
 
     def _build(self, n: int) -> list[np.ndarray]:
         table = np.random.default_rng(0x5EED).random((self._ROWS, max(n, 64))) * self._JITTER
         rows = self._rows[n] = list(table[:, :n])
+        self._row_lists[n] = table[:, :n].tolist()
         return rows
 
     def pick(self, req: Request, cands: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> int:
         rows = self._rows.get(len(scores)) or self._build(len(scores))
         return int(cands[(scores + rows[req.request_id & (self._ROWS - 1)]).argmax()])
+
+    def pick_list(self, req: Request, cands: list[int], scores: list[float], rng: np.random.Generator) -> int:
+        n = len(scores)
+        rows = self._row_lists.get(n)
+        if rows is None:
+            self._build(n)
+            rows = self._row_lists[n]
+        total = list(map(add, scores, rows[req.request_id & (self._ROWS - 1)]))
+        return cands[total.index(max(total))]  # the first maximum, as argmax
 
 
 class RandomTieBreak(WithoutParams):

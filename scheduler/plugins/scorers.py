@@ -19,7 +19,6 @@ class LeastLoaded(WithoutParams):
               prefill_instance: int) -> np.ndarray:
         return snap.load_score[cands]  # 1 / (1 + load); a gather returns a fresh array
 
-
 class PredictedLatency:
     """Predicted TTFT (prefill stage) or TPOT (decode stage) against the SLO:
     1 / (1 + predicted / slo), so meeting the SLO with room scores above 0.5.
@@ -46,6 +45,15 @@ class PredictedLatency:
         # 1 / (1 + latency / slo) == slo / (slo + latency)
         latency += slo
         return np.divide(slo, latency, out=latency)
+
+    def score_list(self, req, snap, stage, cands, now_s, prefill_instance):
+        if stage == Stage.DECODE:
+            slo = self.tpot_slo_s
+            latency = snap.predicted_tpot_list(cands, req.input_tokens + req.output_tokens)
+        else:
+            slo = self.ttft_slo_s
+            latency = snap.predicted_ttft_list(cands, stage, now_s, req.input_tokens)
+        return [slo / (x + slo) for x in latency]
 
 
 class KvHeadroom(WithoutParams):

@@ -24,14 +24,24 @@ from scheduler.cluster import ClusterSnapshot
 from scheduler.config import SloConfig
 from scheduler.framework import param
 from scheduler.plugins.coin import unit_hash
+from scheduler.plugins.overhead import Overhead, VerifierCostParams, verifier_cost
 from scheduler.plugins.tiers import Router, RouterParams
 from scheduler.types import Pass, PassKind, Request
 
 
+# The verifier's default accuracy: GPT-4 as a judge agreed with human experts on 85% of MT-Bench
+# judgements without ties (Zheng et al., "Judging LLM-as-a-Judge", NeurIPS 2023, arXiv 2306.05685);
+# on hard correctness pairs strong judges fall to 50-65% (JudgeBench, Tan et al., ICLR 2025,
+# arXiv 2410.12784). No verifier here is perfect by default.
+PUBLISHED_JUDGE_ACCURACY = 0.85
+JUDGEBENCH_LOW_ACCURACY = 0.55
+
+
 @dataclass(frozen=True, slots=True)
-class EscalateParams:
-    detect_accuracy: float = param(0.9, at_least=0.0, at_most=1.0, doc="share of answers the verifier classifies "
-                                                                       "right")
+class EscalateParams(VerifierCostParams):
+    detect_accuracy: float = param(PUBLISHED_JUDGE_ACCURACY, at_least=0.0, at_most=1.0,
+                                   doc="share of answers the verifier classifies right (default: GPT-4 judge "
+                                       "agreement with experts, MT-Bench)")
     verifier_seed: int = param(1, at_least=0, doc="seed of which answers it misclassifies")
     max_attempts: int = param(3, at_least=1, doc="most passes per request")
 
@@ -58,6 +68,11 @@ class Escalate:
         self.detect_accuracy = params.detect_accuracy
         self.seed = params.verifier_seed
         self.max_attempts = params.max_attempts
+        self.cost = verifier_cost(params)
+
+    def check_overhead(self, orig: Request, tag: int) -> Overhead | None:
+        """The verifier's inference pass over the prompt and the answer of pass `tag`."""
+        return self.cost.cost(orig.input_tokens + orig.output_tokens) if self.cost is not None else None
 
     def first(self, req: Request, snap: ClusterSnapshot) -> Pass:
         return Pass(req, 0, PassKind.FIRST)
@@ -101,6 +116,9 @@ class Advisor:
         self.plan_tokens = params.advisor_plan_tokens
         self.lift = params.advisor_lift
         self.router = Router(params)
+
+    def first_overhead(self, req: Request) -> Overhead | None:
+        return self.router.overhead(req)
 
     def first(self, req: Request, snap: ClusterSnapshot) -> Pass:
         executor = snap.tiers[0]

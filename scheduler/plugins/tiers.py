@@ -18,11 +18,12 @@ from scheduler.config import SloConfig
 from scheduler.framework import WithoutParams, param
 from scheduler.plugins.coin import unit_hash
 from scheduler.plugins.economics import SLO_HEADROOM_DOC
+from scheduler.plugins.overhead import Overhead, RouterCostParams, router_cost
 from scheduler.types import Request, Stage
 
 
 @dataclass(frozen=True, slots=True)
-class RouterParams:
+class RouterParams(RouterCostParams):
     router_accuracy: float = param(1.0, at_least=0.0, at_most=1.0, doc="share of requests the router judges right")
     router_seed: int = param(0, at_least=0, doc="seed of which requests it misjudges")
 
@@ -33,6 +34,11 @@ class Router:
     def __init__(self, params: RouterParams):
         self.accuracy = params.router_accuracy
         self.seed = params.router_seed
+        self.cost = router_cost(params)  # None: judging is free
+
+    def overhead(self, req: Request) -> Overhead | None:
+        """The router's inference pass over the prompt (scheduler/plugins/overhead.py)."""
+        return self.cost.cost(req.input_tokens) if self.cost is not None else None
 
     def misjudges(self, request_id: int) -> bool:
         return self.accuracy < 1.0 and unit_hash(request_id, self.seed) >= self.accuracy
@@ -76,6 +82,9 @@ class LocalFirst:
         self.ttft_slo_s = slo.ttft_s * params.slo_headroom
         self.tpot_slo_s = slo.tpot_s * params.slo_headroom
         self._cache = None
+
+    def first_overhead(self, req: Request) -> Overhead | None:
+        return self.router.overhead(req)
 
     def _static(self, snap: ClusterSnapshot, cands: np.ndarray):
         """(edge mask, capabilities, cloud-only score) of a candidate set. The unfiltered prefill

@@ -68,7 +68,7 @@ def test_compare_on_a_real_trace_slice(tmp_path, capsys):
     (["--policies", "local-first", "--param", "oops", "--requests", "10"], "expected KEY=VALUE"),
     (["--policies", "least-loaded,cascade", "--param", "detect_acuracy=0.8", "--requests", "10"],
      "--param: key 'policy.params': unknown parameter 'detect_acuracy' for least-loaded, cascade; allowed: "
-     "detect_accuracy, max_attempts, verifier_seed"),
+     "detect_accuracy, max_attempts, verifier_device, verifier_model, verifier_seed"),
     (["--policies", "cascade@nowhere.yaml", "--requests", "10"], "cluster file not found"),
     (["--policies", "least-loaded", "--requests", "10", "--difficulty-table", "0.7"], "CAPABILITY:SHARE"),
 ])

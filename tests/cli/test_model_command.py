@@ -112,6 +112,7 @@ def test_model_fit_writes_a_device_spec_pools_can_name(tmp_path, capsys, monkeyp
     ("name: x\n", ": kind: missing (give `base: DEVICE`"),
     ("name: x\nbase: h100-sxm\nweight_bw_efficiency: 0.95\n", ": weight_bw_efficiency 0.95 exceeds the measured copy"),
     ("- 1\n", ": device spec must be a mapping"),
+    ("name: x\nbase: wse-3\nparallelism: expert\n", ": parallelism must be one of ('tensor', 'pipeline')"),
 ])
 def test_device_file_errors_name_file_and_key(tmp_path, text, message):
     path = tmp_path / "d.yaml"
@@ -119,6 +120,19 @@ def test_device_file_errors_name_file_and_key(tmp_path, text, message):
     with pytest.raises(DeviceFileError) as info:
         load_device_file(path)
     assert f"{path}{message}" in str(info.value)
+
+
+def test_device_file_sets_parallelism(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: tp-wafer\nbase: wse-3\nparallelism: tensor\n")
+    device = load_device_file(path)
+    # Tensor-parallel wafers pay 2 all-reduces of log2(4) = 2 hops per layer (320 for 70B) where a
+    # pipeline pays 3 boundaries; the extra hops outweigh the wafers reading in parallel.
+    wse = get_device("wse-3")
+    pipeline = InstancePerf(wse, get_model("llama-3.1-70b"), 4, max_seqs=1)
+    tensor = InstancePerf(device, get_model("llama-3.1-70b"), 4, max_seqs=1)
+    assert device.parallelism == "tensor"
+    assert tensor.decode_step_s(1, 1024) > pipeline.decode_step_s(1, 1024) + 200 * wse.collective_latency_s
 
 
 def test_bad_device_file_in_a_pool_is_a_config_error(tmp_path):

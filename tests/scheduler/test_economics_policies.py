@@ -90,14 +90,17 @@ def test_cost_aware_compares_disaggregated_and_colocated_on_the_whole_request():
     assert (d.prefill_instance, d.decode_instance) == (2, 2)
 
 
-# instance 0: laptop (8B int4, capability 0.694, edge); 1: cloud 70B (capability 0.836).
+# instance 0: laptop (8B int4: capability 0.694 x 0.961 = 0.667 after the 4-bit penalty, edge);
+# 1: cloud 70B (capability 0.836).
+INT4_8B = 0.694 * 0.961
 EDGE_CLOUD = [pool("laptop", "m4-max", "llama-3.1-8b", quantization="int4", max_batch=4, max_batch_tokens=4096),
               pool("cloud", "h100-sxm", "llama-3.1-70b", quantization="fp8", chips_per_instance=2)]
 
 
 @pytest.mark.parametrize("difficulty, rid, params, state, expected, why", [
     (0.50, 0, {}, (), 0, "within the edge model's reach: local"),
-    (0.694, 0, {}, (), 0, "exactly at the edge model's capability: local"),
+    (INT4_8B, 0, {}, (), 0, "exactly at the edge model's int4 capability: local"),
+    (0.68, 0, {}, (), 1, "within bf16 8B's reach but not int4's (96.1% recovery): cloud"),
     (0.70, 0, {}, (), 1, "beyond the edge model: cloud"),
     (0.50, 0, {}, ((0, 4, 0, 0),), 1, "laptop's slots all taken: it cannot meet the SLO, cloud"),
     (0.50, 0, {"router_accuracy": 0.0}, (), 1, "a router that is always wrong sends easy requests to the cloud"),

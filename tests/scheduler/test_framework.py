@@ -58,9 +58,13 @@ def test_an_unknown_parameter_names_the_key_the_file_and_the_allowed_keys(kind, 
 
 def bad_values():
     """(plugin kind, plugin, key, bad value, what the error says) for every declared parameter
-    (all are numbers today; a bool or str one would need its own wrong types here)."""
+    (numbers, and the router's and verifier's model and device names)."""
     for kind, name in PLUGINS:
         for key, spec in param_specs(registry(kind)[name]).items():
+            if spec.kind is str:
+                yield kind, name, key, 7, "expected a non-empty string, got 7"
+                yield kind, name, key, "lots", f"unknown {'device' if key.endswith('device') else 'model'} 'lots'"
+                continue
             yield kind, name, key, "lots", "expected a number, got 'lots'"
             yield kind, name, key, True, "expected a number, got True"
             if spec.kind is int:

@@ -98,21 +98,33 @@ def _alone(pools, difficulty):
     return r.energy_j[0], r.cost_usd[0], r.e2e_s()[0], r.ttft_s()[0]
 
 
-def test_escalation_pays_for_both_passes_and_spans_both_in_latency():
+@pytest.mark.parametrize("verifier", ["none", "llama-3.1-70b"])
+def test_escalation_pays_for_both_passes_and_spans_both_in_latency(verifier):
     # One request beyond the 8B tier (0.8 > 0.694), a perfect verifier: served on 8B, caught,
     # re-served on 70B. Alone on an idle cluster, each pass costs exactly what the same request
-    # costs alone on that tier, and the second pass starts when the first finishes.
+    # costs alone on that tier, and the second pass starts when the first finishes and the
+    # verifier has read prompt + answer (an inference pass of its own, after each of the two
+    # passes; "none" makes judging free, as it was before verifiers were priced).
+    from scheduler.plugins.overhead import InferenceCost
+
     e8, c8, t8, _ = _alone([P8], 0.8)
     e70, c70, t70, ttft70 = _alone([P70], 0.8)
-    res, s = run([P8, P70], "cascade", [0.0], [800], [50], [0.8], params={"detect_accuracy": 1.0})
+    check = (InferenceCost("verifier", verifier, "h100-sxm", "verifier_model").cost(850) if verifier != "none"
+             else None)
+    check_s, check_j, check_usd = (check.seconds, check.energy_j, check.cost_usd) if check else (0.0, 0.0, 0.0)
+    res, s = run([P8, P70], "cascade", [0.0], [800], [50], [0.8],
+                 params={"detect_accuracy": 1.0, "verifier_model": verifier})
     r = res.records
     assert (s["escalations"], s["escalated_requests"], s["correct"]) == (1, 1, 1)
-    assert r.energy_j[0] == pytest.approx(e8 + e70, rel=1e-9)
-    assert r.cost_usd[0] == pytest.approx(c8 + c70, rel=1e-9)
-    assert r.e2e_s()[0] == pytest.approx(t8 + t70, rel=1e-9)
+    assert r.energy_j[0] == pytest.approx(e8 + e70 + 2 * check_j, rel=1e-9)
+    assert r.cost_usd[0] == pytest.approx(c8 + c70 + 2 * check_usd, rel=1e-9)
+    assert r.e2e_s()[0] == pytest.approx(t8 + check_s + t70, rel=1e-9)
     # TTFT is the first token of the answer delivered: the escalated pass's.
-    assert r.ttft_s()[0] == pytest.approx(t8 + ttft70, rel=1e-9)
+    assert r.ttft_s()[0] == pytest.approx(t8 + check_s + ttft70, rel=1e-9)
     assert r.prefill_instance[0] == 1 and r.status[0] == RequestStatus.COMPLETED
+    if check:
+        assert s["judgements"]["verifier"]["passes"] == 2
+        assert s["energy_j"] == pytest.approx(sum(p["energy_j"] for p in s["pools"].values()) + 2 * check_j)
 
 
 def test_an_undetected_wrong_answer_stands():

@@ -158,10 +158,15 @@ def test_same_seed_same_decisions(conv_trace, policy):
     assert np.array_equal(logs[0][1], logs[1][1])
 
 
-@pytest.mark.parametrize("chunking", [{}, {"chunked_prefill": True}, {"chunked_prefill": True, "token_budget": 512}])
+SPECULATIVE = {"speculative": {"draft_model": "llama-3.2-1b", "draft_tokens": 4, "acceptance": 0.8}}
+
+
+@pytest.mark.parametrize("chunking", [{}, {"chunked_prefill": True}, {"chunked_prefill": True, "token_budget": 512},
+                                      SPECULATIVE, {"chunked_prefill": True, **SPECULATIVE}])
 def test_events_grow_with_requests_not_tokens(conv_trace, chunking):
     """Ten times longer outputs, or prompts: same number of events per request (closed-form
-    decode segments, and closed-form runs of a long prompt's full chunks beside them)."""
+    decode segments, and closed-form runs of a long prompt's full chunks beside them; with
+    speculative decoding too, whose rounds the engine takes as steps of expected tokens)."""
     cl = cluster(pool(instances=4, **chunking))
     short = make_workload(conv_trace, n_requests=2000, rate_rps=5.0, seed=3)
     long_trace = Trace(path="x", format="vidur", arrival_s=conv_trace.arrival_s,
@@ -174,7 +179,7 @@ def test_events_grow_with_requests_not_tokens(conv_trace, chunking):
     assert res_long.records.output_tokens.sum() > 8 * short.n_requests * 100
     assert res_long.events < 1.5 * ev_short
     assert res_long.events / 2000 < 6
-    if chunking:
+    if chunking.get("chunked_prefill"):
         long_prompts = Trace(path="x", format="vidur", arrival_s=conv_trace.arrival_s,
                              input_tokens=np.minimum(conv_trace.input_tokens * 10, 100_000),
                              output_tokens=conv_trace.output_tokens)

@@ -75,19 +75,9 @@ def worker(cluster, pool: str, role: int, clock=None, **kwargs) -> EmulatedWorke
     return EmulatedWorker(perf_of(cluster, pool), role, clock or VirtualClock(), input_slack_s=0.0, **kwargs)
 
 
-@pytest.mark.parametrize("token_budget", [0, 512])  # prefill-first; chunked (prompts span iterations)
-def test_worker_reproduces_engine_timings(cluster, token_budget):
-    """Every first token and finish lands at the modelled time the engine gives for the
-    same arrivals; each request streams every token after the first once, in order,
-    also those made in chunked prefill's mixed iterations."""
-    w = worker(cluster, "b200", ROLE_BOTH, token_budget=token_budget)
-    clock, heard = w.clock, Heard(w.clock)
-    jobs = [(f"r{i}", 300 + 250 * i, 40 + 30 * i, 0.75 * i) for i in range(6)]
-    for key, inp, out, at in jobs:
-        clock.call_at(at, lambda key=key, inp=inp, out=out: w.prefill(key, inp, out, heard, decode=True,
-                                                                       chunk_tokens=8))
-    clock.run()
-    eng = BatchEngine(w.perf, ROLE_BOTH, token_budget=token_budget)
+def engine_times(eng: BatchEngine, jobs) -> tuple[dict, dict]:
+    """A bare engine fed `jobs` (key, input, output, arrival): each job's first-token and finish times
+    by its index, what a worker on the same perf must reproduce."""
     first, finish = {}, {}
     arrivals = sorted((at, i) for i, (_, _, _, at) in enumerate(jobs))
     while arrivals or eng.next_wake_s < math.inf:
@@ -101,6 +91,22 @@ def test_worker_reproduces_engine_timings(cluster, token_budget):
             eng.wake(t, events)
         for ev in events:
             (first if ev[0] == 0 else finish if ev[0] == 1 else {})[ev[1]] = t
+    return first, finish
+
+
+@pytest.mark.parametrize("token_budget", [0, 512])  # prefill-first; chunked (prompts span iterations)
+def test_worker_reproduces_engine_timings(cluster, token_budget):
+    """Every first token and finish lands at the modelled time the engine gives for the
+    same arrivals; each request streams every token after the first once, in order,
+    also those made in chunked prefill's mixed iterations."""
+    w = worker(cluster, "b200", ROLE_BOTH, token_budget=token_budget)
+    clock, heard = w.clock, Heard(w.clock)
+    jobs = [(f"r{i}", 300 + 250 * i, 40 + 30 * i, 0.75 * i) for i in range(6)]
+    for key, inp, out, at in jobs:
+        clock.call_at(at, lambda key=key, inp=inp, out=out: w.prefill(key, inp, out, heard, decode=True,
+                                                                       chunk_tokens=8))
+    clock.run()
+    first, finish = engine_times(BatchEngine(w.perf, ROLE_BOTH, token_budget=token_budget), jobs)
     for i, (key, _, out, at) in enumerate(jobs):
         (t_pre, _, _, pre), = heard.of(key, "prefilled")
         (t_end, _, _, summary), = heard.of(key, "decoded")

@@ -306,13 +306,49 @@ def test_latency_bound_devices_reproduce_vendor_throughput(device, model, chips,
     assert 1.0 / perf.decode_step_s(1, 1000) == pytest.approx(tokens_s, rel=0.03)
 
 
-def test_wafer_hop_latency_reproduces_the_launch_70b_with_the_launch_layer_latency():
+@pytest.mark.parametrize(("model", "chips", "tokens_s"), [
+    ("llama-3.1-8b", 1, 1800.0),   # Cerebras Inference launch, Aug 2024
+    ("llama-3.1-70b", 4, 450.0),   # the same release, 4 CS-3 systems
+])
+def test_wafer_terms_undo_to_the_launch_pair(model, chips, tokens_s):
     import dataclasses
 
-    # The hop constant is the launch fit (70B on 4 CS-3 at 450 tokens/s with 8B's 1/1800 s over 32 layers).
-    launch = dataclasses.replace(get_device("wse-3"), decode_overhead_per_layer_s=1.0 / 1800 / 32)
-    perf = InstancePerf(launch, get_model("llama-3.1-70b"), 4)
-    assert 1.0 / perf.decode_step_s(1, 1000) == pytest.approx(450.0, rel=0.03)
+    # The per-layer terms are the launch fit scaled by 2,000/1,800; undoing the scale gives the launch back.
+    wse = get_device("wse-3")
+    speedup = 2000.0 / 1800.0
+    launch = dataclasses.replace(wse, decode_overhead_per_layer_s=wse.decode_overhead_per_layer_s * speedup,
+                                 weight_bw_efficiency=wse.weight_bw_efficiency / speedup)
+    perf = InstancePerf(launch, get_model(model), chips)
+    assert 1.0 / perf.decode_step_s(1, 1000) == pytest.approx(tokens_s, rel=0.01)
+
+
+def test_wafer_pipeline_pays_one_hop_per_stage_boundary():
+    import dataclasses
+
+    wse = get_device("wse-3")
+    assert wse.parallelism == "pipeline"
+    slow_link = dataclasses.replace(wse, collective_latency_s=wse.collective_latency_s + 1e-3)
+    for chips in (4, 6, 9):
+        base = InstancePerf(wse, M70, chips).decode_step_s(1, 1000)
+        # Stages run in turn, so more wafers add hops but no bandwidth to a single pass.
+        assert InstancePerf(slow_link, M70, chips).decode_step_s(1, 1000) - base == pytest.approx((chips - 1) * 1e-3)
+        assert base == pytest.approx(InstancePerf(wse, M70, 4).decode_step_s(1, 1000)
+                                     + (chips - 4) * (wse.collective_latency_s + M70.hidden * 2.0
+                                                      / wse.interconnect_bw_bytes_s))
+
+
+def test_wafer_layer_time_grows_with_the_bytes_a_layer_reads():
+    wse = get_device("wse-3")
+    per_layer = {m.name: InstancePerf(wse, m, 4).decode_step_s(1, 0) / m.layers for m in (M8, M70)}
+    # A 70B layer reads ~4.6x the bytes of an 8B layer: fixed latency plus bytes at the fitted bandwidth.
+    assert per_layer["llama-3.1-70b"] > 1.5 * per_layer["llama-3.1-8b"]
+
+
+def test_unknown_parallelism_is_refused():
+    import dataclasses
+
+    with pytest.raises(ValueError, match="parallelism must be one of"):
+        dataclasses.replace(get_device("wse-3"), parallelism="expert")
 
 
 def test_decode_steps_within_random_budgets():
