@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
