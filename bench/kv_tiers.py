@@ -111,7 +111,7 @@ def row(kind: str, label: str, best: dict) -> dict:
         "cost_usd": best["cost_usd"], "tier_cost_usd": sum(t["cost_usd"] for t in best["kv_tiers"].values()),
         # Joules attributed to requests (prefill and decode: decode work is the same at every
         # level, so the difference is prefill's) plus the tiers' bytes moved.
-        "served_energy_j": best["served_energy_j"] + tier_energy, "tier_energy_j": tier_energy,
+        "served_energy_j": best["busy_energy_j"] + tier_energy, "tier_energy_j": tier_energy,
         "cpu_s_per_request": best["replay_cpu_s"] / best["requests"],
     }
 

@@ -113,11 +113,11 @@ def format_table(summaries: list[dict], front: list[str]) -> str:
         mark = "*" if s["label"] in front else " "
         rows.append([mark + short_label(s["label"]), _pct(s["slo_attainment"]), fmt_s(s["ttft_s"]["p99"]),
                      fmt_s(s["tpot_s"]["p99"]), _pct(s["quality"]), f"{s['escalations'] + s['advised_requests']:,}",
-                     f"{s['cost_usd']:,.2f}", f"{s['served_cost_usd']:,.2f}", kwh(s["energy_j"]),
-                     kwh(s["served_energy_j"]), "-" if jtok is None else f"{jtok:.3f}",
+                     f"{s['cost_usd']:,.2f}", f"{s['busy_cost_usd']:,.2f}", kwh(s["energy_j"]),
+                     kwh(s["busy_energy_j"]), "-" if jtok is None else f"{jtok:.3f}",
                      "-" if qkwh is None else f"{qkwh:,.0f}", shares])
-    lines = table(["policy", "SLO", "p99 TTFT", "p99 TPOT", "quality", "esc", "cost $", "served $", "kWh",
-                   "served kWh", "J/tok", "q/kWh", "share per pool"], rows, align="<" + ">" * 11 + "<")
+    lines = table(["policy", "SLO", "p99 TTFT", "p99 TPOT", "quality", "esc", "cost $", "busy $", "kWh",
+                   "busy kWh", "J/tok", "q/kWh", "share per pool"], rows, align="<" + ">" * 11 + "<")
     lines.append("* on the cost / energy / quality Pareto front. cost $ and kWh: the provisioned cluster over "
                  "the run (idle included); served: busy time attributed to requests. esc: escalations + advised "
                  "requests. J/tok: energy per output token; q/kWh: completed queries per kWh")

@@ -268,10 +268,10 @@ def summarize(result) -> dict:
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
         # Energy attributed to requests (busy time only: idle power of provisioned but
         # unused instances is in energy_j, not here).
-        "served_energy_j": t.energy_j,
+        "busy_energy_j": t.energy_j,
         # Likewise dollars: each instance's price over the time it was busy, split over the
         # requests it served (what per-use billing or a right-sized fleet would pay).
-        "served_cost_usd": t.cost_usd,
+        "busy_cost_usd": t.cost_usd,
         "quality": n_correct / n if n else 0.0,
         "correct": n_correct,
         "escalations": t.escalations,

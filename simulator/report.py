@@ -102,7 +102,7 @@ def describe(s: dict) -> list[str]:
         idle_usd = sum(p["cost_usd"] for p in pools.values() if p["requests"] == 0)
         text = (f"cost: ${cost:,.2f} over {s['makespan_s'] / 3600:.2f} h, " + ", ".join(parts) + _more(more, "pools")
                 + (f"; {', '.join(owned)} owned ($0/h)" if owned else "")
-                + f"; {_pct(max(0.0, 1 - s['served_cost_usd'] / cost))} paid for idle time")
+                + f"; {_pct(max(0.0, 1 - s['busy_cost_usd'] / cost))} paid for idle time")
         if idle_usd:
             text += f", ${idle_usd:,.2f} on pools that served nothing"
         lines.append(text)

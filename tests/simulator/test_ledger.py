@@ -17,7 +17,7 @@ from simulator.traces import builtin_trace_path, read_trace
 from simulator.workload import make_workload
 
 # Float sums of energy and dollars are folded in per retired block: equal to the last bits only.
-SUMMED_PER_BLOCK = ("served_energy_j", "served_cost_usd")
+SUMMED_PER_BLOCK = ("busy_energy_j", "busy_cost_usd")
 WALL = ("sim_wall_s", "sim_requests_per_s")
 
 

@@ -99,7 +99,7 @@ def test_hybrid_lines_name_the_pools_billed_for_nothing(hybrid):
 def test_lines_for_a_cluster_of_owned_devices_only():
     s = {"pools": {"phones": {"device": "phone", "requests": 10, "share": 1.0, "prefill_tokens": 500,
                               "decode_tokens": 100, "cost_usd": 0.0, "energy_j": 7200.0, "idle_energy_j": 3600.0}},
-         "cost_usd": 0.0, "served_cost_usd": 0.0, "energy_j": 7200.0, "energy_per_output_token_j": 72.0,
+         "cost_usd": 0.0, "busy_cost_usd": 0.0, "energy_j": 7200.0, "energy_per_output_token_j": 72.0,
          "makespan_s": 60.0}
     routing, cost, energy = describe(s)
     assert routing == "routing: phones (phone) 100.0% (mean prompt 50 tokens); every pool served requests"
@@ -108,8 +108,8 @@ def test_lines_for_a_cluster_of_owned_devices_only():
 
 
 def test_compare_table_keeps_columns_apart_past_a_billion_tokens(demo):
-    big = dict(demo, label="cost-aware@" + "a-very-long-cluster-name" * 2, served_energy_j=4.2e12,
-               energy_j=4.3e12, queries_per_kwh=1.0, cost_usd=1_234_567.0, served_cost_usd=1_234_000.0)
+    big = dict(demo, label="cost-aware@" + "a-very-long-cluster-name" * 2, busy_energy_j=4.2e12,
+               energy_j=4.3e12, queries_per_kwh=1.0, cost_usd=1_234_567.0, busy_cost_usd=1_234_000.0)
     lines = compare_table([demo | {"label": "cost-aware"}, big], ["cost-aware"]).splitlines()
     header = lines[0].split("  ")
     cols = [c.strip() for c in header if c.strip()]

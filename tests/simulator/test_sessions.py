@@ -115,7 +115,7 @@ def test_prefix_aware_computes_fewer_prompt_tokens_without_hot_spots(sessions):
     assert prefix["ttft_s"]["p50"] < least["ttft_s"]["p50"]
     assert prefix["max_instance_load_ratio"] < 1.5
     # Energy follows the work: fewer prompt tokens computed, fewer joules attributed.
-    assert prefix["served_energy_j"] < least["served_energy_j"]
+    assert prefix["busy_energy_j"] < least["busy_energy_j"]
 
 
 def test_without_hashes_or_with_caching_off_nothing_is_cached(sessions):
