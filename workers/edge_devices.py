@@ -172,29 +172,31 @@ def m4_max() -> DeviceSpec:
         PUBLISHED_M4_MAX_DECODE_W)
 
 
-# --- Phone (Snapdragon 8 Gen 3 class, 76.8 GB/s) -------------------------------------------
-_PHONE_BW = 76.8e9
+# --- Phone (Snapdragon 8 Elite class, 84.8 GB/s) -------------------------------------------
+_PHONE_BW = 84.8e9
 _PHONE_FLOPS = 22e12
 # Qualcomm ships Llama 3 8B for the Hexagon NPU as w4a16 (+ a few w8a16 layers), 4.8 GB
 # (Qualcomm AI Hub model card qualcomm/Llama-v3-8B-Chat).
-_PHONE_8B_BYTES = 4.8e9
-# Prefill: the best published NPU system, mllm-NPU (Xu et al., ASPLOS 2025, arXiv 2407.05858),
-# is the first to pass 1,000 tokens/s for a billion-scale model (Qwen1.5-1.8B); scaled by
-# FLOPs per token to 8B that is about 225 tokens/s, an upper end (llama.cpp on the phone's CPU
-# is far slower). The former model's 1,890 tokens/s came from 45 TOPS of INT8, which w4a16
-# kernels (16-bit activations) do not use.
-PUBLISHED_PHONE_PREFILL_TOK_S = 1000.0 * 1.8e9 / _LLAMA8B_PARAMS
+# Speed: Qualcomm AI Hub's measurement of a Llama-3.1-8B-architecture model at w4a16 on a
+# Snapdragon 8 Elite QRD (QNN/Genie runtime, model card qualcomm/Llama-SEA-LION-v3.5-8B-R,
+# ai-hub-models v0.31-v0.37): response rate 12.93 tokens/s; time to first token 0.159 s for a
+# prompt of up to 128 tokens and 5.10 s for 4,096 tokens, i.e. about 800 prompt tokens/s either
+# way. (The former model's 225 tokens/s scaled mllm-NPU's Qwen1.5-1.8B figure by FLOPs; its
+# ~10 tokens/s decode borrowed the laptop's llama.cpp bandwidth share; the model before that
+# prefilled at 1,890 tokens/s from 45 TOPS of INT8, which w4a16 kernels do not use.)
+PUBLISHED_PHONE_DECODE_TOK_S = 12.9262
+PUBLISHED_PHONE_PREFILL_TOK_S = 4096 / 5.100256
+# Power stays an assumption (no published phone power measurement for an 8B model was found):
+# about 1 W idle with a model resident, about 8 W sustained SoC power; docs/ECONOMICS.md
+# (section 6) shows the verdicts over PHONE_POWER_RANGE_W of serving power.
 _PHONE_IDLE_W, _PHONE_PEAK_W = 1.0, 8.0
+PHONE_POWER_RANGE_W = (4.0, 12.0)
 
 
 def phone() -> DeviceSpec:
     from workers.devices import (_H100_DECODE_OVERHEAD_PER_LAYER_S, _H100_DECODE_SERIAL_FRACTION,
                                  _H100_PREFILL_OVERHEAD_PER_LAYER_S, _NO_COPY_MEASURED, DeviceSpec)
 
-    # Decode streams weights like the laptop's llama.cpp kernels (no phone decode measurement
-    # for 8B was found): the laptop's fitted share of bandwidth, about 10 tokens/s for 8B.
-    laptop = m4_max()
-    stream_eff = laptop.weight_bw_efficiency
     device = fitted(DeviceSpec(
         name="phone",
         kind="edge",
@@ -208,8 +210,8 @@ def phone() -> DeviceSpec:
         price_usd_per_hour=None,
         max_chips_per_instance=1,
         compute_efficiency=0.5,  # provisional: solved by fitted()
-        weight_bw_efficiency=stream_eff,
-        kv_bw_efficiency=stream_eff,
+        weight_bw_efficiency=0.5,  # provisional: solved by fitted()
+        kv_bw_efficiency=0.5,
         attn_parallel_units=8.0,
         decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
         prefill_overhead_per_layer_s=_H100_PREFILL_OVERHEAD_PER_LAYER_S,
@@ -225,16 +227,19 @@ def phone() -> DeviceSpec:
                          "Llama-v3-8B-Chat is w4a16), so the 45 TOPS INT8 rate does not apply",
             "memory_bytes": "flagship phone with 16 GB LPDDR5X; assumption: about half is available "
                             "to one foreground model, 8 GB",
-            "memory_bw_bytes_s": "Snapdragon 8 Gen 3 product brief: LPDDR5X at 4,800 MHz on a 64-bit bus, 76.8 GB/s",
+            "memory_bw_bytes_s": "Snapdragon 8 Elite product brief: LPDDR5X at 5,300 MHz on a 64-bit bus, 84.8 GB/s",
             "interconnect_bw_bytes_s": "single device; no chip-to-chip link",
             "idle_power_w": "approximate: SoC + DRAM with a model resident, about 1 W",
-            "peak_power_w": "approximate: sustained flagship SoC power before thermal throttling, about 8 W",
+            "peak_power_w": "assumption: sustained flagship SoC power before thermal throttling, about 8 W "
+                            f"(sensitivity over {PHONE_POWER_RANGE_W[0]:g}-{PHONE_POWER_RANGE_W[1]:g} W in "
+                            "docs/ECONOMICS.md)",
             "price_usd_per_hour": "owned device, not billed per hour",
             "max_chips_per_instance": "one phone",
-            "compute_efficiency": f"solved so 8B prefill runs at {PUBLISHED_PHONE_PREFILL_TOK_S:.0f} tok/s: mllm-NPU's "
-                                  "1,000+ tok/s for Qwen1.5-1.8B (arXiv 2407.05858) scaled by FLOPs per token",
-            "weight_bw_efficiency": "assumption: the laptop's fitted llama.cpp share (no 8B phone decode "
-                                    "measurement found)",
+            "compute_efficiency": f"solved so 8B prefill runs at {PUBLISHED_PHONE_PREFILL_TOK_S:.0f} tok/s: Qualcomm "
+                                  "AI Hub, Llama-3.1-8B architecture w4a16 on Snapdragon 8 Elite, TTFT 5.10 s "
+                                  "for 4,096 tokens (qualcomm/Llama-SEA-LION-v3.5-8B-R model card)",
+            "weight_bw_efficiency": f"solved so 8B decode runs at {PUBLISHED_PHONE_DECODE_TOK_S:.2f} tok/s: Qualcomm AI "
+                                    "Hub response rate on Snapdragon 8 Elite (same model card)",
             "kv_bw_efficiency": "as weight_bw_efficiency",
             "attn_parallel_units": "assumption: one sequence's 8 KV heads fill the NPU's vector units",
             "decode_serial_fraction": "reused from the H100 fit (no NPU measurements)",
@@ -248,9 +253,11 @@ def phone() -> DeviceSpec:
             "parallelism": "single device; no model splitting",
             "host_power_share": "assumption: charger losses, about 10% (screen off)",
         },
-    ), _PHONE_8B_BYTES / _LLAMA8B_PARAMS, None, PUBLISHED_PHONE_PREFILL_TOK_S)
+        # Fitted at the Q4_K_M width the phone pools are configured with (4.92 GB, against the
+        # measured w4a16 file's 4.8 GB), so a pool reproduces the measured rates.
+    ), Q4_K_M_BITS_PER_WEIGHT / 8, PUBLISHED_PHONE_DECODE_TOK_S, PUBLISHED_PHONE_PREFILL_TOK_S)
     # No phone power measurement for 8B: the SoC's power range (peak - idle) at full streaming
     # and at full compute, as the fitted rates reach them.
     dyn_w = _PHONE_PEAK_W - _PHONE_IDLE_W
-    return dataclasses.replace(device, energy_per_byte_j=dyn_w / (stream_eff * _PHONE_BW),
+    return dataclasses.replace(device, energy_per_byte_j=dyn_w / (device.weight_bw_efficiency * _PHONE_BW),
                                energy_per_flop_j=dyn_w / (device.compute_efficiency * _PHONE_FLOPS))

@@ -20,7 +20,7 @@ def test_q4_k_m_8b_weighs_what_the_gguf_file_does():
 
 @pytest.mark.parametrize("device, decode_tok_s, prefill_tok_s", [
     ("m4-max", edge.PUBLISHED_M4_MAX_DECODE_TOK_S, edge.PUBLISHED_M4_MAX_PREFILL_TOK_S),
-    ("phone", None, edge.PUBLISHED_PHONE_PREFILL_TOK_S),
+    ("phone", edge.PUBLISHED_PHONE_DECODE_TOK_S, edge.PUBLISHED_PHONE_PREFILL_TOK_S),
 ])
 def test_edge_devices_reproduce_their_published_rates(device, decode_tok_s, prefill_tok_s):
     perf = InstancePerf(get_device(device), Q4_8B)
@@ -39,10 +39,11 @@ def test_m4_max_decode_is_bandwidth_scaled_from_m1_and_m3_max_measurements():
 
 
 def test_phone_prefill_is_far_below_the_former_int8_figure():
-    # The former model ran w4 weights on 45 TOPS INT8 and prefilled 8B at ~1,890 tok/s at 8 W.
+    # The former model ran w4 weights on 45 TOPS INT8 and prefilled 8B at ~1,890 tok/s at 8 W;
+    # Qualcomm AI Hub measures about 800 tok/s (w4a16, Snapdragon 8 Elite).
     perf = InstancePerf(get_device("phone"), Q4_8B)
     t, _ = perf.prefill(512, 512 * 513 / 2, 1)
-    assert 512 / t < 300
+    assert 700 < 512 / t < 900
     assert get_device("phone").fp8_flops is None
 
 
