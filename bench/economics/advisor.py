@@ -3,7 +3,8 @@ and the 8B -> 70B -> 405B cascade, every fleet sized the same way on a held-out 
 
 Multi-pool fleets are sized one pool at a time: for each count of the larger pools in a small grid
 (advisor instances; the cascade's 70B and 405B tiers), the 8B pool by the rule, then the cheapest
-whole fleet. Quality is then shown as a range over `advisor_lift` and router accuracy on the advisor
+whole fleet. Every fleet's chunked-prefill token budget (BUDGETS, one for all its pools) is chosen the
+same way, on the sizing slice only (fleet.tuned_family). Quality is then shown as a range over `advisor_lift` and router accuracy on the advisor
 fleet, since both are assumptions of the model rather than measurements.
 """
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from scheduler.config import SloConfig, parse_cluster
 
 from bench.economics import common
-from bench.economics.common import Section, cluster_file, pct, poisson
-from bench.economics.fleet import at_whole, fractional, sized_family
+from bench.economics.common import Section, busy, cluster_file, pct, poisson
+from bench.economics.fleet import at_whole, fractional, tuned_family
 from bench.economics.stats import ci95, paired_ratio, range_text
 
 ADVISOR_SLO = SloConfig(ttft_s=5.0, tpot_s=0.1)
@@ -22,26 +23,22 @@ ADVISORS = (1, 2)
 CASCADE_UPPER = ((1, 1), (2, 1), (3, 1), (2, 2))  # (70B instances, 405B instances)
 LIFTS = (0.5, 0.75, 0.9)
 ROUTER_ACCURACIES = (0.7, 0.8, 0.9, 1.0)
+BUDGETS = (2048, 4096, 8192)
 
 
-def _advisor_cluster(executors: int, advisors: int):
-    return cluster_file("advisor", ADVISOR_SLO, **{"executor-8b": executors, "advisor-405b": advisors})
+def _advisor_cluster(executors: int, advisors: int, budget: int | None = None):
+    return cluster_file("advisor", ADVISOR_SLO, budget, **{"executor-8b": executors, "advisor-405b": advisors})
 
 
-def _executor_only(executors: int):
+def _executor_only(executors: int, budget: int = 8192):
     return parse_cluster(
         {"name": "executor-only", "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
          "pools": [{"name": "executor-8b", "device": "h100-sxm", "instances": executors, "chips_per_instance": 1,
-                    "model": "llama-3.1-8b", "role": "both", "chunked_prefill": True, "token_budget": 8192}]})
+                    "model": "llama-3.1-8b", "role": "both", "chunked_prefill": True, "token_budget": budget}]})
 
 
-def _cascade_cluster(small: int, mid: int, top: int):
-    return cluster_file("tiers", ADVISOR_SLO, **{"tier-8b": small, "tier-70b": mid, "tier-405b": top})
-
-
-def _cheapest(options: list[tuple[object, dict]]) -> tuple[object, dict]:
-    """(key, family) with the lowest price at its whole size (ties: the first)."""
-    return min(options, key=lambda o: at_whole(o[1])[0]["price_usd_per_hour"])
+def _cascade_cluster(small: int, mid: int, top: int, budget: int | None = None):
+    return cluster_file("tiers", ADVISOR_SLO, budget, **{"tier-8b": small, "tier-70b": mid, "tier-405b": top})
 
 
 def run_section(trace, n: int) -> dict:
@@ -49,18 +46,21 @@ def run_section(trace, n: int) -> dict:
         return poisson(trace, n, RATE_RPS, seed)
     res = {"rate_rps": RATE_RPS, "slo": {"ttft_s": ADVISOR_SLO.ttft_s, "tpot_s": ADVISOR_SLO.tpot_s},
            "advisor_params": dict(cluster_file("advisor").policy.params)}
-    res["frontier_only"] = sized_family(lambda c: cluster_file("frontier", ADVISOR_SLO, **{"frontier-405b": c}),
-                                        "least-loaded", None, wl, COUNTS)
-    res["executor_only"] = sized_family(_executor_only, "least-loaded", None, wl, COUNTS)
+    price = common.price_per_hour
+    res["frontier_only"] = tuned_family(
+        lambda b, c: cluster_file("frontier", ADVISOR_SLO, b, **{"frontier-405b": c}), list(BUDGETS),
+        "least-loaded", None, wl, COUNTS)
+    res["executor_only"] = tuned_family(lambda b, c: _executor_only(c, b), list(BUDGETS), "least-loaded", None,
+                                        wl, COUNTS)
     for label, params in (("advisor", {"router_accuracy": 1.0}), ("advisor_router80", {"router_accuracy": 0.8})):
-        advisors, fam = _cheapest([(a, sized_family(lambda c, a=a: _advisor_cluster(c, a), "advisor", params, wl,
-                                                    COUNTS)) for a in ADVISORS])
-        res[label] = fam | {"upper": {"advisor-405b": advisors}}
-    upper, fam = _cheapest([((m, t), sized_family(lambda c, m=m, t=t: _cascade_cluster(c, m, t), "cascade", None,
-                                                  wl, COUNTS)) for m, t in CASCADE_UPPER])
-    res["cascade"] = fam | {"upper": {"tier-70b": upper[0], "tier-405b": upper[1]}}
+        fam = tuned_family(lambda v, c: _advisor_cluster(c, *v), [(a, b) for a in ADVISORS for b in BUDGETS],
+                           "advisor", params, wl, COUNTS, price=price)
+        res[label] = fam | {"upper": {"advisor-405b": fam["variant"][0]}}
+    fam = tuned_family(lambda v, c: _cascade_cluster(c, *v), [(m, t, b) for m, t in CASCADE_UPPER for b in BUDGETS],
+                       "cascade", None, wl, COUNTS, price=price)
+    res["cascade"] = fam | {"upper": {"tier-70b": fam["variant"][0], "tier-405b": fam["variant"][1]}}
     # Quality as a range over the model's assumptions, on the oracle-sized advisor fleet.
-    config = _advisor_cluster(res["advisor"]["whole"], res["advisor"]["upper"]["advisor-405b"])
+    config = _advisor_cluster(res["advisor"]["whole"], *res["advisor"]["variant"])
     grid = [(lift, acc) for lift in LIFTS for acc in ROUTER_ACCURACIES]
     items = [(config, "advisor", wl(seed), {"advisor_lift": lift, "router_accuracy": acc})
              for lift, acc in grid for seed in common.SEEDS]
@@ -80,7 +80,14 @@ def _fleet(label: str, fam: dict) -> str:
     upper = fam.get("upper", {})
     small = {"frontier_only": "405B", "cascade": "8B"}.get(label, "8B")
     parts = [f"{fam['whole']} x {small}"] + [f"{v} x {k.split('-')[-1].upper()}" for k, v in upper.items()]
-    return " + ".join(parts)
+    variant = fam.get("variant", 8192)
+    budget = variant[-1] if isinstance(variant, list) else variant
+    return " + ".join(parts) + f", budget {budget:,}"
+
+
+def _budgets(a: dict) -> list[int]:
+    variants = a["frontier_only"].get("variants", [[8192]])
+    return [v for v, *_ in variants]
 
 
 def _quality_ratio(runs, base):
@@ -91,7 +98,9 @@ def render(a: dict) -> list[str]:
     f = at_whole(a["frontier_only"])
     lines = [f"{a['rate_rps']:g} req/s, SLO TTFT <= {a['slo']['ttft_s']:g} s, TPOT <= {a['slo']['tpot_s'] * 1e3:g} "
              "ms; every fleet sized by the same rule as section 1 on the held-out slice, judged on the evaluation "
-             "seeds; intervals and per-seed ratios as there. *Fractional* scales the pool the rule sizes (the 405B "
+             "seeds; intervals and per-seed ratios as there. Each fleet's chunked-prefill token budget (one for all its "
+             f"pools, from {', '.join(f'{b:,}' for b in _budgets(a))}) and upper-pool layout are chosen on the held-out "
+             "slice too: the cheapest whole fleet, then the smallest fractional one. *Fractional* scales the pool the rule sizes (the 405B "
              "frontier pool; the 8B pool of the others) to where attainment crosses the threshold; *busy-time* "
              "prices each instance only while it runs an iteration.", "",
              "| configuration | fleet (whole) | fractional size | quality | of frontier quality | SLO attainment "
@@ -107,7 +116,7 @@ def render(a: dict) -> list[str]:
             f"{ci95([r['advised_requests'] for r in runs]).mean:,.0f} | "
             f"{_ratio([r['cost_usd'] for r in runs], [r['cost_usd'] for r in f])} | "
             f"{_ratio(fractional(fam, 'cost_usd'), fractional(a['frontier_only'], 'cost_usd'))} | "
-            f"{_ratio([r['served_cost_usd'] for r in runs], [r['served_cost_usd'] for r in f])} | "
+            f"{_ratio([busy(r, 'cost_usd') for r in runs], [busy(r, 'cost_usd') for r in f])} | "
             f"{_ratio([r['energy_j'] for r in runs], [r['energy_j'] for r in f])} |")
     return lines + [""] + _assumptions(a) + _notes(a)
 

@@ -18,7 +18,7 @@ from bench.economics.common import Section, pct, poisson, summaries
 from bench.economics.stats import ci95
 
 RATE_RPS = 5.0
-SLO = SloConfig(ttft_s=10.0, tpot_s=0.2)  # loose enough for a phone at batch 1 (about 10 tok/s)
+SLO = SloConfig(ttft_s=10.0, tpot_s=0.2)  # loose enough for a phone at batch 1 (about 13 tok/s)
 USERS = 1000  # own devices: request r is user r mod USERS's
 
 LAPTOP = {"device": "m4-max", "model": "llama-3.1-8b", "quantization": "q4_k_m", "role": "both"}
@@ -55,13 +55,15 @@ def _per_query(s: dict) -> dict:
     pool = s["pools"]["p"]
     wall = pool["facility_energy_j"] / pool["energy_j"] if pool["energy_j"] else 1.0
     return {"board_j": s["energy_j"] / done, "facility_j": s["facility_energy_j"] / done,
-            "marginal_j": s["marginal_energy_j"] / done, "busy_board_j": s["served_energy_j"] / done,
-            "busy_facility_j": s["served_energy_j"] * wall / done, "wall": wall, "pue": pool["pue"],
+            "marginal_j": s["marginal_energy_j"] / done, "busy_board_j": s["busy_energy_j"] / done,
+            "busy_facility_j": s["busy_energy_j"] * wall / done, "wall": wall, "pue": pool["pue"],
             "host_share": pool["host_power_share"], "quality": s["quality"], "slo_attainment": s["slo_attainment"],
             "ttft_p50_s": s["ttft_s"]["p50"], "completed": s["completed"],
             # Sequences in flight per instance (Little's law): how full the batches were.
             "in_flight": s["throughput_rps"] * (s["e2e_s"]["mean"] or 0.0) / pool["instances"],
-            "j_per_correct_busy": s["served_energy_j"] * wall / max(s["correct"], 1)}
+            "j_per_correct_busy": s["busy_energy_j"] * wall / max(s["correct"], 1),
+            # Seconds the devices ran per completed request (their utilization over the run).
+            "busy_s": pool["utilization"] * pool["instances"] * s["makespan_s"] / done}
 
 
 def run_section(trace, n: int) -> dict:
@@ -104,8 +106,10 @@ def render(res: dict) -> list[str]:
         f"{first['host_share']:.2f} for a laptop's DRAM, fabric and adapter; PUE {h100['pue']:g} for a datacenter "
         f"(Uptime Institute 2024 survey average; hyperscalers report about 1.1), {first['pue']:g} at home) and "
         "**marginal** (an owned device counts only the energy serving adds: its dynamic energy at the wall; a "
-        "rented GPU is provisioned for the work, so all of it). Laptop and phone speeds and powers are fitted to "
-        "published measurements (`workers/edge_devices.py`); routers and verifiers are not involved here.",
+        "rented GPU is provisioned for the work, so all of it). The laptop's speeds and power and the phone's "
+        "speeds are fitted to published measurements (`workers/edge_devices.py`); the phone's power is an "
+        "assumption, and its verdicts are shown over a range of it below. Routers and verifiers are not involved "
+        "here.",
         "",
         f"**Each query alone** (the study's setting): every user has a device of their own "
         f"({res['users']:,} users; `serving: own-device`, batch 1), or a query has an H100 instance to itself "
@@ -138,7 +142,48 @@ def render(res: dict) -> list[str]:
                      f"{_ci(res, label, 'in_flight').mean:.1f} | {_ci(res, label, 'board_j').fmt('.0f')} | "
                      f"{_ci(res, label, 'facility_j').fmt('.0f')} | {_ci(res, label, 'marginal_j').fmt('.0f')} | "
                      f"{pct(_ci(res, label, 'quality').mean)} | {pct(_ci(res, label, 'slo_attainment').mean)} |")
-    return lines + _findings(res, alone, batched)
+    return lines + _findings(res, alone, batched) + _phone_power(res, alone, batched)
+
+
+def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
+    """The phone's verdicts over its assumed serving power: its speeds are measured (Qualcomm AI Hub), so
+    its busy seconds per query stand, and its energy per query is serving power x those seconds."""
+    from workers.edge_devices import PHONE_POWER_RANGE_W
+
+    phone = next((label for label in alone if "phone" in label), None)
+    if phone is None or "busy_s" not in res["runs"][phone][0]:
+        return []
+    cloud_alone, cloud8, cloud8_busy = alone[2], batched[1], batched[2]
+    by_label = {c["label"]: c for c in res["configs"]}
+    runs = res["runs"][phone]
+    modelled = ci95(r["busy_board_j"] / r["busy_s"] for r in runs).mean
+    lo, hi = PHONE_POWER_RANGE_W
+    rows = [("low", lo), ("as modelled", modelled), ("high", hi)]
+    targets = ((f"{cloud_alone}", cloud_alone, "busy_facility_j"),
+               (f"{cloud8} at {by_label[cloud8]['rate_rps']:g} req/s", cloud8, "facility_j"),
+               (f"{cloud8_busy}", cloud8_busy, "facility_j"))
+
+    def ratio(watts: float, label: str, key: str):
+        return ci95(watts * r["busy_s"] * r["wall"] / c[key] for r, c in zip(runs, res["runs"][label]))
+    lines = [f"**The phone's power is an assumption** (its speeds are Qualcomm AI Hub measurements, "
+             "`workers/edge_devices.py`): with the measured speeds its busy seconds per query stand, so its energy "
+             f"per query is serving power x {ci95(r['busy_s'] for r in runs).fmt('.1f', suffix=' s')}. Facility "
+             "energy per query against the H100s above, over serving powers "
+             f"{lo:g}-{hi:g} W:", "",
+             "| phone serving power | facility J/query | " + " | ".join(f"vs {name}" for name, *_ in targets) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in targets) + " |"]
+    verdicts = []
+    for name, watts in rows:
+        cells = [ratio(watts, label, key) for _, label, key in targets]
+        verdicts.append([c.mean < 1 for c in cells])
+        joules = ci95(watts * r["busy_s"] * r["wall"] for r in runs)
+        lines.append(f"| {watts:.1f} W ({name}) | {joules.fmt('.0f')} | "
+                     + " | ".join(c.fmt(".2f", suffix="x") for c in cells) + " |")
+    held = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) == 1]
+    flips = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) > 1]
+    return lines + ["", f"- Over {lo:g}-{hi:g} W the phone's verdict (lower or higher energy per query) "
+                    + (f"holds against {'; '.join(held)}" if held else "holds against none of them")
+                    + (f", and flips within the range against {'; '.join(flips)}." if flips else "."), ""]
 
 
 def _findings(res: dict, alone: list[str], batched: list[str]) -> list[str]:

@@ -40,8 +40,13 @@ class Section:
     headline: Callable[[dict], list[str]] | None = None
 
 
-def cluster_file(name: str, slo: SloConfig | None = None, **pool_instances):
+def cluster_file(name: str, slo: SloConfig | None = None, token_budget: int | None = None, **pool_instances):
+    """A cluster of deploy/clusters with its pools' instance counts, SLO and (for the chunked-prefill pools)
+    token budget replaced where given."""
     config = load_cluster(CLUSTERS / f"{name}.yaml")
+    if token_budget is not None:
+        config = replace(config, pools=tuple(replace(p, token_budget=token_budget) if p.chunked_prefill else p
+                                             for p in config.pools))
     if pool_instances:
         config = replace(config, pools=tuple(replace(p, instances=pool_instances.get(p.name, p.instances))
                                              for p in config.pools))
@@ -86,7 +91,7 @@ def price_per_hour(config) -> float:
 def digest(config, policy: str, params: dict | None, s: dict) -> dict:
     price_h = price_per_hour(config)
     keep = ("seed", "requests", "completed", "rejected", "slo_attainment", "goodput_rps", "quality", "correct", "escalations",
-            "escalated_requests", "advised_requests", "cost_usd", "served_cost_usd", "energy_j", "served_energy_j",
+            "escalated_requests", "advised_requests", "cost_usd", "busy_cost_usd", "energy_j", "busy_energy_j",
             "energy_per_output_token_j", "queries_per_kwh", "makespan_s", "sim_wall_s", "prefill_computed_tokens",
             "prefix_hit_tokens", "prefix_hit_rate", "max_instance_load_ratio")
     out = {k: s[k] for k in keep}
@@ -98,10 +103,15 @@ def digest(config, policy: str, params: dict | None, s: dict) -> dict:
                pool_tokens={k: v["prefill_tokens"] + v["decode_tokens"] for k, v in s["pools"].items()},
                pool_instances={k: v["instances"] for k, v in s["pools"].items()})
     print(f"  {config.name:<14} {policy:<18} {json.dumps(params or {}):<48} SLO {out['slo_attainment']:.3f} "
-          f"quality {out['quality']:.4f} ${out['cost_usd']:.1f} (served ${out['served_cost_usd']:.1f}) "
-          f"E {out['energy_j'] / 3.6e6:.2f} kWh (served {out['served_energy_j'] / 3.6e6:.2f}) "
+          f"quality {out['quality']:.4f} ${out['cost_usd']:.1f} (busy ${out['busy_cost_usd']:.1f}) "
+          f"E {out['energy_j'] / 3.6e6:.2f} kWh (busy {out['busy_energy_j'] / 3.6e6:.2f}) "
           f"[{out['sim_wall_s']:.1f} s]", flush=True)
     return out
+
+
+def busy(run: dict, key: str) -> float:
+    """A saved run's busy-time `energy_j` or `cost_usd` (results saved before the rename call it served_*)."""
+    return run.get(f"busy_{key}", run.get(f"served_{key}"))
 
 
 def run_many(items: list[tuple]) -> list[dict]:

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from bench.economics import common
 from bench.economics.common import Section, cluster_file, h100_cluster, poisson
+from bench.economics.fleet import SIZING_SEED
 from bench.economics.disagg import RATES, TARGET, TIGHT, TPOT_SLOS_S, TTFT_SLO_S
 from bench.economics.slo_grid import best_of, goodput_text, run_curves
 from bench.economics.stats import range_text
@@ -29,13 +30,17 @@ def configs():
         (SPLIT_H200, replace(cluster_file("cross-device"), slo=TIGHT), "slo-aware")]
 
 
+def _held_out(sw: dict) -> str:
+    return f" on the held-out seed {sw['sizing_seed']}" if "sizing_seed" in sw else ""
+
+
 def _colocated(sw: dict) -> list[str]:
     return [label for label in COLOCATED if label in sw["runs"]]
 
 
 def run(trace, n: int) -> dict:
     out = run_curves(lambda rate, seed: poisson(trace, n, rate, seed), configs(), RATES, common.SEEDS,
-                     TPOT_SLOS_S, TARGET)
+                     TPOT_SLOS_S, TARGET, SIZING_SEED)
     out["ttft_slo_s"] = TTFT_SLO_S
     return out
 
@@ -46,7 +51,7 @@ def render(sw: dict) -> list[str]:
     colocated = best_of(sw, _colocated(sw))
     lines = ["Prefill on H100s (compute per dollar), decode on H200s (more bandwidth per dollar), against H100-only "
              f"fleets at about the same price: 15 colocated H100s with chunked prefill (${price[_colocated(sw)[0]]:.2f}/h, "
-             f"budget tuned over {', '.join(x.rsplit('-', 1)[1] for x in _colocated(sw))} at each SLO), 9 + 6 split H100s "
+             f"budget tuned over {', '.join(x.rsplit('-', 1)[1] for x in _colocated(sw))} at each SLO{_held_out(sw)}), 9 + 6 split H100s "
              f"(${price[SPLIT_H100]:.2f}/h), 9 H100 + 5 H200 (${price[SPLIT_H200]:.2f}/h). Same TTFT SLO, rates, "
              "seeds and goodput definition as section 3.", "",
              "| TPOT SLO | colocated req/s (budget) | H100 split req/s | H100 + H200 split req/s "

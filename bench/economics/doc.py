@@ -28,7 +28,9 @@ def write_doc(results: dict, path: Path) -> None:
         "Poisson arrivals, difficulties from the default reach table. Each configuration runs once per evaluation "
         f"seed ({', '.join(map(str, meta['seeds']))}: other requests each time, the same requests for every "
         "configuration of a seed); figures are means with a 95% Student-t interval over the seeds in brackets, "
-        "and comparisons are per seed, then averaged. Every measured figure in the text is computed from the saved "
+        "and comparisons are per seed, then averaged. Every choice a section makes (fleet size, chunked-prefill "
+        f"token budget, prefill:decode split, operating rate) is made on a held-out slice (seed {meta['sizing_seed']}) "
+        "that no evaluation seed replays, so no configuration is picked on the requests it is judged on. Every measured figure in the text is computed from the saved "
         "results; published figures quoted for context are cited where they appear.",
         "",
         "## How quality, energy and cost are counted",
@@ -49,7 +51,9 @@ def write_doc(results: dict, path: Path) -> None:
         "one tier up (an escalation, paying for both passes), and a right answer it wrongly flags is re-served "
         "too. Routers and verifiers are inference passes of their own (`scheduler/plugins/overhead.py`: prefill of "
         "the prompt, or prompt + answer, at batch 1 on their own H100 instance; 8B router, 70B verifier by "
-        "default): their time delays the next pass and their energy and dollars are counted.",
+        "default): their time delays the next pass and their energy and dollars are counted. The judge's instance "
+        "is billed for its busy time only and never queues a pass (as if enough judge instances were always free): "
+        "optimistic for latency at high load, by the queueing a real judge pool would add.",
         "- **Advisor.** On requests the router judges beyond the executor, the top tier reads the context and "
         f"writes a {advisor.get('advisor_plan_tokens', '')}-token plan, then the executor reads prompt + plan; "
         f"the advised answer's capability is c_exec + {advisor.get('advisor_lift', '')} (c_advisor - c_exec) "

@@ -41,10 +41,8 @@ def fractional_k(attainment: list[tuple[int, float]], whole: int, threshold: flo
     return whole - 1 + (threshold - below) / (by_k[whole] - below)
 
 
-def sized_family(make_config, policy: str, params: dict | None, workload_at, counts: list[int],
-                 every_size: bool = False) -> dict:
-    """Size on the sizing slice, then run on every evaluation seed the sizes around the rule's (whole - 1,
-    whole, whole + 1: the fractional fleet lies between the first two), or every size up to whole + 1."""
+def size(make_config, policy: str, params: dict | None, workload_at, counts: list[int]) -> dict:
+    """The sizing half: attainment on the sizing slice at ascending counts until the rule can answer."""
     seen: list[tuple[int, float]] = []
     for lo in range(0, len(counts), common.WIDTH[0]):
         batch = counts[lo:lo + common.WIDTH[0]]
@@ -54,13 +52,43 @@ def sized_family(make_config, policy: str, params: dict | None, workload_at, cou
         if any(a >= TARGET for _, a in seen) or (len(seen) >= 3 and seen[-1][1] <= seen[-3][1] + 0.001):
             break
     whole, threshold = rule(seen)
-    k_star = fractional_k(seen, whole, threshold)
+    return {"sizing_seed": SIZING_SEED, "sizing": seen, "threshold": threshold, "whole": whole,
+            "fractional_k": fractional_k(seen, whole, threshold)}
+
+
+def evaluate(sized: dict, make_config, policy: str, params: dict | None, workload_at, counts: list[int],
+             every_size: bool = False) -> dict:
+    """The evaluation half: the sizes around the rule's (whole - 1, whole, whole + 1: the fractional fleet
+    lies between the first two), or every size up to whole + 1, on every evaluation seed."""
+    whole = sized["whole"]
     ks = [k for k in counts if k <= whole + 1 and (every_size or k >= whole - 1)]
     items = [(make_config(k), policy, workload_at(seed), params) for k in ks for seed in common.SEEDS]
     runs = [digest(config, policy, params, s) for (config, *_), s in zip(items, summaries(items))]
     by_k = {str(k): runs[i * len(common.SEEDS):(i + 1) * len(common.SEEDS)] for i, k in enumerate(ks)}
-    return {"sizing_seed": SIZING_SEED, "sizing": seen, "threshold": threshold, "whole": whole,
-            "fractional_k": k_star, "by_k": by_k}
+    return dict(sized, by_k=by_k)
+
+
+def sized_family(make_config, policy: str, params: dict | None, workload_at, counts: list[int],
+                 every_size: bool = False) -> dict:
+    """Size on the sizing slice, then run the sizes around the rule's on every evaluation seed."""
+    return evaluate(size(make_config, policy, params, workload_at, counts), make_config, policy, params,
+                    workload_at, counts, every_size)
+
+
+def tuned_family(make_config, variants: list, policy: str, params: dict | None, workload_at, counts: list[int],
+                 every_size: bool = False, price=None) -> dict:
+    """Every variant (make_config(variant, k): a token budget, an upper-pool layout) sized on the sizing slice;
+    the one with the cheapest whole fleet (`price(config)`, default the instance count), then the smallest
+    fractional fleet, is evaluated on the evaluation seeds. The choice reads the sizing slice only."""
+    sized = {}
+    for v in variants:
+        sized[v] = size(lambda k, v=v: make_config(v, k), policy, params, workload_at, counts)
+    def key(v):
+        whole = sized[v]["whole"]
+        return (price(make_config(v, whole)) if price else whole, sized[v]["fractional_k"])
+    best = min(variants, key=key)  # ties: the first listed
+    fam = evaluate(sized[best], lambda k: make_config(best, k), policy, params, workload_at, counts, every_size)
+    return fam | {"variant": best, "variants": [[v, sized[v]["whole"], sized[v]["fractional_k"]] for v in variants]}
 
 
 def at_whole(family: dict) -> list[dict]:

@@ -14,22 +14,23 @@ from scheduler.config import SloConfig, parse_cluster
 from simulator.jobs import build_workload
 
 from bench.economics import common
-from bench.economics.common import Section, pct, poisson
-from bench.economics.fleet import SIZING_SEED, at_whole, fractional, sized_family
+from bench.economics.common import Section, busy, pct, poisson
+from bench.economics.fleet import SIZING_SEED, at_whole, fractional, tuned_family
 from bench.economics.stats import ci95, range_text, span
 from bench.economics.stats import paired_change as change
 
 
-def edge_cloud(name: str, slo: SloConfig, laptops: int, cloud_model: str, cloud_chips: int, cloud: int):
+def edge_cloud(name: str, slo: SloConfig, laptops: int, cloud_model: str, cloud_chips: int, cloud: int,
+               token_budget: int = 8192):
     """Owned laptops (Llama-3.1-8B int4) plus a cloud pool of H100 instances serving `cloud_model` in fp8
-    with chunked prefill (the budget the repository's cloud clusters use)."""
+    with chunked prefill (`token_budget` tokens per iteration, tuned per configuration: CLOUD_BUDGETS)."""
     pools = []
     if laptops:
         pools.append({"name": "laptops", "device": "m4-max", "instances": laptops, "model": "llama-3.1-8b",
                       "quantization": "int4", "role": "both", "max_batch": 4, "max_batch_tokens": 4096})
     pools.append({"name": "cloud", "device": "h100-sxm", "instances": cloud, "chips_per_instance": cloud_chips,
                   "model": cloud_model, "quantization": "fp8", "role": "both", "chunked_prefill": True,
-                  "token_budget": 8192})
+                  "token_budget": token_budget})
     return parse_cluster({"name": name, "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s}, "pools": pools})
 
 
@@ -41,7 +42,10 @@ HYBRID_SETTINGS = {
     "cloud_70b_loose_ttft": ("llama-3.1-70b", 2, 20.0, 48, SloConfig(ttft_s=10.0, tpot_s=0.1)),
     "cloud_405b": ("llama-3.1-405b", 8, 5.0, 16, SloConfig(ttft_s=5.0, tpot_s=0.1)),
 }
-RATE_SWEEP = ("cloud_405b", (3.0, 4.0, 5.0, 6.0, 7.0))
+# Settings repeated over arrival rates (whole instances make a result move with the rate).
+RATE_SWEEPS = {"cloud_405b": (3.0, 4.0, 5.0, 6.0, 7.0), "cloud_70b": (10.0, 20.0, 40.0)}
+# The cloud pool's chunked-prefill token budget, tuned for every configuration on the sizing slice.
+CLOUD_BUDGETS = (2048, 4096, 8192)
 ORACLE = {"router_accuracy": 1.0, "detect_accuracy": 1.0}
 ROUTER80 = {"router_accuracy": 0.8, "detect_accuracy": 1.0}
 ROUTER80_VERIFIER90 = {"router_accuracy": 0.8, "detect_accuracy": 0.9}
@@ -62,10 +66,10 @@ def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES), 
     out = {}
     for label in labels:
         policy, params, edge = FAMILIES[label]
-        out[label] = sized_family(
-            lambda c, edge=edge: edge_cloud("edge-cloud" if edge else "cloud-only", slo, laptops if edge else 0,
-                                            model, chips, c),
-            policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS, every_size)
+        out[label] = tuned_family(
+            lambda budget, c, edge=edge: edge_cloud("edge-cloud" if edge else "cloud-only", slo,
+                                                    laptops if edge else 0, model, chips, c, budget),
+            list(CLOUD_BUDGETS), policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS, every_size)
     return out
 
 
@@ -83,22 +87,23 @@ def run(trace, n: int) -> dict:
         out = {"rate_rps": rate, "laptops": laptops, "cloud_model": model,
                "workload": build_workload(poisson(trace, n, rate))[1].description,
                "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
-               # Every cloud size of the rate-swept setting, for the sizing-rule table.
-               "families": _families(trace, n, setting, rate, every_size=setting == RATE_SWEEP[0])}
+               # Every cloud size of the 405B setting, for the sizing-rule table.
+               "families": _families(trace, n, setting, rate, every_size=setting == "cloud_405b")}
         # The same cloud as cloud-only, laptops added (nothing right-sized).
-        k = out["families"]["cloud_only"]["whole"]
-        items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k), "local-first",
+        k, budget = out["families"]["cloud_only"]["whole"], out["families"]["cloud_only"]["variant"]
+        items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k, budget), "local-first",
                   poisson(trace, n, rate, seed), ORACLE) for seed in common.SEEDS]
         out["oracle_same_cloud"] = [common.digest(c, p, q, s) for (c, p, _, q), s in
                                     zip(items, common.summaries(items))]
         res[setting] = out
-    setting, rates = RATE_SWEEP
-    res["rate_sweep"] = {"setting": setting, "rates_rps": list(rates), "families": {}}
-    for rate in rates:
-        print(f" -- {setting} at {rate:g} req/s", flush=True)
-        fams = (res[setting]["families"] if rate == HYBRID_SETTINGS[setting][2]
-                else _families(trace, n, setting, rate, ("cloud_only", "oracle", "router80")))
-        res["rate_sweep"]["families"][f"{rate:g}"] = {k: v for k, v in fams.items() if k != "router80_verifier90"}
+    res["rate_sweeps"] = {}
+    for setting, rates in RATE_SWEEPS.items():
+        sweep = res["rate_sweeps"][setting] = {"setting": setting, "rates_rps": list(rates), "families": {}}
+        for rate in rates:
+            print(f" -- {setting} at {rate:g} req/s", flush=True)
+            fams = (res[setting]["families"] if rate == HYBRID_SETTINGS[setting][2]
+                    else _families(trace, n, setting, rate, ("cloud_only", "oracle", "router80")))
+            sweep["families"][f"{rate:g}"] = {k: v for k, v in fams.items() if k != "router80_verifier90"}
     res["median_prompt_tokens"] = median_prompt
     res["laptop_prefill_tok_s"] = laptop_prefill_tok_s(median_prompt)
     res["sizing_seed"] = SIZING_SEED
@@ -119,7 +124,7 @@ def comparison(fams: dict, label: str) -> dict:
     bw, mw = at_whole(base), at_whole(mine)
     return {"energy_whole": change([r["energy_j"] for r in mw], [r["energy_j"] for r in bw]),
             "energy_fractional": change(fractional(mine, "energy_j"), fractional(base, "energy_j")),
-            "energy_busy": change([r["served_energy_j"] for r in mw], [r["served_energy_j"] for r in bw]),
+            "energy_busy": change([busy(r, "energy_j") for r in mw], [busy(r, "energy_j") for r in bw]),
             "cost_whole": change([r["cost_usd"] for r in mw], [r["cost_usd"] for r in bw]),
             "cost_fractional": change(fractional(mine, "cost_usd"), fractional(base, "cost_usd"))}
 
@@ -128,20 +133,23 @@ def _setting_table(r: dict) -> list[str]:
     fams = r["families"]
     lines = [f"### Cloud serving {r['cloud_model']} ({r['rate_rps']:g} req/s, SLO TTFT <= {r['slo']['ttft_s']:g} s, "
              f"TPOT <= {r['slo']['tpot_s'] * 1e3:g} ms, {r['laptops']} laptops)", "",
-             "| configuration | cloud instances: whole (fractional) | local share | quality | SLO attainment "
-             "| escalations | energy kWh | energy vs cloud-only: whole | fractional | busy-time "
+             "| configuration | cloud instances: whole (fractional) | cloud token budget | local share | quality "
+             "| SLO attainment | escalations | energy kWh | energy vs cloud-only: whole | fractional | busy-time "
              "| cost vs cloud-only: whole | fractional |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     base = at_whole(fams["cloud_only"])
     for label, fam in fams.items():
         c = comparison(fams, label) if label != "cloud_only" else None
         cells = [_pctci(c[k]) for k in ("energy_whole", "energy_fractional", "energy_busy", "cost_whole",
                                         "cost_fractional")] if c else ["-"] * 5
-        lines.append(_row(NAMES[label], f"{fam['whole']} ({fam['fractional_k']:.2f})", at_whole(fam), cells))
+        lines.append(_row(NAMES[label], f"{fam['whole']} ({fam['fractional_k']:.2f}) | {_budget(fam)}", at_whole(fam),
+                          cells))
     same = r["oracle_same_cloud"]
-    cells = [_pctci(change([x[k] for x in same], [x[k] for x in base])) for k in ("energy_j", "served_energy_j",
-                                                                                 "cost_usd")]
-    lines.append(_row("local-first, oracle, cloud not resized", str(fams["cloud_only"]["whole"]), same,
+    cells = [_pctci(change([x["energy_j"] for x in same], [x["energy_j"] for x in base])),
+             _pctci(change([busy(x, "energy_j") for x in same], [busy(x, "energy_j") for x in base])),
+             _pctci(change([x["cost_usd"] for x in same], [x["cost_usd"] for x in base]))]
+    lines.append(_row("local-first, oracle, cloud not resized",
+                      f"{fams['cloud_only']['whole']} | {_budget(fams['cloud_only'])}", same,
                       [cells[0], "-", cells[1], cells[2], "-"]))
     return lines + [""]
 
@@ -172,15 +180,24 @@ def _sizing_rule_table(fams: dict) -> list[str]:
     return lines + [""]
 
 
+def _budget(fam: dict) -> str:
+    """The cloud token budget the sizing slice chose ('8192' where the results predate the tuning)."""
+    return f"{fam.get('variant', 8192):,}"
+
+
 def _rate_table(sweep: dict) -> list[str]:
-    lines = ["| rate req/s | cloud-only instances | oracle: instances, energy whole | fractional | cost whole | "
+    lines = ["Cloud instances are whole counts with the chosen cloud token budget in brackets.", "",
+             "| rate req/s | cloud-only instances | oracle: instances, energy whole | fractional | cost whole | "
              "80% router: instances, energy whole | fractional | SLO attainment |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for rate, fams in sweep["families"].items():
         o, r8 = comparison(fams, "oracle"), comparison(fams, "router80")
-        lines.append(f"| {rate} | {fams['cloud_only']['whole']} | {fams['oracle']['whole']}: "
+
+        def k(label):
+            return f"{fams[label]['whole']} ({_budget(fams[label])})"
+        lines.append(f"| {rate} | {k('cloud_only')} | {k('oracle')}: "
                      f"{_pctci(o['energy_whole'])} | {_pctci(o['energy_fractional'])} | {_pctci(o['cost_whole'])} | "
-                     f"{fams['router80']['whole']}: {_pctci(r8['energy_whole'])} | {_pctci(r8['energy_fractional'])} | "
+                     f"{k('router80')}: {_pctci(r8['energy_whole'])} | {_pctci(r8['energy_fractional'])} | "
                      f"{ci95([x['slo_attainment'] for x in at_whole(fams['router80'])]).fmt('.1f', 100, '%')} |")
     return lines + [""]
 
@@ -196,15 +213,29 @@ def render(h: dict) -> list[str]:
              "cloud-only are per seed (the same requests), then averaged. *Whole* uses the rule's whole instances; "
              "*fractional* a load-proportional fleet (the cloud size where attainment crosses the rule's "
              "threshold, energy and dollars interpolated between whole sizes); *busy-time* counts each instance "
-             "only while it runs an iteration (any batch, however small).", ""]
+             "only while it runs an iteration (any batch, however small). The cloud pool's chunked-prefill token "
+             f"budget is tuned for every configuration the same way: each of {', '.join(f'{b:,}' for b in _budgets(h))} "
+             "is sized on the held-out slice, and the one giving the fewest whole instances (then the smallest "
+             "fractional fleet) is the one judged.", ""]
     for s in settings:
         lines += _setting_table(h[s])
-    if "rate_sweep" in h:
-        sw = h["rate_sweep"]
-        lines += [f"### The {HYBRID_SETTINGS[sw['setting']][0]} setting across arrival rates", ""]
+    for sw in _sweeps(h):
+        lines += [f"### The {HYBRID_SETTINGS[sw['setting']][0]} setting (TTFT <= "
+                  f"{HYBRID_SETTINGS[sw['setting']][4].ttft_s:g} s) across arrival rates", ""]
         lines += _rate_table(sw)
-        lines += _sizing_rule_table(h[sw["setting"]]["families"])
+        if sw["setting"] == "cloud_405b":
+            lines += _sizing_rule_table(h[sw["setting"]]["families"])
     return lines + _notes(h)
+
+
+def _sweeps(h: dict) -> list[dict]:
+    """The rate sweeps the results hold (one under `rate_sweep` in results that predate the 70B sweep)."""
+    return list(h["rate_sweeps"].values()) if "rate_sweeps" in h else ([h["rate_sweep"]] if "rate_sweep" in h else [])
+
+
+def _budgets(h: dict) -> list[int]:
+    fam = next(iter(h[next(s for s in HYBRID_SETTINGS if s in h)]["families"].values()))
+    return [v for v, *_ in fam.get("variants", [[8192]])]
 
 
 def _seeds(h: dict) -> list[int]:
@@ -249,22 +280,24 @@ def _notes(h: dict) -> list[str]:
             lines.append(f"  With a {h['cloud_70b_loose_ttft']['slo']['ttft_s']:g} s TTFT budget: energy "
                          f"{_pctci(lo['energy_whole'])} (whole), {_pctci(lo['energy_fractional'])} (fractional); "
                          f"cost {_pctci(lo['cost_whole'])} (whole).")
-    if "rate_sweep" in h:
-        sw = h["rate_sweep"]
+    for sw in _sweeps(h):
+        model = HYBRID_SETTINGS[sw["setting"]][0].rsplit("-", 1)[1].upper()
+        gpus = HYBRID_SETTINGS[sw["setting"]][1]
         for label, name in (("oracle", "oracle router"), ("router80", "80%-accurate router")):
             whole = [comparison(f, label)["energy_whole"] for f in sw["families"].values()]
             frac = [comparison(f, label)["energy_fractional"] for f in sw["families"].values()]
             (wl, wh), (fl, fh) = span(whole), span(frac)
             lines.append(
-                f"- **Local-first vs a 405B cloud, {name}**, over {sw['rates_rps'][0]:g}-{sw['rates_rps'][-1]:g} req/s: "
+                f"- **Local-first vs a {model} cloud, {name}**, over {sw['rates_rps'][0]:g}-{sw['rates_rps'][-1]:g} req/s: "
                 f"energy change {min(c.mean for c in whole):+.1%} to {max(c.mean for c in whole):+.1%} with whole "
                 f"instances (interval bounds {wl:+.1%} to {wh:+.1%}), {min(c.mean for c in frac):+.1%} to "
                 f"{max(c.mean for c in frac):+.1%} with a fractional fleet ({fl:+.1%} to {fh:+.1%}). "
-                + ("The whole-instance figure moves more with the rate than the fractional one: one 8-GPU instance "
-                   "more or less is most of the difference there."
+                + (f"The whole-instance figure moves more with the rate than the fractional one: one {gpus}-GPU "
+                   "instance more or less is most of the difference there."
                    if _swing(whole) > _swing(frac) + 0.05 else
                    "Whole and fractional fleets move alike with the rate here."))
-        r80 = h[sw["setting"]]["families"]["router80"]
+    if "cloud_405b" in h:
+        r80 = h["cloud_405b"]["families"]["router80"]
         lines.append(
             f"- With the 80% router a misjudged hard request is answered on a laptop first and re-served in the "
             f"cloud, so its TTFT spans both passes: attainment on the sizing slice stops improving at "
@@ -278,16 +311,18 @@ def _notes(h: dict) -> list[str]:
 
 def headline(h: dict) -> list[str]:
     out = []
-    if "rate_sweep" in h:
-        sw = h["rate_sweep"]
+    for sw in _sweeps(h):
+        model, gpus, _, _, slo = HYBRID_SETTINGS[sw["setting"]]
         for label, name in (("oracle", "oracle router"), ("router80", "80% router")):
             cs = [comparison(f, label) for f in sw["families"].values()]
-            out.append(f"- **Local-first energy vs a 405B cloud, {name}** ({sw['rates_rps'][0]:g}-"
-                       f"{sw['rates_rps'][-1]:g} req/s): {range_text([c['energy_whole'] for c in cs], '+.1f', 100, '%')} "
-                       f"with whole 8-GPU instances, {range_text([c['energy_fractional'] for c in cs], '+.1f', 100, '%')} "
+            out.append(f"- **Local-first energy vs a {model.rsplit('-', 1)[1].upper()} cloud, {name}** "
+                       f"({sw['rates_rps'][0]:g}-{sw['rates_rps'][-1]:g} req/s, TTFT <= {slo.ttft_s:g} s): "
+                       f"{range_text([c['energy_whole'] for c in cs], '+.1f', 100, '%')} "
+                       f"with whole {gpus}-GPU instances, {range_text([c['energy_fractional'] for c in cs], '+.1f', 100, '%')} "
                        "with a fractional fleet.")
+    swept = {sw["setting"] for sw in _sweeps(h)}
     for setting in ("cloud_70b", "cloud_70b_loose_ttft"):
-        if setting in h:
+        if setting in h and setting not in swept:
             c = comparison(h[setting]["families"], "oracle")
             out.append(f"- **Local-first energy vs a 70B cloud**, oracle router, TTFT <= {h[setting]['slo']['ttft_s']:g} s: "
                        f"{_pctci(c['energy_whole'])} whole, {_pctci(c['energy_fractional'])} fractional "

@@ -6,9 +6,14 @@ counted for every TPOT SLO of the grid from them, as simulator/tally.py counts i
 own SLO (rejected requests miss; one-token outputs meet any TPOT SLO). This is exact only for
 placements that do not read the TPOT SLO: least-loaded, and slo-aware's single predicted-latency
 scorer (a monotone score, so the same argmax under every SLO); a test checks the latter.
+A placement that does read it (conditional-disagg's stall budget) runs once per TPOT SLO, as its own
+configuration bound to that SLO: only that SLO's attainment is read from it.
 Goodput: the rate at which attainment crosses the target, interpolated linearly between the last
 grid rate that meets it and the first that does not (0 when the lowest misses, the top rate when
 none does).
+Variants are chosen on a held-out slice: every configuration also runs on the sizing seed, and a
+family is represented at each SLO by its variant with the highest goodput there (`best_of`), then
+reported on the evaluation seeds, so no family is picked on the requests it is judged on.
 """
 from __future__ import annotations
 
@@ -73,14 +78,17 @@ def goodput(rates: list[float], attainment: list[float], target: float) -> float
     return rates[-1] if last_ok is not None else 0.0
 
 
-def run_curves(workload_at, configs: list[tuple[str, object, str]], rates: list[float], seeds: list[int],
-               tpot_slos_s: tuple[float, ...], target: float) -> dict:
-    """Every configuration (label, cluster config, policy) at ascending rates, once per seed, until
-    it misses `target` under the loosest TPOT SLO (then every tighter one misses too)."""
-    runs = {label: {str(seed): [] for seed in seeds} for label, _, _ in configs}
-    alive = {(label, seed) for label, _, _ in configs for seed in seeds}
+def run_curves(workload_at, configs: list[tuple], rates: list[float], seeds: list[int],
+               tpot_slos_s: tuple[float, ...], target: float, sizing_seed: int | None = None) -> dict:
+    """Every configuration (label, cluster config, policy[, SLO index it is bound to]) at ascending rates,
+    once per seed (and once on `sizing_seed`, kept apart for choosing variants), until it misses `target`
+    under the loosest TPOT SLO (its own, when bound; then every tighter one misses too)."""
+    all_seeds = ([sizing_seed] if sizing_seed is not None else []) + list(seeds)
+    bound = {c[0]: c[3] for c in configs if len(c) > 3}
+    runs = {label: {str(seed): [] for seed in all_seeds} for label, *_ in configs}
+    alive = {(label, seed) for label, *_ in configs for seed in all_seeds}
     for rate in rates:
-        batch = [(label, config, policy, seed) for label, config, policy in configs for seed in seeds
+        batch = [(label, config, policy, seed) for label, config, policy, *_ in configs for seed in all_seeds
                  if (label, seed) in alive]
         if not batch:
             break
@@ -95,21 +103,31 @@ def run_curves(workload_at, configs: list[tuple[str, object, str]], rates: list[
                 "completed": s["completed"], "prefix_hit_rate": s["prefix_hit_rate"],
                 "prefill_computed_tokens": s["prefill_computed_tokens"],
                 "max_instance_load_ratio": s["max_instance_load_ratio"]})
-            if s["attainment_by_tpot"][-1] < target:
+            if s["attainment_by_tpot"][bound.get(label, -1)] < target:
                 alive.discard((label, seed))
-    out = {"rates_rps": rates, "seeds": seeds, "tpot_slos_s": list(tpot_slos_s), "target_attainment": target,
-           "price_usd_per_hour": {label: common.price_per_hour(config) for label, config, _ in configs},
-           "runs": runs}
+    sizing = {label: by_seed.pop(str(sizing_seed)) for label, by_seed in runs.items()} if sizing_seed is not None else {}
+    out = {"rates_rps": rates, "seeds": list(seeds), "tpot_slos_s": list(tpot_slos_s), "target_attainment": target,
+           "price_usd_per_hour": {label: common.price_per_hour(config) for label, config, *_ in configs},
+           "runs": runs, "bound_slo": bound}
     out["goodput_rps"] = goodputs(out)
+    if sizing_seed is not None:
+        out["sizing_seed"] = sizing_seed
+        out["sizing_runs"] = sizing
+        out["sizing_goodput_rps"] = {label: [None if g is None else g[0] for g in per_slo] for label, per_slo in
+                                     goodputs(out | {"runs": {k: {"s": v} for k, v in sizing.items()}}).items()}
     return out
 
 
 def goodputs(curves: dict) -> dict:
-    """label -> per TPOT SLO -> goodput per seed."""
+    """label -> per TPOT SLO -> goodput per seed (None at the SLOs a bound configuration was not run for)."""
+    bound = curves.get("bound_slo", {})
     out = {}
     for label, by_seed in curves["runs"].items():
         out[label] = []
         for k in range(len(curves["tpot_slos_s"])):
+            if bound.get(label, k) != k:
+                out[label].append(None)
+                continue
             per_seed = []
             for seed_runs in by_seed.values():
                 rates = [r["rate_rps"] for r in seed_runs]
@@ -130,8 +148,16 @@ def goodput_text(curves: dict, values: list[float], spec: str = ".0f") -> str:
 
 
 def best_of(curves: dict, labels: list[str]) -> list[tuple[str, list[float]]]:
-    """For each TPOT SLO, the label among `labels` with the highest mean goodput over the seeds, and its
-    goodputs: every family tuned the same way (its best variant at each SLO)."""
-    g = curves["goodput_rps"]
-    return [max(((label, g[label][k]) for label in labels), key=lambda item: ci95(item[1]).mean)
-            for k in range(len(curves["tpot_slos_s"]))]
+    """For each TPOT SLO, the label among `labels` with the highest goodput on the sizing seed (the mean over
+    the evaluation seeds when the results have no sizing runs), and its evaluation goodputs: every family
+    tuned the same way, its best variant at each SLO chosen on requests it is not judged on."""
+    g, held_out = curves["goodput_rps"], curves.get("sizing_goodput_rps")
+
+    def score(label: str, k: int) -> float:
+        return held_out[label][k] if held_out else ci95(g[label][k]).mean
+    picks = []
+    for k in range(len(curves["tpot_slos_s"])):
+        ok = [label for label in labels if g[label][k] is not None]
+        best = max(ok, key=lambda label: score(label, k))  # ties: the first listed
+        picks.append((best, g[best][k]))
+    return picks

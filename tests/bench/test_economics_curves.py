@@ -7,7 +7,7 @@ import pytest
 
 from bench.economics import common
 from bench.economics.common import h100_cluster, poisson
-from bench.economics.slo_grid import GridJob, goodput, run_curves, run_grid_job
+from bench.economics.slo_grid import GridJob, best_of, goodput, run_curves, run_grid_job
 from bench.economics.stats import ci95
 from scheduler.config import SloConfig
 from simulator.jobs import SimJob
@@ -86,3 +86,42 @@ def test_curves_run_every_seed_and_their_interval_contains_the_seed_mean(trace):
     for runs in curves["runs"]["colocated"].values():
         assert all(r["attainment_by_tpot"][-1] >= 0.9 for r in runs[:-1])
     assert curves["price_usd_per_hour"]["colocated"] == pytest.approx(common.price_per_hour(configs[0][1]))
+
+
+def test_variants_are_chosen_on_the_sizing_seed_and_reported_on_the_others(trace):
+    """run_curves keeps the sizing seed's runs apart; best_of picks by them, not by the evaluation seeds."""
+    configs = [(f"chunked-{b}", h100_cluster("c", SLO, BOTH, chunked_prefill=True, token_budget=b), "least-loaded")
+               for b in (512, 4096)]
+    curves = run_curves(lambda rate, seed: poisson(trace, 500, rate, seed), configs, [40.0, 80.0, 160.0, 320.0],
+                        [7, 8], (0.025, 0.1), 0.9, sizing_seed=1)
+    assert curves["sizing_seed"] == 1 and curves["seeds"] == [7, 8]
+    for label in ("chunked-512", "chunked-4096"):
+        assert set(curves["runs"][label]) == {"7", "8"}
+        assert curves["sizing_runs"][label] and len(curves["goodput_rps"][label][0]) == 2
+    for k, (label, values) in enumerate(best_of(curves, ["chunked-512", "chunked-4096"])):
+        held = curves["sizing_goodput_rps"]
+        assert held[label][k] == max(held[x][k] for x in ("chunked-512", "chunked-4096"))
+        assert values == curves["goodput_rps"][label][k]
+    # Flip the held-out goodputs: the choice follows them whatever the evaluation seeds say.
+    flipped = curves | {"sizing_goodput_rps": {"chunked-512": [1.0, 1.0], "chunked-4096": [2.0, 2.0]}}
+    assert [label for label, _ in best_of(flipped, ["chunked-512", "chunked-4096"])] == ["chunked-4096"] * 2
+    flipped["sizing_goodput_rps"] = {"chunked-512": [2.0, 2.0], "chunked-4096": [1.0, 1.0]}
+    assert [label for label, _ in best_of(flipped, ["chunked-512", "chunked-4096"])] == ["chunked-512"] * 2
+
+
+def test_a_configuration_bound_to_one_slo_is_read_at_that_slo_only(trace):
+    """conditional-disagg reads the TPOT SLO, so it runs once per SLO and counts only there."""
+    from bench.economics.disagg import mixed_cluster
+
+    slos = (0.025, 0.1)
+    configs = [(f"cond@{s}", mixed_cluster("m", SloConfig(ttft_s=0.25, tpot_s=s), 2, 1, 1), "conditional-disagg", k)
+               for k, s in enumerate(slos)]
+    curves = run_curves(lambda rate, seed: poisson(trace, 400, rate, seed), configs, [40.0, 80.0, 160.0],
+                        [7], slos, 0.9)
+    g = curves["goodput_rps"]
+    assert g["cond@0.025"][1] is None and g["cond@0.1"][0] is None
+    assert g["cond@0.025"][0] is not None and g["cond@0.1"][1] is not None
+    assert [label for label, _ in best_of(curves, list(g))] == ["cond@0.025", "cond@0.1"]
+    # A bound configuration stops at the first rate it misses under its own SLO.
+    for runs in curves["runs"]["cond@0.025"].values():
+        assert all(r["attainment_by_tpot"][0] >= 0.9 for r in runs[:-1])

@@ -70,3 +70,32 @@ def test_without_every_size_only_the_sizes_around_the_rule_run():
     fam = sized_family(lambda c: cluster_file("frontier", slo, **{"frontier-405b": c}), "least-loaded", None,
                        lambda seed: poisson(trace, 300, 8.0, seed), list(range(1, 6)))
     assert {int(k) for k in fam["by_k"]} == {k for k in (fam["whole"] - 1, fam["whole"], fam["whole"] + 1) if k >= 1}
+
+
+def test_tuned_family_chooses_its_variant_on_the_sizing_slice_alone():
+    """A token budget is chosen by the sizing slice (fewest whole instances, then the smallest fractional
+    fleet), and only the chosen one runs on the evaluation seeds."""
+    trace = read_trace(builtin_trace_path())
+    slo = SloConfig(ttft_s=5.0, tpot_s=0.1)
+    saved = list(common.SEEDS)
+    common.SEEDS[:] = [7, 8]
+    try:
+        fam = fleet.tuned_family(lambda b, c: cluster_file("frontier", slo, b, **{"frontier-405b": c}),
+                                 [2048, 8192], "least-loaded", None, lambda seed: poisson(trace, 300, 6.0, seed),
+                                 list(range(1, 5)))
+    finally:
+        common.SEEDS[:] = saved
+    keys = {v: (whole, k) for v, whole, k in fam["variants"]}
+    assert set(keys) == {2048, 8192}
+    assert keys[fam["variant"]] == min(keys.values())
+    assert (fam["whole"], fam["fractional_k"]) == keys[fam["variant"]]
+    # The evaluation runs are of the chosen budget only, on the evaluation seeds only.
+    runs = [r for rs in fam["by_k"].values() for r in rs]
+    assert {r["seed"] for r in runs} == {7, 8}
+    config = cluster_file("frontier", slo, fam["variant"], **{"frontier-405b": fam["whole"]})
+    assert {r["price_usd_per_hour"] for r in at_whole(fam)} == {common.price_per_hour(config)}
+
+
+def test_cluster_file_sets_the_token_budget_of_chunked_pools_only():
+    config = cluster_file("advisor", None, 2048)
+    assert {p.token_budget for p in config.pools if p.chunked_prefill} == {2048}
