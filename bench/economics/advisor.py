@@ -98,9 +98,12 @@ def render(a: dict) -> list[str]:
     f = at_whole(a["frontier_only"])
     lines = [f"{a['rate_rps']:g} req/s, SLO TTFT <= {a['slo']['ttft_s']:g} s, TPOT <= {a['slo']['tpot_s'] * 1e3:g} "
              "ms; every fleet sized by the same rule as section 1 on the held-out slice, judged on the evaluation "
-             "seeds; intervals and per-seed ratios as there. Each fleet's chunked-prefill token budget (one for all its "
-             f"pools, from {', '.join(f'{b:,}' for b in _budgets(a))}) and upper-pool layout are chosen on the held-out "
-             "slice too: the cheapest whole fleet, then the smallest fractional one. *Fractional* scales the pool the rule sizes (the 405B "
+             "seeds; intervals and per-seed ratios as there. "
+             + (f"Each fleet's chunked-prefill token budget (one for all its pools, from "
+                f"{', '.join(f'{b:,}' for b in _budgets(a))}) and upper-pool layout are chosen on the held-out slice "
+                "too: the cheapest whole fleet, then the smallest fractional one. " if len(_budgets(a)) > 1 else
+                f"Every pool's chunked-prefill token budget is {_budgets(a)[0]:,} (these results predate its tuning). ")
+             + "*Fractional* scales the pool the rule sizes (the 405B "
              "frontier pool; the 8B pool of the others) to where attainment crosses the threshold; *busy-time* "
              "prices each instance only while it runs an iteration.", "",
              "| configuration | fleet (whole) | fractional size | quality | of frontier quality | SLO attainment "

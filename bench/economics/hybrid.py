@@ -213,10 +213,13 @@ def render(h: dict) -> list[str]:
              "cloud-only are per seed (the same requests), then averaged. *Whole* uses the rule's whole instances; "
              "*fractional* a load-proportional fleet (the cloud size where attainment crosses the rule's "
              "threshold, energy and dollars interpolated between whole sizes); *busy-time* counts each instance "
-             "only while it runs an iteration (any batch, however small). The cloud pool's chunked-prefill token "
-             f"budget is tuned for every configuration the same way: each of {', '.join(f'{b:,}' for b in _budgets(h))} "
-             "is sized on the held-out slice, and the one giving the fewest whole instances (then the smallest "
-             "fractional fleet) is the one judged.", ""]
+             "only while it runs an iteration (any batch, however small). "
+             + (f"The cloud pool's chunked-prefill token budget is tuned for every configuration the same way: each "
+                f"of {', '.join(f'{b:,}' for b in _budgets(h))} is sized on the held-out slice, and the one giving "
+                "the fewest whole instances (then the smallest fractional fleet) is the one judged."
+                if len(_budgets(h)) > 1 else
+                f"The cloud pool's chunked-prefill token budget is {_budgets(h)[0]:,} in every configuration "
+                "(these results predate its tuning)."), ""]
     for s in settings:
         lines += _setting_table(h[s])
     for sw in _sweeps(h):
