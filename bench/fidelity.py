@@ -234,6 +234,11 @@ NOT_SCORED = [
     ("wse-3", "GLM 4.7", "1,201", TOKENOMICS, "no built-in GLM shape"),
     ("wse-3", "qwen-3.8-27b", "~1,850", "Cerebras model list as quoted in a Cerebras skill page "
      "(skills.sh/terminalskills/skills/cerebras), Oct 2026", "no built-in shape"),
+    ("wse-3", "DeepSeek V3", "1,350", TOKENOMICS, "an estimate from the page's own curve, not a measurement"),
+    ("wse-3", "gpt-oss-120b", "~1,700", "gogoai.xin, \"Cerebras claims world's fastest LLM inference speed\"",
+     "users' reports through a chain of free relays; no setup stated"),
+    ("groq-lpu", "Llama 3.3 70B", "500+", "theneuralbase.com Groq tutorial, \"Tokens per second: what to expect\"",
+     "a tutorial's claim; no measurement or setup stated"),
     ("WSE-2", "Llama 3 8B / Qwen2-72B", "2,700 / 840", "WaferLLM (He et al., OSDI 2025, arXiv:2502.04563), "
      "16-bit, per request", "a research system on the previous wafer (WSE-2)"),
 ]
