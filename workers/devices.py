@@ -373,8 +373,8 @@ def _b200() -> DeviceSpec:
 # Weights stay resident in the SRAM of the cores that hold them (44 GB over 900,000 cores) and
 # are read in place, every core its own share at once: a layer's read takes (bytes held per
 # wafer) / (wafer bandwidth), about 1-2 us at 21 PB/s, whatever the layer's size (workers/perf.py).
-# What remains of a layer's time is latency: the reductions and broadcasts across the mesh that
-# WaferLLM (He et al., OSDI 2025, arXiv:2502.04563) finds dominate decode on a wafer. So per
+# What remains of a layer's time is latency: partial sums reduced and broadcast across the core
+# mesh, the cost WaferLLM (He et al., OSDI 2025, arXiv:2502.04563) models wafer decode by. So per
 # layer a fixed latency, fitted to one figure of today's software: Llama 3.1 8B at about 2,000
 # tokens/s on one wafer after the October 2024 release (Val Town's Cerebras template, 17 Jan
 # 2025: "2k tokens per second"; Continue's provider page: "2000+").
@@ -454,8 +454,7 @@ def _wse3() -> DeviceSpec:
             "decode_overhead_per_layer_s": "solved so Llama 3.1 8B batch-1 decode on one wafer gives 2,000 "
                                            "tokens/s (Cerebras service after its Oct 2024 release, as quoted "
                                            "by Val Town, Jan 2025, and Continue's docs); mesh latency "
-                                           "(reduce/broadcast), which WaferLLM (OSDI 2025) finds dominates "
-                                           "wafer decode",
+                                           "(reduce/broadcast; WaferLLM, OSDI 2025, models wafer decode by it)",
             "collective_latency_s": "assumption: about 10 us per wafer boundary (Ethernet RDMA); a pass "
                                     "crosses chips-1 boundaries (pipeline of layer stages)",
             "parallelism": "Cerebras: \"20B models fit on a single CS-3 while 70B models fit on as few as "
