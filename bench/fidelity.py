@@ -256,7 +256,8 @@ NOT_SCORED = [
      "kickllm.com/research/llm-speed-benchmark.html (April 2026)", "aggregated from provider documentation, "
      "Artificial Analysis and the author's tests without saying which figure came from where"),
     ("groq-lpu", "Llama 3.1 8B, Llama 3.3 70B", "750, 280", "tokenwisehq.com/free-tools/model-speed",
-     "no source or method stated"),
+     "no source or method stated (nor does the rate-limits guide scored above, kept as it was listed "
+     "before)"),
     ("WSE-2", "Llama 3 8B / Qwen2-72B", "2,700 / 840", "WaferLLM (He et al., OSDI 2025, arXiv:2502.04563), "
      "16-bit, per request", "a research system on the previous wafer (WSE-2)"),
 ]
