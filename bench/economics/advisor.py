@@ -81,7 +81,7 @@ def _fleet(label: str, fam: dict) -> str:
     small = {"frontier_only": "405B", "cascade": "8B"}.get(label, "8B")
     parts = [f"{fam['whole']} x {small}"] + [f"{v} x {k.split('-')[-1].upper()}" for k, v in upper.items()]
     variant = fam.get("variant", 8192)
-    budget = variant[-1] if isinstance(variant, list) else variant
+    budget = variant[-1] if isinstance(variant, (list, tuple)) else variant
     return " + ".join(parts) + f", budget {budget:,}"
 
 
