@@ -171,7 +171,9 @@ class Simulation:
         """Follow-on work for events of a prefill-only or decode-only engine (log[first:] as of the call)."""
         log = self._log
         for j in range(first, len(log)):
-            kind, rid = log[j][:2]
+            ev = log[j]
+            kind = ev[0]
+            rid = ev[1]
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
