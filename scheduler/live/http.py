@@ -10,9 +10,11 @@ Every request goes through `SchedulerCore.submit` like a Generate call, so
 GetStats, Prometheus and the decision log count it; a body refused before it
 reaches the core is counted invalid. Tokens arrive as the core's TokenEvents:
 a real engine's text rides on them; an emulated worker's tokens get
-`synthetic_text`. A streamed answer starts once the first tokens are there, so
-a request rejected or failed before any token gets a proper status (429, 503,
-500), not a broken stream. TTFT and TPOT are measured here on the stream in
+`synthetic_text`. A streamed answer's headers go out once the request is placed
+(while the engine prefills, as an engine's own do); a request refused at
+submission (400, 429), rejected, or held while no instance is ready gets a
+proper status (503) instead; a failure after the headers ends the stream with
+an OpenAI-style error event. TTFT and TPOT are measured here on the stream in
 wall seconds (`on_stream_latency`, exported by `scheduler.live.metrics`).
 
 Prompt lengths: a request is placed on the estimate from its text
@@ -235,12 +237,21 @@ class HttpFrontDoor:
 
     async def _stream(self, request: web.Request, req: api.ApiRequest, stream: ResultStream,
                       t0: float) -> web.StreamResponse:
-        items = await stream.take()
-        if isinstance(items[0], RequestOutcome) and items[0].status != RequestStatus.COMPLETED:
-            return _error(_outcome_error(items[0]))
-        rid, created, model = api.new_id(req.route), int(time.time()), req.name
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
+        if not stream.items and self.core.serving:
+            # Placed on an instance (a rejection would be in `stream` already): the headers go
+            # now, while the engine prefills, as an engine's own do, so the client has its
+            # stream set up when the first token comes. A failure from here on ends the stream
+            # with an error event, as one after the first token does.
+            await response.prepare(request)
+            await response.write(b"")  # aiohttp holds headers for the first body bytes
+            items = await stream.take()
+        else:  # rejected, or held until an instance is ready: a failure gets its status (503, ...)
+            items = await stream.take()
+            if isinstance(items[0], RequestOutcome) and items[0].status != RequestStatus.COMPLETED:
+                return _error(_outcome_error(items[0]))
+            await response.prepare(request)
+        rid, created, model = api.new_id(req.route), int(time.time()), req.name
         first = True
         t_first = t_last = 0.0
         sent = 0
