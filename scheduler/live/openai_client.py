@@ -317,7 +317,11 @@ class OpenAIWorkerClient:
 
     async def _count_later(self, link: _Instance, route: str, body: dict, work: Work, ttft_s: float,
                            tpot_s: float | None) -> None:
-        tokens = await self._count(link, route, body, work)
+        try:
+            tokens = await self._count(link, route, body, work)
+        except Exception as exc:  # e.g. the instance was reconnected and its session closed
+            log.info("counting the prompt of %s on %s after the fact failed: %r", work.key, link.address, exc)
+            return
         link.prefill_tokens += tokens
         self._measured(link, tokens, ttft_s, tpot_s)
         on_counted = getattr(self.events, "on_prompt_counted", None)
