@@ -10,6 +10,9 @@ cluster at its recorded timestamps, in fresh subprocesses one after another:
   over the TraceFile, which reads the rows again block by block as the replay
   goes, as `simulate` does now.
 
+`--feed-only` generates the request chunks the simulator would be fed
+without simulating them: the trace's own cost, minutes instead of hours.
+
 Both keep no per-request records (`keep_records=False`, as `simulate`). Each
 reports wall and CPU seconds of the read and of the replay, peak RSS
 (VmHWM) and the summary's digest; the script checks that the two summaries
@@ -18,6 +21,7 @@ ratios of one run (`--together` runs both cases at once, under one load).
 
     python bench/trace_replay.py                     # 20M rows
     python bench/trace_replay.py --rows 2000000      # quicker
+    python bench/trace_replay.py --feed-only         # the 20M rows fed, not simulated
 Writes bench/results/trace_replay.json.
 """
 from __future__ import annotations
@@ -51,15 +55,22 @@ from simulator.sim import Simulation
 from simulator.traces import read_trace, scan_trace
 from simulator.workload import make_workload
 
-mode, path, cluster_file, policy = sys.argv[2:6]
+mode, path, cluster_file, policy, feed_only = sys.argv[2:7]
 w0, c0 = time.perf_counter(), time.process_time()
 trace = (read_trace if mode == "whole" else scan_trace)(path)
 read_wall, read_cpu = time.perf_counter() - w0, time.process_time() - c0
-config = load_cluster(cluster_file)
-cluster = Cluster(config)
 workload = make_workload(trace)
-result = Simulation(cluster, build_policy(policy or config.policy, config), workload, keep_records=False).run()
-summary = {k: v for k, v in summarize(result).items() if k not in WALL_CLOCK_KEYS}
+if feed_only == "1":  # the requests the simulator would be fed, without simulating them
+    digest = hashlib.sha256()
+    for chunk in workload.chunks():
+        for column in (chunk.arrival_s, chunk.input_tokens, chunk.output_tokens, chunk.difficulty):
+            digest.update(column.tobytes())
+    summary = {"requests": workload.n_requests, "completed": None, "chunks_sha256": digest.hexdigest()}
+else:
+    config = load_cluster(cluster_file)
+    result = Simulation(Cluster(config), build_policy(policy or config.policy, config), workload,
+                        keep_records=False).run()
+    summary = {k: v for k, v in summarize(result).items() if k not in WALL_CLOCK_KEYS}
 wall, cpu = time.perf_counter() - w0, time.process_time() - c0
 text = json.dumps(summary, sort_keys=True)
 print(json.dumps({"rows": trace.rows, "requests": summary["requests"], "completed": summary["completed"],
@@ -70,9 +81,10 @@ print(json.dumps({"rows": trace.rows, "requests": summary["requests"], "complete
 """
 
 
-def start(mode: str, path: Path, cluster: str, policy: str) -> tuple:
+def start(mode: str, path: Path, cluster: str, policy: str, feed_only: bool) -> tuple:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(ROOT), mode, str(path), cluster, policy],
+    proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(ROOT), mode, str(path), cluster, policy,
+                             "1" if feed_only else "0"],
                             stdout=subprocess.PIPE, text=True)
     return mode, started, os.getloadavg()[0], proc
 
@@ -95,6 +107,8 @@ def main() -> None:
     ap.add_argument("--cluster", default=str(ROOT / "deploy" / "clusters" / "gpu-colocated.yaml"))
     ap.add_argument("--policy", default="", help="policy (default: the cluster file's)")
     ap.add_argument("--order", default="whole,streamed", help="cases in the order to run them")
+    ap.add_argument("--feed-only", action="store_true",
+                    help="read the trace and generate the workload's request chunks, without simulating them")
     ap.add_argument("--together", action="store_true", help="run the cases at the same time, not one by one")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "trace_replay.json"))
     args = ap.parse_args()
@@ -108,17 +122,18 @@ def main() -> None:
     runs = []
     modes = args.order.split(",")
     if args.together:  # both at once: the same load for both, half the elapsed time
-        for r in [finish(*p) for p in [start(m, path, args.cluster, args.policy) for m in modes]]:
+        for r in [finish(*p) for p in [start(m, path, args.cluster, args.policy, args.feed_only) for m in modes]]:
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
     else:
         for mode in modes:
-            r = finish(*start(mode, path, args.cluster, args.policy))
+            r = finish(*start(mode, path, args.cluster, args.policy, args.feed_only))
             print(json.dumps(r), file=sys.stderr)
             runs.append(r)
     by = {r["case"]: r for r in runs}
-    assert len({r["summary_sha256"] for r in runs}) == 1, "whole-file and streamed replays disagree"
+    assert len({r["summary_sha256"] for r in runs}) == 1, "whole-file and streamed runs disagree"
     doc = {"file": path.name, "file_bytes": path.stat().st_size, "rows": args.rows, "together": args.together,
+           "feed_only": args.feed_only,
            "cluster": Path(args.cluster).name, "policy": args.policy or "(the cluster's)", "runs": runs,
            "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True).stdout.strip(),
