@@ -108,10 +108,17 @@ def test_stop_stage_of_each_ray_process(cmdline, stage):
 
 
 def _stand_in(root: str, exe: str, on_term: str) -> subprocess.Popen:
-    """A process whose command line names the session as Ray's do, with `on_term` as its SIGTERM handler."""
-    script = f"trap '{on_term}' TERM; while :; do sleep 0.05; done"
-    return subprocess.Popen([f"{root}/session_1/{exe}", "-c", script, f"--logs-dir={root}/session_1/logs"],
-                            executable="/bin/bash")
+    """A process whose command line names the session as Ray's do, with `on_term` as its SIGTERM handler.
+
+    Returns once the handler is set (the stand-in says so on stdout): a fixed sleep was not enough on a
+    loaded machine, and a stand-in signalled before its trap dies as if it had honoured SIGTERM.
+    """
+    script = f"trap '{on_term}' TERM; echo trapped; exec >&-; while :; do sleep 0.05; done"
+    proc = subprocess.Popen([f"{root}/session_1/{exe}", "-c", script, f"--logs-dir={root}/session_1/logs"],
+                            executable="/bin/bash", stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "trapped\n"
+    proc.stdout.close()
+    return proc
 
 
 # On SIGTERM a raylet unregisters its node with the GCS and the autoscaler monitor writes its exit
@@ -130,7 +137,6 @@ def test_stop_ends_stages_in_order_and_kills_only_what_ignores_sigterm(others, k
         procs["gcs_server"] = _stand_in(root, "gcs_server", "exit 0")
         for exe, on_term in others.items():
             procs[exe] = _stand_in(root, exe, on_term.format(gcs=procs["gcs_server"].pid))
-        time.sleep(0.3)  # the traps are set
         seen, stages, sigkilled = ray_cluster_pids.stop(root, grace_s=1.5)
         assert seen >= {p.pid for p in procs.values()}
         raylets, rest, gcs = stages
