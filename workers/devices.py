@@ -16,6 +16,7 @@ assumptions.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -366,50 +367,46 @@ def _b200() -> DeviceSpec:
     )
 
 
-# Cerebras throughput figures behind the wafer's constants. Since Cerebras spreads a model over
-# CS-3 systems a stage of layers per wafer ("70B models fit on as few as four systems"), a pass
-# is a pipeline: per layer a fixed latency plus its weights read from SRAM at an effective
-# per-wafer bandwidth, and one hop per wafer boundary. The launch (27 Aug 2024: Llama 3.1 8B at
-# 1,800 tokens/s on one wafer, 70B at 450 on four, both without speculative decoding) is the
-# only pair of plain figures of two sizes from one software release, so it sets both terms. The
-# October 2024 release rewrote the kernels and took 8B to about 2,000 tokens/s (Val Town's
-# Cerebras template, 17 Jan 2025: "2k tokens per second"; Continue's provider page: "2000+");
-# both terms are scaled by that one ratio (assumption: the rewrite sped them alike). The same
-# release "also implements speculative decoding", priced separately (workers/speculative.py).
+# How the wafer serves (the structure of its step time). Cerebras spreads a model over CS-3
+# systems a stage of layers per wafer ("20B models fit on a single CS-3 while 70B models fit on
+# as few as four systems", launch blog), so a pass is a pipeline with one hop per wafer boundary.
+# Weights stay resident in the SRAM of the cores that hold them (44 GB over 900,000 cores) and
+# are read in place, every core its own share at once: a layer's read takes (bytes held per
+# wafer) / (wafer bandwidth), about 1-2 us at 21 PB/s, whatever the layer's size (workers/perf.py).
+# What remains of a layer's time is latency: partial sums reduced and broadcast across the core
+# mesh, the cost WaferLLM (He et al., OSDI 2025, arXiv:2502.04563) models wafer decode by. So per
+# layer a fixed latency, fitted to one figure of today's software: Llama 3.1 8B at about 2,000
+# tokens/s on one wafer after the October 2024 release (Val Town's Cerebras template, 17 Jan
+# 2025: "2k tokens per second"; Continue's provider page: "2000+").
+# The launch pair (Aug 2024: 8B at 1,800 tokens/s, 70B at 450 on four wafers) is not used: that
+# release ran wafer IO synchronously with compute, which the October release changed ("Wafer IO
+# has been streamlined to run asynchronously from compute ... This release also implements
+# speculative decoding"), so its 70B pass carries transfer time this model does not price
+# (docs/FIDELITY.md shows how much). Speculative decoding is priced separately (workers/speculative.py).
 _WSE3_8B_TOKENS_S = 2000.0
-_WSE3_LAUNCH_8B_TOKENS_S = 1800.0
-_WSE3_LAUNCH_70B_TOKENS_S = 450.0
-# Assumption: one wafer boundary (Ethernet RDMA through the cluster fabric) costs about 10 us;
-# it is 1.4% of a 70B pass, so the fit barely depends on it.
+# The mean context per sequence the fitted figure is taken at, as `model predict` defaults to.
+_WSE3_FIT_CONTEXT = 1024
+# Assumption: one wafer boundary (Ethernet RDMA through the cluster fabric) costs about 10 us.
 _WSE3_HOP_S = 10e-6
 _WSE3_MEMORY_BW = 21e15
 _WSE3_LINK_BW = 150e9
 
 
-def _wse3_layer_terms() -> tuple[float, float]:
-    """(fixed seconds per layer, effective weight-read bandwidth in bytes/s) of today's software.
-
-    Solves the launch pair, 32a + W8/B = 1/1800 and 80a + W70/B + 3 hops = 1/450 (W: the
-    weight bytes a batch-1 pass reads), then scales a and 1/B by 1,800/2,000.
-    """
+def _wse3_per_layer_s(without: DeviceSpec) -> float:
+    """Fixed seconds per layer that make Llama 3.1 8B decode at batch 1 on one wafer give
+    _WSE3_8B_TOKENS_S, given the rest of the device (`without`: no per-layer time)."""
     from workers.models import get_model  # models never import devices: no cycle
+    from workers.perf import InstancePerf  # perf imports this module: import when the catalogue is built
 
-    m8, m70 = get_model("llama-3.1-8b"), get_model("llama-3.1-70b")
-    w8, w70 = m8.dense_streamed_bytes, m70.dense_streamed_bytes
-    hops_s = 3 * (_WSE3_HOP_S + m70.hidden * 2.0 / _WSE3_LINK_BW)
-    t8, t70 = 1.0 / _WSE3_LAUNCH_8B_TOKENS_S, 1.0 / _WSE3_LAUNCH_70B_TOKENS_S - hops_s
-    ratio = m70.layers / m8.layers
-    s_per_byte = (t70 - ratio * t8) / (w70 - ratio * w8)
-    per_layer_s = (t8 - w8 * s_per_byte) / m8.layers
-    speedup = _WSE3_8B_TOKENS_S / _WSE3_LAUNCH_8B_TOKENS_S
-    return per_layer_s / speedup, speedup / s_per_byte
+    m8 = get_model("llama-3.1-8b")
+    rest_s = InstancePerf(without, m8, 1).decode(1, float(_WSE3_FIT_CONTEXT), 1)[0]
+    return (1.0 / _WSE3_8B_TOKENS_S - rest_s) / m8.layers
 
 
 def _wse3() -> DeviceSpec:
     idle_w, peak_w, flops, bw = 7000.0, 23000.0, 125e15, _WSE3_MEMORY_BW
     e_flop, e_byte = _scaled_energy(flops, bw, idle_w, peak_w)
-    decode_per_layer_s, layer_bw = _wse3_layer_terms()
-    return DeviceSpec(
+    spec = DeviceSpec(
         name="wse-3",
         kind="wafer",
         bf16_flops=flops,
@@ -422,12 +419,12 @@ def _wse3() -> DeviceSpec:
         price_usd_per_hour=_amortized_usd_per_hour(2.5e6),
         max_chips_per_instance=64,
         compute_efficiency=_H100_COMPUTE_EFFICIENCY,
-        weight_bw_efficiency=layer_bw / bw,
+        weight_bw_efficiency=_H100_WEIGHT_BW_EFFICIENCY,
         kv_bw_efficiency=_H100_KV_BW_EFFICIENCY,
         attn_parallel_units=1.0,
         decode_serial_fraction=_H100_DECODE_SERIAL_FRACTION,
-        prefill_overhead_per_layer_s=decode_per_layer_s,
-        decode_overhead_per_layer_s=decode_per_layer_s,
+        prefill_overhead_per_layer_s=0.0,
+        decode_overhead_per_layer_s=0.0,
         collective_latency_s=_WSE3_HOP_S,
         energy_per_flop_j=e_flop,
         energy_per_byte_j=e_byte,
@@ -446,19 +443,18 @@ def _wse3() -> DeviceSpec:
             "price_usd_per_hour": "assumption: CS-3 at about US$2.5M (press estimates) amortized over 3 years 24x7",
             "max_chips_per_instance": "assumption: a few dozen CS-3 systems per model deployment",
             "compute_efficiency": "reused from the H100 fit (no wafer measurements)",
-            "weight_bw_efficiency": "solved with decode_overhead_per_layer_s from the launch pair (8B at 1,800 "
-                                    "tokens/s on 1 wafer, 70B at 450 on 4, Aug 2024) and scaled by the "
-                                    "post-Oct-2024 8B figure (2,000 tokens/s); a batch-1 pass reads each "
-                                    "layer's weights at this share of 21 PB/s",
+            "weight_bw_efficiency": "reused from the H100 fit (the measured copy ceiling's share of the "
+                                    "datasheet); weights are read in place, a layer in (bytes per wafer) / "
+                                    "(this share of 21 PB/s), at most about an eighth of a layer's time",
             "kv_bw_efficiency": "reused from the H100 fit (no wafer measurements)",
             "attn_parallel_units": "assumption: dataflow cores hold the KV cache in place, "
                                    "no launch-occupancy penalty at small batch",
             "decode_serial_fraction": "reused from the H100 fit (no wafer measurements)",
             "prefill_overhead_per_layer_s": "assumption: same per-layer latency as decode",
-            "decode_overhead_per_layer_s": "solved with weight_bw_efficiency from the Cerebras Inference "
-                                           "launch pair (Aug 2024), scaled so Llama 3.1 8B batch-1 decode "
-                                           "gives 2,000 tokens/s (Cerebras service after its Oct 2024 "
-                                           "release, as quoted by Val Town, Jan 2025, and Continue's docs)",
+            "decode_overhead_per_layer_s": "solved so Llama 3.1 8B batch-1 decode on one wafer gives 2,000 "
+                                           "tokens/s (Cerebras service after its Oct 2024 release, as quoted "
+                                           "by Val Town, Jan 2025, and Continue's docs); mesh latency "
+                                           "(reduce/broadcast; WaferLLM, OSDI 2025, models wafer decode by it)",
             "collective_latency_s": "assumption: about 10 us per wafer boundary (Ethernet RDMA); a pass "
                                     "crosses chips-1 boundaries (pipeline of layer stages)",
             "parallelism": "Cerebras: \"20B models fit on a single CS-3 while 70B models fit on as few as "
@@ -470,6 +466,9 @@ def _wse3() -> DeviceSpec:
             "host_power_share": "none: the CS-3 system power (23 kW) is the peak_power_w already",
         },
     )
+    per_layer_s = _wse3_per_layer_s(spec)
+    return dataclasses.replace(spec, prefill_overhead_per_layer_s=per_layer_s,
+                               decode_overhead_per_layer_s=per_layer_s)
 
 
 # Groq throughput claims used for the LPU's fixed latencies: Artificial Analysis

@@ -14,7 +14,9 @@ uniform routing (ModelSpec.experts_touched; `routing_skew` concentrates it).
 On several chips, attention and dense layers are tensor-parallel (two
 all-reduces per layer) and routed experts expert-parallel (an all-to-all to
 dispatch tokens and one to combine them per MoE layer); pipeline-parallel devices
-(the wafer) instead pay one hop per stage boundary. Sliding-window
+(the wafer) instead pay one hop per stage boundary, and read their weights in
+place, in parallel across the cores that hold them, so a layer's read takes
+(bytes held per chip) / (chip bandwidth) at any size or batch. Sliding-window
 layers attend to at most `sliding_window` tokens per sequence. A mixed
 iteration (chunked prefill, `mixed`) runs prompt chunks beside a decode step.
 
@@ -65,7 +67,7 @@ class InstancePerf:
         "price_usd_per_s", "idle_power_w", "peak_power_w",
         "_s_per_flop", "_byte_s", "_kv_byte_s", "_flops_per_token", "_flops_per_seq",
         "_pair_flops", "_decode_pair_flops", "_kv_token_bytes", "_window", "_occupancy_per_seq",
-        "_dense_bytes", "_moe", "_touched_cache",
+        "_dense_bytes", "_moe", "_touched_cache", "_resident_read_s",
         "_prefill_overhead_s", "_decode_overhead_s", "_coll_fixed_s", "_coll_s_per_token",
         "_serial", "_e_flop", "_e_byte", "_dyn_cap_w", "_decode_consts", "_batch_terms",
     )
@@ -142,6 +144,15 @@ class InstancePerf:
             self._moe = (model.moe_layers * model.expert_bytes, e, 1.0 - model.experts_per_token / e,
                          model.routing_skew == 0.0)
         self._touched_cache: dict[int, float] = {}
+        # Pipeline devices (the wafer) keep every weight resident in the SRAM of the cores that
+        # hold it and read it in place: a layer's cores, spread in proportion to its bytes, read
+        # their shares at once, so a pass reads each layer in (bytes held per chip) / (chip
+        # bandwidth), whatever the layer's size and however many experts its tokens select.
+        # Streaming devices read the touched bytes through one memory interface (streamed_bytes).
+        self._resident_read_s = None
+        if device.parallelism == "pipeline":
+            self._resident_read_s = (model.layers * self.weight_bytes / n
+                                     / (device.weight_bw_efficiency * device.memory_bw_bytes_s))
 
         self._prefill_overhead_s = model.layers * device.prefill_overhead_per_layer_s
         self._decode_overhead_s = model.layers * device.decode_overhead_per_layer_s
@@ -169,6 +180,13 @@ class InstancePerf:
         if touched is None:
             touched = self._touched_cache[tokens] = self.model.experts_touched(tokens)
         return self._dense_bytes + per_expert * touched
+
+    def weight_read_s(self, tokens: int) -> float:
+        """Time one pass over `tokens` tokens spends reading weights: streamed_bytes(tokens) at the
+        streaming rate, or on pipeline devices the resident read above (the same for any tokens)."""
+        if self._resident_read_s is not None:
+            return self._resident_read_s
+        return self.streamed_bytes(tokens) * self._byte_s
 
     # --- prefill ---------------------------------------------------------------
     def prefill(self, tokens: int, attn_pairs: float, seqs: int) -> tuple[float, float]:
@@ -199,7 +217,8 @@ class InstancePerf:
             kv_bytes += win_kv * min(kv_tokens, s * window)
         weight_bytes = self.streamed_bytes(tokens)
         compute_s = flops * self._s_per_flop
-        memory_s = weight_bytes * self._byte_s + kv_bytes * self._kv_byte_s
+        read_s = self._resident_read_s
+        memory_s = (weight_bytes * self._byte_s if read_s is None else read_s) + kv_bytes * self._kv_byte_s
         time_s = (self._prefill_overhead_s + self._coll_fixed_s + self._coll_s_per_token * t
                   + (compute_s if compute_s > memory_s else memory_s))
         energy_j = self._e_flop * flops + self._e_byte * (weight_bytes + kv_bytes)
@@ -256,7 +275,7 @@ class InstancePerf:
         terms = (b,
                  self._decode_overhead_s + self._coll_fixed_s + self._coll_s_per_token * b,
                  flops_b * s_per_flop, c_per_kv,
-                 weight_bytes * self._byte_s + const_kv * kv_byte_s, kv_s,
+                 self.weight_read_s(batch) + const_kv * kv_byte_s, kv_s,
                  e_flop * flops_b + e_byte * (weight_bytes + const_kv), e_per_kv,
                  cs, ms, es,
                  (q_c, cap_w * q_c, es - cap_w * q_c),
@@ -507,8 +526,10 @@ class InstancePerf:
         weight_bytes = self.streamed_bytes(tokens + batch)
         s_per_flop, byte_s, kv_byte_s, e_flop, e_byte = (self._s_per_flop, self._byte_s, self._kv_byte_s,
                                                          self._e_flop, self._e_byte)
+        read_s = self._resident_read_s
         c0, cs = flops * s_per_flop, flops_slope * s_per_flop
-        m0, ms = weight_bytes * byte_s + kv_bytes * kv_byte_s, kv_slope * kv_byte_s
+        m0 = (weight_bytes * byte_s if read_s is None else read_s) + kv_bytes * kv_byte_s
+        ms = kv_slope * kv_byte_s
         e0, es = e_flop * flops + e_byte * (weight_bytes + kv_bytes), e_flop * flops_slope + e_byte * kv_slope
         share = 0.0  # the decode side's share of the iteration's tokens
         if batch:
@@ -516,7 +537,8 @@ class InstancePerf:
             kv0 = ctx_sum0 + batch_f
             batch_weights = self.streamed_bytes(batch)  # in m_b and e_b; streamed once above instead
             c0, cs = c0 + c_b + c_per_kv * kv0, cs + cs_b
-            m0, ms = m0 + (m_b - batch_weights * byte_s) + kv_s * kv0, ms + ms_b
+            batch_read_s = batch_weights * byte_s if read_s is None else read_s
+            m0, ms = m0 + (m_b - batch_read_s) + kv_s * kv0, ms + ms_b
             e0, es = e0 + (e_b - e_byte * batch_weights) + e_per_kv * kv0, es + es_b
             share = batch_f / (t + batch_f)
         overhead = (1.0 - share) * self._prefill_overhead_s + share * self._decode_overhead_s

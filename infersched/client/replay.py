@@ -60,13 +60,14 @@ _ROLE = {common_pb2.ROLE_PREFILL: Role.PREFILL, common_pb2.ROLE_DECODE: Role.DEC
 
 
 def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = None):
-    """The served cluster rebuilt from GetStats (pools, devices, models, chips, roles, chunking),
+    """The served cluster rebuilt from GetStats (pools, devices, models, chips, roles, chunking, speculative decoding),
     for the summary when no cluster file is given. Batch limits and prices are not in
     the stats, so per-pool cost comes from the server's counters, not from this; the SLO
     is not either: pass the cluster file (--cluster) for its own."""
     from scheduler.cluster import Cluster
     from scheduler.config import QUANTIZATION_BYTES, ClusterConfig, PoolConfig
     from workers.models import MODELS
+    from workers.speculative import SpeculativeConfig
 
     pools = []
     for p in stats.pools:
@@ -75,6 +76,9 @@ def served_cluster(stats: scheduler_pb2.SchedulerStats, slo: SloConfig | None = 
         if p.model not in MODELS and base in MODELS and label in QUANTIZATION_BYTES:
             model, quantization = base, label  # workers.models.with_dtype names variants "<model>-<dtype>"
         chunking = {"chunked_prefill": True, "token_budget": p.token_budget} if p.token_budget > 0 else {}
+        if p.HasField("speculative"):
+            s = p.speculative
+            chunking["speculative"] = SpeculativeConfig(s.draft_model, s.draft_tokens, s.acceptance)
         pools.append(PoolConfig(name=p.name, device=p.device, instances=p.instances, model=model,
                                 role=_ROLE.get(p.role, Role.BOTH), chips_per_instance=p.chips_per_instance,
                                 quantization=quantization, **chunking))

@@ -68,6 +68,10 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
         if p.kv_tiers:  # prefix-cache levels below HBM: what each served and moved
             pools[p.name]["kv_tiers"] = {t.name: {"hit_tokens": t.hit_tokens, "read_bytes": t.read_bytes,
                                                   "written_bytes": t.written_bytes} for t in p.kv_tiers}
+        if p.HasField("speculative"):  # as the simulate summary's pools.NAME.speculative, less tokens_per_round
+            pools[p.name]["speculative"] = {"draft_model": p.speculative.draft_model,
+                                            "draft_tokens": p.speculative.draft_tokens,
+                                            "acceptance": p.speculative.acceptance}
         if p.prompt_token_counts:  # real engines: how prompt lengths were counted
             pools[p.name]["prompt_token_counts"] = dict(sorted(p.prompt_token_counts.items()))
     return {

@@ -166,7 +166,7 @@ class SchedulerStats(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ..., prompt_lengths: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class PoolStats(_message.Message):
-    __slots__ = ("name", "device", "model", "role", "instances", "chips_per_instance", "queue_depth", "running", "completed", "prefill_tokens", "decode_tokens", "utilization", "energy_j", "cost_usd", "kv_free_tokens", "kv_capacity_tokens", "token_budget", "prompt_token_counts", "prefix_hit_tokens", "kv_tiers")
+    __slots__ = ("name", "device", "model", "role", "instances", "chips_per_instance", "queue_depth", "running", "completed", "prefill_tokens", "decode_tokens", "utilization", "energy_j", "cost_usd", "kv_free_tokens", "kv_capacity_tokens", "token_budget", "prompt_token_counts", "prefix_hit_tokens", "kv_tiers", "speculative")
     class PromptTokenCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class PoolStats(_message.Message):
     PROMPT_TOKEN_COUNTS_FIELD_NUMBER: _ClassVar[int]
     PREFIX_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_TIERS_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     device: str
     model: str
@@ -214,7 +215,18 @@ class PoolStats(_message.Message):
     prompt_token_counts: _containers.ScalarMap[str, int]
     prefix_hit_tokens: int
     kv_tiers: _containers.RepeatedCompositeFieldContainer[_common_pb2.KvTierUsage]
-    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.Role, str]] = ..., instances: _Optional[int] = ..., chips_per_instance: _Optional[int] = ..., queue_depth: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., utilization: _Optional[float] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., token_budget: _Optional[int] = ..., prompt_token_counts: _Optional[_Mapping[str, int]] = ..., prefix_hit_tokens: _Optional[int] = ..., kv_tiers: _Optional[_Iterable[_Union[_common_pb2.KvTierUsage, _Mapping]]] = ...) -> None: ...
+    speculative: SpeculativeDecoding
+    def __init__(self, name: _Optional[str] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., role: _Optional[_Union[_common_pb2.Role, str]] = ..., instances: _Optional[int] = ..., chips_per_instance: _Optional[int] = ..., queue_depth: _Optional[int] = ..., running: _Optional[int] = ..., completed: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., utilization: _Optional[float] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., kv_free_tokens: _Optional[int] = ..., kv_capacity_tokens: _Optional[int] = ..., token_budget: _Optional[int] = ..., prompt_token_counts: _Optional[_Mapping[str, int]] = ..., prefix_hit_tokens: _Optional[int] = ..., kv_tiers: _Optional[_Iterable[_Union[_common_pb2.KvTierUsage, _Mapping]]] = ..., speculative: _Optional[_Union[SpeculativeDecoding, _Mapping]] = ...) -> None: ...
+
+class SpeculativeDecoding(_message.Message):
+    __slots__ = ("draft_model", "draft_tokens", "acceptance")
+    DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    draft_model: str
+    draft_tokens: int
+    acceptance: float
+    def __init__(self, draft_model: _Optional[str] = ..., draft_tokens: _Optional[int] = ..., acceptance: _Optional[float] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ("pool",)

@@ -103,7 +103,16 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
             utilization=p.utilization, energy_j=p.energy_j, cost_usd=p.cost_usd, kv_free_tokens=p.kv_free_tokens,
             kv_capacity_tokens=p.kv_capacity_tokens, token_budget=p.token_budget,
             prompt_token_counts=p.prompt_token_counts, prefix_hit_tokens=p.prefix_hit_tokens,
-            kv_tiers=[tier_usage_proto(t) for t in p.kv_tiers]) for p in s.pools])
+            kv_tiers=[tier_usage_proto(t) for t in p.kv_tiers],
+            speculative=speculative_proto(p.speculative)) for p in s.pools])
+
+
+def speculative_proto(config) -> scheduler_pb2.SpeculativeDecoding | None:
+    """A pool's SpeculativeConfig on the wire; None (the field unset) for plain decoding."""
+    if config is None:
+        return None
+    return scheduler_pb2.SpeculativeDecoding(draft_model=config.draft_model, draft_tokens=config.draft_tokens,
+                                             acceptance=config.acceptance)
 
 
 def worker_info_proto(w: WorkerView) -> scheduler_pb2.WorkerInfo:

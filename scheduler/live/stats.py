@@ -174,5 +174,6 @@ def pool_stats(cluster: Cluster, snap: ClusterSnapshot, usages: list[Usage], com
             kv_capacity_tokens=int(sum(kv_capacity[r.start:r.stop])), token_budget=pool.config.engine_token_budget,
             prompt_token_counts=dict(prompt_counts[pool.name]) if prompt_counts and pool.name in prompt_counts
             else None, prefix_hit_tokens=sum(u.prefix_hit_tokens for u in mine),
-            kv_tiers=functools.reduce(add_tiers, (u.kv_tiers for u in mine), ())))
+            kv_tiers=functools.reduce(add_tiers, (u.kv_tiers for u in mine), ()),
+            speculative=pool.config.speculative))
     return out

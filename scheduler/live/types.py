@@ -197,6 +197,7 @@ class PoolStatsView:
     prompt_token_counts: dict[str, int] | None = None
     prefix_hit_tokens: int = 0  # served from prefix caches, every level
     kv_tiers: tuple = ()  # workers.report.TierUsage per level below HBM, the store last
+    speculative: object = None  # the pool's workers.speculative.SpeculativeConfig; None: plain decoding
 
 
 @dataclass(frozen=True, slots=True)

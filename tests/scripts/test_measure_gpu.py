@@ -76,7 +76,7 @@ def test_outputs_read_back_as_measurements_and_shapes(tmp_path):
     assert ceilings["script_version"] == "2" and ceilings["copy_GBps_rw"] == 2970.0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed (the `test` extra installs it)")
 def test_cpu_smoke_run_writes_loadable_measurements(tmp_path):
     from scripts.measure_gpu import main
 

@@ -116,7 +116,9 @@ def test_engine_decodes_every_token_once_at_the_speculative_rate():
         assert len(done) == 1 and eng.decode_tokens == 500
         times[name] = done[0][2] - p.prefill(1024, 1024 * 1025 / 2, 1)[0]
     assert times["spec"] == pytest.approx(perf.decode(1, 1025.0, 500)[0], rel=1e-9)
-    assert times["plain"] / times["spec"] > 2.0
+    # 3.36 tokens a round for 4 draft steps (16 layers each at the 70B's per-layer latency, a fifth of
+    # its 80) plus one verify pass: about 1.7 plain steps' time.
+    assert times["plain"] / times["spec"] > 1.8
 
 
 def wafer_cluster(speculative=None, role="both"):
