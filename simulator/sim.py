@@ -93,7 +93,7 @@ class Simulation:
         self.chunk_size = chunk_size
         self.snap: ClusterSnapshot = cluster.snapshot()
         # Prefix caches when the requests carry block hashes (and the cluster enables them).
-        self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.trace.hash_ids is not None)
+        self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.has_block_hashes)
         self.instance_pool = [pool.index for pool in cluster.pools for _ in pool.instances]
         # Four arrival chunks of slots to start with; the window doubles if more are in flight.
         self.window = RecordWindow(workload.n_requests, None if keep_records else 4 * chunk_size)
