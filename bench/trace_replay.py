@@ -32,7 +32,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from trace_read import OUT, synthesize  # noqa: E402
+from trace_read import week_trace  # noqa: E402
 
 MEASURE = """
 import hashlib, json, sys, time
@@ -112,13 +111,7 @@ def main() -> None:
     ap.add_argument("--together", action="store_true", help="run the cases at the same time, not one by one")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "trace_replay.json"))
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"azure2024_week_{args.rows}.csv"
-    if not path.exists():
-        t0 = time.perf_counter()
-        synthesize(path, args.rows)
-        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
+    path = week_trace(args.rows)
     runs = []
     modes = args.order.split(",")
     if args.together:  # both at once: the same load for both, half the elapsed time

@@ -29,7 +29,7 @@ import numpy as np
 
 from simulator.quality import DifficultyModel
 from simulator.traces import Trace, TraceFile
-from simulator.traces.stream import rebatch
+from simulator.traces.stream import ragged_concat, ragged_slice, rebatch
 
 __all__ = ["ARRIVAL_PROCESSES", "RequestChunk", "Workload", "make_workload"]
 
@@ -65,10 +65,7 @@ class RequestChunk:
         return np.arange(self.first_id, self.first_id + len(self), dtype=np.int64)
 
     def _slice(self, lo: int, hi: int) -> RequestChunk:
-        hashes = None
-        if self.hash_ids is not None:
-            offsets, values = self.hash_ids
-            hashes = (offsets[lo:hi + 1] - offsets[lo], values[offsets[lo]:offsets[hi]])
+        hashes = None if self.hash_ids is None else ragged_slice(self.hash_ids, lo, hi)
         return RequestChunk(self.first_id + lo, self.arrival_s[lo:hi], self.input_tokens[lo:hi],
                             self.output_tokens[lo:hi], hashes,
                             None if self.difficulty is None else self.difficulty[lo:hi])
@@ -77,12 +74,7 @@ class RequestChunk:
 def _concat(parts: list[RequestChunk]) -> RequestChunk:
     if len(parts) == 1:
         return parts[0]
-    hashes = None
-    if parts[0].hash_ids is not None:
-        lengths = np.concatenate([np.diff(p.hash_ids[0]) for p in parts])
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        hashes = (offsets, np.concatenate([p.hash_ids[1] for p in parts]))
+    hashes = None if parts[0].hash_ids is None else ragged_concat([p.hash_ids for p in parts])
     difficulty = None
     if parts[0].difficulty is not None:
         difficulty = np.concatenate([p.difficulty for p in parts])

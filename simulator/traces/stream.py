@@ -213,23 +213,29 @@ def rebatch(blocks: Iterator[TraceBlock], size: int, limit: int | None = None) -
 def _slice(b: TraceBlock, lo: int, hi: int) -> TraceBlock:
     if lo == 0 and hi == b.rows:
         return b
-    hashes = None
-    if b.hash_ids is not None:
-        offsets, values = b.hash_ids
-        hashes = (offsets[lo:hi + 1] - offsets[lo], values[offsets[lo]:offsets[hi]])
+    hashes = None if b.hash_ids is None else ragged_slice(b.hash_ids, lo, hi)
     return TraceBlock(None if b.arrival_s is None else b.arrival_s[lo:hi], b.input_tokens[lo:hi],
                       b.output_tokens[lo:hi], hashes)
+
+
+def ragged_slice(ragged: tuple[np.ndarray, np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows lo..hi of per-row lists stored as (offsets, values), offsets rebased to 0."""
+    offsets, values = ragged
+    return offsets[lo:hi + 1] - offsets[lo], values[offsets[lo]:offsets[hi]]
+
+
+def ragged_concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, values) lists one after another, as one."""
+    lengths = np.concatenate([np.diff(offsets) for offsets, _ in parts])
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, np.concatenate([values for _, values in parts])
 
 
 def _join(parts: list[TraceBlock]) -> TraceBlock:
     if len(parts) == 1:
         return parts[0]
-    hashes = None
-    if parts[0].hash_ids is not None:
-        lengths = np.concatenate([np.diff(p.hash_ids[0]) for p in parts])
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        hashes = (offsets, np.concatenate([p.hash_ids[1] for p in parts]))
+    hashes = None if parts[0].hash_ids is None else ragged_concat([p.hash_ids for p in parts])
     arrival = None if parts[0].arrival_s is None else np.concatenate([p.arrival_s for p in parts])
     return TraceBlock(arrival, np.concatenate([p.input_tokens for p in parts]),
                       np.concatenate([p.output_tokens for p in parts]), hashes)
