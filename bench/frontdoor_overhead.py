@@ -15,7 +15,10 @@ engine and machine load:
   through a second `serve` run from another checkout (another commit), so a
   change is measured before and after in one window.
 Every prompt starts with another word than the one sent before it (64 tokens of
-one-token words), so llama.cpp reuses no KV and every request runs cold.
+one-token words), so llama.cpp reuses no KV and every request runs cold. A gap
+(`--gap-ms`, default 20) separates requests, so work a path leaves behind after
+its answer (a serve's load report, the engine's tokenizer counting a prompt
+whose answer carried no usage) lands in the gap, not on the next path's request.
 Reported: p50 TTFT and end-to-end time as the client sees them on each path,
 the added latency (p50 through minus p50 of its direct path) and the p50 of the
 per-iteration differences. Target: p50 added latency <= 2 ms.
@@ -147,6 +150,7 @@ async def measure(engine_url: str, served: dict[str, tuple[str, str]], args) -> 
         for i in range(args.warmup + args.pairs):
             shift = i % len(names)  # rotate which path goes first
             for name in names[shift:] + names[:shift]:
+                await asyncio.sleep(args.gap_ms / 1e3)
                 t = await paths[name]()
                 if i >= args.warmup:
                     rows[name].append(t)
@@ -185,6 +189,8 @@ def main() -> int:
                                                             "serve --http-port")
     parser.add_argument("--baseline", type=Path, help="another checkout: a second serve runs from it, measured "
                                                       "in the same rotation (before/after a change)")
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each request (background "
+                                                                     "work of the one before settles)")
     parser.add_argument("--serve-args", nargs="*", default=[], help="more `serve` flags, e.g. --realtime-priority 1")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "frontdoor_overhead.json"))
     args = parser.parse_args()
@@ -207,6 +213,7 @@ def main() -> int:
             served[label] = (serve.address, serve.http)
         result = asyncio.run(measure(engine.base_url, served, args))
     result.update(baseline=str(args.baseline) if args.baseline else None, serve_args=args.serve_args,
+                  gap_ms=args.gap_ms,
                   pairs=args.pairs, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
                   machine=f"{platform.machine()}, {os.cpu_count()} cores",
                   load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],

@@ -98,18 +98,24 @@ def export(ref: str, into: Path) -> Path:
     return into
 
 
+def week_trace(rows: int) -> Path:
+    """The synthetic week of `rows` rows under bench/out/, written on first use."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"azure2024_week_{rows}.csv"
+    if not path.exists():
+        t0 = time.perf_counter()
+        synthesize(path, rows)
+        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000_000)
     ap.add_argument("--baseline", default=BASELINE, help=f"git ref of the reader to compare with (default {BASELINE})")
     args = ap.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"azure2024_week_{args.rows}.csv"
-    if not path.exists():
-        t0 = time.perf_counter()
-        synthesize(path, args.rows)
-        print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
+    path = week_trace(args.rows)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("baseline whole file", export(args.baseline, Path(tmp)), {}),

@@ -41,7 +41,11 @@ class Filter(Protocol):
 
     def mask(self, req: Request, snap: ClusterSnapshot, stage: Stage, cands: np.ndarray, now_s: float,
              prefill_instance: int) -> np.ndarray | None:
-        """A boolean keep-mask over `cands`, or None when every candidate passes."""
+        """A boolean keep-mask over `cands`, or None when every candidate passes.
+
+        A filter may also define `passes_stage(snap, stage) -> bool`: True when the snapshot's
+        static columns alone show that it keeps every candidate of `stage` for any request;
+        the policy then skips it there (asked once per snapshot)."""
 
 
 class Scorer(Protocol):

@@ -32,6 +32,9 @@ except ImportError:  # pragma: no cover - numpy 1.26
     from numpy.core.umath import clip as _clip
 
 _BOTH = int(Role.BOTH)
+# Enum members as module globals: `Stage.PREFILL` is an attribute look-up through the enum's
+# metaclass (~0.1 us on Python 3.11), a global one dictionary look-up.
+_PREFILL, _DECODE = Stage.PREFILL, Stage.DECODE
 # Up to this many candidates a stage is scored on Python lists when every plugin of the
 # policy has a list twin (`score_list`, `pick_list`): a numpy call costs ~0.3-1 us whatever
 # its size, list arithmetic ~30-60 ns an element, so lists win on small stages.
@@ -72,6 +75,12 @@ class Policy:
         self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
         self._scalar = hasattr(picker, "pick_list") and all(hasattr(s, "score_list") for s, _, _ in self._scorers)
+        # Per snapshot (`_bind`): the filters that may drop a candidate at each stage.
+        self._snap: ClusterSnapshot | None = None
+        self._stage_filters: dict[Stage, list[Filter]] = {}
+        # Per stage, (candidate array, the same as a list) for the list path when no filter removed
+        # one; the live core replaces a stage's array as instances come and go.
+        self._stage_lists: dict[Stage, tuple[np.ndarray, list[int]]] = {}
         # Judgements a multi-pass policy pays for (scheduler/plugins/overhead.py): a router's
         # before the first pass, a verifier's after each pass.
         self._first_overheads = [p.first_overhead for p in [s for s, _ in scorers] + [staging]
@@ -81,21 +90,33 @@ class Policy:
         """The judgements made before a request's first pass (routers), each an Overhead."""
         return [o for o in (f(req) for f in self._first_overheads) if o is not None]
 
+    def _bind(self, snap: ClusterSnapshot) -> None:
+        """Once per snapshot: drop from each stage the filters that declare, from the snapshot's
+        static columns, that they pass every candidate of it (`passes_stage`)."""
+        self._snap = snap
+        self._stage_filters = {
+            stage: [f for f in self._filters if not (hasattr(f, "passes_stage") and f.passes_stage(snap, stage))]
+            for stage in (_PREFILL, _DECODE)}
+        self._stage_lists = {}
+
     def _place(self, req: Request, snap: ClusterSnapshot, stage: Stage, now_s: float, rng: np.random.Generator,
                prefill_instance: int, explained: list | None) -> tuple[int, str]:
         cands = snap.candidates[stage]
-        if snap.own_device is not None and stage == Stage.PREFILL:
+        whole = True  # every candidate of the stage
+        if snap.own_device is not None and stage == _PREFILL:
             cands = snap.own_device_candidates(req.request_id)
+            whole = False
         n = len(cands)
         reason = ""
         removed = [] if explained is not None else None
         if n:
-            for f in self._filters:
+            for f in self._stage_filters[stage]:
                 keep = f.mask(req, snap, stage, cands, now_s, prefill_instance)
                 if keep is not None:
                     if removed is not None and not keep.all():
                         removed.append((f.name, tuple(cands[~keep].tolist())))
                     cands = cands[keep]
+                    whole = False
                     n = len(cands)
                     if not n:
                         reason = f.reason
@@ -108,7 +129,14 @@ class Policy:
         elif n == 1:
             chosen = int(cands[0])
         elif parts is None and self._scalar and n <= SCALAR_MAX_CANDIDATES:
-            chosen = self._place_scalar(req, snap, stage, cands.tolist(), now_s, rng, prefill_instance)
+            if whole:
+                listed = self._stage_lists.get(stage)
+                if listed is None or listed[0] is not cands:
+                    listed = self._stage_lists[stage] = (cands, cands.tolist())
+                cand_list = listed[1]
+            else:
+                cand_list = cands.tolist()
+            chosen = self._place_scalar(req, snap, stage, cand_list, now_s, rng, prefill_instance)
         else:
             for scorer, weight, bounded in self._scorers:
                 score = scorer.score(req, snap, stage, cands, now_s, prefill_instance)
@@ -148,14 +176,16 @@ class Policy:
         return self._picker.pick_list(req, cands, total, rng)
 
     def decide(self, req: Request, snap: ClusterSnapshot, now_s: float, rng: np.random.Generator) -> Decision:
+        if snap is not self._snap:
+            self._bind(snap)
         explained = [] if self.explain else None
-        prefill, reason = self._place(req, snap, Stage.PREFILL, now_s, rng, -1, explained)
+        prefill, reason = self._place(req, snap, _PREFILL, now_s, rng, -1, explained)
         if prefill < 0:
             decode = -1
         elif snap.role[prefill] == _BOTH:  # colocated instance serves both stages
             decode = prefill
         else:
-            decode, reason = self._place(req, snap, Stage.DECODE, now_s, rng, prefill, explained)
+            decode, reason = self._place(req, snap, _DECODE, now_s, rng, prefill, explained)
             if decode < 0:
                 prefill = -1
         return _new(Decision, (req.request_id, prefill, decode, reason,

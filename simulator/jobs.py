@@ -60,15 +60,17 @@ class WorkloadSpec:
     def build(self):
         """(trace, workload, difficulty) where difficulty is a DifficultyModel or a trace column."""
         from simulator.quality import DifficultyModel, read_difficulty_column
-        from simulator.traces import builtin_trace_path, read_trace
+        from simulator.traces import builtin_trace_path, read_trace, scan_trace
         from simulator.workload import make_workload
 
         path = _local_path(self.trace) if self.trace else str(builtin_trace_path())
         # Only the first `requests` rows are read when the workload uses no more (as the CLI reads).
         first_only = not self.sessions and (self.rate_rps is not None or self.arrival in (None, "trace"))
-        trace = read_trace(path, self.format, skip_bad_rows=self.skip_bad_rows,
-                           max_rows=self.requests if first_only else None, start_s=self.start_s,
-                           duration_s=self.duration_s)
+        # Sessions draw from the lengths at random and need them in memory; other workloads read
+        # the trace block by block as they replay it (a TraceFile).
+        trace = (read_trace if self.sessions else scan_trace)(
+            path, self.format, skip_bad_rows=self.skip_bad_rows, max_rows=self.requests if first_only else None,
+            start_s=self.start_s, duration_s=self.duration_s)
         difficulty = None
         if self.difficulty_table is None and trace.format != "mooncake" and trace.bad_rows == 0 \
                 and trace.filtered_rows == 0 and not self.sessions:

@@ -93,7 +93,7 @@ class Simulation:
         self.chunk_size = chunk_size
         self.snap: ClusterSnapshot = cluster.snapshot()
         # Prefix caches when the requests carry block hashes (and the cluster enables them).
-        self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.trace.hash_ids is not None)
+        self.engines: list[BatchEngine] = cluster.make_engines(self.snap, workload.has_block_hashes)
         self.instance_pool = [pool.index for pool in cluster.pools for _ in pool.instances]
         # Four arrival chunks of slots to start with; the window doubles if more are in flight.
         self.window = RecordWindow(workload.n_requests, None if keep_records else 4 * chunk_size)
@@ -171,7 +171,9 @@ class Simulation:
         """Follow-on work for events of a prefill-only or decode-only engine (log[first:] as of the call)."""
         log = self._log
         for j in range(first, len(log)):
-            kind, rid = log[j][:2]
+            ev = log[j]
+            kind = ev[0]
+            rid = ev[1]
             if kind == FIRST_TOKEN:
                 self._hand_over(i, rid, now)
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy

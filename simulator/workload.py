@@ -11,6 +11,10 @@ policy comparisons across arrival processes paired rather than noisy.
 
 Every synthetic process puts request 0 at t = 0, like a replayed trace
 (trace times are "seconds since the first request").
+
+A workload over a `TraceFile` (simulator/traces/stream.py) reads the trace's
+rows block by block as it goes, instead of slicing columns held in memory;
+both give the same requests.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
 from simulator.quality import DifficultyModel
-from simulator.traces import Trace
+from simulator.traces import Trace, TraceFile
+from simulator.traces.stream import ragged_concat, ragged_slice, rebatch
 
 __all__ = ["ARRIVAL_PROCESSES", "RequestChunk", "Workload", "make_workload"]
 
@@ -60,10 +65,7 @@ class RequestChunk:
         return np.arange(self.first_id, self.first_id + len(self), dtype=np.int64)
 
     def _slice(self, lo: int, hi: int) -> RequestChunk:
-        hashes = None
-        if self.hash_ids is not None:
-            offsets, values = self.hash_ids
-            hashes = (offsets[lo:hi + 1] - offsets[lo], values[offsets[lo]:offsets[hi]])
+        hashes = None if self.hash_ids is None else ragged_slice(self.hash_ids, lo, hi)
         return RequestChunk(self.first_id + lo, self.arrival_s[lo:hi], self.input_tokens[lo:hi],
                             self.output_tokens[lo:hi], hashes,
                             None if self.difficulty is None else self.difficulty[lo:hi])
@@ -72,12 +74,7 @@ class RequestChunk:
 def _concat(parts: list[RequestChunk]) -> RequestChunk:
     if len(parts) == 1:
         return parts[0]
-    hashes = None
-    if parts[0].hash_ids is not None:
-        lengths = np.concatenate([np.diff(p.hash_ids[0]) for p in parts])
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        hashes = (offsets, np.concatenate([p.hash_ids[1] for p in parts]))
+    hashes = None if parts[0].hash_ids is None else ragged_concat([p.hash_ids for p in parts])
     difficulty = None
     if parts[0].difficulty is not None:
         difficulty = np.concatenate([p.difficulty for p in parts])
@@ -105,10 +102,16 @@ class Workload:
     gamma_cv: float
     diurnal_period_s: float
     diurnal_amplitude: float
-    trace: Trace = field(repr=False)
+    trace: Trace | TraceFile = field(repr=False)
     # Difficulties: a per-row column of the trace (indexed like its lengths), or a
     # seeded reach-table model (simulator/quality.py); None draws from the default table.
     difficulty: DifficultyModel | np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def has_block_hashes(self) -> bool:
+        """Whether requests carry prefix-block hash ids (Mooncake traces)."""
+        trace = self.trace
+        return trace.has_hashes if isinstance(trace, TraceFile) else trace.hash_ids is not None
 
     def chunks(self, chunk_size: int = 65536) -> Iterator[RequestChunk]:
         """Requests in id order, `chunk_size` at a time (the last chunk may be shorter)."""
@@ -132,11 +135,13 @@ class Workload:
         trace = self.trace
         t_carry = 0.0  # last arrival so far (poisson, gamma)
         u_carry = 0.0  # last unit-rate arrival so far (diurnal)
+        in_order = None if self.resampled else _rows_in_order(trace, self.n_requests)
         for b, start in enumerate(range(0, self.n_requests, _BLOCK)):
             stop = min(self.n_requests, start + _BLOCK)
             m = stop - start
+            rows_here = None if in_order is None else next(in_order)
             if self.arrival == "trace":
-                arrival_s = trace.arrival_s[start:stop] - trace.arrival_s[0]
+                arrival_s = rows_here.arrival_s - rows_here.first_arrival_s
             else:
                 rng = np.random.default_rng([self.seed, _ARRIVAL_STREAM, b])
                 if self.arrival == "gamma":
@@ -163,12 +168,7 @@ class Workload:
                 outputs = trace.output_tokens[rows]
                 hashes = None if trace.hash_ids is None else _gather_csr(trace.hash_ids, rows)
             else:
-                inputs = trace.input_tokens[start:stop]
-                outputs = trace.output_tokens[start:stop]
-                hashes = None
-                if trace.hash_ids is not None:
-                    offsets, values = trace.hash_ids
-                    hashes = (offsets[start:stop + 1] - offsets[start], values[offsets[start]:offsets[stop]])
+                inputs, outputs, hashes = rows_here.input_tokens, rows_here.output_tokens, rows_here.hash_ids
             difficulty = self.difficulty
             if isinstance(difficulty, np.ndarray):
                 difficulty = difficulty[rows] if rows is not None else difficulty[start:stop]
@@ -177,6 +177,32 @@ class Workload:
             for a in (arrival_s, inputs, outputs, difficulty) + (hashes or ()):
                 a.flags.writeable = False
             yield RequestChunk(start, arrival_s, inputs, outputs, hashes, difficulty)
+
+
+class _InOrder(NamedTuple):
+    arrival_s: np.ndarray | None
+    first_arrival_s: float  # the trace's first arrival, which replayed times are taken from
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    hash_ids: tuple[np.ndarray, np.ndarray] | None
+
+
+def _rows_in_order(trace: Trace | TraceFile, n: int) -> Iterator[_InOrder]:
+    """The trace's first n rows in blocks of _BLOCK: slices of a Trace in memory, or a TraceFile's
+    rows read block by block (memory: one block, whatever the file's length)."""
+    if isinstance(trace, TraceFile):
+        for block in rebatch(trace.blocks(), _BLOCK, n):
+            yield _InOrder(block.arrival_s, 0.0, block.input_tokens, block.output_tokens, block.hash_ids)
+        return
+    first_s = None if trace.arrival_s is None else trace.arrival_s[0]
+    for start in range(0, n, _BLOCK):
+        stop = min(n, start + _BLOCK)
+        hashes = None
+        if trace.hash_ids is not None:
+            offsets, values = trace.hash_ids
+            hashes = (offsets[start:stop + 1] - offsets[start], values[offsets[start]:offsets[stop]])
+        yield _InOrder(None if trace.arrival_s is None else trace.arrival_s[start:stop], first_s,
+                       trace.input_tokens[start:stop], trace.output_tokens[start:stop], hashes)
 
 
 def _gather_csr(csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +278,7 @@ def _fmt_rate(rate_rps: float) -> str:
     return f"{rate_rps:,.6g} req/s"
 
 
-def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float | None = None,
+def make_workload(trace: Trace | TraceFile, n_requests: int | None = None, rate_rps: float | None = None,
                   arrival: str | None = None, seed: int = 0, *, gamma_cv: float = 2.0,
                   diurnal_period_s: float = 86400.0, diurnal_amplitude: float = 0.5,
                   difficulty: DifficultyModel | np.ndarray | None = None) -> Workload:
@@ -268,6 +294,10 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
     n <= rows, else n joint (input, output[, hash_ids]) rows drawn i.i.d.
     with replacement.
 
+    A TraceFile (`scan_trace`) is read block by block as the requests are
+    generated, so only one block of it is in memory at a time, unless lengths
+    are resampled (n > rows), which reads it whole.
+
     difficulty: a per-row array aligned with the trace's rows (a trace column,
     simulator.quality.read_difficulty_column), a DifficultyModel, or None for
     the default reach table seeded with `seed`.
@@ -279,8 +309,8 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
             raise ValueError("difficulty values must be in [0, 1]")
     elif difficulty is not None and not isinstance(difficulty, DifficultyModel):
         raise ValueError(f"difficulty must be an array or a DifficultyModel, got {type(difficulty).__name__}")
-    if not isinstance(trace, Trace):
-        raise ValueError(f"trace must be a Trace, got {type(trace).__name__}")
+    if not isinstance(trace, (Trace, TraceFile)):
+        raise ValueError(f"trace must be a Trace or a TraceFile, got {type(trace).__name__}")
     if arrival is not None and arrival not in ARRIVAL_PROCESSES:
         raise ValueError(f"unknown arrival process {arrival!r}; choose one of {', '.join(ARRIVAL_PROCESSES)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -311,8 +341,11 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
         raise ValueError(f"cannot replay {name} at trace timestamps: {why}")
 
     if arrival == "trace" or (arrival is None and replay_possible):
-        replayed = trace.arrival_s[:n]
-        span_s = float(replayed[-1] - replayed[0])
+        if isinstance(trace, TraceFile):
+            span_s = trace.first(n).span_s
+        else:
+            replayed = trace.arrival_s[:n]
+            span_s = float(replayed[-1] - replayed[0])
         which = f"all {rows:,} rows" if n == rows else f"first {n:,} of {rows:,} rows"
         return Workload(
             n_requests=n, description=f"{name}, {which} at trace timestamps (span {span_s:,.1f} s)",
@@ -330,6 +363,8 @@ def make_workload(trace: Trace, n_requests: int | None = None, rate_rps: float |
     else:
         rate_note = _fmt_rate(rate_rps)
     resampled = n > rows
+    if resampled and isinstance(trace, TraceFile):
+        trace = trace.read()  # rows drawn at random: the lengths must be in memory
     lengths = (f"lengths resampled from {rows:,} rows of {name}" if resampled
                else f"lengths from the first {n:,} of {rows:,} rows of {name}" if n < rows
                else f"lengths from all {rows:,} rows of {name}")

@@ -32,9 +32,9 @@ write-through store takes a prompt's new blocks at its write bandwidth the same 
 """
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
+from heapq import heapify, heappop, heappush
 from typing import TYPE_CHECKING
 
 from workers.itl import ItlHistogram
@@ -209,7 +209,7 @@ class BatchEngine:
         self.batch -= 1
         self.fresh.pop(rid, None)
         self.finish_heap = [item for item in self.finish_heap if item[1] != rid]
-        heapq.heapify(self.finish_heap)
+        heapify(self.finish_heap)
 
     def restart_activity(self, now_s: float, events: list) -> None:
         """Recompute an activity that starts at `now_s` after its decode batch changed
@@ -313,8 +313,14 @@ class BatchEngine:
         events.append((FIRST_TOKEN, rid, now_s, energy, cost, start_s))
         if self.role == ROLE_PREFILL:
             self.held[rid] = inp
-        elif out > 1:
-            self._join(rid, inp + 1, out - 1, inp + out, now_s)
+        elif out > 1:  # `_join(rid, inp + 1, out - 1, inp + out, now_s)` inlined: once per request
+            step = self.step
+            offset = inp + 1 - step
+            self.ctx_offset_sum += offset
+            self.batch += 1
+            heappush(self.finish_heap, (step + out - 1, rid))
+            self.members[rid] = (offset, inp + out, self.energy_acc_j, self.cost_acc_usd)
+            self.fresh[rid] = now_s
         else:
             self.kv_reserved -= inp + out
             events.append((FINISHED, rid, now_s, 0.0, 0.0, start_s))
@@ -373,7 +379,7 @@ class BatchEngine:
         c_acc = self.cost_acc_usd
         start = self.act_start_s
         while heap and heap[0][0] <= step:
-            rid = heapq.heappop(heap)[1]
+            rid = heappop(heap)[1]
             offset, kv, e0, c0 = members.pop(rid)
             self.ctx_offset_sum -= offset
             self.kv_reserved -= kv
@@ -419,7 +425,7 @@ class BatchEngine:
         offset = context_tokens - self.step
         self.ctx_offset_sum += offset
         self.batch += 1
-        heapq.heappush(self.finish_heap, (self.step + steps, rid))
+        heappush(self.finish_heap, (self.step + steps, rid))
         self.members[rid] = (offset, kv_tokens, self.energy_acc_j, self.cost_acc_usd)
         self.fresh[rid] = first_token_s
 

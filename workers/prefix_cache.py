@@ -61,28 +61,63 @@ class PrefixIndex:
     def reach_blocks(self, blocks, others: tuple, store: "TierLru | None", everyone: int) -> tuple:
         """`cached_blocks` three ways in one walk: held here; here or in any of the `others`
         indexes (an instance's own tiers); and also in the shared `store` (held by
-        `everyone`, the mask of all instances; None without a store)."""
+        `everyone`, the mask of all instances; None without a store, or while it is empty).
+
+        The walk keeps each way's set of instances still holding every block so far (it
+        only shrinks) and notes an instance's depth when it drops out; once no instance
+        holds the prefix locally, a block in the store changes nothing, so the rest of the
+        walk only asks the store."""
         get = self.holders.get
-        held = store.blocks if store is not None else {}
         gets = [index.holders.get for index in others]
-        hbm = []
-        local = []
-        reach = []
+        in_store = store.blocks.__contains__ if store is not None and store.blocks else None
+        hbm: dict[int, int] = {}
+        local: dict[int, int] = {}
+        reach: dict[int, int] = {}
+        here = near = wide = -1  # instances holding every block so far, each way (-1: all, before the first)
+        k = 0
         for b in blocks:
+            if not near and in_store(b):  # (near is only empty with a store: else the walk has ended)
+                k += 1
+                continue
             mask = get(b, 0)
-            hbm.append(mask)
+            mine = mask
             for other in gets:
-                mask |= other(b, 0)
-            wide = everyone if b in held else mask
-            if not wide:
-                break  # nobody reaches past here
-            local.append(mask)
-            reach.append(wide)
-        return _leading(hbm), _leading(local), (_leading(reach) if held else None)
+                mine |= other(b, 0)
+            left = here & mask
+            if left != here:
+                if k:
+                    _note(hbm, here ^ left, k)
+                here = left
+            left = near & mine
+            if left != near:
+                if k:
+                    _note(local, near ^ left, k)
+                near = left
+            left = wide & (everyone if in_store is not None and in_store(b) else mine)
+            if left != wide:
+                if k:
+                    _note(reach, wide ^ left, k)
+                wide = left
+                if not wide:
+                    return hbm, local, (reach if in_store is not None else None)
+            k += 1
+        if k:
+            _note(hbm, here, k)
+            _note(local, near, k)
+            _note(reach, wide, k)
+        return hbm, local, (reach if in_store is not None else None)
 
     def cached_blocks(self, blocks) -> dict[int, int]:
         """Instance id -> number of leading `blocks` it holds, for instances holding at least one."""
         return _leading(map(self.holders.get, blocks, repeat(0)))
+
+
+def _note(depth: dict, bits: int, k: int) -> None:
+    """Depth `k` for each instance in `bits`."""
+    while bits:
+        low = bits & -bits
+        depth[low.bit_length() - 1] = k
+        bits ^= low
 
 
 def _leading(masks) -> dict[int, int]:
@@ -175,7 +210,15 @@ class PrefixCache:
         """A prefilled prompt's blocks into the write-through store (head last: evicted last)."""
         store = self.through
         held = store.blocks
-        written = len(_touch_head_last(held, blocks)) * self.block_bytes
+        move = held.move_to_end
+        new = 0
+        for block in reversed(blocks):  # _touch_head_last, counting instead of listing
+            if block in held:
+                move(block)
+            else:
+                held[block] = None
+                new += 1
+        written = new * self.block_bytes
         store.written_bytes += written
         self.written_bytes[-1] += written
         over = len(held) - store.capacity
@@ -189,8 +232,7 @@ class PrefixCache:
         store = self.through
         if store is None:
             return 0.0
-        held = store.blocks
-        missing = sum(1 for b in blocks if b not in held)
+        missing = len(blocks) - sum(map(store.blocks.__contains__, blocks))
         return missing * self.block_bytes / store.tier.write_bytes_per_s
 
     def trim(self, max_tokens: int) -> None:
@@ -221,18 +263,27 @@ class PrefixCache:
         mine = self.written_bytes
         for k, level in enumerate(self.demote_to):
             held = level.blocks
+            move = held.move_to_end
             index = level.index
             bit = level.bit
             holders = index.holders if index is not None else None
             written = 0
-            for b in moving:
-                if b in held:
-                    held.move_to_end(b)
-                else:
-                    held[b] = None
-                    written += 1
-                    if holders is not None:
-                        holders[b] = holders.get(b, 0) | bit
+            if holders is not None:
+                get = holders.get
+                for b in moving:
+                    if b in held:
+                        move(b)
+                    else:
+                        held[b] = None
+                        written += 1
+                        holders[b] = get(b, 0) | bit
+            else:
+                for b in moving:
+                    if b in held:
+                        move(b)
+                    else:
+                        held[b] = None
+                        written += 1
             level.written_bytes += written * size
             mine[k] += written * size
             over = len(held) - level.capacity
@@ -244,88 +295,108 @@ class PrefixCache:
                 _discard_all(holders, moving, bit)
 
     def probe(self, blocks, start: int) -> list:
-        """The levels (indexes into `levels`) holding blocks[start:], one per block, up to the
-        first block no level holds. Nothing moves."""
-        found = []
+        """The levels holding blocks[start:], up to the first block no level holds, as runs:
+        [level, count] for each stretch of consecutive blocks whose fastest holder is that
+        level (an index into `levels`). Nothing moves."""
+        runs = []
         held = [level.blocks for level in self.levels]
+        run = None
+        last = -1
         for i in range(start, len(blocks)):
             block = blocks[i]
             for k, level in enumerate(held):
                 if block in level:
-                    found.append(k)
                     break
             else:
                 break
-        return found
-
-    def load_s_of(self, found) -> float:
-        """Seconds to read the probed blocks into HBM, level by level over its own bandwidth."""
-        size = self.block_bytes
-        return sum(size / self.levels[k].tier.read_bytes_per_s for k in found)
+            if k == last:
+                run[1] += 1
+            else:
+                run = [k, 1]
+                runs.append(run)
+                last = k
+        return runs
 
     def plan_load(self, blocks, held: int, inp: int, prefill) -> tuple:
         """An `inp`-token prompt whose first `held` blocks are in HBM: the part of the rest (up to
         the end of one level's run of blocks) whose load makes its prefill shortest alone, with
         the load overlapped (`prefill`: InstancePerf.prefill); none when recomputing is faster.
-        Returns (tokens cached with the load, load seconds, levels of the blocks to load);
-        nothing moves until `load` is called with them, when the prompt is admitted."""
-        found = self.probe(blocks, held)
+        Returns (tokens cached with the load, load seconds, the runs to load: (level, blocks)
+        each, in order); nothing moves until `load` is called with them, when the prompt is
+        admitted."""
+        runs = self.probe(blocks, held)
         bt = self.block_tokens
         base = min(held * bt, inp - 1)
-        if not found:
+        if not runs:
             return base, 0.0, ()
 
         def compute_s(cached: int) -> float:
             new = inp - cached
             return prefill(new, new * cached + new * (new + 1) * 0.5, 1)[0]
 
-        best_s, best, best_load_s = compute_s(base), 0, 0.0
-        for cut in range(1, len(found) + 1):
-            if cut < len(found) and found[cut] == found[cut - 1]:
-                continue  # only the end of a level's run: part of a run is never better
-            load_s = self.load_s_of(found[:cut])
+        size = self.block_bytes
+        levels = self.levels
+        best_s, best, best_runs, best_load_s = compute_s(base), 0, 0, 0.0
+        load_s = 0.0
+        cut = 0
+        for j, (k, n) in enumerate(runs):  # only the end of a level's run: part of a run is never better
+            per_block_s = size / levels[k].tier.read_bytes_per_s
+            for _ in range(n):  # block by block: the same sum, to the last bit, as reading them one by one
+                load_s += per_block_s
+            cut += n
             if load_s >= best_s:
                 break  # deeper cuts load more
             t = max(compute_s(min((held + cut) * bt, inp - 1)), load_s)
             if t < best_s:
-                best_s, best, best_load_s = t, cut, load_s
+                best_s, best, best_runs, best_load_s = t, cut, j + 1, load_s
         if not best:
             return base, 0.0, ()
-        return min((held + best) * bt, inp - 1), best_load_s, tuple(found[:best])
+        return min((held + best) * bt, inp - 1), best_load_s, tuple((k, n) for k, n in runs[:best_runs])
 
     def load(self, blocks, held: int, taken, cached: int, load_s: float) -> None:
         """Carry out a `plan_load`: promote the blocks, count the tokens each level served."""
         self.promote(blocks, held, taken)
         hits = self.hit_tokens
         bt = self.block_tokens
-        for k in taken:
-            hits[k] += bt
-        hits[taken[-1]] -= (held + len(taken)) * bt - cached  # the last prompt token is always computed
+        total = 0
+        for k, n in taken:
+            hits[k] += n * bt
+            total += n
+        hits[taken[-1][0]] -= (held + total) * bt - cached  # the last prompt token is always computed
         self.load_s += load_s
 
-    def promote(self, blocks, start: int, found) -> None:
-        """Load blocks[start:start + len(found)] into HBM: out of the local tier holding each
-        (a copy stays in the shared store), counting bytes read; the prompt's blocks are then
-        the most recently used, head last."""
+    def promote(self, blocks, start: int, runs) -> None:
+        """Load blocks[start:] run by run ((level, count) each) into HBM: out of the local tier
+        holding each run (a copy stays in the shared store), counting bytes read; the prompt's
+        blocks are then the most recently used, head last."""
         size = self.block_bytes
         held = self.blocks
-        index = self.index
+        holders = self.index.holders if self.index is not None else None
         bit = self.bit
         levels = self.levels
         mine = self.read_bytes
-        for i, k in enumerate(found):
-            block = blocks[start + i]
+        i = start
+        for k, n in runs:
             level = levels[k]
-            level.read_bytes += size
-            mine[k] += size
+            level.read_bytes += n * size
+            mine[k] += n * size
+            part = blocks[i:i + n]
+            i += n
             if not level.shared:
-                level.take(block)
-            held[block] = None
-            if index is not None:
-                index.add(block, bit)
+                below = level.blocks
+                for block in part:
+                    below.pop(block, None)  # (None: a block that repeats in the prompt left already)
+                if level.index is not None:
+                    _discard_all(level.index.holders, part, level.bit)
+            for block in part:
+                held[block] = None
+            if holders is not None:
+                get = holders.get
+                for block in part:
+                    holders[block] = get(block, 0) | bit
         move = held.move_to_end
-        for i in range(start + len(found) - 1, -1, -1):
-            move(blocks[i])
+        for block in reversed(blocks[:i]):
+            move(block)
 
 
 def _touch_head_last(held: OrderedDict, blocks) -> list:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scheduler.config import ConfigError
-from simulator.traces import FORMATS, Trace, TraceFormatError
+from simulator.traces import FORMATS, Trace, TraceFile, TraceFormatError
 
 # Skipped rows printed on stderr; the summary JSON carries more (see trace_record).
 SKIPPED_SHOWN = 10
@@ -89,22 +89,30 @@ def add_trace_arguments(p: argparse.ArgumentParser, *, required: bool = False, s
                        help="arrival process for synthesized arrivals (default poisson)")
 
 
-def load_trace(args) -> Trace:
+def load_trace(args, *, stream: bool = False, progress: bool = False) -> Trace | TraceFile:
     """The trace the arguments name (the built-in one when --trace is absent).
 
     Prints the rows --skip-bad-rows skipped (the first SKIPPED_SHOWN) on stderr.
     With --requests N, reading stops after N rows whenever the workload uses
     only the first N (arrivals replayed, or synthesized at a given --rate);
     a synthesized arrival process without --rate needs the whole trace's mean rate.
+    stream: check the file and return a TraceFile, read again block by block
+    by the workload (memory: one block, not the trace); progress: a bar while
+    it is checked.
     """
-    from simulator.traces import builtin_trace_path, read_trace
+    from simulator.traces import builtin_trace_path, read_trace, scan_trace
 
     rate = getattr(args, "rate", None)
     arrival = getattr(args, "arrival", None)
     max_rows = args.requests if rate is not None or arrival in (None, "trace") else None
+    path = args.trace or str(builtin_trace_path())
     with skip_hint():
-        trace = read_trace(args.trace or str(builtin_trace_path()), args.format, skip_bad_rows=args.skip_bad_rows,
-                           max_rows=max_rows, start_s=args.start, duration_s=args.duration)
+        if stream:
+            trace = scan_trace(path, args.format, skip_bad_rows=args.skip_bad_rows, max_rows=max_rows,
+                               start_s=args.start, duration_s=args.duration, progress=progress)
+        else:
+            trace = read_trace(path, args.format, skip_bad_rows=args.skip_bad_rows, max_rows=max_rows,
+                               start_s=args.start, duration_s=args.duration)
     say_skipped(trace)
     return trace
 
@@ -132,7 +140,7 @@ def workload_spec(args, **more):
                         arrival=args.arrival, seed=args.seed, start_s=args.start, duration_s=args.duration, **more)
 
 
-def trace_record(trace: Trace, args) -> dict:
+def trace_record(trace: Trace | TraceFile, args) -> dict:
     """The `trace` object of a summary JSON, with the time window the arguments gave.
 
     `skipped_rows` lists the first rows.MAX_SKIPPED_KEPT (10,000) skipped rows
@@ -148,7 +156,7 @@ def trace_record(trace: Trace, args) -> dict:
             "rows_before_window": trace.rows_before_window}
 
 
-def say_skipped(trace: Trace) -> None:
+def say_skipped(trace: Trace | TraceFile) -> None:
     if not trace.bad_rows:
         return
     shown = trace.bad_row_reasons[:SKIPPED_SHOWN]

@@ -43,10 +43,11 @@ def run(args) -> int:
     cluster = Cluster(config)
     cluster.check_predictable()
     policy = build_policy(args.policy or config.policy, config)
-    trace = load_trace(args)
+    progress = show_progress(args)
+    # The trace is checked now and read again block by block as the replay goes.
+    trace = load_trace(args, stream=True, progress=progress)
     workload = make_workload(trace, n_requests=args.requests, rate_rps=args.rate, arrival=args.arrival,
                              seed=args.seed)
-    progress = show_progress(args)
     log = DecisionLog.open(args.decision_log) if args.decision_log else None
     try:
         # Memory follows the requests in flight: records stream to column files under --out

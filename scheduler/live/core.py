@@ -234,6 +234,9 @@ class SchedulerCore:
             return  # a stage that ended here already (cancelled, timed out, lost)
         first = count = 0
         done = False
+        if u.prompt_tokens and u.prompt_tokens != fl.inp:  # the engine's own count replaces the placement's
+            self.tally.input_tokens += u.prompt_tokens - fl.inp
+            fl.inp = u.prompt_tokens
         if u.prefilled is not None:
             self._prefilled(fl, u.prefilled)
             fl.stage = "decode"
@@ -269,6 +272,11 @@ class SchedulerCore:
         to predict from, the policy's latency predictions use it."""
         if isinstance(self.slots[instance].pool.perf, LearnedPerf):
             self.snap.set_learned_speed(instance, prefill_s_per_token, decode_s_per_token)
+
+    def on_prompt_counted(self, instance: int, placed_tokens: int, counted_tokens: int) -> None:
+        """A real engine's count of a prompt that arrived after its request ended (nobody
+        waited for it): the token totals take it instead of the count it was placed with."""
+        self.tally.input_tokens += counted_tokens - placed_tokens
 
     def on_lost(self, instance: int, error: WorkError) -> None:
         slot = self.slots[instance]
@@ -368,6 +376,11 @@ class SchedulerCore:
                 f"fields 'prompt_length' + 'max_output_tokens': {inp.prompt_tokens} + {inp.max_output_tokens} = "
                 f"{need} tokens of KV; no pool can hold that (largest decode or colocated pool: {largest})")
         return min_cap
+
+    def fits(self, prompt_tokens: int, max_output_tokens: int, model_tier: str) -> bool:
+        """Would a request of this length pass the context check for `model_tier`?"""
+        min_cap = self._tiers.get(model_tier, 0.0) if model_tier else 0.0
+        return self._fits(prompt_tokens, prompt_tokens + max_output_tokens, min_cap)
 
     def _fits(self, prompt: int, need: int, min_cap: float) -> bool:
         pools = [p for p in self.cluster.pools

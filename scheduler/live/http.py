@@ -10,14 +10,25 @@ Every request goes through `SchedulerCore.submit` like a Generate call, so
 GetStats, Prometheus and the decision log count it; a body refused before it
 reaches the core is counted invalid. Tokens arrive as the core's TokenEvents:
 a real engine's text rides on them; an emulated worker's tokens get
-`synthetic_text`. A streamed answer starts once the first tokens are there, so
-a request rejected or failed before any token gets a proper status (429, 503,
-500), not a broken stream. TTFT and TPOT are measured here on the stream in
+`synthetic_text`. A streamed answer's headers go out once the request is placed
+(while the engine prefills, as an engine's own do); a request refused at
+submission (400, 429), rejected, or held while no instance is ready gets a
+proper status (503) instead; a failure after the headers ends the stream with
+an OpenAI-style error event. TTFT and TPOT are measured here on the stream in
 wall seconds (`on_stream_latency`, exported by `scheduler.live.metrics`).
 
-Prompt lengths: an engine's tokenizer counts them when the worker client is a
-`PromptCounter` (the hook for real pools); otherwise they are estimated from
-the text (`scheduler.live.openai_api`), and GetStats says which.
+Prompt lengths: a request is placed on the estimate from its text
+(`scheduler.live.openai_api`), with no round trip to an engine first. Only
+where a bound no tokenizer exceeds (`prompt_tokens_bound`) plus `max_tokens`
+would not fit the context of a pool serving the model does the front door ask
+an engine's tokenizer (when the worker client is a `PromptCounter`, the hook
+for real pools), so the context check (400 `context_length_exceeded`) is
+right either way. The engine's own count (its `usage`, or its tokenizer) then
+comes back with the request's record (`RequestOutcome.input_tokens`), and the
+answer's `usage` carries it. GetStats says how each request was placed
+(`prompt_lengths`) and, per real-engine pool, how its prompt was counted
+(`prompt_token_counts`). A request an engine refuses as invalid before any
+token (e.g. its own context check) is answered 400 with the engine's message.
 """
 from __future__ import annotations
 
@@ -71,6 +82,9 @@ _NO_CAPACITY = frozenset({Reason.NOT_READY, Reason.NO_INSTANCES, Reason.SCHEDULE
 def _outcome_error(outcome: RequestOutcome) -> api.ApiError:
     if outcome.status == RequestStatus.REJECTED or outcome.reason_code in _NO_CAPACITY:
         return api.ApiError(503, f"no capacity: {outcome.reason}", "service_unavailable", code="no_capacity")
+    if outcome.reason_code == Reason.WORK_REFUSED and not outcome.output_tokens:
+        # Refused before any token (not a stream broken midway): the request is the client's to fix.
+        return api.ApiError(400, f"the engine refused the request: {outcome.reason}", code="invalid_request")
     return api.ApiError(500, f"the request failed: {outcome.reason}", "server_error", code="request_failed")
 
 
@@ -175,8 +189,9 @@ class HttpFrontDoor:
         if not self.ready():
             return _error(api.ApiError(503, "the scheduler is starting; retry when GET /health answers 200",
                                        "service_unavailable", code="not_ready"))
-        if self.counter is not None and req.prompt_source == PromptSource.ESTIMATED:
-            req = await self._count(req)
+        if (self.counter is not None and req.prompt_source == PromptSource.ESTIMATED
+                and not core.fits(req.prompt_bound, req.max_tokens, req.model)):
+            req = await self._count(req)  # near the context limit: the estimate may be too short
         stream = ResultStream()
         try:
             key = core.submit(req.generate_input(), stream)
@@ -205,7 +220,8 @@ class HttpFrontDoor:
             return req
         if not counted:
             return req
-        return dataclasses.replace(req, prompt_tokens=counted, prompt_source=PromptSource.TOKENIZED)
+        return dataclasses.replace(req, prompt_tokens=counted, prompt_source=PromptSource.TOKENIZED,
+                                   payload=dataclasses.replace(req.payload, counted=True))
 
     async def _whole(self, req: api.ApiRequest, stream: ResultStream) -> web.Response:
         parts: list[str] = []
@@ -215,18 +231,27 @@ class HttpFrontDoor:
                     if item.status != RequestStatus.COMPLETED:
                         return _error(_outcome_error(item))
                     body = api.response(req, api.new_id(req.route), int(time.time()), req.name, "".join(parts),
-                                        item.output_tokens)
+                                        item.input_tokens, item.output_tokens)
                     return _json(200, body)
                 parts.append(item.text or api.synthetic_text(item.first_token_index, item.token_count))
 
     async def _stream(self, request: web.Request, req: api.ApiRequest, stream: ResultStream,
                       t0: float) -> web.StreamResponse:
-        items = await stream.take()
-        if isinstance(items[0], RequestOutcome) and items[0].status != RequestStatus.COMPLETED:
-            return _error(_outcome_error(items[0]))
-        rid, created, model = api.new_id(req.route), int(time.time()), req.name
         response = web.StreamResponse(headers=_SSE_HEADERS)
-        await response.prepare(request)
+        if not stream.items and self.core.serving:
+            # Placed on an instance (a rejection would be in `stream` already): the headers go
+            # now, while the engine prefills, as an engine's own do, so the client has its
+            # stream set up when the first token comes. A failure from here on ends the stream
+            # with an error event, as one after the first token does.
+            await response.prepare(request)
+            await response.write(b"")  # aiohttp holds headers for the first body bytes
+            items = await stream.take()
+        else:  # rejected, or held until an instance is ready: a failure gets its status (503, ...)
+            items = await stream.take()
+            if isinstance(items[0], RequestOutcome) and items[0].status != RequestStatus.COMPLETED:
+                return _error(_outcome_error(items[0]))
+            await response.prepare(request)
+        rid, created, model = api.new_id(req.route), int(time.time()), req.name
         first = True
         t_first = t_last = 0.0
         sent = 0
@@ -250,7 +275,8 @@ class HttpFrontDoor:
                     out.append(_sse(api.chunk(req, rid, created, model, None,
                                               api.finish_reason(outcome.output_tokens, req.max_tokens))))
                     if req.include_usage:
-                        out.append(_sse(api.usage_chunk(req, rid, created, model, outcome.output_tokens)))
+                        out.append(_sse(api.usage_chunk(req, rid, created, model, outcome.input_tokens,
+                                                        outcome.output_tokens)))
                     if self.on_stream_latency is not None and t_first:
                         tpot = (t_last - t_first) / (sent - 1) if sent > 1 else None
                         self.on_stream_latency(t_first - t0, tpot)

@@ -4,9 +4,11 @@ chunks, model lists, errors). No I/O; `scheduler.live.http` serves it.
 
 A request names a model the cluster serves (`served_models`); it reaches the
 core as that model's tier (a capability floor, as Generate's `model_tier`).
-Its prompt length is estimated from the text when no engine's tokenizer
-counts it (`estimate_prompt_tokens`: UTF-8 bytes / 4, plus OpenAI's
-per-message overhead for chat), or taken as given for token-id prompts. The
+Its prompt length is estimated from the text (`estimate_prompt_tokens`: UTF-8
+bytes / 4, plus OpenAI's per-message overhead for chat), or taken as given for
+token-id prompts; `prompt_tokens_bound` is a length no tokenizer exceeds,
+which tells the front door when the estimate is too close to the context
+limit to be trusted (it then asks an engine's tokenizer). The
 body travels on to real engines as a `PromptPayload`, with `max_tokens` filled
 in where the client left it out, so engine and scheduler plan the same length.
 Emulated workers produce token counts only: `synthetic_text` gives their
@@ -37,6 +39,13 @@ CHARS_PER_TOKEN = 4  # UTF-8 bytes per token of English text under common BPE vo
 # framing (role, separators), and the reply is primed with 3.
 MESSAGE_OVERHEAD_TOKENS = 4
 REPLY_PRIMING_TOKENS = 3
+# A conservative bound on a text's tokens: SentencePiece and byte-level BPE vocabularies
+# make at most one token per UTF-8 byte, plus BOS, a leading-space piece and EOS.
+SPECIAL_TOKENS_BOUND = 3
+# Chat templates add role markers and separators per message and some fixed text (a
+# default system line); these bound the common templates (Llama 2/3, ChatML, Mistral).
+TEMPLATE_TOKENS_PER_MESSAGE_BOUND = 16
+TEMPLATE_TOKENS_BOUND = 64
 # OpenAI's default for /v1/completions; chat has no documented bound (the context),
 # and the scheduler must plan a length, so chat gets a bound of its own.
 DEFAULT_MAX_TOKENS = {COMPLETIONS: 16, CHAT: 256}
@@ -112,6 +121,7 @@ class ApiRequest:
     prompt_source: PromptSource
     payload: PromptPayload
     name: str = ""  # the name the client asked for (an alias, or the default model): answers carry it
+    prompt_bound: int = 0  # no tokenizer makes more tokens of the prompt (`prompt_tokens_bound`)
 
     def generate_input(self) -> GenerateInput:
         return GenerateInput(request_id="", prompt_tokens=self.prompt_tokens, max_output_tokens=self.max_tokens,
@@ -142,6 +152,18 @@ def estimate_prompt_tokens(route: str, body: dict) -> int:
     total = REPLY_PRIMING_TOKENS
     for message in body["messages"]:
         total += MESSAGE_OVERHEAD_TOKENS + estimate_tokens(_message_text(message.get("content")))
+    return total
+
+
+def prompt_tokens_bound(route: str, body: dict) -> int:
+    """Tokens that no common tokenizer (with its chat template) exceeds for a parsed
+    body's text prompt: the estimate can be trusted wherever this fits."""
+    if route == COMPLETIONS:
+        return len(body["prompt"].encode("utf-8")) + SPECIAL_TOKENS_BOUND
+    total = TEMPLATE_TOKENS_BOUND
+    for message in body["messages"]:
+        text = _message_text(message.get("content")) + str(message.get("role", ""))
+        total += len(text.encode("utf-8")) + TEMPLATE_TOKENS_PER_MESSAGE_BOUND
     return total
 
 
@@ -217,9 +239,12 @@ def parse_request(route: str, raw: bytes, models: dict[str, str], default: str |
     if tier is None:
         raise ApiError(404, f"The model '{model}' does not exist; this cluster serves {', '.join(sorted(models))}",
                        param="model", code="model_not_found")
-    prompt_tokens = counted if counted is not None else estimate_prompt_tokens(route, body)
+    if counted is not None:
+        prompt_tokens = bound = counted
+    else:
+        prompt_tokens, bound = estimate_prompt_tokens(route, body), prompt_tokens_bound(route, body)
     return ApiRequest(route, tier, stream, include_usage, prompt_tokens, max_tokens, source,
-                      PromptPayload(route, raw), model)
+                      PromptPayload(route, raw), model, bound)
 
 
 def synthetic_text(first_index: int, count: int) -> str:
@@ -241,8 +266,10 @@ def finish_reason(completion_tokens: int, max_tokens: int) -> str:
     return "length" if completion_tokens >= max_tokens else "stop"
 
 
-def response(req: ApiRequest, rid: str, created: int, model: str, text: str, completion_tokens: int) -> dict:
-    """A non-streamed answer."""
+def response(req: ApiRequest, rid: str, created: int, model: str, text: str, prompt_tokens: int,
+             completion_tokens: int) -> dict:
+    """A non-streamed answer; `prompt_tokens` as the request's record counts them (the
+    engine's own count where it gave one)."""
     reason = finish_reason(completion_tokens, req.max_tokens)
     if req.route == CHAT:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
@@ -252,7 +279,7 @@ def response(req: ApiRequest, rid: str, created: int, model: str, text: str, com
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
         kind = "text_completion"
     return {"id": rid, "object": kind, "created": created, "model": model, "choices": [choice],
-            "usage": usage(req.prompt_tokens, completion_tokens)}
+            "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def chunk(req: ApiRequest, rid: str, created: int, model: str, text: str | None, reason: str | None = None,
@@ -272,7 +299,8 @@ def chunk(req: ApiRequest, rid: str, created: int, model: str, text: str | None,
     return out
 
 
-def usage_chunk(req: ApiRequest, rid: str, created: int, model: str, completion_tokens: int) -> dict:
+def usage_chunk(req: ApiRequest, rid: str, created: int, model: str, prompt_tokens: int,
+                completion_tokens: int) -> dict:
     """The last chunk when the client asked `stream_options.include_usage`."""
     return {"id": rid, "object": "chat.completion.chunk" if req.route == CHAT else "text_completion",
-            "created": created, "model": model, "choices": [], "usage": usage(req.prompt_tokens, completion_tokens)}
+            "created": created, "model": model, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}

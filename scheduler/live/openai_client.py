@@ -9,9 +9,15 @@ is one token in common vocabularies). The stream's first chunk is reported as
 the prefill (TTFT measured here, in the core's modelled seconds), every chunk
 as one token with its text, the end as the decode.
 
-Prompt tokens: the engine's tokenizer endpoint counts them where it has one
-(vLLM, llama.cpp), concurrently with the stream so the request does not wait;
-otherwise an estimate. `prompt_counts` says which, per pool. Each instance's
+Prompt tokens: every stream asks for `usage` (`stream_options.include_usage`),
+and where the engine sends it (vLLM, SGLang, llama.cpp's server), its count is
+the request's. Where it does not (llama-cpp-python), the engine's tokenizer
+endpoint counts the prompt after the stream: waited for when the client's
+answer carries `usage` (a whole answer, or a stream with include_usage),
+otherwise in the background, correcting the totals when it comes
+(`on_prompt_counted`), so no request waits for a count nobody reads. A request
+a front door already counted, a token-count request and token ids are exact
+as sent. `prompt_counts` says how each prompt was counted, per pool. Each instance's
 measured prefill rate and time per output token (EWMA) go to the core
 (`on_speed`), which uses them where the pool has no device to predict from.
 
@@ -47,7 +53,19 @@ log = logging.getLogger(__name__)
 SYNTHETIC_WORDS = ("the of and to in is was for on that with as by at from it an be this are which or his her "
                    "they have had not one all their but were has more been new time first who after two when also "
                    "into over").split()
-SYNTHETIC = "synthetic"  # prompt_counts key: prompts made here from a token count
+# prompt_counts keys besides TokenCountSource's ("engine": its tokenizer; "estimate"):
+SYNTHETIC = "synthetic"  # prompts made here from a token count
+USAGE = "usage"  # the engine's own count, from its stream's `usage`
+TOKEN_IDS = "token_ids"  # the client sent token ids: counted already
+
+
+def _answer_has_usage(body: dict) -> bool:
+    """Does the client's answer to this body carry `usage` (a whole answer, or a stream
+    with `stream_options.include_usage`)?"""
+    if not body.get("stream"):
+        return True
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def synthetic_prompt(key: str, tokens: int) -> str:
@@ -95,7 +113,9 @@ class OpenAIWorkerClient:
         self._links: dict[int, _Instance] = {}
         self._prober: asyncio.Task | None = None
         self._closing: list[asyncio.Task] = []
-        self.prompt_counts: dict[str, collections.Counter] = {}  # pool -> {"engine"|"estimate"|"synthetic": n}
+        # pool -> {"usage"|"engine"|"token_ids"|"estimate"|"synthetic": n}, how each prompt was counted
+        self.prompt_counts: dict[str, collections.Counter] = {}
+        self._late_counts: set[asyncio.Task] = set()  # counts nobody waits for (see _run)
         self.closed = False
 
     def bind(self, events) -> None:
@@ -120,10 +140,15 @@ class OpenAIWorkerClient:
         link = self._links[instance]
         link.sent += 1
         link.queued_tokens[work.key] = work.prompt_tokens
-        self._busy(link)
-        task = asyncio.get_running_loop().create_task(self._run(link, work))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(link, work))
         link.flights[work.key] = task
         task.add_done_callback(lambda t, key=work.key: self._ended(link, key, t))
+        if link.busy_since is None:
+            link.busy_since = time.perf_counter()
+        # The load report after the task's first step, which sends the request: the core
+        # already counted the dispatch in its view, and the engine starts ~40 us sooner.
+        loop.call_soon(self._report, link)
 
     def cancel(self, instance: int, key: str) -> None:
         link = self._links.get(instance)
@@ -176,7 +201,7 @@ class OpenAIWorkerClient:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
-        tasks = [t for link in self._links.values() for t in link.flights.values()]
+        tasks = [t for link in self._links.values() for t in link.flights.values()] + list(self._late_counts)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -186,8 +211,7 @@ class OpenAIWorkerClient:
 
     # ---- one request --------------------------------------------------------
     async def _run(self, link: _Instance, work: Work) -> None:
-        route, body, count = self._request(link, work)
-        counting = asyncio.get_running_loop().create_task(count) if count is not None else None
+        route, body = self._request(link, work)
         scale = self.clock.time_scale
         sent = time.perf_counter()
         first = last = None
@@ -202,8 +226,6 @@ class OpenAIWorkerClient:
                         prompt = link.queued_tokens.get(work.key, work.prompt_tokens)
                         outcome = PrefillOutcome(0.0, (first - sent) / scale, prompt, 0, 0.0, 0.0)
                         self.events.on_update(link.instance, WorkUpdate(work.key, prefilled=outcome, text=event.text))
-                        # The load report after the token: the client's stream is woken first.
-                        self._first_token(link, work.key)
                     else:
                         self.events.on_update(link.instance, WorkUpdate(work.key, first_token_index=tokens,
                                                                         token_count=1, emit_s=self.clock.now(),
@@ -212,61 +234,101 @@ class OpenAIWorkerClient:
                     if tokens == 1:
                         # Chunks already buffered are read without suspending: yield once, so the
                         # client's stream (another task) sends the first token before the rest is
-                        # read; later tokens that arrive together go out together.
+                        # read; later tokens that arrive together go out together. The load
+                        # report after that, off the first token's way.
                         await asyncio.sleep(0)
+                        self._first_token(link, work.key)
             result = stream.result
-        except asyncio.CancelledError:
-            if counting is not None:
-                counting.cancel()
-            raise
         except EngineError as exc:
-            if counting is not None:
-                counting.cancel()
             self._failed(link, work.key, exc, tokens)
             return
-        prompt_tokens = result.prompt_tokens if result.usage_reported else await self._counted(link, counting, work)
         if first is None:  # the engine finished without a token (an empty answer): nothing to stream
-            outcome = PrefillOutcome(0.0, result.e2e_s / scale, prompt_tokens, 0, 0.0, 0.0)
+            outcome = PrefillOutcome(0.0, result.e2e_s / scale, work.prompt_tokens, 0, 0.0, 0.0)
             self.events.on_update(link.instance, WorkUpdate(work.key, prefilled=outcome))
             first = last = sent + result.e2e_s
-        link.prefill_tokens += prompt_tokens
         link.decode_tokens += tokens
-        self._measured(link, prompt_tokens, first - sent, result.tpot_s)
+        ttft_s = first - sent
+        prompt_tokens = self._usage_count(link, work, body, result)
+        if prompt_tokens is None and _answer_has_usage(body):
+            # The client's answer carries `usage`: the engine's tokenizer counts the prompt now.
+            prompt_tokens = await self._count(link, route, body, work)
+        if prompt_tokens is not None:
+            link.prefill_tokens += prompt_tokens
+            self._measured(link, prompt_tokens, ttft_s, result.tpot_s)
         decoded = DecodeSummary(0.0, (last - first) / scale, 0.0, 0.0)
-        self.events.on_update(link.instance, WorkUpdate(work.key, decoded=decoded))
+        self.events.on_update(link.instance, WorkUpdate(
+            work.key, decoded=decoded, prompt_tokens=prompt_tokens if prompt_tokens is not None else 0))
+        if prompt_tokens is None:
+            # Nobody waits for the count (a stream without usage): the request ends now, and
+            # the count corrects the totals when it comes (an engine with one lock, such as
+            # llama-cpp-python's, answers it only after the stream anyway).
+            task = asyncio.get_running_loop().create_task(
+                self._count_later(link, route, body, work, ttft_s, result.tpot_s))
+            self._late_counts.add(task)
+            task.add_done_callback(self._late_counts.discard)
 
-    def _request(self, link: _Instance, work: Work):
-        """(route, body, a coroutine counting the prompt's tokens or None) for one work."""
+    def _request(self, link: _Instance, work: Work) -> tuple[str, dict]:
+        """(route, body) of the engine request for one work."""
         engine = link.engine
-        counts = self.prompt_counts.setdefault(link.pool, collections.Counter())
         if work.payload is None:
-            counts[SYNTHETIC] += 1
             # ignore_eos (vLLM, SGLang; others ignore it): a token-count client asked for this many tokens.
             return "completions", {"model": engine.model, "prompt": synthetic_prompt(work.key, work.prompt_tokens),
-                                   "max_tokens": work.max_output_tokens, "temperature": 0, "ignore_eos": True}, None
+                                   "max_tokens": work.max_output_tokens, "temperature": 0, "ignore_eos": True}
         body = json.loads(work.payload.body_json)
         body["model"] = engine.model
         body["max_tokens"] = work.max_output_tokens
         if "max_completion_tokens" in body:
             body["max_completion_tokens"] = work.max_output_tokens
-        if work.payload.route == "chat/completions":
-            return "chat/completions", body, engine.count_chat_tokens(body.get("messages") or [])
-        prompt = body.get("prompt")
-        return "completions", body, engine.count_tokens(prompt) if isinstance(prompt, str) else None
+        return work.payload.route, body
 
-    async def _counted(self, link: _Instance, counting: asyncio.Task | None, work: Work) -> int:
+    def _usage_count(self, link: _Instance, work: Work, body: dict, result) -> int | None:
+        """The prompt's exact length without asking the engine again: its stream's `usage`,
+        or a count the request already had (token counts, token ids, a front door's
+        tokenizer count); None when only the engine's tokenizer can say."""
+        counts = self.prompt_counts.setdefault(link.pool, collections.Counter())
+        payload = work.payload
+        if payload is None:
+            counts[SYNTHETIC] += 1
+        elif result.usage_reported and result.prompt_tokens is not None:
+            counts[USAGE] += 1
+        elif payload.counted:
+            counts[TokenCountSource.ENGINE.value] += 1
+        elif payload.route == "completions" and not isinstance(body.get("prompt"), str):
+            counts[TOKEN_IDS] += 1
+        else:
+            return None
+        return result.prompt_tokens if result.usage_reported and result.prompt_tokens else work.prompt_tokens
+
+    async def _count(self, link: _Instance, route: str, body: dict, work: Work) -> int:
+        """The engine tokenizer's count of the prompt, else the count it was placed with."""
         counts = self.prompt_counts[link.pool]
-        if counting is None:
-            if work.payload is not None:
-                counts[TokenCountSource.ESTIMATE.value] += 1
-            return work.prompt_tokens
         try:
-            count: TokenCount = await counting
+            if route == "chat/completions":
+                count = await link.engine.count_chat_tokens(body.get("messages") or [])
+            else:
+                count = await link.engine.count_tokens(body["prompt"])
         except EngineError:
-            counts[TokenCountSource.ESTIMATE.value] += 1
+            count = None
+        if count is None or count.source is not TokenCountSource.ENGINE:
+            counts[TokenCountSource.ESTIMATE.value] += 1  # the front door's estimate stands
             return work.prompt_tokens
-        counts[count.source.value] += 1
+        counts[TokenCountSource.ENGINE.value] += 1
         return count.tokens
+
+    async def _count_later(self, link: _Instance, route: str, body: dict, work: Work, ttft_s: float,
+                           tpot_s: float | None) -> None:
+        try:
+            tokens = await self._count(link, route, body, work)
+        except Exception as exc:  # e.g. the instance was reconnected and its session closed
+            log.info("counting the prompt of %s on %s after the fact failed: %r", work.key, link.address, exc)
+            return
+        link.prefill_tokens += tokens
+        self._measured(link, tokens, ttft_s, tpot_s)
+        on_counted = getattr(self.events, "on_prompt_counted", None)
+        if on_counted is not None and tokens != work.prompt_tokens:
+            on_counted(link.instance, work.prompt_tokens, tokens)
+        if not self.closed and self._links.get(link.instance) is link:
+            self._report(link)
 
     def _failed(self, link: _Instance, key: str, exc: EngineError, tokens: int) -> None:
         if tokens:
@@ -300,11 +362,6 @@ class OpenAIWorkerClient:
             log.error("request %s on %s: %r", key, link.address, task.exception())
         if not self.closed and self._links.get(link.instance) is link:
             self._report(link)
-
-    def _busy(self, link: _Instance) -> None:
-        if link.busy_since is None:
-            link.busy_since = time.perf_counter()
-        self._report(link)
 
     def _measured(self, link: _Instance, prompt_tokens: int, ttft_s: float, tpot_s: float | None) -> None:
         estimator = link.estimator

@@ -98,6 +98,9 @@ class PromptPayload:
 
     route: str  # "completions" or "chat/completions"
     body_json: bytes
+    # The request's prompt_tokens were counted by an engine's tokenizer before it was
+    # placed (the front door does so only near the context limit): exact already.
+    counted: bool = False
 
 
 class PromptSource(enum.Enum):
@@ -299,3 +302,6 @@ class WorkUpdate:
     decoded: DecodeSummary | None = None
     error: WorkError | None = None
     text: str = ""  # the text of the tokens in this update, from real engines
+    # With `decoded`: the prompt's length as the engine counted it (its `usage` or its
+    # tokenizer), where it differs from the count the request was placed with; 0: none.
+    prompt_tokens: int = 0

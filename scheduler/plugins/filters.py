@@ -8,6 +8,7 @@ from scheduler.framework import WithoutParams
 from scheduler.types import Request, Role, Stage
 
 _PREFILL_ONLY = int(Role.PREFILL)
+_DECODE = Stage.DECODE  # a global look-up, not the enum metaclass's attribute look-up
 
 
 class FitsMemory(WithoutParams):
@@ -23,7 +24,7 @@ class FitsMemory(WithoutParams):
         need_full = float(req.input_tokens + req.output_tokens)
         if need_full <= snap.min_capacity[stage]:
             return None
-        if stage == Stage.DECODE:
+        if stage == _DECODE:
             return snap.kv_capacity[cands] >= need_full
         # A prefill-only instance holds the prompt; a colocated one holds everything.
         need = np.where(snap.role[cands] == _PREFILL_ONLY, float(req.input_tokens), need_full)
@@ -48,8 +49,12 @@ class SameModel(WithoutParams):
     name = "same-model"
     reason = "no decode pool serves the prefill pool's model"
 
+    def passes_stage(self, snap: ClusterSnapshot, stage: Stage) -> bool:
+        """Prefill, and decode where every pool serves one model, keep every candidate."""
+        return stage != _DECODE or snap.single_model
+
     def mask(self, req, snap, stage, cands, now_s, prefill_instance):
-        if stage != Stage.DECODE or snap.single_model:
+        if stage != _DECODE or snap.single_model:
             return None
         model_id = snap.pool_model_id[snap.pool[prefill_instance]]
         return snap.pool_model_id[snap.pool[cands]] == model_id

@@ -39,7 +39,8 @@ class Argmax(WithoutParams):
 
     def pick(self, req: Request, cands: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> int:
         rows = self._rows.get(len(scores)) or self._build(len(scores))
-        return int(cands[(scores + rows[req.request_id & (self._ROWS - 1)]).argmax()])
+        # `item` returns the Python int straight away (indexing makes a numpy scalar first).
+        return cands.item((scores + rows[req.request_id & (self._ROWS - 1)]).argmax())
 
     def pick_list(self, req: Request, cands: list[int], scores: list[float], rng: np.random.Generator) -> int:
         n = len(scores)

@@ -8,6 +8,8 @@ from scheduler.config import SloConfig
 from scheduler.framework import NoParams, WithoutParams
 from scheduler.types import Request, Stage
 
+_DECODE = Stage.DECODE  # a global look-up, not the enum metaclass's attribute look-up
+
 
 class LeastLoaded(WithoutParams):
     """Fewer queued and running sequences per batch slot is better: 1 / (1 + load)."""
@@ -36,7 +38,7 @@ class PredictedLatency:
         self.tpot_slo_s = slo.tpot_s
 
     def score(self, req, snap, stage, cands, now_s, prefill_instance):
-        if stage == Stage.DECODE:
+        if stage == _DECODE:
             slo = self.tpot_slo_s
             latency = snap.predicted_tpot_s(cands, req.input_tokens + req.output_tokens)
         else:
@@ -47,7 +49,7 @@ class PredictedLatency:
         return np.divide(slo, latency, out=latency)
 
     def score_list(self, req, snap, stage, cands, now_s, prefill_instance):
-        if stage == Stage.DECODE:
+        if stage == _DECODE:
             slo = self.tpot_slo_s
             latency = snap.predicted_tpot_list(cands, req.input_tokens + req.output_tokens)
         else:

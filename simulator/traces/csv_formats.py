@@ -18,9 +18,9 @@ import numpy as np
 
 from simulator.traces.mooncake import MOONCAKE_KEYS
 from simulator.traces.csv_columns import Block, count_column, decimal_column, field_bounds, fixed_width
-from simulator.traces.rows import (MAX_SECONDS, MAX_TOKENS, Collector, Lines, RowError, Window, parse_count,
-                                   parse_seconds, shown, split_lines)
-from simulator.traces.trace import Trace, TraceFormatError
+from simulator.traces.rows import (MAX_SECONDS, MAX_TOKENS, Collector, Lines, Reading, RowError, Window,
+                                   parse_count, parse_seconds, shown, split_lines)
+from simulator.traces.trace import TraceFormatError
 from simulator.traces.wallclock import NS_PER_S, iso_matrix, iso_time_field, show_ns
 
 # A block that fails the column-wise checks is split this many ways until its
@@ -115,7 +115,7 @@ def resolve_layout(path: str, fmt: str | None, detected: str | None, detected_la
 
 
 def read_csv(path: str, lines: Lines, blocks: Iterator[tuple[int, bytes]], layout: CsvLayout,
-              names: list[str], skip: bool, max_rows: int | None, window: Window | None) -> Trace:
+              names: list[str], skip: bool, max_rows: int | None, window: Window | None) -> Reading:
     for col in needed_columns(layout):
         if names.count(col) > 1:
             raise TraceFormatError(path, 1, col, "column appears more than once in the header")
@@ -150,11 +150,14 @@ def read_csv(path: str, lines: Lines, blocks: Iterator[tuple[int, bytes]], layou
             parse(start + first, data[lo:ends[last]])
             lo = ends[last]
 
-    for start, block in blocks:
-        if out.full:
-            break
-        parse(start, block)
-    return out.finish(layout.fmt, unit, lines.next_line, with_hashes=False)
+    def steps() -> Iterator[None]:
+        for start, block in blocks:
+            if out.full:
+                break
+            parse(start, block)
+            yield
+
+    return Reading(out, steps(), layout.fmt, unit, lines, with_hashes=False)
 
 
 def _csv_fast_block(out: Collector, start: int, data: bytes, layout: CsvLayout, ncols: int,

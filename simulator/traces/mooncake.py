@@ -6,8 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from simulator.traces.rows import INT64_MAX, MAX_TOKENS, Collector, Lines, RowError, Window, shown
-from simulator.traces.trace import Trace
+from simulator.traces.rows import INT64_MAX, MAX_TOKENS, Collector, Lines, Reading, RowError, Window, shown
 
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 # Milliseconds since the trace's start: 0 .. ~317 years.
@@ -62,24 +61,27 @@ def _mooncake_record(line: str) -> tuple[float, int, int, list[int]]:
 
 
 def read_mooncake(path: str, lines: Lines, blocks: Iterator[tuple[int, list[str]]], skip: bool,
-                   max_rows: int | None, window: Window | None) -> Trace:
+                   max_rows: int | None, window: Window | None) -> Reading:
     out = Collector(path, skip, max_rows, ties_allowed=True, time_field="timestamp", time_dtype=np.float64,
                      show_time=lambda ms: f"{ms:g} ms", window=None if window is None else window.native(1e3))
-    for start, block in blocks:
-        for k, line in enumerate(block):
+    def steps() -> Iterator[None]:
+        for start, block in blocks:
+            for k, line in enumerate(block):
+                if out.full:
+                    break
+                if not line.strip():
+                    continue
+                lineno = start + k
+                try:
+                    t, n_in, n_out, ids = _mooncake_record(line)
+                    out.check_order(t)
+                except RowError as e:
+                    out.bad_row(lineno, e.field, e.reason)
+                    continue
+                out.keep_row(lineno, t, n_in, n_out, ids)
+            out.flush_rows()
+            yield
             if out.full:
                 break
-            if not line.strip():
-                continue
-            lineno = start + k
-            try:
-                t, n_in, n_out, ids = _mooncake_record(line)
-                out.check_order(t)
-            except RowError as e:
-                out.bad_row(lineno, e.field, e.reason)
-                continue
-            out.keep_row(lineno, t, n_in, n_out, ids)
-        out.flush_rows()
-        if out.full:
-            break
-    return out.finish("mooncake", 1e3, lines.next_line, with_hashes=True)
+
+    return Reading(out, steps(), "mooncake", 1e3, lines, with_hashes=True)

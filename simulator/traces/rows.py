@@ -17,7 +17,7 @@ from typing import IO, Callable, Iterator
 
 import numpy as np
 
-from simulator.traces.trace import SkippedRow, Trace, TraceFileError, TraceFormatError
+from simulator.traces.trace import SkippedRow, Trace, TraceBlock, TraceFileError, TraceFormatError
 
 # Bytes per read. About 25k rows of the Azure CSV: big enough to amortise
 # the per-block numpy calls, small enough that a bad row sends only one modest
@@ -175,6 +175,36 @@ class Window:
         return self.start_s * unit_per_s, end
 
 
+class Reading:
+    """A file being read: each step of `steps` parses one block of lines into `out`.
+
+    `trace()` reads to the end and returns the whole Trace; `blocks()` hands
+    the kept rows over block by block instead, so memory stays that of one
+    block; both run the very same parsing and checks.
+    """
+
+    def __init__(self, out: Collector, steps: Iterator[None], fmt: str, time_unit_per_s: float | None,
+                 lines: Lines, with_hashes: bool) -> None:
+        self.out = out
+        self.steps = steps
+        self.fmt = fmt
+        self.unit = time_unit_per_s
+        self.lines = lines
+        self.with_hashes = with_hashes
+
+    def trace(self) -> Trace:
+        for _ in self.steps:
+            pass
+        return self.out.finish(self.fmt, self.unit, self.lines.next_line, self.with_hashes)
+
+    def blocks(self) -> Iterator[TraceBlock]:
+        for _ in self.steps:
+            block = self.out.drain(self.unit)
+            if block is not None:
+                yield block
+        self.out.check_kept(self.lines.next_line)
+
+
 class Collector:
     """Kept columns, bad-row bookkeeping, the order check and the time window across blocks.
 
@@ -210,6 +240,7 @@ class Collector:
         self.skipped: list[SkippedRow] = []
         self.bad_by_field: dict[str, int] = {}
         self.filtered = 0
+        self.kept_origin: float | int | None = None  # first kept row's time, for drained blocks
         self.last_time: float | int | None = None
         self.last_time_line = 0
         self._rows_t: list = []
@@ -309,20 +340,54 @@ class Collector:
             self.last_time_line = int(lines[n - 1])
         self.kept += n
 
+    def drain(self, time_unit_per_s: float | None) -> TraceBlock | None:
+        """The rows kept since the last drain, as one block (None when there are none).
+
+        Arrival times are taken from the first kept row with the same arithmetic
+        as `finish`, so the blocks of a file join to the very columns `finish`
+        would return.
+        """
+        self.flush_rows()
+        if not self.inputs:
+            return None
+        arrival_s = None
+        if time_unit_per_s is not None:
+            t = self.times[0] if len(self.times) == 1 else np.concatenate(self.times)
+            if self.kept_origin is None:
+                self.kept_origin = t[0].item()
+            arrival_s = (t - t.dtype.type(self.kept_origin)).astype(np.float64)
+            if time_unit_per_s != 1.0:
+                arrival_s /= time_unit_per_s
+        inputs = self.inputs[0] if len(self.inputs) == 1 else np.concatenate(self.inputs)
+        outputs = self.outputs[0] if len(self.outputs) == 1 else np.concatenate(self.outputs)
+        hash_ids = None
+        if self.hash_lengths:
+            offsets = np.zeros(len(inputs) + 1, dtype=np.int64)
+            np.cumsum(np.concatenate(self.hash_lengths), out=offsets[1:])
+            hash_ids = (offsets, np.concatenate(self.hash_values))
+        for kept in (self.times, self.inputs, self.outputs, self.hash_lengths, self.hash_values):
+            kept.clear()
+        return TraceBlock(arrival_s, inputs, outputs, hash_ids)
+
+    def check_kept(self, next_line: int) -> None:
+        """Raise the reader's error for a file with no row to keep."""
+        if self.kept:
+            return
+        if self.bad:
+            first = self.skipped[0]
+            why = (f"no valid data rows: all {self.bad} data rows are bad (first: line {first.line}, "
+                   f"field '{first.field}': {first.reason})")
+        elif self.filtered:
+            why = f"no data rows left after dropping {self.filtered} rows with 0 output tokens"
+        else:
+            why = "no data rows"
+        if self.window is not None and self.origin is not None:
+            why = f"no data rows in the time window ({self.before_window:,} rows before it)"
+        raise TraceFormatError(self.path, next_line, "row", why)
+
     def finish(self, fmt: str, time_unit_per_s: float | None, next_line: int, with_hashes: bool) -> Trace:
         self.flush_rows()
-        if self.kept == 0:
-            if self.bad:
-                first = self.skipped[0]
-                why = (f"no valid data rows: all {self.bad} data rows are bad (first: line {first.line}, "
-                       f"field '{first.field}': {first.reason})")
-            elif self.filtered:
-                why = f"no data rows left after dropping {self.filtered} rows with 0 output tokens"
-            else:
-                why = "no data rows"
-            if self.window is not None and self.origin is not None:
-                why = f"no data rows in the time window ({self.before_window:,} rows before it)"
-            raise TraceFormatError(self.path, next_line, "row", why)
+        self.check_kept(next_line)
         # Each column is joined and its blocks dropped before the next one: at
         # tens of millions of rows, holding all blocks and all joins at once
         # would double the peak memory.

@@ -61,6 +61,23 @@ class SkippedRow(NamedTuple):
     reason: str
 
 
+class TraceBlock(NamedTuple):
+    """Consecutive kept rows of a trace read in blocks (`TraceFile.blocks`).
+
+    Columns as in `Trace`: arrival_s in seconds since the first kept row of the
+    whole read (None without timestamps), hash_ids CSR relative to the block.
+    """
+
+    arrival_s: np.ndarray | None
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    hash_ids: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def rows(self) -> int:
+        return len(self.input_tokens)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Trace:
     """A request trace held as columns (about 24 bytes per request).

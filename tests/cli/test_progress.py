@@ -51,6 +51,13 @@ def test_bar_on_a_terminal(args, bar):
     assert bar in shown and "\r" in shown and "100%" in shown
 
 
+def test_simulate_shows_the_trace_being_checked(tmp_path):
+    """The trace is read once to check it before the replay: a bar over its bytes, then the replay's."""
+    code, shown = run_on_terminal(["simulate", "--requests", "3000"])
+    assert code == 0, shown
+    assert shown.index("reading trace") < shown.index("simulating")
+
+
 @pytest.mark.parametrize("args, bar", COMMANDS, ids=[c[0][0] for c in COMMANDS])
 def test_no_bar_with_no_progress(args, bar):
     code, shown = run_on_terminal([*args, "--no-progress"])

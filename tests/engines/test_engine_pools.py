@@ -10,11 +10,13 @@ run in file order; the last ones kill an engine and bring it back.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -181,12 +183,76 @@ def test_the_official_openai_client_reaches_the_real_engines_through_the_http_fr
 
     stats = _stats(served.address)
     assert stats.requests_completed == before + 3
-    # The completion's prompt was counted by the engine's tokenizer; llama-cpp-python has no
-    # chat-template endpoint, so the chats' lengths are estimates, and the stats say so.
+    # Far from the context limit every request is placed on its estimate (no tokenizer
+    # round trip first), and the stats say so.
     lengths = dict(stats.prompt_lengths)
-    assert (lengths.get("tokenized"), lengths.get("estimated")) == (1, 2), lengths
+    assert (lengths.get("tokenized"), lengths.get("estimated")) == (None, 3), lengths
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
+
+
+def _openai_client(served):
+    openai = pytest.importorskip("openai")
+    return openai, openai.OpenAI(base_url=word_after(served.lines, "OpenAI-compatible HTTP on "), api_key="unused",
+                                 timeout=120, max_retries=0)
+
+
+def _engine_count(served, prompt: str) -> int:
+    """The prompt's tokens as the engine's own tokenizer counts them."""
+    request = urllib.request.Request(served.engines["llama-0"].base_url + "/extras/tokenize",
+                                     json.dumps({"input": prompt}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return len(json.load(answer)["tokens"])
+
+
+def _engine_counted(stats) -> int:
+    return sum(p.prompt_token_counts.get("engine", 0) for p in stats.pools)
+
+
+def test_http_requests_placed_on_the_estimate_report_the_engines_count(served):
+    """Placed on the estimate; `usage` and the token totals carry the engine's own count,
+    whether the answer waits for it (a whole answer, include_usage) or not (a plain stream,
+    whose count corrects the totals after it ends)."""
+    _, client = _openai_client(served)
+    prompt = "the of and to in is was for on that"  # 36 bytes: estimated 9 tokens
+    exact = _engine_count(served, prompt)
+    assert exact == 11  # BOS and one token per word: the estimate is short by 2
+    before = _stats(served.address)
+    whole = client.completions.create(model=MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0)
+    chunks = list(client.completions.create(model=MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    plain = list(client.completions.create(model=MODEL_ALIAS, prompt=prompt, max_tokens=4, temperature=0, stream=True))
+    assert whole.usage.prompt_tokens == chunks[-1].usage.prompt_tokens == exact
+    assert "".join(c.choices[0].text for c in plain if c.choices) == whole.choices[0].text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        stats = _stats(served.address)
+        if stats.input_tokens - before.input_tokens == 3 * exact:
+            break
+        time.sleep(0.05)
+    assert stats.input_tokens - before.input_tokens == 3 * exact
+    assert stats.prompt_lengths["estimated"] - before.prompt_lengths["estimated"] == 3
+    assert stats.prompt_lengths.get("tokenized", 0) == before.prompt_lengths.get("tokenized", 0)
+    assert _engine_counted(stats) - _engine_counted(before) == 3  # exact: by the engine's tokenizer
+
+
+def test_near_the_context_limit_the_engines_tokenizer_decides(served):
+    """`of` x 150: 449 bytes, estimated 113 tokens, 151 by the engine. With 380 more the
+    estimate would fit the 512-token context and the engine would cut the answer short
+    (llama-cpp-python trims max_tokens); the front door asks the tokenizer and answers
+    400. `of` x 50 with 400 more: the bound does not fit, the count does: served whole."""
+    openai, client = _openai_client(served)
+    before = _stats(served.address)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=MODEL_ALIAS, prompt=" ".join(["of"] * 150), max_tokens=380)
+    error = refused.value.body
+    assert error["code"] == "context_length_exceeded" and "151 + 380" in error["message"], error
+    fits = client.completions.create(model=MODEL_ALIAS, prompt=" ".join(["of"] * 50), max_tokens=400,
+                                     extra_body={"ignore_eos": True})
+    assert (fits.usage.prompt_tokens, fits.usage.completion_tokens) == (51, 400)
+    stats = _stats(served.address)
+    assert stats.requests_invalid - before.requests_invalid == 1
+    assert stats.prompt_lengths["tokenized"] - before.prompt_lengths.get("tokenized", 0) == 1
 
 
 def test_an_engine_killed_mid_run_loses_nothing_and_rejoins_when_healthy(served):

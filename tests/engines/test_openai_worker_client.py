@@ -89,6 +89,39 @@ def test_the_clients_body_streams_back_the_engines_own_text(llama_engine, route)
     assert counts == {expected.value: 1}
 
 
+@pytest.mark.parametrize("usage_in_answer", [True, False])
+def test_a_request_placed_on_an_estimate_ends_with_the_engines_count(llama_engine, usage_in_answer):
+    """Placed on the estimate (16): a stream whose answer carries usage ends with the
+    engine's count in its record; one without ends at once and the count corrects the
+    totals after (llama-cpp-python's streams carry no usage: its tokenizer counts)."""
+    body = {"model": "m", "prompt": PROMPT, "max_tokens": 4, "stream": True}
+    if usage_in_answer:
+        body["stream_options"] = {"include_usage": True}
+
+    async def go():
+        core, client = await _core(llama_engine)
+        payload = PromptPayload("completions", json.dumps(body).encode())
+        [sink] = await _serve(core, [GenerateInput("", 16, 4, payload=payload)])
+        at_end = core.stats().input_tokens
+        async with OpenAIEngine(llama_engine.base_url, llama_engine.model) as direct:
+            exact = (await direct.count_tokens(PROMPT)).tokens
+        for _ in range(200):
+            if core.stats().input_tokens == exact:
+                break
+            await asyncio.sleep(0.01)
+        stats = core.stats()
+        counts = dict(client.prompt_counts["llama"])
+        await client.close()
+        return sink, at_end, exact, stats, counts
+
+    sink, at_end, exact, stats, counts = asyncio.run(go())
+    assert exact != 16 and sink.outcome.status == RequestStatus.COMPLETED
+    assert sink.outcome.input_tokens == (exact if usage_in_answer else 16)
+    assert at_end == (exact if usage_in_answer else 16)
+    assert stats.input_tokens == exact and stats.pools[0].prefill_tokens == exact
+    assert counts == {TokenCountSource.ENGINE.value: 1}
+
+
 def test_a_token_count_request_gets_a_synthetic_prompt_of_that_length(llama_engine):
     async def go():
         core, client = await _core(llama_engine)

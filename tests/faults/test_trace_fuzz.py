@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simulator.traces import Trace, TraceFormatError, csv_formats, read_trace
+from simulator.traces import Trace, TraceFile, TraceFormatError, csv_formats, read_trace, scan_trace
+from simulator.traces import rows as trace_rows
 from simulator.traces.rows import MAX_TOKENS
 
 def fuzz(examples: int) -> settings:
@@ -246,3 +247,45 @@ def test_column_wise_path_agrees_with_row_by_row(scratch, text, monkeypatch):
                 outcomes.append(str(e))
     assert outcomes[0] == outcomes[1]
 
+
+
+def outcome(read, path: Path, **kwargs):
+    """What a reader makes of the file: its columns and report, or its error."""
+    try:
+        trace = read(path, **kwargs)
+    except TraceFormatError as e:
+        return ("error", str(e), e.skippable)
+    if isinstance(trace, TraceFile):
+        blocks = list(trace.blocks())
+        columns = [None if blocks[0].arrival_s is None else np.concatenate([b.arrival_s for b in blocks]).tolist(),
+                   np.concatenate([b.input_tokens for b in blocks]).tolist(),
+                   np.concatenate([b.output_tokens for b in blocks]).tolist()]
+        if blocks[0].hash_ids is not None:
+            columns.append([ids.tolist() for b in blocks
+                            for ids in np.split(b.hash_ids[1], b.hash_ids[0][1:-1])])
+    else:
+        columns = [None if trace.arrival_s is None else trace.arrival_s.tolist(), trace.input_tokens.tolist(),
+                   trace.output_tokens.tolist()]
+        if trace.hash_ids is not None:
+            columns.append([trace.request_hash_ids(i).tolist() for i in range(trace.rows)])
+    return (columns, trace.rows, trace.span_s, trace.skipped_rows, trace.bad_rows_by_field, trace.filtered_rows,
+            trace.rows_before_window)
+
+
+@fuzz(1500)
+@given(text=st.one_of(csv_file(), mooncake_file()), max_rows=st.one_of(st.none(), st.integers(1, 5)),
+       window=st.sampled_from([(0.0, None), (0.0, 0.5), (0.5, 1.0)]), skip=st.booleans(),
+       chunk=st.sampled_from([7, 64, 1 << 20]))
+def test_blocks_agree_with_the_whole_file_read(scratch, monkeypatch, text, max_rows, window, skip, chunk):
+    """scan_trace + TraceFile.blocks, reading `chunk` bytes at a time: read_trace's rows or its error."""
+    path = scratch / "blocks.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    kwargs = dict(skip_bad_rows=skip, max_rows=max_rows, start_s=window[0], duration_s=window[1])
+    try:
+        whole = outcome(read_trace, path, **kwargs)
+    except ValueError:  # a window over a trace without timestamps: the arguments' error, not the file's
+        kwargs.update(start_s=0.0, duration_s=None)
+        whole = outcome(read_trace, path, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(trace_rows, "CHUNK_BYTES", chunk)
+        assert outcome(scan_trace, path, **kwargs) == whole

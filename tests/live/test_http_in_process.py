@@ -110,23 +110,50 @@ def test_a_client_leaving_mid_stream_cancels_its_request():
     assert stats.in_flight == 0 and stats.requests_failed == 1 and stats.reasons == {"CANCELLED": 1}
 
 
-def test_a_prompt_counter_replaces_the_estimate_and_stats_say_so():
+def _context(core) -> int:
+    """The largest context a pool of the cluster's model holds (what the core checks against)."""
+    return max(p.perf.kv_capacity_tokens for p in core.cluster.pools)
+
+
+async def _first_chunk(session, url: str, body: dict) -> tuple[int, bytes]:
+    """Status and first bytes of a streamed answer; leaving early cancels the request."""
+    async with session.post(url, json={**body, "stream": True}) as r:
+        return r.status, await r.content.readany()
+
+
+def test_a_prompt_counter_is_asked_only_near_the_context_limit():
+    """Far from the limit the request is placed on its estimate (no round trip to a
+    tokenizer); where the estimate's bound plus max_tokens could pass the context, the
+    engine's count decides: it fits (placed on that count) or it is a 400."""
     async def run():
         counter = WordCounter()
         assert isinstance(counter, PromptCounter)
         async with _front_door(counter) as (core, door, base, session):
+            url = f"{base}/v1/completions"
             body = {"model": MODEL, "prompt": "seven words in this prompt, counted exactly", "max_tokens": 2}
-            async with session.post(f"{base}/v1/completions", json=body) as r:
-                answer = await r.json()
+            async with session.post(url, json=body) as r:
+                far = await r.json()
+            asked_far = list(counter.asked)
+            limit = _context(core)
+            # 8 one-letter words: 16 bytes, estimated 4 tokens, counted 8; 8 + limit - 10 fits.
+            near = {"model": MODEL, "prompt": "a " * 8, "max_tokens": limit - 10}
+            status_fits, first = await _first_chunk(session, url, near)
+            # 12 words: estimated 6 (would fit), counted 12: 12 + limit - 10 does not.
+            async with session.post(url, json={**near, "prompt": "a " * 12}) as r:
+                beyond = r.status, await r.json()
             body["prompt"] = [1, 2, 3]  # token ids: the client's count, no engine asked
-            async with session.post(f"{base}/v1/completions", json=body) as r:
+            async with session.post(url, json=body) as r:
                 ids = await r.json()
-            return counter, answer, ids, core.stats()
+            await asyncio.sleep(0.05)  # the cancelled stream's request ends
+            return counter, far, asked_far, status_fits, first, beyond, ids, core.stats()
 
-    counter, answer, ids, stats = asyncio.run(run())
-    assert answer["usage"]["prompt_tokens"] == 7 and ids["usage"]["prompt_tokens"] == 3
-    assert counter.asked == [(MODEL, "completions")]
-    assert stats.prompt_lengths == {"tokenized": 1, "client": 1} and stats.input_tokens == 10
+    counter, far, asked_far, status_fits, first, beyond, ids, stats = asyncio.run(run())
+    assert asked_far == [] and far["usage"]["prompt_tokens"] == 11  # 43 bytes / 4, the estimate
+    assert status_fits == 200 and first.startswith(b"data: ")
+    assert beyond[0] == 400 and beyond[1]["error"]["code"] == "context_length_exceeded", beyond
+    assert counter.asked == [(MODEL, "completions")] * 2 and ids["usage"]["prompt_tokens"] == 3
+    assert stats.prompt_lengths == {"estimated": 1, "tokenized": 1, "client": 1}
+    assert stats.input_tokens == 11 + 8 + 3 and stats.requests_invalid == 1
 
 
 @pytest.mark.parametrize("path, method, status", [("/v1/nothing", "GET", 404), ("/v1/completions", "GET", 405)])
@@ -151,12 +178,13 @@ class UnreachableTokenizer:
 def test_a_failing_prompt_counter_leaves_the_estimate():
     async def run():
         async with _front_door(UnreachableTokenizer()) as (core, door, base, session):
-            body = {"model": MODEL, "prompt": "x" * 40, "max_tokens": 2}
-            async with session.post(f"{base}/v1/completions", json=body) as r:
-                return r.status, await r.json(), core.stats()
+            body = {"model": MODEL, "prompt": "x" * 40, "max_tokens": _context(core) - 20}  # near the limit
+            status, _ = await _first_chunk(session, f"{base}/v1/completions", body)
+            await asyncio.sleep(0.05)
+            return status, core.stats()
 
-    status, answer, stats = asyncio.run(run())
-    assert status == 200 and answer["usage"]["prompt_tokens"] == 10 and stats.prompt_lengths == {"estimated": 1}
+    status, stats = asyncio.run(run())
+    assert status == 200 and stats.prompt_lengths == {"estimated": 1} and stats.input_tokens == 10
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -90,6 +90,18 @@ def test_stream_chunks_carry_usage_only_when_asked():
     plain = _parse(api.CHAT, {"model": "llama-3.1-8b", "messages": [{"role": "user", "content": "hi"}],
                               "stream": True})
     assert api.chunk(asked, "id", 0, "m", "x")["usage"] is None and "usage" not in api.chunk(plain, "id", 0, "m", "x")
-    last = api.usage_chunk(asked, "id", 0, "m", 5)
-    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": asked.prompt_tokens, "completion_tokens": 5,
-                                                       "total_tokens": asked.prompt_tokens + 5}
+    last = api.usage_chunk(asked, "id", 0, "m", 12, 5)  # the record's prompt count (an engine's, where it gave one)
+    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 12, "completion_tokens": 5,
+                                                       "total_tokens": 17}
+
+
+@pytest.mark.parametrize("route, body, bound", [
+    (api.COMPLETIONS, {"prompt": "of " * 10}, 30 + api.SPECIAL_TOKENS_BOUND),  # a token per byte at most
+    (api.COMPLETIONS, {"prompt": "é"}, 2 + api.SPECIAL_TOKENS_BOUND),  # UTF-8 bytes, not characters
+    (api.CHAT, {"messages": [{"role": "user", "content": "hi"}]},
+     api.TEMPLATE_TOKENS_BOUND + 6 + api.TEMPLATE_TOKENS_PER_MESSAGE_BOUND),
+    (api.COMPLETIONS, {"prompt": [5, 6, 7]}, 3),  # token ids: the count is exact
+])
+def test_the_prompt_bound_is_never_below_the_estimate(route, body, bound):
+    req = _parse(route, {"model": "llama-3.1-8b", **body})
+    assert req.prompt_bound == bound >= req.prompt_tokens

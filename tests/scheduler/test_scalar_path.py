@@ -100,3 +100,36 @@ def test_the_fused_ttft_follows_a_learned_prefill_speed():
         unfused = snap.predicted_wait_s(cands, 0.3) + snap.predicted_prefill_s(cands, tokens)
         assert snap.predicted_ttft_s(cands, Stage.PREFILL, 0.3, tokens).tolist() == unfused.tolist()
         assert snap.predicted_ttft_list(cands.tolist(), Stage.PREFILL, 0.3, tokens) == unfused.tolist()
+
+
+@pytest.mark.parametrize("cluster", ["gpu-disagg", "hybrid", "gpu-mixed", "gpu-colocated"])
+def test_filters_that_pass_a_whole_stage_are_skipped_and_decide_the_same(cluster):
+    """same-model passes prefill, and decode where every pool serves one model; skipping it
+    there changes no decision (each filter asked on every stage decides the same)."""
+    config, snap = busy(cluster, seed=13)
+    pol = build_policy("slo-aware", config)
+    every = build_policy("slo-aware", config)
+    decided = [pol.decide(req, snap, 0.2, np.random.default_rng(0)) for req in requests(300)]
+    every._bind(snap)
+    every._stage_filters = {stage: list(every._filters) for stage in (Stage.PREFILL, Stage.DECODE)}
+    assert [every.decide(req, snap, 0.2, np.random.default_rng(0)) for req in requests(300)] == decided
+    names = {stage: [f.name for f in fs] for stage, fs in pol._stage_filters.items()}
+    assert "same-model" not in names[Stage.PREFILL]
+    assert ("same-model" in names[Stage.DECODE]) == (not snap.single_model)
+
+
+def test_list_copies_start_with_the_first_list_read_and_follow_every_write():
+    """A snapshot keeps no list copies until a list predictor reads them; from then on every
+    row write reaches them, so they equal the arrays."""
+    config, snap = busy("gpu-disagg", seed=3)
+    assert not snap.lists
+    build_policy("least-loaded", config).decide(requests(1)[0], snap, 0.0, np.random.default_rng(0))
+    assert not snap.lists  # least-loaded reads arrays only
+    cands = snap.candidates[Stage.DECODE].tolist()
+    snap.predicted_tpot_list(cands, 100)
+    assert snap.lists
+    for i in range(snap.n_instances):
+        snap.update(i, i % 3, 50 * i, i % 7, int(snap.kv_capacity[i]) - 1000 * i, 0.1 * i)
+    assert snap._ready == snap.ready_s.tolist()
+    assert snap._tpot_base == snap.tpot_base_s.tolist()
+    assert snap._tpot_per_token == snap.tpot_per_token_s.tolist()

@@ -151,3 +151,43 @@ def test_router_index_sees_every_level_and_the_store():
     assert hbm.reach_blocks(blocks, (host,), None, 0b111) == ({0: 2}, {0: 2, 1: 3}, None)
     assert hbm.reach_blocks(blocks, (host,), store, 0b111) == ({0: 2}, {0: 2, 1: 3}, {0: 2, 1: 4})
     assert hbm.reach_blocks([4, 1], (host,), store, 0b111) == ({}, {}, {2: 1, 0: 2, 1: 2})
+
+
+def test_reach_blocks_matches_each_level_walked_on_its_own():
+    """The one-pass walk gives, for every instance, the leading blocks it holds in HBM, in HBM
+    or its own tiers, and with the shared store too: as walking each level's masks apart."""
+    import random
+
+    from workers.prefix_cache import _leading
+
+    rng = random.Random(7)
+    everyone = 0b1111
+    for _ in range(300):
+        hbm, host = PrefixIndex(), PrefixIndex()
+        store = TierLru(tier("store"), 100, shared=True)
+        for b in range(12):
+            hbm.holders[b] = rng.choice((0, 0, 1, 2, 5, 15))
+            host.holders[b] = rng.choice((0, 0, 2, 8, 12))
+            if rng.random() < 0.5:
+                store.put(b)
+        for index in (hbm, host):
+            index.holders = {b: m for b, m in index.holders.items() if m}
+        prompt = list(range(rng.randrange(13)))
+        here = [hbm.holders.get(b, 0) for b in prompt]
+        local = [m | host.holders.get(b, 0) for m, b in zip(here, prompt)]
+        wide = [everyone if b in store else m for m, b in zip(local, prompt)]
+        want = (_leading(here), _leading(local), _leading(wide) if len(store) else None)
+        assert hbm.reach_blocks(prompt, (host,), store, everyone) == want, prompt
+        assert hbm.reach_blocks(prompt, (host,), None, everyone) == want[:2] + (None,)
+
+
+def test_a_block_repeated_in_a_prompt_loads_from_a_tier_without_failing():
+    """Trace hash ids are not checked for repeats: a prompt naming one block twice still loads."""
+    cache = tiered_cache(BLOCK, 0, PrefixIndex(), (tier("host"),), KV_BYTES, (PrefixIndex(),))
+    prompt = [7, 8, 7, 9]
+    cache.insert(prompt)
+    cache.trim(0)  # every block demoted to host
+    cached, load_s, taken = cache.plan_load(prompt, cache.match(prompt), 400, KvPerf().prefill)
+    assert taken == ((0, 4),) and cached == 399
+    cache.load(prompt, 0, taken, cached, load_s)
+    assert list(cache.blocks) == [9, 8, 7] and len(cache.levels[0]) == 0 and cache.hit_tokens == [399]
