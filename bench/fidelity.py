@@ -148,8 +148,8 @@ NO_FIGURES = {
     "h200": "nothing fitted (H100 constants reused); no sourced single-stream figure found yet",
     "b200": "nothing fitted (H100 constants reused); NVIDIA's per-user records use speculative decoding "
             "with drafts and acceptance rates they do not state, none listed",
-    "m4-max": "nothing fitted; no llama.cpp figure with a pinned model, quantization and context found yet",
-    "phone": "nothing fitted; no figure for the modelled NPU found yet",
+    "m4-max": "fitted to published llama.cpp Q4_K_M figures (workers/edge_devices.py); none held out",
+    "phone": "fitted to Qualcomm AI Hub's Snapdragon 8 Elite figures (workers/edge_devices.py); none held out",
 }
 
 

@@ -111,7 +111,7 @@ def row(kind: str, label: str, best: dict) -> dict:
         "cost_usd": best["cost_usd"], "tier_cost_usd": sum(t["cost_usd"] for t in best["kv_tiers"].values()),
         # Joules attributed to requests (prefill and decode: decode work is the same at every
         # level, so the difference is prefill's) plus the tiers' bytes moved.
-        "served_energy_j": best["busy_energy_j"] + tier_energy, "tier_energy_j": tier_energy,
+        "request_energy_j": best["busy_energy_j"] + tier_energy, "tier_energy_j": tier_energy,
         "cpu_s_per_request": best["replay_cpu_s"] / best["requests"],
     }
 
@@ -130,8 +130,8 @@ def plot(rows: list[dict], ceiling: float, path: Path) -> None:
         name = f"{kind} ({mine[0]['model']})"
         axes[0].plot(x, [r["prefix_hit_rate"] * 100 for r in mine], "o-", label=name)
         axes[1].plot(x, [r["ttft_p50_s"] for r in mine], "o-", label=name)
-        base = mine[0]["served_energy_j"]
-        axes[2].plot(x, [r["served_energy_j"] / base for r in mine], "o-", label=name)
+        base = mine[0]["request_energy_j"]
+        axes[2].plot(x, [r["request_energy_j"] / base for r in mine], "o-", label=name)
     axes[0].axhline(ceiling * 100, color="grey", ls="--", label="reusable share (bound)")
     for ax, title in zip(axes, ["prompt tokens from cache (%)", "TTFT p50 (s)", "joules / HBM-only joules"]):
         ax.set_xticks(list(x), labels, rotation=20)
@@ -161,7 +161,7 @@ def markdown(result: dict) -> str:
         by = ", ".join(f"{k} {v:,}" for k, v in r["prefix_hit_tokens_by_tier"].items())
         lines.append(f"| {r['cluster']} ({r['model']}) | {r['level']} | {r['prefix_hit_rate']:.1%} | {by} | "
                      f"{r['ttft_p50_s']:.2f} s | {r['prefill_computed_tokens']:,} | {r['cost_usd']:,.2f} "
-                     f"({r['tier_cost_usd']:,.2f}) | {r['served_energy_j'] / 1e3:,.0f} ({r['tier_energy_j'] / 1e3:,.1f}) | "
+                     f"({r['tier_cost_usd']:,.2f}) | {r['request_energy_j'] / 1e3:,.0f} ({r['tier_energy_j'] / 1e3:,.1f}) | "
                      f"{r['cpu_s_per_request'] / base['cpu_s_per_request']:.2f}x |")
     lines += ["", "Bandwidths:", "", "| figure | value | source |", "| --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in BANDWIDTHS]
@@ -235,7 +235,7 @@ def main() -> int:
             rows.append(row(kind, level[0], best[level[0]]))
             r = rows[-1]
             print(f"{kind:8s} {r['level']:16s} hit {r['prefix_hit_rate']:.1%} ttft p50 {r['ttft_p50_s']:.2f}s "
-                  f"computed {r['prefill_computed_tokens']:,} ${r['cost_usd']:.2f} {r['served_energy_j'] / 1e3:,.0f} kJ "
+                  f"computed {r['prefill_computed_tokens']:,} ${r['cost_usd']:.2f} {r['request_energy_j'] / 1e3:,.0f} kJ "
                   f"cpu/req {r['cpu_s_per_request'] * 1e6:.0f} us", flush=True)
     result = {"command": "python bench/kv_tiers.py " + " ".join(sys.argv[1:]), "trace": trace.path,
               "requests": trace.rows, "mean_input_tokens": float(trace.input_tokens.mean()),

@@ -129,7 +129,7 @@ class Model:
 
     def _moe(self, L, h):
         s = self.s
-        T, k, E = h.shape[0], s.experts_per_token, s.experts
+        k, E = s.experts_per_token, s.experts
         w, idx = torch.topk(F.linear(h, L["router"]).float().softmax(-1), k)
         w = (w / w.sum(-1, keepdim=True)).to(h.dtype)
         flat = idx.flatten()
