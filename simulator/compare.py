@@ -119,8 +119,9 @@ def format_table(summaries: list[dict], front: list[str]) -> str:
     lines = table(["policy", "SLO", "p99 TTFT", "p99 TPOT", "quality", "esc", "cost $", "busy $", "kWh",
                    "busy kWh", "J/tok", "q/kWh", "share per pool"], rows, align="<" + ">" * 11 + "<")
     lines.append("* on the cost / energy / quality Pareto front. cost $ and kWh: the provisioned cluster over "
-                 "the run (idle included); served: busy time attributed to requests. esc: escalations + advised "
-                 "requests. J/tok: energy per output token; q/kWh: completed queries per kWh")
+                 "the run (idle included); busy $ and busy kWh: busy time attributed to requests. "
+                 "esc: escalations + advised requests. J/tok: energy per output token; "
+                 "q/kWh: completed queries per kWh")
     if any(s.get("prefix_hit_tokens") for s in summaries):
         lines += table(["prefix caching", "cached", "computed tokens", "p50 TTFT", "busiest/mean"],
                        [[" " + short_label(s["label"]), _pct(s["prefix_hit_rate"]), f"{s['prefill_computed_tokens']:,}",
