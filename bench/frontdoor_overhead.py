@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -55,6 +53,7 @@ from scheduler.live.openai_client import SYNTHETIC_WORDS, synthetic_prompt  # no
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa: E402
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
 from tests.serve_process import served_process  # noqa: E402
+from live_measure import write_result  # noqa: E402
 from workers.openai_engine import OpenAIEngine  # noqa: E402
 
 
@@ -214,12 +213,8 @@ def main() -> int:
         result = asyncio.run(measure(engine.base_url, served, args))
     result.update(baseline=str(args.baseline) if args.baseline else None, serve_args=args.serve_args,
                   gap_ms=args.gap_ms,
-                  pairs=args.pairs, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores",
-                  load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+                  pairs=args.pairs, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens)
+    write_result(result, args.out, load_before)
     return 0
 
 

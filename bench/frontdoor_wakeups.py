@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from scheduler.live.openai_client import synthetic_prompt  # noqa: E402
 from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa: E402
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
 from tests.serve_process import served_process  # noqa: E402
+from live_measure import write_result  # noqa: E402
 
 TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK")
 
@@ -139,12 +138,8 @@ def main() -> int:
             with served_process(tmp / "cluster.yaml", "--metrics-port", "-1", "--http-port", "0",
                                 checkout=args.checkout.resolve()) as served:
                 result = asyncio.run(measure(served, args.requests))
-    result.update(checkout=str(args.checkout), requests=args.requests,
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores",
-                  load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    result.update(checkout=str(args.checkout), requests=args.requests)
+    write_result(result, args.out, load_before)
     return 0
 
 

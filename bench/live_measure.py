@@ -6,11 +6,14 @@ other live benchmarks measure the same way.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import re
+import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -109,3 +112,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def write_result(result: dict, out: str | Path, load_before: float) -> None:
+    """Stamps a benchmark's result with the machine, the load average before and after and the UTC
+    time, writes it to `out` as JSON and prints it."""
+    result.update(machine=f"{platform.machine()}, {os.cpu_count()} cores",
+                  load_average=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+                  date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
