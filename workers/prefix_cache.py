@@ -210,7 +210,7 @@ class LocalTiers:
     """
 
     __slots__ = ("seq", "base", "lo", "count", "capacity", "where", "slower", "holders", "bit", "levels",
-                 "block_bytes")
+                 "block_bytes", "compact_after")
 
     def __init__(self, tiers: tuple, block_bytes: float, index: PrefixIndex | None, bit: int):
         self.seq: list[int] = []
@@ -223,6 +223,7 @@ class LocalTiers:
         self.holders = index.holders if index is not None else None
         self.bit = bit
         self.block_bytes = block_bytes
+        self.compact_after = 4096  # dead copies before the sequence is cut
         self.levels = tuple(TierLevel(t, c, self, k) for k, (t, c) in enumerate(zip(tiers, self.capacity)))
 
     def copies(self, block: int) -> list[int]:
@@ -348,7 +349,7 @@ class LocalTiers:
     def _compact(self) -> None:
         """Drop the copies below the last tier's boundary once they are most of the sequence."""
         dead = self.lo[-1] - self.base
-        if dead > 4096 and 2 * dead > len(self.seq):
+        if dead > self.compact_after and 2 * dead > len(self.seq):
             del self.seq[:dead]
             self.base += dead
 
