@@ -72,6 +72,7 @@ class PrefixIndex:
         walk only asks the store."""
         get = self.holders.get
         gets = [index.holders.get for index in others if index.holders]  # (tiers share the first index)
+        tier_get = gets[0] if len(gets) == 1 else _any_of(gets) if gets else None
         in_store = store.blocks.__contains__ if store is not None and store.blocks else None
         hbm: dict[int, int] = {}
         local: dict[int, int] = {}
@@ -83,9 +84,7 @@ class PrefixIndex:
                 k += 1
                 continue
             mask = get(b, 0)
-            mine = mask
-            for other in gets:
-                mine |= other(b, 0)
+            mine = mask | tier_get(b, 0) if tier_get is not None else mask
             left = here & mask
             if left != here:
                 if k:
@@ -113,6 +112,16 @@ class PrefixIndex:
     def cached_blocks(self, blocks) -> dict[int, int]:
         """Instance id -> number of leading `blocks` it holds, for instances holding at least one."""
         return _leading(map(self.holders.get, blocks, repeat(0)))
+
+
+def _any_of(gets: list):
+    """One `get` (block, default) -> the union of several indexes' masks."""
+    def get(block: int, default: int) -> int:
+        mask = default
+        for other in gets:
+            mask |= other(block, 0)
+        return mask
+    return get
 
 
 def _note(depth: dict, bits: int, k: int) -> None:
@@ -252,14 +261,15 @@ class LocalTiers:
         first = self.lo[0]
         pos = self.base + len(seq)  # the new copies' positions: pos, pos + 1, ...
         holders = self.holders
+        hget = holders.get if holders is not None else None
         bit = self.bit
         written = 0
         for b in moving:
             p = get(b)
             if p is None:
                 written += 1
-                if holders is not None:
-                    holders[b] = holders.get(b, 0) | bit
+                if hget is not None:
+                    holders[b] = hget(b, 0) | bit
             elif p < first:  # a slower tier holds it: that copy stays, this one is the fastest
                 written += 1
                 self.slower.setdefault(b, []).insert(0, p)
@@ -307,28 +317,48 @@ class LocalTiers:
                 mine[k + 1] += written * size
                 continue
             out = []
+            append = out.append
             holders = self.holders
-            bit = self.bit
-            where = self.where
-            for p, b in copies:
-                if get(b) == p and (not slower or b not in slower):
-                    del where[b]
-                    if holders is not None:
-                        left = holders.get(b, 0) & ~bit
-                        if left:
-                            holders[b] = left
-                        else:
-                            holders.pop(b, None)
-                elif p in self.copies(b):
-                    slower[b].pop()  # the slowest copy
-                    if not slower[b]:
-                        del slower[b]
-                else:
-                    continue
-                out.append(b)
-                over -= 1
-                if not over:
-                    break
+            pop = self.where.pop
+            if not slower and holders is not None:  # the usual case: every copy is its block's only one
+                hget = holders.get
+                hpop = holders.pop
+                others = ~self.bit
+                for p, b in copies:
+                    q = pop(b, None)
+                    if q != p:  # stale: the block's copy is elsewhere (or gone)
+                        if q is not None:
+                            self.where[b] = q
+                        continue
+                    left = hget(b, 0) & others
+                    if left:
+                        holders[b] = left
+                    else:
+                        hpop(b)
+                    append(b)
+                    over -= 1
+                    if not over:
+                        break
+            else:
+                for p, b in copies:
+                    if get(b) == p and (not slower or b not in slower):
+                        pop(b)
+                        if holders is not None:
+                            left = holders.get(b, 0) & ~self.bit
+                            if left:
+                                holders[b] = left
+                            else:
+                                holders.pop(b, None)
+                    elif p in self.copies(b):
+                        slower[b].pop()  # the slowest copy
+                        if not slower[b]:
+                            del slower[b]
+                    else:
+                        continue
+                    append(b)
+                    over -= 1
+                    if not over:
+                        break
             lo[k] = p + 1
             self._compact()
             return out
