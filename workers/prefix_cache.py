@@ -24,20 +24,18 @@ whatever the number of instances.
 Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
 `trim` demotes what it evicts, `probe` finds how far a prompt's prefix reaches
 into them, `plan_load` decides whether loading beats recomputing and `load`
-promotes the blocks back into HBM once the prompt is admitted. An instance's tiers are one
-sequence of block copies (`LocalTiers`): a block demoted from host to SSD stays where it is
-while the boundary between the two moves past it, and one dict says which tier holds each
-block. They register in one router index (every instance's tiers in the first of the
-cluster's tier indexes), so the router sees HBM, the instance's own tiers and the store.
-A write-through store (kv_store.write: through) takes every prefilled prompt's blocks
-(`insert`) instead of the last tier's evictions.
+promotes the blocks back into HBM once the prompt is admitted. An instance's tiers share
+one router index (every instance's tiers register in the first of the cluster's tier
+indexes), so a block demoted from host to SSD changes no index, and the router sees HBM,
+the instance's own tiers and the store. A write-through store (kv_store.write: through) takes every
+prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import count, repeat
+from itertools import repeat
 
-from workers.kv_tiers import STORE, KvTier, StoreWrite, TierLru
+from workers.kv_tiers import STORE, StoreWrite, TierLru
 from workers.report import TierUsage
 
 
@@ -161,281 +159,24 @@ def _leading(masks) -> dict[int, int]:
     return depth
 
 
-def _from(seq: list, start: int, base: int):
-    """(position, block) pairs of `seq` (whose first item is at position `base`) from `start`."""
-    items = iter(seq)
-    items.__setstate__(start - base)  # a list iterator resumes at an index without walking there
-    return zip(count(start), items)
-
-
-def _nowhere(block: int) -> None:
-    """`LocalTiers.where.get` for a cache without tiers."""
-    return None
-
-
-class TierLevel:
-    """One tier below HBM of one instance (a level of its `LocalTiers`): its size, the bytes
-    moved, and its blocks (least recently used first) for inspection."""
-
-    __slots__ = ("tier", "capacity", "written_bytes", "read_bytes", "owner", "k")
-
-    shared = False  # (the cluster's store is a TierLru with shared=True)
-
-    def __init__(self, tier: KvTier, capacity: int, owner: "LocalTiers", k: int):
-        self.tier = tier
-        self.capacity = capacity
-        self.written_bytes = 0.0
-        self.read_bytes = 0.0
-        self.owner = owner
-        self.k = k
-
-    @property
-    def blocks(self) -> list:
-        return self.owner.held(self.k)
-
-    def __len__(self) -> int:
-        return self.owner.count[self.k]
-
-    def __contains__(self, block: int) -> bool:
-        p = self.owner.where.get(block)
-        return p is not None and self.owner.tier_of(block, self.k)
-
-
-class LocalTiers:
-    """An instance's tiers below HBM (host, SSD, ...), each an LRU of at most `capacity` blocks, as
-    one sequence of block copies: the last tier's least recently used first, up to the first
-    tier's most recently used last. Tier k holds the copies at positions lo[k] .. lo[k-1] - 1
-    (tier 0's run to the end). A block tier k evicts becomes the most recently used of tier k + 1:
-    the position right below the boundary, where it already is, so demoting it moves the boundary
-    and nothing else, and the tiers need one index between them.
-
-    `where`: block -> position of its fastest copy. A block can be in several tiers at once (HBM
-    evicts a block into the host tier while the SSD still holds an older copy, kept because a
-    prompt recomputed it instead of loading it); the slower copies' positions are in `slower`
-    (block -> positions, fastest first), usually empty. A position that neither names is a stale
-    copy (the block was put again, promoted, or dropped) and is skipped as boundaries pass it.
-    Positions only grow; `base` is the position of seq[0], and the copies below the last tier's
-    boundary are cut off from time to time.
-    """
-
-    __slots__ = ("seq", "base", "lo", "count", "capacity", "where", "slower", "holders", "bit", "levels",
-                 "block_bytes", "compact_after")
-
-    def __init__(self, tiers: tuple, block_bytes: float, index: PrefixIndex | None, bit: int):
-        self.seq: list[int] = []
-        self.base = 0
-        self.lo = [0] * len(tiers)
-        self.count = [0] * len(tiers)
-        self.capacity = [t.capacity_blocks(block_bytes) for t in tiers]
-        self.where: dict[int, int] = {}
-        self.slower: dict[int, list[int]] = {}
-        self.holders = index.holders if index is not None else None
-        self.bit = bit
-        self.block_bytes = block_bytes
-        self.compact_after = 4096  # dead copies before the sequence is cut
-        self.levels = tuple(TierLevel(t, c, self, k) for k, (t, c) in enumerate(zip(tiers, self.capacity)))
-
-    def copies(self, block: int) -> list[int]:
-        """Positions of `block`'s copies, fastest first."""
-        p = self.where.get(block)
-        return [] if p is None else [p] + self.slower.get(block, [])
-
-    def tier_of(self, block: int, k: int) -> bool:
-        """Whether tier `k` holds `block`."""
-        top = self.base + len(self.seq) if k == 0 else self.lo[k - 1]
-        return any(self.lo[k] <= p < top for p in self.copies(block))
-
-    def held(self, k: int) -> list[int]:
-        """Tier `k`'s blocks, least recently used first."""
-        top = self.base + len(self.seq) if k == 0 else self.lo[k - 1]
-        return [b for p, b in enumerate(self.seq[self.lo[k] - self.base:top - self.base], self.lo[k])
-                if p in self.copies(b)]
-
-    def put(self, moving: list, mine: list) -> list:
-        """HBM's evictions (oldest first) into the first tier, each tier's LRU evictions into the
-        next; returns what falls out of the last, oldest first. Bytes written count per tier,
-        into each level and `mine` (the instance's own, per level)."""
-        seq = self.seq
-        where = self.where
-        get = where.get
-        first = self.lo[0]
-        pos = self.base + len(seq)  # the new copies' positions: pos, pos + 1, ...
-        holders = self.holders
-        hget = holders.get if holders is not None else None
-        bit = self.bit
-        written = 0
-        for b in moving:
-            p = get(b)
-            if p is None:
-                written += 1
-                if hget is not None:
-                    holders[b] = hget(b, 0) | bit
-            elif p < first:  # a slower tier holds it: that copy stays, this one is the fastest
-                written += 1
-                self.slower.setdefault(b, []).insert(0, p)
-            # else: the first tier holds it already; that copy goes stale (touched)
-        where.update(zip(moving, range(pos, pos + len(moving))))
-        seq.extend(moving)
-        size = self.block_bytes
-        self.count[0] += written
-        self.levels[0].written_bytes += written * size
-        mine[0] += written * size
-        return self._overflow(mine)
-
-    def _overflow(self, mine: list) -> list:
-        """Move each full tier's boundary past its oldest copies until it fits: into the next
-        tier (written unless that tier has the block already), out of the last."""
-        seq = self.seq
-        base = self.base
-        get = self.where.get
-        slower = self.slower
-        counts = self.count
-        lo = self.lo
-        size = self.block_bytes
-        last = len(lo) - 1
-        for k in range(last + 1):
-            over = counts[k] - self.capacity[k]
-            if over <= 0:
-                return []
-            counts[k] -= over
-            copies = _from(seq, lo[k], base)  # (position, block) from the boundary up
-            if k < last:
-                written = 0
-                for p, b in copies:
-                    if get(b) == p and (not slower or b not in slower):
-                        written += 1  # the only copy: now the next tier's most recently used
-                    elif p in self.copies(b):
-                        written += self._cross(b, p, lo[k + 1])
-                    else:
-                        continue  # stale
-                    over -= 1
-                    if not over:
-                        break
-                lo[k] = p + 1
-                counts[k + 1] += written
-                self.levels[k + 1].written_bytes += written * size
-                mine[k + 1] += written * size
-                continue
-            out = []
-            append = out.append
-            holders = self.holders
-            pop = self.where.pop
-            if not slower and holders is not None:  # the usual case: every copy is its block's only one
-                hget = holders.get
-                hpop = holders.pop
-                others = ~self.bit
-                for p, b in copies:
-                    q = pop(b, None)
-                    if q != p:  # stale: the block's copy is elsewhere (or gone)
-                        if q is not None:
-                            self.where[b] = q
-                        continue
-                    left = hget(b, 0) & others
-                    if left:
-                        holders[b] = left
-                    else:
-                        hpop(b)
-                    append(b)
-                    over -= 1
-                    if not over:
-                        break
-            else:
-                for p, b in copies:
-                    if get(b) == p and (not slower or b not in slower):
-                        pop(b)
-                        if holders is not None:
-                            left = holders.get(b, 0) & ~self.bit
-                            if left:
-                                holders[b] = left
-                            else:
-                                holders.pop(b, None)
-                    elif p in self.copies(b):
-                        slower[b].pop()  # the slowest copy
-                        if not slower[b]:
-                            del slower[b]
-                    else:
-                        continue
-                    append(b)
-                    over -= 1
-                    if not over:
-                        break
-            lo[k] = p + 1
-            self._compact()
-            return out
-        return []
-
-    def _cross(self, block: int, p: int, below: int) -> int:
-        """`block`'s copy at `p`, one of several, crosses into the next tier (which starts at
-        `below`): 1 if written there, 0 if that tier's copy (the next slower one) goes stale."""
-        rest = self.slower[block]
-        j = 0 if self.where[block] == p else rest.index(p) + 1
-        if j < len(rest) and rest[j] >= below:
-            del rest[j]
-            if not rest:
-                del self.slower[block]
-            return 0
-        return 1
-
-    def _compact(self) -> None:
-        """Drop the copies below the last tier's boundary once they are most of the sequence."""
-        dead = self.lo[-1] - self.base
-        if dead > self.compact_after and 2 * dead > len(self.seq):
-            del self.seq[:dead]
-            self.base += dead
-
-    def take(self, blocks, k: int) -> None:
-        """Remove `blocks`, promoted to HBM, from tier `k`, the fastest local holder of each
-        (a block that repeats in the prompt left already)."""
-        where = self.where
-        get = where.get
-        slower = self.slower
-        at = self.lo[k]
-        holders = self.holders
-        bit = self.bit
-        counts = self.count
-        for b in blocks:
-            p = get(b)
-            if p is None or p < at:
-                continue
-            counts[k] -= 1
-            if slower and b in slower:
-                rest = slower[b]
-                where[b] = rest.pop(0)
-                if not rest:
-                    del slower[b]
-                continue
-            del where[b]
-            if holders is not None:
-                left = holders.get(b, 0) & ~bit
-                if left:
-                    holders[b] = left
-                else:
-                    holders.pop(b, None)
-
-
 class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
     __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
-                 "load_s", "through", "local", "evict_to", "read_bytes", "written_bytes")
+                 "load_s", "through", "demote_to", "read_bytes", "written_bytes", "nlocal")
 
     def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
-                 tiers: tuple = (), block_bytes: float = 0.0, store: TierLru | None = None,
-                 tier_index: PrefixIndex | None = None):
-        """`tiers`: the instance's tiers below HBM (KvTier, fastest first), registered in
-        `tier_index` when given; `store`: the cluster's shared store, if any."""
+                 levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
+        """`levels`: the tiers below HBM, fastest first, the shared store (if any) last."""
         if block_tokens <= 0:
             raise ValueError(f"block_tokens must be positive, got {block_tokens}")
         self.block_tokens = int(block_tokens)
         self.bit = 1 << int(instance)
         self.index = index
         self.blocks: OrderedDict[int, None] = OrderedDict()
-        block_bytes = float(block_bytes)
-        self.local = LocalTiers(tiers, block_bytes, tier_index, self.bit) if tiers else None
-        # Every level below HBM, fastest first, the shared store last.
-        self.levels = (self.local.levels if self.local is not None else ()) + ((store,) if store is not None else ())
+        self.levels = tuple(levels)
         self.deep = bool(self.levels)  # the hot path skips everything below HBM when False
-        self.block_bytes = block_bytes
+        self.block_bytes = float(block_bytes)
         # Prompt tokens served from each level below HBM (the engine counts the total), and the
         # seconds prompts spent loading them.
         self.hit_tokens = [0] * len(self.levels)
@@ -446,8 +187,8 @@ class PrefixCache:
         # A write-through store (the last level) is written by every prefill, not by demotion.
         last = self.levels[-1] if self.levels else None
         self.through = last if last is not None and last.shared and last.tier.write == StoreWrite.THROUGH else None
-        # Where the last tier's evictions go (HBM's, without tiers): a store written on eviction.
-        self.evict_to = store if store is not None and self.through is None else None
+        self.demote_to = self.levels[:-1] if self.through is not None else self.levels
+        self.nlocal = sum(not level.shared for level in self.levels)  # the instance's own tiers, first
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -526,66 +267,70 @@ class PrefixCache:
                 index.discard(block, bit)
 
     def _demote(self, moving: list) -> None:
-        """HBM evictions (oldest first) move down: through the instance's tiers (LocalTiers.put),
-        then what falls out of the last one into a store written on eviction, whose own LRU
-        evictions leave the cache. Inlined TierLru.put: this runs for every block leaving HBM."""
-        if self.local is not None:
-            moving = self.local.put(moving, self.written_bytes)
-            if not moving:
-                return
-        store = self.evict_to
-        if store is None:
-            return
-        held = store.blocks
-        move = held.move_to_end
-        written = 0
-        for b in moving:
-            if b in held:
-                move(b)
-            else:
-                held[b] = None
-                written += 1
+        """HBM evictions (oldest first) move down: into the first level, each level's own LRU
+        evictions one further; the store's fall out of the cache. Inlined TierLru.put: this
+        runs for every block leaving HBM."""
         size = self.block_bytes
-        store.written_bytes += written * size
-        self.written_bytes[-1] += written * size
-        over = len(held) - store.capacity
-        if over > 0:
+        mine = self.written_bytes
+        last = self.nlocal - 1
+        for k, level in enumerate(self.demote_to):
+            held = level.blocks
+            move = held.move_to_end
+            index = level.index
+            bit = level.bit
+            # The instance's tiers share one router index: only HBM's evictions can be new to it.
+            holders = index.holders if index is not None and k == 0 else None
+            written = 0
+            if holders is not None:
+                get = holders.get
+                for b in moving:
+                    if b in held:
+                        move(b)
+                    else:
+                        held[b] = None
+                        written += 1
+                        holders[b] = get(b, 0) | bit
+            else:
+                for b in moving:
+                    if b in held:
+                        move(b)
+                    else:
+                        held[b] = None
+                        written += 1
+            level.written_bytes += written * size
+            mine[k] += written * size
+            over = len(held) - level.capacity
+            if over <= 0:
+                return
             pop = held.popitem
-            for _ in range(over):
-                pop(last=False)
+            moving = [pop(last=False)[0] for _ in range(over)]
+            if k == last and index is not None:  # out of the instance's tiers (a faster one may hold a copy)
+                self._untier(moving, k)
+
+    def _untier(self, blocks: list, k: int) -> None:
+        """`blocks` left tier `k`: out of the tier index, but for those another of the instance's
+        tiers still holds (a block put into a faster tier while a slower one kept its copy)."""
+        level = self.levels[k]
+        others = [other.blocks for j, other in enumerate(self.levels[:self.nlocal]) if j != k]
+        if others:
+            blocks = [b for b in blocks if not any(b in held for held in others)]
+        _discard_all(level.index.holders, blocks, level.bit)
 
     def probe(self, blocks, start: int) -> list:
         """The levels holding blocks[start:], up to the first block no level holds, as runs:
         [level, count] for each stretch of consecutive blocks whose fastest holder is that
         level (an index into `levels`). Nothing moves."""
         runs = []
-        local = self.local
-        if local is not None:
-            where = local.where.get
-            bounds = local.lo
-            first = bounds[0]
-            deeper = len(bounds) > 1
-            nlocal = len(bounds)
-        else:
-            where = _nowhere
-            first = deeper = nlocal = 0
-        store = self.levels[-1] if self.levels and self.levels[-1].shared else None
-        in_store = store.blocks.__contains__ if store is not None else None
+        held = [level.blocks for level in self.levels]
         run = None
         last = -1
         for i in range(start, len(blocks)):
             block = blocks[i]
-            p = where(block)
-            if p is None:
-                if in_store is None or not in_store(block):
+            for k, level in enumerate(held):
+                if block in level:
                     break
-                k = nlocal
-            elif p >= first or not deeper:
-                k = 0
             else:
-                k = 1
-                while p < bounds[k]:
-                    k += 1
+                break
             if k == last:
                 run[1] += 1
             else:
@@ -660,7 +405,11 @@ class PrefixCache:
             part = blocks[i:i + n]
             i += n
             if not level.shared:
-                self.local.take(part, k)
+                below = level.blocks
+                for block in part:
+                    below.pop(block, None)  # (None: a block that repeats in the prompt left already)
+                if level.index is not None:
+                    self._untier(part, k)
             for block in part:
                 held[block] = None
             if holders is not None:
@@ -710,7 +459,13 @@ def tier_usage(prefix: PrefixCache | None) -> tuple:
 def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
                  tier_indexes: tuple = (), store: TierLru | None = None) -> PrefixCache:
     """An instance's prefix cache: HBM, its `tiers` (KvTier, fastest first; all of them register
-    in tier_indexes[0] when given, the router only asking whether an instance holds a block in
-    any of its tiers) and the cluster's shared `store`."""
-    return PrefixCache(block_tokens, instance, index, tuple(tiers), block_tokens * float(kv_bytes_per_token), store,
-                       tier_indexes[0] if tier_indexes else None)
+    in tier_indexes[0] when given: the router asks whether an instance holds a block in any of
+    its tiers, so a block moving from one tier to the next changes no index) and the cluster's
+    shared `store`."""
+    block_bytes = block_tokens * float(kv_bytes_per_token)
+    bit = 1 << int(instance)
+    tier_index = tier_indexes[0] if tier_indexes else None
+    levels = [TierLru(t, t.capacity_blocks(block_bytes), tier_index, bit) for t in tiers]
+    if store is not None:
+        levels.append(store)
+    return PrefixCache(block_tokens, instance, index, tuple(levels), block_bytes)

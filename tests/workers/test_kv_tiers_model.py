@@ -1,9 +1,10 @@
 """The prefix cache's levels below HBM against a plain model of them: one LRU (OrderedDict) per
-level, demotions passed down in batches, as the cache behaved before its tiers became one
-sequence of block copies (workers/prefix_cache.py LocalTiers). Hypothesis drives random
-inserts, lookups, trims and loads, with repeated blocks and tiers of any size (zero included),
-and after every step compares each level's blocks in LRU order, the bytes moved, and the
-router's indexes."""
+level, demotions passed down in batches, and the router's view of an instance's tiers as the
+union of what each holds (the cache keeps one index for all of them, updated only when a block
+enters or leaves the last of the instance's tiers to hold it). Hypothesis drives random inserts,
+lookups, trims and loads, with repeated blocks, copies in several tiers and tiers of any size
+(zero included), and after every step compares each level's blocks in LRU order, the bytes
+moved, and the router's indexes."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -118,8 +119,6 @@ class TiersAgainstModel(RuleBasedStateMachine):
             shared = TierLru(tier("store", store_cap, write), store_cap, shared=True)
         self.cache = tiered_cache(BLOCK, 0, self.index, [tier(f"t{k}", c) for k, c in enumerate(caps)], KV_BYTES,
                                   (self.tier_index,), shared)
-        if self.cache.local is not None:
-            self.cache.local.compact_after = 2  # cut the sequence often, not once in 4,096 copies
         self.model = Model(caps, store_cap if store is not None else None, store == "through")
 
     @rule(blocks=prompts)
