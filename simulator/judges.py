@@ -16,21 +16,29 @@ while a judgement of it is open. Per request this adds one pass (a few events) p
 """
 from __future__ import annotations
 
-from scheduler.config import Serving
-from scheduler.types import Role
+from scheduler.plugins.overhead import judge_pool
+from scheduler.types import Pass, PassKind
 from workers.engine import FINISHED
 
 JUDGE_ID_BASE = 1 << 50  # above any request id; exact in the float64 event arrays
 JUDGED = 3  # an engine event of a judgement, rewritten to the request judged (energy and dollars only)
 
 
-def judge_pool(cluster, model: str, device: str):
-    """The pool that runs judgements of `model` on `device`: a judge pool first, else a pool serving
-    that model there; colocated (a judgement is one prefill and one token). None when there is none."""
-    fits = [p for p in cluster.pools if p.config.model == model and p.config.device == device
-            and p.role == Role.BOTH and p.config.serving != Serving.OWN_DEVICE]
-    fits.sort(key=lambda p: p.config.serving != Serving.JUDGE)
-    return fits[0] if fits else None
+class OnePass:
+    """The staging of a one-pass policy whose plugin judges each request first (`local-first` with
+    `staging: none`: its router): the runtime's multi-pass path runs the router's pass, then the pass."""
+
+    name = "one-pass"
+    logs_passes = False  # a decision log shows its decisions as a one-pass policy's
+
+    def first(self, req, snap) -> Pass:
+        return Pass(req, 0, PassKind.FIRST)
+
+    def credit(self, orig, tag: int, capability: float, snap) -> float:
+        return capability
+
+    def after(self, orig, tag: int, capability: float, correct: bool, snap, now_s: float):
+        return None
 
 
 class Judges:

@@ -25,7 +25,7 @@ from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
 from scheduler.types import PassKind, Request, RequestStatus, Role
-from simulator.judges import JUDGE_ID_BASE, Judges
+from simulator.judges import JUDGE_ID_BASE, Judges, OnePass
 from simulator.kv_usage import kv_tier_usage
 from simulator.ledger import ColumnWriter, RecordWindow
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
@@ -117,7 +117,8 @@ class Simulation:
         self.reject_reasons: dict[str, int] = {}
         # Multi-pass policies (cascade escalation, advisor): the request as it arrived, the
         # staging plugin's tag for its pass in flight and that pass's number, per request id.
-        self.staging = policy.staging
+        # A one-pass policy that judges each request first (a router) runs through the multi-pass path.
+        self.staging = policy.staging if policy.staging is not None or not policy.judges_first else OnePass()
         self._passes: dict[int, tuple[Request, int, int]] = {}
         # Every decision, with its per-plugin breakdown, when a log is attached.
         self.decision_log = decision_log
@@ -314,7 +315,7 @@ class Simulation:
         self._place_first(req, first, now, rng)
 
     def _place_first(self, req: Request, first, now: float, rng: np.random.Generator) -> None:
-        if self.decision_log is not None:
+        if self.decision_log is not None and getattr(self.staging, "logs_passes", True):
             self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
         if reason:

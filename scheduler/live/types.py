@@ -230,6 +230,9 @@ class SchedulerStatsView:
     control_overhead_s: Percentiles = Percentiles()
     time_scale: float = 0.0
     prompt_lengths: dict[str, int] = field(default_factory=dict)  # accepted requests by PromptSource value
+    # Routers' passes by kind (scheduler/live/judges.py): passes, failed, unplaced, seconds, queue_s,
+    # energy_j, cost_usd (apart_*: the part charged at batch 1, beside the pools), device, model, pool.
+    judgements: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

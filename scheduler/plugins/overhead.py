@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.config import Serving
 from scheduler.framework import param
+from scheduler.types import Role
 from scheduler.validation import ConfigError
 from workers.devices import DEVICES, get_device
 from workers.models import MODELS, load_model, with_dtype
@@ -116,3 +118,13 @@ def verifier_cost(params) -> InferenceCost | None:
     if params.verifier_model == NONE:
         return None
     return InferenceCost("verifier", params.verifier_model, params.verifier_device, "verifier_model")
+
+
+def judge_pool(cluster, model: str, device: str):
+    """The pool that runs judgements of `model` on `device`: a judge pool (`serving: judge`) first,
+    else a pool serving that model there; colocated (a judgement is one prefill and one token).
+    None when there is none: the judgement is then charged at batch 1 (InferenceCost)."""
+    fits = [p for p in cluster.pools if p.config.model == model and p.config.device == device
+            and p.role == Role.BOTH and p.config.serving != Serving.OWN_DEVICE]
+    fits.sort(key=lambda p: p.config.serving != Serving.JUDGE)
+    return fits[0] if fits else None
