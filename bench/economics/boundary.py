@@ -194,7 +194,7 @@ def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
                 "stream per second as 8B at the modelled 12.9 tok/s; a forum report, the weaker source) and "
                 f"{hi:.1f} W for Llama-3.1-8B Q4_K_M on its CPU (llama.cpp, Android BatteryManager, median of 30 "
                 "runs: Ehsani et al. 2026, github.com/eziyoo/LLMs-on-Devices). The modelled phone serves at the NPU "
-                f"figure ({modelled:.1f} W in these runs). With the measured speeds its busy seconds per query "
+                f"figure ({modelled:.1f} W on average while busy in these runs, prefill and decode together). With the measured speeds its busy seconds per query "
                 f"stand ({ci95(r['busy_s'] for r in runs).fmt('.1f', suffix=' s')}), so its facility energy per "
                 "query is serving power x those seconds x its wall factor:"]
     lines = head + ["",
@@ -211,9 +211,10 @@ def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
     lines.append("| break-even serving power | - | " + " | ".join(e.fmt(".1f", suffix=" W") for _, e in evens) + " |")
     held = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) == 1]
     flips = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) > 1]
-    lower = [name for (name, e) in evens if e.mean >= hi]
-    higher = [name for (name, e) in evens if e.mean <= lo]
-    inside = [f"{name} (at {e.mean:.1f} W)" for (name, e) in evens if lo < e.mean < hi]
+    # Break-even powers whose interval reaches into the range [lo, hi] sit on the verdict's edge.
+    lower = [name for (name, e) in evens if e.lo > hi]
+    higher = [name for (name, e) in evens if e.hi < lo]
+    inside = [f"{name} (at {e.fmt('.1f', suffix=' W')})" for (name, e) in evens if e.lo <= hi and e.hi >= lo]
     span_text = f"{lo:.1f}-{hi:.1f} W" + (" (measured)" if meta is not None else "")
     return lines + ["", f"- Over {span_text} the phone's verdict (lower or higher energy per query) "
                     + (f"holds against {'; '.join(held)}" if held else "holds against none of them")
@@ -221,7 +222,8 @@ def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
                     "- Where the verdict sits: the phone spends less than "
                     + ("; ".join(lower) if lower else "none of them") + " at any power in the range, more than "
                     + ("; ".join(higher) if higher else "none of them") + " at any power in it"
-                    + (f", and breaks even within it against {'; '.join(inside)}" if inside else "") + ".", ""]
+                    + (f", and breaks even within it or at its edge against {'; '.join(inside)}" if inside else "")
+                    + ".", ""]
 
 
 def _findings(res: dict, alone: list[str], batched: list[str]) -> list[str]:

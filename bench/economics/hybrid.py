@@ -172,6 +172,13 @@ def _setting_table(r: dict) -> list[str]:
              "| SLO attainment | escalations | energy kWh | energy vs cloud-only: whole | fractional | busy-time "
              "| cost vs cloud-only: whole | fractional |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if r.get("judge_pools") is not None:  # where the local-first fleets' judgements ran
+        judges = [f"{p['instances']} x {p['chips_per_instance']} H100 running {p['model']} ({p['name']})"
+                  for p in r["judge_pools"]]
+        lines[2:2] = [f"Local-first fleets carry judge pools (`serving: judge`, sized for {JUDGE_UTILIZATION:.0%} "
+                      "prefill utilization at this rate; their energy and dollars count): "
+                      + ("; ".join(judges) if judges else "none") + "; the 70B verifier runs on the 70B cloud pool "
+                      "where the cloud serves 70B.", ""]
     base = at_whole(fams["cloud_only"])
     for label, fam in fams.items():
         c = comparison(fams, label) if label != "cloud_only" else None
