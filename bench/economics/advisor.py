@@ -173,7 +173,9 @@ def _notes(a: dict) -> list[str]:
         f"{_quality_ratio(at_whole(a['cascade']), f).fmt('.1f', 100, '%')} of frontier quality at "
         f"{_ratio([r['cost_usd'] for r in at_whole(a['cascade'])], [r['cost_usd'] for r in f])} its cost, with "
         f"{pct(ci95([r['slo_attainment'] for r in at_whole(a['cascade'])]).mean)} SLO attainment: an escalated "
-        "request's TTFT spans its failed passes.",
+        "request's TTFT spans its failed passes" + (" and the verifier's pass between them, queued on the 70B pool "
+                                                    "with that tier's requests." if a.get("judges") == "pooled"
+                                                    else "."),
         "",
     ]
 
