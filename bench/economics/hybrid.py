@@ -177,8 +177,9 @@ def _setting_table(r: dict) -> list[str]:
                   for p in r["judge_pools"]]
         lines[2:2] = [f"Local-first fleets carry judge pools (`serving: judge`, sized for {JUDGE_UTILIZATION:.0%} "
                       "prefill utilization at this rate; their energy and dollars count): "
-                      + ("; ".join(judges) if judges else "none") + "; the 70B verifier runs on the 70B cloud pool "
-                      "where the cloud serves 70B.", ""]
+                      + ("; ".join(judges) if judges else "none")
+                      + ("; the 70B verifier's passes run on the 70B cloud pool." if r["cloud_model"] == "llama-3.1-70b"
+                         else "."), ""]
     base = at_whole(fams["cloud_only"])
     for label, fam in fams.items():
         c = comparison(fams, label) if label != "cloud_only" else None
@@ -325,6 +326,20 @@ def _notes(h: dict) -> list[str]:
             lines.append(f"  With a {h['cloud_70b_loose_ttft']['slo']['ttft_s']:g} s TTFT budget: energy "
                          f"{_pctci(lo['energy_whole'])} (whole), {_pctci(lo['energy_fractional'])} (fractional); "
                          f"cost {_pctci(lo['cost_whole'])} (whole).")
+        judged = [(s, h[s]) for s in ("cloud_70b", "cloud_405b") if h[s].get("judge_pools")]
+        if judged:
+            parts = []
+            for setting, r in judged:
+                names = [p["name"] for p in r["judge_pools"]]
+                runs = at_whole(r["families"]["oracle"])
+                share = ci95([sum(x["pool_energy_j"].get(n, 0.0) for n in names) / x["energy_j"] for x in runs])
+                parts.append(f"{share.fmt('.1f', 100, '%')} of the oracle hybrid's energy against the "
+                             f"{r['cloud_model'].rsplit('-', 1)[1].upper()} cloud at {r['rate_rps']:g} req/s "
+                             f"({', '.join(names)})")
+            lines.append("- **What judging costs.** The judge pools spend " + "; ".join(parts) + ". The 70B "
+                         "verifier's passes run batched on the 70B cloud pool where the cloud serves 70B; a "
+                         "judgement charged at batch 1 on an instance of its own pays that instance's idle power "
+                         "and host for one sequence at a time.")
     for sw in _sweeps(h):
         model = HYBRID_SETTINGS[sw["setting"]][0].rsplit("-", 1)[1].upper()
         gpus = HYBRID_SETTINGS[sw["setting"]][1]
