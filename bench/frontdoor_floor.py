@@ -9,8 +9,8 @@ the default asyncio loop, with the libraries infersched's front door uses:
 - gRPC: infersched.v1.Scheduler/Generate as infersched's servicer answers it to a
   token-count client: a synthetic prompt of `prompt_length` tokens (the same words
   and key as `OpenAIWorkerClient` sends, so the engine does the same work), one
-  message per engine chunk that carries text, the record (status COMPLETED) with the
-  last one.
+  message per engine chunk that carries text, sent as it arrives, the record (status
+  COMPLETED) with the last token.
 What infersched adds over this process is its own cost; what this process adds over
 calling the engine directly is the cost of any one-hop front door on this machine.
 
@@ -77,10 +77,12 @@ class Floor(scheduler_pb2_grpc.SchedulerServicer):
                 choices = json.loads(line[5:]).get("choices") or []
                 if not choices or not choices[0].get("text"):
                     continue
-                if held is not None:
-                    yield scheduler_pb2.GenerateResponse(tokens=held)
-                held = common_pb2.TokenChunk(request_id=request.request_id, token_count=1, first_token_index=index)
+                chunk = common_pb2.TokenChunk(request_id=request.request_id, token_count=1, first_token_index=index)
                 index += 1
+                if index < request.max_output_tokens:
+                    yield scheduler_pb2.GenerateResponse(tokens=chunk)
+                else:  # the last token (the engine ignores EOS) waits for the record, as serve's does
+                    held = chunk
         yield scheduler_pb2.GenerateResponse(tokens=held, record=scheduler_pb2.RequestRecord(
             request_id=request.request_id, status=common_pb2.REQUEST_STATUS_COMPLETED, output_tokens=index))
 
