@@ -246,7 +246,7 @@ class HttpFrontDoor:
             # Before the engine's request leaves (the worker client's task sends it a loop turn
             # or two later): that write wakes the engine, which on a busy host takes this
             # process's core for its prefill, and headers sent after it reached the client
-            # 0.3-1.2 ms later in TTFT (BENCHMARKS 11, "hops").
+            # 0.4-1.3 ms later in TTFT (BENCHMARKS 11.1).
             await response.prepare(request)
             await response.write(b"")  # aiohttp holds headers for the first body bytes
             items = await stream.take()
