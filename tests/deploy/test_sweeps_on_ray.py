@@ -2,7 +2,7 @@
 cluster (--address: the checkout shipped with runtime_env) and on a local instance (--parallel 2).
 
 The cluster is started by the script, from a fresh process, as the live tests do
-(tests/live/conftest.py says why not `ray.init()` here). This process only joins it
+(tests/ray_cluster.py says why not `ray.init()` here). This process only joins it
 as a driver (`ray.init(address=...)` forks nothing). `--parallel` starts its Ray
 instance with `ray.init(num_cpus=N)`, which forks Ray's processes, so it is run as
 the CLI in a subprocess: a fresh process, like a user's.
