@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s", "difficulty")
+    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s", "difficulty", "trace_row")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class GenerateRequest(_message.Message):
     MIN_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ROW_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     prompt_length: int
@@ -31,7 +32,8 @@ class GenerateRequest(_message.Message):
     min_capability: float
     sent_unix_s: float
     difficulty: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ..., difficulty: _Optional[float] = ...) -> None: ...
+    trace_row: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ..., difficulty: _Optional[float] = ..., trace_row: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "record")

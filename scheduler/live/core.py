@@ -325,7 +325,7 @@ class SchedulerCore:
             tally.finished(RequestStatus.REJECTED, Reason.PENDING_BYTES)
             raise Overloaded(f"{self._pending_bytes:,} bytes of requests are in flight; {inp.size_bytes:,} more would "
                              f"pass the bound ({self.options.max_pending_bytes:,}, --max-pending-bytes); retry later")
-        fl = Flight(key, self._seq - 1, inp, min_cap, arrival, wall0, sink)
+        fl = Flight(key, self._seq - 1 if inp.trace_row is None else inp.trace_row, inp, min_cap, arrival, wall0, sink)
         self._active[key] = fl
         self._awaiting_first += 1
         self._pending_bytes += fl.size_bytes
@@ -355,6 +355,8 @@ class SchedulerCore:
             raise InvalidRequest(f"field 'min_capability': must be in [0, 1], got {min_cap}")
         if not (math.isfinite(inp.difficulty) and 0.0 <= inp.difficulty <= 1.0):
             raise InvalidRequest(f"field 'difficulty': must be in [0, 1], got {inp.difficulty}")
+        if inp.trace_row is not None and inp.trace_row < 0:
+            raise InvalidRequest(f"field 'trace_row': must be >= 0, got {inp.trace_row}")
         if inp.model_tier:
             if inp.model_tier not in self._tiers:
                 raise InvalidRequest(f"field 'model_tier': unknown tier {echo(inp.model_tier)}; this cluster serves "

@@ -59,7 +59,8 @@ def generate_input(request: scheduler_pb2.GenerateRequest, size_bytes: int = 0) 
         tpot_slo_s=request.tpot_slo_s if request.HasField("tpot_slo_s") else None,
         prefix_block_hashes=tuple(request.prefix_block_hashes),
         sent_unix_s=request.sent_unix_s if request.HasField("sent_unix_s") else None,
-        difficulty=request.difficulty if request.HasField("difficulty") else 0.0, size_bytes=size_bytes)
+        difficulty=request.difficulty if request.HasField("difficulty") else 0.0,
+        trace_row=request.trace_row if request.HasField("trace_row") else None, size_bytes=size_bytes)
 
 
 def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:

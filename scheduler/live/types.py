@@ -123,6 +123,7 @@ class GenerateInput:
     prefix_block_hashes: tuple[int, ...] = ()
     sent_unix_s: float | None = None  # when the client sent it
     difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
+    trace_row: int | None = None  # the policy's request number when set (a replayed trace's row)
     payload: PromptPayload | None = None
     size_bytes: int = 0  # what it holds while in flight, against LiveOptions.max_pending_bytes
     prompt_source: PromptSource = PromptSource.CLIENT
