@@ -47,6 +47,39 @@ def session_resources() -> dict[str, float]:
     return need
 
 
+def cluster_env() -> dict[str, str]:
+    """The environment for local_multinode.sh and the CLI beside a test cluster."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this interpreter's ray
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    # This process's Ray reads RAY_AUTH_MODE once (unset: no token auth), so the
+    # cluster runs in the mode this driver already has.
+    env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
+    return env
+
+
+@contextlib.contextmanager
+def scripted_cluster(*start_args: str, prefix: str = "isl-"):
+    """`local_multinode.sh start START_ARGS` in a temp dir of its own; yields the cluster's
+    address; stops it after, and asserts that none of its processes are left."""
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Unix socket paths live under it
+    env = cluster_env()
+    script = lambda *args: subprocess.run(  # noqa: E731
+        [str(LOCAL_CLUSTER_SCRIPT), *args, "--temp-dir", temp_dir],
+        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    try:
+        started = script("start", *start_args)
+        assert started.returncode == 0, f"local_multinode.sh start failed:\n{started.stderr}"
+        yield re.search(r"^RAY_ADDRESS=(\S+)$", started.stdout, re.M)[1]
+    finally:
+        stopped = script("stop")
+        left = script("pids").stdout.split()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert stopped.returncode == 0, f"local_multinode.sh stop failed:\n{stopped.stderr}"
+        assert not left, f"processes of the test cluster still running after stop: {left}"
+
+
 @contextlib.contextmanager
 def local_ray(resources: dict[str, float]):
     """A one-node Ray cluster declaring `resources`, joined by this process as a driver.
@@ -64,31 +97,12 @@ def local_ray(resources: dict[str, float]):
 
     if ray.is_initialized():
         ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="isl-", dir="/tmp")  # short: Unix socket paths live under it
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this interpreter's ray
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.pop("RAY_ADDRESS", None)
-    # This process's Ray reads RAY_AUTH_MODE once (unset: no token auth), so the
-    # cluster runs in the mode this driver already has.
-    env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
-    script = lambda *args: subprocess.run(  # noqa: E731
-        [str(LOCAL_CLUSTER_SCRIPT), *args, "--temp-dir", temp_dir],
-        capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
-    try:
-        started = script("start", "--head-only", "--num-cpus", "2",
-                         "--head-resources", json.dumps(resources))
-        assert started.returncode == 0, f"local_multinode.sh start failed:\n{started.stderr}"
-        address = re.search(r"^RAY_ADDRESS=(\S+)$", started.stdout, re.M)[1]
-        join(ray, address)
-        yield address
-    finally:
-        ray.shutdown()
-        stopped = script("stop")
-        left = script("pids").stdout.split()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert stopped.returncode == 0, f"local_multinode.sh stop failed:\n{stopped.stderr}"
-        assert not left, f"processes of the test cluster still running after stop: {left}"
+    with scripted_cluster("--head-only", "--num-cpus", "2", "--head-resources", json.dumps(resources)) as address:
+        try:
+            join(ray, address)
+            yield address
+        finally:
+            ray.shutdown()
 
 
 def join(ray, address: str) -> None:
