@@ -27,8 +27,8 @@ into them, `plan_load` decides whether loading beats recomputing and `load`
 promotes the blocks back into HBM once the prompt is admitted. An instance's tiers share
 one router index (every instance's tiers register in the first of the cluster's tier
 indexes), so a block demoted from host to SSD changes no index, and the router sees HBM,
-the instance's own tiers and the store. A write-through store (kv_store.write: through) takes every
-prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
+the instance's own tiers and the store. A write-through store (kv_store.write: through)
+takes every prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
 """
 from __future__ import annotations
 
