@@ -410,6 +410,30 @@ class ClusterSnapshot:
         x = float(context_tokens)
         return [per_token[i] * x + base[i] for i in cands]
 
+    # The predicted-latency scorer's scores, slo / (latency + slo), fused with the predictors
+    # above into one pass: the same operations on the same doubles in the same order
+    # (the latency first, then + slo, then the division), one list built instead of two.
+    def ttft_scores_list(self, cands: list[int], stage: Stage, now_s: float, tokens: int, slo: float) -> list[float]:
+        """slo / (predicted_ttft + slo) for each candidate, as `predicted_ttft_list` then the division."""
+        if not self.lists:
+            self.keep_lists()
+        k = self.stage_pool[stage]
+        if k >= 0:
+            a, b, c = self._pool_prefill_abc[k]
+            prefill = (c * tokens + b) * tokens + a
+            return [slo / ((r - now_s if r > now_s else 0.0) + prefill + slo)
+                    for r in map(self._ready.__getitem__, cands)]
+        return [slo / (x + slo) for x in self.predicted_ttft_list(cands, stage, now_s, tokens)]
+
+    def tpot_scores_list(self, cands: list[int], context_tokens: int, slo: float) -> list[float]:
+        """slo / (predicted_tpot + slo) for each candidate, as `predicted_tpot_list` then the division."""
+        if not self.lists:
+            self.keep_lists()
+        base = self._tpot_base
+        per_token = self._tpot_per_token
+        x = float(context_tokens)
+        return [slo / (per_token[i] * x + base[i] + slo) for i in cands]
+
 
 def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:
     """Least-squares fit of single-sequence prefill time to a + b*n + c*n^2 over 128..32k tokens."""
