@@ -65,6 +65,24 @@ DEFAULT_TOKEN_BUDGET = 8192
 
 INF = math.inf
 
+# The finish heap holds one int per member, (finish step << 33) + request id + 2**32: ints
+# compare in one C call where (finish step, request id) tuples compare element by element
+# (a pop and a push a request, ~0.3-0.5 us less on heaps of 50-200 members). The order is
+# the tuples' (by step, then id) for ids in [-2**32, 2**32) (the live mirrors use negative ids).
+_STEP_SHIFT = 33
+_RID_OFFSET = 1 << 32
+_RID_MASK = (1 << _STEP_SHIFT) - 1
+
+
+def finish_key(finish_step: int, rid: int) -> int:
+    """A member's finish-heap entry."""
+    return (finish_step << _STEP_SHIFT) + rid + _RID_OFFSET
+
+
+def finish_rid(key: int) -> int:
+    """The request id of a finish-heap entry."""
+    return (key & _RID_MASK) - _RID_OFFSET
+
 
 class BatchEngine:
     __slots__ = (
@@ -95,7 +113,7 @@ class BatchEngine:
         self.step = 0  # decode steps this instance has run
         self.batch = 0
         self.ctx_offset_sum = 0.0  # sum over members of (context at join - step at join)
-        self.finish_heap: list = []  # (finish_step, rid)
+        self.finish_heap: list = []  # finish_key(finish_step, rid) per member
         self.members: dict = {}  # rid -> (ctx_offset, kv_tokens, energy_acc at join, cost_acc at join)
         self.held: dict = {}  # prefill-only: rid -> KV tokens held until the hand-over completes
         self.activity = IDLE
@@ -208,7 +226,7 @@ class BatchEngine:
         self.kv_reserved -= kv
         self.batch -= 1
         self.fresh.pop(rid, None)
-        self.finish_heap = [item for item in self.finish_heap if item[1] != rid]
+        self.finish_heap = [key for key in self.finish_heap if finish_rid(key) != rid]
         heapify(self.finish_heap)
 
     def restart_activity(self, now_s: float, events: list) -> None:
@@ -313,12 +331,12 @@ class BatchEngine:
         events.append((FIRST_TOKEN, rid, now_s, energy, cost, start_s))
         if self.role == ROLE_PREFILL:
             self.held[rid] = inp
-        elif out > 1:  # `_join(rid, inp + 1, out - 1, inp + out, now_s)` inlined: once per request
+        elif out > 1:  # joins the decode batch (as a handed-over request joins in `_start_next`)
             step = self.step
             offset = inp + 1 - step
             self.ctx_offset_sum += offset
             self.batch += 1
-            heappush(self.finish_heap, (step + out - 1, rid))
+            heappush(self.finish_heap, ((step + out - 1) << _STEP_SHIFT) + rid + _RID_OFFSET)
             self.members[rid] = (offset, inp + out, self.energy_acc_j, self.cost_acc_usd)
             self.fresh[rid] = now_s
         else:
@@ -372,14 +390,15 @@ class BatchEngine:
         self.decode_tokens += batch * steps
         step = self.step
         heap = self.finish_heap
-        if heap[0][0] > step:
+        beyond = (step + 1) << _STEP_SHIFT  # the first key of a member finishing after this step
+        if heap[0] >= beyond:
             return
         members = self.members
         e_acc = self.energy_acc_j
         c_acc = self.cost_acc_usd
         start = self.act_start_s
-        while heap and heap[0][0] <= step:
-            rid = heappop(heap)[1]
+        while heap and heap[0] < beyond:
+            rid = (heappop(heap) & _RID_MASK) - _RID_OFFSET
             offset, kv, e0, c0 = members.pop(rid)
             self.ctx_offset_sum -= offset
             self.kv_reserved -= kv
@@ -420,14 +439,6 @@ class BatchEngine:
         self.prefill_batch = []
         if self.prefix is not None:
             self.prefix.trim(self.kv_capacity - self.kv_reserved)
-
-    def _join(self, rid: int, context_tokens: int, steps: int, kv_tokens: int, first_token_s: float) -> None:
-        offset = context_tokens - self.step
-        self.ctx_offset_sum += offset
-        self.batch += 1
-        heappush(self.finish_heap, (self.step + steps, rid))
-        self.members[rid] = (offset, kv_tokens, self.energy_acc_j, self.cost_acc_usd)
-        self.fresh[rid] = first_token_s
 
     def _cached_prefix(self, rid: int, inp: int) -> int:
         """Prompt tokens a prefix cache holds for this prompt (at least its last token is computed:
@@ -476,7 +487,14 @@ class BatchEngine:
                 break
             joining.popleft()
             self.kv_reserved += kv
-            self._join(rid, ctx, steps, kv, now_s if first_token_s is None else first_token_s)
+            # `_join` inlined: once per handed-over request.
+            step = self.step
+            offset = ctx - step
+            self.ctx_offset_sum += offset
+            self.batch += 1
+            heappush(self.finish_heap, ((step + steps) << _STEP_SHIFT) + rid + _RID_OFFSET)
+            self.members[rid] = (offset, kv, self.energy_acc_j, self.cost_acc_usd)
+            self.fresh[rid] = now_s if first_token_s is None else first_token_s
             events.append((JOINED, rid, now_s, 0.0, 0.0, now_s))
         # 2. Prompts: chunks beside the decode batch, or prefill-first.
         if self.role != ROLE_DECODE and (self.waiting or self.prefilling):
@@ -487,7 +505,7 @@ class BatchEngine:
                 return
         # 3. Decode until the first member finishes (or a poke cuts the segment).
         if self.batch:
-            steps = self.finish_heap[0][0] - self.step
+            steps = (self.finish_heap[0] >> _STEP_SHIFT) - self.step
             ctx0 = self.ctx_offset_sum + self.batch * self.step
             t, e = self.perf.decode(self.batch, ctx0, steps)
             self.activity = DECODE
@@ -612,7 +630,7 @@ class BatchEngine:
                 # remainder fits in one (or a member finishes and the budget changes).
                 steps = (remaining - 1) // take
                 if self.batch:
-                    until_finish = self.finish_heap[0][0] - self.step
+                    until_finish = (self.finish_heap[0] >> _STEP_SHIFT) - self.step
                     if until_finish < steps:
                         steps = until_finish
             if tokens == budget:
