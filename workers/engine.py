@@ -65,24 +65,6 @@ DEFAULT_TOKEN_BUDGET = 8192
 
 INF = math.inf
 
-# The finish heap holds one int per member, (finish step << 33) + request id + 2**32: ints
-# compare in one C call where (finish step, request id) tuples compare element by element
-# (a pop and a push a request, ~0.3-0.5 us less on heaps of 50-200 members). The order is
-# the tuples' (by step, then id) for ids in [-2**32, 2**32) (the live mirrors use negative ids).
-_STEP_SHIFT = 33
-_RID_OFFSET = 1 << 32
-_RID_MASK = (1 << _STEP_SHIFT) - 1
-
-
-def finish_key(finish_step: int, rid: int) -> int:
-    """A member's finish-heap entry."""
-    return (finish_step << _STEP_SHIFT) + rid + _RID_OFFSET
-
-
-def finish_rid(key: int) -> int:
-    """The request id of a finish-heap entry."""
-    return (key & _RID_MASK) - _RID_OFFSET
-
 
 class BatchEngine:
     __slots__ = (
@@ -113,7 +95,7 @@ class BatchEngine:
         self.step = 0  # decode steps this instance has run
         self.batch = 0
         self.ctx_offset_sum = 0.0  # sum over members of (context at join - step at join)
-        self.finish_heap: list = []  # finish_key(finish_step, rid) per member
+        self.finish_heap: list = []  # (finish_step, rid)
         self.members: dict = {}  # rid -> (ctx_offset, kv_tokens, energy_acc at join, cost_acc at join)
         self.held: dict = {}  # prefill-only: rid -> KV tokens held until the hand-over completes
         self.activity = IDLE
@@ -226,7 +208,7 @@ class BatchEngine:
         self.kv_reserved -= kv
         self.batch -= 1
         self.fresh.pop(rid, None)
-        self.finish_heap = [key for key in self.finish_heap if finish_rid(key) != rid]
+        self.finish_heap = [item for item in self.finish_heap if item[1] != rid]
         heapify(self.finish_heap)
 
     def restart_activity(self, now_s: float, events: list) -> None:
@@ -336,7 +318,7 @@ class BatchEngine:
             offset = inp + 1 - step
             self.ctx_offset_sum += offset
             self.batch += 1
-            heappush(self.finish_heap, ((step + out - 1) << _STEP_SHIFT) + rid + _RID_OFFSET)
+            heappush(self.finish_heap, (step + out - 1, rid))
             self.members[rid] = (offset, inp + out, self.energy_acc_j, self.cost_acc_usd)
             self.fresh[rid] = now_s
         else:
@@ -390,15 +372,14 @@ class BatchEngine:
         self.decode_tokens += batch * steps
         step = self.step
         heap = self.finish_heap
-        beyond = (step + 1) << _STEP_SHIFT  # the first key of a member finishing after this step
-        if heap[0] >= beyond:
+        if heap[0][0] > step:
             return
         members = self.members
         e_acc = self.energy_acc_j
         c_acc = self.cost_acc_usd
         start = self.act_start_s
-        while heap and heap[0] < beyond:
-            rid = (heappop(heap) & _RID_MASK) - _RID_OFFSET
+        while heap and heap[0][0] <= step:
+            rid = heappop(heap)[1]
             offset, kv, e0, c0 = members.pop(rid)
             self.ctx_offset_sum -= offset
             self.kv_reserved -= kv
@@ -492,7 +473,7 @@ class BatchEngine:
             offset = ctx - step
             self.ctx_offset_sum += offset
             self.batch += 1
-            heappush(self.finish_heap, ((step + steps) << _STEP_SHIFT) + rid + _RID_OFFSET)
+            heappush(self.finish_heap, (step + steps, rid))
             self.members[rid] = (offset, kv, self.energy_acc_j, self.cost_acc_usd)
             self.fresh[rid] = now_s if first_token_s is None else first_token_s
             events.append((JOINED, rid, now_s, 0.0, 0.0, now_s))
@@ -505,7 +486,7 @@ class BatchEngine:
                 return
         # 3. Decode until the first member finishes (or a poke cuts the segment).
         if self.batch:
-            steps = (self.finish_heap[0] >> _STEP_SHIFT) - self.step
+            steps = self.finish_heap[0][0] - self.step
             ctx0 = self.ctx_offset_sum + self.batch * self.step
             t, e = self.perf.decode(self.batch, ctx0, steps)
             self.activity = DECODE
@@ -630,7 +611,7 @@ class BatchEngine:
                 # remainder fits in one (or a member finishes and the budget changes).
                 steps = (remaining - 1) // take
                 if self.batch:
-                    until_finish = (self.finish_heap[0] >> _STEP_SHIFT) - self.step
+                    until_finish = self.finish_heap[0][0] - self.step
                     if until_finish < steps:
                         steps = until_finish
             if tokens == budget:

@@ -29,9 +29,9 @@ def engine_state(eng: BatchEngine) -> bytes:
 
 def _typed(template: Any, value: Any) -> Any:
     """`value` (decoded msgpack: sequences are lists) in the container type the engine
-    uses for `template`. Entries stay lists where the engine only unpacks them; a list
-    slot's list entries become tuples (the engine builds them as tuples: a heap cannot
-    compare a list with a tuple; the finish heap's entries are ints and stay so)."""
+    uses for `template`. Entries stay lists where the engine only unpacks them; list
+    slots (the finish heap) get tuples back, since the engine pushes tuples and a heap
+    cannot compare a list with a tuple."""
     if isinstance(template, deque):
         return deque(value)
     if isinstance(template, list):

@@ -12,7 +12,7 @@ from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster
 from workers.clock import VirtualClock
 from workers.emulated import EmulatedWorker
-from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine, finish_rid
+from workers.engine import ROLE_BOTH, ROLE_DECODE, ROLE_PREFILL, BatchEngine
 from workers.report import WorkerState
 from workers.work import AlreadyHeld, Cancelled, Draining, HandOver, InvalidField, NoCapacity, NotHeld, WrongRole
 
@@ -61,7 +61,7 @@ class Heard:
 def check_engine(eng: BatchEngine) -> None:
     """Internal bookkeeping is consistent: what cancellation must preserve."""
     assert eng.batch == len(eng.members) == len(eng.finish_heap)
-    assert {finish_rid(key) for key in eng.finish_heap} == set(eng.members)
+    assert {rid for _, rid in eng.finish_heap} == set(eng.members)
     assert eng.ctx_offset_sum == pytest.approx(sum(m[0] for m in eng.members.values()))
     # Admitted prompts: the running prefill-first iteration's, or every chunked one's (admitted, not done).
     admitted = eng.prefilling if eng.token_budget else eng.prefill_batch

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from workers.engine import (DECODE, FINISHED, FIRST_TOKEN, IDLE, JOINED, MIXED, PREFILL, ROLE_BOTH, ROLE_DECODE,
-                            ROLE_PREFILL, BatchEngine, finish_key, finish_rid)
+                            ROLE_PREFILL, BatchEngine)
 
 
 class HandPerf:
@@ -384,12 +384,3 @@ def test_row_is_the_snapshot_row_busy_until_a_prefill_ends():
     chunked.poke(chunked.act_start_s + 0.001, [])
     chunked.wake(chunked.next_wake_s, [])  # the decode step ends; prompt chunks join the next ones
     assert chunked.activity == MIXED and chunked.row(chunked.act_start_s)[4] == chunked.next_wake_s
-
-
-def test_finish_heap_keys_order_as_step_then_request_id():
-    """The finish heap's int keys sort as (finish step, request id) pairs, negative ids (the
-    live mirrors') included, and give the id back."""
-    pairs = [(0, 0), (0, 1), (0, -1), (3, -2**32), (3, 2**32 - 1), (2, 7), (2, -7), (10**6, 5), (1, 2**31)]
-    keys = [finish_key(step, rid) for step, rid in pairs]
-    assert [finish_rid(k) for k in sorted(keys)] == [rid for _, rid in sorted(pairs)]
-    assert sorted(keys) == [finish_key(step, rid) for step, rid in sorted(pairs)]
