@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from workers.calibration import run_model_check  # noqa: E402
 from workers.devices import get_device  # noqa: E402
+from workers.edge_devices import PHONE_POWER_RANGE_W  # noqa: E402
 from workers.models import get_model, with_dtype  # noqa: E402
 from workers.predict import predict  # noqa: E402
 
@@ -149,7 +150,9 @@ NO_FIGURES = {
     "b200": "nothing fitted (H100 constants reused); NVIDIA's per-user records use speculative decoding "
             "with drafts and acceptance rates they do not state, none listed",
     "m4-max": "fitted to published llama.cpp Q4_K_M figures (workers/edge_devices.py); none held out",
-    "phone": "fitted to Qualcomm AI Hub's Snapdragon 8 Elite figures (workers/edge_devices.py); none held out",
+    "phone": "speeds fitted to Qualcomm AI Hub's Snapdragon 8 Elite figures, power to measured whole-device power of "
+             f"a Snapdragon 8 Elite phone ({PHONE_POWER_RANGE_W[0]:.1f} W on the NPU; 8B on the CPU "
+             f"{PHONE_POWER_RANGE_W[1]:.1f} W, the range docs/ECONOMICS.md shows) (workers/edge_devices.py); none held out",
 }
 
 

@@ -146,9 +146,13 @@ class ClusterSnapshot:
         self.n_pools = len(pools)
         self.pool = np.empty(n, dtype=np.int64)
         self.role = np.empty(n, dtype=np.int64)
+        # Instances of judge pools (`serving: judge`): routers' and verifiers' passes only, never a
+        # request's candidates, and their models are no tier (simulator/judges.py places there).
+        serves = np.ones(n, dtype=bool)
         for p in pools:
             self.pool[p.instances.start:p.instances.stop] = p.index
             self.role[p.instances.start:p.instances.stop] = int(p.role)
+            serves[p.instances.start:p.instances.stop] = p.config.serving != Serving.JUDGE
         # Static, per pool.
         self.pool_kv_capacity = np.array([p.perf.kv_capacity_tokens for p in pools], dtype=np.float64)
         self.pool_max_batch = np.array([p.config.max_batch for p in pools], dtype=np.float64)
@@ -193,8 +197,8 @@ class ClusterSnapshot:
             self.update(i, 0, 0, 0, self._kv_capacity[i], 0.0)
         # Candidate sets per stage, fixed by role.
         self.candidates = {
-            Stage.PREFILL: np.flatnonzero(self.role != int(Role.DECODE)),
-            Stage.DECODE: np.flatnonzero(self.role == int(Role.DECODE)),
+            Stage.PREFILL: np.flatnonzero((self.role != int(Role.DECODE)) & serves),
+            Stage.DECODE: np.flatnonzero((self.role == int(Role.DECODE)) & serves),
         }
         # Per stage, what every candidate can hold / serve, so filters can prove
         # "all pass" with one scalar comparison instead of an array mask.
@@ -217,7 +221,7 @@ class ClusterSnapshot:
         self.prefix_tier_indexes: tuple[PrefixIndex, ...] = ()
         self.prefix_store: TierLru | None = None
         self.all_instances_mask = (1 << n) - 1
-        self._init_economics(pools)
+        self._init_economics(pools, [p.config.serving != Serving.JUDGE for p in pools])
         self._init_own_devices(pools)
 
     def _init_own_devices(self, pools: list[Pool]) -> None:
@@ -237,7 +241,7 @@ class ClusterSnapshot:
         mine = [first + request_id % count for first, count in self.own_device]
         return np.sort(np.concatenate([self._shared_prefill, np.array(mine, dtype=self._shared_prefill.dtype)]))
 
-    def _init_economics(self, pools: list[Pool]) -> None:
+    def _init_economics(self, pools: list[Pool], serving: list[bool]) -> None:
         """Static columns the tier, cost and energy plugins read (computed once per cluster).
 
         A request's predicted dollars (joules) on an instance are the seconds it
@@ -287,7 +291,7 @@ class ClusterSnapshot:
         self.partner_decode_usd_per_token = partner_usd[pool]
         self.partner_decode_j_per_token = partner_j[pool]
         # Model tiers, ascending: the distinct capabilities served.
-        self.tiers = sorted(set(self.pool_capability.tolist()))
+        self.tiers = sorted({c for c, serves in zip(self.pool_capability.tolist(), serving) if serves})
         self.top_capability = self.tiers[-1]
         self.any_edge = bool(self.pool_is_edge.any())
 

@@ -34,6 +34,9 @@ class Serving(str, Enum):
 
     POOLED = "pooled"  # any request may go to any instance (a fleet, or owned devices pooled as one)
     OWN_DEVICE = "own-device"  # instance k is one user's device: it serves only that user's requests
+    # Routers' and verifiers' passes only (scheduler/plugins/overhead.py): no request is placed
+    # there, and its model is no tier of the cluster; its energy and dollars are the run's.
+    JUDGE = "judge"
 
 
 # Power usage effectiveness when a pool sets none: datacenter devices at the Uptime Institute
@@ -352,7 +355,8 @@ def _parse_chunking(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
 
 
 def _parse_boundary(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
-    """pue (>= 1) and serving (pooled | own-device: one user per instance, batch 1, role both)."""
+    """pue (>= 1) and serving (pooled | own-device: one user per instance, batch 1, role both |
+    judge: routers' and verifiers' passes only, role both)."""
     if raw.get("pue") is not None:
         kwargs["pue"] = v.number(f"{where}.pue", raw["pue"], at_least=1)
     if "serving" not in raw:
@@ -367,6 +371,8 @@ def _parse_boundary(v: Fields, where: str, raw: dict, kwargs: dict) -> None:
             raise v.fail(f"{where}.max_batch", "an own-device pool serves its user's requests one at a time "
                          "(max_batch 1, the Intelligence-per-Watt study's setting)")
         kwargs["max_batch"] = 1
+    if serving == Serving.JUDGE and kwargs["role"] != Role.BOTH:
+        raise v.fail(f"{where}.serving", "a judge pool runs whole judgement passes (role both)")
     kwargs["serving"] = Serving(serving)
 
 
@@ -482,7 +488,9 @@ def parse_cluster(data: Any, source: str = "<inline>") -> ClusterConfig:
     for i, name in enumerate(names):
         if name in names[:i]:
             raise v.fail(f"pools[{i}].name", f"duplicate pool name {name!r}")
-    roles = {p.role for p in pools}
+    roles = {p.role for p in pools if p.serving != Serving.JUDGE}
+    if not roles:
+        raise v.fail("pools", "every pool is a judge pool (serving: judge); requests need a pool to serve them")
     if Role.BOTH not in roles and not {Role.PREFILL, Role.DECODE} <= roles:
         raise v.fail("pools", "needs a pool with role 'both', or both a 'prefill' and a 'decode' pool")
     return ClusterConfig(

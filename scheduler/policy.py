@@ -90,6 +90,11 @@ class Policy:
         self._first_overheads = [p.first_overhead for p in [s for s, _ in scorers] + [staging]
                                  if hasattr(p, "first_overhead")]
 
+    @property
+    def judges_first(self) -> bool:
+        """Whether a plugin judges each request before its first pass (a router)."""
+        return bool(self._first_overheads)
+
     def first_overheads(self, req: Request) -> list:
         """The judgements made before a request's first pass (routers), each an Overhead."""
         return [o for o in (f(req) for f in self._first_overheads) if o is not None]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -207,11 +208,11 @@ def ceilings(res, small):
     n = (1 << 20) if small else (1 << 28)
     a = torch.empty(n, device=DEV, dtype=torch.float32)
     b = torch.empty_like(a)
-    ms = time_fn(lambda: b.copy_(a), reps=20)
+    ms = time_fn(partial(b.copy_, a), reps=20)
     res["copy_GBps_rw"] = 2 * a.numel() * 4 / (ms / 1e3) / 1e9
     m = 256 if small else 8192
     x, y = torch.randn(m, m, device=DEV, dtype=DT), torch.randn(m, m, device=DEV, dtype=DT)
-    ms = time_fn(lambda: x @ y, reps=10)
+    ms = time_fn(partial(torch.matmul, x, y), reps=10)
     res["gemm_TFLOPs_bf16"] = 2 * m ** 3 / (ms / 1e3) / 1e12
     if DEV == "cuda":
         hb = torch.empty(1 << 28, dtype=torch.uint8, pin_memory=True)
@@ -234,12 +235,12 @@ def run_model(spec, prefill_lens, grid, energy_points, energy_all, energy_s, res
     for T in prefill_lens:
         ids = torch.randint(0, spec.vocab, (1, T), device=DEV)
         with torch.inference_mode():
-            ms = time_fn(lambda: m.prefill(ids), reps=5 if T >= 8192 else 10)
+            ms = time_fn(partial(m.prefill, ids), reps=5 if T >= 8192 else 10)
         r["prefill"].append({"tokens": T, "ms": ms})
         print(f"  prefill T={T:6d} {ms:9.2f} ms  {T / ms * 1e3:10.0f} tok/s", flush=True)
         if (T, 0) in energy_points or energy_all:
             with torch.inference_mode():
-                n, s, j, p = energy_of(lambda: m.prefill(ids), energy_s)
+                n, s, j, p = energy_of(partial(m.prefill, ids), energy_s)
             r["energy"].append({"phase": "prefill", "tokens": T, "calls": n, "wall_s": s, "joules": j,
                                 "mean_power_w": p, "j_per_token": (j / (n * T)) if j else None})
     for B, ctx in grid:

@@ -57,9 +57,11 @@ def judgement_wall(device_name: str) -> float:
 def boundary_summary(cluster, usages, pool_rows: dict, overheads: dict | None = None) -> dict:
     """Run totals for the summary; adds each pool's boundary fields to `pool_rows` (name -> dict).
     Router and verifier instances (`overheads`, simulator/sim.py) are provisioned for the work:
-    their facility energy is their marginal energy too."""
+    their facility energy is their marginal energy too (judgements run on a pool are in its rows)."""
     facility = marginal = 0.0
     for row in (overheads or {}).values():
+        if row.get("pool"):
+            continue  # run on a pool: in its energy below
         wall = row["energy_j"] * judgement_wall(row["device"])
         facility += wall
         marginal += wall

@@ -179,12 +179,15 @@ def summarize(result) -> dict:
     kv = getattr(result, "kv_tiers", None) or {}
     tier_rows = kv.get("kv_tiers", {})
     # The tiers' capacity and moves are the cluster's too (simulator/kv_usage.py).
-    # Router and verifier passes (scheduler/plugins/overhead.py) run on instances of their own.
+    # Router and verifier passes (scheduler/plugins/overhead.py): those run on a pool (`pool` set,
+    # simulator/judges.py) are in its energy and dollars already; the others ran on batch-1
+    # instances of their own, added here.
     overheads = getattr(result, "overheads", None) or {}
+    apart = [r for r in overheads.values() if not r.get("pool")]
     energy = (sum(p.energy_j for p in result.pools) + sum(r["energy_j"] for r in tier_rows.values())
-              + sum(r["energy_j"] for r in overheads.values()))
+              + sum(r["energy_j"] for r in apart))
     cost = (sum(p.cost_usd for p in result.pools) + sum(r["cost_usd"] for r in tier_rows.values())
-            + sum(r["cost_usd"] for r in overheads.values()))
+            + sum(r["cost_usd"] for r in apart))
     out_tokens = t.output_tokens
     placed_total = max(t.placed, 1)
     n_correct = t.correct
@@ -263,7 +266,8 @@ def summarize(result) -> dict:
         # Board (chip) energy; the facility and marginal boundaries: simulator/energy.py.
         "energy_j": energy,
         **boundary_summary(cluster, result.pools, pools, overheads),
-        # Each judgement kind ("router", "verifier"): passes, seconds, energy_j, cost_usd, device.
+        # Each judgement kind ("router", "verifier"): passes, seconds, energy_j, cost_usd, device; and
+        # where a pool ran them, its name (`pool`), the model and the seconds spent queueing (`queue_s`).
         "judgements": overheads,
         "energy_per_output_token_j": energy / out_tokens if out_tokens else None,
         # Energy attributed to requests (busy time only: idle power of provisioned but

@@ -25,6 +25,7 @@ from scheduler.cluster import Cluster, ClusterSnapshot
 from scheduler.decision_log import DecisionLog
 from scheduler.policy import Policy
 from scheduler.types import PassKind, Request, RequestStatus, Role
+from simulator.judges import JUDGE_ID_BASE, Judges, OnePass
 from simulator.kv_usage import kv_tier_usage
 from simulator.ledger import ColumnWriter, RecordWindow
 from simulator.metrics import PoolUsage, RequestRecords, UtilizationTimeline
@@ -116,7 +117,8 @@ class Simulation:
         self.reject_reasons: dict[str, int] = {}
         # Multi-pass policies (cascade escalation, advisor): the request as it arrived, the
         # staging plugin's tag for its pass in flight and that pass's number, per request id.
-        self.staging = policy.staging
+        # A one-pass policy that judges each request first (a router) runs through the multi-pass path.
+        self.staging = policy.staging if policy.staging is not None or not policy.judges_first else OnePass()
         self._passes: dict[int, tuple[Request, int, int]] = {}
         # Every decision, with its per-plugin breakdown, when a log is attached.
         self.decision_log = decision_log
@@ -140,6 +142,9 @@ class Simulation:
         self._settling: dict[int, tuple] = {}  # deferred re-serves: the answer that stands if they find no room
         self._overheads: dict[str, dict] = {}
         self._check_overhead = getattr(self.staging, "check_overhead", None)
+        # Judgements run on the pool serving the judge's model, where the cluster has one.
+        self._judges = (Judges(cluster, self.engines, self.snap, self._log, self._schedule_wake, self._changed)
+                        if self.staging is not None else None)
 
     # ---- helpers ---------------------------------------------------------
     def _settle(self) -> None:
@@ -267,11 +272,45 @@ class Simulation:
             delay += o.seconds
         return delay
 
+    def _judge(self, rid: int, overheads, now: float, verdict) -> bool:
+        """Judgements a pool runs go there (simulator/judges.py), the others are charged; True when a
+        pool took one: the request goes on when it is out (`verdict`: a verifier's, else a router's)."""
+        pooled, rest = self._judges.split(overheads)
+        if not pooled:
+            return False
+        self._judges.submit(rid, pooled, now, self._charge(rid, rest), verdict)
+        return True
+
+    def _judged(self, i: int, now: float, rng: np.random.Generator) -> None:
+        """log[i] is an event of a judgement; when the request's last is out, it goes on."""
+        done = self._judges.event(self._log, i)
+        if done is None:
+            return
+        rid, wait, verdict = done
+        if verdict is not None:  # the verifier's answer decides the next pass
+            orig, tag, capability, credit, right, index = verdict
+            if self._stale:
+                self._settle()
+            step = self.staging.after(orig, tag, capability, right, self.snap, now + wait)
+            if step is None:
+                self.records.capability[rid & self._mask] = credit
+                return
+            self._deferred[rid] = (orig, step, index)
+            self._settling[rid] = (orig, tag, credit)
+        if wait > 0.0:
+            heapq.heappush(self._heap, (now + wait, next(self._seq), _DEFERRED, rid))
+        else:
+            self._deferred_pass(rid, now, rng)
+
     def _arrive_staged(self, req: Request, now: float, rng: np.random.Generator) -> None:
         if self._stale:
             self._settle()
         first = self.staging.first(req, self.snap)
-        delay = self._charge(req.request_id, self.policy.first_overheads(req))
+        overheads = self.policy.first_overheads(req)
+        if overheads and self._judge(req.request_id, overheads, now, None):
+            self._deferred[req.request_id] = (req, first, 0)
+            return
+        delay = self._charge(req.request_id, overheads)
         if delay > 0.0:  # the router reads the prompt before the first pass is placed
             self._deferred[req.request_id] = (req, first, 0)
             heapq.heappush(self._heap, (now + delay, next(self._seq), _DEFERRED, req.request_id))
@@ -279,7 +318,7 @@ class Simulation:
         self._place_first(req, first, now, rng)
 
     def _place_first(self, req: Request, first, now: float, rng: np.random.Generator) -> None:
-        if self.decision_log is not None:
+        if self.decision_log is not None and getattr(self.staging, "logs_passes", True):
             self.decision_log.write_pass(first, now, 0)
         reason = self._place(first.request, now, rng, 0)
         if reason:
@@ -325,9 +364,12 @@ class Simulation:
         check = self._check_overhead
         for i in range(first, end):
             ev = log[i]
+            rid = ev[1]
+            if rid >= JUDGE_ID_BASE:
+                self._judged(i, now, rng)
+                continue
             if ev[0] != FINISHED:
                 continue
-            rid = ev[1]
             state = self._passes.get(rid)
             if state is None:
                 continue
@@ -337,8 +379,13 @@ class Simulation:
             k = rid & self._mask
             capability = self._capability[rec.prefill_instance[k]]
             credit = staging.credit(orig, tag, capability, self.snap)
-            delay = self._charge(rid, (check(orig, tag),)) if check is not None else 0.0
             right = credit >= orig.difficulty if self.quality is None else self.quality.correct_one(rid, credit)
+            judgement = check(orig, tag, capability, self.snap) if check is not None else None
+            if judgement is not None and self._judge(rid, (judgement,), now,
+                                                     (orig, tag, capability, credit, right, index + 1)):
+                del self._passes[rid]
+                continue
+            delay = self._charge(rid, (judgement,))
             step = staging.after(orig, tag, capability, right, self.snap, now + delay)
             del self._passes[rid]
             if step is not None:
@@ -407,6 +454,8 @@ class Simulation:
             limit = min(limit, min(self._passes))
         if self._deferred:
             limit = min(limit, min(self._deferred))
+        if self._judges is not None and self._judges.open:
+            limit = min(limit, self._judges.oldest())
         end = self.window.settled_until(limit)
         if end > self.window.lo:
             cols = self.window.retire(end)
@@ -602,8 +651,16 @@ class Simulation:
             wall_s=time.perf_counter() - wall0, reject_reasons=dict(self.reject_reasons),
             pool_passes=list(self._pool_passes) if self.staging is not None else None, itl=itl,
             kv_tiers=kv_tier_usage(engines, makespan), tally=tally, record_dir=self.record_dir,
-            overheads={k: dict(v) for k, v in self._overheads.items()},
+            overheads=self._judgements(),
         )
+
+
+    def _judgements(self) -> dict:
+        """Per judgement kind: charged at batch 1 (no `pool`), or run on a pool (its name in `pool`)."""
+        out = {k: dict(v) for k, v in self._overheads.items()}
+        for kind, row in (self._judges.rows if self._judges is not None else {}).items():
+            out[kind if kind not in out else f"{kind} on {row['pool']}"] = dict(row)
+        return out
 
 
 class _Progress:

@@ -105,7 +105,10 @@ def render(a: dict) -> list[str]:
                 f"Every pool's chunked-prefill token budget is {_budgets(a)[0]:,} (these results predate its tuning). ")
              + "*Fractional* scales the pool the rule sizes (the 405B "
              "frontier pool; the 8B pool of the others) to where attainment crosses the threshold; *busy-time* "
-             "prices each instance only while it runs an iteration.", "",
+             "prices each instance only while it runs an iteration."
+             + (" The advisor's router (8B) reads each prompt on the 8B executor pool and the cascade's verifier (70B) "
+                "each answer it could send up on the 70B pool: the pools serving those models, where the passes queue "
+                "with the requests (`simulator/judges.py`)." if a.get("judges") == "pooled" else ""), "",
              "| configuration | fleet (whole) | fractional size | quality | of frontier quality | SLO attainment "
              "| advised | cost ratio: whole | fractional | busy-time | energy ratio: whole |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -170,7 +173,9 @@ def _notes(a: dict) -> list[str]:
         f"{_quality_ratio(at_whole(a['cascade']), f).fmt('.1f', 100, '%')} of frontier quality at "
         f"{_ratio([r['cost_usd'] for r in at_whole(a['cascade'])], [r['cost_usd'] for r in f])} its cost, with "
         f"{pct(ci95([r['slo_attainment'] for r in at_whole(a['cascade'])]).mean)} SLO attainment: an escalated "
-        "request's TTFT spans its failed passes.",
+        "request's TTFT spans its failed passes" + (" and the verifier's pass between them, queued on the 70B pool "
+                                                    "with that tier's requests." if a.get("judges") == "pooled"
+                                                    else "."),
         "",
     ]
 

@@ -77,7 +77,7 @@ def run_section(trace, n: int) -> dict:
            "configs": [{"label": label, "regime": regime, "device": pool["device"], "model": pool["model"],
                         "instances": instances, "rate_rps": RATE_RPS * load}
                        for label, regime, pool, instances, _, load in CONFIGS],
-           "runs": {label: [] for label, *_ in CONFIGS}}
+           "runs": {label: [] for label, *_ in CONFIGS}, "phone_power": phone_power_meta()}
     for (label, seed), s in zip(keys, summaries(items)):
         out["runs"][label].append(_per_query(s) | {"seed": seed})
     return out
@@ -107,9 +107,10 @@ def render(res: dict) -> list[str]:
         f"(Uptime Institute 2024 survey average; hyperscalers report about 1.1), {first['pue']:g} at home) and "
         "**marginal** (an owned device counts only the energy serving adds: its dynamic energy at the wall; a "
         "rented GPU is provisioned for the work, so all of it). The laptop's speeds and power and the phone's "
-        "speeds are fitted to published measurements (`workers/edge_devices.py`); the phone's power is an "
-        "assumption, and its verdicts are shown over a range of it below. Routers and verifiers are not involved "
-        "here.",
+        "speeds are fitted to published measurements (`workers/edge_devices.py`); "
+        + ("the phone's power is fitted to a published measurement too, and its verdicts are shown over the measured "
+           "range below. " if "phone_power" in res else "the phone's power is an assumption, and its verdicts are "
+           "shown over a range of it below. ") + "Routers and verifiers are not involved here.",
         "",
         f"**Each query alone** (the study's setting): every user has a device of their own "
         f"({res['users']:,} users; `serving: own-device`, batch 1), or a query has an H100 instance to itself "
@@ -145,33 +146,60 @@ def render(res: dict) -> list[str]:
     return lines + _findings(res, alone, batched) + _phone_power(res, alone, batched)
 
 
-def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
-    """The phone's verdicts over its assumed serving power: its speeds are measured (Qualcomm AI Hub), so
-    its busy seconds per query stand, and its energy per query is serving power x those seconds."""
-    from workers.edge_devices import PHONE_POWER_RANGE_W
+def phone_power_meta() -> dict:
+    """The phone's measured serving powers (workers/edge_devices.py), saved with the results."""
+    from workers import edge_devices as edge
 
+    return {"range_w": list(edge.PHONE_POWER_RANGE_W),
+            "rows": [["NPU, measured; as modelled", edge.PUBLISHED_PHONE_NPU_W],
+                     ["8B on the CPU (llama.cpp), measured", edge.PUBLISHED_PHONE_CPU_8B_W]]}
+
+
+def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
+    """The phone's verdicts over its measured serving powers: its speeds are measured (Qualcomm AI Hub), so
+    its busy seconds per query stand, and its energy per query is serving power x those seconds."""
     phone = next((label for label in alone if "phone" in label), None)
     if phone is None or "busy_s" not in res["runs"][phone][0]:
         return []
+    meta = res.get("phone_power")
     cloud_alone, cloud8, cloud8_busy = alone[2], batched[1], batched[2]
     by_label = {c["label"]: c for c in res["configs"]}
     runs = res["runs"][phone]
     modelled = ci95(r["busy_board_j"] / r["busy_s"] for r in runs).mean
-    lo, hi = PHONE_POWER_RANGE_W
-    rows = [("low", lo), ("as modelled", modelled), ("high", hi)]
+    if meta is None:  # results saved before the phone's power was measured: the assumed range
+        lo, hi = 4.0, 12.0
+        rows = [("low", lo), ("as modelled", modelled), ("high", hi)]
+    else:
+        lo, hi = meta["range_w"]
+        rows = [(name, watts) for name, watts in meta["rows"]]
     targets = ((f"{cloud_alone}", cloud_alone, "busy_facility_j"),
                (f"{cloud8} at {by_label[cloud8]['rate_rps']:g} req/s", cloud8, "facility_j"),
                (f"{cloud8_busy}", cloud8_busy, "facility_j"))
 
     def ratio(watts: float, label: str, key: str):
         return ci95(watts * r["busy_s"] * r["wall"] / c[key] for r, c in zip(runs, res["runs"][label]))
-    lines = [f"**The phone's power is an assumption** (its speeds are Qualcomm AI Hub measurements, "
-             "`workers/edge_devices.py`): with the measured speeds its busy seconds per query stand, so its energy "
-             f"per query is serving power x {ci95(r['busy_s'] for r in runs).fmt('.1f', suffix=' s')}. Facility "
-             "energy per query against the H100s above, over serving powers "
-             f"{lo:g}-{hi:g} W:", "",
-             "| phone serving power | facility J/query | " + " | ".join(f"vs {name}" for name, *_ in targets) + " |",
-             "| --- | ---: | " + " | ".join("---:" for _ in targets) + " |"]
+
+    def even(label: str, key: str):
+        """The serving power at which the phone's facility energy per query equals the target's."""
+        return ci95(c[key] / (r["busy_s"] * r["wall"]) for r, c in zip(runs, res["runs"][label]))
+    if meta is None:
+        head = [f"**The phone's power is an assumption** (its speeds are Qualcomm AI Hub measurements, "
+                "`workers/edge_devices.py`): with the measured speeds its busy seconds per query stand, so its "
+                f"energy per query is serving power x {ci95(r['busy_s'] for r in runs).fmt('.1f', suffix=' s')}. "
+                f"Facility energy per query against the H100s above, over serving powers {lo:g}-{hi:g} W:"]
+    else:
+        head = [f"**The phone's power, measured** (`workers/edge_devices.py`): whole-device power at the battery of "
+                f"a Galaxy S25 Ultra (Snapdragon 8 Elite, the SoC of the modelled speeds), {lo:.1f} W on its NPU "
+                "(Nexa AI's 10-minute run of a 1.2B model at about 90 tok/s drew 6% of the battery: the same weight "
+                "stream per second as 8B at the modelled 12.9 tok/s; a forum report, the weaker source) and "
+                f"{hi:.1f} W for Llama-3.1-8B Q4_K_M on its CPU (llama.cpp, Android BatteryManager, median of 30 "
+                "runs: Ehsani et al. 2026, github.com/eziyoo/LLMs-on-Devices). The modelled phone serves at the NPU "
+                f"figure ({modelled:.1f} W on average while busy in these runs, prefill and decode together). With the measured speeds its busy seconds per query "
+                f"stand ({ci95(r['busy_s'] for r in runs).fmt('.1f', suffix=' s')}), so its facility energy per "
+                "query is serving power x those seconds x its wall factor:"]
+    lines = head + ["",
+                    "| phone serving power | facility J/query | " + " | ".join(f"vs {name}" for name, *_ in targets)
+                    + " |", "| --- | ---: | " + " | ".join("---:" for _ in targets) + " |"]
     verdicts = []
     for name, watts in rows:
         cells = [ratio(watts, label, key) for _, label, key in targets]
@@ -179,11 +207,23 @@ def _phone_power(res: dict, alone: list[str], batched: list[str]) -> list[str]:
         joules = ci95(watts * r["busy_s"] * r["wall"] for r in runs)
         lines.append(f"| {watts:.1f} W ({name}) | {joules.fmt('.0f')} | "
                      + " | ".join(c.fmt(".2f", suffix="x") for c in cells) + " |")
+    evens = [(name, even(label, key)) for name, label, key in targets]
+    lines.append("| break-even serving power | - | " + " | ".join(e.fmt(".1f", suffix=" W") for _, e in evens) + " |")
     held = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) == 1]
     flips = [targets[j][0] for j in range(len(targets)) if len({v[j] for v in verdicts}) > 1]
-    return lines + ["", f"- Over {lo:g}-{hi:g} W the phone's verdict (lower or higher energy per query) "
+    # Break-even powers whose interval reaches into the range [lo, hi] sit on the verdict's edge.
+    lower = [name for (name, e) in evens if e.lo > hi]
+    higher = [name for (name, e) in evens if e.hi < lo]
+    inside = [f"{name} (at {e.fmt('.1f', suffix=' W')})" for (name, e) in evens if e.lo <= hi and e.hi >= lo]
+    span_text = f"{lo:.1f}-{hi:.1f} W" + (" (measured)" if meta is not None else "")
+    return lines + ["", f"- Over {span_text} the phone's verdict (lower or higher energy per query) "
                     + (f"holds against {'; '.join(held)}" if held else "holds against none of them")
-                    + (f", and flips within the range against {'; '.join(flips)}." if flips else "."), ""]
+                    + (f", and flips within the range against {'; '.join(flips)}." if flips else "."),
+                    "- Where the verdict sits: the phone spends less than "
+                    + ("; ".join(lower) if lower else "none of them") + " at any power in the range, more than "
+                    + ("; ".join(higher) if higher else "none of them") + " at any power in it"
+                    + (f", and breaks even within it or at its edge against {'; '.join(inside)}" if inside else "")
+                    + ".", ""]
 
 
 def _findings(res: dict, alone: list[str], batched: list[str]) -> list[str]:

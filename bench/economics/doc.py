@@ -20,6 +20,28 @@ def _before_held_out(results: dict) -> list[str]:
             and "sizing_seed" not in results[name]]
 
 
+# Sections whose policies pay for judgements (routers, verifiers).
+JUDGED_SECTIONS = ("hybrid", "advisor", "quality")
+
+
+def _judgements(results: dict) -> str:
+    """How routers' and verifiers' passes were run, saying which sections' results predate pooled judges."""
+    stale = [name for name in JUDGED_SECTIONS if name in results and results[name].get("judges") != "pooled"]
+    text = ("Routers and verifiers are inference passes of their own (`scheduler/plugins/overhead.py`: prefill of the "
+            "prompt, or prompt + answer, and one token; 8B router, 70B verifier by default, on H100s). A pass runs "
+            "on the pool that serves the judge's model on its device (`simulator/judges.py`): a `serving: judge` "
+            "pool, which takes no request, or a pool that also serves requests with that model (the 70B tier "
+            "verifies on the 70B pool, the advisor's 8B executor pool routes). There it queues behind that pool's "
+            "work, its energy and dollars are that pool's, and the pass it gates (the first pass after a router, "
+            "the re-serve after a verifier) starts when its answer is out. A verifier checks only answers it could "
+            "send up (not the top tier's, not the last attempt's).")
+    if stale:
+        text += (f" Exception: the saved results of {', '.join(stale)} predate this: there each judgement was "
+                 "charged at batch 1 on an instance of its own that never queued (time, energy and dollars from "
+                 "the performance model), optimistic for latency at high load, and every answer was checked.")
+    return text
+
+
 def write_doc(results: dict, path: Path) -> None:
     meta = results["meta"]
     advisor = results.get("advisor", {}).get("advisor_params", {})
@@ -58,11 +80,7 @@ def write_doc(results: dict, path: Path) -> None:
         "is flipped for a share 1 - a of requests (a seeded hash of the request id). `detect_accuracy` v: the "
         "verifier classifies each answer correctly with probability v; a wrong answer it catches is re-served "
         "one tier up (an escalation, paying for both passes), and a right answer it wrongly flags is re-served "
-        "too. Routers and verifiers are inference passes of their own (`scheduler/plugins/overhead.py`: prefill of "
-        "the prompt, or prompt + answer, at batch 1 on their own H100 instance; 8B router, 70B verifier by "
-        "default): their time delays the next pass and their energy and dollars are counted. The judge's instance "
-        "is billed for its busy time only and never queues a pass (as if enough judge instances were always free): "
-        "optimistic for latency at high load, by the queueing a real judge pool would add.",
+        "too. " + _judgements(results),
         "- **Advisor.** On requests the router judges beyond the executor, the top tier reads the context and "
         f"writes a {advisor.get('advisor_plan_tokens', '')}-token plan, then the executor reads prompt + plan; "
         f"the advised answer's capability is c_exec + {advisor.get('advisor_lift', '')} (c_advisor - c_exec) "

@@ -21,10 +21,11 @@ from bench.economics.stats import paired_change as change
 
 
 def edge_cloud(name: str, slo: SloConfig, laptops: int, cloud_model: str, cloud_chips: int, cloud: int,
-               token_budget: int = 8192):
+               token_budget: int = 8192, judges: tuple = ()):
     """Owned laptops (Llama-3.1-8B int4) plus a cloud pool of H100 instances serving `cloud_model` in fp8
-    with chunked prefill (`token_budget` tokens per iteration, tuned per configuration: CLOUD_BUDGETS)."""
-    pools = []
+    with chunked prefill (`token_budget` tokens per iteration, tuned per configuration: CLOUD_BUDGETS), and
+    the judge pools (`judges`, judge_pools) that run the router's and verifier's passes."""
+    pools = list(judges)
     if laptops:
         pools.append({"name": "laptops", "device": "m4-max", "instances": laptops, "model": "llama-3.1-8b",
                       "quantization": "int4", "role": "both", "max_batch": 4, "max_batch_tokens": 4096})
@@ -61,14 +62,45 @@ NAMES = {"cloud_only": "cloud-only", "oracle": "local-first, oracle router",
 COUNTS = list(range(1, 13))
 
 
+# Where local-first's judgements run (scheduler/plugins/overhead.py defaults): the 8B router on H100s,
+# the 70B verifier (fp8) on H100s. A pool serving that model there already (the 70B cloud) runs them;
+# otherwise a judge pool (`serving: judge`) is added, sized by its prefill work (JUDGE_UTILIZATION).
+ROUTER_POOL = {"name": "judge-router", "device": "h100-sxm", "chips_per_instance": 1, "model": "llama-3.1-8b",
+               "role": "both", "serving": "judge"}
+VERIFIER_POOL = {"name": "judge-verifier", "device": "h100-sxm", "chips_per_instance": 2, "model": "llama-3.1-70b",
+                 "quantization": "fp8", "role": "both", "serving": "judge"}
+JUDGE_UTILIZATION = 0.8
+
+
+def judge_pools(trace, rate: float, cloud_model: str) -> tuple[dict, ...]:
+    """The judge pools a local-first fleet adds: each sized to the fewest instances whose prefill of the
+    passes it runs (every prompt for the router; prompt + answer of every request, an upper bound, for the
+    verifier) keeps it within JUDGE_UTILIZATION busy at `rate`."""
+    from math import ceil
+
+    mean_in = float(trace.input_tokens.mean())
+    mean_out = float(trace.output_tokens.mean())
+    pools = []
+    for pool, tokens in ((ROUTER_POOL, mean_in), (VERIFIER_POOL, mean_in + mean_out)):
+        if pool is VERIFIER_POOL and cloud_model == pool["model"]:
+            continue  # the cloud pool serves the verifier's model: its passes run there
+        perf = Cluster(parse_cluster({"name": "probe", "pools": [dict(pool, instances=1, serving="pooled")]})).pools[0].perf
+        n = int(round(tokens))
+        busy_s = rate * perf.prefill(n, n * (n + 1) / 2, 1)[0]
+        pools.append(dict(pool, instances=max(1, ceil(busy_s / JUDGE_UTILIZATION))))
+    return tuple(pools)
+
+
 def _families(trace, n: int, setting: str, rate: float, labels=tuple(FAMILIES), every_size=False) -> dict:
     model, chips, _, laptops, slo = HYBRID_SETTINGS[setting]
+    judges = judge_pools(trace, rate, model)
     out = {}
     for label in labels:
         policy, params, edge = FAMILIES[label]
         out[label] = tuned_family(
             lambda budget, c, edge=edge: edge_cloud("edge-cloud" if edge else "cloud-only", slo,
-                                                    laptops if edge else 0, model, chips, c, budget),
+                                                    laptops if edge else 0, model, chips, c, budget,
+                                                    judges if edge else ()),
             list(CLOUD_BUDGETS), policy, params, lambda seed: poisson(trace, n, rate, seed), COUNTS, every_size)
     return out
 
@@ -91,7 +123,10 @@ def run(trace, n: int) -> dict:
                "families": _families(trace, n, setting, rate, every_size=setting == "cloud_405b")}
         # The same cloud as cloud-only, laptops added (nothing right-sized).
         k, budget = out["families"]["cloud_only"]["whole"], out["families"]["cloud_only"]["variant"]
-        items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k, budget), "local-first",
+        out["judge_pools"] = [{"name": p["name"], "model": p["model"], "instances": p["instances"],
+                               "chips_per_instance": p["chips_per_instance"]} for p in judge_pools(trace, rate, model)]
+        items = [(edge_cloud("edge-cloud", slo, laptops, model, chips, k, budget, judge_pools(trace, rate, model)),
+                  "local-first",
                   poisson(trace, n, rate, seed), ORACLE) for seed in common.SEEDS]
         out["oracle_same_cloud"] = [common.digest(c, p, q, s) for (c, p, _, q), s in
                                     zip(items, common.summaries(items))]
@@ -137,6 +172,14 @@ def _setting_table(r: dict) -> list[str]:
              "| SLO attainment | escalations | energy kWh | energy vs cloud-only: whole | fractional | busy-time "
              "| cost vs cloud-only: whole | fractional |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    if r.get("judge_pools") is not None:  # where the local-first fleets' judgements ran
+        judges = [f"{p['instances']} x {p['chips_per_instance']} H100 running {p['model']} ({p['name']})"
+                  for p in r["judge_pools"]]
+        lines[2:2] = [f"Local-first fleets carry judge pools (`serving: judge`, sized for {JUDGE_UTILIZATION:.0%} "
+                      "prefill utilization at this rate; their energy and dollars count): "
+                      + ("; ".join(judges) if judges else "none")
+                      + ("; the 70B verifier's passes run on the 70B cloud pool." if r["cloud_model"] == "llama-3.1-70b"
+                         else "."), ""]
     base = at_whole(fams["cloud_only"])
     for label, fam in fams.items():
         c = comparison(fams, label) if label != "cloud_only" else None
@@ -283,6 +326,20 @@ def _notes(h: dict) -> list[str]:
             lines.append(f"  With a {h['cloud_70b_loose_ttft']['slo']['ttft_s']:g} s TTFT budget: energy "
                          f"{_pctci(lo['energy_whole'])} (whole), {_pctci(lo['energy_fractional'])} (fractional); "
                          f"cost {_pctci(lo['cost_whole'])} (whole).")
+        judged = [(s, h[s]) for s in ("cloud_70b", "cloud_405b") if h[s].get("judge_pools")]
+        if judged:
+            parts = []
+            for setting, r in judged:
+                names = [p["name"] for p in r["judge_pools"]]
+                runs = at_whole(r["families"]["oracle"])
+                share = ci95([sum(x["pool_energy_j"].get(n, 0.0) for n in names) / x["energy_j"] for x in runs])
+                parts.append(f"{share.fmt('.1f', 100, '%')} of the oracle hybrid's energy against the "
+                             f"{r['cloud_model'].rsplit('-', 1)[1].upper()} cloud at {r['rate_rps']:g} req/s "
+                             f"({', '.join(names)})")
+            lines.append("- **What judging costs.** The judge pools spend " + "; ".join(parts) + ". The 70B "
+                         "verifier's passes run batched on the 70B cloud pool where the cloud serves 70B; a "
+                         "judgement charged at batch 1 on an instance of its own pays that instance's idle power "
+                         "and host for one sequence at a time.")
     for sw in _sweeps(h):
         model = HYBRID_SETTINGS[sw["setting"]][0].rsplit("-", 1)[1].upper()
         gpus = HYBRID_SETTINGS[sw["setting"]][1]

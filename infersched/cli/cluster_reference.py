@@ -102,9 +102,11 @@ KEYS = {
                                   f"{config.DEFAULT_EDGE_PUE} (edge)",
                     "facility power usage effectiveness: `facility_energy_j` = board energy x (1 + the device's "
                     "host_power_share) x pue (simulator/energy.py)"),
-    "pools[].serving": ("-", "`pooled`", "`pooled` (any request may use any instance) or `own-device` (instance "
+    "pools[].serving": ("-", "`pooled`", "`pooled` (any request may use any instance), `own-device` (instance "
                                          "k is user k's device and serves only request ids = k mod instances, one "
-                                         "at a time: max_batch 1, role both; idle power counts only while serving)"),
+                                         "at a time: max_batch 1, role both; idle power counts only while serving) "
+                                         "or `judge` (runs routers' and verifiers' passes of its model only: no "
+                                         "request is placed there and its model is no tier; role both)"),
     "policy.name": ("-", None, "preset name (`infersched policies`)"),
     "policy.filters": ("-", "the preset's", "list of filter plugin names, replacing the preset's"),
     "policy.scorers": ("-", "the preset's", "mapping scorer name -> weight (>= 0), replacing the preset's"),

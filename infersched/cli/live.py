@@ -131,7 +131,7 @@ def run_replay(args) -> int:
     from simulator.workload import make_workload
 
     security = client_security(args)
-    trace = load_trace(args)
+    trace = load_trace(args, stream=True)
     workload = make_workload(trace, n_requests=args.requests, seed=args.seed)
     cluster = None
     slo = None

@@ -76,7 +76,7 @@ def run(args) -> int:
     say = (lambda *a: None) if quiet else print  # noqa: E731
     try:
         menu = load_menu(args.menu or str(DEFAULT_MENU))
-        workload = make_workload(load_trace(args), n_requests=args.requests, rate_rps=args.rate,
+        workload = make_workload(load_trace(args, stream=True), n_requests=args.requests, rate_rps=args.rate,
                                  arrival=args.arrival, seed=args.seed)
         stats = characterize(workload)
         say(f"workload: {workload.description}")

@@ -157,7 +157,8 @@ async def replay(target: str, workload, *, speedup: float | None = None, cluster
             # however long the client and the loopback take to deliver it.
             request = scheduler_pb2.GenerateRequest(request_id=f"{prefix}-{i}", prompt_length=inp,
                                                     max_output_tokens=out, prefix_block_hashes=hashes,
-                                                    sent_unix_s=unix0 + (due - t0), difficulty=difficulty)
+                                                    sent_unix_s=unix0 + (due - t0), difficulty=difficulty,
+                                                    trace_row=i)
             lateness[i] = loop.time() - due
             record = None
             chunks = []  # (first token index, tokens, emit time) as streamed

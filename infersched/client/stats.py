@@ -25,6 +25,10 @@ def format_stats(s: scheduler_pb2.SchedulerStats) -> str:
         lines.append(f"  {count:,}: {reason}")
     if s.prompt_lengths:
         lines.append("prompt lengths  " + "   ".join(f"{source} {n:,}" for source, n in sorted(s.prompt_lengths.items())))
+    for kind, j in sorted(s.judgements.items()):
+        lines.append(f"{kind} passes {j.passes:,} on {j.pool or 'no pool (charged at batch 1)'}: {j.seconds:,.2f} s "
+                     f"({j.queue_s:,.2f} s queued), {j.energy_j / 1e3:,.2f} kJ, ${j.cost_usd:,.4f}"
+                     + (f", {j.failed:,} failed" if j.failed else ""))
     lines += [
         f"TTFT        {lat(s.ttft_s, 1e3)}",
         f"TPOT        {lat(s.tpot_s, 1e3)}",
@@ -82,7 +86,14 @@ def stats_dict(s: scheduler_pb2.SchedulerStats) -> dict:
         "scheduling_overhead_s": latency_dict(s.scheduling_overhead_s), "ttft_s": latency_dict(s.ttft_s),
         "tpot_s": latency_dict(s.tpot_s), "e2e_s": latency_dict(s.e2e_s), "slo_attainment": s.slo_attainment,
         "input_tokens": s.input_tokens, "output_tokens": s.output_tokens, "energy_j": s.energy_j,
-        "cost_usd": s.cost_usd, "prompt_lengths": dict(sorted(s.prompt_lengths.items())), "pools": pools,
+        "cost_usd": s.cost_usd, "prompt_lengths": dict(sorted(s.prompt_lengths.items())),
+        # Routers' passes by kind (scheduler/live/judges.py), as the simulator's summary has them.
+        "judgements": {kind: {"passes": j.passes, "failed": j.failed, "unplaced": j.unplaced, "seconds": j.seconds,
+                              "queue_s": j.queue_s, "energy_j": j.energy_j, "cost_usd": j.cost_usd,
+                              "apart_energy_j": j.apart_energy_j, "apart_cost_usd": j.apart_cost_usd,
+                              "device": j.device, "model": j.model, "pool": j.pool}
+                       for kind, j in sorted(s.judgements.items())},
+        "pools": pools,
     }
 
 

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s", "difficulty")
+    __slots__ = ("request_id", "prompt_tokens", "prompt_length", "max_output_tokens", "model_tier", "ttft_slo_s", "tpot_slo_s", "prefix_block_hashes", "min_capability", "sent_unix_s", "difficulty", "trace_row")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class GenerateRequest(_message.Message):
     MIN_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     DIFFICULTY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ROW_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     prompt_length: int
@@ -31,7 +32,8 @@ class GenerateRequest(_message.Message):
     min_capability: float
     sent_unix_s: float
     difficulty: float
-    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ..., difficulty: _Optional[float] = ...) -> None: ...
+    trace_row: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., prompt_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., model_tier: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_slo_s: _Optional[float] = ..., prefix_block_hashes: _Optional[_Iterable[int]] = ..., min_capability: _Optional[float] = ..., sent_unix_s: _Optional[float] = ..., difficulty: _Optional[float] = ..., trace_row: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("tokens", "record")
@@ -100,7 +102,7 @@ class WatchStatsRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class SchedulerStats(_message.Message):
-    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools", "time_scale", "prompt_lengths")
+    __slots__ = ("policy", "cluster", "uptime_s", "started_unix_s", "requests_total", "requests_completed", "requests_rejected", "requests_failed", "requests_invalid", "in_flight", "reasons", "decisions_total", "scheduling_overhead_s", "ttft_s", "tpot_s", "e2e_s", "slo_attainment", "input_tokens", "output_tokens", "energy_j", "cost_usd", "pools", "time_scale", "prompt_lengths", "judgements")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,13 @@ class SchedulerStats(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class JudgementsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: JudgementStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[JudgementStats, _Mapping]] = ...) -> None: ...
     POLICY_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +148,7 @@ class SchedulerStats(_message.Message):
     POOLS_FIELD_NUMBER: _ClassVar[int]
     TIME_SCALE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    JUDGEMENTS_FIELD_NUMBER: _ClassVar[int]
     policy: str
     cluster: str
     uptime_s: float
@@ -163,7 +173,36 @@ class SchedulerStats(_message.Message):
     pools: _containers.RepeatedCompositeFieldContainer[PoolStats]
     time_scale: float
     prompt_lengths: _containers.ScalarMap[str, int]
-    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ..., prompt_lengths: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    judgements: _containers.MessageMap[str, JudgementStats]
+    def __init__(self, policy: _Optional[str] = ..., cluster: _Optional[str] = ..., uptime_s: _Optional[float] = ..., started_unix_s: _Optional[float] = ..., requests_total: _Optional[int] = ..., requests_completed: _Optional[int] = ..., requests_rejected: _Optional[int] = ..., requests_failed: _Optional[int] = ..., requests_invalid: _Optional[int] = ..., in_flight: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., decisions_total: _Optional[int] = ..., scheduling_overhead_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., ttft_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., tpot_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., e2e_s: _Optional[_Union[_common_pb2.LatencyPercentiles, _Mapping]] = ..., slo_attainment: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., pools: _Optional[_Iterable[_Union[PoolStats, _Mapping]]] = ..., time_scale: _Optional[float] = ..., prompt_lengths: _Optional[_Mapping[str, int]] = ..., judgements: _Optional[_Mapping[str, JudgementStats]] = ...) -> None: ...
+
+class JudgementStats(_message.Message):
+    __slots__ = ("passes", "failed", "unplaced", "seconds", "queue_s", "energy_j", "cost_usd", "apart_energy_j", "apart_cost_usd", "device", "model", "pool")
+    PASSES_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    APART_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    APART_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    passes: int
+    failed: int
+    unplaced: int
+    seconds: float
+    queue_s: float
+    energy_j: float
+    cost_usd: float
+    apart_energy_j: float
+    apart_cost_usd: float
+    device: str
+    model: str
+    pool: str
+    def __init__(self, passes: _Optional[int] = ..., failed: _Optional[int] = ..., unplaced: _Optional[int] = ..., seconds: _Optional[float] = ..., queue_s: _Optional[float] = ..., energy_j: _Optional[float] = ..., cost_usd: _Optional[float] = ..., apart_energy_j: _Optional[float] = ..., apart_cost_usd: _Optional[float] = ..., device: _Optional[str] = ..., model: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class PoolStats(_message.Message):
     __slots__ = ("name", "device", "model", "role", "instances", "chips_per_instance", "queue_depth", "running", "completed", "prefill_tokens", "decode_tokens", "utilization", "energy_j", "cost_usd", "kv_free_tokens", "kv_capacity_tokens", "token_budget", "prompt_token_counts", "prefix_hit_tokens", "kv_tiers", "speculative")

@@ -42,8 +42,10 @@ from collections.abc import Callable
 import numpy as np
 
 from scheduler.cluster import Cluster, ClusterSnapshot
+from scheduler.config import Serving
 from scheduler.decision_log import DecisionLog
 from scheduler.live.flight import Flight, RequestSink, Slot
+from scheduler.live.judges import LiveJudges
 from scheduler.live.mirror import Mirrors
 from scheduler.live.readiness import HeldRequests, ServingPaths
 from scheduler.live.stats import Tally, Usage, pool_stats
@@ -116,7 +118,9 @@ class SchedulerCore:
         self.on_decision: Callable[[float], None] | None = None
         # For validation: model name -> capability.
         self._tiers = {p.perf.model.name: (p.perf.model.capability if p.perf.model.capability is not None else 1.0)
-                       for p in cluster.pools}
+                       for p in cluster.pools if p.config.serving != Serving.JUDGE}
+        # Routers' passes (scheduler/live/judges.py), as the simulator runs them.
+        self.judges = LiveJudges(self)
         self._refresh_candidates()  # every instance is STARTING: none is a candidate yet
         workers.bind(self)
 
@@ -230,6 +234,8 @@ class SchedulerCore:
 
     def on_update(self, instance: int, u: WorkUpdate) -> None:
         fl = self._stages.get(u.key)
+        if fl is None and self.judges.pending and self.judges.on_update(instance, u):
+            return
         if fl is None or fl.at != instance:
             return  # a stage that ended here already (cancelled, timed out, lost)
         first = count = 0
@@ -288,6 +294,7 @@ class SchedulerCore:
         self.mark_failed(instance, reason)
 
     def _lose(self, slot: Slot, error: WorkError) -> None:
+        self.judges.on_lost(slot.instance)
         for fl in list(slot.stages.values()):
             self._stage_failed(fl, error, worker_died=True)
 
@@ -325,7 +332,7 @@ class SchedulerCore:
             tally.finished(RequestStatus.REJECTED, Reason.PENDING_BYTES)
             raise Overloaded(f"{self._pending_bytes:,} bytes of requests are in flight; {inp.size_bytes:,} more would "
                              f"pass the bound ({self.options.max_pending_bytes:,}, --max-pending-bytes); retry later")
-        fl = Flight(key, self._seq - 1, inp, min_cap, arrival, wall0, sink)
+        fl = Flight(key, self._seq - 1 if inp.trace_row is None else inp.trace_row, inp, min_cap, arrival, wall0, sink)
         self._active[key] = fl
         self._awaiting_first += 1
         self._pending_bytes += fl.size_bytes
@@ -355,6 +362,8 @@ class SchedulerCore:
             raise InvalidRequest(f"field 'min_capability': must be in [0, 1], got {min_cap}")
         if not (math.isfinite(inp.difficulty) and 0.0 <= inp.difficulty <= 1.0):
             raise InvalidRequest(f"field 'difficulty': must be in [0, 1], got {inp.difficulty}")
+        if inp.trace_row is not None and inp.trace_row < 0:
+            raise InvalidRequest(f"field 'trace_row': must be >= 0, got {inp.trace_row}")
         if inp.model_tier:
             if inp.model_tier not in self._tiers:
                 raise InvalidRequest(f"field 'model_tier': unknown tier {echo(inp.model_tier)}; this cluster serves "
@@ -403,9 +412,13 @@ class SchedulerCore:
             self._held.hold(fl)
             return
         clock = self.clock
-        now = fl.arrival_s + (clock.wall() - fl.wall0)
+        now = max(fl.arrival_s + (clock.wall() - fl.wall0), fl.ready_s)
         self.mirrors.refresh(now)
         req = Request(fl.seq, fl.inp, fl.out, now, fl.min_cap, fl.hashes, fl.difficulty)
+        if not fl.judged:  # a router reads the prompt first (when the policy has one)
+            fl.judged = True
+            if self.judges.gate(fl, req, now):
+                return
         t = clock.wall()
         decision = self.policy.decide(req, self.snap, now, self._rng)
         dt = clock.wall() - t
@@ -451,7 +464,7 @@ class SchedulerCore:
         key = f"{fl.key}#{fl.attempt}"
         # The core's own time since arrival counts at its real (unscaled) duration; the
         # worker admits the prompt at this modelled dispatch time.
-        fl.t_dispatch = fl.arrival_s + (self.clock.wall() - fl.wall0)
+        fl.t_dispatch = max(fl.arrival_s + (self.clock.wall() - fl.wall0), fl.ready_s)
         work = Work(key, fl.inp, fl.out, prefill=True, decode=peer is None, sent_s=fl.t_dispatch,
                     chunk_tokens=self.options.chunk_tokens, prefix_block_hashes=fl.hashes,
                     decode_instance=d if peer is not None else -1,
@@ -560,6 +573,7 @@ class SchedulerCore:
         if fl.awaiting:
             fl.awaiting = False
             self._awaiting_first -= 1
+        self.judges.cancel(fl)
         self._pending_bytes -= fl.size_bytes
         tally = self.tally
         tally.finished(status, code)
@@ -629,6 +643,7 @@ class SchedulerCore:
     def stats(self) -> SchedulerStatsView:
         pools = self.pool_stats()
         t = self.tally
+        judged_j, judged_usd = self.judges.apart()  # judgements charged at batch 1, beside the pools
         finished = t.requests_completed + t.requests_rejected + t.requests_failed
         return SchedulerStatsView(
             policy=self.policy.name, cluster=self.cluster.config.name, uptime_s=self.now(),
@@ -638,9 +653,11 @@ class SchedulerCore:
             reasons=t.reason_counts(), decisions_total=t.decisions_total,
             scheduling_overhead_s=t.decision_s.summary(), ttft_s=t.ttft.summary(), tpot_s=t.tpot.summary(),
             e2e_s=t.e2e.summary(), slo_attainment=t.slo_met / finished if finished else 0.0,
-            input_tokens=t.input_tokens, output_tokens=t.output_tokens, energy_j=sum(p.energy_j for p in pools),
-            cost_usd=sum(p.cost_usd for p in pools), pools=pools, control_overhead_s=t.control_s.summary(),
-            time_scale=self.clock.time_scale, prompt_lengths=dict(t.prompt_sources))
+            input_tokens=t.input_tokens, output_tokens=t.output_tokens,
+            energy_j=sum(p.energy_j for p in pools) + judged_j, cost_usd=sum(p.cost_usd for p in pools) + judged_usd,
+            pools=pools, control_overhead_s=t.control_s.summary(),
+            time_scale=self.clock.time_scale, prompt_lengths=dict(t.prompt_sources),
+            judgements={k: dict(v) for k, v in self.judges.rows.items()})
 
 
 def _error_reason(error: WorkError) -> Reason:

@@ -48,7 +48,7 @@ class Flight:
                  "wall0", "sink", "status", "reason", "retries", "attempt", "awaiting", "sent", "prefill_instance",
                  "decode_instance", "prefill_start_s", "prefill_end_s", "kv_transfer_end_s", "first_token_s",
                  "finish_s", "energy_j", "cost_usd", "akey", "at", "stage", "decodes", "t_dispatch", "timer",
-                 "payload", "difficulty", "code", "size_bytes", "moved")
+                 "payload", "difficulty", "code", "size_bytes", "moved", "judged", "ready_s")
 
     def __init__(self, key: str, seq: int, inp: GenerateInput, min_cap: float, arrival_s: float, wall0: float,
                  sink: RequestSink):
@@ -71,6 +71,10 @@ class Flight:
         self.size_bytes = inp.size_bytes
         self.retries = 0
         self.moved = 0  # retries after its worker died (not charged to max_retries)
+        # A router's judgement (scheduler/live/judges.py): asked for; and the modelled time its
+        # answer is out, before which the request is not placed.
+        self.judged = False
+        self.ready_s = 0.0
         self.attempt = 0
         self.awaiting = True  # counts against the queue bound until its first token
         self.sent = 0  # output tokens already streamed to the client

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from scheduler.cluster import Cluster
+from scheduler.config import Serving
 from scheduler.types import Role
 from workers.clock import Clock
 
@@ -26,7 +27,9 @@ class ServingPaths:
     """Which sets of READY instances make at least one complete path for a request."""
 
     def __init__(self, cluster: Cluster):
-        roles = np.array([int(cluster.pool_of(i).role) for i in range(cluster.n_instances)])
+        # Judge pools (`serving: judge`) run routers' passes only: no path for a request.
+        roles = np.array([int(cluster.pool_of(i).role) if cluster.pool_of(i).config.serving != Serving.JUDGE
+                          else -1 for i in range(cluster.n_instances)])
         models = np.array([cluster.pool_of(i).perf.model.name for i in range(cluster.n_instances)])
         self._both = np.flatnonzero(roles == int(Role.BOTH))
         # Per model with both: (its prefill instances, its decode instances).

@@ -59,7 +59,8 @@ def generate_input(request: scheduler_pb2.GenerateRequest, size_bytes: int = 0) 
         tpot_slo_s=request.tpot_slo_s if request.HasField("tpot_slo_s") else None,
         prefix_block_hashes=tuple(request.prefix_block_hashes),
         sent_unix_s=request.sent_unix_s if request.HasField("sent_unix_s") else None,
-        difficulty=request.difficulty if request.HasField("difficulty") else 0.0, size_bytes=size_bytes)
+        difficulty=request.difficulty if request.HasField("difficulty") else 0.0,
+        trace_row=request.trace_row if request.HasField("trace_row") else None, size_bytes=size_bytes)
 
 
 def token_chunk_proto(event: TokenEvent) -> common_pb2.TokenChunk:
@@ -96,6 +97,7 @@ def stats_proto(s: SchedulerStatsView) -> scheduler_pb2.SchedulerStats:
         ttft_s=_percentiles_proto(s.ttft_s), tpot_s=_percentiles_proto(s.tpot_s), e2e_s=_percentiles_proto(s.e2e_s),
         slo_attainment=s.slo_attainment, input_tokens=s.input_tokens, output_tokens=s.output_tokens,
         energy_j=s.energy_j, cost_usd=s.cost_usd, time_scale=s.time_scale, prompt_lengths=s.prompt_lengths,
+        judgements={kind: scheduler_pb2.JudgementStats(**row) for kind, row in s.judgements.items()},
         pools=[scheduler_pb2.PoolStats(
             name=p.name, device=p.device, model=p.model, role=_ROLE_TO_PROTO[p.role], instances=p.instances,
             chips_per_instance=p.chips_per_instance, queue_depth=p.queue_depth, running=p.running,

@@ -123,6 +123,7 @@ class GenerateInput:
     prefix_block_hashes: tuple[int, ...] = ()
     sent_unix_s: float | None = None  # when the client sent it
     difficulty: float = 0.0  # the router's difficulty signal (scheduler.types.Request)
+    trace_row: int | None = None  # the policy's request number when set (a replayed trace's row)
     payload: PromptPayload | None = None
     size_bytes: int = 0  # what it holds while in flight, against LiveOptions.max_pending_bytes
     prompt_source: PromptSource = PromptSource.CLIENT
@@ -230,6 +231,9 @@ class SchedulerStatsView:
     control_overhead_s: Percentiles = Percentiles()
     time_scale: float = 0.0
     prompt_lengths: dict[str, int] = field(default_factory=dict)  # accepted requests by PromptSource value
+    # Routers' passes by kind (scheduler/live/judges.py): passes, failed, unplaced, seconds, queue_s,
+    # energy_j, cost_usd (apart_*: the part charged at batch 1, beside the pools), device, model, pool.
+    judgements: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

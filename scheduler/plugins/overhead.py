@@ -6,9 +6,15 @@ after each pass (prefill of prompt + answer, one token). Each is priced on its
 own instance at batch 1 with the same performance and power model as the
 pools (workers/perf.py): its time is added to the request's latency (the pass
 after it starts that much later), its energy (idle + dynamic power over that
-time) and dollars (the instance's price over that time) to the run's. The
-judge instance is not shared with the pools and is not queued: an optimistic
-choice for latency at high load, stated with the results.
+time) and dollars (the instance's price over that time) to the run's.
+
+Where the cluster has a pool running the judge's model on its device (a
+`serving: judge` pool first, else a colocated pool serving that model), the
+runtimes place the pass there instead (simulator/judges.py,
+scheduler/live/judges.py): it queues behind that pool's work and costs what the
+pool's engine says it costs. The batch-1 figures here are then only the
+prediction; without such a pool they are the charge (unqueued: optimistic for
+latency at high load, and the summary says which judgements ran where).
 
 Defaults: the router is an LLM classifier the size of RouteLLM's causal-LLM
 router (Ong et al., 2024, arXiv 2406.18665: Llama-3-8B fine-tuned to route),
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scheduler.config import Serving
 from scheduler.framework import param
+from scheduler.types import Role
 from scheduler.validation import ConfigError
 from workers.devices import DEVICES, get_device
 from workers.models import MODELS, load_model, with_dtype
@@ -37,6 +45,8 @@ class Overhead:
     energy_j: float
     cost_usd: float
     device: str
+    model: str = ""  # the judge's model as configured ("llama-3.1-70b")
+    tokens: int = 0  # tokens the pass reads (its prompt); it writes one
 
 
 def known_model(name: str) -> str | None:
@@ -69,6 +79,7 @@ class InferenceCost:
     def __init__(self, kind: str, model: str, device: str, key: str):
         self.kind = kind
         self.device_name = device
+        self.model_name = model
         try:
             dev = get_device(device)
             spec = load_model(model)
@@ -91,7 +102,7 @@ class InferenceCost:
             t_dec, e_dec = perf.decode(1, float(tokens), 1)
             seconds = t_pre + t_dec
             hit = Overhead(self.kind, seconds, perf.idle_power_w * seconds + e_pre + e_dec,
-                           perf.price_usd_per_s * seconds, self.device_name)
+                           perf.price_usd_per_s * seconds, self.device_name, self.model_name, tokens)
             if len(self._cache) < 65536:
                 self._cache[tokens] = hit
         return hit
@@ -107,3 +118,13 @@ def verifier_cost(params) -> InferenceCost | None:
     if params.verifier_model == NONE:
         return None
     return InferenceCost("verifier", params.verifier_model, params.verifier_device, "verifier_model")
+
+
+def judge_pool(cluster, model: str, device: str):
+    """The pool that runs judgements of `model` on `device`: a judge pool (`serving: judge`) first,
+    else a pool serving that model there; colocated (a judgement is one prefill and one token).
+    None when there is none: the judgement is then charged at batch 1 (InferenceCost)."""
+    fits = [p for p in cluster.pools if p.config.model == model and p.config.device == device
+            and p.role == Role.BOTH and p.config.serving != Serving.OWN_DEVICE]
+    fits.sort(key=lambda p: p.config.serving != Serving.JUDGE)
+    return fits[0] if fits else None

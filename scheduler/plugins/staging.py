@@ -70,9 +70,16 @@ class Escalate:
         self.max_attempts = params.max_attempts
         self.cost = verifier_cost(params)
 
-    def check_overhead(self, orig: Request, tag: int) -> Overhead | None:
-        """The verifier's inference pass over the prompt and the answer of pass `tag`."""
-        return self.cost.cost(orig.input_tokens + orig.output_tokens) if self.cost is not None else None
+    def check_overhead(self, orig: Request, tag: int, capability: float | None = None,
+                       snap: ClusterSnapshot | None = None) -> Overhead | None:
+        """The verifier's inference pass over the prompt and the answer of pass `tag`; none where its
+        verdict could change nothing (the last attempt, or an answer from the top tier, given
+        `capability` and `snap`)."""
+        if self.cost is None or tag + 1 >= self.max_attempts:
+            return None
+        if snap is not None and capability is not None and snap.next_tier_above(capability) is None:
+            return None
+        return self.cost.cost(orig.input_tokens + orig.output_tokens)
 
     def first(self, req: Request, snap: ClusterSnapshot) -> Pass:
         return Pass(req, 0, PassKind.FIRST)

@@ -20,6 +20,7 @@ from scheduler.live.inprocess import InProcessWorkerClient
 from scheduler.live.types import (DuplicateRequest, GenerateInput, InvalidRequest, LiveOptions, Overloaded,
                                   RequestOutcome, TokenEvent)
 from scheduler.live.worker_client import GrpcWorkerClient
+from scheduler.plugins.tiers import Router, RouterParams
 from scheduler.reasons import Reason
 from scheduler.registry import build_policy
 from scheduler.types import RequestStatus
@@ -399,3 +400,29 @@ def test_outcome_spans_add_up_over_grpc():
     assert o.ttft_s == pytest.approx(o.first_token_s - o.arrival_s)
     assert o.tpot_s == pytest.approx((o.finish_s - o.first_token_s) / 99)
     assert np.isfinite(o.energy_j) and o.energy_j > 0 and o.output_tokens == 100
+
+
+def test_a_replayed_rows_number_decides_the_routers_misjudgement():
+    """With router_accuracy < 1 the router misjudges a seeded share of requests by their
+    number. A request naming its trace row is judged as the simulator judges that row,
+    whatever order it reached the core in; without one, by its arrival count."""
+    config = load_cluster(builtin_cluster_path("edge-cloud"))
+    config = replace(config, policy=replace(config.policy, staging="none", params={"router_accuracy": 0.5}))
+    router = Router(RouterParams(router_accuracy=0.5))
+    rows = [r for r in range(100, 140) if router.misjudges(r) != router.misjudges(139 - r)][:6]
+    assert len(rows) == 6
+    cluster = Cluster(config)
+    clock = VirtualClock()
+    client = InProcessWorkerClient(cluster, clock, stream_interval_s=1.0)
+    core = SchedulerCore(cluster, build_policy(config.policy, config), VIRTUAL, clock, client)
+    client.register_all(core)
+    for row in reversed(rows):  # arrival counts differ from the rows
+        sink = Sink()
+        core.submit(GenerateInput(f"row-{row}", 200, 10, difficulty=0.3, trace_row=row), sink)
+        clock.run()
+        # An 8B laptop model (capability 0.694) can answer difficulty 0.3: the router sends it
+        # there unless it misjudges the row.
+        expected = "cloud-70b" if router.misjudges(row) else "laptops"
+        assert cluster.pool_of(sink.outcome.prefill_instance).name == expected, row
+    with pytest.raises(InvalidRequest, match="trace_row"):
+        core.submit(GenerateInput("bad", 200, 10, trace_row=-1), Sink())

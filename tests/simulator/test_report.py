@@ -79,7 +79,7 @@ def test_summary_shows_units_and_three_lines_under_the_pool_table(demo):
 
 def test_demo_lines_say_where_requests_went_and_why(demo):
     routing, cost, energy = describe(demo)
-    lap, gpu = demo["pools"]["laptops"], demo["pools"]["h100"]
+    lap = demo["pools"]["laptops"]
     assert f"laptops (m4-max) {lap['share'] * 100:.1f}%" in routing
     assert f"mean prompt {lap['prefill_tokens'] / lap['requests']:,.0f} tokens" in routing
     assert "every pool served requests" in routing

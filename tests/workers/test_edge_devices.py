@@ -47,6 +47,18 @@ def test_phone_prefill_is_far_below_the_former_int8_figure():
     assert get_device("phone").fp8_flops is None
 
 
+def test_phone_serves_at_its_measured_npu_power_within_the_measured_range():
+    # Whole-device power on a Snapdragon 8 Elite phone: ~7.0 W on the NPU (the speeds' path), 14.6 W
+    # for 8B on the CPU with llama.cpp; the model's decode and prefill draw the NPU figure.
+    lo, hi = edge.PHONE_POWER_RANGE_W
+    assert lo == pytest.approx(7.0, abs=0.05) and hi == edge.PUBLISHED_PHONE_CPU_8B_W == 14.6
+    phone = get_device("phone")
+    perf = InstancePerf(phone, Q4_8B)
+    for t, e in (perf.decode(1, 64.0, 1), perf.prefill(512, 512 * 513 / 2, 1)):
+        assert lo * 0.9 <= phone.idle_power_w + e / t <= lo * 1.1
+    assert "Ehsani" in phone.sources["peak_power_w"] and "Nexa" in phone.sources["peak_power_w"]
+
+
 @pytest.mark.parametrize("device, share", [("h100-sxm", (10.2 - 5.6) / 5.6), ("wse-3", 0.0), ("m4-max", 0.485)])
 def test_host_power_share_comes_from_system_power(device, share):
     d = get_device(device)

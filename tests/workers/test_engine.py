@@ -174,7 +174,6 @@ def test_energy_and_cost_shares_add_up():
     eng.submit_prefill(1, 100, 11)
     eng.submit_prefill(2, 300, 21)
     eng.poke(0.0, [])
-    log = []
     shares = {}
     now = 0.0
     while eng.next_wake_s != math.inf:

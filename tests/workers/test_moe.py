@@ -100,7 +100,6 @@ def test_decode_reads_the_experts_the_batch_touches():
 
 def test_prefill_flops_come_from_active_parameters():
     m = get_model("deepseek-v3")
-    perf = InstancePerf(H200, m, 8)
     flops_per_token = m.flops_per_token
     assert flops_per_token == pytest.approx(2 * (m.active_params - m.embedding_params - m.lm_head_params
                                                  - m.norm_params), rel=1e-9)
