@@ -49,10 +49,10 @@ class PredictedLatency:
         return np.divide(slo, latency, out=latency)
 
     def score_list(self, req, snap, stage, cands, now_s, prefill_instance):
-        # `score`'s arithmetic on lists, fused with the prediction (one list, not two).
+        # `score`'s arithmetic on lists, in the predictor's pass (one list, not two).
         if stage == _DECODE:
-            return snap.tpot_scores_list(cands, req.input_tokens + req.output_tokens, self.tpot_slo_s)
-        return snap.ttft_scores_list(cands, stage, now_s, req.input_tokens, self.ttft_slo_s)
+            return snap.predicted_tpot_list(cands, req.input_tokens + req.output_tokens, self.tpot_slo_s)
+        return snap.predicted_ttft_list(cands, stage, now_s, req.input_tokens, self.ttft_slo_s)
 
 
 class KvHeadroom(WithoutParams):
