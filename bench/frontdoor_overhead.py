@@ -13,7 +13,11 @@ engine and machine load:
   front door forwards the client's prompt text to the engine);
 - with `--baseline DIR`: `grpc_baseline` (and `openai_http_baseline`), the same
   through a second `serve` run from another checkout (another commit), so a
-  change is measured before and after in one window.
+  change is measured before and after in one window;
+- with `--floor`: `grpc_floor` (and `openai_floor`), the same through
+  bench/frontdoor_floor.py, a plain process that only relays (no Ray, no
+  scheduler): the cost of any one-hop front door on this machine, the floor
+  under infersched's added latency.
 Every prompt starts with another word than the one sent before it (64 tokens of
 one-token words), so llama.cpp reuses no KV and every request runs cold. A gap
 (`--gap-ms`, default 20) separates requests, so work a path leaves behind after
@@ -21,11 +25,13 @@ its answer (a serve's load report, the engine's tokenizer counting a prompt
 whose answer carried no usage) lands in the gap, not on the next path's request.
 Reported: p50 TTFT and end-to-end time as the client sees them on each path,
 the added latency (p50 through minus p50 of its direct path) and the p50 of the
-per-iteration differences. Target: p50 added latency <= 2 ms.
+per-iteration differences, as JSON and as a table that names each path.
+Target: p50 added latency <= 2 ms.
 
     python bench/frontdoor_overhead.py                 # 200 iterations, gRPC path only
     python bench/frontdoor_overhead.py --http --pairs 150
     python bench/frontdoor_overhead.py --baseline /tmp/before --pairs 150   # A/B against another checkout
+    python bench/frontdoor_overhead.py --http --floor --pairs 150           # and the one-hop floor
 Writes bench/results/frontdoor_overhead.json.
 """
 from __future__ import annotations
@@ -54,6 +60,7 @@ from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
 from tests.serve_process import served_process  # noqa: E402
 from live_measure import write_result  # noqa: E402
+from frontdoor_floor import floor_process  # noqa: E402
 from workers.openai_engine import OpenAIEngine  # noqa: E402
 
 
@@ -118,12 +125,45 @@ class ColdKeys:
 
 
 # Each through path and the direct path it is compared with.
-BASE = {"grpc": "direct", "grpc_baseline": "direct", "openai_http": "openai_direct",
-        "openai_http_baseline": "openai_direct"}
+BASE = {"grpc": "direct", "grpc_baseline": "direct", "grpc_floor": "direct", "openai_http": "openai_direct",
+        "openai_http_baseline": "openai_direct", "openai_floor": "openai_direct"}
+WHAT = {
+    "direct": "aiohttp client -> engine",
+    "grpc": "gRPC Generate -> serve (this checkout) -> engine",
+    "grpc_baseline": "gRPC Generate -> serve (--baseline checkout) -> engine",
+    "grpc_floor": "gRPC Generate -> bare relay process -> engine",
+    "openai_direct": "openai client -> engine",
+    "openai_http": "openai client -> serve --http-port (this checkout) -> engine",
+    "openai_http_baseline": "openai client -> serve --http-port (--baseline checkout) -> engine",
+    "openai_floor": "openai client -> bare relay process -> engine",
+}
+
+
+def table(result: dict) -> str:
+    """The result as a table a reader can take in without this file: p50 ms per path."""
+    width = max(len(WHAT[name]) for name in result["paths"])
+    rows = [f"{'path':21s} {'what':{width}s}   TTFT    e2e  added TTFT (iter.)  added e2e (iter.)"]
+    for name in result["paths"]:
+        line = (f"{name:21s} {WHAT[name]:{width}s} {result[f'{name}_ttft_ms_p50']:6.2f} "
+                f"{result[f'{name}_e2e_ms_p50']:6.2f}")
+        if name in BASE:
+            prefix = "" if name == "grpc" else name + "_"
+            line += (f"  {result[f'{prefix}added_ttft_ms_p50']:6.2f} ({result[f'{prefix}iteration_added_ttft_ms_p50']:5.2f})"
+                     f"     {result[f'{prefix}added_e2e_ms_p50']:6.2f} ({result[f'{prefix}iteration_added_e2e_ms_p50']:5.2f})")
+        rows.append(line)
+    rows.append("p50 ms over the iterations; added = p50 through - p50 of its direct path (iter. = p50 of each "
+                "iteration's difference). Target: added <= 2 ms.")
+    for name in result["paths"]:
+        if f"{name}_vs_baseline_ttft_ms_p50" in result:
+            rows.append(f"{name} minus {name}_baseline, p50 of each iteration's difference: TTFT "
+                        f"{result[f'{name}_vs_baseline_ttft_ms_p50']:+.2f} ms, e2e "
+                        f"{result[f'{name}_vs_baseline_e2e_ms_p50']:+.2f} ms (negative: this checkout faster)")
+    return "\n".join(rows)
 
 
 async def measure(engine_url: str, served: dict[str, tuple[str, str]], args) -> dict:
-    """`served`: label ("" or "_baseline") -> (gRPC address, HTTP base URL) of a serve."""
+    """`served`: label ("" or "_baseline" or "_floor") -> (gRPC address, HTTP base URL) of a
+    serve (or of the floor relay)."""
     import openai
 
     keys = ColdKeys()
@@ -138,7 +178,8 @@ async def measure(engine_url: str, served: dict[str, tuple[str, str]], args) -> 
                                                                args.output_tokens))
             if args.http:
                 client = openai.AsyncOpenAI(base_url=http, api_key="unused", max_retries=0, timeout=60)
-                paths["openai_http" + label] = (lambda client=client: openai_stream(
+                paths["openai_floor" if label == "_floor" else "openai_http" + label] = (
+                    lambda client=client: openai_stream(
                     client, synthetic_prompt(keys("http"), args.prompt_tokens), args.output_tokens))
         if args.http:
             client = openai.AsyncOpenAI(base_url=engine_url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -174,6 +215,13 @@ async def measure(engine_url: str, served: dict[str, tuple[str, str]], args) -> 
                 # Both requests of an iteration ran cold a moment apart: the p50 of their
                 # differences is a second, less load-sensitive view of the same quantity.
                 result[f"{prefix}iteration_added_{what}_ms_p50"] = p50_ms(a[name][:, i] - a[base][:, i])
+    for name in names:
+        if name.endswith("_baseline") and name[:-len("_baseline")] in a:
+            # This checkout against the baseline's, each iteration's pair a moment apart:
+            # the least load-sensitive view of what a change did (negative: this one faster).
+            after = name[:-len("_baseline")]
+            for i, what in enumerate(("ttft", "e2e")):
+                result[f"{after}_vs_baseline_{what}_ms_p50"] = p50_ms(a[after][:, i] - a[name][:, i])
     result["paths"] = names
     return result
 
@@ -188,6 +236,8 @@ def main() -> int:
                                                             "serve --http-port")
     parser.add_argument("--baseline", type=Path, help="another checkout: a second serve runs from it, measured "
                                                       "in the same rotation (before/after a change)")
+    parser.add_argument("--floor", action="store_true", help="also through bench/frontdoor_floor.py, a bare "
+                                                               "relay process: the floor of one hop")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="idle time before each request (background "
                                                                      "work of the one before settles)")
     parser.add_argument("--serve-args", nargs="*", default=[], help="more `serve` flags, e.g. --realtime-priority 1")
@@ -210,11 +260,16 @@ def main() -> int:
                                                        *args.serve_args,
                                                        checkout=checkout.resolve()))
             served[label] = (serve.address, serve.http)
+        if args.floor:
+            served["_floor"] = stack.enter_context(floor_process(engine.base_url, MODEL_ALIAS))
         result = asyncio.run(measure(engine.base_url, served, args))
     result.update(baseline=str(args.baseline) if args.baseline else None, serve_args=args.serve_args,
                   gap_ms=args.gap_ms,
                   pairs=args.pairs, prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens)
     write_result(result, args.out, load_before)
+    print(table(result))
+    print(f"load average {result['load_average'][0]} before, {result['load_average'][1]} after "
+          f"({result['machine']}, {result['date']})")
     return 0
 
 

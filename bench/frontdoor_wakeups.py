@@ -10,6 +10,10 @@ involuntary switches; CPU in clock ticks, so per-request CPU is coarse). Linux o
 
     python bench/frontdoor_wakeups.py                       # this checkout
     python bench/frontdoor_wakeups.py --checkout /tmp/before
+    python bench/frontdoor_wakeups.py --floor               # also bench/frontdoor_floor.py's relay
+With `--floor` the same requests go through bench/frontdoor_floor.py too (a bare relay
+process: no Ray, no scheduler), counted in its process under "floor": the wakeups any
+one-hop front door costs on this machine.
 Writes bench/results/frontdoor_wakeups.json.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from tests.engines.llama_server import MODEL_ALIAS, running_llama_server  # noqa
 from tests.engines.tiny_llama import write_tiny_llama  # noqa: E402
 from tests.serve_process import served_process  # noqa: E402
 from live_measure import write_result  # noqa: E402
+from frontdoor_floor import floor_process  # noqa: E402
 
 TICK_MS = 1e3 / os.sysconf("SC_CLK_TCK")
 
@@ -82,22 +87,24 @@ def per_request(before: dict, after: dict, n: int) -> dict[str, dict[str, float]
             for name in sorted(switches, key=lambda k: -switches[k]) if switches[name]}
 
 
-async def measure(served, n: int) -> dict:
+async def measure(address: str, http: str, n: int) -> dict:
+    """`address`, `http`: the gRPC address and OpenAI base URL of the process measured."""
     import openai
 
-    pid = listening_pid(int(served.address.rsplit(":", 1)[1]))
+    pid = listening_pid(int(address.rsplit(":", 1)[1]))
     names = python_thread_names(pid)
     result = {}
-    async with grpc.aio.insecure_channel(served.address) as channel:
+    async with grpc.aio.insecure_channel(address) as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
 
         async def grpc_one(i: int) -> int:
             messages = 0
-            async for _ in stub.Generate(scheduler_pb2.GenerateRequest(prompt_length=64, max_output_tokens=16)):
+            async for _ in stub.Generate(scheduler_pb2.GenerateRequest(request_id=f"w{i}-{time.time_ns()}",
+                                                                       prompt_length=64, max_output_tokens=16)):
                 messages += 1
             return messages
 
-        client = openai.AsyncOpenAI(base_url=served.http, api_key="unused", max_retries=0, timeout=60)
+        client = openai.AsyncOpenAI(base_url=http, api_key="unused", max_retries=0, timeout=60)
 
         async def http_one(i: int) -> int:
             stream = await client.completions.create(model=MODEL_ALIAS, prompt=synthetic_prompt(f"w{i}", 64),
@@ -124,6 +131,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--checkout", type=Path, default=ROOT, help="serve from another checkout")
+    parser.add_argument("--floor", action="store_true", help="also count bench/frontdoor_floor.py's relay")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "frontdoor_wakeups.json"))
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -137,7 +145,10 @@ def main() -> int:
             (tmp / "cluster.yaml").write_text(yaml.safe_dump(cluster))
             with served_process(tmp / "cluster.yaml", "--metrics-port", "-1", "--http-port", "0",
                                 checkout=args.checkout.resolve()) as served:
-                result = asyncio.run(measure(served, args.requests))
+                result = asyncio.run(measure(served.address, served.http, args.requests))
+            if args.floor:
+                with floor_process(engine.base_url, MODEL_ALIAS) as (address, http):
+                    result["floor"] = asyncio.run(measure(address, http, args.requests))
     result.update(checkout=str(args.checkout), requests=args.requests)
     write_result(result, args.out, load_before)
     return 0

@@ -146,9 +146,6 @@ class OpenAIWorkerClient:
         task.add_done_callback(lambda t, key=work.key: self._ended(link, key, t))
         if link.busy_since is None:
             link.busy_since = time.perf_counter()
-        # The load report after the task's first step, which sends the request: the core
-        # already counted the dispatch in its view, and the engine starts ~40 us sooner.
-        loop.call_soon(self._report, link)
 
     def cancel(self, instance: int, key: str) -> None:
         link = self._links.get(instance)
@@ -219,6 +216,11 @@ class OpenAIWorkerClient:
         try:
             stream = CompletionStream(link.engine, "/v1/" + route, body, None, chat=route == "chat/completions")
             async with stream:
+                # The load report once the engine has answered the request's headers, while it
+                # prefills: the core counted the dispatch in its view already, and a report at
+                # dispatch ran before the request was written (aiohttp writes a body a few
+                # loop turns after the call), on the first token's way.
+                self._report(link)
                 async for event in stream:
                     last = link.progress_s = event.arrival_s
                     if first is None:

@@ -38,9 +38,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def serve():
+def serve(ray_cluster_address):
     with served_process(builtin_cluster_path("live-small"), "--metrics-port", "0", "--http-port", "0",
-                        "--time-scale", "0.01", command=(INFERSCHED,), timeout_s=START_TIMEOUT_S) as served:
+                        "--time-scale", "0.01", "--address", ray_cluster_address, command=(INFERSCHED,),
+                        timeout_s=START_TIMEOUT_S) as served:
         yield served.address, urllib.parse.urlsplit(served.metrics).netloc
 
 

@@ -2,7 +2,7 @@
 cluster (--address: the checkout shipped with runtime_env) and on a local instance (--parallel 2).
 
 The cluster is started by the script, from a fresh process, as the live tests do
-(tests/live/conftest.py says why not `ray.init()` here). This process only joins it
+(tests/ray_cluster.py says why not `ray.init()` here). This process only joins it
 as a driver (`ray.init(address=...)` forks nothing). `--parallel` starts its Ray
 instance with `ray.init(num_cpus=N)`, which forks Ray's processes, so it is run as
 the CLI in a subprocess: a fresh process, like a user's.
@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ import yaml
 from scheduler.config import builtin_cluster_path, load_cluster
 from infersched.cli import main as cli_main
 from simulator.jobs import SimJob, WorkloadSpec, run_jobs, without_wall_clock
+from tests.ray_cluster import cluster_env, scripted_cluster
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs Ray (pip install ray)"),
@@ -33,18 +31,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "deploy" / "local_multinode.sh"
 POLICIES = ["least-loaded", "round-robin", "slo-aware", "cost-aware"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this interpreter's ray
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env.pop("RAY_ADDRESS", None)
-    # This process's Ray reads RAY_AUTH_MODE once (unset: no token auth); the cluster runs in that mode.
-    env["RAY_AUTH_MODE"] = os.environ.get("RAY_AUTH_MODE", "disabled")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +40,12 @@ def two_nodes():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    temp_dir = tempfile.mkdtemp(prefix="iss-", dir="/tmp")  # short: Unix socket paths live under it
-    script = lambda *args: subprocess.run(  # noqa: E731
-        [str(SCRIPT), *args, "--temp-dir", temp_dir], capture_output=True, text=True, timeout=180, env=_env(),
-        cwd=ROOT)
-    try:
-        started = script("start")
-        assert started.returncode == 0, f"local_multinode.sh start failed:\n{started.stderr}"
-        yield re.search(r"^RAY_ADDRESS=(\S+)$", started.stdout, re.M)[1]
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        stopped = script("stop")
-        left = script("pids").stdout.split()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        assert stopped.returncode == 0, f"local_multinode.sh stop failed:\n{stopped.stderr}"
-        assert not left, f"processes of the test cluster still running after stop: {left}"
+    with scripted_cluster(prefix="iss-") as address:
+        try:
+            yield address
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 def policy_jobs(spec: WorkloadSpec) -> list[SimJob]:
@@ -107,7 +84,7 @@ def test_sweep_with_address_writes_the_sequential_cells(two_nodes, tmp_path, cap
         "rates": [100, 300], "variants": [{"name": "16"}, {"name": "6", "instances": {"h100": 6}}]}))
     remote = subprocess.run([sys.executable, "-m", "infersched.cli", "sweep", "--grid", str(grid), "--out",
                              str(tmp_path / "ray"), "--address", two_nodes],
-                            capture_output=True, text=True, timeout=240, env=_env(), cwd=ROOT)
+                            capture_output=True, text=True, timeout=240, env=cluster_env(), cwd=ROOT)
     assert remote.returncode == 0, remote.stderr
     assert cli_main(["sweep", "--grid", str(grid), "--out", str(tmp_path / "here"), "--no-progress"]) == 0
     cells = [json.loads((tmp_path / d / "sweep.json").read_text())["cells"] for d in ("ray", "here")]
@@ -122,7 +99,7 @@ def test_compare_parallel_2_writes_the_sequential_json(tmp_path):
         done = subprocess.run([sys.executable, "-m", "infersched.cli", "compare", "--policies", ",".join(POLICIES),
                                "--cluster", "gpu-colocated", "--requests", "2000", "--rate", "250", "--seed", "4",
                                "--json", str(out), *extra],
-                              capture_output=True, text=True, timeout=240, env=_env(), cwd=tmp_path)
+                              capture_output=True, text=True, timeout=240, env=cluster_env(), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         doc = json.loads(out.read_text())
         doc["runs"] = [without_wall_clock(r) for r in doc["runs"]]
@@ -136,7 +113,7 @@ def test_plan_verified_on_the_cluster_writes_the_sequential_plan(two_nodes, tmp_
     args = ["plan", "--rate", "300", "--requests", "2000", "--ttft-slo", "0.1", "--tpot-slo", "0.02",
             "--quality-floor", "0.69", "--headroom", "1.0"]
     remote = subprocess.run([sys.executable, "-m", "infersched.cli", *args, "--json", str(tmp_path / "ray.json"),
-                             "--address", two_nodes], capture_output=True, text=True, timeout=240, env=_env(),
+                             "--address", two_nodes], capture_output=True, text=True, timeout=240, env=cluster_env(),
                             cwd=ROOT)
     assert remote.returncode == 0, remote.stderr
     assert cli_main([*args, "--json", str(tmp_path / "here.json")]) == 0

@@ -1,10 +1,9 @@
-"""What the live fault tests share: a local Ray cluster for a built-in cluster file, a
+"""What the live fault tests share: a built-in cluster file's config, a
 scheduler on a fixed loopback port (a restarted scheduler binds it again), health
 polling and Generate calls."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from infersched.v1 import scheduler_pb2, scheduler_pb2_grpc
 from scheduler.cluster import Cluster
 from scheduler.config import builtin_cluster_path, load_cluster
-from tests.live.conftest import local_ray
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "infersched.cli"]
@@ -32,14 +30,6 @@ PROBE_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_reconnect_bac
 def cluster_config(name: str):
     config = load_cluster(builtin_cluster_path(name))
     return config, Cluster(config)
-
-
-@contextlib.contextmanager
-def ray_for(name: str):
-    from scheduler.live.actor import pool_resources
-
-    with local_ray(pool_resources(cluster_config(name)[1])) as ray:
-        yield ray
 
 
 def free_port() -> int:

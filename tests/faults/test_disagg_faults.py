@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from infersched.v1 import common_pb2
-from tests.faults.live import (NOT_SERVING, SERVING, cluster_config, free_port, ray_for, replay_process,
+from tests.faults.live import (NOT_SERVING, SERVING, cluster_config, free_port, replay_process,
                                send_every, stats, wait_health, workers)
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
@@ -21,21 +21,20 @@ START_TIMEOUT_S = 240.0  # sixteen worker actors on a small, shared host
 
 
 @pytest.fixture(scope="module")
-def disagg():
-    """gpu-disagg's scheduler, started without waiting: it binds its port at once and
-    says NOT_SERVING while its sixteen workers start."""
+def disagg(ray_cluster):
+    """gpu-disagg's scheduler on the session's Ray cluster, started without waiting: it
+    binds its port at once and says NOT_SERVING while its sixteen workers start."""
     from scheduler.live.actor import start_scheduler, stop_scheduler
     from scheduler.live.types import LiveOptions
 
     config, _ = cluster_config("gpu-disagg")
-    with ray_for("gpu-disagg"):
-        port = free_port()
-        actor, _ = start_scheduler(config, port=port, options=LiveOptions(time_scale=0.01), wait=False,
-                                   start_timeout_s=START_TIMEOUT_S)
-        try:
-            yield actor, f"127.0.0.1:{port}"
-        finally:
-            stop_scheduler(actor)
+    port = free_port()
+    actor, _ = start_scheduler(config, port=port, options=LiveOptions(time_scale=0.01), wait=False,
+                               start_timeout_s=START_TIMEOUT_S)
+    try:
+        yield actor, f"127.0.0.1:{port}"
+    finally:
+        stop_scheduler(actor)
 
 
 def test_no_request_is_lost_from_the_first_serving_answer(disagg):

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from infersched.v1 import common_pb2, scheduler_pb2_grpc
-from tests.faults.live import (NOT_SERVING, SERVING, cli, cluster_config, free_port, generate, health, ray_for,
+from tests.faults.live import (NOT_SERVING, SERVING, cli, cluster_config, free_port, generate, health,
                                replay_process, send_every, stats, wait_health, workers)
 
 pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
@@ -24,16 +24,10 @@ RECOVERY_LIMIT_S = 90.0  # a loose bound for a shared 2-core host; bench/live_fa
 COMPLETED = common_pb2.REQUEST_STATUS_COMPLETED
 
 
-@pytest.fixture(scope="module")
-def ray_small():
-    with ray_for("live-small") as ray:
-        yield ray
-
-
 @pytest.fixture
-def small(ray_small):
-    """A fresh live-small scheduler (round-robin, so every instance takes work) that Ray
-    restarts once if its process dies."""
+def small(ray_cluster):
+    """A fresh live-small scheduler on the session's Ray cluster (round-robin, so every
+    instance takes work) that Ray restarts once if its process dies."""
     from scheduler.live.actor import start_scheduler, stop_scheduler
     from scheduler.live.types import LiveOptions
 

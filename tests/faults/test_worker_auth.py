@@ -15,7 +15,6 @@ import grpc
 import pytest
 
 from infersched.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc, worker_pb2, worker_pb2_grpc
-from tests.live.conftest import live_small, ray_local  # noqa: F401 - fixtures: a real local Ray cluster
 from tests.workers.test_worker_plane import code_of, worker_call
 from workers.security.plane import ClusterCredentials, PlaneMember
 from workers.security.tls import CertificateAuthority
@@ -25,7 +24,7 @@ RPC_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="module", params=["token", "mtls"])
-def plane(request, ray_local, live_small):  # noqa: F811
+def plane(request, ray_cluster, live_small):
     from scheduler.live.actor import start_scheduler, stop_scheduler
     from scheduler.live.types import LiveOptions
 

@@ -1,5 +1,5 @@
-"""`infersched serve --http-port` as an OpenAI client sees it: a real serve process (its
-own local Ray cluster, emulated live-small pools), the official `openai` package on
+"""`infersched serve --http-port` as an OpenAI client sees it: a real serve process (on
+the session's local Ray cluster, emulated live-small pools), the official `openai` package on
 loopback, and the scheduler's own GetStats, metrics and decision log to check that
 every HTTP request was counted."""
 from __future__ import annotations
@@ -65,14 +65,14 @@ def _post(url: str, data: bytes) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, ray_cluster_address):
     """serve on a port chosen here, so /health can be asked before serve says it is up."""
     port = _free_port()
     decisions = tmp_path_factory.mktemp("http") / "decisions.jsonl"
     proc = subprocess.Popen(
         [*CLI, "serve", "--cluster", str(builtin_cluster_path("live-small")),
          "--port", "0", "--metrics-port", "0", "--http-port", str(port), "--max-queue", str(MAX_QUEUE),
-         "--decision-log", str(decisions)],
+         "--decision-log", str(decisions), "--address", ray_cluster_address],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     health: list[int] = []

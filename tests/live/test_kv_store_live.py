@@ -25,7 +25,6 @@ from simulator.traces import builtin_trace_path, read_trace
 from simulator.workload import make_workload
 from workers.clock import VirtualClock
 
-from tests.live.conftest import local_ray
 
 N = 60
 # Little HBM left for the cache (30% of an H100) and a small host tier, so follow-ups that
@@ -89,15 +88,7 @@ def test_write_through_serves_more_from_the_store_than_write_on_evict(workload):
     assert through["store"] > evict["store"] and through["hbm"] == evict["hbm"]
 
 
-@pytest.fixture(scope="module")
-def ray_store():
-    from scheduler.live.actor import pool_resources
-
-    with local_ray(pool_resources(Cluster(config("through")))) as ray:
-        yield ray
-
-
-def test_ray_workers_share_one_store_and_report_hits_by_tier(ray_store, workload):
+def test_ray_workers_share_one_store_and_report_hits_by_tier(ray_cluster, workload):
     """Worker actors in their own processes: the store's hits come from the StoreService actor,
     and the replay summary counts tokens by level as the simulator does."""
     from infersched.client.replay import live_summary, replay

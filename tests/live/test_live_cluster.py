@@ -1,4 +1,4 @@
-"""The live control plane end to end: a real local Ray cluster (one per module), the
+"""The live control plane end to end: a real local Ray cluster (the session's), the
 scheduler actor and one worker actor per instance of deploy/clusters/live-small.yaml,
 real gRPC on loopback. The policy is round-robin so placements alternate between
 the disaggregated path (H100 prefill -> H100 decode) and the colocated B200."""
@@ -28,7 +28,7 @@ FAILED = common_pb2.REQUEST_STATUS_FAILED
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, live_small):
+def served(ray_cluster, live_small):
     from scheduler.live.actor import start_scheduler, stop_scheduler
     from scheduler.live.types import LiveOptions
 

@@ -1,5 +1,6 @@
-"""`infersched serve` with client security, as a user runs it (separate processes, a
-local Ray cluster that serve starts, gRPC and HTTP on loopback): once with mutual
+"""`infersched serve` with client security, as a user runs it (separate processes, gRPC
+and HTTP on loopback; the first serve joins the session's local Ray cluster, the second
+starts its own, as one cluster holds one serve's scheduler): once with mutual
 TLS and a bearer token (the scheduler actor serving clients), once with a token
 alone in two relay front ends (and mutual TLS on the worker plane, `--worker-tls`). `replay` and `stats` with the right flags work;
 without the token they get UNAUTHENTICATED, without the CA or a client certificate
@@ -68,10 +69,11 @@ def stop_serve(served: Served) -> str:
 
 
 @pytest.fixture(scope="module")
-def mtls_served(tmp_path_factory):
+def mtls_served(tmp_path_factory, ray_cluster_address):
     files = write_material(tmp_path_factory.mktemp("mtls"))
-    served = serve_with(files, "--tls-cert", str(files["cert"]), "--tls-key", str(files["key"]),
-                         "--tls-client-ca", str(files["ca"]), "--auth-token-file", str(files["token"]))
+    served = serve_with(files, "--address", ray_cluster_address, "--tls-cert", str(files["cert"]),
+                        "--tls-key", str(files["key"]), "--tls-client-ca", str(files["ca"]),
+                        "--auth-token-file", str(files["token"]))
     try:
         yield served
     finally:

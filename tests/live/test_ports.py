@@ -1,7 +1,8 @@
 """The scheduler's ports as a user meets them: `serve` on a taken gRPC or metrics
 port stops with the port and the flag to change it; serve's default metrics port,
 when taken, gives way to a free one and says so. Real sockets on loopback and
-real `serve` processes (each starts and stops its own local Ray)."""
+real `serve` processes: on the session's Ray cluster (`--address`) where the port is
+the subject, starting and stopping a local Ray of its own where Ray's warnings are."""
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +20,7 @@ import pytest
 
 from scheduler.live.ports import BindError, Listener, bind_metrics, claim_check
 from scheduler.serve import DEFAULT_METRICS_PORT, bind_hint, metrics_port
+from tests.ray_cluster import assert_no_live_actors
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "infersched.cli"]
@@ -100,12 +102,12 @@ def _serve(*args) -> subprocess.Popen:
 
 @pytest.mark.parametrize("flag, frontends", [("--port", "0"), ("--port", "2"), ("--metrics-port", "0"),
                                              ("--http-port", "0")])
-def test_serve_on_a_taken_port_names_it_and_the_flag(flag, frontends):
-    pytest.importorskip("ray", reason="the live control plane runs on Ray (pip install ray)")
+def test_serve_on_a_taken_port_names_it_and_the_flag(flag, frontends, ray_cluster, ray_cluster_address):
     with held_port() as port:
         other = "--metrics-port" if flag == "--port" else "--port"
-        proc = _serve(flag, str(port), other, "0", "--frontends", frontends)
+        proc = _serve(flag, str(port), other, "0", "--frontends", frontends, "--address", ray_cluster_address)
         out, err = proc.communicate(timeout=START_TIMEOUT_S)
+    assert_no_live_actors(ray_cluster)  # the scheduler's name is free for the next serve on the cluster
     assert proc.returncode == 2, (out, err)
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out, (out, err)
     assert f"choose another port with {flag} N" in out

@@ -24,6 +24,7 @@ from workers.engine_state import restore_engine
 from workers.kv_link import KvLinks
 from workers.report import WorkerState
 from workers.rpc import WORKER_SERVICE, start_grpc_server
+from workers import servicer as servicer_module
 from workers.servicer import WorkerServicer
 
 SCALE = 0.002  # 500x faster than the hardware: a 1 s decode runs in 2 ms
@@ -43,12 +44,12 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, TIMEOUT_S))
 
 
-async def until(condition, what: str) -> None:
-    for _ in range(20_000):
-        if condition():
-            return
+async def until(condition, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.0005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def emulated(cluster, pool: str, role: int, slack_s: float = 0.0, **kwargs) -> EmulatedWorker:
@@ -139,14 +140,22 @@ def test_session_runs_colocated_work_with_the_engine_timings(cluster):
     assert w.in_flight == 0 and w.engine.kv_reserved == 0
 
 
-def test_session_sends_the_engine_state_only_when_a_mirror_could_not_foresee_it(cluster):
+def test_session_sends_the_engine_state_only_when_a_mirror_could_not_foresee_it(cluster, monkeypatch):
     """Prompts admitted at their send time leave a mirror exact: messages after the first
     carry no state, and a mirror fed the same prompts at the same times matches the
-    worker's engine. A cancellation brings the state."""
+    worker's engine. A cancellation brings the state.
+
+    Two wall-clock allowances would otherwise make a loaded host fail this test for a
+    right reason: work that reaches the worker later than its input slack is admitted
+    on receipt (the worker then sends its state, as it should), and a session sends the
+    state every ENGINE_STATE_REFRESH_S (0.1 s) anyway, which the quiet phase outlasts
+    when the host is busy. So the slack here is 0.5 s, not 0.05 s, and the periodic
+    refresh is pushed out of the test's way: what is tested is the unforeseen case."""
     perf = perf_of(cluster, "b200")
+    monkeypatch.setattr(servicer_module, "ENGINE_STATE_REFRESH_S", 3600.0)
 
     async def main():
-        w = emulated(cluster, "b200", ROLE_BOTH, slack_s=0.05)
+        w = emulated(cluster, "b200", ROLE_BOTH, slack_s=0.5)
         mirror = BatchEngine(perf, ROLE_BOTH)
         async with worker_channel(w) as channel:
             call = worker_pb2_grpc.WorkerStub(channel).Session()
