@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def instructions(tree: str, pair: str, requests: int) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.out",
                                sys.executable, __file__, "--replay", pair, "--tree", tree, "--requests",
-                               str(requests)], capture_output=True, text=True, check=True)
+                               str(requests)], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": "0"})  # the same dict layouts each run
     total = int(re.search(r"Collected : (\d+)", proc.stderr).group(1))
     events = json.loads(proc.stdout.strip().splitlines()[-1])["events"]
     return total, events
