@@ -24,10 +24,11 @@ whatever the number of instances.
 Below HBM (workers/kv_tiers.py) a cache may have tiers and a shared store:
 `trim` demotes what it evicts, `probe` finds how far a prompt's prefix reaches
 into them, `plan_load` decides whether loading beats recomputing and `load`
-promotes the blocks back into HBM once the prompt is admitted. Each tier level has its own
-index (tier k of every instance registers in index k), so the router sees
-every level. A write-through store (kv_store.write: through) takes every
-prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
+promotes the blocks back into HBM once the prompt is admitted. An instance's tiers share
+one router index (every instance's tiers register in the first of the cluster's tier
+indexes), so a block demoted from host to SSD changes no index, and the router sees HBM,
+the instance's own tiers and the store. A write-through store (kv_store.write: through)
+takes every prefilled prompt's blocks (`insert`) instead of the last tier's evictions.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ class PrefixIndex:
         holds the prefix locally, a block in the store changes nothing, so the rest of the
         walk only asks the store."""
         get = self.holders.get
-        gets = [index.holders.get for index in others]
+        gets = [index.holders.get for index in others if index.holders]  # (tiers share the first index)
+        tier_get = gets[0] if len(gets) == 1 else _any_of(gets) if gets else None
         in_store = store.blocks.__contains__ if store is not None and store.blocks else None
         hbm: dict[int, int] = {}
         local: dict[int, int] = {}
@@ -80,9 +82,7 @@ class PrefixIndex:
                 k += 1
                 continue
             mask = get(b, 0)
-            mine = mask
-            for other in gets:
-                mine |= other(b, 0)
+            mine = mask | tier_get(b, 0) if tier_get is not None else mask
             left = here & mask
             if left != here:
                 if k:
@@ -110,6 +110,16 @@ class PrefixIndex:
     def cached_blocks(self, blocks) -> dict[int, int]:
         """Instance id -> number of leading `blocks` it holds, for instances holding at least one."""
         return _leading(map(self.holders.get, blocks, repeat(0)))
+
+
+def _any_of(gets: list):
+    """One `get` (block, default) -> the union of several indexes' masks."""
+    def get(block: int, default: int) -> int:
+        mask = default
+        for other in gets:
+            mask |= other(block, 0)
+        return mask
+    return get
 
 
 def _note(depth: dict, bits: int, k: int) -> None:
@@ -153,7 +163,7 @@ class PrefixCache:
     """One instance's cached prompt blocks, least recently used first."""
 
     __slots__ = ("block_tokens", "bit", "index", "blocks", "levels", "deep", "block_bytes", "hit_tokens",
-                 "load_s", "through", "demote_to", "read_bytes", "written_bytes")
+                 "load_s", "through", "demote_to", "read_bytes", "written_bytes", "nlocal")
 
     def __init__(self, block_tokens: int, instance: int = 0, index: PrefixIndex | None = None,
                  levels: tuple[TierLru, ...] = (), block_bytes: float = 0.0):
@@ -178,6 +188,7 @@ class PrefixCache:
         last = self.levels[-1] if self.levels else None
         self.through = last if last is not None and last.shared and last.tier.write == StoreWrite.THROUGH else None
         self.demote_to = self.levels[:-1] if self.through is not None else self.levels
+        self.nlocal = sum(not level.shared for level in self.levels)  # the instance's own tiers, first
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -261,12 +272,14 @@ class PrefixCache:
         runs for every block leaving HBM."""
         size = self.block_bytes
         mine = self.written_bytes
+        last = self.nlocal - 1
         for k, level in enumerate(self.demote_to):
             held = level.blocks
             move = held.move_to_end
             index = level.index
             bit = level.bit
-            holders = index.holders if index is not None else None
+            # The instance's tiers share one router index: only HBM's evictions can be new to it.
+            holders = index.holders if index is not None and k == 0 else None
             written = 0
             if holders is not None:
                 get = holders.get
@@ -291,8 +304,17 @@ class PrefixCache:
                 return
             pop = held.popitem
             moving = [pop(last=False)[0] for _ in range(over)]
-            if holders is not None:
-                _discard_all(holders, moving, bit)
+            if k == last and index is not None:  # out of the instance's tiers (a faster one may hold a copy)
+                self._untier(moving, k)
+
+    def _untier(self, blocks: list, k: int) -> None:
+        """`blocks` left tier `k`: out of the tier index, but for those another of the instance's
+        tiers still holds (a block put into a faster tier while a slower one kept its copy)."""
+        level = self.levels[k]
+        others = [other.blocks for j, other in enumerate(self.levels[:self.nlocal]) if j != k]
+        if others:
+            blocks = [b for b in blocks if not any(b in held for held in others)]
+        _discard_all(level.index.holders, blocks, level.bit)
 
     def probe(self, blocks, start: int) -> list:
         """The levels holding blocks[start:], up to the first block no level holds, as runs:
@@ -387,7 +409,7 @@ class PrefixCache:
                 for block in part:
                     below.pop(block, None)  # (None: a block that repeats in the prompt left already)
                 if level.index is not None:
-                    _discard_all(level.index.holders, part, level.bit)
+                    self._untier(part, k)
             for block in part:
                 held[block] = None
             if holders is not None:
@@ -436,12 +458,14 @@ def tier_usage(prefix: PrefixCache | None) -> tuple:
 
 def tiered_cache(block_tokens: int, instance: int, index: PrefixIndex | None, tiers, kv_bytes_per_token: float,
                  tier_indexes: tuple = (), store: TierLru | None = None) -> PrefixCache:
-    """An instance's prefix cache: HBM, its `tiers` (KvTier, fastest first; tier k registers in
-    tier_indexes[k] when given) and the cluster's shared `store`."""
+    """An instance's prefix cache: HBM, its `tiers` (KvTier, fastest first; all of them register
+    in tier_indexes[0] when given: the router asks whether an instance holds a block in any of
+    its tiers, so a block moving from one tier to the next changes no index) and the cluster's
+    shared `store`."""
     block_bytes = block_tokens * float(kv_bytes_per_token)
     bit = 1 << int(instance)
-    levels = [TierLru(t, t.capacity_blocks(block_bytes), tier_indexes[k] if k < len(tier_indexes) else None, bit)
-              for k, t in enumerate(tiers)]
+    tier_index = tier_indexes[0] if tier_indexes else None
+    levels = [TierLru(t, t.capacity_blocks(block_bytes), tier_index, bit) for t in tiers]
     if store is not None:
         levels.append(store)
     return PrefixCache(block_tokens, instance, index, tuple(levels), block_bytes)

@@ -91,18 +91,17 @@ def test_judged_ttfts_are_the_simulators():
 # ---- end to end: real Ray, real gRPC on loopback -------------------------------------------------
 
 @pytest.fixture(scope="module")
-def served():
-    from conftest import local_ray
-    from scheduler.live.actor import pool_resources, start_scheduler, stop_scheduler
+def served(ray_cluster):
+    """A scheduler with a judge pool on the session's Ray cluster (tests/conftest.py)."""
+    from scheduler.live.actor import start_scheduler, stop_scheduler
     from scheduler.live.types import LiveOptions
 
     config = parse_cluster(cluster([B200, JUDGE]))
-    with local_ray(pool_resources(Cluster(config))):
-        actor, info = start_scheduler(config, options=LiveOptions(time_scale=0.01), port=0, metrics_port=0)
-        try:
-            yield info["address"]
-        finally:
-            stop_scheduler(actor)
+    actor, info = start_scheduler(config, options=LiveOptions(time_scale=0.01), port=0, metrics_port=0)
+    try:
+        yield info["address"]
+    finally:
+        stop_scheduler(actor)
 
 
 def test_get_stats_carries_the_routers_passes_over_grpc(served):
