@@ -391,7 +391,11 @@ class ClusterSnapshot:
 
     # Scalar twins of the predictors above, over a list of candidate ids: the same
     # floating-point operations in the same order (IEEE doubles either way), so the same bits.
-    def predicted_ttft_list(self, cands: list[int], stage: Stage, now_s: float, tokens: int) -> list[float]:
+    # With `slo`, a list predictor returns the predicted-latency scorer's scores instead,
+    # slo / (latency + slo), computed in the same pass: the latency first, then + slo, then the
+    # division, as the scorer does on arrays, so the same bits from one list instead of two.
+    def predicted_ttft_list(self, cands: list[int], stage: Stage, now_s: float, tokens: int,
+                            slo: float | None = None) -> list[float]:
         """`predicted_ttft_s` as a list (r > now exactly when r - now > 0 for finite doubles)."""
         if not self.lists:
             self.keep_lists()
@@ -399,20 +403,26 @@ class ClusterSnapshot:
         if k >= 0:
             a, b, c = self._pool_prefill_abc[k]
             prefill = (c * tokens + b) * tokens + a
-            return [(r - now_s if r > now_s else 0.0) + prefill for r in map(self._ready.__getitem__, cands)]
+            ready = map(self._ready.__getitem__, cands)
+            if slo is None:
+                return [(r - now_s if r > now_s else 0.0) + prefill for r in ready]
+            return [slo / ((r - now_s if r > now_s else 0.0) + prefill + slo) for r in ready]
         by_pool = [(c * tokens + b) * tokens + a for a, b, c in self._pool_prefill_abc]
         ready = self._ready
         pool = self._pool_list
-        return [(ready[i] - now_s if ready[i] > now_s else 0.0) + by_pool[pool[i]] for i in cands]
+        ttft = [(ready[i] - now_s if ready[i] > now_s else 0.0) + by_pool[pool[i]] for i in cands]
+        return ttft if slo is None else [slo / (x + slo) for x in ttft]
 
-    def predicted_tpot_list(self, cands: list[int], context_tokens: int) -> list[float]:
+    def predicted_tpot_list(self, cands: list[int], context_tokens: int, slo: float | None = None) -> list[float]:
         """`predicted_tpot_s` as a list."""
         if not self.lists:
             self.keep_lists()
         base = self._tpot_base
         per_token = self._tpot_per_token
         x = float(context_tokens)
-        return [per_token[i] * x + base[i] for i in cands]
+        if slo is None:
+            return [per_token[i] * x + base[i] for i in cands]
+        return [slo / (per_token[i] * x + base[i] + slo) for i in cands]
 
 
 def _prefill_coefficients(perf: InstancePerf) -> tuple[float, float, float]:

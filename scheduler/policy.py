@@ -75,6 +75,10 @@ class Policy:
         self._scorers = [(s, float(w), getattr(s, "bounded", False)) for s, w in scorers if w != 0.0]
         self._picker = picker
         self._scalar = hasattr(picker, "pick_list") and all(hasattr(s, "score_list") for s, _, _ in self._scorers)
+        # The list path's common shape (slo-aware): one bounded scorer of weight 1, whose scores
+        # `_place_scalar` would hand to the picker unchanged; called directly (~0.3 us a stage).
+        one = self._scorers[0] if len(self._scorers) == 1 else None
+        self._one = one[0] if self._scalar and one is not None and one[1] == 1.0 and one[2] else None
         # Per snapshot (`_bind`): the filters that may drop a candidate at each stage.
         self._snap: ClusterSnapshot | None = None
         self._stage_filters: dict[Stage, list[Filter]] = {}
@@ -141,7 +145,11 @@ class Policy:
                 cand_list = listed[1]
             else:
                 cand_list = cands.tolist()
-            chosen = self._place_scalar(req, snap, stage, cand_list, now_s, rng, prefill_instance)
+            if self._one is not None:  # one bounded scorer of weight 1: its scores are the total
+                chosen = self._picker.pick_list(
+                    req, cand_list, self._one.score_list(req, snap, stage, cand_list, now_s, prefill_instance), rng)
+            else:
+                chosen = self._place_scalar(req, snap, stage, cand_list, now_s, rng, prefill_instance)
         else:
             for scorer, weight, bounded in self._scorers:
                 score = scorer.score(req, snap, stage, cands, now_s, prefill_instance)

@@ -175,22 +175,25 @@ class Simulation:
     def _route(self, i: int, now: float, first: int) -> None:
         """Follow-on work for events of a prefill-only or decode-only engine (log[first:] as of the call)."""
         log = self._log
+        split = self._split
         for j in range(first, len(log)):
             ev = log[j]
             kind = ev[0]
-            rid = ev[1]
             if kind == FIRST_TOKEN:
-                self._hand_over(i, rid, now)
+                self._hand_over(i, ev[1], now, split[ev[1]])
             elif kind == JOINED:  # decode holds the KV now; the prefill instance frees its copy
-                src = self._split.pop(rid)[0]
+                rid = ev[1]
+                src = split.pop(rid)[0]
                 src_eng = self.engines[src]
                 src_eng.release(rid)
-                if src_eng.poke(now, self._log):  # a prefill-only engine reports no events here
+                if src_eng.poke(now, log):  # a prefill-only engine reports no events here
                     self._schedule_wake(src)
                 self._stale[src] = now
 
-    def _hand_over(self, src: int, rid: int, now: float) -> None:
-        _, dst, inp, out = self._split[rid]
+    def _hand_over(self, src: int, rid: int, now: float, placed: tuple[int, int, int, int]) -> None:
+        """The prompt `placed` (prefill, decode, input, output) on `src` has its first token: its KV
+        leaves on `src`'s link for the decode instance."""
+        _, dst, inp, out = placed
         if out <= 1:  # nothing to decode: done at the first token
             del self._split[rid]
             self.engines[src].release(rid)
@@ -198,8 +201,8 @@ class Simulation:
             return
         # Transfer times per (source pool, destination pool) and prompt length, computed once
         # each: the model's KV size per token is a chain of properties (~1.5 us a call).
-        pair = self.instance_pool[src] * self._n_pools + self.instance_pool[dst]
-        times = self._transfer_s[pair]
+        pools = self.instance_pool
+        times = self._transfer_s[pools[src] * self._n_pools + pools[dst]]
         transfer = times.get(inp)
         if transfer is None:
             src_pool = self.cluster.pools[self.instance_pool[src]]
@@ -207,8 +210,8 @@ class Simulation:
             link = min(src_pool.config.link_bytes_per_s, dst_pool.config.link_bytes_per_s)
             transfer = times[inp] = src_pool.perf.kv_transfer_s(inp, link)
         # The source's link carries one hand-over at a time (FIFO), so bursts queue.
-        start = max(now, self._link_free_s[src])
-        done = start + transfer
+        free = self._link_free_s[src]
+        done = (now if now >= free else free) + transfer  # max(now, free)
         self._link_free_s[src] = done
         heapq.heappush(self._heap, (done, next(self._seq), _KV_READY, (rid, dst, inp, out, now)))
 
@@ -527,8 +530,17 @@ class Simulation:
                     t, _, kind, payload = heappop(heap)
                     n_events += 1
                     if kind != _WAKE:
-                        if kind == _KV_READY:
-                            self._kv_ready(payload, t)
+                        if kind == _KV_READY:  # `_kv_ready` inlined: once per handed-over request
+                            rid, dst, inp, out, first_token_s = payload
+                            rec.kv_ready_s[rid & mask] = t
+                            eng = engines[dst]
+                            eng.submit_decode(rid, inp, out, first_token_s)
+                            first = len(log)
+                            if eng.poke(t, log):
+                                heappush(heap, (eng.next_wake_s, next(seq), _WAKE, dst))
+                            if len(log) > first:
+                                self._route(dst, t, first)
+                            stale[dst] = t
                         else:
                             self._deferred_pass(payload, t, rng)
                         continue

@@ -313,7 +313,7 @@ class BatchEngine:
         events.append((FIRST_TOKEN, rid, now_s, energy, cost, start_s))
         if self.role == ROLE_PREFILL:
             self.held[rid] = inp
-        elif out > 1:  # `_join(rid, inp + 1, out - 1, inp + out, now_s)` inlined: once per request
+        elif out > 1:  # joins the decode batch (as a handed-over request joins in `_start_next`)
             step = self.step
             offset = inp + 1 - step
             self.ctx_offset_sum += offset
@@ -421,14 +421,6 @@ class BatchEngine:
         if self.prefix is not None:
             self.prefix.trim(self.kv_capacity - self.kv_reserved)
 
-    def _join(self, rid: int, context_tokens: int, steps: int, kv_tokens: int, first_token_s: float) -> None:
-        offset = context_tokens - self.step
-        self.ctx_offset_sum += offset
-        self.batch += 1
-        heappush(self.finish_heap, (self.step + steps, rid))
-        self.members[rid] = (offset, kv_tokens, self.energy_acc_j, self.cost_acc_usd)
-        self.fresh[rid] = first_token_s
-
     def _cached_prefix(self, rid: int, inp: int) -> int:
         """Prompt tokens a prefix cache holds for this prompt (at least its last token is computed:
         it yields the first output token)."""
@@ -476,7 +468,14 @@ class BatchEngine:
                 break
             joining.popleft()
             self.kv_reserved += kv
-            self._join(rid, ctx, steps, kv, now_s if first_token_s is None else first_token_s)
+            # `_join` inlined: once per handed-over request.
+            step = self.step
+            offset = ctx - step
+            self.ctx_offset_sum += offset
+            self.batch += 1
+            heappush(self.finish_heap, (step + steps, rid))
+            self.members[rid] = (offset, kv, self.energy_acc_j, self.cost_acc_usd)
+            self.fresh[rid] = now_s if first_token_s is None else first_token_s
             events.append((JOINED, rid, now_s, 0.0, 0.0, now_s))
         # 2. Prompts: chunks beside the decode batch, or prefill-first.
         if self.role != ROLE_DECODE and (self.waiting or self.prefilling):

@@ -40,7 +40,7 @@ class Argmax(WithoutParams):
     def pick(self, req: Request, cands: np.ndarray, scores: np.ndarray, rng: np.random.Generator) -> int:
         rows = self._rows.get(len(scores)) or self._build(len(scores))
         # `item` returns the Python int straight away (indexing makes a numpy scalar first).
-        return cands.item((scores + rows[req.request_id & (self._ROWS - 1)]).argmax())
+        return cands.item((scores + rows[req.request_id & _ROW_MASK]).argmax())
 
     def pick_list(self, req: Request, cands: list[int], scores: list[float], rng: np.random.Generator) -> int:
         n = len(scores)
@@ -48,8 +48,11 @@ class Argmax(WithoutParams):
         if rows is None:
             self._build(n)
             rows = self._row_lists[n]
-        total = list(map(add, scores, rows[req.request_id & (self._ROWS - 1)]))
+        total = list(map(add, scores, rows[req.request_id & _ROW_MASK]))
         return cands[total.index(max(total))]  # the first maximum, as argmax
+
+
+_ROW_MASK = Argmax._ROWS - 1  # a request's jitter row: request_id & _ROW_MASK
 
 
 class RandomTieBreak(WithoutParams):

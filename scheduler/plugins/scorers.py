@@ -49,13 +49,10 @@ class PredictedLatency:
         return np.divide(slo, latency, out=latency)
 
     def score_list(self, req, snap, stage, cands, now_s, prefill_instance):
+        # `score`'s arithmetic on lists, in the predictor's pass (one list, not two).
         if stage == _DECODE:
-            slo = self.tpot_slo_s
-            latency = snap.predicted_tpot_list(cands, req.input_tokens + req.output_tokens)
-        else:
-            slo = self.ttft_slo_s
-            latency = snap.predicted_ttft_list(cands, stage, now_s, req.input_tokens)
-        return [slo / (x + slo) for x in latency]
+            return snap.predicted_tpot_list(cands, req.input_tokens + req.output_tokens, self.tpot_slo_s)
+        return snap.predicted_ttft_list(cands, stage, now_s, req.input_tokens, self.ttft_slo_s)
 
 
 class KvHeadroom(WithoutParams):

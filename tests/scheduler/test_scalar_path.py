@@ -133,3 +133,16 @@ def test_list_copies_start_with_the_first_list_read_and_follow_every_write():
     assert snap._ready == snap.ready_s.tolist()
     assert snap._tpot_base == snap.tpot_base_s.tolist()
     assert snap._tpot_per_token == snap.tpot_per_token_s.tolist()
+
+
+@pytest.mark.parametrize("cluster", ["gpu-disagg", "hybrid"])
+def test_predicted_latency_list_scores_are_the_array_scores(cluster):
+    """The list predictors with `slo` (prediction and score in one pass) give predicted-latency's
+    array scores bit for bit, on a one-pool stage and on stages spanning pools."""
+    config, snap = busy(cluster, seed=11)
+    scorer = build_policy("slo-aware", config)._scorers[0][0]
+    for stage in (Stage.PREFILL, Stage.DECODE):
+        cands = snap.candidates[stage]
+        for req in requests(40):
+            assert scorer.score_list(req, snap, stage, cands.tolist(), 0.25, -1) == \
+                scorer.score(req, snap, stage, cands, 0.25, -1).tolist()

@@ -188,6 +188,24 @@ def test_events_grow_with_requests_not_tokens(conv_trace, chunking):
         assert summarize(res)["completed"] == 2000
 
 
+@pytest.mark.parametrize("cluster_file, at_most", [("gpu-colocated", 3.15), ("gpu-disagg", 4.40)])
+def test_events_per_request_on_the_built_in_gpu_clusters(conv_trace, cluster_file, at_most):
+    """Pinned where they stand (2,000 requests at 300 req/s: 3.127 colocated, 4.387 disaggregated,
+    the last requests draining alone): an arrival, the engine wakes that end its prompt's
+    iteration and its decode segment (each shared with the batch; superseded wakes included),
+    and, handed over, one KV-ready event. A change that adds an event per request or per
+    hand-over fails here; one that removes some lowers the pin."""
+    from scheduler.config import builtin_cluster_path, load_cluster
+
+    cfg = load_cluster(builtin_cluster_path(cluster_file))
+    wl = make_workload(conv_trace, n_requests=2000, rate_rps=300.0, arrival="poisson", seed=0)
+    res = Simulation(Cluster(cfg), build_policy(cfg.policy, cfg), wl).run()
+    assert summarize(res)["completed"] == 2000
+    handed_over = int(np.isfinite(res.records.kv_ready_s).sum())
+    assert handed_over == (2000 if cluster_file == "gpu-disagg" else 0)
+    assert res.events / 2000 <= at_most
+
+
 def test_chunked_prefill_cuts_decode_stalls(conv_trace):
     """Same workload on 4 colocated H100s near their capacity: chunked prefill bounds each
     iteration, so the tail of inter-token latency falls; every output token is counted once."""
