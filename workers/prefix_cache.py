@@ -311,9 +311,11 @@ class PrefixCache:
         """`blocks` left tier `k`: out of the tier index, but for those another of the instance's
         tiers still holds (a block put into a faster tier while a slower one kept its copy)."""
         level = self.levels[k]
-        others = [other.blocks for j, other in enumerate(self.levels[:self.nlocal]) if j != k]
-        if others:
-            blocks = [b for b in blocks if not any(b in held for held in others)]
+        for j in range(self.nlocal):  # (a loop per other tier, not a generator per block)
+            if j != k:
+                held = self.levels[j].blocks
+                if held:
+                    blocks = [b for b in blocks if b not in held]
         _discard_all(level.index.holders, blocks, level.bit)
 
     def probe(self, blocks, start: int) -> list:
@@ -326,9 +328,11 @@ class PrefixCache:
         last = -1
         for i in range(start, len(blocks)):
             block = blocks[i]
-            for k, level in enumerate(held):
+            k = 0
+            for level in held:
                 if block in level:
                     break
+                k += 1
             else:
                 break
             if k == last:
@@ -402,23 +406,29 @@ class PrefixCache:
             level = levels[k]
             level.read_bytes += n * size
             mine[k] += n * size
-            part = blocks[i:i + n]
             i += n
             if not level.shared:
+                part = blocks[i - n:i]
                 below = level.blocks
                 for block in part:
                     below.pop(block, None)  # (None: a block that repeats in the prompt left already)
                 if level.index is not None:
                     self._untier(part, k)
-            for block in part:
-                held[block] = None
-            if holders is not None:
-                get = holders.get
-                for block in part:
-                    holders[block] = get(block, 0) | bit
+        # The loaded blocks into HBM, then every block up to the cut the most recently used, head
+        # last: the loaded ones (touched last to first) first, then the prefix HBM held (whose
+        # moves put it after them), the same order as touching blocks[:i] last to first.
         move = held.move_to_end
-        for block in reversed(blocks[:i]):
-            move(block)
+        get = holders.get if holders is not None else None
+        for j in range(i - 1, start - 1, -1):
+            block = blocks[j]
+            if block in held:
+                move(block)
+            else:
+                held[block] = None
+                if get is not None:
+                    holders[block] = get(block, 0) | bit
+        for j in range(start - 1, -1, -1):
+            move(blocks[j])
 
 
 def _touch_head_last(held: OrderedDict, blocks) -> list:
